@@ -1,0 +1,1 @@
+"""The resident agent: HTTP API, dispatcher, worker pool, watchdog. Never imports torch."""

@@ -1,0 +1,90 @@
+"""The contract between the HTTP layer and the dispatcher.
+
+The API module only talks to a :class:`Service`; the dispatcher implements it.
+Keeping this small lets each side be tested against the real other side.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from zitops.engine.request import GenerationRequest
+
+
+class JobStatus(str, enum.Enum):
+    """Lifecycle of a job; the last three are final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        """True when the job will not change again."""
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as stored in SQLite and shown by the API."""
+
+    id: str
+    status: JobStatus
+    request: GenerationRequest
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    attempts: int = 0
+    images: tuple[str, ...] = ()  # file names under the output dir, chosen by the server
+    worker: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        """The JSON the API returns for ``GET /v1/jobs/{id}``."""
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "attempts": self.attempts,
+            "images": [f"/v1/jobs/{self.id}/images/{i}" for i in range(len(self.images))],
+            "params": self.request.to_dict(),
+        }
+
+
+class Service(Protocol):
+    """What the HTTP layer needs from the dispatcher."""
+
+    async def submit(self, request: GenerationRequest) -> JobRecord:
+        """Store and enqueue; raises QueueFull (before any work) or AgentUnavailable."""
+
+    def get(self, job_id: str) -> JobRecord:
+        """Raises NotFound."""
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued job; raises NotFound or Conflict."""
+
+    async def wait(self, job_id: str, timeout_s: float) -> JobRecord:
+        """Wait until the job is final or the timeout passes; returns the latest record."""
+
+    def image_path(self, job_id: str, index: int) -> str:
+        """Absolute path of image ``index``; raises NotFound."""
+
+    def livez(self) -> bool:
+        """True while the process runs (no GPU call)."""
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """(ready, reasons it is not)."""
+
+    def status(self) -> dict[str, Any]:
+        """The /status JSON (workers, queue, uptime, failures, recoveries)."""
+
+    def metrics_text(self) -> str:
+        """Prometheus exposition text for the runtime gauges and counters."""

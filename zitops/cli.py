@@ -1,0 +1,71 @@
+"""The command line: declarations only. Each command lives in its own module
+under ``zitops.commands`` and is imported only when invoked, so ``zitops
+--help`` stays fast and never imports torch, diffusers or pynvml."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from zitops import __version__
+from zitops.errors import ZitopsError
+
+# name -> (module, attribute, one-line help). Help text lives here so that
+# listing commands does not import their modules.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "deploy": ("zitops.commands.deploy", "deploy", "Render (and optionally install/start) a deployment."),
+    "profiles": ("zitops.commands.profiles", "profiles", "List profiles, or show one resolved."),
+    "model": ("zitops.commands.model", "model", "Manage model weights (make-tiny, check)."),
+    "generate": ("zitops.commands.generate", "generate", "Generate images once, without an agent."),
+    "agent": ("zitops.commands.agent", "agent", "Run the resident agent (HTTP API + workers)."),
+    "status": ("zitops.commands.client", "status", "Show a running agent's status."),
+    "health": ("zitops.commands.client", "health", "Exit 0 only when the agent is ready."),
+    "failures": ("zitops.commands.failures", "failures", "List recorded job failures."),
+    "drill": ("zitops.commands.drill", "drill", "Run a fault drill against a disposable agent."),
+    "bench": ("zitops.commands.bench", "bench", "Benchmark diffusers vs the zitops engine vs the agent."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a subcommand's module only when it runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = COMMANDS.get(cmd_name)
+        if spec is None:
+            return None
+        if ctx.resilient_parsing or "--help" in sys.argv[1:2]:
+            # `zitops --help` lists commands; give a shell with the short help
+            # instead of importing every module.
+            return click.Command(cmd_name, help=spec[2], short_help=spec[2])
+        module = importlib.import_module(spec[0])
+        cmd: click.Command = getattr(module, spec[1])
+        return cmd
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="zitops")
+def cli() -> None:
+    """zitops: run Z-Image-Turbo as a service."""
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: one red line and a non-zero exit for every ZitopsError."""
+    try:
+        return cli.main(args=argv, prog_name="zitops", standalone_mode=False)
+    except ZitopsError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

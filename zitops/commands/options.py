@@ -1,0 +1,26 @@
+"""Click options defined once and stacked on commands (pip-tools style)."""
+
+from __future__ import annotations
+
+import click
+
+profile_option = click.option(
+    "--profile", "-p", default="designer", show_default=True,
+    help="Built-in profile name (ecommerce, designer, poster, lowvram) or a YAML file.",
+)
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override one profile field, e.g. generation.steps=8 (repeatable).",
+)
+model_option = click.option(
+    "--model", "model", default="tiny", show_default=True, metavar="PATH|tiny",
+    help="A local diffusers-format Z-Image-Turbo directory, or 'tiny' (random weights, for demos).",
+)
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+    help="The agent's config.yaml (as rendered by zitops deploy).",
+)
+url_option = click.option(
+    "--url", default="http://127.0.0.1:7860", show_default=True, help="Base URL of a running agent.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

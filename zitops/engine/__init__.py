@@ -1,0 +1,1 @@
+"""The generation engine. Only ``zitops.engine.diffusers_engine`` imports torch."""

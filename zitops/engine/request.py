@@ -1,0 +1,133 @@
+"""What a worker is asked to do: a validated, frozen generation request.
+
+torch-free, so the agent and the CLI can build and check requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from zitops.errors import InvalidRequest
+from zitops.profile import SAMPLERS, SCHEDULES, Profile
+
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One job: a prompt and everything needed to make its images.
+
+    ``seeds`` holds one seed per image; the batch size is ``len(seeds)``, and
+    image i equals the same request run alone with ``seeds[i]``.
+    """
+
+    prompt: str
+    seeds: tuple[int, ...]
+    width: int
+    height: int
+    steps: int
+    sampler: str = "euler"
+    schedule: str = "simple"
+    guidance: float = 0.0
+    negative_prompt: str = ""
+    output_format: str = "png"
+    profile: str = "designer"
+    preview: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def batch(self) -> int:
+        """Number of images."""
+        return len(self.seeds)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe mapping (seeds as a list)."""
+        d = asdict(self)
+        d["seeds"] = list(self.seeds)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationRequest:
+        """Inverse of :meth:`to_dict`."""
+        d = dict(data)
+        d["seeds"] = tuple(int(s) for s in d["seeds"])
+        return cls(**d)
+
+    def split(self, at: int) -> tuple[GenerationRequest, GenerationRequest]:
+        """Two requests with the first ``at`` seeds and the rest."""
+        from dataclasses import replace
+
+        return replace(self, seeds=self.seeds[:at]), replace(self, seeds=self.seeds[at:])
+
+
+MAX_SEED = 2**32 - 1
+
+
+def validate_request(req: GenerationRequest, *, max_side: int = 2048, min_side: int = 64,
+                     max_steps: int = 50, max_images: int = 16,
+                     max_prompt_chars: int = 2000) -> GenerationRequest:
+    """Raise InvalidRequest with one clear line if ``req`` is not allowed."""
+    if not req.prompt or not req.prompt.strip():
+        raise InvalidRequest("prompt: must not be empty")
+    if len(req.prompt) > max_prompt_chars:
+        raise InvalidRequest(f"prompt: {len(req.prompt)} characters, at most {max_prompt_chars} allowed")
+    if "\x00" in req.prompt or "\x00" in req.negative_prompt:
+        raise InvalidRequest("prompt: contains a NUL character")
+    for name, side in (("width", req.width), ("height", req.height)):
+        if side % 16:
+            raise InvalidRequest(f"{name}: {side} is not a multiple of 16 (Z-Image-Turbo needs sides in steps of 16)")
+        if not min_side <= side <= max_side:
+            raise InvalidRequest(f"{name}: {side} is out of range; allowed {min_side}..{max_side}, a multiple of 16")
+    if not 1 <= req.steps <= max_steps:
+        raise InvalidRequest(f"steps: {req.steps} is out of range; allowed 1..{max_steps}")
+    if not 1 <= req.batch <= max_images:
+        raise InvalidRequest(f"batch: {req.batch} images is out of range; allowed 1..{max_images}")
+    for s in req.seeds:
+        if not 0 <= s <= MAX_SEED:
+            raise InvalidRequest(f"seed: {s} is out of range; allowed 0..{MAX_SEED} (or -1 for random)")
+    if req.sampler not in SAMPLERS:
+        raise InvalidRequest(f"sampler: unknown {req.sampler!r}; valid: {', '.join(SAMPLERS)}")
+    if req.schedule not in SCHEDULES:
+        raise InvalidRequest(f"schedule: unknown {req.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if not 0.0 <= req.guidance <= 20.0:
+        raise InvalidRequest(f"guidance: {req.guidance} is out of range; allowed 0..20")
+    if req.output_format not in OUTPUT_FORMATS:
+        raise InvalidRequest(f"output_format: {req.output_format!r}; valid: {', '.join(OUTPUT_FORMATS)}")
+    return req
+
+
+def request_from_profile(profile: Profile, prompt: str, **overrides: Any) -> GenerationRequest:
+    """Fill a request from the profile's defaults, then apply overrides.
+
+    ``seed`` (int, -1 for random) and ``batch`` expand into per-image seeds:
+    seed, seed+1, ... as A1111 does.
+    """
+    import secrets
+
+    g = profile.generation
+    batch = int(overrides.pop("batch", None) or g.batch)
+    seed = overrides.pop("seed", None)
+    seeds = overrides.pop("seeds", None)
+    if seeds is None:
+        if seed is None or int(seed) < 0:
+            seed = secrets.randbelow(MAX_SEED - 64)
+        seeds = tuple(int(seed) + i for i in range(batch))
+    templated = g.prompt_template.replace("{prompt}", prompt) if prompt.strip() else prompt
+    fields: dict[str, Any] = dict(
+        prompt=templated,
+        seeds=tuple(seeds),
+        width=g.width,
+        height=g.height,
+        steps=g.steps,
+        sampler=g.sampler,
+        schedule=g.schedule,
+        guidance=g.guidance,
+        negative_prompt=g.negative_prompt,
+        output_format=g.output_format,
+        profile=profile.name,
+    )
+    for k, v in overrides.items():
+        if v is not None:
+            fields[k] = v
+    return GenerationRequest(**fields)

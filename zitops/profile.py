@@ -1,0 +1,289 @@
+"""Profiles: the schema, the built-ins, ``extends:`` and ``--set`` overrides.
+
+A profile is YAML data validated by pydantic at the edge (``extra="forbid"``)
+and handed inward as a frozen model. Loading never imports torch.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from zitops.errors import ProfileError
+
+BUILTIN_PROFILES = ("ecommerce", "designer", "poster", "lowvram")
+SAMPLERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "unipc", "lcm")
+SCHEDULES = ("simple", "karras", "exponential")
+MAX_EXTENDS_DEPTH = 8
+
+Precision = Literal["bf16", "fp16", "fp32"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Generation(_Section):
+    """Defaults for each request; a request may override any of them."""
+
+    width: int = Field(1024, ge=64, le=2048, multiple_of=16)
+    height: int = Field(1024, ge=64, le=2048, multiple_of=16)
+    steps: int = Field(8, ge=1, le=50)
+    sampler: str = "euler"
+    schedule: str = "simple"
+    guidance: float = Field(0.0, ge=0.0, le=20.0)
+    batch: int = Field(1, ge=1, le=16)
+    negative_prompt: str = ""
+    prompt_template: str = "{prompt}"
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: str) -> str:
+        if v not in SAMPLERS:
+            raise ValueError(f"must be one of {', '.join(SAMPLERS)}")
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        if v not in SCHEDULES:
+            raise ValueError(f"must be one of {', '.join(SCHEDULES)}")
+        return v
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if "{prompt}" not in v:
+            raise ValueError("must contain the placeholder {prompt}")
+        return v
+
+
+class EngineSettings(_Section):
+    """How the worker loads and runs the pipeline."""
+
+    precision: Precision = "bf16"
+    vae_precision: Precision = "bf16"
+    vae_decode: Literal["full", "tiled", "fast"] = "full"
+    tiny_vae_path: str | None = None
+    offload: Literal["none", "model", "sequential"] = "none"
+    compile: bool = False
+    attention_backend: str | None = None
+    max_batch: int = Field(4, ge=1, le=16)
+
+
+class QueueSettings(_Section):
+    """Admission control and job lifetimes."""
+
+    depth: int = Field(20, ge=1, le=10_000)
+    job_timeout_s: float = Field(300.0, gt=0, le=86_400)
+    result_ttl_s: float = Field(86_400.0, gt=0)
+    drain_timeout_s: float = Field(60.0, gt=0, le=3_600)
+
+
+class WatchdogSettings(_Section):
+    """Thresholds for the VRAM watch and the leak, crash and hang policies."""
+
+    interval_s: float = Field(5.0, gt=0, le=3_600)
+    heartbeat_interval_s: float = Field(2.0, gt=0, le=600)
+    heartbeat_timeout_s: float = Field(30.0, gt=0, le=3_600)
+    kill_grace_s: float = Field(5.0, ge=0, le=600)
+    idle_cache_clear_mib: int = Field(1024, ge=0)
+    leak_threshold_mib: int = Field(512, ge=1)
+    leak_consecutive_jobs: int = Field(3, ge=1, le=1_000)
+    high_water_pct: float = Field(95.0, gt=0, le=100)
+    recycle_after_jobs: int = Field(0, ge=0)
+    recycle_after_hours: float = Field(0.0, ge=0)
+    restart_backoff_s: float = Field(1.0, ge=0, le=600)
+    restart_backoff_max_s: float = Field(60.0, ge=0, le=3_600)
+    flap_limit: int = Field(5, ge=1, le=1_000)
+    flap_window_s: float = Field(300.0, gt=0)
+
+
+class LogSettings(_Section):
+    """Per-logger tiers (NOTES.md 5.2) and file rotation."""
+
+    levels: dict[str, LogLevel] = Field(
+        default_factory=lambda: {
+            "root": "WARNING",
+            "zitops": "INFO",
+            "diffusers": "ERROR",
+            "transformers": "ERROR",
+            "torch": "ERROR",
+            "uvicorn.error": "WARNING",
+            "apscheduler": "WARNING",
+        }
+    )
+    access_log: bool = True
+    max_bytes: int = Field(10 * 1024 * 1024, ge=4096)
+    backups: int = Field(5, ge=0, le=1_000)
+
+
+class Profile(_Section):
+    """A resolved profile: every field has a value, ``extends`` is gone."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$")
+    description: str = Field(min_length=1, max_length=400)
+    generation: Generation = Generation()
+    engine: EngineSettings = EngineSettings()
+    queue: QueueSettings = QueueSettings()
+    watchdog: WatchdogSettings = WatchdogSettings()
+    logging: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Profile:
+        if self.generation.batch > self.engine.max_batch:
+            raise ValueError(
+                f"generation.batch ({self.generation.batch}) exceeds engine.max_batch "
+                f"({self.engine.max_batch})"
+            )
+        if self.watchdog.restart_backoff_max_s < self.watchdog.restart_backoff_s:
+            raise ValueError("watchdog.restart_backoff_max_s must be >= restart_backoff_s")
+        return self
+
+    @property
+    def summary(self) -> str:
+        """The first line of the description, for listings."""
+        return self.description.strip().splitlines()[0]
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    extra = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {key}: {msg}{extra}"
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "levels":
+            out[key] = _deep_merge(out[key], value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            # Log tiers merge per logger, so a user file can change one tier.
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ProfileError(f"{source}: not valid YAML{where}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: a profile must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def _builtin_text(name: str) -> str:
+    return resources.files("zitops.profiles").joinpath(f"{name}.yaml").read_text("utf-8")
+
+
+def _raw(name_or_path: str, depth: int = 0) -> tuple[dict[str, Any], str]:
+    """Return the merged raw mapping for a built-in name or a file path."""
+    if depth > MAX_EXTENDS_DEPTH:
+        raise ProfileError(f"{name_or_path}: 'extends' chain is deeper than {MAX_EXTENDS_DEPTH}")
+    if name_or_path in BUILTIN_PROFILES:
+        source = f"built-in profile {name_or_path}"
+        data = _read_yaml(_builtin_text(name_or_path), source)
+    else:
+        path = Path(name_or_path)
+        if not (path.suffix in (".yaml", ".yml") or path.exists()):
+            raise ProfileError(
+                f"unknown profile {name_or_path!r}: use one of {', '.join(BUILTIN_PROFILES)} "
+                "or a path to a .yaml file"
+            )
+        source = str(path)
+        try:
+            text = path.read_text("utf-8")
+        except OSError as exc:
+            raise ProfileError(f"{source}: cannot read profile: {exc.strerror}") from None
+        data = _read_yaml(text, source)
+    parent = data.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ProfileError(f"{source}: extends: must be a profile name or path")
+        if parent not in BUILTIN_PROFILES and not Path(parent).is_absolute():
+            # A relative parent path is relative to the file that names it.
+            parent = str(Path(source).parent / parent)
+        base, _ = _raw(parent, depth + 1)
+        base.pop("name", None)
+        base.pop("description", None)
+        data = _deep_merge(base, data)
+    return data, source
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``section.key=value`` and parse the value as a YAML scalar."""
+    if "=" not in item:
+        raise ProfileError(f"--set {item!r}: expected KEY=VALUE, e.g. generation.steps=8")
+    key, _, text = item.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ProfileError(f"--set {item!r}: empty key")
+    if "\n" in text or "\x00" in text:
+        raise ProfileError(f"--set {key}: value contains a newline or NUL, which is not allowed")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    if isinstance(value, (dict, list)):
+        raise ProfileError(f"--set {key}: value must be a scalar, not a {type(value).__name__}")
+    return parts, value
+
+
+def _apply_override(data: dict[str, Any], parts: list[str], value: Any, item: str) -> None:
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ProfileError(f"--set {item}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_profile(name_or_path: str, overrides: tuple[str, ...] | list[str] = ()) -> Profile:
+    """Resolve a built-in name or YAML file, apply ``--set`` overrides, validate."""
+    data, source = _raw(name_or_path)
+    data.setdefault("name", Path(name_or_path).stem if name_or_path not in BUILTIN_PROFILES else name_or_path)
+    for item in overrides:
+        parts, value = parse_override(item)
+        _apply_override(data, parts, value, item)
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        where = source if not overrides else f"{source} (with --set {', '.join(overrides)})"
+        raise ProfileError(_format_validation_error(where, exc)) from None
+
+
+def profile_from_mapping(data: dict[str, Any], source: str) -> Profile:
+    """Validate an already-resolved profile mapping (as embedded in config.yaml)."""
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileError(_format_validation_error(source, exc)) from None
+
+
+def list_builtin() -> list[Profile]:
+    """All built-in profiles, resolved."""
+    return [load_profile(name) for name in BUILTIN_PROFILES]
+
+
+def profile_to_dict(profile: Profile) -> dict[str, Any]:
+    """A plain mapping in schema order, suitable for YAML."""
+    return profile.model_dump(mode="json")
