@@ -42,8 +42,13 @@ class AuthSettings(_Section):
 
 
 class FaultSettings(_Section):
-    """The fault-injecting engine's plan (see zitops.engine.faulty)."""
+    """The fault-injecting engine's plan (see zitops.engine.faulty).
 
+    ``inner`` picks what makes the pixels: ``synthetic`` (seeded noise, fast,
+    for drills and queue tests) or ``diffusers`` (the real tiny pipeline).
+    """
+
+    inner: Literal["synthetic", "diffusers"] = "synthetic"
     leak_mib_per_job: float = Field(0.0, ge=0)
     crash_on_job: int | None = Field(None, ge=1)
     hang_on_job: int | None = Field(None, ge=1)
