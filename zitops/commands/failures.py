@@ -1,0 +1,99 @@
+"""``zitops failures``: list captured failures from a config's store or a running agent."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import click
+
+from zitops.commands.options import config_option, json_option, url_option
+from zitops.errors import AgentUnavailable, Unauthorized
+
+TOKEN_ENV = "ZITOPS_TOKEN"
+
+
+def _from_config(config_path: str, since: float | None, limit: int) -> list[dict[str, Any]]:
+    from zitops.config import load_config
+    from zitops.failures import FailureStore
+
+    paths = load_config(config_path).paths.as_paths()
+    store = FailureStore(paths["state_dir"], paths["log_dir"])
+    return [r.to_dict() for r in store.list(since=since, limit=limit)]
+
+
+def _from_url(url: str, since: float | None, limit: int, token: str | None) -> list[dict[str, Any]]:
+    import httpx
+
+    params: dict[str, Any] = {"limit": limit}
+    if since is not None:
+        params["since"] = since
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    endpoint = url.rstrip("/") + "/v1/failures"
+    try:
+        resp = httpx.get(endpoint, params=params, headers=headers, timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise AgentUnavailable(f"{endpoint}: cannot reach the agent ({type(exc).__name__}); is it running?") from None
+    if resp.status_code == 401:
+        raise Unauthorized(f"{endpoint}: unauthorized; pass --token or set {TOKEN_ENV}")
+    if resp.status_code != 200:
+        raise AgentUnavailable(f"{endpoint}: HTTP {resp.status_code}: {_error_text(resp.text)}")
+    try:
+        data = resp.json()
+        failures = data["failures"]
+        if not isinstance(failures, list):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise AgentUnavailable(f"{endpoint}: the reply is not {{\"failures\": [...]}} JSON") from None
+    return failures
+
+
+def _error_text(body: str) -> str:
+    try:
+        data = json.loads(body)
+        return str(data.get("error", {}).get("message") or data.get("detail") or body)[:200]
+    except (ValueError, AttributeError):
+        return " ".join(body.split())[:200]
+
+
+def _cell(value: Any, width: int) -> str:
+    text = "-" if value in (None, "") else " ".join(str(value).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+COLUMNS = (("time", 24), ("kind", 7), ("action", 8), ("job_id", 14), ("worker_id", 9), ("exc_type", 16),
+           ("message", 40), ("prompt", 30))
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """Fixed-width rows, newest first, one failure per line."""
+    if not records:
+        return "no failures recorded"
+    lines = ["  ".join(name.upper().ljust(width) for name, width in COLUMNS).rstrip()]
+    for rec in records:
+        lines.append("  ".join(_cell(rec.get(name), width).ljust(width) for name, width in COLUMNS).rstrip())
+    return "\n".join(lines)
+
+
+@click.command("failures")
+@click.option("--since", default=None, metavar="T", help="Only failures since T: 30m, 1h, 2d, 1w or an ISO time.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000), help="At most N records.")
+@json_option
+@config_option
+@url_option
+@click.option("--token", default=None, envvar=TOKEN_ENV, help=f"Bearer token for --url (default: ${TOKEN_ENV}).")
+def failures(since: str | None, limit: int, as_json: bool, config_path: str | None, url: str, token: str | None) -> None:
+    """List recorded job failures (newest first): from --config's store, or from the agent at --url."""
+    from zitops.failures import parse_since
+
+    since_ts = parse_since(since) if since else None
+    if config_path is not None:
+        records = _from_config(config_path, since_ts, limit)
+    else:
+        records = _from_url(url, since_ts, limit, token or os.environ.get(TOKEN_ENV))
+    if as_json:
+        for rec in records:
+            click.echo(json.dumps(rec, ensure_ascii=False, default=str))
+        return
+    click.echo(format_table(records))
