@@ -1,0 +1,298 @@
+"""AUTOMATIC1111 compatible: ``/sdapi/v1/txt2img`` and the lookups its clients call.
+
+The request model carries A1111's whole txt2img schema. Fields that map onto
+zitops are honoured; fields at A1111's neutral defaults are accepted without
+comment; a field that asks for something zitops cannot do (hires fix, scripts,
+face restoration, ...) gets a 422 that names it. See docs/api.md, including
+why ``cfg_scale: 7`` (A1111's default) means "the profile's guidance".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from zitops.agent.api_common import (
+    build_request_as,
+    context,
+    read_images,
+    sync_timeout_s,
+    wait_final,
+)
+from zitops.agent.contract import JobRecord
+from zitops.engine.samplers import (
+    SAMPLER_INFO,
+    SCHEDULE_INFO,
+    display_name,
+    resolve_sampler,
+    resolve_schedule,
+)
+from zitops.errors import InvalidRequest
+
+router = APIRouter(tags=["a1111"])
+
+_A1111_NAMES = {"guidance": "cfg_scale", "batch": "batch_size", "sampler": "sampler_name", "schedule": "scheduler"}
+
+A1111_DEFAULT_CFG = 7.0
+"""What every A1111 client sends when its user set nothing; see docs/api.md."""
+
+
+class Txt2ImgIn(BaseModel):
+    """A1111's StableDiffusionTxt2ImgProcessingAPI, every field optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] | None = None
+    seed: int = Field(-1, ge=-1)
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str | None = None
+    sampler_index: str | None = None
+    scheduler: str | None = None
+    batch_size: int = Field(1, ge=1)
+    n_iter: int = Field(1, ge=1)
+    steps: int | None = None
+    cfg_scale: float | None = None
+    distilled_cfg_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: float | None = None
+    denoising_strength: float | None = None
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool = False
+    firstpass_image: str | None = None
+    comments: dict[str, Any] | None = None
+    enable_hr: bool = False
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    hr_additional_modules: list[str] | None = None
+    hr_distilled_cfg: float | None = None
+    force_task_id: str | None = None
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    infotext: str | None = None
+
+
+def _set(value: str | None) -> bool:
+    return bool(value) and str(value).strip().lower() not in ("none", "")
+
+
+def refuse_unsupported(body: Txt2ImgIn) -> None:
+    """422 naming the first field that asks for something zitops cannot do."""
+    checks: list[tuple[str, bool, str]] = [
+        ("enable_hr", body.enable_hr, "hires fix is not supported; send false"),
+        ("script_name", _set(body.script_name), "scripts are not supported; send null"),
+        ("alwayson_scripts", bool(body.alwayson_scripts),
+         f"scripts are not supported ({', '.join(sorted(body.alwayson_scripts))[:80]}); send {{}}"),
+        ("restore_faces", bool(body.restore_faces), "face restoration is not supported; send false"),
+        ("tiling", bool(body.tiling), "tiling is not supported; send false"),
+        ("override_settings", bool(body.override_settings),
+         f"settings overrides are not supported ({', '.join(sorted(body.override_settings or {}))[:80]}); send {{}}"),
+        ("refiner_checkpoint", _set(body.refiner_checkpoint), "refiners are not supported; send null"),
+        ("firstpass_image", bool(body.firstpass_image), "a first-pass image is not supported; send null"),
+        ("styles", bool(body.styles), "saved styles are not supported; put the text in the prompt"),
+        ("subseed_strength", body.subseed_strength != 0, "variation seeds are not supported; send 0"),
+        ("seed_resize_from_h", body.seed_resize_from_h > 0, "seed resizing is not supported; send -1 or 0"),
+        ("seed_resize_from_w", body.seed_resize_from_w > 0, "seed resizing is not supported; send -1 or 0"),
+        ("infotext", _set(body.infotext), "infotext parsing is not supported; send the fields instead"),
+        ("distilled_cfg_scale", body.distilled_cfg_scale not in (None, 3.5),
+         "Z-Image-Turbo has no distilled guidance input; omit it"),
+        ("eta", body.eta not in (None, 0.0, 1.0), "only the default eta (1) is supported"),
+        ("s_churn", body.s_churn not in (None, 0.0), "sampler noise settings are not supported; send 0"),
+        ("s_tmin", body.s_tmin not in (None, 0.0), "sampler noise settings are not supported; send 0"),
+        ("s_tmax", body.s_tmax not in (None, 0.0) and not (body.s_tmax is not None and math.isinf(body.s_tmax)),
+         "sampler noise settings are not supported; send 0"),
+        ("s_noise", body.s_noise not in (None, 1.0), "sampler noise settings are not supported; send 1"),
+        ("s_min_uncond", body.s_min_uncond not in (None, 0.0), "negative-guidance skipping is not supported; send 0"),
+    ]
+    for name, bad, why in checks:
+        if bad:
+            raise InvalidRequest(f"{name}: {why}")
+
+
+def _sampler_and_schedule(body: Txt2ImgIn) -> tuple[str | None, str | None]:
+    name = body.sampler_name or body.sampler_index
+    sampler: str | None = None
+    schedule: str | None = None
+    if name:
+        try:
+            sampler, schedule = resolve_sampler(name)
+        except InvalidRequest as exc:
+            field = "sampler_name" if body.sampler_name else "sampler_index"
+            raise InvalidRequest(field + str(exc).removeprefix("sampler")) from None
+    # "Automatic" is A1111's "the sampler decides": keep the sampler's or the profile's schedule.
+    if body.scheduler and body.scheduler.strip().lower() not in ("automatic", "auto", ""):
+        try:
+            schedule = resolve_schedule(body.scheduler)
+        except InvalidRequest as exc:
+            raise InvalidRequest("scheduler" + str(exc).removeprefix("schedule")) from None
+    return sampler, schedule
+
+
+def guidance_from(cfg_scale: float | None) -> float | None:
+    """A1111 cfg_scale -> zitops guidance; None (the profile's) for A1111's untouched default 7."""
+    if cfg_scale is None or cfg_scale == A1111_DEFAULT_CFG:
+        return None
+    if not math.isfinite(cfg_scale):
+        raise InvalidRequest("cfg_scale: must be a finite number")
+    # A1111 treats cfg_scale 1 as "no guidance"; zitops spells that 0.
+    return 0.0 if cfg_scale <= 1.0 and cfg_scale >= 0 else cfg_scale
+
+
+def _info(body: Txt2ImgIn, record: JobRecord) -> dict[str, Any]:
+    req = record.request
+    total = len(req.seeds)
+    sampler = display_name(req.sampler)
+    schedule_label = next((s["label"] for s in SCHEDULE_INFO if s["name"] == req.schedule), req.schedule)
+    model = context_model_name(record)
+    infotexts = [
+        (f"{req.prompt}\nNegative prompt: {req.negative_prompt}\n" if req.negative_prompt else f"{req.prompt}\n")
+        + f"Steps: {req.steps}, Sampler: {sampler}, Schedule type: {schedule_label}, CFG scale: {req.guidance:g}, "
+        f"Seed: {seed}, Size: {req.width}x{req.height}, Model: {model}"
+        for seed in req.seeds
+    ]
+    return {
+        "prompt": req.prompt,
+        "all_prompts": [req.prompt] * total,
+        "negative_prompt": req.negative_prompt,
+        "all_negative_prompts": [req.negative_prompt] * total,
+        "seed": req.seeds[0],
+        "all_seeds": list(req.seeds),
+        "subseed": req.seeds[0],
+        "all_subseeds": list(req.seeds),
+        "subseed_strength": 0,
+        "width": req.width,
+        "height": req.height,
+        "sampler_name": sampler,
+        "scheduler": schedule_label,
+        "cfg_scale": req.guidance,
+        "steps": req.steps,
+        "batch_size": body.batch_size,
+        "n_iter": body.n_iter,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": model,
+        "sd_model_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": None,
+        "extra_generation_params": {"Schedule type": schedule_label, "zitops job": record.id},
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": [],
+        "job_timestamp": int(record.created_at),
+        "clip_skip": 1,
+        "is_using_inpainting_conditioning": False,
+        "version": "zitops",
+        "job_id": record.id,
+        "profile": req.profile,
+    }
+
+
+def context_model_name(record: JobRecord) -> str:
+    """The model name shown in infotexts."""
+    return str(record.info.get("model") or "Z-Image-Turbo")
+
+
+@router.post("/sdapi/v1/txt2img")
+async def txt2img(body: Txt2ImgIn, request: Request) -> dict[str, Any]:
+    """Generate ``n_iter * batch_size`` images in one job (seeds seed, seed+1, ...), synchronously."""
+    ctx = context(request)
+    refuse_unsupported(body)
+    sampler, schedule = _sampler_and_schedule(body)
+    total = body.batch_size * body.n_iter
+    limit = ctx.config.limits.max_images
+    if total > limit:
+        raise InvalidRequest(f"batch_size: batch_size x n_iter = {total} images; at most {limit} allowed")
+    overrides: dict[str, Any] = {
+        "negative_prompt": body.negative_prompt, "seed": body.seed, "batch": total,
+        "steps": body.steps, "width": body.width, "height": body.height,
+        "sampler": sampler, "schedule": schedule, "guidance": guidance_from(body.cfg_scale),
+        "output_format": "png",  # A1111 returns base64 PNG
+    }
+    req = build_request_as(_A1111_NAMES, ctx.config, body.prompt, **overrides)
+    record = await ctx.service.submit(req)
+    record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config))
+    images: list[str] = []
+    if body.send_images:
+        blobs = await read_images(ctx.service, record)
+        images = await asyncio.to_thread(lambda: [base64.b64encode(b).decode("ascii") for b in blobs])
+    return {"images": images, "parameters": body.model_dump(mode="json"), "info": json.dumps(_info(body, record))}
+
+
+@router.get("/sdapi/v1/samplers")
+async def samplers() -> list[dict[str, Any]]:
+    """Samplers by A1111 display name, with their zitops aliases."""
+    return [{"name": s["name"], "aliases": list(s["aliases"]), "options": dict(s["options"])} for s in SAMPLER_INFO]
+
+
+@router.get("/sdapi/v1/schedulers")
+async def schedulers() -> list[dict[str, Any]]:
+    """Sigma schedules, shaped like A1111's list (plus Automatic)."""
+    out: list[dict[str, Any]] = [{"name": "automatic", "label": "Automatic", "aliases": [],
+                                  "default_rho": -1, "need_inner_model": False}]
+    for s in SCHEDULE_INFO:
+        out.append({"name": s["name"], "label": s["label"], "aliases": [a for a in s["aliases"] if a != "automatic"],
+                    "default_rho": -1, "need_inner_model": False})
+    return out
+
+
+@router.get("/sdapi/v1/sd-models")
+async def sd_models(request: Request) -> list[dict[str, Any]]:
+    """The one model this agent serves."""
+    model = context(request).config.model
+    title = "Z-Image-Turbo" if model == "tiny" else model.rstrip("/").rsplit("/", 1)[-1]
+    return [{"title": title, "model_name": title, "hash": None, "sha256": None,
+             "filename": "tiny" if model == "tiny" else model.rstrip("/").rsplit("/", 1)[-1], "config": None}]
+
+
+@router.get("/sdapi/v1/options")
+async def options(request: Request) -> dict[str, Any]:
+    """A minimal options object: the model and the profile's defaults."""
+    ctx = context(request)
+    models = await sd_models(request)
+    g = ctx.config.profile.generation
+    return {"sd_model_checkpoint": models[0]["title"], "samples_format": "png",
+            "zitops_profile": ctx.config.profile.name, "zitops_default_size": f"{g.width}x{g.height}",
+            "zitops_default_steps": g.steps}
+
+
+@router.get("/sdapi/v1/scripts")
+async def scripts() -> dict[str, list[str]]:
+    """No scripts: clients probe this to decide which extensions to drive."""
+    return {"txt2img": [], "img2img": []}

@@ -1,0 +1,140 @@
+"""What the three API routers share: the app's context and the job plumbing.
+
+Building a request always goes through the profile's defaults and the
+configured limits, so the native, OpenAI and A1111 routes enforce the same
+rules with the same messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+
+from zitops.agent.contract import JobRecord, JobStatus, Service
+from zitops.agent.http_metrics import HttpMetrics
+from zitops.config import AgentConfig
+from zitops.engine.request import GenerationRequest, request_from_profile, validate_request
+from zitops.errors import (
+    AgentUnavailable,
+    Conflict,
+    EngineError,
+    InvalidRequest,
+    NotFound,
+    OutOfMemory,
+)
+
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    """Everything a route needs, stored once on ``app.state.zitops``."""
+
+    config: AgentConfig
+    service: Service
+    tokens: frozenset[str]
+    metrics: HttpMetrics
+    started_at: float
+
+
+def context(request: Request) -> ApiContext:
+    """The ApiContext of the app serving ``request``."""
+    ctx: ApiContext = request.app.state.zitops
+    return ctx
+
+
+def build_request(config: AgentConfig, prompt: str, **overrides: Any) -> GenerationRequest:
+    """Profile defaults + overrides, checked against ``config.limits``; raises InvalidRequest."""
+    limits = config.limits
+    negative = overrides.get("negative_prompt")
+    if isinstance(negative, str) and len(negative) > limits.max_prompt_chars:
+        raise InvalidRequest(
+            f"negative_prompt: {len(negative)} characters, at most {limits.max_prompt_chars} allowed"
+        )
+    if len(prompt) > limits.max_prompt_chars:
+        # Checked before templating too, so the message counts what the client sent.
+        raise InvalidRequest(f"prompt: {len(prompt)} characters, at most {limits.max_prompt_chars} allowed")
+    batch = overrides.get("batch")
+    if batch is not None and not 1 <= batch <= limits.max_images:
+        raise InvalidRequest(f"batch: {batch} images is out of range; allowed 1..{limits.max_images}")
+    req = request_from_profile(config.profile, prompt, **overrides)
+    return validate_request(
+        req, max_side=limits.max_side, min_side=limits.min_side, max_steps=limits.max_steps,
+        max_images=limits.max_images, max_prompt_chars=limits.max_prompt_chars + len(config.profile.generation.prompt_template),
+    )
+
+
+def build_request_as(names: dict[str, str], config: AgentConfig, prompt: str,
+                     **overrides: Any) -> GenerationRequest:
+    """build_request, with error messages naming the client's field (``{"batch": "n"}``)."""
+    try:
+        return build_request(config, prompt, **overrides)
+    except InvalidRequest as exc:
+        field, sep, rest = str(exc).partition(":")
+        if sep and field in names:
+            raise InvalidRequest(f"{names[field]}:{rest}") from None
+        raise
+
+
+def sync_timeout_s(config: AgentConfig) -> float:
+    """How long a synchronous route waits for its job: a full queue ahead of it, each at its timeout."""
+    q = config.profile.queue
+    return q.job_timeout_s * (q.depth + 1)
+
+
+async def wait_final(service: Service, record: JobRecord, timeout_s: float) -> JobRecord:
+    """Wait for a job to end; raise the error a synchronous client should see if it did not succeed."""
+    deadline = time.monotonic() + timeout_s
+    while not record.status.final:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AgentUnavailable(
+                f"job {record.id} is still {record.status.value} after {math.ceil(timeout_s)} s; "
+                f"poll GET /v1/jobs/{record.id}"
+            )
+        record = await service.wait(record.id, min(remaining, 30.0))
+    if record.status is JobStatus.FAILED:
+        error = record.error or "unknown error"
+        if "out of memory" in error.lower() or "outofmemory" in error.lower():
+            raise OutOfMemory(f"job {record.id} failed: {error}")
+        raise EngineError(f"job {record.id} failed: {error}")
+    if record.status is JobStatus.CANCELLED:
+        raise Conflict(f"job {record.id} was cancelled before it ran")
+    return record
+
+
+def image_file(service: Service, record: JobRecord, index: int) -> Path:
+    """The file of image ``index`` of a succeeded job; NotFound with a clear reason otherwise."""
+    if record.status is not JobStatus.SUCCEEDED:
+        raise NotFound(
+            f"job {record.id} is {record.status.value}; its images exist once it has succeeded"
+        )
+    if not 0 <= index < len(record.images):
+        raise NotFound(f"image {index}: job {record.id} has images 0..{len(record.images) - 1}")
+    path = Path(service.image_path(record.id, index))
+    if not path.is_file():
+        raise NotFound(f"image {index} of job {record.id} has expired (results are kept for a limited time)")
+    return path
+
+
+def media_type(path: Path) -> str:
+    """Content type from the file's suffix (the server chose the name)."""
+    return MEDIA_TYPES.get(path.suffix.lower().lstrip("."), "application/octet-stream")
+
+
+async def read_images(service: Service, record: JobRecord) -> list[bytes]:
+    """Every image of a succeeded job, read off the event loop."""
+    paths = [image_file(service, record, i) for i in range(len(record.images))]
+    return await asyncio.to_thread(lambda: [p.read_bytes() for p in paths])
+
+
+def base_url(request: Request) -> str:
+    """Absolute base URL the client used, for links in responses."""
+    return str(request.base_url).rstrip("/")
+

@@ -1,0 +1,129 @@
+"""One JSON error shape for every route, and the handlers that produce it.
+
+The shape is OpenAI's, ``{"error": {"message", "type", "param", "code"}}``,
+which is a superset of what the native API needs, so one shape serves all
+three APIs. A1111 clients additionally get ``detail`` (FastAPI's key).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from zitops.errors import AgentUnavailable, QueueFull, ZitopsError
+
+DEFAULT_RETRY_AFTER_S = 5
+
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def error_body(path: str, status: int, message: str, *, type_: str | None = None,
+               param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """The JSON body of an error response for a request to ``path``."""
+    body: dict[str, Any] = {
+        "error": {
+            "message": message,
+            "type": type_ or _STATUS_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+    if path.startswith("/sdapi/"):
+        body["detail"] = message
+    return body
+
+
+def error_response(path: str, status: int, message: str, *, headers: dict[str, str] | None = None,
+                   type_: str | None = None, param: str | None = None,
+                   code: str | None = None) -> JSONResponse:
+    """A JSONResponse in the shared error shape."""
+    return JSONResponse(error_body(path, status, message, type_=type_, param=param, code=code),
+                        status_code=status, headers=headers)
+
+
+def retry_headers(exc: ZitopsError) -> dict[str, str] | None:
+    """Retry-After for refusals a client should retry (queue full, agent unavailable)."""
+    if isinstance(exc, (QueueFull, AgentUnavailable)):
+        return {"Retry-After": str(int(getattr(exc, "retry_after_s", DEFAULT_RETRY_AFTER_S)))}
+    return None
+
+
+def _param_from_message(message: str) -> str | None:
+    # validate_request and the routers start messages with "field: ..."
+    head, sep, _ = message.partition(":")
+    return head if sep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\[\]]*", head) else None
+
+
+async def zitops_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """ZitopsError -> its http_status with the shared error body."""
+    assert isinstance(exc, ZitopsError)
+    message = str(exc)
+    return error_response(request.url.path, exc.http_status, message, headers=retry_headers(exc),
+                          param=_param_from_message(message), code=_snake(type(exc).__name__))
+
+
+def validation_message(errors: list[Any]) -> tuple[str, str | None]:
+    """One line naming the first invalid field, and that field's dotted name."""
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    field = ".".join(loc)
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        msg = "body: not valid JSON"
+        return msg, None
+    if kind == "extra_forbidden":
+        msg = f"{field}: unknown field; see /openapi.json for the fields this endpoint accepts"
+    elif kind == "missing" and not field:
+        msg = "body: a JSON object is required"
+    elif kind == "missing":
+        msg = f"{field}: field required"
+    else:
+        msg = f"{field or 'body'}: {first.get('msg', 'invalid value')}"
+    more = len(errors) - 1
+    if more:
+        msg += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return " ".join(msg.split()), field or None
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Pydantic validation -> 422 with one line naming the field."""
+    assert isinstance(exc, RequestValidationError)
+    message, field = validation_message(list(exc.errors()))
+    return error_response(request.url.path, 422, message, param=field, code="invalid_request")
+
+
+async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette HTTPException (404, 405, body parse errors) -> the shared shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+    if status == 404 and detail == "Not Found":
+        detail = f"{request.method} {request.url.path}: no such endpoint; see /openapi.json"
+    elif status == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    elif status == 400 and "parsing the body" in detail:
+        detail = "body: could not be parsed as JSON"
+    return error_response(request.url.path, status, detail, headers=dict(exc.headers or {}))
