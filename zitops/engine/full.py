@@ -1,0 +1,116 @@
+"""``--arch full``: the real-size Z-Image-Turbo architecture with random weights.
+
+For benchmarks where the weights can't be had: speed and memory depend on
+shapes, not values. Everything is created directly on the target device in the
+target dtype (no fp32 copy, no 20 GB written to disk). Imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+# The model facts in ../shared/seed/NOTES.md and the issue.
+FULL_TRANSFORMER: dict[str, Any] = dict(
+    all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30,
+    n_refiner_layers=2, n_heads=30, n_kv_heads=30, norm_eps=1e-5, qk_norm=True, cap_feat_dim=2560,
+    rope_theta=256.0, t_scale=1000.0, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512],
+)
+FULL_TEXT_ENCODER: dict[str, Any] = dict(  # Qwen3-4B's shape
+    vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+    num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+    rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+)
+FULL_VAE: dict[str, Any] = dict(  # the 16-channel FLUX autoencoder
+    in_channels=3, out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=16,
+    norm_num_groups=32, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
+    use_quant_conv=False, use_post_quant_conv=False, force_upcast=True,
+)
+INIT_STD = 0.02
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: Any) -> Iterator[None]:
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _reinit(module: Any, seed: int) -> None:
+    """Small normal weights, so 30 random layers stay finite in bf16."""
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.ndim >= 2 and p.device.type != "meta":
+                p.normal_(0.0, INIT_STD)
+
+
+def build_transformer(device: Any, dtype: Any) -> Any:
+    """ZImageTransformer2DModel at full size, parameters created on ``device`` in ``dtype``."""
+    import torch
+    from diffusers import ZImageTransformer2DModel
+
+    with torch.device(device), _default_dtype(dtype):
+        model = ZImageTransformer2DModel(**FULL_TRANSFORMER)
+    _reinit(model, 0)
+    if model.x_pad_token.device.type != "meta":
+        with torch.no_grad():
+            model.x_pad_token.normal_(0.0, INIT_STD)
+            model.cap_pad_token.normal_(0.0, INIT_STD)
+    return model.eval()
+
+
+def build_text_encoder(device: Any, dtype: Any) -> Any:
+    """A Qwen3-4B-shaped Qwen3Model on ``device`` in ``dtype``."""
+    import torch
+    from transformers import Qwen3Config, Qwen3Model
+
+    with torch.device(device), _default_dtype(dtype):
+        model = Qwen3Model(Qwen3Config(**FULL_TEXT_ENCODER))
+    _reinit(model, 1)
+    return model.eval()
+
+
+def build_vae(device: Any, dtype: Any) -> Any:
+    """The FLUX-shaped 16-channel AutoencoderKL on ``device`` in ``dtype``."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    with torch.device(device), _default_dtype(dtype):
+        vae = AutoencoderKL(**FULL_VAE)
+    return vae.eval()
+
+
+def count_parameters(module: Any) -> int:
+    """Number of parameters (works on the meta device)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def build_full_pipeline(device: str, dtype: Any, vae_dtype: Any) -> Any:
+    """A full-size ZImagePipeline with random weights, built on ``device``; nothing touches disk."""
+    from diffusers import ZImagePipeline
+
+    from zitops.engine.schedulers import make_scheduler
+    from zitops.engine.tiny import SCHEDULER, train_tokenizer
+
+    # The tokenizer only decides token ids; the tiny one is enough for timing.
+    tokenizer = train_tokenizer()
+    pipe = ZImagePipeline(
+        scheduler=make_scheduler(SCHEDULER, "euler"),
+        vae=build_vae(device, vae_dtype),
+        text_encoder=build_text_encoder(device, dtype),
+        tokenizer=tokenizer,
+        transformer=build_transformer(device, dtype),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,215 @@
+"""Find model weights on local disk, check them, and load them offline.
+
+``resolve_model`` and ``check_model`` are torch-free (the CLI's ``model check``
+uses them). ``load_pipeline`` imports diffusers, after forcing the Hugging Face
+libraries offline so a run never contacts a hub.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zitops.errors import ModelError
+
+TINY = "tiny"
+FULL_RANDOM = "full-random"
+"""``model: full-random``: the real-size architecture, random weights, built on the GPU."""
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DIFFUSERS_OFFLINE": "1",
+               "HF_HUB_DISABLE_TELEMETRY": "1"}
+REQUIRED_COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "transformer", "vae")
+_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors",
+                 "diffusion_pytorch_model.bin", "pytorch_model.bin")
+_INDEX_NAMES = ("diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json")
+_HINT = ("download a diffusers-format Z-Image-Turbo snapshot (e.g. Tongyi-MAI/Z-Image-Turbo) and "
+         "pass --model PATH (or `model:` in config.yaml), or use --model tiny for a demo")
+
+
+def force_offline() -> None:
+    """Set the Hugging Face offline switches; call before importing diffusers/transformers."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ[key] = value
+
+
+def default_state_dir() -> Path:
+    """Where ``--model tiny`` lives without an agent config: $ZITOPS_STATE_DIR or XDG state."""
+    env = os.environ.get("ZITOPS_STATE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "zitops"
+
+
+def hf_cache_dir() -> Path:
+    """The local Hugging Face hub cache (HF_HUB_CACHE, HF_HOME/hub, or ~/.cache)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
+    return Path(home) / "hub"
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """What ``check_model`` found: a verdict plus the missing pieces."""
+
+    path: Path
+    ok: bool
+    tiny: bool = False
+    components: dict[str, str] = field(default_factory=dict)
+    missing: tuple[str, ...] = ()
+    size_bytes: int = 0
+
+    def summary(self) -> str:
+        """One line for the CLI."""
+        if not self.ok:
+            return f"{self.path}: incomplete, missing {', '.join(self.missing)}"
+        kind = " (tiny random model: images are noise)" if self.tiny else ""
+        return f"{self.path}: complete, {self.size_bytes / 2**20:.1f} MiB{kind}"
+
+
+def _component_weights(comp_dir: Path) -> tuple[list[str], int]:
+    """(missing files, bytes present) for one model component directory."""
+    if not (comp_dir / "config.json").is_file():
+        return [f"{comp_dir.name}/config.json"], 0
+    for name in _INDEX_NAMES:
+        index = comp_dir / name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text("utf-8"))["weight_map"].values()))
+            except (OSError, ValueError, KeyError):
+                return [f"{comp_dir.name}/{name} (unreadable)"], 0
+            missing = [f"{comp_dir.name}/{s}" for s in shards if not (comp_dir / s).is_file()]
+            size = sum((comp_dir / s).stat().st_size for s in shards if (comp_dir / s).is_file())
+            return missing, size
+    for name in _WEIGHT_NAMES:
+        if (comp_dir / name).is_file():
+            return [], (comp_dir / name).stat().st_size
+    return [f"{comp_dir.name}/{_WEIGHT_NAMES[0]} (or a sharded index)"], 0
+
+
+def check_model(path: str | Path) -> ModelCheck:
+    """Check that ``path`` holds a complete diffusers-format ZImagePipeline, file by file."""
+    root = Path(path)
+    index_file = root / "model_index.json"
+    if not index_file.is_file():
+        return ModelCheck(root, False, missing=("model_index.json",))
+    try:
+        index = json.loads(index_file.read_text("utf-8"))
+    except (OSError, ValueError):
+        return ModelCheck(root, False, missing=("model_index.json (not valid JSON)",))
+    components = {k: str(v[1]) for k, v in index.items()
+                  if not k.startswith("_") and isinstance(v, list) and len(v) == 2}
+    missing: list[str] = []
+    size = 0
+    for comp in REQUIRED_COMPONENTS:
+        cdir = root / comp
+        if comp not in components:
+            missing.append(f"{comp} (not in model_index.json)")
+        elif not cdir.is_dir():
+            missing.append(f"{comp}/")
+        elif comp == "scheduler":
+            if not (cdir / "scheduler_config.json").is_file():
+                missing.append("scheduler/scheduler_config.json")
+        elif comp == "tokenizer":
+            if not ((cdir / "tokenizer.json").is_file()
+                    or ((cdir / "vocab.json").is_file() and (cdir / "merges.txt").is_file())):
+                missing.append("tokenizer/tokenizer.json (or vocab.json + merges.txt)")
+        else:
+            miss, got = _component_weights(cdir)
+            missing.extend(miss)
+            size += got
+    from zitops.engine.tiny import is_tiny
+
+    return ModelCheck(root, not missing, is_tiny(root), components, tuple(missing), size)
+
+
+def _from_hf_cache(repo_id: str) -> Path | None:
+    """The snapshot directory of ``repo_id`` in the local hub cache, if any."""
+    repo_dir = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    snaps = repo_dir / "snapshots"
+    if not snaps.is_dir():
+        return None
+    ref = repo_dir / "refs" / "main"
+    if ref.is_file():
+        snap = snaps / ref.read_text("utf-8").strip()
+        if snap.is_dir():
+            return snap
+    candidates = sorted((p for p in snaps.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    return candidates[-1] if candidates else None
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_tiny(state_dir: str | Path) -> Path:
+    """``<state_dir>/models/tiny``, built once; a file lock keeps two workers from racing."""
+    models = Path(state_dir) / "models"
+    target = models / TINY
+    if check_model(target).ok:
+        return target
+    with _file_lock(models / ".tiny.lock"):
+        if check_model(target).ok:
+            return target
+        from zitops.engine.tiny import make_tiny
+
+        tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=models))
+        try:
+            make_tiny(tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(model: str, state_dir: str | Path | None = None) -> Path:
+    """Turn ``tiny``, a local directory, or a repo id in the local HF cache into a checked path."""
+    if model == TINY:
+        return ensure_tiny(state_dir if state_dir is not None else default_state_dir())
+    if model == FULL_RANDOM:
+        raise ModelError("model 'full-random' has no weights on disk; it is built by the engine")
+    path = Path(model).expanduser()
+    if not path.exists() and "/" in model and not model.startswith((".", "/", "~")):
+        cached = _from_hf_cache(model)
+        if cached is None:
+            raise ModelError(f"model {model!r}: not a local directory and not in the local Hugging "
+                             f"Face cache ({hf_cache_dir()}); zitops never downloads; {_HINT}")
+        path = cached
+    if not path.is_dir():
+        raise ModelError(f"model {model!r}: no such directory; {_HINT}")
+    result = check_model(path)
+    if not result.ok:
+        raise ModelError(f"model {path}: incomplete, missing {', '.join(result.missing)}; {_HINT}")
+    return path
+
+
+def load_pipeline(path: Path, dtype: Any) -> Any:
+    """Load a checked pipeline directory offline with ``torch_dtype=dtype`` (on the CPU)."""
+    force_offline()
+    from diffusers import ZImagePipeline
+
+    try:
+        pipe = ZImagePipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"model {path}: cannot load: {str(exc).splitlines()[0]}; {_HINT}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
