@@ -1,0 +1,572 @@
+"""The dispatcher: implements :class:`zitops.agent.contract.Service`.
+
+It owns the job store, the in-memory order of queued jobs, the worker pool
+and the watchdog, all on the agent's one event loop. The HTTP layer calls it;
+the pool tells it about results, failures, memory reports and lost jobs.
+
+Queue cap: ``profile.queue.depth`` counts jobs *waiting* (queued, not yet
+running). A submit beyond it raises QueueFull before anything is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from zitops.agent import watchdog as policy
+from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.jobs import JobStore
+from zitops.agent.pool import Pool, WorkerSlot
+from zitops.agent.watchdog import GpuMemory, Watchdog
+from zitops.config import AgentConfig
+from zitops.engine.request import GenerationRequest
+from zitops.errors import AgentUnavailable, NotFound, QueueFull
+from zitops.worker.protocol import Failure, Job, MemoryReport, Result
+
+TICK_S = 0.2
+"""The dispatcher loop's period; sd_notify pings stop when it stops ticking."""
+
+STALL_AFTER_S = 2.0
+"""How old the last dispatcher tick may be before the loop counts as stalled."""
+
+TINY_NOTE = "tiny random model: images are noise"
+
+
+def resolve_gpus(config: AgentConfig) -> list[int | None]:
+    """The device of each worker: one per GPU, or ``[None]`` for one CPU worker."""
+    if config.gpus != "auto":
+        return list(config.gpus) or [None]
+    try:
+        from zitops.gpu import probe_gpus
+
+        found = probe_gpus()
+    except Exception:  # no NVML, no driver: a CPU worker, never a crash
+        return [None]
+    gpus: list[int | None] = [g if isinstance(g, int) else int(g.index) for g in found]
+    return gpus or [None]
+
+
+class _Log:
+    """zitops.logs when present (structured, with context), stdlib otherwise."""
+
+    def __init__(self) -> None:
+        try:
+            from zitops.logs import get_logger
+
+            self._log: Any = get_logger("zitops.agent")
+            self._structured = True
+        except ImportError:
+            self._log = logging.getLogger("zitops.agent")
+            self._structured = False
+
+    def __call__(self, level: str, msg: str, **ctx: Any) -> None:
+        ctx = {k: v for k, v in ctx.items() if v is not None}
+        if self._structured:
+            getattr(self._log, level)(msg, **ctx)
+        else:
+            extra = " ".join(f"{k}={v}" for k, v in ctx.items())
+            getattr(self._log, level)(f"{msg} {extra}".strip())
+
+
+class _Metrics:
+    """The runtime's Prometheus metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        r = self.registry = CollectorRegistry()
+        self.queue_depth = Gauge("zitops_queue_depth", "Jobs waiting to run", registry=r)
+        self.queue_cap = Gauge("zitops_queue_cap", "Most jobs that may wait", registry=r)
+        self.jobs_running = Gauge("zitops_jobs_running", "Jobs running on workers", registry=r)
+        self.jobs = Counter("zitops_jobs", "Finished job attempts by outcome", ["outcome"], registry=r)
+        self.job_seconds = Histogram(
+            "zitops_job_seconds", "Worker time per successful job", registry=r,
+            buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600),
+        )
+        self.restarts = Counter("zitops_worker_restarts", "Worker restarts by reason", ["reason"], registry=r)
+        self.recoveries = Counter("zitops_recoveries", "Recovery actions by kind", ["kind"], registry=r)
+        self.workers_ready = Gauge("zitops_workers_ready", "Workers ready or busy", registry=r)
+        self.gpu_used = Gauge("zitops_gpu_vram_used_mib", "GPU memory used (NVML, or simulated)", ["gpu"], registry=r)
+        self.gpu_total = Gauge("zitops_gpu_vram_total_mib", "GPU memory total (NVML, or simulated)", ["gpu"], registry=r)
+        self.allocated = Gauge("zitops_worker_allocated_mib", "Allocator memory in use per worker", ["worker"], registry=r)
+        self.reserved = Gauge("zitops_worker_reserved_mib", "Allocator memory reserved per worker", ["worker"], registry=r)
+
+
+class Dispatcher:
+    """Jobs in, workers out: the Service the HTTP layer talks to."""
+
+    def __init__(self, config: AgentConfig, *, notifier: Any = None, failures: Any = None,
+                 gpus: list[int | None] | None = None) -> None:
+        self.config = config
+        self.store = JobStore(config.paths.state_dir)
+        self.output_dir = Path(config.paths.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.pool = Pool(config, gpus if gpus is not None else resolve_gpus(config), self)
+        self.watchdog = Watchdog(self)
+        self.metrics = _Metrics()
+        self.metrics.queue_cap.set(config.profile.queue.depth)
+        self.log = _Log()
+        self.notifier = notifier if notifier is not None else _default_notifier()
+        self.failures = failures if failures is not None else _default_failures(config)
+        self._queue: collections.deque[str] = collections.deque()
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._draining = False
+        self._started_at = time.time()
+        self._tick_at = time.monotonic()
+        self._stall_until = 0.0
+        self._tick_task: asyncio.Task[None] | None = None
+        self._ready_sent = False
+        self._seconds: collections.deque[float] = collections.deque(maxlen=50)
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Restore durable jobs, spawn workers, start the loop and the watchdog."""
+        restored = self.store.recover()
+        self._queue.extend(restored)
+        if restored:
+            self.log("info", "restored queued jobs", count=len(restored))
+        self.pool.start()
+        self._tick_at = time.monotonic()
+        self._tick_task = asyncio.create_task(self._loop(), name="zitops-dispatcher")
+        self.watchdog.start()
+
+    async def _loop(self) -> None:
+        while True:
+            stalled = self._stall_until - time.monotonic()
+            if stalled > 0:
+                await asyncio.sleep(stalled)
+                continue
+            self._tick_at = time.monotonic()
+            self._dispatch()
+            await asyncio.sleep(TICK_S)
+
+    async def drain(self, timeout_s: float | None = None) -> dict[str, int]:
+        """Stop accepting, let running jobs finish (queued ones stay durable), stop workers."""
+        timeout = self.config.profile.queue.drain_timeout_s if timeout_s is None else timeout_s
+        self._draining = True
+        self._notify("stopping")
+        self.log("info", "draining", running=self._running(), queued=len(self._queue))
+        deadline = time.monotonic() + timeout
+        while self._running() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        left = self._running()
+        if left:
+            self.log("warning", "drain timeout: jobs still running are requeued at next start", running=left)
+        await self.close()
+        return {"running_left": left, "queued_left": len(self._queue)}
+
+    async def close(self) -> None:
+        """Stop the watchdog, the workers and the loop; close the store."""
+        self._draining = True
+        self.watchdog.stop()
+        await self.pool.stop(self.config.profile.watchdog.kill_grace_s + 5.0)
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            try:
+                await self._tick_task
+            except asyncio.CancelledError:
+                pass
+            self._tick_task = None
+        for ev in self._waiters.values():
+            ev.set()
+        self.store.close()
+
+    def stall_for_tests(self, seconds: float) -> None:
+        """Test and drill hook: freeze the dispatcher loop for ``seconds`` (sd_notify pings stop)."""
+        self._stall_until = time.monotonic() + seconds
+
+    # --- dispatching -------------------------------------------------------------
+
+    def _running(self) -> int:
+        return sum(1 for s in self.pool.slots if s.job_id is not None)
+
+    def _dispatch(self) -> None:
+        if self._draining:
+            return
+        for slot in self.pool.slots:
+            while slot.idle and self._queue:
+                job_id = self._queue.popleft()
+                try:
+                    record = self.store.get(job_id)
+                except NotFound:
+                    continue
+                if record.status is not JobStatus.QUEUED:
+                    continue  # cancelled while waiting
+                record = self.store.start(job_id, slot.id)
+                job = Job(job_id=job_id, request=record.request.to_dict(), attempt=record.attempts)
+                if not self.pool.assign(slot, job):
+                    self.store.requeue(job_id, record.error or "", uncount=True)
+                    self._queue.appendleft(job_id)
+                    break
+                self.log("info", "job started", job_id=job_id, worker_id=slot.id, attempt=record.attempts)
+
+    def _finished(self, record: JobRecord) -> None:
+        ev = self._waiters.pop(record.id, None)
+        if ev is not None:
+            ev.set()
+
+    # --- PoolListener ------------------------------------------------------------
+
+    def on_ready(self, slot: WorkerSlot) -> None:
+        """A worker is ready: READY=1 the first time, then dispatch."""
+        self.log("info", "worker ready", worker_id=slot.id, pid=slot.pid, incarnation=slot.incarnation)
+        if not self._ready_sent:
+            self._ready_sent = True
+            self._notify("ready")
+            self._notify("status", self.summary())
+        self._dispatch()
+
+    def on_result(self, slot: WorkerSlot, result: Result) -> None:
+        """Record a successful job."""
+        info = {**result.info, "seconds": round(result.seconds, 3), "worker": slot.id}
+        record = self.store.succeed(result.job_id, result.images, info)
+        self.metrics.jobs.labels("succeeded").inc()
+        self.metrics.job_seconds.observe(result.seconds)
+        self._seconds.append(result.seconds)
+        self.log("info", "job succeeded", job_id=result.job_id, worker_id=slot.id, seconds=round(result.seconds, 3))
+        self._finished(record)
+
+    def on_failure(self, slot: WorkerSlot, failure: Failure) -> None:
+        """Record a job the engine failed (the worker lives on; no retry)."""
+        assert failure.job_id is not None
+        error = f"{failure.exc_type}: {failure.message}"
+        record = self.store.fail(failure.job_id, error)
+        self.metrics.jobs.labels("failed").inc()
+        self.log("warning", "job failed", job_id=failure.job_id, worker_id=slot.id, error=error)
+        self._record_failure(record, failure.exc_type, failure.message, failure.traceback, slot,
+                             failure.memory, "fail")
+        self._finished(record)
+
+    def on_memory(self, slot: WorkerSlot, report: MemoryReport) -> None:
+        """Apply the per-job memory policies (warm baseline, leak), then dispatch."""
+        wd = self.config.profile.watchdog
+        self.metrics.allocated.labels(slot.id).set(report.allocated_mib)
+        self.metrics.reserved.labels(slot.id).set(report.reserved_mib)
+        if report.after == "job":
+            if slot.baseline_mib is None:
+                slot.baseline_mib = report.allocated_mib  # warm: the first report after the first job
+            else:
+                slot.leak_streak = policy.leak_streak(slot.baseline_mib, report.allocated_mib,
+                                                      wd.leak_threshold_mib, slot.leak_streak)
+                if policy.is_leaking(slot.leak_streak, wd.leak_consecutive_jobs):
+                    self.pool.recycle(slot, (
+                        f"leak: allocated {report.allocated_mib:.0f} MiB > warm baseline "
+                        f"{slot.baseline_mib:.0f} + {wd.leak_threshold_mib} MiB after "
+                        f"{slot.leak_streak} jobs in a row"), kind="leak")
+            why = policy.recycle_due(slot.jobs_done, 0.0, wd.recycle_after_jobs, 0.0)
+            if why:
+                self.pool.recycle(slot, why, kind="jobs")
+        self._dispatch()
+
+    def on_job_lost(self, slot: WorkerSlot, job_id: str, reason: str) -> None:
+        """Requeue a job whose worker died, once; fail it the second time."""
+        try:
+            record = self.store.get(job_id)
+        except NotFound:
+            return
+        if record.status is not JobStatus.RUNNING:
+            return
+        if record.attempts >= 2:
+            record = self.store.fail(job_id, f"worker crashed twice while running this job: {reason}")
+            self.metrics.jobs.labels("failed").inc()
+            action = "fail"
+            self._finished(record)
+        else:
+            record = self.store.requeue(job_id, f"requeued after: {reason}")
+            self._queue.appendleft(job_id)
+            self.metrics.jobs.labels("requeued").inc()
+            action = "requeue"
+        self.log("warning", f"job {action}", job_id=job_id, worker_id=slot.id, reason=reason)
+        memory = {"allocated_mib": slot.memory.allocated_mib, "reserved_mib": slot.memory.reserved_mib} \
+            if slot.memory else {}
+        self._record_failure(record, "WorkerLost", reason, "", slot, memory, action)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """Log and count a pool action."""
+        kind = event["kind"]
+        if kind == "restart":
+            self.metrics.restarts.labels(event["reason"]).inc()
+        elif kind == "recycle":
+            self.metrics.recoveries.labels(f"recycle_{event.get('policy', 'recycle')}").inc()
+        elif kind in ("crash", "kill", "cache_clear", "flap_limit", "ready"):
+            self.metrics.recoveries.labels(kind).inc()
+        level = "info" if kind in ("ready", "restart", "cache_clear") else "warning"
+        fields = {k: v for k, v in event.items() if k not in ("kind", "worker", "time")}
+        self.log(level, f"worker {kind}", worker_id=event.get("worker"), **fields)
+        if kind == "crash" and event.get("job_id") is None:
+            self._record_failure(None, "WorkerCrash", event["reason"], "", None, {}, "restart",
+                                 worker_id=event.get("worker"))
+
+    # --- Service -----------------------------------------------------------------
+
+    async def submit(self, request: GenerationRequest) -> JobRecord:
+        """Store and enqueue; QueueFull or AgentUnavailable before anything is written."""
+        if self._draining:
+            raise AgentUnavailable("the agent is draining (shutting down); retry on another instance or later")
+        depth = self.config.profile.queue.depth
+        if len(self._queue) >= depth:
+            raise QueueFull(f"queue full: {len(self._queue)} jobs waiting (cap {depth}); retry later",
+                            retry_after_s=self._retry_after())
+        record = self.store.add(request)
+        self._queue.append(record.id)
+        self.log("info", "job queued", job_id=record.id, queued=len(self._queue))
+        self._dispatch()
+        return self.store.get(record.id)
+
+    def _retry_after(self) -> int:
+        mean = sum(self._seconds) / len(self._seconds) if self._seconds else 5.0
+        workers = max(1, sum(1 for s in self.pool.slots if s.state in ("ready", "busy")))
+        return max(1, min(600, round(mean * (len(self._queue) + 1) / workers)))
+
+    def get(self, job_id: str) -> JobRecord:
+        """The job's record, or NotFound."""
+        return self.store.get(job_id)
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued job; Conflict when it is running or final."""
+        record = self.store.cancel(job_id)
+        try:
+            self._queue.remove(job_id)
+        except ValueError:
+            pass
+        self.metrics.jobs.labels("cancelled").inc()
+        self._finished(record)
+        return record
+
+    async def wait(self, job_id: str, timeout_s: float) -> JobRecord:
+        """Wait until the job is final (or the timeout, or the agent stops)."""
+        record = self.store.get(job_id)
+        if record.status.final or timeout_s <= 0:
+            return record
+        ev = self._waiters.setdefault(job_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(ev.wait(), timeout_s)
+        except TimeoutError:
+            pass
+        return self.store.get(job_id)
+
+    def image_path(self, job_id: str, index: int) -> str:
+        """Absolute path of image ``index`` of a succeeded job, or NotFound."""
+        record = self.store.get(job_id)
+        if record.status is not JobStatus.SUCCEEDED:
+            raise NotFound(f"job {job_id}: is {record.status.value}; images exist only for succeeded jobs")
+        if not 0 <= index < len(record.images):
+            raise NotFound(f"job {job_id}: no image {index}; it has {len(record.images)} (0..{len(record.images) - 1})")
+        path = (self.output_dir / record.images[index]).resolve()
+        if not path.is_file():
+            raise NotFound(f"job {job_id}: image {index} has expired")
+        return str(path)
+
+    def livez(self) -> bool:
+        """The process is up (no GPU call, no I/O)."""
+        return True
+
+    def _stale(self) -> list[str]:
+        wd = self.config.profile.watchdog
+        limit = min(wd.heartbeat_timeout_s, 3 * wd.heartbeat_interval_s)
+        now = time.monotonic()
+        return [f"worker {s.id}: no heartbeat for {now - s.last_heartbeat:.1f}s"
+                for s in self.pool.slots if s.state in ("ready", "busy") and now - s.last_heartbeat > limit]
+
+    def _loop_stalled(self) -> str | None:
+        age = time.monotonic() - self._tick_at
+        return f"dispatcher loop stalled for {age:.1f}s" if age > STALL_AFTER_S else None
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """(ready, reasons): a worker is loaded, the queue is below cap, heartbeats are fresh."""
+        reasons: list[str] = []
+        if self._draining:
+            reasons.append("draining: not accepting new jobs")
+        if self.pool.degraded:
+            reasons.append(self.pool.degraded)
+        if not any(s.state in ("ready", "busy") for s in self.pool.slots):
+            states = ", ".join(f"{s.id}: {s.state}" for s in self.pool.slots)
+            reasons.append(f"no worker ready ({states})")
+        depth = self.config.profile.queue.depth
+        if len(self._queue) >= depth:
+            reasons.append(f"queue full: {len(self._queue)} jobs waiting (cap {depth})")
+        reasons.extend(self._stale())
+        stalled = self._loop_stalled()
+        if stalled:
+            reasons.append(stalled)
+        return (not reasons, reasons)
+
+    def healthy(self) -> bool:
+        """True while the dispatcher loop ticks and live workers heartbeat (gates WATCHDOG=1)."""
+        return self._loop_stalled() is None and not self._stale()
+
+    def summary(self) -> str:
+        """One line for STATUS= and logs."""
+        ready = sum(1 for s in self.pool.slots if s.state in ("ready", "busy"))
+        text = (f"{ready}/{len(self.pool.slots)} workers ready, {self._running()} running, "
+                f"{len(self._queue)}/{self.config.profile.queue.depth} queued")
+        if self._draining:
+            text += ", draining"
+        if self.pool.degraded:
+            text += ", DEGRADED: flap limit hit"
+        return text
+
+    def status(self) -> dict[str, Any]:
+        """The /status JSON."""
+        now = time.monotonic()
+        cfg = self.config
+        model: dict[str, Any] = {"name": cfg.model}
+        if cfg.model == "tiny":
+            model["note"] = TINY_NOTE
+        nvml = {g.index: g for g in self.watchdog.gpus}
+        workers = []
+        for s in self.pool.slots:
+            m = s.memory
+            g = nvml.get(s.gpu) if s.gpu is not None else None
+            workers.append({
+                "id": s.id, "gpu": s.gpu, "pid": s.pid, "state": s.state, "incarnation": s.incarnation,
+                "jobs_done": s.jobs_done, "jobs_total": s.jobs_total, "current_job": s.job_id,
+                "job_elapsed_s": round(now - s.job_started, 2) if s.job_started else None,
+                "last_heartbeat_age_s": round(now - s.last_heartbeat, 2) if s.process else None,
+                "last_exit": s.last_exit,
+                "vram": {
+                    "allocated_mib": m.allocated_mib if m else None,
+                    "reserved_mib": m.reserved_mib if m else None,
+                    "baseline_mib": s.baseline_mib,
+                    "nvml_used_mib": s.nvml_used_mib,
+                    "device_used_mib": (g.used_mib if g else (m.device_used_mib if m else None)),
+                    "device_total_mib": (g.total_mib if g else (m.device_total_mib if m else None)),
+                    "simulated": bool(m.simulated) if m else False,
+                },
+            })
+        ready, reasons = self.readiness()
+        return {
+            "profile": cfg.profile.name,
+            "model": model,
+            "engine": cfg.engine.kind,
+            "ready": ready,
+            "reasons": reasons,
+            "degraded": self.pool.degraded,
+            "draining": self._draining,
+            "workers": workers,
+            "queue": {"depth": len(self._queue), "cap": cfg.profile.queue.depth, "running": self._running()},
+            "uptime_s": round(time.time() - self._started_at, 1),
+            "nvml": self.watchdog.nvml_error or "ok",
+            "recent_failures": self._recent_failures(),
+            "recoveries": list(self.pool.events)[-50:],
+        }
+
+    def metrics_text(self) -> str:
+        """Prometheus text of the runtime's own registry."""
+        from prometheus_client import generate_latest
+
+        m = self.metrics
+        m.queue_depth.set(len(self._queue))
+        m.jobs_running.set(self._running())
+        m.workers_ready.set(sum(1 for s in self.pool.slots if s.state in ("ready", "busy")))
+        if not self.watchdog.gpus:
+            for s in self.pool.slots:
+                if s.memory is not None and s.memory.device_total_mib:
+                    label = "cpu" if s.gpu is None else str(s.gpu)
+                    m.gpu_used.labels(label).set(s.memory.device_used_mib)
+                    m.gpu_total.labels(label).set(s.memory.device_total_mib)
+        return generate_latest(m.registry).decode()
+
+    # --- watchdog hooks -------------------------------------------------------------
+
+    def update_gpu_gauges(self, gpus: list[GpuMemory]) -> None:
+        """Set per-GPU gauges from an NVML read."""
+        for g in gpus:
+            self.metrics.gpu_used.labels(str(g.index)).set(g.used_mib)
+            self.metrics.gpu_total.labels(str(g.index)).set(g.total_mib)
+
+    def expire(self) -> int:
+        """Delete finished jobs (and their images) older than the result TTL."""
+        cutoff = time.time() - self.config.profile.queue.result_ttl_s
+        removed = self.store.expire(cutoff)
+        for record in removed:
+            for name in record.images:
+                (self.output_dir / name).unlink(missing_ok=True)
+        if removed:
+            self.log("info", "expired jobs removed", count=len(removed))
+        return len(removed)
+
+    def notifier_interval_s(self) -> float | None:
+        """How often to ping systemd (None outside systemd)."""
+        if self.notifier is None:
+            return None
+        interval = self.notifier.watchdog_interval_s()
+        if interval:
+            return float(interval)
+        return self.config.profile.watchdog.interval_s if getattr(self.notifier, "enabled", False) else None
+
+    def notify_tick(self) -> None:
+        """WATCHDOG=1 only while healthy; STATUS= every time."""
+        if self.healthy():
+            self._notify("watchdog")
+        self._notify("status", self.summary())
+
+    def record_event(self, kind: str, slot: WorkerSlot | None, reason: str) -> None:
+        """Add a non-worker event (e.g. NVML unavailable) to the history."""
+        self.pool.event(kind, slot, reason)
+
+    def log_info(self, msg: str) -> None:
+        """Log at INFO on the agent logger."""
+        self.log("info", msg)
+
+    def log_warning(self, msg: str) -> None:
+        """Log at WARNING on the agent logger."""
+        self.log("warning", msg)
+
+    # --- edges: sd_notify and the failure store ---------------------------------------
+
+    def _notify(self, what: str, *args: Any) -> None:
+        if self.notifier is None:
+            return
+        try:
+            getattr(self.notifier, what)(*args)
+        except Exception as exc:  # notify is best effort; never stop serving for it
+            self.log("warning", "sd_notify failed", error=str(exc))
+
+    def _record_failure(self, record: JobRecord | None, exc_type: str, message: str, tb: str,
+                        slot: WorkerSlot | None, vram: dict[str, Any], action: str,
+                        worker_id: str | None = None) -> None:
+        if self.failures is None:
+            return
+        req = record.request if record else None
+        try:
+            self.failures.record(
+                job_id=record.id if record else None,
+                profile=req.profile if req else self.config.profile.name,
+                prompt=req.prompt if req else "",
+                params=req.to_dict() if req else {},
+                exc_type=exc_type, message=message, traceback=tb,
+                worker_id=slot.id if slot else worker_id, vram=vram, action=action,
+            )
+        except Exception as exc:  # the failure log must never break the dispatcher
+            self.log("warning", "could not record failure", error=str(exc))
+
+    def _recent_failures(self) -> list[dict[str, Any]]:
+        if self.failures is None:
+            return []
+        try:
+            items = self.failures.recent(10)
+        except Exception:  # an unreadable failure log must not break /status
+            return []
+        return [i if isinstance(i, dict) else getattr(i, "__dict__", {"item": str(i)}) for i in items]
+
+
+def _default_notifier() -> Any:
+    try:
+        from zitops.sdnotify import Notifier
+    except ImportError:
+        return None
+    return Notifier()
+
+
+def _default_failures(config: AgentConfig) -> Any:
+    try:
+        from zitops.failures import FailureStore
+    except ImportError:
+        return None
+    return FailureStore(config.paths.state_dir, config.paths.log_dir)

@@ -1,0 +1,210 @@
+"""The spawned worker: one engine on one device, jobs in, results out.
+
+Started by the agent's pool with the ``spawn`` context, so this module is
+re-imported in a fresh interpreter. ``CUDA_VISIBLE_DEVICES`` is set before
+anything imports torch; the engine is imported only after that.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import asdict
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from zitops.worker.protocol import (
+    ClearCache,
+    Failure,
+    FromWorker,
+    Heartbeat,
+    Job,
+    MemoryReport,
+    Ready,
+    Result,
+    Shutdown,
+)
+
+SETUP_FAILED_EXIT = 3
+"""Exit code when the engine cannot be set up (the pool counts it as a crash)."""
+
+_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+
+class _Sender:
+    """Serialises sends: the heartbeat thread and the main loop share one pipe."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, msg: FromWorker) -> None:
+        """Send one message; exit at once if the agent is gone (no orphans)."""
+        try:
+            with self._lock:
+                self._conn.send(msg)
+        except (BrokenPipeError, EOFError, OSError):
+            os._exit(1)
+
+
+class _State:
+    """What the heartbeat thread reports: the job in progress, if any."""
+
+    def __init__(self) -> None:
+        self.job_id: str | None = None
+        self.jobs_done = 0
+
+
+def _heartbeats(sender: _Sender, worker_id: str, state: _State, interval_s: float) -> None:
+    # Runs in a daemon thread: a hung job keeps heartbeats going (the pool
+    # catches that by job age); a wedged interpreter stops them.
+    while True:
+        sender.send(Heartbeat(worker_id=worker_id, sent_at=time.time(), job_id=state.job_id))
+        time.sleep(interval_s)
+
+
+def _configure_logging(config: Any, worker_id: str) -> Any:
+    try:
+        from zitops.logs import configure_logging, get_logger
+    except ImportError:  # the logging module is optional for the worker to run
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{worker_id} %(levelname)s %(name)s: %(message)s")
+        return logging.getLogger("zitops.worker")
+    configure_logging(config, process_name=f"worker-{worker_id}")
+    return get_logger("zitops.worker").bind(worker_id=worker_id)
+
+
+def _memory(engine: Any) -> dict[str, Any]:
+    try:
+        return dict(asdict(engine.memory()))
+    except Exception:  # a broken allocator report must not hide the real failure
+        return {}
+
+
+def _generate(engine: Any, request: Any) -> Any:
+    try:
+        from zitops.engine.oom import generate_split_on_oom
+    except ImportError:
+        return engine.generate(request, None)
+    return generate_split_on_oom(engine, request, None)
+
+
+def _write_image(image: Any, path: Path, fmt: str, info: dict[str, Any]) -> None:
+    """Write to a temporary name, then rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        from zitops.engine.output import encode_image
+    except ImportError:
+        image.save(tmp, format=fmt.upper())
+    else:
+        tmp.write_bytes(encode_image(image, fmt, info))
+    os.replace(tmp, path)
+
+
+def run_job(engine: Any, job: Job, output_dir: Path) -> Result:
+    """Generate the job's images and write them under server-chosen names."""
+    from zitops.engine.request import GenerationRequest
+
+    request = GenerationRequest.from_dict(job.request)
+    started = time.monotonic()
+    result = _generate(engine, request)
+    ext = _EXTENSIONS.get(request.output_format, request.output_format)
+    names: list[str] = []
+    info = {"job_id": job.job_id, **dict(result.info)}
+    for n, image in enumerate(result.images):
+        name = f"{job.job_id}-{n}.{ext}"
+        _write_image(image, output_dir / name, request.output_format,
+                     {**info, "seed": result.seeds[n] if n < len(result.seeds) else None})
+        names.append(name)
+    seconds = time.monotonic() - started
+    return Result(job_id=job.job_id, images=tuple(names), seconds=seconds,
+                  info={"seeds": list(result.seeds), "engine_seconds": result.seconds,
+                        "memory": _memory(engine)})
+
+
+def _report(engine: Any, worker_id: str, jobs_done: int, after: str) -> MemoryReport:
+    m = _memory(engine)
+    return MemoryReport(
+        worker_id=worker_id,
+        allocated_mib=float(m.get("allocated_mib", 0.0)),
+        reserved_mib=float(m.get("reserved_mib", 0.0)),
+        peak_allocated_mib=float(m.get("peak_allocated_mib", 0.0)),
+        device_total_mib=float(m.get("device_total_mib", 0.0)),
+        device_used_mib=float(m.get("device_used_mib", 0.0)),
+        simulated=bool(m.get("simulated", False)),
+        jobs_done=jobs_done,
+        after=after,
+    )
+
+
+def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: int,
+                config_data: dict[str, Any]) -> None:
+    """Entry point of a spawned worker; returns only to exit 0 after Shutdown."""
+    # Before any import of torch: this process sees exactly one GPU, or none.
+    os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else str(gpu)
+    # Ctrl-C in a terminal reaches the whole process group; the agent decides
+    # when a worker stops, so the worker ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    from zitops.config import config_from_mapping
+
+    config = config_from_mapping(config_data, "worker config")
+    sender = _Sender(conn)
+    state = _State()
+    threading.Thread(
+        target=_heartbeats, name="heartbeat", daemon=True,
+        args=(sender, worker_id, state, config.profile.watchdog.heartbeat_interval_s),
+    ).start()
+    log = _configure_logging(config, worker_id)
+    output_dir = Path(config.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    device = "cpu" if gpu is None else "cuda:0"
+    started = time.monotonic()
+    try:
+        from zitops.engine.factory import create_engine
+
+        engine = create_engine(config, incarnation=incarnation)
+        engine.setup(device)
+    except BaseException as exc:  # report why, then die: the pool decides what next
+        sender.send(Failure(job_id=None, exc_type=type(exc).__name__, message=str(exc),
+                            traceback=traceback.format_exc()))
+        log.error(f"engine setup failed: {type(exc).__name__}: {exc}")
+        sys.stdout.flush()
+        os._exit(SETUP_FAILED_EXIT)
+    describe: dict[str, Any] = {}
+    try:
+        describe = dict(engine.describe())
+    except Exception:  # describe is informational only
+        describe = {}
+    sender.send(Ready(worker_id=worker_id, pid=os.getpid(), incarnation=incarnation,
+                      device=device, setup_s=time.monotonic() - started, describe=describe))
+    sender.send(_report(engine, worker_id, 0, "ready"))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return  # the agent is gone: nobody wants our results
+        if isinstance(msg, Shutdown):
+            return
+        if isinstance(msg, ClearCache):
+            engine.release_cache()
+            sender.send(_report(engine, worker_id, state.jobs_done, "clear_cache"))
+        elif isinstance(msg, Job):
+            state.job_id = msg.job_id
+            try:
+                result = run_job(engine, msg, output_dir)
+            except Exception as exc:  # the agent records it; the worker carries on
+                sender.send(Failure(job_id=msg.job_id, exc_type=type(exc).__name__,
+                                    message=str(exc), traceback=traceback.format_exc(),
+                                    memory=_memory(engine)))
+            else:
+                sender.send(result)
+            state.jobs_done += 1
+            state.job_id = None
+            sender.send(_report(engine, worker_id, state.jobs_done, "job"))

@@ -1,0 +1,96 @@
+"""The messages between the agent and a worker process.
+
+Small frozen dataclasses, pickled over a ``multiprocessing`` Pipe. The agent
+sends Job, ClearCache and Shutdown; the worker sends Ready, Heartbeat, Result,
+Failure and MemoryReport. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Job:
+    """Run one generation request and write its images as ``<job_id>-<n>.<ext>``."""
+
+    job_id: str
+    request: dict[str, Any]  # GenerationRequest.to_dict()
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class ClearCache:
+    """Return cached allocator blocks to the device; the worker obeys only when idle."""
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Finish the current job, then exit 0."""
+
+    reason: str = "stop"
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The engine is set up; the worker takes jobs from now on."""
+
+    worker_id: str
+    pid: int
+    incarnation: int
+    device: str
+    setup_s: float
+    describe: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Sent from a side thread every ``heartbeat_interval_s``, busy or not."""
+
+    worker_id: str
+    sent_at: float  # time.time() in the worker
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Allocator statistics (MiB) after every job and after a cache clear."""
+
+    worker_id: str
+    allocated_mib: float
+    reserved_mib: float
+    peak_allocated_mib: float = 0.0
+    device_total_mib: float = 0.0
+    device_used_mib: float = 0.0
+    simulated: bool = False
+    jobs_done: int = 0
+    after: str = "job"  # "job", "clear_cache" or "ready"
+
+
+@dataclass(frozen=True)
+class Result:
+    """A job succeeded; ``images`` are file names under the output dir."""
+
+    job_id: str
+    images: tuple[str, ...]
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A job (or, with ``job_id`` None, the engine setup) raised."""
+
+    job_id: str | None
+    exc_type: str
+    message: str
+    traceback: str = ""
+    memory: dict[str, Any] = field(default_factory=dict)
+
+
+ToWorker = Job | ClearCache | Shutdown
+"""Messages the agent sends."""
+
+FromWorker = Ready | Heartbeat | MemoryReport | Result | Failure
+"""Messages a worker sends."""
