@@ -170,13 +170,20 @@ class MemService:
 
     def status(self) -> dict[str, Any]:
         """A /status-shaped dict."""
+        ready, reasons = self.readiness()
         return {
-            "profile": "designer", "model": "mem", "uptime_s": 1.0,
-            "queue": {"depth": len(self.queue), "cap": self.depth},
-            "workers": [{"id": "w0", "pid": 4242, "state": "ready", "jobs_done": 3,
-                         "vram_used_mib": 2048.0, "vram_total_mib": 16384.0}],
-            "recent_failures": [{"job_id": "abc", "error": "boom", "at": 1.0}],
-            "recoveries": [],
+            "profile": "designer", "model": {"name": "mem"}, "engine": "mem", "ready": ready,
+            "reasons": reasons, "draining": self.draining, "uptime_s": 12.5,
+            "queue": {"depth": len(self.queue), "cap": self.depth, "running": 0},
+            "workers": [{"id": "w0", "gpu": 0, "pid": 4242, "state": "ready", "incarnation": 1,
+                         "jobs_done": 3, "current_job": None,
+                         "vram": {"allocated_mib": 1024.0, "device_used_mib": 2048.0,
+                                  "device_total_mib": 16384.0, "simulated": True}}],
+            "recent_failures": [{"id": "f1", "time": "2026-01-01T00:00:00Z", "ts": 1.0, "job_id": "abc",
+                                 "exc_type": "EngineError", "message": "boom", "worker_id": "w0",
+                                 "action": "fail"}],
+            "recoveries": [{"time": 2.0, "kind": "restart", "worker": "w0", "incarnation": 2,
+                            "reason": "crashed"}],
         }
 
     def metrics_text(self) -> str:

@@ -6,7 +6,6 @@ touches workers, GPUs or the network, so tests can serve it with any Service.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -28,7 +27,8 @@ from zitops.agent.http_errors import (
 from zitops.agent.http_metrics import CONTENT_TYPE, HttpMetrics
 from zitops.agent.middleware import EdgeMiddleware
 from zitops.config import AgentConfig
-from zitops.errors import InvalidRequest, ZitopsError
+from zitops.errors import ConfigError, InvalidRequest, ZitopsError
+from zitops.logs import set_levels
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -91,19 +91,6 @@ class LogLevelsIn(BaseModel):
     levels: dict[str, str] = Field(description="logger name -> DEBUG|INFO|WARNING|ERROR|CRITICAL")
 
 
-def _set_levels(levels: dict[str, str]) -> dict[str, str]:
-    try:
-        from zitops.logs import set_levels
-    except ImportError:
-        # The logging module owns this when present; plain stdlib otherwise.
-        for name, level in levels.items():
-            logging.getLogger(None if name == "root" else name).setLevel(level)
-        return {name: logging.getLevelName(logging.getLogger(None if name == "root" else name).level)
-                for name in levels}
-    result: dict[str, str] = set_levels(levels)
-    return result
-
-
 @ops.put("/admin/log-levels")
 async def put_log_levels(body: LogLevelsIn) -> dict[str, Any]:
     """Change logger levels at runtime; returns the effective levels."""
@@ -119,7 +106,11 @@ async def put_log_levels(body: LogLevelsIn) -> dict[str, Any]:
         if upper not in LEVELS:
             raise InvalidRequest(f"levels.{name}: {level[:20]!r} is not a level; allowed: {', '.join(LEVELS)}")
         clean[name] = upper
-    return {"levels": _set_levels(clean)}
+    try:
+        effective = set_levels(clean)
+    except ConfigError as exc:
+        raise InvalidRequest(f"levels: {exc}") from None
+    return {"levels": effective}
 
 
 def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str]) -> FastAPI:
@@ -142,5 +133,5 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str])
     app.include_router(api_openai.router)
     app.include_router(api_a1111.router)
     app.add_middleware(EdgeMiddleware, tokens=tokens, max_body_bytes=config.limits.max_body_bytes,
-                       metrics=http_metrics, access_log=config.profile.logging.access_log)
+                       metrics=http_metrics)
     return app

@@ -22,8 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from zitops.agent.auth import token_matches
 from zitops.agent.http_errors import error_response
 from zitops.agent.http_metrics import UNMATCHED, HttpMetrics
+from zitops.logs import get_logger
 
-log = structlog.get_logger("zitops.agent.http")
+log = get_logger("zitops.agent.http")
 
 SECURITY_HEADERS = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
 OPEN_PATHS = frozenset({"/livez"})
@@ -50,12 +51,11 @@ class EdgeMiddleware:
     """Request id, headers, auth, body limit, metrics and the last-resort 500."""
 
     def __init__(self, app: ASGIApp, *, tokens: frozenset[str], max_body_bytes: int,
-                 metrics: HttpMetrics, access_log: bool = True) -> None:
+                 metrics: HttpMetrics) -> None:
         self.app = app
         self.tokens = tokens
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
-        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection scope."""
@@ -101,9 +101,6 @@ class EdgeMiddleware:
                 route = getattr(scope.get("route"), "path", None) or UNMATCHED
                 status = int(state["status"]) or 500
                 self.metrics.observe(route, method if method in _METHODS else "OTHER", status, elapsed)
-                if self.access_log:
-                    log.info("http request", method=method, path=path, status=status,
-                             ms=round(elapsed * 1000, 1))
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, headers: Headers,
                       path: str, rid: str) -> None:

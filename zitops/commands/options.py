@@ -24,3 +24,7 @@ url_option = click.option(
     "--url", default="http://127.0.0.1:7860", show_default=True, help="Base URL of a running agent.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+token_file_option = click.option(
+    "--token-file", type=click.Path(dir_okay=False), default=None,
+    help="File holding the agent's bearer token (first token line). Default: $ZITOPS_TOKEN if set.",
+)
