@@ -136,9 +136,10 @@ def _add_process(_logger: Any, _method: str, event_dict: MutableMapping[str, Any
 def _stdlib_fields(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Turn uvicorn's positional access-log args into fields; drop its colour copy."""
     event_dict.pop("color_message", None)
+    args = event_dict.pop("positional_args", None)
     record = event_dict.get("_record")
-    if record is not None and record.name == ACCESS_LOGGER and isinstance(record.args, tuple) and len(record.args) == 5:
-        client, method, path, http_version, status = record.args
+    if record is not None and record.name == ACCESS_LOGGER and isinstance(args, tuple) and len(args) == 5:
+        client, method, path, http_version, status = args
         event_dict.update(
             event="http_request",
             client=client,
@@ -177,6 +178,7 @@ def _shared_chain() -> list[Any]:
 def _json_formatter(foreign: list[Any]) -> structlog.stdlib.ProcessorFormatter:
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=foreign,
+        pass_foreign_args=True,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
@@ -190,6 +192,7 @@ def _json_formatter(foreign: list[Any]) -> structlog.stdlib.ProcessorFormatter:
 def _console_formatter(foreign: list[Any], colors: bool) -> structlog.stdlib.ProcessorFormatter:
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=foreign,
+        pass_foreign_args=True,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.dev.ConsoleRenderer(colors=colors),
