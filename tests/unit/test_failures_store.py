@@ -192,17 +192,21 @@ def agent_url() -> Iterator[str]:
         thread.join(timeout=5)
 
 
-def test_cli_fetches_from_a_running_agent(agent_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_fetches_from_a_running_agent(agent_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ZITOPS_TOKEN", raising=False)
     _Handler.seen.clear()
-    result = CliRunner().invoke(cli, ["failures", "--url", agent_url, "--token", "t0k", "--since", "1h",
-                                      "--limit", "5"])
+    token_file = tmp_path / "token"
+    token_file.write_text("t0k\n", "utf-8")
+    result = CliRunner().invoke(cli, ["failures", "--url", agent_url, "--token-file", str(token_file),
+                                      "--since", "1h", "--limit", "5"])
     assert result.exit_code == 0, result.output
     assert "j9" in result.output and "no heartbeat" in result.output
     path, auth = _Handler.seen[-1]
     assert path.startswith("/v1/failures?") and "limit=5" in path and "since=" in path
     result = CliRunner().invoke(cli, ["failures", "--url", agent_url])
-    assert isinstance(result.exception, Unauthorized)
+    assert isinstance(result.exception, Unauthorized) and "--token-file" in str(result.exception)
+    monkeypatch.setenv("ZITOPS_TOKEN", "t0k")
+    assert CliRunner().invoke(cli, ["failures", "--url", agent_url, "--json"]).exit_code == 0
 
 
 def test_cli_reports_an_unreachable_agent() -> None:

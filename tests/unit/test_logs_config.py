@@ -16,7 +16,7 @@ import structlog
 import yaml
 
 from zitops import logs
-from zitops.config import config_to_dict, config_from_mapping
+from zitops.config import config_from_mapping, config_to_dict
 from zitops.errors import ConfigError
 from zitops.profile import LogSettings, load_profile, profile_to_dict
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import click
 
-from zitops.commands.options import config_option, json_option, url_option
+from zitops.commands.options import config_option, json_option, token_file_option, url_option
 from zitops.errors import AgentUnavailable, Unauthorized
-
-TOKEN_ENV = "ZITOPS_TOKEN"
 
 
 def _from_config(config_path: str, since: float | None, limit: int) -> list[dict[str, Any]]:
@@ -36,7 +33,10 @@ def _from_url(url: str, since: float | None, limit: int, token: str | None) -> l
     except httpx.HTTPError as exc:
         raise AgentUnavailable(f"{endpoint}: cannot reach the agent ({type(exc).__name__}); is it running?") from None
     if resp.status_code == 401:
-        raise Unauthorized(f"{endpoint}: unauthorized; pass --token or set {TOKEN_ENV}")
+        raise Unauthorized(
+            f"{endpoint}: the agent wants a bearer token: pass --token-file FILE or set ZITOPS_TOKEN"
+            if not token else f"{endpoint}: the agent rejected the token"
+        )
     if resp.status_code != 200:
         raise AgentUnavailable(f"{endpoint}: HTTP {resp.status_code}: {_error_text(resp.text)}")
     try:
@@ -82,8 +82,9 @@ def format_table(records: list[dict[str, Any]]) -> str:
 @json_option
 @config_option
 @url_option
-@click.option("--token", default=None, envvar=TOKEN_ENV, help=f"Bearer token for --url (default: ${TOKEN_ENV}).")
-def failures(since: str | None, limit: int, as_json: bool, config_path: str | None, url: str, token: str | None) -> None:
+@token_file_option
+def failures(since: str | None, limit: int, as_json: bool, config_path: str | None, url: str,
+             token_file: str | None) -> None:
     """List recorded job failures (newest first): from --config's store, or from the agent at --url."""
     from zitops.failures import parse_since
 
@@ -91,7 +92,9 @@ def failures(since: str | None, limit: int, as_json: bool, config_path: str | No
     if config_path is not None:
         records = _from_config(config_path, since_ts, limit)
     else:
-        records = _from_url(url, since_ts, limit, token or os.environ.get(TOKEN_ENV))
+        from zitops.agent.auth import read_client_token
+
+        records = _from_url(url, since_ts, limit, read_client_token(token_file))
     if as_json:
         for rec in records:
             click.echo(json.dumps(rec, ensure_ascii=False, default=str))
