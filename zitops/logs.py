@@ -29,8 +29,8 @@ SIGHUP with its config path).
 
 For uvicorn, start it with ``log_config=None`` and ``log_level=None`` so it
 leaves this configuration alone. In a worker, call
-:func:`adopt_library_loggers` after importing diffusers/transformers: their
-first import installs their own stderr handler and stops propagation.
+:func:`adopt_library_loggers` after importing torch/diffusers/transformers:
+their import installs their own stderr handler and stops propagation.
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ AGENT_LOG = "zitops.log"
 ACCESS_LOG = "access.log"
 REDACTED = "[REDACTED]"
 
-# Libraries that install their own handler on first use; we take it away so
-# their records reach our handlers (and their tiers) like everything else.
-_SELF_CONFIGURING = ("transformers", "diffusers")
+# Libraries that install their own stderr handler and stop propagation when
+# imported; we take it away so their records reach our handlers (and tiers).
+_SELF_CONFIGURING = ("transformers", "diffusers", "torch")
 
 # Environment that keeps libraries quiet in service mode. setdefault, so an
 # operator who exports one of these on purpose still wins.
@@ -333,8 +333,26 @@ def _stderr_is_tty() -> bool:
     return bool(isatty is not None and isatty())
 
 
+def _library_loggers() -> list[logging.Logger]:
+    # torch gives each subsystem (torch._dynamo, torch._inductor...) its own
+    # handler, so every existing logger under these names is checked.
+    prefixes = tuple(f"{name}." for name in _SELF_CONFIGURING)
+    names = [n for n in list(logging.root.manager.loggerDict) if n in _SELF_CONFIGURING or n.startswith(prefixes)]
+    return [logging.getLogger(n) for n in sorted(set(names) | set(_SELF_CONFIGURING))]
+
+
+def _is_console_handler(handler: logging.Handler) -> bool:
+    # Only the libraries' console handlers go; a file or trace handler someone
+    # added on purpose (e.g. TORCH_TRACE) stays.
+    return (
+        not getattr(handler, "_zitops", False)
+        and isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+    )
+
+
 def adopt_library_loggers() -> None:
-    """Undo the stderr handler diffusers/transformers install on import; reapply tiers."""
+    """Undo the stderr handler diffusers/transformers/torch install on import; reapply tiers."""
     with _lock:
         for name in _SELF_CONFIGURING:
             module = sys.modules.get(f"{name}.utils.logging")
@@ -344,11 +362,12 @@ def adopt_library_loggers() -> None:
                 with contextlib.suppress(Exception):
                     module.disable_default_handler()
                     module.enable_propagation()
-            lib = logging.getLogger(name)
+        for lib in _library_loggers():
             for handler in list(lib.handlers):
-                if not getattr(handler, "_zitops", False):
+                if _is_console_handler(handler):
                     lib.removeHandler(handler)
-            lib.propagate = True
+            if not lib.handlers:
+                lib.propagate = True
         if _state["service_mode"]:
             module = sys.modules.get("transformers.utils.logging")
             if module is not None:
