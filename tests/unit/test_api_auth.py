@@ -1,0 +1,117 @@
+"""Tokens file loading, the bind policy, and bearer auth over a real server."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from api_support import MemService, make_config, serve  # noqa: E402
+
+from zitops.agent.auth import check_bind_policy, load_tokens, token_matches  # noqa: E402
+from zitops.errors import ConfigError  # noqa: E402
+
+TOKEN = "s3cret-token-0123456789abcdef"
+
+
+def _tokens_file(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    p = tmp_path / "tokens"
+    p.write_text(text)
+    os.chmod(p, mode)
+    return p
+
+
+def test_load_tokens_reads_one_per_line_and_skips_comments(tmp_path: Path) -> None:
+    p = _tokens_file(tmp_path, f"# ops team\n\n  {TOKEN}  \n# old\nsecond-token-abcdefghij\n")
+    cfg = make_config(tmp_path, auth={"tokens_file": str(p)})
+    assert load_tokens(cfg) == frozenset({TOKEN, "second-token-abcdefghij"})
+
+
+def test_no_tokens_file_means_no_tokens(tmp_path: Path) -> None:
+    assert load_tokens(make_config(tmp_path)) == frozenset()
+
+
+@pytest.mark.parametrize(("text", "mode", "needle"), [
+    (TOKEN, 0o644, "chmod 600"),
+    (TOKEN, 0o602, "chmod 600"),
+    ("# nothing here\n\n", 0o600, "holds no tokens"),
+    ("short\n", 0o600, "token #1"),
+    (f"{TOKEN}\nhas space inside token\n", 0o600, "token #2"),
+])
+def test_load_tokens_refuses_bad_files(tmp_path: Path, text: str, mode: int, needle: str) -> None:
+    p = _tokens_file(tmp_path, text, mode)
+    with pytest.raises(ConfigError) as exc:
+        load_tokens(make_config(tmp_path, auth={"tokens_file": str(p)}))
+    assert needle in str(exc.value)
+    assert "\n" not in str(exc.value)
+    # The error names the file but never echoes a token.
+    assert TOKEN not in str(exc.value) and "short" not in str(exc.value).replace("too short", "")
+
+
+def test_load_tokens_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_tokens(make_config(tmp_path, auth={"tokens_file": str(tmp_path / "nope")}))
+
+
+def test_bind_policy(tmp_path: Path) -> None:
+    check_bind_policy(make_config(tmp_path), frozenset())
+    check_bind_policy(make_config(tmp_path, host="localhost"), frozenset())
+    check_bind_policy(make_config(tmp_path, host="0.0.0.0"), frozenset({TOKEN}))
+    check_bind_policy(make_config(tmp_path, host="0.0.0.0", auth={"behind_proxy": True}), frozenset())
+    with pytest.raises(ConfigError, match="not a loopback address.*auth.tokens_file"):
+        check_bind_policy(make_config(tmp_path, host="0.0.0.0"), frozenset())
+    with pytest.raises(ConfigError):
+        check_bind_policy(make_config(tmp_path, host="10.1.2.3"), frozenset())
+
+
+def test_token_matches() -> None:
+    tokens = frozenset({TOKEN, "other-token-0123456789"})
+    assert token_matches(f"Bearer {TOKEN}", tokens)
+    assert token_matches(f"bearer   {TOKEN} ", tokens)
+    for bad in (None, "", TOKEN, f"Basic {TOKEN}", "Bearer ", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}",
+                "Bearer \udcff"):
+        assert not token_matches(bad, tokens)
+
+
+@pytest.fixture(scope="module")
+def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("auth")
+    svc = MemService(tmp / "out")
+    with serve(make_config(tmp), svc, frozenset({TOKEN})) as url:
+        yield url
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/status"), ("GET", "/readyz"), ("GET", "/healthz"), ("GET", "/metrics"),
+    ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/no/such/route"), ("GET", "/v1/jobs/abc"),
+    ("POST", "/v1/jobs"), ("POST", "/v1/images/generations"), ("POST", "/sdapi/v1/txt2img"),
+    ("GET", "/sdapi/v1/samplers"), ("PUT", "/admin/log-levels"),
+])
+def test_every_route_but_livez_needs_a_token(authed: str, method: str, path: str) -> None:
+    r = httpx.request(method, authed + path, json={"prompt": "x"}, timeout=10)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert r.headers["cache-control"] == "no-store"
+    assert "bearer token" in r.json()["error"]["message"]
+    wrong = httpx.request(method, authed + path, headers={"Authorization": "Bearer nope-nope-nope-nope"},
+                          json={"prompt": "x"}, timeout=10)
+    assert wrong.status_code == 401
+
+
+def test_livez_is_open_and_a_good_token_works(authed: str) -> None:
+    assert httpx.get(authed + "/livez", timeout=10).status_code == 200
+    h = {"Authorization": f"Bearer {TOKEN}"}
+    status = httpx.get(authed + "/status", headers=h, timeout=10)
+    assert status.status_code == 200
+    assert TOKEN not in status.text
+    assert status.json()["auth"] == "tokens"
+    r = httpx.post(authed + "/v1/jobs", headers=h, json={"prompt": "a cat", "width": 64, "height": 64}, timeout=10)
+    assert r.status_code == 202
+    levels = httpx.put(authed + "/admin/log-levels", headers=h, json={"levels": {"zitops.test": "DEBUG"}}, timeout=10)
+    assert levels.status_code == 200
+    assert levels.json()["levels"]["zitops.test"] == "DEBUG"

@@ -1,0 +1,79 @@
+"""``zitops status`` and ``zitops health`` against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from api_support import MemService, free_port, make_config, serve  # noqa: E402
+
+from zitops.cli import main  # noqa: E402
+
+TOKEN = "client-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def svc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MemService, str]]:
+    tmp = tmp_path_factory.mktemp("client")
+    svc = MemService(tmp / "out")
+    with serve(make_config(tmp), svc, frozenset({TOKEN})) as url:
+        yield svc, url
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the CLI in-process; (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        main(args)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_status_table_and_json(svc_url: tuple[MemService, str], capsys: pytest.CaptureFixture[str],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZITOPS_TOKEN", TOKEN)
+    code, out, _ = run(["status", "--url", svc_url[1]], capsys)
+    assert code == 0
+    assert "profile   designer" in out
+    assert "WORKER" in out and "4242" in out and "2.0G/16.0G (sim)" in out
+    assert "recent failures: 1" in out and "EngineError: boom" in out
+    assert "recoveries: 1" in out and "crashed" in out
+    code, out, _ = run(["status", "--url", svc_url[1], "--json"], capsys)
+    assert code == 0
+    assert json.loads(out)["workers"][0]["pid"] == 4242
+
+
+def test_health_exit_codes(svc_url: tuple[MemService, str], capsys: pytest.CaptureFixture[str],
+                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ZITOPS_TOKEN", raising=False)
+    token_file = tmp_path / "token"
+    token_file.write_text(f"# agent token\n{TOKEN}\n")
+    os.chmod(token_file, 0o600)
+    svc = svc_url[0]
+    code, out, _ = run(["health", "--url", svc_url[1], "--token-file", str(token_file)], capsys)
+    assert (code, out.strip()) == (0, "ready")
+    svc.ready = False
+    try:
+        code, _, err = run(["health", "--url", svc_url[1], "--token-file", str(token_file)], capsys)
+        assert code != 0 and "no worker is loaded" in err
+    finally:
+        svc.ready = True
+    code, _, err = run(["health", "--url", svc_url[1]], capsys)
+    assert code != 0 and "--token-file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_connection_refused_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    for cmd in ("status", "health"):
+        code, _, err = run([cmd, "--url", url], capsys)
+        assert code != 0
+        assert len(err.strip().splitlines()) == 1
+        assert "cannot connect" in err and "Traceback" not in err
