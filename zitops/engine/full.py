@@ -61,7 +61,7 @@ def build_transformer(device: Any, dtype: Any) -> Any:
     from diffusers import ZImageTransformer2DModel
 
     with torch.device(device), _default_dtype(dtype):
-        model = ZImageTransformer2DModel(**FULL_TRANSFORMER)
+        model: Any = ZImageTransformer2DModel(**FULL_TRANSFORMER)
     _reinit(model, 0)
     if model.x_pad_token.device.type != "meta":
         with torch.no_grad():
@@ -76,7 +76,7 @@ def build_text_encoder(device: Any, dtype: Any) -> Any:
     from transformers import Qwen3Config, Qwen3Model
 
     with torch.device(device), _default_dtype(dtype):
-        model = Qwen3Model(Qwen3Config(**FULL_TEXT_ENCODER))
+        model: Any = Qwen3Model(Qwen3Config(**FULL_TEXT_ENCODER))
     _reinit(model, 1)
     return model.eval()
 
@@ -87,7 +87,7 @@ def build_vae(device: Any, dtype: Any) -> Any:
     from diffusers import AutoencoderKL
 
     with torch.device(device), _default_dtype(dtype):
-        vae = AutoencoderKL(**FULL_VAE)
+        vae: Any = AutoencoderKL(**FULL_VAE)
     return vae.eval()
 
 
@@ -105,7 +105,7 @@ def build_full_pipeline(device: str, dtype: Any, vae_dtype: Any) -> Any:
 
     # The tokenizer only decides token ids; the tiny one is enough for timing.
     tokenizer = train_tokenizer()
-    pipe = ZImagePipeline(
+    pipe: Any = ZImagePipeline(
         scheduler=make_scheduler(SCHEDULER, "euler"),
         vae=build_vae(device, vae_dtype),
         text_encoder=build_text_encoder(device, dtype),

@@ -38,6 +38,17 @@ def force_offline() -> None:
     """Set the Hugging Face offline switches; call before importing diffusers/transformers."""
     for key, value in OFFLINE_ENV.items():
         os.environ[key] = value
+    # Loading bars would garble worker logs and the CLI's own progress bar.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def quiet_libraries() -> None:
+    """Turn off diffusers' and transformers' tqdm bars (they are imported by now)."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
 
 
 def default_state_dir() -> Path:
@@ -132,7 +143,7 @@ def check_model(path: str | Path) -> ModelCheck:
     return ModelCheck(root, not missing, is_tiny(root), components, tuple(missing), size)
 
 
-def _from_hf_cache(repo_id: str) -> Path | None:
+def find_in_hf_cache(repo_id: str) -> Path | None:
     """The snapshot directory of ``repo_id`` in the local hub cache, if any."""
     repo_dir = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
     snaps = repo_dir / "snapshots"
@@ -189,7 +200,7 @@ def resolve_model(model: str, state_dir: str | Path | None = None) -> Path:
         raise ModelError("model 'full-random' has no weights on disk; it is built by the engine")
     path = Path(model).expanduser()
     if not path.exists() and "/" in model and not model.startswith((".", "/", "~")):
-        cached = _from_hf_cache(model)
+        cached = find_in_hf_cache(model)
         if cached is None:
             raise ModelError(f"model {model!r}: not a local directory and not in the local Hugging "
                              f"Face cache ({hf_cache_dir()}); zitops never downloads; {_HINT}")
@@ -202,13 +213,20 @@ def resolve_model(model: str, state_dir: str | Path | None = None) -> Path:
     return path
 
 
-def load_pipeline(path: Path, dtype: Any) -> Any:
-    """Load a checked pipeline directory offline with ``torch_dtype=dtype`` (on the CPU)."""
+def load_pipeline(path: Path, dtype: Any, vae_dtype: Any = None) -> Any:
+    """Load a checked pipeline directory offline (on the CPU); the VAE may get its own dtype."""
     force_offline()
+    import warnings
+
     from diffusers import ZImagePipeline
 
+    quiet_libraries()
+    dtypes = {"default": dtype, "vae": vae_dtype if vae_dtype is not None else dtype}
     try:
-        pipe = ZImagePipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+        with warnings.catch_warnings():
+            # diffusers 0.42 renames torch_dtype to dtype; older releases know only torch_dtype.
+            warnings.simplefilter("ignore", FutureWarning)
+            pipe = ZImagePipeline.from_pretrained(str(path), torch_dtype=dtypes, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"model {path}: cannot load: {str(exc).splitlines()[0]}; {_HINT}") from None
     pipe.set_progress_bar_config(disable=True)

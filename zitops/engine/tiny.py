@@ -63,6 +63,13 @@ TINY_VAE: dict[str, Any] = dict(
     sample_size=32, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
     use_post_quant_conv=False, force_upcast=True,
 )
+# A TAEF1-shaped tiny autoencoder (16 latent channels, 8x upsampling), for
+# exercising vae_decode=fast without downloading madebyollin/taef1.
+TINY_TAE: dict[str, Any] = dict(
+    latent_channels=16, encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+    num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1),
+)
+TINY_VAE_DIR = "tiny_vae"
 SCHEDULER: dict[str, Any] = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
 
 
@@ -79,9 +86,9 @@ def train_tokenizer(vocab_size: int = 1024) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    kwargs: dict[str, Any] = dict(bos_token=None, unk_token=None)
     return Qwen2Tokenizer(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        bos_token=None, unk_token=None, chat_template=CHAT_TEMPLATE,
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", **kwargs, chat_template=CHAT_TEMPLATE,
         model_max_length=131072, padding_side="right",
     )
 
@@ -108,7 +115,7 @@ def build_tiny_pipeline(seed: int = 0) -> Any:
 
     tokenizer = train_tokenizer()
     torch.manual_seed(seed)
-    transformer = ZImageTransformer2DModel(**TINY_TRANSFORMER)
+    transformer: Any = ZImageTransformer2DModel(**TINY_TRANSFORMER)
     _fill_pad_tokens(transformer)
     text_encoder = Qwen3Model(Qwen3Config(vocab_size=len(tokenizer), **TINY_TEXT_ENCODER))
     vae = AutoencoderKL(**TINY_VAE)
@@ -119,6 +126,18 @@ def build_tiny_pipeline(seed: int = 0) -> Any:
     )
 
 
+def make_tiny_vae(directory: str | Path, seed: int = 0) -> Path:
+    """Write a random TAEF1-shaped AutoencoderTiny (for ``engine.tiny_vae_path``)."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    out = Path(directory)
+    tae: Any = AutoencoderTiny(**TINY_TAE)
+    tae.save_pretrained(out, safe_serialization=True)
+    return out
+
+
 def is_tiny(path: str | Path) -> bool:
     """True when ``path`` is a pipeline written by :func:`make_tiny`."""
     return (Path(path) / TINY_MARKER).is_file()
@@ -126,13 +145,18 @@ def is_tiny(path: str | Path) -> bool:
 
 def make_tiny(directory: str | Path, seed: int = 0) -> Path:
     """Write the tiny pipeline to ``directory`` (diffusers format) and mark it."""
+    from zitops.engine.loader import quiet_libraries
+
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     pipe = build_tiny_pipeline(seed)
+    quiet_libraries()
     pipe.save_pretrained(out, safe_serialization=True)
+    make_tiny_vae(out / TINY_VAE_DIR, seed)
     (out / TINY_MARKER).write_text(
         f"{TINY_NOTICE}.\nBuilt by `zitops model make-tiny` (seed {seed}): the real Z-Image "
-        "architecture at toy size with random weights, for demos and tests.\n",
+        "architecture at toy size with random weights, for demos and tests.\n"
+        f"{TINY_VAE_DIR}/ holds a matching random AutoencoderTiny for engine.tiny_vae_path.\n",
         encoding="utf-8",
     )
     index = json.loads((out / "model_index.json").read_text("utf-8"))

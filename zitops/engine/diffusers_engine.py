@@ -1,0 +1,349 @@
+"""The real engine: Z-Image-Turbo through diffusers' ``ZImagePipeline``.
+
+The only module (with its helpers schedulers/full/tiny) that imports torch,
+and only inside the worker process. Every profile knob is applied in
+``setup``; the sampler, schedule and seeds per request in ``run_batch``.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from zitops.engine.base import GenerationResult, MemoryStats, ProgressFn
+from zitops.engine.loader import FULL_RANDOM, default_state_dir, force_offline
+from zitops.engine.oom import BatchOutOfMemory, generate_split_on_oom
+from zitops.engine.request import GenerationRequest
+from zitops.engine.tiny import TINY_NOTICE
+from zitops.errors import EngineError, InvalidRequest, ModelError, ProfileError, ZitopsError
+from zitops.profile import SAMPLERS, SCHEDULES, EngineSettings
+
+log = logging.getLogger("zitops.engine")
+MIB = 2**20
+# Tiles well under the 1024 px the FLUX VAE config names, so "tiled" saves
+# memory at the sizes people actually ask for.
+VAE_TILE_PX = 512
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def configure_compile_cache(cache_dir: str | Path) -> Path:
+    """Point inductor's persistent caches at ``<cache_dir>/inductor`` so restarts reuse compiled code."""
+    path = Path(cache_dir) / "inductor"
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
+    os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] = "1"
+    try:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = True
+    except ImportError:  # pragma: no cover - very old torch
+        pass
+    return path
+
+
+def attention_backends() -> list[str]:
+    """The attention backend names this diffusers knows."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    return [b.value for b in AttentionBackendName]
+
+
+class DiffusersEngine:
+    """ZImagePipeline with zitops' knobs, implementing :class:`zitops.engine.base.Engine`."""
+
+    name = "diffusers"
+
+    def __init__(self, settings: EngineSettings | None = None, model: str = "tiny", *,
+                 state_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+                 compile_on_cpu: bool = False) -> None:
+        self.settings = settings or EngineSettings.model_validate({})
+        self.model = model
+        self.state_dir = Path(state_dir) if state_dir else default_state_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir else self.state_dir / "cache"
+        # torch.compile on a CPU demo costs more than it saves; tests opt in.
+        self.compile_on_cpu = compile_on_cpu
+        self.device = "cpu"
+        self.pipe: Any = None
+        self.tiny_vae: Any = None
+        self.model_path: Path | None = None
+        self.tiny = False
+        self.effective: dict[str, Any] = {}
+        self.notes: list[str] = []
+
+    # -- setup -------------------------------------------------------------
+    def setup(self, device: str) -> None:
+        """Load the pipeline onto ``device`` and apply every engine knob."""
+        force_offline()
+        import torch
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise EngineError(f"device {device!r}: CUDA is not available in this process")
+        self.device = device
+        s = self.settings
+        dtype, vae_dtype = _dtype(s.precision), _dtype(s.vae_precision)
+        on_cuda = device.startswith("cuda")
+        offload = s.offload if on_cuda else "none"
+        if s.offload != "none" and not on_cuda:
+            self._note(f"offload={s.offload} needs a CUDA device; ignored on {device}")
+        if self.model == FULL_RANDOM:
+            from zitops.engine.full import build_full_pipeline
+
+            build_on = device if offload == "none" else "cpu"
+            pipe = build_full_pipeline(build_on, dtype, vae_dtype)
+        else:
+            from zitops.engine.loader import load_pipeline, resolve_model
+            from zitops.engine.tiny import is_tiny
+
+            self.model_path = resolve_model(self.model, self.state_dir)
+            self.tiny = is_tiny(self.model_path)
+            pipe = load_pipeline(self.model_path, dtype, vae_dtype)
+        self.pipe = pipe
+        if offload == "model":
+            pipe.enable_model_cpu_offload(device=device)
+        elif offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=device)
+        else:
+            pipe.to(device)
+        self._base_scheduler_config = dict(pipe.scheduler.config)
+        vae_decode = self._setup_vae(vae_dtype)
+        backend = self._setup_attention()
+        compiled = self._setup_compile(on_cuda)
+        self.effective = {
+            "precision": s.precision, "vae_precision": s.vae_precision, "vae_decode": vae_decode,
+            "offload": offload, "compile": compiled, "attention_backend": backend,
+        }
+        if self.tiny:
+            log.warning("%s (model %s)", TINY_NOTICE, self.model_path)
+
+    def _note(self, text: str) -> None:
+        self.notes.append(text)
+        log.warning("%s", text)
+
+    def _setup_vae(self, vae_dtype: Any) -> str:
+        s = self.settings
+        vae = self.pipe.vae
+        mode = s.vae_decode
+        if mode == "fast":
+            if s.tiny_vae_path:
+                from diffusers import AutoencoderTiny
+
+                path = Path(s.tiny_vae_path).expanduser()
+                try:
+                    tiny = AutoencoderTiny.from_pretrained(str(path), torch_dtype=vae_dtype,
+                                                           local_files_only=True)
+                except (OSError, ValueError) as exc:
+                    raise ModelError(f"engine.tiny_vae_path {path}: cannot load an AutoencoderTiny: "
+                                     f"{str(exc).splitlines()[0]}") from None
+                if tiny.config.latent_channels != vae.config.latent_channels:
+                    raise ModelError(f"engine.tiny_vae_path {path}: {tiny.config.latent_channels} latent "
+                                     f"channels, the model needs {vae.config.latent_channels} (a TAEF1-style "
+                                     "autoencoder)")
+                self.tiny_vae = tiny.to(self.device).eval()
+                return "fast"
+            self._note("vae_decode=fast needs engine.tiny_vae_path (a TAEF1-style AutoencoderTiny); "
+                       "falling back to tiled decode")
+            mode = "tiled"
+        if mode == "tiled":
+            vae.enable_tiling()
+            vae.enable_slicing()
+            tile = min(int(vae.config.sample_size), VAE_TILE_PX)
+            vae.tile_sample_min_size = tile
+            vae.tile_latent_min_size = tile // (2 ** (len(vae.config.block_out_channels) - 1))
+        return mode
+
+    def _setup_attention(self) -> str:
+        name = self.settings.attention_backend
+        if not name:
+            return "default"
+        valid = attention_backends()
+        if name not in valid:
+            raise ProfileError(f"engine.attention_backend: unknown {name!r}; valid: {', '.join(valid)}")
+        try:
+            self.pipe.transformer.set_attention_backend(name)
+        except (RuntimeError, ValueError, ImportError, OSError) as exc:
+            raise EngineError(f"engine.attention_backend {name!r} is not usable here: "
+                              f"{str(exc).splitlines()[0]}") from None
+        return name
+
+    def _setup_compile(self, on_cuda: bool) -> bool:
+        if not self.settings.compile:
+            return False
+        if not on_cuda and not self.compile_on_cpu:
+            self._note("compile=true is skipped on the CPU (no benefit for a demo)")
+            return False
+        if self.settings.offload != "none" and on_cuda:
+            self._note("compile with offload: offload hooks move weights each call, expect recompiles")
+        configure_compile_cache(self.cache_dir)
+        # Regional compilation: one compiled block reused by all 30 layers keeps
+        # compile time to seconds instead of minutes.
+        self.pipe.transformer.compile_repeated_blocks(fullgraph=False, dynamic=True)
+        return True
+
+    # -- generation -------------------------------------------------------
+    def generate(self, request: GenerationRequest, progress: ProgressFn | None = None) -> GenerationResult:
+        """Make ``request.batch`` images; a batch that OOMs is split and retried."""
+        return generate_split_on_oom(self, request, progress)
+
+    def _check(self, request: GenerationRequest) -> None:
+        if self.pipe is None:
+            raise EngineError("engine not set up: call setup(device) first")
+        for side_name, side in (("width", request.width), ("height", request.height)):
+            if side % 16 or side <= 0:
+                raise InvalidRequest(f"{side_name}: {side} is not a positive multiple of 16 "
+                                     "(Z-Image-Turbo needs sides in steps of 16)")
+        if request.sampler not in SAMPLERS:
+            raise InvalidRequest(f"sampler: unknown {request.sampler!r}; valid: {', '.join(SAMPLERS)}")
+        if request.schedule not in SCHEDULES:
+            raise InvalidRequest(f"schedule: unknown {request.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if request.batch < 1 or request.steps < 1:
+            raise InvalidRequest("batch and steps must be at least 1")
+
+    def run_batch(self, request: GenerationRequest, progress: ProgressFn | None = None) -> GenerationResult:
+        """All images of ``request`` in one pipeline call; raises BatchOutOfMemory if it does not fit."""
+        import torch
+
+        from zitops.engine.schedulers import make_scheduler
+
+        self._check(request)
+        pipe = self.pipe
+        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in request.seeds]
+        scheduler = make_scheduler(self._base_scheduler_config, request.sampler, request.schedule)
+        scheduler.zitops_generators = generators
+        pipe.scheduler = scheduler
+        previews: list[Any] = []
+        forwards = 0
+
+        def on_step(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            nonlocal forwards
+            forwards += 1
+            if request.preview:
+                previews[:] = self._decode(kwargs["latents"][:1])
+            if progress is not None:
+                progress(i + 1, int(p.num_timesteps))
+            return {}
+
+        start = time.perf_counter()
+        try:
+            latents = pipe(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt if request.guidance > 0 else None,
+                height=request.height, width=request.width, num_inference_steps=request.steps,
+                guidance_scale=request.guidance, num_images_per_prompt=request.batch,
+                generator=generators, output_type="latent", callback_on_step_end=on_step,
+            ).images
+            images = self._decode(latents)
+        except torch.OutOfMemoryError as exc:
+            del exc  # the traceback pins the tensors that did not fit
+            raise BatchOutOfMemory(f"batch of {request.batch} at {request.width}x{request.height}") from None
+        except ZitopsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any library failure is an engine failure
+            if "out of memory" in str(exc).lower():
+                raise BatchOutOfMemory(str(exc).splitlines()[0]) from None
+            raise EngineError(f"generation failed: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        seconds = time.perf_counter() - start
+        info = self._info(request)
+        info["transformer_forwards"] = forwards
+        if request.preview:
+            info["previews"] = previews
+        return GenerationResult(images=images, seeds=request.seeds, seconds=seconds, info=info)
+
+    def _decode(self, latents: Any) -> list[Any]:
+        """Latents to PIL images through the configured decode path."""
+        import torch
+
+        pipe = self.pipe
+        cfg = pipe.vae.config
+        with torch.no_grad():
+            # The pipeline's latent space is the FLUX VAE's, scaled and shifted;
+            # a TAEF1 decoder takes the same unscaled latents as the full VAE.
+            if self.tiny_vae is not None:
+                raw = latents.to(self.tiny_vae.device, self.tiny_vae.dtype)
+                raw = raw / cfg.scaling_factor + cfg.shift_factor
+                image = self.tiny_vae.decode(raw, return_dict=False)[0]
+            else:
+                raw = latents.to(pipe.vae.dtype) / cfg.scaling_factor + cfg.shift_factor
+                image = pipe.vae.decode(raw, return_dict=False)[0]
+            images: list[Any] = pipe.image_processor.postprocess(image.float(), output_type="pil")
+        pipe.maybe_free_model_hooks()
+        return images
+
+    def _info(self, request: GenerationRequest) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "model": self.model_label(), "sampler": request.sampler, "schedule": request.schedule,
+            "steps": request.steps, "size": f"{request.width}x{request.height}",
+            "profile": request.profile, "device": self.device, "tiny": self.tiny, **self.effective,
+        }
+        if self.tiny:
+            info["notice"] = TINY_NOTICE
+        return info
+
+    def model_label(self) -> str:
+        """A short model name for metadata: the directory name, or the special model name."""
+        if self.model == FULL_RANDOM:
+            return "full-random (random weights)"
+        if self.tiny:
+            return "tiny (random weights)"
+        return self.model_path.name if self.model_path else self.model
+
+    # -- memory -------------------------------------------------------------
+    def memory(self) -> MemoryStats:
+        """torch.cuda allocator statistics in MiB; zeros on the CPU."""
+        import torch
+
+        if not self.device.startswith("cuda") or not torch.cuda.is_available():
+            return MemoryStats()
+        dev = torch.device(self.device)
+        free, total = torch.cuda.mem_get_info(dev)
+        return MemoryStats(
+            allocated_mib=torch.cuda.memory_allocated(dev) / MIB,
+            reserved_mib=torch.cuda.memory_reserved(dev) / MIB,
+            peak_allocated_mib=torch.cuda.max_memory_allocated(dev) / MIB,
+            device_total_mib=total / MIB, device_used_mib=(total - free) / MIB,
+        )
+
+    def reset_peak_memory(self) -> None:
+        """Start a new peak-memory window (benchmarks call this per run)."""
+        import torch
+
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats(torch.device(self.device))
+
+    def release_cache(self) -> None:
+        """gc, then hand cached allocator blocks back to the driver."""
+        import torch
+
+        gc.collect()
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def describe(self) -> dict[str, Any]:
+        """Model, precision and effective knobs, for /status and PNG metadata."""
+        import diffusers
+        import torch
+
+        d: dict[str, Any] = {
+            "engine": self.name, "model": self.model_label(),
+            "model_path": str(self.model_path) if self.model_path else None,
+            "tiny": self.tiny, "device": self.device, "requested": self.settings.model_dump(),
+            "effective": dict(self.effective), "notes": list(self.notes),
+            "torch": torch.__version__, "diffusers": diffusers.__version__,
+        }
+        if self.tiny:
+            d["notice"] = TINY_NOTICE
+        if self.pipe is not None:
+            d["dtypes"] = {"transformer": str(self.pipe.transformer.dtype).replace("torch.", ""),
+                           "text_encoder": str(self.pipe.text_encoder.dtype).replace("torch.", ""),
+                           "vae": str(self.pipe.vae.dtype).replace("torch.", "")}
+        return d

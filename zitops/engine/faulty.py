@@ -1,0 +1,172 @@
+"""A fault-injecting engine with the real engine's interface.
+
+It leaks, crashes, hangs, runs out of memory or fails on command
+(``zitops.config.FaultSettings``), so the worker, watchdog and drills are
+tested through the same interface as the real engine. It must be selected
+explicitly (``engine.kind: faulty``); it never stands in silently.
+
+Memory is simulated everywhere: a baseline for the weights, a ballast that
+grows by ``leak_mib_per_job`` after each job, and an allocator cache that
+each job fills and ``release_cache`` empties, reported through ``memory()``
+with ``simulated=True``.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+import zlib
+from typing import Any
+
+from zitops.config import FaultSettings
+from zitops.engine.base import Engine, GenerationResult, MemoryStats, ProgressFn
+from zitops.engine.oom import BatchOutOfMemory, generate_split_on_oom
+from zitops.engine.request import GenerationRequest
+from zitops.errors import EngineError, InvalidRequest
+
+log = logging.getLogger("zitops.engine")
+CRASH_EXIT_CODE = 3
+CACHE_MIB_PER_IMAGE = 256.0
+STEPS_PER_SECOND_CAP = 50
+
+
+def synthetic_image(seed: int, width: int, height: int) -> Any:
+    """Seeded noise as a PIL image: the same seed and size give the same pixels."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    # Low-resolution noise upscaled, so images look like blobs and compress.
+    small = rng.integers(0, 256, size=(max(1, height // 16), max(1, width // 16), 3), dtype=np.uint8)
+    return Image.fromarray(small, "RGB").resize((width, height), Image.Resampling.BILINEAR)
+
+
+class FaultyEngine:
+    """Implements :class:`zitops.engine.base.Engine`; faults per :class:`FaultSettings`."""
+
+    name = "faulty"
+
+    def __init__(self, faults: FaultSettings, *, explicit: bool = False, incarnation: int = 0,
+                 inner: Engine | None = None) -> None:
+        if not explicit:
+            raise EngineError("the fault-injecting engine runs only when selected explicitly "
+                              "(engine.kind: faulty)")
+        self.faults = faults
+        self.incarnation = incarnation
+        self.inner = inner
+        self.jobs = 0
+        self.device = "cpu"
+        self._leaked_mib = 0.0
+        self._cache_mib = 0.0
+        self._peak_mib = 0.0
+        self._ballast: list[bytearray] = []
+
+    @property
+    def armed(self) -> bool:
+        """Faults fire in the first incarnation only, unless ``every_incarnation``."""
+        return self.incarnation == 0 or self.faults.every_incarnation
+
+    def setup(self, device: str) -> None:
+        """Set up the inner engine, if any; the synthetic source needs nothing."""
+        self.device = device
+        if self.inner is not None:
+            self.inner.setup(device)
+        self._peak_mib = self.faults.baseline_mib
+
+    def generate(self, request: GenerationRequest, progress: ProgressFn | None = None) -> GenerationResult:
+        """One job: maybe crash, hang or fail, then generate (splitting batches that "OOM")."""
+        self.jobs += 1
+        job = self.jobs
+        f = self.faults
+        if self.armed:
+            if f.crash_on_job == job:
+                log.error("fault: crashing on job %d (exit %d)", job, CRASH_EXIT_CODE)
+                logging.shutdown()
+                os._exit(CRASH_EXIT_CODE)
+            if f.hang_on_job == job:
+                log.error("fault: hanging on job %d", job)
+                while True:  # a hang: the job never finishes; only a kill ends it
+                    time.sleep(3600)
+            if f.raise_on_job == job:
+                raise EngineError(f"injected failure on job {job} (fault engine)")
+        result = generate_split_on_oom(self, request, progress)
+        if self.armed and f.leak_mib_per_job > 0:
+            self._leak(f.leak_mib_per_job)
+        result.info["job"] = job
+        result.info["incarnation"] = self.incarnation
+        return result
+
+    def _leak(self, mib: float) -> None:
+        self._leaked_mib += mib
+        # A token allocation keeps the ballast honest without eating the test
+        # machine's RAM: the reported size is the simulated one.
+        self._ballast.append(bytearray(1024))
+
+    def run_batch(self, request: GenerationRequest, progress: ProgressFn | None = None) -> GenerationResult:
+        """All images at once, or BatchOutOfMemory when the batch is above ``oom_above_batch``."""
+        f = self.faults
+        if request.width % 16 or request.height % 16:
+            raise InvalidRequest(f"size: {request.width}x{request.height} is not a multiple of 16 "
+                                 "(Z-Image-Turbo needs sides in steps of 16)")
+        if self.armed and f.oom_above_batch is not None and request.batch > f.oom_above_batch:
+            raise BatchOutOfMemory(f"injected: batch {request.batch} > {f.oom_above_batch}")
+        start = time.perf_counter()
+        if self.inner is not None:
+            inner_result = self.inner.generate(request, progress)
+            images = inner_result.images
+            info = dict(inner_result.info)
+        else:
+            self._pace(request, progress)
+            images = [synthetic_image(s ^ zlib.crc32(request.prompt.encode()), request.width,
+                                      request.height) for s in request.seeds]
+            info = {"model": "synthetic (fault engine)", "sampler": request.sampler,
+                    "schedule": request.schedule, "steps": request.steps,
+                    "size": f"{request.width}x{request.height}", "profile": request.profile,
+                    "device": self.device}
+        self._cache_mib = max(self._cache_mib, CACHE_MIB_PER_IMAGE * request.batch)
+        self._peak_mib = max(self._peak_mib, self._allocated() + CACHE_MIB_PER_IMAGE * request.batch)
+        info["engine"] = self.name
+        return GenerationResult(images, request.seeds, time.perf_counter() - start, info)
+
+    def _pace(self, request: GenerationRequest, progress: ProgressFn | None) -> None:
+        total = max(1, min(request.steps, STEPS_PER_SECOND_CAP))
+        per_step = self.faults.job_seconds * request.batch / total
+        for i in range(total):
+            if per_step > 0:
+                time.sleep(per_step)
+            if progress is not None:
+                progress(i + 1, total)
+
+    def _allocated(self) -> float:
+        return self.faults.baseline_mib + self._leaked_mib
+
+    def memory(self) -> MemoryStats:
+        """Simulated allocator numbers: baseline + leaked, plus the cache in reserved."""
+        allocated = self._allocated()
+        reserved = allocated + self._cache_mib
+        return MemoryStats(
+            allocated_mib=allocated, reserved_mib=reserved,
+            peak_allocated_mib=max(self._peak_mib, allocated),
+            device_total_mib=self.faults.simulated_total_mib,
+            device_used_mib=min(self.faults.simulated_total_mib, reserved + 300.0),
+            simulated=True,
+        )
+
+    def release_cache(self) -> None:
+        """Empty the simulated cache (a leak stays leaked: only a restart frees it)."""
+        gc.collect()
+        self._cache_mib = 0.0
+        if self.inner is not None:
+            self.inner.release_cache()
+
+    def describe(self) -> dict[str, Any]:
+        """The fault plan, the job count and the inner engine."""
+        return {
+            "engine": self.name, "model": "synthetic (fault engine)" if self.inner is None
+            else self.inner.describe().get("model"),
+            "faults": self.faults.model_dump(), "armed": self.armed, "jobs": self.jobs,
+            "incarnation": self.incarnation, "device": self.device,
+            "inner": self.inner.describe() if self.inner is not None else "synthetic",
+        }
