@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,9 @@ from zitops.agent.watchdog import GpuMemory, Watchdog
 from zitops.config import AgentConfig
 from zitops.engine.request import GenerationRequest
 from zitops.errors import AgentUnavailable, NotFound, QueueFull
+from zitops.failures import Action, FailureStore
+from zitops.logs import get_logger
+from zitops.sdnotify import Notifier
 from zitops.worker.protocol import Failure, Job, MemoryReport, Result
 
 TICK_S = 0.2
@@ -51,25 +54,13 @@ def resolve_gpus(config: AgentConfig) -> list[int | None]:
 
 
 class _Log:
-    """zitops.logs when present (structured, with context), stdlib otherwise."""
+    """The agent's structured logger, dropping empty context fields."""
 
     def __init__(self) -> None:
-        try:
-            from zitops.logs import get_logger
-
-            self._log: Any = get_logger("zitops.agent")
-            self._structured = True
-        except ImportError:
-            self._log = logging.getLogger("zitops.agent")
-            self._structured = False
+        self._log = get_logger("zitops.agent")
 
     def __call__(self, level: str, msg: str, **ctx: Any) -> None:
-        ctx = {k: v for k, v in ctx.items() if v is not None}
-        if self._structured:
-            getattr(self._log, level)(msg, **ctx)
-        else:
-            extra = " ".join(f"{k}={v}" for k, v in ctx.items())
-            getattr(self._log, level)(f"{msg} {extra}".strip())
+        getattr(self._log, level)(msg, **{k: v for k, v in ctx.items() if v is not None})
 
 
 class _Metrics:
@@ -110,11 +101,13 @@ class Dispatcher:
         self.metrics = _Metrics()
         self.metrics.queue_cap.set(config.profile.queue.depth)
         self.log = _Log()
-        self.notifier = notifier if notifier is not None else _default_notifier()
-        self.failures = failures if failures is not None else _default_failures(config)
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.failures = failures if failures is not None else FailureStore(
+            Path(config.paths.state_dir), Path(config.paths.log_dir))
         self._queue: collections.deque[str] = collections.deque()
         self._waiters: dict[str, asyncio.Event] = {}
         self._draining = False
+        self._closed = False
         self._started_at = time.time()
         self._tick_at = time.monotonic()
         self._stall_until = 0.0
@@ -157,24 +150,33 @@ class Dispatcher:
         left = self._running()
         if left:
             self.log("warning", "drain timeout: jobs still running are requeued at next start", running=left)
-        await self.close()
+        await self.close(close_store=False)  # the HTTP layer may still read job records
         return {"running_left": left, "queued_left": len(self._queue)}
 
-    async def close(self) -> None:
-        """Stop the watchdog, the workers and the loop; close the store."""
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._closed
+
+    async def close(self, close_store: bool = True) -> None:
+        """Stop the watchdog, the workers and the loop; close the store unless told not to."""
+        if self._closed:
+            if close_store:
+                self.store.close()
+            return
+        self._closed = True
         self._draining = True
         self.watchdog.stop()
         await self.pool.stop(self.config.profile.watchdog.kill_grace_s + 5.0)
         if self._tick_task is not None:
             self._tick_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._tick_task
-            except asyncio.CancelledError:
-                pass
             self._tick_task = None
         for ev in self._waiters.values():
             ev.set()
-        self.store.close()
+        if close_store:
+            self.store.close()
 
     def stall_for_tests(self, seconds: float) -> None:
         """Test and drill hook: freeze the dispatcher loop for ``seconds`` (sd_notify pings stop)."""
@@ -238,8 +240,9 @@ class Dispatcher:
         record = self.store.fail(failure.job_id, error)
         self.metrics.jobs.labels("failed").inc()
         self.log("warning", "job failed", job_id=failure.job_id, worker_id=slot.id, error=error)
+        kind = "oom" if failure.exc_type == "OutOfMemory" else "job"
         self._record_failure(record, failure.exc_type, failure.message, failure.traceback, slot,
-                             failure.memory, "fail")
+                             failure.memory, "fail", kind=kind)
         self._finished(record)
 
     def on_memory(self, slot: WorkerSlot, report: MemoryReport) -> None:
@@ -274,7 +277,7 @@ class Dispatcher:
         if record.attempts >= 2:
             record = self.store.fail(job_id, f"worker crashed twice while running this job: {reason}")
             self.metrics.jobs.labels("failed").inc()
-            action = "fail"
+            action: Action = "fail"
             self._finished(record)
         else:
             record = self.store.requeue(job_id, f"requeued after: {reason}")
@@ -284,7 +287,7 @@ class Dispatcher:
         self.log("warning", f"job {action}", job_id=job_id, worker_id=slot.id, reason=reason)
         memory = {"allocated_mib": slot.memory.allocated_mib, "reserved_mib": slot.memory.reserved_mib} \
             if slot.memory else {}
-        self._record_failure(record, "WorkerLost", reason, "", slot, memory, action)
+        self._record_failure(record, "WorkerLost", reason, "", slot, memory, action, kind=_lost_kind(reason))
 
     def on_event(self, event: dict[str, Any]) -> None:
         """Log and count a pool action."""
@@ -298,9 +301,9 @@ class Dispatcher:
         level = "info" if kind in ("ready", "restart", "cache_clear") else "warning"
         fields = {k: v for k, v in event.items() if k not in ("kind", "worker", "time")}
         self.log(level, f"worker {kind}", worker_id=event.get("worker"), **fields)
-        if kind == "crash" and event.get("job_id") is None:
-            self._record_failure(None, "WorkerCrash", event["reason"], "", None, {}, "restart",
-                                 worker_id=event.get("worker"))
+        if kind in ("crash", "hang") and event.get("job_id") is None:
+            self._record_failure(None, "WorkerLost", event["reason"], "", None, {}, "restart",
+                                 worker_id=event.get("worker"), kind=_lost_kind(event["reason"]))
 
     # --- Service -----------------------------------------------------------------
 
@@ -330,10 +333,8 @@ class Dispatcher:
     async def cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued job; Conflict when it is running or final."""
         record = self.store.cancel(job_id)
-        try:
+        with contextlib.suppress(ValueError):
             self._queue.remove(job_id)
-        except ValueError:
-            pass
         self.metrics.jobs.labels("cancelled").inc()
         self._finished(record)
         return record
@@ -344,10 +345,8 @@ class Dispatcher:
         if record.status.final or timeout_s <= 0:
             return record
         ev = self._waiters.setdefault(job_id, asyncio.Event())
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ev.wait(), timeout_s)
-        except TimeoutError:
-            pass
         return self.store.get(job_id)
 
     def image_path(self, job_id: str, index: int) -> str:
@@ -529,8 +528,8 @@ class Dispatcher:
             self.log("warning", "sd_notify failed", error=str(exc))
 
     def _record_failure(self, record: JobRecord | None, exc_type: str, message: str, tb: str,
-                        slot: WorkerSlot | None, vram: dict[str, Any], action: str,
-                        worker_id: str | None = None) -> None:
+                        slot: WorkerSlot | None, vram: dict[str, Any], action: Action,
+                        worker_id: str | None = None, kind: str = "job") -> None:
         if self.failures is None:
             return
         req = record.request if record else None
@@ -541,7 +540,7 @@ class Dispatcher:
                 prompt=req.prompt if req else "",
                 params=req.to_dict() if req else {},
                 exc_type=exc_type, message=message, traceback=tb,
-                worker_id=slot.id if slot else worker_id, vram=vram, action=action,
+                worker_id=slot.id if slot else worker_id, vram=vram, action=action, kind=kind,
             )
         except Exception as exc:  # the failure log must never break the dispatcher
             self.log("warning", "could not record failure", error=str(exc))
@@ -556,17 +555,10 @@ class Dispatcher:
         return [i if isinstance(i, dict) else getattr(i, "__dict__", {"item": str(i)}) for i in items]
 
 
-def _default_notifier() -> Any:
-    try:
-        from zitops.sdnotify import Notifier
-    except ImportError:
-        return None
-    return Notifier()
 
 
-def _default_failures(config: AgentConfig) -> Any:
-    try:
-        from zitops.failures import FailureStore
-    except ImportError:
-        return None
-    return FailureStore(config.paths.state_dir, config.paths.log_dir)
+def _lost_kind(reason: str) -> str:
+    """The failure-record kind for a lost worker: our hang kill, an outside kill, or a crash."""
+    if reason.startswith("killed:"):
+        return "hang"
+    return "killed" if "killed by" in reason else "crash"

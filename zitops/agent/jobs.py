@@ -66,7 +66,7 @@ class JobStore:
             self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the database (again is harmless)."""
         with self._lock:
             self._db.close()
 

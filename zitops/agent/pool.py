@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -48,7 +49,7 @@ class WorkerSlot:
 
     id: str
     gpu: int | None
-    incarnation: int = 0
+    incarnation: int = -1  # the first process is incarnation 0
     process: BaseProcess | None = None
     conn: Connection | None = None
     pid: int | None = None
@@ -248,7 +249,7 @@ class Pool:
         except (EOFError, OSError):
             pass
         conn.close()
-        proc.join(0)
+        proc.join(2.0)  # the sentinel fires as the process exits; reaping it takes a moment
         code = proc.exitcode
         for t in slot.timers:
             t.cancel()
@@ -319,10 +320,8 @@ class Pool:
     @staticmethod
     def _sigkill(proc: BaseProcess) -> None:
         if proc.exitcode is None and proc.pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def recycle(self, slot: WorkerSlot, reason: str, kind: str = "recycle") -> None:
         """Ask a worker to finish its job and exit; a fresh one replaces it."""

@@ -92,16 +92,30 @@ class GpuMemory:
     by_pid: dict[int, float]
 
 
-def read_gpus(indices: Iterable[int]) -> list[GpuMemory]:
-    """NVML memory for the given GPU indices; raises RuntimeError when NVML is unavailable."""
-    from zitops import gpu
+class NvmlReader:
+    """Reads the workers' GPUs through :class:`zitops.gpu.NvmlMonitor`, opened on first use."""
 
-    out: list[GpuMemory] = []
-    for idx in indices:
-        snap = gpu.memory_snapshot(idx)
-        out.append(GpuMemory(index=idx, used_mib=float(snap.used_mib), total_mib=float(snap.total_mib),
-                             by_pid={int(k): float(v) for k, v in snap.by_pid.items()}))
-    return out
+    def __init__(self) -> None:
+        self._monitor: Any = None
+
+    def __call__(self, indices: Iterable[int]) -> list[GpuMemory]:
+        """Memory per GPU; raises RuntimeError (with NVML's reason) when unavailable."""
+        from zitops.gpu import NvmlMonitor
+
+        if self._monitor is None:
+            self._monitor = NvmlMonitor(sorted(set(indices)))
+        samples = self._monitor.sample()
+        if not self._monitor.available:
+            raise RuntimeError(self._monitor.reason or "NVML is not available")
+        return [GpuMemory(index=s.index, used_mib=s.used_mib, total_mib=s.total_mib,
+                          by_pid={pid: used for pid, used in s.processes.items() if used is not None})
+                for s in samples]
+
+    def close(self) -> None:
+        """Shut NVML down."""
+        if self._monitor is not None:
+            self._monitor.close()
+            self._monitor = None
 
 
 # --- the scheduled jobs ---------------------------------------------------------
@@ -110,9 +124,9 @@ def read_gpus(indices: Iterable[int]) -> list[GpuMemory]:
 class Watchdog:
     """APScheduler jobs on the agent's event loop: liveness, VRAM, retention, sd_notify."""
 
-    def __init__(self, dispatcher: Dispatcher, read: Callable[[Iterable[int]], list[GpuMemory]] = read_gpus) -> None:
+    def __init__(self, dispatcher: Dispatcher, read: Callable[[Iterable[int]], list[GpuMemory]] | None = None) -> None:
         self.dispatcher = dispatcher
-        self._read = read
+        self._read = read if read is not None else NvmlReader()
         self.nvml_error: str | None = None
         self.gpus: list[GpuMemory] = []
         self._scheduler: Any = None
@@ -139,6 +153,9 @@ class Watchdog:
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         self._scheduler = None
+        close = getattr(self._read, "close", None)
+        if close is not None:
+            close()
 
     async def liveness(self) -> None:
         """Kill hung workers (no heartbeat, or a job past its timeout)."""
@@ -162,6 +179,7 @@ class Watchdog:
                 self.gpus = self._read(gpus)
             except Exception as exc:  # no NVML: report once, keep serving
                 self.nvml_error = f"nvml unavailable: {exc}"
+                self.gpus = []
                 d.log_warning(self.nvml_error)
                 d.record_event("nvml", None, self.nvml_error)
         elif not gpus and self.nvml_error is None:

@@ -30,7 +30,7 @@ from zitops.worker.protocol import (
     Shutdown,
 )
 
-SETUP_FAILED_EXIT = 3
+SETUP_FAILED_EXIT = 4
 """Exit code when the engine cannot be set up (the pool counts it as a crash)."""
 
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -69,14 +69,10 @@ def _heartbeats(sender: _Sender, worker_id: str, state: _State, interval_s: floa
 
 
 def _configure_logging(config: Any, worker_id: str) -> Any:
-    try:
-        from zitops.logs import configure_logging, get_logger
-    except ImportError:  # the logging module is optional for the worker to run
-        import logging
+    from zitops.logs import configure_logging, get_logger
 
-        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{worker_id} %(levelname)s %(name)s: %(message)s")
-        return logging.getLogger("zitops.worker")
-    configure_logging(config, process_name=f"worker-{worker_id}")
+    configure_logging(config.profile.logging, log_dir=Path(config.paths.log_dir), fmt=config.log_format,
+                      process=f"worker-{worker_id}")
     return get_logger("zitops.worker").bind(worker_id=worker_id)
 
 
@@ -88,22 +84,17 @@ def _memory(engine: Any) -> dict[str, Any]:
 
 
 def _generate(engine: Any, request: Any) -> Any:
-    try:
-        from zitops.engine.oom import generate_split_on_oom
-    except ImportError:
-        return engine.generate(request, None)
-    return generate_split_on_oom(engine, request, None)
+    # Both engines split an out-of-memory batch themselves
+    # (zitops.engine.oom.generate_split_on_oom inside generate).
+    return engine.generate(request, None)
 
 
 def _write_image(image: Any, path: Path, fmt: str, info: dict[str, Any]) -> None:
     """Write to a temporary name, then rename: a reader never sees half a file."""
+    from zitops.engine.output import encode_image
+
     tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        from zitops.engine.output import encode_image
-    except ImportError:
-        image.save(tmp, format=fmt.upper())
-    else:
-        tmp.write_bytes(encode_image(image, fmt, info))
+    tmp.write_bytes(encode_image(image, fmt, info))
     os.replace(tmp, path)
 
 
@@ -162,6 +153,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
         args=(sender, worker_id, state, config.profile.watchdog.heartbeat_interval_s),
     ).start()
     log = _configure_logging(config, worker_id)
+    from zitops.logs import job_context
     output_dir = Path(config.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = "cpu" if gpu is None else "cuda:0"
@@ -198,7 +190,9 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
         elif isinstance(msg, Job):
             state.job_id = msg.job_id
             try:
-                result = run_job(engine, msg, output_dir)
+                with job_context(job_id=msg.job_id, worker_id=worker_id):
+                    log.info("job started", attempt=msg.attempt)
+                    result = run_job(engine, msg, output_dir)
             except Exception as exc:  # the agent records it; the worker carries on
                 sender.send(Failure(job_id=msg.job_id, exc_type=type(exc).__name__,
                                     message=str(exc), traceback=traceback.format_exc(),

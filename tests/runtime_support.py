@@ -1,0 +1,89 @@
+"""Test support for the runtime tests: configs, an event loop in a thread, polling.
+
+The dispatcher lives on one asyncio loop; tests drive it from the main thread
+through :class:`LoopThread`, so every call runs on the loop, as in the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from zitops.config import AgentConfig, config_from_mapping
+from zitops.engine.request import GenerationRequest
+from zitops.profile import load_profile
+
+T = TypeVar("T")
+
+FAST_SETS = [
+    "generation.width=64", "generation.height=64", "generation.steps=2",
+    "watchdog.interval_s=0.5", "watchdog.heartbeat_interval_s=0.2", "watchdog.heartbeat_timeout_s=5",
+    "watchdog.kill_grace_s=1", "watchdog.restart_backoff_s=0.2", "watchdog.restart_backoff_max_s=1",
+    "queue.job_timeout_s=20", "queue.drain_timeout_s=20",
+]
+
+
+def runtime_config(tmp: Path, *, faults: dict[str, Any] | None = None, sets: list[str] | None = None,
+                   kind: str = "faulty", **over: Any) -> AgentConfig:
+    """A fast agent config (faulty engine, synthetic pixels) rooted at ``tmp``."""
+    profile = load_profile("designer", FAST_SETS + list(sets or []))
+    data: dict[str, Any] = {
+        "profile": profile.model_dump(mode="json"),
+        "paths": {k: str(tmp / k) for k in ("state_dir", "log_dir", "output_dir", "cache_dir")},
+        "engine": {"kind": kind, "faults": {"inner": "synthetic", "job_seconds": 0.05, **(faults or {})}},
+        "log_format": "json",
+    }
+    data.update(over)
+    return config_from_mapping(data, "test config")
+
+
+def request(prompt: str = "a red fox", seed: int = 1, batch: int = 1, **over: Any) -> GenerationRequest:
+    """A small request (64x64, 2 steps)."""
+    fields: dict[str, Any] = dict(prompt=prompt, seeds=tuple(range(seed, seed + batch)), width=64,
+                                  height=64, steps=2)
+    fields.update(over)
+    return GenerationRequest(**fields)
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread; ``run`` and ``call`` execute on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Awaitable[T], timeout: float = 60.0) -> T:
+        """Run a coroutine on the loop and return its result."""
+        async def wrap() -> T:
+            return await coro
+
+        return asyncio.run_coroutine_threadsafe(wrap(), self.loop).result(timeout)
+
+    def call(self, fn: Callable[..., T], *args: Any, timeout: float = 10.0) -> T:
+        """Call a plain function on the loop thread."""
+        async def wrap() -> T:
+            return fn(*args)
+
+        return self.run(wrap(), timeout)
+
+    def stop(self) -> None:
+        """Stop the loop and join its thread."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "") -> Any:
+    """Poll ``predicate`` until truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")

@@ -1,0 +1,113 @@
+"""``run(config)``: the agent process, wiring dispatcher, workers, watchdog and uvicorn.
+
+Signal handlers only queue the signal (uvicorn style); the main loop handles
+them one at a time: SIGTERM/SIGINT drain and exit 0, SIGHUP re-reads the log
+tiers from the config file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from zitops.agent.auth import check_bind_policy, load_tokens
+from zitops.agent.dispatcher import Dispatcher
+from zitops.config import AgentConfig
+from zitops.errors import ConfigError
+from zitops.logs import configure_logging, get_logger, reload_levels
+
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+GRACEFUL_HTTP_S = 5.0
+"""How long open HTTP requests get after the drain, before uvicorn cancels them."""
+
+log = get_logger("zitops.agent")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the agent drains first, then stops it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """No-op: the agent's main loop owns SIGTERM, SIGINT and SIGHUP."""
+        yield
+
+
+def bind(config: AgentConfig) -> socket.socket:
+    """Bind the listening socket before any worker starts, with a clear error."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    try:
+        sock = socket.create_server((config.host, config.port), family=family, reuse_port=False)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; "
+                          "pick a free port (port:) or stop what holds it") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(config: AgentConfig, config_path: str | Path | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT; return the exit code (0 after a clean drain)."""
+    configure_logging(config.profile.logging, log_dir=Path(config.paths.log_dir), fmt=config.log_format,
+                      process="agent")
+    tokens = load_tokens(config)
+    check_bind_policy(config, tokens)
+    sock = bind(config)
+    return asyncio.run(_main(config, config_path, tokens, sock))
+
+
+async def _main(config: AgentConfig, config_path: str | Path | None, tokens: frozenset[str],
+                sock: socket.socket) -> int:
+    from zitops.agent.app import create_app
+
+    loop = asyncio.get_running_loop()
+    signals: asyncio.Queue[int] = asyncio.Queue()
+    for handled in HANDLED:
+        loop.add_signal_handler(handled, signals.put_nowait, handled)
+    dispatcher = Dispatcher(config)
+    app = create_app(config, dispatcher, tokens=tokens)
+    server = _Server(uvicorn.Config(app, host=config.host, port=config.port, log_config=None,
+                                    lifespan="on", timeout_graceful_shutdown=int(GRACEFUL_HTTP_S)))
+    try:
+        await dispatcher.start()
+        serving = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
+        log.info("agent started", host=config.host, port=config.port, profile=config.profile.name,
+                 workers=len(dispatcher.pool.slots), engine=config.engine.kind)
+        while True:
+            getter = asyncio.create_task(signals.get())
+            done, _ = await asyncio.wait({getter, serving}, return_when=asyncio.FIRST_COMPLETED)
+            if serving in done:
+                getter.cancel()
+                log.error("the HTTP server stopped on its own; stopping the agent")
+                return 1
+            sig = getter.result()
+            if sig == signal.SIGHUP:
+                handle_sighup(dispatcher, config_path)
+                continue
+            log.info("signal received: draining", signal=signal.Signals(sig).name)
+            summary = await dispatcher.drain()
+            server.should_exit = True
+            await serving
+            log.info("agent stopped", **summary)
+            return 0
+    finally:
+        for handled in HANDLED:
+            loop.remove_signal_handler(handled)
+        await dispatcher.close()
+
+
+def handle_sighup(dispatcher: Dispatcher, config_path: str | Path | None) -> None:
+    """Re-read the log tiers from the config file and apply them."""
+    if config_path is None:
+        log.warning("SIGHUP ignored: the agent was not started from a config file")
+        return
+    try:
+        levels = reload_levels(config_path)
+    except Exception as exc:  # a bad edit must not take the agent down
+        log.error("SIGHUP: could not reload log levels; keeping the current ones", error=str(exc))
+        return
+    log.warning("log levels reloaded", levels=levels)
