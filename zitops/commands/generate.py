@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ def generate(profile: str, overrides: tuple[str, ...], prompt: str, model: str, 
     done = {"n": 0}
     length = req.steps * req.batch
     make_bar: Any = click.progressbar
-    stderr: Any = click.get_text_stream("stderr")
+    stderr: Any = sys.stderr
     with make_bar(length=length, label="generating", file=stderr, show_eta=False) as bar:
         def progress(step: int, total: int) -> None:
             # Heun calls back twice per step and an OOM split restarts the
