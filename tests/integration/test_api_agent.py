@@ -1,0 +1,271 @@
+"""The HTTP API against the real ``zitops agent`` (faulty engine, synthetic pixels) on loopback.
+
+One agent without tokens serves most tests (module scope); a second one with
+a tokens file proves auth end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import webuiapi
+import yaml
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from api_support import free_port  # noqa: E402
+
+from zitops.config import config_from_mapping, config_to_dict  # noqa: E402
+from zitops.profile import load_profile  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "integration-token-0123456789abcdef"
+SEED_CURL_BODY = '{ "prompt": "a ceramic coffee cup on a wooden table, natural lighting", "steps": 8, "scheduler": "simple", "cfg_scale": 7.0 }'
+BRIEF_CURL_BODY = ('{"prompt": "a cat", "negative_prompt": "", "steps": 8, "width": 1024, "height": 1024, '
+                   '"sampler_name": "DPM++ 2M SDE", "cfg_scale": 7}')
+SETS = ["generation.width=64", "generation.height=64", "generation.steps=2", "queue.depth=20",
+        "queue.job_timeout_s=30", "queue.drain_timeout_s=10", "watchdog.heartbeat_interval_s=0.5"]
+
+
+class Agent:
+    """A real ``zitops agent`` subprocess on a free loopback port."""
+
+    def __init__(self, tmp: Path, *, tokens: bool = False, job_seconds: float = 0.2) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        data: dict[str, Any] = {
+            "profile": load_profile("designer", SETS).model_dump(mode="json"),
+            "port": self.port,
+            "paths": {k: str(tmp / k) for k in ("state_dir", "log_dir", "output_dir", "cache_dir")},
+            "engine": {"kind": "faulty", "faults": {"inner": "synthetic", "job_seconds": job_seconds}},
+            "log_format": "json",
+        }
+        if tokens:
+            tf = tmp / "tokens"
+            tf.write_text(f"# test\n{TOKEN}\n")
+            os.chmod(tf, 0o600)
+            data["auth"] = {"tokens_file": str(tf)}
+        self.config_path = tmp / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config_to_dict(config_from_mapping(data))))
+        self.log = open(tmp / "agent.out", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from zitops.cli import main; main()", "agent", "--config", str(self.config_path)],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.headers = {"Authorization": f"Bearer {TOKEN}"} if tokens else {}
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        """Poll /readyz until 200; fail with the agent's output otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if httpx.get(self.url + "/readyz", headers=self.headers, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError("agent never became ready:\n" + (self.tmp / "agent.out").read_text()[-4000:])
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL the whole process group if it lingers."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+    a = Agent(tmp_path_factory.mktemp("agent"))
+    try:
+        a.wait_ready()
+        yield a
+    finally:
+        a.stop()
+
+
+def _secure(r: httpx.Response) -> None:
+    assert r.headers.get("cache-control") == "no-store", (str(r.request.url), r.status_code)
+    assert r.headers.get("x-content-type-options") == "nosniff", (str(r.request.url), r.status_code)
+
+
+def test_native_jobs(agent: Agent) -> None:
+    with httpx.Client(base_url=agent.url, timeout=20) as c:
+        r = c.post("/v1/jobs", json={"prompt": "a fox", "seed": 11, "n": 2, "width": 96, "height": 64})
+        assert r.status_code == 202, r.text
+        job = r.json()["id"]
+        assert r.headers["location"] == f"/v1/jobs/{job}"
+        deadline = time.monotonic() + 30
+        while (body := c.get(f"/v1/jobs/{job}").json())["status"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, body
+            time.sleep(0.05)
+        assert body["status"] == "succeeded", body
+        assert body["params"]["seeds"] == [11, 12]
+        img = c.get(body["images"][1])
+        assert img.status_code == 200 and img.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(img.content)).size == (96, 64)
+        _secure(img)
+        assert c.get(f"/v1/jobs/{job}/images/5").status_code == 404
+        assert c.delete(f"/v1/jobs/{job}").status_code == 409
+        assert c.get("/v1/jobs/doesnotexist").status_code == 404
+
+
+def test_openai_client(agent: Agent) -> None:
+    oa = openai.OpenAI(base_url=agent.url + "/v1", api_key="sk-placeholder", max_retries=0, timeout=60)
+    res = oa.images.generate(prompt="a lighthouse", n=2, size="128x64", extra_body={"seed": 3})
+    sizes = [Image.open(io.BytesIO(base64.b64decode(d.b64_json or ""))).size for d in res.data]
+    assert sizes == [(128, 64), (128, 64)]
+    res = oa.images.generate(prompt="a lighthouse", size="64x64", response_format="url")
+    assert httpx.get(res.data[0].url or "", timeout=10).status_code == 200
+    with pytest.raises(openai.UnprocessableEntityError):
+        oa.images.generate(prompt="x", size="100x100")
+
+
+@pytest.mark.parametrize("body", [SEED_CURL_BODY, BRIEF_CURL_BODY])
+def test_the_seeds_curl(agent: Agent, body: str) -> None:
+    # The exact bytes curl sends with -d and the Content-Type header.
+    r = httpx.post(agent.url + "/sdapi/v1/txt2img", content=body,
+                   headers={"Content-Type": "application/json"}, timeout=60)
+    assert r.status_code == 200, r.text
+    png = base64.b64decode(r.json()["images"][0])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    info = json.loads(r.json()["info"])
+    assert info["steps"] == 8 and info["cfg_scale"] == 0.0
+
+
+def test_webuiapi_client(agent: Agent) -> None:
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=agent.port, sampler="Euler a", steps=4)
+    result = api.txt2img(prompt="a teapot", seed=9, width=64, height=64, batch_size=2, n_iter=2)
+    assert len(result.images) == 4 and result.images[0].size == (64, 64)
+    assert result.info["all_seeds"] == [9, 10, 11, 12]
+    assert "DPM++ 2M SDE" in [s["name"] for s in api.get_samplers()]
+    with pytest.raises(RuntimeError, match="enable_hr"):
+        api.txt2img(prompt="x", enable_hr=True, width=64, height=64)
+
+
+def test_ops_endpoints_and_headers(agent: Agent) -> None:
+    with httpx.Client(base_url=agent.url, timeout=20) as c:
+        rs = [c.get(p) for p in ("/livez", "/readyz", "/healthz", "/status", "/metrics", "/openapi.json", "/nope")]
+        rs.append(c.post("/v1/jobs", content=b"x" * 100_000))
+        rs.append(c.post("/v1/jobs", json={"prompt": "x", "bogus": 1}))
+        for r in rs:
+            _secure(r)
+        assert [r.status_code for r in rs] == [200, 200, 200, 200, 200, 200, 404, 413, 422]
+        status = rs[3].json()
+        assert status["workers"] and {"pid", "state", "jobs_done", "vram"} <= set(status["workers"][0])
+        metrics = rs[4].text
+        for name in ("zitops_http_requests_total", "zitops_http_request_duration_seconds_bucket",
+                     "zitops_queue_depth", "zitops_worker_restarts"):
+            assert name in metrics, name
+
+
+def test_bad_bodies_never_5xx(agent: Agent) -> None:
+    bodies = [b"", b"{", b"[]", b"null", b'{"prompt": NaN}', b'{"prompt": "x", "width": 1e400}',
+              b'{"prompt": "x", "seed": 99999999999999999999999}', b'{"prompt": "\\u0000"}',
+              b'{"prompt": "x", "n": -1}', b'{"prompt": "x", "size": "0x0"}', b"[" * 2000 + b"]" * 2000,
+              json.dumps({"prompt": "x", "batch_size": 10**9, "n_iter": 10**9}).encode(),
+              json.dumps({"prompt": ["x"], "override_settings": {"a": {"b": [1, {"c": None}]}}}).encode()]
+    with httpx.Client(base_url=agent.url, timeout=20) as c:
+        for route in ("/v1/jobs", "/v1/images/generations", "/sdapi/v1/txt2img"):
+            for body in bodies:
+                r = c.post(route, content=body, headers={"content-type": "application/json"})
+                assert 400 <= r.status_code < 500, (route, body[:80], r.status_code, r.text[:200])
+                _secure(r)
+
+
+def test_queue_limit_60_concurrent_at_depth_20(agent: Agent) -> None:
+    async def one(client: httpx.AsyncClient, i: int) -> httpx.Response:
+        if i % 2:
+            return await client.post("/v1/images/generations", json={"prompt": f"p{i}", "size": "64x64"})
+        return await client.post("/v1/jobs", json={"prompt": f"p{i}"})
+
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(base_url=agent.url, timeout=120, limits=limits) as client:
+            return await asyncio.wait_for(asyncio.gather(*(one(client, i) for i in range(60))), 150)
+
+    t0 = time.monotonic()
+    responses = asyncio.run(burst())
+    codes = [r.status_code for r in responses]
+    assert all(c in (200, 202, 429, 503) for c in codes), codes
+    refused = [r for r in responses if r.status_code in (429, 503)]
+    assert refused, "60 requests at depth 20 should overflow the queue"
+    assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+    assert sum(c in (200, 202) for c in codes) >= 20
+    assert time.monotonic() - t0 < 150
+    # The agent is still healthy and drains its queue.
+    deadline = time.monotonic() + 60
+    while httpx.get(agent.url + "/readyz", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_livez_is_fast_while_the_queue_is_full(agent: Agent) -> None:
+    async def fill() -> list[int]:
+        async with httpx.AsyncClient(base_url=agent.url, timeout=20) as client:
+            rs = await asyncio.gather(*(client.post("/v1/jobs", json={"prompt": f"fill {i}"}) for i in range(40)))
+            return [r.status_code for r in rs]
+
+    codes = asyncio.run(fill())
+    assert 429 in codes or 503 in codes
+    with httpx.Client(base_url=agent.url, timeout=20) as c:
+        worst = 0.0
+        for _ in range(10):
+            t0 = time.perf_counter()
+            assert c.get("/livez").status_code == 200
+            worst = max(worst, time.perf_counter() - t0)
+        assert worst < 0.05, worst
+        # The queue was still (nearly) full while livez answered.
+        assert c.get("/status").json()["queue"]["depth"] >= 15
+
+
+@pytest.fixture(scope="module")
+def authed_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+    a = Agent(tmp_path_factory.mktemp("authed"), tokens=True)
+    try:
+        a.wait_ready()
+        yield a
+    finally:
+        a.stop()
+
+
+def test_auth_end_to_end(authed_agent: Agent) -> None:
+    url = authed_agent.url
+    assert httpx.get(url + "/livez", timeout=10).status_code == 200
+    for path in ("/readyz", "/status", "/metrics", "/openapi.json", "/sdapi/v1/samplers"):
+        r = httpx.get(url + path, timeout=10)
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer"), path
+    oa = openai.OpenAI(base_url=url + "/v1", api_key="sk-placeholder", max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError):
+        oa.images.generate(prompt="x")
+    oa = openai.OpenAI(base_url=url + "/v1", api_key=TOKEN, max_retries=0, timeout=60)
+    assert oa.images.generate(prompt="x").data[0].b64_json
+    status = httpx.get(url + "/status", headers=authed_agent.headers, timeout=10)
+    assert status.status_code == 200 and TOKEN not in status.text
+    logs = "".join(p.read_text(errors="replace") for p in (authed_agent.tmp / "log_dir").glob("*.log"))
+    logs += (authed_agent.tmp / "agent.out").read_text(errors="replace")
+    assert TOKEN not in logs
