@@ -87,3 +87,49 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+class Runtime:
+    """A started Dispatcher on a LoopThread, with helpers that run on its loop."""
+
+    def __init__(self, config: AgentConfig, notifier: Any = None, wait_ready: bool = True) -> None:
+        from zitops.agent.dispatcher import Dispatcher
+
+        self.config = config
+        self.lt = LoopThread()
+        self.d: Dispatcher = self.lt.call(lambda: Dispatcher(config, notifier=notifier))
+        try:
+            self.lt.run(self.d.start())
+            if wait_ready:
+                wait_until(lambda: self.ready()[0], 60, what="a ready worker")
+        except BaseException:
+            self.close()
+            raise
+
+    def ready(self) -> tuple[bool, list[str]]:
+        """The dispatcher's readiness."""
+        return self.lt.call(self.d.readiness)
+
+    def status(self) -> dict[str, Any]:
+        """The /status JSON."""
+        return self.lt.call(self.d.status)
+
+    def submit(self, req: GenerationRequest | None = None) -> Any:
+        """Submit a request (default: a small one)."""
+        return self.lt.run(self.d.submit(req or request()))
+
+    def wait(self, job_id: str, timeout: float = 30.0) -> Any:
+        """Wait for a job to be final."""
+        return self.lt.run(self.d.wait(job_id, timeout), timeout + 5)
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The recovery history, optionally of one kind."""
+        evs = self.lt.call(lambda: list(self.d.pool.events))
+        return [e for e in evs if kind is None or e["kind"] == kind]
+
+    def close(self) -> None:
+        """Stop workers and the loop."""
+        try:
+            self.lt.run(self.d.close(), 30)
+        finally:
+            self.lt.stop()

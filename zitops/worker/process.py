@@ -115,8 +115,8 @@ def run_job(engine: Any, job: Job, output_dir: Path) -> Result:
         names.append(name)
     seconds = time.monotonic() - started
     return Result(job_id=job.job_id, images=tuple(names), seconds=seconds,
-                  info={"seeds": list(result.seeds), "engine_seconds": result.seconds,
-                        "memory": _memory(engine)})
+                  info={**dict(result.info), "seeds": list(result.seeds),
+                        "engine_seconds": result.seconds, "memory": _memory(engine)})
 
 
 def _report(engine: Any, worker_id: str, jobs_done: int, after: str) -> MemoryReport:
