@@ -269,3 +269,22 @@ def test_auth_end_to_end(authed_agent: Agent) -> None:
     logs = "".join(p.read_text(errors="replace") for p in (authed_agent.tmp / "log_dir").glob("*.log"))
     logs += (authed_agent.tmp / "agent.out").read_text(errors="replace")
     assert TOKEN not in logs
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize(("argv", "outputs"), [
+    (["bash", str(EXAMPLES / "client_native.sh")], ["native-0.png", "native-1.png"]),
+    ([sys.executable, str(EXAMPLES / "client_openai.py")], ["openai-0.png", "openai-1.png"]),
+    ([sys.executable, str(EXAMPLES / "client_a1111.py"), "127.0.0.1"], ["a1111-0.png", "a1111-1.png"]),
+])
+def test_examples_run_against_the_agent(agent: Agent, tmp_path: Path, argv: list[str], outputs: list[str]) -> None:
+    # client_a1111.py takes HOST PORT, the others a base URL.
+    args = argv + ([str(agent.port)] if "client_a1111" in " ".join(argv) else [agent.url])
+    env = {**os.environ, "ZITOPS_URL": agent.url}
+    env.pop("ZITOPS_TOKEN", None)
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in outputs:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
