@@ -501,7 +501,8 @@ class Dispatcher:
 
     def notify_tick(self) -> None:
         """WATCHDOG=1 only while healthy; STATUS= every time."""
-        if self.healthy():
+        # systemd arms the watchdog only after READY=1, so pings start there too.
+        if self._ready_sent and self.healthy():
             self._notify("watchdog")
         self._notify("status", self.summary())
 

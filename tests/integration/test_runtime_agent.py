@@ -1,0 +1,169 @@
+"""The real ``zitops agent --config`` process: HTTP end to end, kill -9 and restart, SIGTERM drain."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from runtime_support import runtime_config, wait_until  # noqa: E402
+
+from zitops.agent.contract import JobStatus  # noqa: E402
+from zitops.agent.jobs import JobStore  # noqa: E402
+from zitops.config import config_to_dict  # noqa: E402
+
+pytestmark = pytest.mark.slow
+CLI = "import sys; from zitops.cli import main; sys.exit(main())"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _write_config(tmp: Path, **kw: Any) -> tuple[Path, str]:
+    port = _free_port()
+    cfg = runtime_config(tmp, port=port, **kw)
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    return path, f"http://127.0.0.1:{port}"
+
+
+class Agent:
+    """One ``zitops agent`` process in its own session (so cleanup can reach its workers)."""
+
+    def __init__(self, config: Path, url: str, log: Path) -> None:
+        self.url = url
+        self._log = log.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-c", CLI, "agent", "--config", str(config)],
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.client = httpx.Client(base_url=url, timeout=10)
+
+    def get(self, path: str) -> httpx.Response:
+        """GET, retrying while the port is not open yet."""
+        return self.client.get(path)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until /readyz says 200."""
+        def ready() -> bool:
+            assert self.proc.poll() is None, f"agent exited with {self.proc.returncode}"
+            with contextlib.suppress(httpx.HTTPError):
+                return self.get("/readyz").status_code == 200
+            return False
+        wait_until(ready, timeout, interval=0.1, what="agent readiness")
+
+    def submit(self, **body: Any) -> str:
+        """POST /v1/jobs; the job id."""
+        r = self.client.post("/v1/jobs", json={"prompt": "a lighthouse", "width": 64, "height": 64,
+                                               "steps": 2, **body})
+        assert r.status_code == 202, r.text
+        return str(r.json()["id"])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """GET /v1/jobs/{id}."""
+        r = self.get(f"/v1/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def worker_pids(self) -> list[int]:
+        """The worker pids from /status."""
+        return [w["pid"] for w in self.get("/status").json()["workers"] if w["pid"]]
+
+    def close(self) -> None:
+        """Kill what is left of the agent's session."""
+        self.client.close()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # orphaned workers, if any survived
+        self._log.close()
+
+
+@contextlib.contextmanager
+def agent(config: Path, url: str, tmp: Path) -> Iterator[Agent]:
+    a = Agent(config, url, tmp / "agent.out")
+    try:
+        yield a
+    finally:
+        a.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of a dead agent is reaped by init; treat it as gone.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    return False
+
+
+def test_tiny_diffusers_end_to_end_sighup_and_sigterm(tmp_path: Path) -> None:
+    config, url = _write_config(tmp_path, kind="diffusers")
+    with agent(config, url, tmp_path) as a:
+        a.wait_ready(120)
+        job_id = a.submit(seed=5)
+        wait_until(lambda: a.job(job_id)["status"] == "succeeded", 60, what="the job")
+        img = a.get(f"/v1/jobs/{job_id}/images/0")
+        assert img.status_code == 200 and img.content[:8] == b"\x89PNG\r\n\x1a\n"
+        status = a.get("/status").json()
+        assert status["engine"] == "diffusers" and status["workers"][0]["jobs_done"] == 1
+        data = yaml.safe_load(config.read_text())
+        data["profile"]["logging"]["levels"]["diffusers"] = "DEBUG"
+        config.write_text(yaml.safe_dump(data))
+        a.proc.send_signal(signal.SIGHUP)  # re-reads log tiers; the agent keeps serving
+        log = tmp_path / "log_dir" / "zitops.log"
+        wait_until(lambda: '"diffusers": "DEBUG"' in log.read_text(), 10, what="the SIGHUP reload")
+        assert a.get("/readyz").status_code == 200
+        a.proc.send_signal(signal.SIGTERM)
+        assert a.proc.wait(30) == 0
+
+
+def test_queued_jobs_survive_kill_9_of_the_agent(tmp_path: Path) -> None:
+    config, url = _write_config(tmp_path, faults={"job_seconds": 1.5})
+    with agent(config, url, tmp_path) as a:
+        a.wait_ready()
+        ids = [a.submit(seed=i) for i in range(3)]
+        wait_until(lambda: a.job(ids[0])["status"] == "running", 10, what="the first job to run")
+        pids = a.worker_pids()
+        os.kill(a.proc.pid, signal.SIGKILL)
+        a.proc.wait(10)
+        # Orphaned workers notice the agent is gone and exit by themselves.
+        wait_until(lambda: not any(_alive(p) for p in pids), 15, what="orphaned workers to exit")
+    with agent(config, url, tmp_path) as b:
+        b.wait_ready()
+        for job_id in ids:
+            wait_until(lambda j=job_id: b.job(j)["status"] == "succeeded", 30, what=f"job {job_id}")
+        assert b.job(ids[0])["attempts"] == 2 and b.job(ids[2])["attempts"] == 1
+
+
+def test_sigterm_drains_in_flight_and_keeps_queued_jobs(tmp_path: Path) -> None:
+    config, url = _write_config(tmp_path, faults={"job_seconds": 2.0})
+    with agent(config, url, tmp_path) as a:
+        a.wait_ready()
+        running, waiting = a.submit(seed=1), a.submit(seed=2)
+        wait_until(lambda: a.job(running)["status"] == "running", 10, what="the job to run")
+        started = time.monotonic()
+        a.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: a.get("/readyz").status_code == 503, 5, what="readyz to fail")
+        assert a.proc.wait(30) == 0
+        assert time.monotonic() - started < 20
+    store = JobStore(tmp_path / "state_dir")
+    assert store.get(running).status is JobStatus.SUCCEEDED
+    assert store.get(waiting).status is JobStatus.QUEUED  # durable, for the next start
