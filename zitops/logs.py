@@ -28,9 +28,11 @@ root logger). Levels change at runtime with :func:`set_levels` (the API's
 SIGHUP with its config path).
 
 For uvicorn, start it with ``log_config=None`` and ``log_level=None`` so it
-leaves this configuration alone. In a worker, call
-:func:`adopt_library_loggers` after importing torch/diffusers/transformers:
-their import installs their own stderr handler and stops propagation.
+leaves this configuration alone. torch, diffusers and
+transformers install their own stderr handler (and stop propagation) when
+imported; the first zitops log line after such an import adopts them
+(:func:`adopt_library_loggers`), and a worker may also call it explicitly
+right after loading the engine.
 """
 
 from __future__ import annotations
@@ -152,6 +154,16 @@ def _stdlib_fields(_logger: Any, _method: str, event_dict: MutableMapping[str, A
 
 
 _HEAD = ("timestamp", "level", "logger", "event")
+
+
+def _adopt_new_libraries(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Adopt torch/diffusers/transformers loggers once they exist (a worker imports them late)."""
+    # Cheap in steady state: three dict lookups and a len(); adoption runs only
+    # when a library or a logger appeared since the last time.
+    key = (tuple(n for n in _SELF_CONFIGURING if n in sys.modules), len(logging.root.manager.loggerDict))
+    if key != _state.get("adopted_key"):
+        adopt_library_loggers()
+    return event_dict
 
 
 def _head_first(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -296,6 +308,7 @@ def configure_logging(
 
         structlog.configure(
             processors=[
+                _adopt_new_libraries,
                 structlog.stdlib.filter_by_level,
                 *foreign,
                 structlog.stdlib.PositionalArgumentsFormatter(),
@@ -380,6 +393,10 @@ def adopt_library_loggers() -> None:
         # Their import reset their level from *_VERBOSITY; ours wins.
         for name, level in _state["levels"].items():
             _logger(name).setLevel(level)
+        _state["adopted_key"] = (
+            tuple(n for n in _SELF_CONFIGURING if n in sys.modules),
+            len(logging.root.manager.loggerDict),
+        )
 
 
 # ---------------------------------------------------------------- levels

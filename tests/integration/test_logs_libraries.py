@@ -45,7 +45,8 @@ def test_worker_libraries_log_through_our_tiers(tmp_path: Path) -> None:
         import transformers.utils.logging as tlog
         dlog.get_logger("diffusers.models").warning("diffusers_warning_before_adopt")
         tlog.get_logger("transformers.models").error("transformers_error_before_adopt")
-        logs.adopt_library_loggers()
+        # No explicit adopt_library_loggers(): the next zitops line adopts them.
+        logs.get_logger("zitops.engine").debug("engine_loaded")
         dlog.get_logger("diffusers.models").warning("diffusers_warning")
         dlog.get_logger("diffusers.models").error("diffusers_error")
         tlog.get_logger("transformers.models").warning("transformers_warning")
