@@ -20,7 +20,8 @@ HTTP shape (``GET /v1/failures?since=&limit=``, read by ``zitops failures
     {"failures": [record.to_dict(), ...]}   # newest first
 
 where ``to_dict()`` is ``{"id", "time" (ISO 8601 UTC), "ts" (epoch seconds),
-"kind", "job_id", "profile", "prompt" (first 50 characters), "params",
+"kind", "job_id", "profile", "prompt" (first 50 characters), "params" (the
+request without its prompt; negative_prompt cut to 50 characters),
 "exc_type", "message", "traceback", "worker_id", "vram", "action"}``.
 """
 
@@ -172,7 +173,7 @@ class FailureStore:
             job_id=job_id,
             profile=profile,
             prompt=(prompt or "")[:PROMPT_PREFIX_CHARS],
-            params=_jsonable(params or {}),
+            params=_params(params or {}),
             exc_type=exc_type,
             message=(message or "")[:MAX_MESSAGE_CHARS],
             traceback=traceback[-MAX_TRACEBACK_CHARS:] if traceback else None,
@@ -289,6 +290,16 @@ class FailureStore:
                     records.append(rec)
         records.sort(key=lambda r: r.ts, reverse=True)
         return records[:limit]
+
+
+def _params(params: dict[str, Any]) -> dict[str, Any]:
+    # The record keeps a prompt prefix only (size, and users' text is theirs):
+    # a full prompt inside the parameters would undo that.
+    out = {k: v for k, v in params.items() if k != "prompt"}
+    if isinstance(out.get("negative_prompt"), str):
+        out["negative_prompt"] = out["negative_prompt"][:PROMPT_PREFIX_CHARS]
+    result: dict[str, Any] = _jsonable(out)
+    return result
 
 
 def _jsonable(value: Any) -> Any:

@@ -25,7 +25,8 @@ from zitops.profile import load_profile, profile_to_dict
 def _record(store: FailureStore, n: int = 0, **over: Any) -> FailureRecord:
     fields: dict[str, Any] = dict(
         job_id=f"job-{n}", profile="designer", prompt="一只猫 " + "a very long prompt " * 10,
-        params={"steps": 8, "width": 1024, "seeds": (1, 2)}, exc_type="EngineError",
+        params={"prompt": "secret full prompt " * 20, "negative_prompt": "n" * 80, "steps": 8, "width": 1024,
+                "seeds": (1, 2)}, exc_type="EngineError",
         message=f"boom {n}", traceback="Traceback...\nEngineError: boom", worker_id="w0",
         vram={"allocated_mib": 100.5}, action="fail",
     )
@@ -42,6 +43,7 @@ def test_record_goes_to_jsonl_and_sqlite(store: FailureStore) -> None:
     rec = _record(store)
     assert len(rec.prompt) == 50 and rec.prompt.startswith("一只猫 a very")
     assert rec.params["seeds"] == [1, 2]
+    assert "prompt" not in rec.params and rec.params["negative_prompt"] == "n" * 50
     (line,) = store.jsonl_path.read_text("utf-8").splitlines()
     data = json.loads(line)
     assert data == rec.to_dict()
