@@ -115,8 +115,10 @@ def _secure(r: httpx.Response) -> None:
 
 def test_native_jobs(agent: Agent) -> None:
     with httpx.Client(base_url=agent.url, timeout=20) as c:
-        r = c.post("/v1/jobs", json={"prompt": "a fox", "seed": 11, "n": 2, "width": 96, "height": 64})
+        r = c.post("/v1/jobs", json={"prompt": "a fox", "seed": 11, "n": 2, "width": 96, "height": 64},
+                   headers={"X-Request-ID": "it-native-42"})
         assert r.status_code == 202, r.text
+        assert r.headers["x-request-id"] == "it-native-42"
         job = r.json()["id"]
         assert r.headers["location"] == f"/v1/jobs/{job}"
         deadline = time.monotonic() + 30
@@ -132,6 +134,10 @@ def test_native_jobs(agent: Agent) -> None:
         assert c.get(f"/v1/jobs/{job}/images/5").status_code == 404
         assert c.delete(f"/v1/jobs/{job}").status_code == 409
         assert c.get("/v1/jobs/doesnotexist").status_code == 404
+    # The request id is bound into the agent's log lines for that request.
+    lines = [json.loads(line) for line in (agent.tmp / "log_dir" / "zitops.log").read_text().splitlines()
+             if "it-native-42" in line]
+    assert any(rec.get("job_id") == job and rec.get("request_id") == "it-native-42" for rec in lines), lines
 
 
 def test_openai_client(agent: Agent) -> None:
