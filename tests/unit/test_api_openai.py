@@ -22,7 +22,8 @@ from api_support import MemService, make_config, serve  # noqa: E402
 def svc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MemService, str]]:
     tmp = tmp_path_factory.mktemp("openai")
     svc = MemService(tmp / "out")
-    with serve(make_config(tmp), svc) as url:
+    # A profile that batches 2 by default, to show n keeps OpenAI's default of 1.
+    with serve(make_config(tmp, sets=["generation.batch=2"]), svc) as url:
         yield svc, url
 
 
@@ -53,7 +54,9 @@ def test_url_response_points_at_the_native_image(oa: openai.OpenAI, svc_url: tup
 
 
 def test_defaults_come_from_the_profile(oa: openai.OpenAI, svc_url: tuple[MemService, str]) -> None:
+    # n defaults to OpenAI's 1 even where the profile batches more.
     res = oa.images.generate(prompt="a lamp")
+    assert len(res.data) == 1
     assert res.data[0].b64_json
     req = svc_url[0].submitted[-1]
     assert (req.width, req.height, req.steps, len(req.seeds)) == (1024, 1024, 8, 1)

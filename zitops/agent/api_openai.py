@@ -39,7 +39,7 @@ class ImageGenerationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str
-    n: int | None = Field(None, description="Number of images, 1..limits.max_images.")
+    n: int = Field(1, description="Number of images, 1..limits.max_images (OpenAI's default 1, not the profile's batch).")
     size: str | None = Field(None, description="WIDTHxHEIGHT, sides multiples of 16, or 'auto'.")
     response_format: Literal["b64_json", "url"] | None = Field(
         None, description="b64_json (default) or url (a link to the native image endpoint).")
