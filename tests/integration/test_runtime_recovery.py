@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtime_support import Runtime, request, runtime_config, wait_until  # noqa: E402
 
 from zitops.agent.contract import JobStatus  # noqa: E402
+from zitops.errors import AgentUnavailable  # noqa: E402
 from zitops.failures import FailureStore  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -58,6 +59,28 @@ def test_hang_is_killed_replaced_and_the_job_completes(tmp_path: Path) -> None:
         rt.close()
 
 
+def test_a_wedged_worker_without_heartbeats_is_killed_and_replaced(tmp_path: Path) -> None:
+    rt = Runtime(runtime_config(tmp_path, sets=["watchdog.heartbeat_timeout_s=1.5"]))
+    try:
+        (pid,) = [w["pid"] for w in rt.status()["workers"]]
+        os.kill(pid, signal.SIGSTOP)  # frozen: no heartbeats; SIGTERM stays pending, SIGKILL works
+        kill = wait_until(lambda: rt.events("kill"), 10, what="the hang kill")[0]
+        assert kill["reason"].startswith("no heartbeat for") and kill["worker"] == "w0"
+        wait_until(lambda: rt.status()["workers"][0]["incarnation"] == 1 and rt.ready()[0], 15)
+        assert not _alive_pid(pid)
+        assert rt.wait(rt.submit().id).status is JobStatus.SUCCEEDED
+    finally:
+        rt.close()
+
+
+def _alive_pid(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_crash_loop_hits_the_flap_limit_and_readiness_says_why(tmp_path: Path) -> None:
     cfg = runtime_config(tmp_path, faults={"crash_on_job": 1, "every_incarnation": True},
                          sets=["watchdog.flap_limit=3", "watchdog.restart_backoff_s=0.1"])
@@ -77,6 +100,8 @@ def test_crash_loop_hits_the_flap_limit_and_readiness_says_why(tmp_path: Path) -
         assert delays == sorted(delays) and delays[1] == 2 * delays[0]  # exponential backoff
         assert rt.lt.call(rt.d.get, jobs[2].id).status is JobStatus.QUEUED  # kept, not lost
         assert 'zitops_worker_restarts_total{reason="crash"} 2.0' in rt.lt.call(rt.d.metrics_text)
+        with pytest.raises(AgentUnavailable, match="no worker can run jobs: worker w0 died 3 times"):
+            rt.submit()
     finally:
         rt.close()
 

@@ -150,7 +150,9 @@ class Dispatcher:
         left = self._running()
         if left:
             self.log("warning", "drain timeout: jobs still running are requeued at next start", running=left)
-        await self.close(close_store=False)  # the HTTP layer may still read job records
+        # Jobs still running now stay "running" in SQLite and are requeued at the
+        # next start; the workers get only the kill grace to exit.
+        await self.close(close_store=False, stop_timeout_s=max(self.config.profile.watchdog.kill_grace_s, 1.0))
         return {"running_left": left, "queued_left": len(self._queue)}
 
     @property
@@ -158,7 +160,7 @@ class Dispatcher:
         """True once :meth:`close` ran."""
         return self._closed
 
-    async def close(self, close_store: bool = True) -> None:
+    async def close(self, close_store: bool = True, stop_timeout_s: float | None = None) -> None:
         """Stop the watchdog, the workers and the loop; close the store unless told not to."""
         if self._closed:
             if close_store:
@@ -167,7 +169,8 @@ class Dispatcher:
         self._closed = True
         self._draining = True
         self.watchdog.stop()
-        await self.pool.stop(self.config.profile.watchdog.kill_grace_s + 5.0)
+        await self.pool.stop(self.config.profile.watchdog.kill_grace_s + 5.0 if stop_timeout_s is None
+                             else stop_timeout_s)
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -296,8 +299,10 @@ class Dispatcher:
             self.metrics.restarts.labels(event["reason"]).inc()
         elif kind == "recycle":
             self.metrics.recoveries.labels(f"recycle_{event.get('policy', 'recycle')}").inc()
-        elif kind in ("crash", "kill", "cache_clear", "flap_limit", "ready"):
+        elif kind in ("crash", "kill", "cache_clear", "flap_limit"):
             self.metrics.recoveries.labels(kind).inc()
+        elif kind == "ready":
+            self.metrics.recoveries.labels("recovered").inc()
         level = "info" if kind in ("ready", "restart", "cache_clear") else "warning"
         fields = {k: v for k, v in event.items() if k not in ("kind", "worker", "time")}
         self.log(level, f"worker {kind}", worker_id=event.get("worker"), **fields)
@@ -311,6 +316,8 @@ class Dispatcher:
         """Store and enqueue; QueueFull or AgentUnavailable before anything is written."""
         if self._draining:
             raise AgentUnavailable("the agent is draining (shutting down); retry on another instance or later")
+        if self.pool.degraded and not any(s.state in ("ready", "busy") for s in self.pool.slots):
+            raise AgentUnavailable(f"no worker can run jobs: {self.pool.degraded}")
         depth = self.config.profile.queue.depth
         if len(self._queue) >= depth:
             raise QueueFull(f"queue full: {len(self._queue)} jobs waiting (cap {depth}); retry later",

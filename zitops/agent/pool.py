@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from zitops.agent import watchdog as policy
 from zitops.config import AgentConfig, config_to_dict
+from zitops.logs import get_logger
 from zitops.worker.process import SETUP_FAILED_EXIT, worker_main
 from zitops.worker.protocol import (
     ClearCache,
@@ -41,6 +42,8 @@ EVENT_HISTORY = 200
 """How many recovery events /status keeps."""
 
 LIVE_STATES = ("starting", "ready", "busy", "recycling")
+
+log = get_logger("zitops.agent.pool")
 
 
 @dataclass
@@ -200,7 +203,10 @@ class Pool:
         except (EOFError, OSError):
             # The worker closed its end; the sentinel reader reports the exit.
             if self._loop is not None:
-                self._loop.remove_reader(conn.fileno())
+                with contextlib.suppress(OSError, ValueError):
+                    self._loop.remove_reader(conn.fileno())
+        except Exception:  # a bug in a handler must not stop reading this worker
+            log.exception("error handling a worker message", worker_id=slot.id)
 
     def _handle(self, slot: WorkerSlot, msg: Any) -> None:
         now = time.monotonic()
