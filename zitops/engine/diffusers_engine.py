@@ -117,10 +117,14 @@ class DiffusersEngine:
         self._base_scheduler_config = dict(pipe.scheduler.config)
         vae_decode = self._setup_vae(vae_dtype)
         backend = self._setup_attention()
+        from zitops.engine.accel import apply_levers  # speed levers (issue 7), before compiling
+
+        levers = apply_levers(pipe, device, attention_backend=s.attention_backend)
+        backend = levers.pop("attention_backend", backend)
         compiled = self._setup_compile(on_cuda)
         self.effective = {
             "precision": s.precision, "vae_precision": s.vae_precision, "vae_decode": vae_decode,
-            "offload": offload, "compile": compiled, "attention_backend": backend,
+            "offload": offload, "compile": compiled, "attention_backend": backend, **levers,
         }
         if self.tiny:
             log.warning("%s (model %s)", TINY_NOTICE, self.model_path)
@@ -186,7 +190,9 @@ class DiffusersEngine:
         configure_compile_cache(self.cache_dir)
         # Regional compilation: one compiled block reused by all 30 layers keeps
         # compile time to seconds instead of minutes.
-        self.pipe.transformer.compile_repeated_blocks(fullgraph=False, dynamic=True)
+        from zitops.engine.accel import compile_transformer
+
+        compile_transformer(self.pipe)
         return True
 
     # -- generation -------------------------------------------------------

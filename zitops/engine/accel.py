@@ -1,0 +1,207 @@
+"""Speed levers for the diffusers engine: what makes a Z-Image-Turbo image cheaper on a GPU.
+
+The engine calls :func:`apply_levers` once after loading and
+:func:`compile_transformer` when ``engine.compile`` is on. Every lever here
+keeps the output within bf16 tolerance of the eager pipeline, except fp8,
+which is opt-in and whose deviation ``zitops bench`` reports. Imports torch
+only inside functions (the engine runs in the worker process).
+
+Levers, and why:
+
+- **Short text padding.** ZImagePipeline pads every prompt to 512 tokens and
+  runs the 4 B text encoder over all of them, then throws the padding away.
+  Padding to the longest prompt in the batch gives the same embeddings for
+  the real tokens (right padding under a causal mask), for a fraction of the work.
+- **Regional compile** of the repeated transformer block (one compiled block
+  reused by the 30 layers and the refiners), with inductor's persistent
+  caches under the engine's cache directory so a restarted worker reloads
+  compiled code instead of compiling again.
+- **Attention backend**: on CUDA, unless the profile names one, the fastest
+  available of FlashAttention-3, cuDNN and PyTorch's own SDPA (the order in
+  :data:`AUTO_BACKENDS`, measured on Hopper by ``benchmarks/levers.py``).
+- **cuDNN autotuning** for the VAE's convolutions (static shapes per profile).
+- **fp8** (Hopper, opt-in): the transformer blocks' linear layers in
+  float8 e4m3 with row-wise scales through ``torch._scaled_mm``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import types
+from typing import Any
+
+log = logging.getLogger("zitops.engine")
+
+AUTO_BACKENDS = ("_flash_3", "_native_cudnn", "native")
+"""Tried in this order when the profile names no attention backend (CUDA only)."""
+
+FP8_MAX = 448.0
+"""Largest finite float8 e4m3fn value."""
+
+LEVERS_ENV = "ZITOPS_ACCEL"
+"""Comma list to turn levers off for an A/B run, e.g. ``ZITOPS_ACCEL=-textpad,-attn``."""
+
+
+def disabled_levers() -> set[str]:
+    """Levers switched off through $ZITOPS_ACCEL (``-name`` entries)."""
+    raw = os.environ.get(LEVERS_ENV, "")
+    return {part.strip()[1:] for part in raw.split(",") if part.strip().startswith("-")}
+
+
+def enabled_levers() -> set[str]:
+    """Opt-in levers switched on through $ZITOPS_ACCEL (``+name`` entries), e.g. ``+fp8``."""
+    raw = os.environ.get(LEVERS_ENV, "")
+    return {part.strip()[1:] for part in raw.split(",") if part.strip().startswith("+")}
+
+
+# -- short text padding --------------------------------------------------------
+def _encode_prompt_longest(self: Any, prompt: str | list[str], device: Any = None,
+                           prompt_embeds: list[Any] | None = None,
+                           max_sequence_length: int = 512) -> list[Any]:
+    """ZImagePipeline._encode_prompt, padding to the longest prompt instead of 512 tokens."""
+    device = device or self._execution_device
+    if prompt_embeds is not None:
+        return prompt_embeds
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                add_generation_prompt=True, enable_thinking=True)
+             for p in prompts]
+    inputs = self.tokenizer(texts, padding="longest", max_length=max_sequence_length, truncation=True,
+                            return_tensors="pt", padding_side="right")
+    cpu_masks = inputs.attention_mask.bool()
+    masks = cpu_masks.to(device)
+    hidden = self.text_encoder(input_ids=inputs.input_ids.to(device), attention_mask=masks,
+                               output_hidden_states=True).hidden_states[-2]
+    # Slicing by lengths known on the host avoids a boolean-index device sync.
+    lengths = [int(n) for n in cpu_masks.sum(dim=1)]
+    return [hidden[i, :n] for i, n in enumerate(lengths)]
+
+
+def use_short_text_padding(pipe: Any) -> bool:
+    """Make ``pipe`` pad prompts to the longest one instead of 512 tokens; False if it can't."""
+    if not hasattr(pipe, "_encode_prompt") or getattr(pipe, "tokenizer", None) is None:
+        return False
+    pipe._encode_prompt = types.MethodType(_encode_prompt_longest, pipe)
+    return True
+
+
+# -- attention -----------------------------------------------------------------
+def _backend_usable(transformer: Any, name: str) -> bool:
+    try:
+        transformer.set_attention_backend(name)
+    except (RuntimeError, ValueError, ImportError, OSError, AttributeError):
+        return False
+    return True
+
+
+def pick_attention_backend(transformer: Any, candidates: tuple[str, ...] = AUTO_BACKENDS) -> str:
+    """Set the first usable backend of ``candidates`` on ``transformer``; returns its name."""
+    for name in candidates:
+        if _backend_usable(transformer, name):
+            return name
+    return "default"
+
+
+# -- compile -------------------------------------------------------------------
+def compile_transformer(pipe: Any, *, dynamic: bool | None = None) -> dict[str, Any]:
+    """Regional compile of the repeated transformer blocks; returns what was done.
+
+    ``dynamic=None`` lets dynamo specialise on the first shape and generalise
+    on the second, so a profile's fixed size gets static kernels while other
+    sizes still avoid a recompile each.
+    """
+    import torch
+
+    # Each new image size can add a graph; the default limit of 8 is hit by a
+    # busy service that sees many sizes and then silently runs eager.
+    torch._dynamo.config.cache_size_limit = max(int(torch._dynamo.config.cache_size_limit), 64)
+    pipe.transformer.compile_repeated_blocks(fullgraph=True, dynamic=dynamic)
+    return {"compile_scope": "repeated_blocks", "compile_dynamic": dynamic}
+
+
+# -- fp8 -------------------------------------------------------------------------
+def fp8_supported(device: str) -> bool:
+    """True on CUDA devices of compute capability 8.9 or newer (Ada, Hopper, Blackwell)."""
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return False
+    return tuple(torch.cuda.get_device_capability(torch.device(device))) >= (8, 9)
+
+
+def _make_fp8_linear(linear: Any) -> Any:
+    import torch
+
+    class Fp8Linear(torch.nn.Module):
+        """A frozen linear layer: e4m3 weights with per-row scales, activations scaled per token."""
+
+        def __init__(self, lin: Any) -> None:
+            super().__init__()
+            w = lin.weight.detach().float()
+            scale = (w.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
+            self.register_buffer("weight_fp8", (w / scale).to(torch.float8_e4m3fn))
+            self.register_buffer("weight_scale", scale.t().contiguous())
+            self.bias = lin.bias
+            self.out_features = lin.out_features
+            self.in_features = lin.in_features
+
+        def forward(self, x: Any) -> Any:
+            shape = x.shape
+            flat = x.reshape(-1, shape[-1])
+            xs = (flat.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)
+            xq = (flat.float() / xs).to(torch.float8_e4m3fn)
+            w8: Any = self.weight_fp8
+            ws: Any = self.weight_scale
+            out = torch._scaled_mm(xq, w8.t(), scale_a=xs, scale_b=ws,
+                                   bias=self.bias, out_dtype=x.dtype)
+            return out.reshape(*shape[:-1], out.shape[-1])
+
+    return Fp8Linear(linear)
+
+
+def quantize_fp8(transformer: Any) -> int:
+    """Swap the attention and feed-forward linears of every transformer block for fp8 ones."""
+    import torch
+
+    swapped = 0
+    for block_name, block in transformer.named_modules():
+        if type(block).__name__ != "ZImageTransformerBlock":
+            continue
+        for parent in (block.attention, block.feed_forward):
+            for name, child in list(parent.named_children()):
+                targets = [(parent, name, child)]
+                if isinstance(child, torch.nn.ModuleList):
+                    targets = [(child, str(i), c) for i, c in enumerate(child)]
+                for owner, attr, mod in targets:
+                    if isinstance(mod, torch.nn.Linear) and mod.in_features % 16 == 0 \
+                            and mod.out_features % 16 == 0:
+                        setattr(owner, attr, _make_fp8_linear(mod))
+                        swapped += 1
+        del block_name
+    return swapped
+
+
+# -- entry point -------------------------------------------------------------------
+def apply_levers(pipe: Any, device: str, *, attention_backend: str | None,
+                 fp8: bool = False) -> dict[str, Any]:
+    """Apply the always-safe levers (and fp8 if asked); returns the effective settings for ``describe``."""
+    import torch
+
+    off = disabled_levers()
+    on_cuda = device.startswith("cuda")
+    fp8 = fp8 or "fp8" in enabled_levers()
+    out: dict[str, Any] = {}
+    out["text_padding"] = "longest" if "textpad" not in off and use_short_text_padding(pipe) else "512"
+    if on_cuda and attention_backend is None and "attn" not in off:
+        out["attention_backend"] = pick_attention_backend(pipe.transformer)
+    if on_cuda and "cudnn" not in off:
+        torch.backends.cudnn.benchmark = True
+        out["cudnn_benchmark"] = True
+    if fp8:
+        if fp8_supported(device):
+            out["fp8_linears"] = quantize_fp8(pipe.transformer)
+        else:
+            log.warning("fp8 needs a CUDA GPU of compute capability 8.9+; staying in %s",
+                        str(pipe.transformer.dtype).replace("torch.", ""))
+    return out
