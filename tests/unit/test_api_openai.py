@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from api_support import MemService, make_config, serve  # noqa: E402
+
+from zitops.agent.contract import JobStatus  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +106,23 @@ def test_failed_job_is_reported(oa: openai.OpenAI, svc_url: tuple[MemService, st
     with pytest.raises(openai.InternalServerError) as exc:
         oa.images.generate(prompt="x", size="64x64")
     assert "fell over" in str(exc.value)
+
+
+def test_a_client_that_hangs_up_gets_its_queued_job_cancelled(svc_url: tuple[MemService, str]) -> None:
+    svc, url = svc_url
+    svc.job_seconds = 1.5
+    try:
+        first = threading.Thread(target=lambda: httpx.post(url + "/v1/images/generations",
+                                                           json={"prompt": "busy", "size": "64x64"}, timeout=10))
+        first.start()
+        time.sleep(0.2)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/images/generations", json={"prompt": "impatient", "size": "64x64"}, timeout=0.4)
+        job = next(r for r in svc.jobs.values() if r.request.prompt == "impatient")
+        deadline = time.monotonic() + 5
+        while svc.get(job.id).status is JobStatus.QUEUED and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert svc.get(job.id).status is JobStatus.CANCELLED
+        first.join(10)
+    finally:
+        svc.job_seconds = 0.01

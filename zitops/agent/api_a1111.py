@@ -247,7 +247,7 @@ async def txt2img(body: Txt2ImgIn, request: Request) -> dict[str, Any]:
     }
     req = build_request_as(_A1111_NAMES, ctx.config, body.prompt, **overrides)
     record = await ctx.service.submit(req)
-    record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config))
+    record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
     images: list[str] = []
     if body.send_images:
         blobs = await read_images(ctx.service, record)

@@ -8,6 +8,7 @@ rules with the same messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from zitops.errors import (
     InvalidRequest,
     NotFound,
     OutOfMemory,
+    ZitopsError,
 )
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
@@ -88,8 +90,22 @@ def sync_timeout_s(config: AgentConfig) -> float:
     return q.job_timeout_s * (q.depth + 1)
 
 
-async def wait_final(service: Service, record: JobRecord, timeout_s: float) -> JobRecord:
-    """Wait for a job to end; raise the error a synchronous client should see if it did not succeed."""
+class ClientGone(ZitopsError):
+    """The client of a synchronous request hung up before its job ended."""
+
+    http_status = 499
+
+
+DISCONNECT_CHECK_S = 1.0
+
+
+async def wait_final(service: Service, record: JobRecord, timeout_s: float,
+                     request: Request | None = None) -> JobRecord:
+    """Wait for a job to end; raise the error a synchronous client should see if it did not succeed.
+
+    With ``request``, a client that hangs up while its job is still queued
+    gets the job cancelled, so abandoned work never reaches a GPU.
+    """
     deadline = time.monotonic() + timeout_s
     while not record.status.final:
         remaining = deadline - time.monotonic()
@@ -98,7 +114,13 @@ async def wait_final(service: Service, record: JobRecord, timeout_s: float) -> J
                 f"job {record.id} is still {record.status.value} after {math.ceil(timeout_s)} s; "
                 f"poll GET /v1/jobs/{record.id}"
             )
-        record = await service.wait(record.id, min(remaining, 30.0))
+        step = min(remaining, DISCONNECT_CHECK_S if request is not None else 30.0)
+        record = await service.wait(record.id, step)
+        if request is not None and not record.status.final and await request.is_disconnected():
+            if record.status is JobStatus.QUEUED:
+                with contextlib.suppress(Conflict, NotFound):
+                    await service.cancel(record.id)
+            raise ClientGone(f"job {record.id}: the client disconnected while it was {record.status.value}")
     if record.status is JobStatus.FAILED:
         error = record.error or "unknown error"
         if "out of memory" in error.lower() or "outofmemory" in error.lower():

@@ -104,7 +104,7 @@ async def create_images(body: ImageGenerationIn, request: Request) -> dict[str, 
     names = {"batch": "n", "width": "size", "height": "size"}
     req = build_request_as(names, ctx.config, body.prompt, **overrides)
     record = await ctx.service.submit(req)
-    record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config))
+    record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
     data: list[dict[str, Any]]
     if body.response_format == "url":
         root = base_url(request)
