@@ -297,3 +297,18 @@ def test_examples_run_against_the_agent(agent: Agent, tmp_path: Path, argv: list
     assert done.returncode == 0, done.stdout + done.stderr
     for name in outputs:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_status_and_health_commands(agent: Agent, authed_agent: Agent) -> None:
+    cli = [sys.executable, "-c", "from zitops.cli import main; main()"]
+    env = {k: v for k, v in os.environ.items() if k != "ZITOPS_TOKEN"}
+    done = subprocess.run(cli + ["status", "--url", agent.url], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "WORKER" in done.stdout and "profile   designer" in done.stdout
+    done = subprocess.run(cli + ["health", "--url", agent.url], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ready"
+    done = subprocess.run(cli + ["health", "--url", authed_agent.url], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode != 0 and "ZITOPS_TOKEN" in done.stderr
+    done = subprocess.run(cli + ["health", "--url", authed_agent.url], capture_output=True, text=True, timeout=60,
+                          env={**env, "ZITOPS_TOKEN": TOKEN})
+    assert done.returncode == 0, done.stderr
