@@ -5,6 +5,7 @@ Happy path, status and metrics, cancel, the queue cap, durable restore.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from runtime_support import Runtime, request, runtime_config, wait_until  # noqa
 
 from zitops.agent.contract import JobStatus  # noqa: E402
 from zitops.agent.jobs import JobStore  # noqa: E402
-from zitops.errors import Conflict, NotFound, QueueFull  # noqa: E402
+from zitops.errors import AgentUnavailable, Conflict, NotFound, QueueFull  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -117,5 +118,26 @@ def test_durable_restore_after_a_crash(tmp_path: Path) -> None:
         assert recs[0].attempts == 2 and recs[1].attempts == 1
         assert [r.started_at for r in recs] == sorted(r.started_at for r in recs)  # creation order
         assert time.monotonic() - started < 30
+    finally:
+        rt.close()
+
+
+def test_drain_finishes_running_keeps_queued_and_answers_waiters(tmp_path: Path) -> None:
+    rt = Runtime(runtime_config(tmp_path, faults={"job_seconds": 1.0}))
+    try:
+        running, queued = rt.submit(), rt.submit()
+        wait_until(lambda: rt.lt.call(rt.d.get, running.id).status is JobStatus.RUNNING, 10)
+        waiter = asyncio.run_coroutine_threadsafe(rt.d.wait(queued.id, 30), rt.lt.loop)
+        summary = rt.lt.run(rt.d.drain(10))
+        assert summary == {"running_left": 0, "queued_left": 1}
+        with pytest.raises(AgentUnavailable, match="stays queued and runs after the restart"):
+            waiter.result(5)
+        with pytest.raises(AgentUnavailable, match="draining"):
+            rt.submit()
+        ready, reasons = rt.ready()
+        assert not ready and "draining: not accepting new jobs" in reasons
+        assert rt.lt.call(rt.d.get, running.id).status is JobStatus.SUCCEEDED
+        assert rt.lt.call(rt.d.get, queued.id).status is JobStatus.QUEUED
+        assert rt.status()["workers"][0]["state"] == "stopped"
     finally:
         rt.close()

@@ -143,6 +143,10 @@ class Dispatcher:
         timeout = self.config.profile.queue.drain_timeout_s if timeout_s is None else timeout_s
         self._draining = True
         self._notify("stopping")
+        for job_id in self._queue:  # their synchronous waiters get a 503 now (see wait)
+            ev = self._waiters.pop(job_id, None)
+            if ev is not None:
+                ev.set()
         self.log("info", "draining", running=self._running(), queued=len(self._queue))
         deadline = time.monotonic() + timeout
         while self._running() and time.monotonic() < deadline:
@@ -347,14 +351,25 @@ class Dispatcher:
         return record
 
     async def wait(self, job_id: str, timeout_s: float) -> JobRecord:
-        """Wait until the job is final (or the timeout, or the agent stops)."""
-        record = self.store.get(job_id)
+        """Wait until the job is final or the timeout passes; returns the latest record.
+
+        While draining, a job that will not run before exit raises AgentUnavailable
+        at once, so synchronous clients get a 503 instead of a dropped connection.
+        """
+        record = self._unless_stranded(self.store.get(job_id))
         if record.status.final or timeout_s <= 0:
             return record
         ev = self._waiters.setdefault(job_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ev.wait(), timeout_s)
-        return self.store.get(job_id)
+        return self._unless_stranded(self.store.get(job_id))
+
+    def _unless_stranded(self, record: JobRecord) -> JobRecord:
+        if not record.status.final and (
+                self._closed or (self._draining and record.status is JobStatus.QUEUED)):
+            raise AgentUnavailable(f"the agent is shutting down; job {record.id} stays queued and runs "
+                                   f"after the restart: poll GET /v1/jobs/{record.id}")
+        return record
 
     def image_path(self, job_id: str, index: int) -> str:
         """Absolute path of image ``index`` of a succeeded job, or NotFound."""
