@@ -1,0 +1,50 @@
+"""Edges of the runtime that need no worker process: binding, the CLI, one job in-process."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from runtime_support import request, runtime_config  # noqa: E402
+
+from zitops.agent.server import bind  # noqa: E402
+from zitops.cli import main  # noqa: E402
+from zitops.engine.factory import create_engine  # noqa: E402
+from zitops.errors import ConfigError  # noqa: E402
+from zitops.worker.process import run_job  # noqa: E402
+from zitops.worker.protocol import Job  # noqa: E402
+
+
+def test_bind_refuses_a_taken_port_with_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{port}: .*pick a free port"):
+            bind(runtime_config(tmp_path, port=port))
+
+
+def test_agent_command_requires_a_config(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["agent"])
+    assert exit_.value.code == 1
+    assert "--config FILE is required" in capsys.readouterr().err
+
+
+def test_run_job_writes_server_named_images_atomically(tmp_path: Path) -> None:
+    cfg = runtime_config(tmp_path)
+    engine = create_engine(cfg, incarnation=0)
+    engine.setup("cpu")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_job(engine, Job("abc123", request(batch=2, output_format="webp").to_dict()), out)
+    assert result.images == ("abc123-0.webp", "abc123-1.webp")
+    assert sorted(p.name for p in out.iterdir()) == ["abc123-0.webp", "abc123-1.webp"]  # no temp files left
+    with Image.open(out / "abc123-1.webp") as img:
+        assert img.format == "WEBP" and img.size == (64, 64)
+    assert result.info["seeds"] == [1, 2] and result.info["memory"]["simulated"] is True
