@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from api_support import MemService, make_config, serve  # noqa: E402
@@ -94,10 +95,13 @@ def test_body_limit_applies_to_declared_and_chunked_bodies(svc_url: tuple[MemSer
 
 
 def test_unexpected_errors_are_a_logged_500_without_details(svc_url: tuple[MemService, str]) -> None:
-    r = httpx.get(svc_url[1] + "/status", headers={"X-Request-ID": "req-500"})
+    with structlog.testing.capture_logs() as logs:
+        r = httpx.get(svc_url[1] + "/status", headers={"X-Request-ID": "req-500"})
     assert r.status_code == 500
     assert "req-500" in r.json()["error"]["message"]
     assert "kaboom" not in r.text
+    logged = [e for e in logs if e.get("path") == "/status" and e["log_level"] == "error"]
+    assert logged and logged[0].get("exc_info"), logs
 
 
 def test_queue_full_and_draining_carry_retry_after(svc_url: tuple[MemService, str]) -> None:
