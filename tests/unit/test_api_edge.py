@@ -220,3 +220,16 @@ def test_raw_socket_garbage_does_not_kill_the_server(svc_url: tuple[MemService, 
             data = s.recv(4096)
             assert not data.startswith(b"HTTP/1.1 5"), data[:100]
     assert httpx.get(svc_url[1] + "/livez").status_code == 200
+
+
+@pytest.mark.parametrize("route", ["/v1/jobs", "/v1/images/generations", "/sdapi/v1/txt2img"])
+def test_non_finite_numbers_never_5xx(svc_url: tuple[MemService, str], route: str) -> None:
+    # Python's json accepts NaN and Infinity; none of them may reach a 500 (or an invalid JSON response).
+    fields = ["hr_scale", "cfg_scale", "guidance", "refiner_switch_at", "eta", "seed", "steps", "n", "width"]
+    with httpx.Client(base_url=svc_url[1], timeout=20) as c:
+        for field in fields:
+            for value in ("NaN", "Infinity", "-Infinity"):
+                body = f'{{"prompt": "x", "{field}": {value}, "comments": {{"a": {value}}}}}'.encode()
+                r = c.post(route, content=body, headers={"content-type": "application/json"})
+                assert r.status_code < 500, (route, field, value, r.text[:200])
+                r.json()  # the response itself is valid JSON
