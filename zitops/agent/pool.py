@@ -146,7 +146,16 @@ class Pool:
             target=worker_main, name=f"zitops-worker-{slot.id}",
             args=(child, slot.id, slot.gpu, slot.incarnation, self._config_data),
         )
-        proc.start()
+        try:
+            proc.start()
+        except OSError as exc:  # out of fds or memory: count it as a death, retry with backoff
+            parent.close()
+            child.close()
+            log.error("cannot start a worker process", worker_id=slot.id, error=str(exc))
+            slot.deaths.append(time.monotonic())
+            slot.state, slot.last_exit = "dead", f"spawn failed: {exc}"
+            self.restart(slot, "spawn_failed", delay=self.wd.restart_backoff_max_s)
+            return
         child.close()  # so the worker sees EOF, and we see it exit, when either side dies
         now = time.monotonic()
         slot.process, slot.conn, slot.pid = proc, parent, proc.pid
