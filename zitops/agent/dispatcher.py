@@ -134,8 +134,12 @@ class Dispatcher:
             if stalled > 0:
                 await asyncio.sleep(stalled)
                 continue
-            self._tick_at = time.monotonic()
-            self._dispatch()
+            try:
+                self._dispatch()
+            except Exception:  # logged; the tick is not refreshed, so readiness and WATCHDOG=1 fail
+                self.log("exception", "dispatcher loop error")
+            else:
+                self._tick_at = time.monotonic()
             await asyncio.sleep(TICK_S)
 
     async def drain(self, timeout_s: float | None = None) -> dict[str, int]:
