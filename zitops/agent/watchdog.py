@@ -200,14 +200,21 @@ class Watchdog:
                 used, total = slot.memory.device_used_mib, slot.memory.device_total_mib
             else:
                 used, total = 0.0, 0.0
-            if over_high_water(used, total, wd.high_water_pct):
+            # A worker that has run no job since it started cannot have leaked:
+            # recycling it again would only churn (e.g. when another process
+            # fills the GPU).
+            if slot.jobs_done == 0:
+                pass
+            elif over_high_water(used, total, wd.high_water_pct):
                 d.pool.recycle(slot, f"high water: GPU memory {used:.0f}/{total:.0f} MiB "
                                      f">= {wd.high_water_pct:g}%", kind="high_water")
                 continue
-            why = recycle_due(slot.jobs_done, now - slot.spawned_at, wd.recycle_after_jobs, wd.recycle_after_hours)
-            if why and slot.state == "ready":
-                d.pool.recycle(slot, why, kind="age" if "hours" in why else "jobs")
-                continue
+            else:
+                why = recycle_due(slot.jobs_done, now - slot.spawned_at, wd.recycle_after_jobs,
+                                  wd.recycle_after_hours)
+                if why and slot.state == "ready":
+                    d.pool.recycle(slot, why, kind="age" if "hours" in why else "jobs")
+                    continue
             m = slot.memory
             if m is not None and should_clear_cache(slot.state == "ready" and not slot.clearing,
                                                     m.allocated_mib, m.reserved_mib, wd.idle_cache_clear_mib):
