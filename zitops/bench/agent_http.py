@@ -1,0 +1,160 @@
+"""The agent path: a real ``zitops agent`` on 127.0.0.1, timed end to end over HTTP.
+
+The bench writes a config.yaml with the same resolved profile and model,
+starts ``zitops agent`` as a child process on a free loopback port, waits for
+``/readyz`` (that wait is the worker's load time), and times synchronous
+``POST /v1/images/generations`` calls, which include the worker's PNG
+encoding and the base64 response. The child is always stopped (SIGTERM, then
+SIGKILL) before this returns. torch-free.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zitops.bench.report import PathResult
+from zitops.config import config_from_mapping, config_to_dict
+from zitops.engine.request import GenerationRequest
+from zitops.errors import AgentUnavailable
+from zitops.profile import Profile
+
+STOP_GRACE_S = 20.0
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (bind to port 0, read it back)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(profile: Profile, model: str, workdir: Path, port: int, *, cache_dir: Path,
+                 state_dir: Path) -> Path:
+    """A minimal agent config.yaml under ``workdir`` for ``profile`` and ``model`` on 127.0.0.1:``port``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = {
+        "profile": profile.model_dump(mode="json"), "model": model, "host": "127.0.0.1", "port": port,
+        "paths": {"state_dir": str(state_dir), "log_dir": str(workdir / "log"),
+                  "output_dir": str(workdir / "out"), "cache_dir": str(cache_dir)},
+        "log_format": "json",
+    }
+    cfg = config_from_mapping(data, "bench config")
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), "utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def running_agent(config_path: Path, port: int, *, ready_timeout_s: float,
+                  env: dict[str, str] | None = None) -> Iterator[tuple[str, float]]:
+    """Start ``zitops agent``; yield (base URL, seconds until /readyz said ready); always stop it."""
+    import httpx
+
+    log_path = config_path.parent / "agent.stderr"
+    cmd = [sys.executable, "-c", "from zitops.cli import main; main()", "agent", "--config", str(config_path)]
+    with log_path.open("wb") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                start_new_session=True)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + ready_timeout_s
+            ready = False
+            with httpx.Client(timeout=5.0) as client:
+                while time.monotonic() < deadline and proc.poll() is None:
+                    try:
+                        if client.get(f"{url}/readyz").status_code == 200:
+                            ready = True
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(0.1)
+            if not ready:
+                tail = log_path.read_text("utf-8", "replace").strip().splitlines()[-3:]
+                state = f"exited {proc.returncode}" if proc.poll() is not None else "not ready"
+                raise AgentUnavailable(f"bench agent {state} after {ready_timeout_s:.0f} s; "
+                                       f"last log lines: {' | '.join(tail) or '(none)'}")
+            yield url, time.perf_counter() - t0
+        finally:
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _body(req: GenerationRequest) -> dict[str, Any]:
+    return {"prompt": req.prompt, "n": req.batch, "size": f"{req.width}x{req.height}", "seed": req.seeds[0],
+            "steps": req.steps, "response_format": "b64_json", "output_format": "png"}
+
+
+def _find_peak(status: Any) -> float | None:
+    """The largest ``peak_allocated_mib`` anywhere in the /status JSON."""
+    found: list[float] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "peak_allocated_mib" and isinstance(v, (int, float)):
+                    found.append(float(v))
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(status)
+    return max(found) if found else None
+
+
+def measure_agent(profile: Profile, model: str, req: GenerationRequest, *, runs: int, warmup: int,
+                  workdir: Path, cache_dir: Path, state_dir: Path, ready_timeout_s: float = 600.0,
+                  request_timeout_s: float = 600.0) -> tuple[PathResult, bytes | None]:
+    """Start an agent, time ``runs`` HTTP generations after ``warmup``; returns the result and the first PNG."""
+    import httpx
+
+    result = PathResult("agent", batch=req.batch)
+    result.notes.append("POST /v1/images/generations (b64_json PNG), loopback, one request at a time")
+    port = free_port()
+    config = write_config(profile, model, workdir, port, cache_dir=cache_dir, state_dir=state_dir)
+    png: bytes | None = None
+    with running_agent(config, port, ready_timeout_s=ready_timeout_s) as (url, ready_s):
+        result.setup_s = ready_s
+        with httpx.Client(timeout=request_timeout_s) as client:
+            for i in range(max(0, warmup) + runs):
+                t0 = time.perf_counter()
+                resp = client.post(f"{url}/v1/images/generations", json=_body(req))
+                payload = resp.json()
+                elapsed = time.perf_counter() - t0
+                if resp.status_code != 200:
+                    raise AgentUnavailable(f"bench agent answered {resp.status_code}: {str(payload)[:200]}")
+                if i == 0 and warmup > 0:
+                    result.warmup_s = elapsed
+                if i >= warmup:
+                    result.times_s.append(elapsed)
+                if png is None:
+                    png = base64.b64decode(payload["data"][0]["b64_json"])
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                result.peak_vram_mib = _find_peak(client.get(f"{url}/status").json())
+    if result.setup_s is not None and result.warmup_s is not None:
+        # A recycled worker is back when it is ready and has served its first job.
+        result.extra["restart_s"] = round(result.setup_s + result.warmup_s, 2)
+    return result, png
