@@ -54,6 +54,7 @@ class MemService:
         self.fail_next: str | None = None
         self.ready = True
         self.draining = False
+        self.paused = False  # while true the worker picks up nothing, so tests can fill the queue
         self.submitted: list[GenerationRequest] = []
         self._wake: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
@@ -73,6 +74,9 @@ class MemService:
     async def _run(self) -> None:
         assert self._wake is not None
         while True:
+            if self.paused:
+                await asyncio.sleep(0.01)
+                continue
             if not self.queue:
                 self._wake.clear()
                 await self._wake.wait()

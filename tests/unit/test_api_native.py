@@ -78,7 +78,7 @@ def test_jpeg_output_has_jpeg_content_type(client: httpx.Client) -> None:
 
 def test_image_404_until_succeeded_and_cancel(client: httpx.Client, svc_url: tuple[MemService, str]) -> None:
     svc = svc_url[0]
-    svc.job_seconds = 0.5
+    svc.job_seconds = 3.0  # long enough that the checks below run while it is still running
     try:
         first = client.post("/v1/jobs", json={"prompt": "slow", "width": 64, "height": 64}).json()["id"]
         second = client.post("/v1/jobs", json={"prompt": "queued", "width": 64, "height": 64}).json()["id"]
