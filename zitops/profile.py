@@ -106,20 +106,21 @@ class WatchdogSettings(_Section):
     flap_window_s: float = Field(300.0, gt=0)
 
 
+DEFAULT_LOG_LEVELS: dict[str, LogLevel] = {
+    "root": "WARNING",
+    "zitops": "INFO",
+    "diffusers": "ERROR",
+    "transformers": "ERROR",
+    "torch": "ERROR",
+    "uvicorn.error": "WARNING",
+    "apscheduler": "WARNING",
+}
+
+
 class LogSettings(_Section):
     """Per-logger tiers (NOTES.md 5.2) and file rotation."""
 
-    levels: dict[str, LogLevel] = Field(
-        default_factory=lambda: {
-            "root": "WARNING",
-            "zitops": "INFO",
-            "diffusers": "ERROR",
-            "transformers": "ERROR",
-            "torch": "ERROR",
-            "uvicorn.error": "WARNING",
-            "apscheduler": "WARNING",
-        }
-    )
+    levels: dict[str, LogLevel] = Field(default_factory=lambda: dict(DEFAULT_LOG_LEVELS))
     access_log: bool = True
     max_bytes: int = Field(10 * 1024 * 1024, ge=4096)
     backups: int = Field(5, ge=0, le=1_000)
@@ -242,8 +243,12 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
-    if isinstance(value, (dict, list)):
-        raise ProfileError(f"--set {key}: value must be a scalar, not a {type(value).__name__}")
+    stripped = text.strip()
+    quoted = len(stripped) > 1 and stripped[0] == stripped[-1] and stripped[0] in "'\""
+    if isinstance(value, (dict, list)) or (isinstance(value, str) and value != stripped and not quoted):
+        # YAML would drop a " # ..." tail as a comment, or read "a: b" as a
+        # mapping; every profile field is a scalar, so take the text as typed.
+        value = stripped
     return parts, value
 
 
@@ -264,6 +269,10 @@ def load_profile(name_or_path: str, overrides: tuple[str, ...] | list[str] = ())
     for item in overrides:
         parts, value = parse_override(item)
         _apply_override(data, parts, value, item)
+    logging_section = data.get("logging")
+    if isinstance(logging_section, dict) and isinstance(logging_section.get("levels"), dict):
+        # A profile file (or --set) names only the tiers it changes; the rest keep their defaults.
+        logging_section["levels"] = {**DEFAULT_LOG_LEVELS, **logging_section["levels"]}
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:

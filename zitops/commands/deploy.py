@@ -1,0 +1,65 @@
+"""``zitops deploy``: switches mapped onto :class:`zitops.deploy.DeployRequest`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from zitops import deploy as core
+from zitops.commands.options import model_option, profile_option, set_option
+from zitops.errors import AgentUnavailable, RenderError
+
+
+@click.command()
+@profile_option
+@click.option("--target", type=click.Choice([*core.TARGETS, "all"]), default="all", show_default=True,
+              help="Which deployment to render; the agent files are always rendered.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("deploy"),
+              show_default=True, help="Directory that receives the whole deployment.")
+@model_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the agent listens on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+@click.option("--gpus", default="auto", show_default=True, metavar="auto|0,1",
+              help="GPU indices the agent may use, one worker each.")
+@set_option
+@click.option("--install", is_flag=True,
+              help="Also place the files at their FHS paths (/etc/zitops, /etc/systemd/system, ...).")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --install: a staging root instead of /.")
+@click.option("--start", is_flag=True, help="Start the standalone supervisord and wait until the agent is ready.")
+@click.option("--force", is_flag=True, help="Overwrite files that were edited since the last deploy.")
+def deploy(
+    profile: str, target: str, out: Path, model: str, host: str, port: int, gpus: str,
+    overrides: tuple[str, ...], install: bool, root: Path | None, start: bool, force: bool,
+) -> None:
+    """Render config, start script, Supervisor, systemd and Kubernetes files for a profile."""
+    if root is not None and not install:
+        raise RenderError("--root only applies together with --install")
+    if start and (install or target not in ("supervisor", "all")):
+        raise RenderError("--start runs the standalone supervisord from --out: use it without "
+                          "--install and with --target supervisor or all")
+    if start and not core.agent_available():
+        raise AgentUnavailable(
+            "the agent is not available yet in this build (no zitops agent command): "
+            "render without --start for now"
+        )
+    request = core.DeployRequest(
+        profile=profile,
+        targets=core.TARGETS if target == "all" else (target,),
+        out=out, model=model, host=host, port=port, gpus=gpus, overrides=overrides,
+        install=install, root=root or Path("/"), force=force,
+    )
+    plan = core.plan(request)
+    result = core.apply(plan)
+    click.echo(f"profile {plan.profile.name} -> {plan.out}")
+    for change in result.changes:
+        note = "  (left in place: no longer rendered)" if change.action == "stale" else ""
+        click.echo(f"  {change.action:<11} {change.path}{note}")
+    click.echo("next:")
+    for step in result.next_steps:
+        click.echo(f"  {step}")
+    if start:
+        url = core.start(plan, echo=click.echo)
+        click.echo(f"agent ready at {url}")
+        click.echo(f"stop it with: supervisorctl -c {plan.supervisord_conf} shutdown")
