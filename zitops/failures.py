@@ -15,7 +15,7 @@ what the agent did next: ``retry``, ``requeue``, ``fail``, ``restart``,
 job timeout) and ``killed`` (worker killed from outside, e.g. ``kill -9``).
 
 HTTP shape (``GET /v1/failures?since=&limit=``, read by ``zitops failures
---url``)::
+--url``; :func:`failures_payload` builds it and validates the query)::
 
     {"failures": [record.to_dict(), ...]}   # newest first
 
@@ -315,6 +315,26 @@ def _parse_iso(text: str) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)  # a bare timestamp means UTC, like every time we print
     return dt.timestamp()
+
+
+MAX_LIMIT = 1000
+
+
+def failures_payload(store: FailureStore, since: str | float | None = None, limit: int | str | None = None) -> dict[str, Any]:
+    """The ``GET /v1/failures`` body, ``{"failures": [...]}``; ``since`` is epoch seconds or :func:`parse_since` text."""
+    since_ts: float | None = None
+    if since is not None and since != "":
+        try:
+            since_ts = float(since)
+        except ValueError:
+            since_ts = parse_since(str(since))
+    try:
+        n = 50 if limit is None or limit == "" else int(limit)
+    except ValueError:
+        raise InvalidRequest(f"limit {limit!r} is not a whole number: use 1..{MAX_LIMIT}") from None
+    if not 1 <= n <= MAX_LIMIT:
+        raise InvalidRequest(f"limit {n} is out of range: use 1..{MAX_LIMIT}")
+    return {"failures": [r.to_dict() for r in store.list(since=since_ts, limit=n)]}
 
 
 def parse_since(text: str, now: float | None = None) -> float:

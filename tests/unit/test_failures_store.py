@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from zitops.cli import cli
 from zitops.config import config_from_mapping, config_to_dict
 from zitops.errors import AgentUnavailable, InvalidRequest, Unauthorized
-from zitops.failures import FailureRecord, FailureStore, parse_since
+from zitops.failures import FailureRecord, FailureStore, failures_payload, parse_since
 from zitops.profile import load_profile, profile_to_dict
 
 
@@ -117,6 +117,18 @@ def test_parse_since() -> None:
     for bad in ("", "yesterday", "5 parsecs", "-1h"):
         with pytest.raises(InvalidRequest, match="30m, 1h"):
             parse_since(bad)
+
+
+def test_failures_payload_for_the_api(store: FailureStore) -> None:
+    recs = [_record(store, i) for i in range(3)]
+    body = failures_payload(store, since=str(recs[1].ts), limit="5")
+    assert [r["job_id"] for r in body["failures"]] == ["job-2", "job-1"]
+    assert json.loads(json.dumps(body)) == body
+    assert len(failures_payload(store, since="1h", limit=None)["failures"]) == 3
+    assert failures_payload(store)["failures"][0] == recs[-1].to_dict()
+    for bad in ({"limit": "0"}, {"limit": "many"}, {"limit": 5000}, {"since": "later"}):
+        with pytest.raises(InvalidRequest):
+            failures_payload(store, **bad)
 
 
 # ------------------------------------------------------------------ the CLI
