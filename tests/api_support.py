@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from PIL import Image
 
@@ -193,6 +194,10 @@ class MemService:
     def metrics_text(self) -> str:
         """One runtime gauge."""
         return f"# HELP zitops_queue_depth Jobs waiting.\n# TYPE zitops_queue_depth gauge\nzitops_queue_depth {len(self.queue)}\n"
+
+
+HTTP = httpx.Client(timeout=20)
+"""One shared client: ``httpx.get`` builds a new SSL context per call, which costs ~0.2 s each."""
 
 
 def free_port() -> int:

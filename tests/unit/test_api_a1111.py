@@ -16,7 +16,7 @@ import webuiapi
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from api_support import MemService, make_config, serve  # noqa: E402
+from api_support import HTTP, MemService, make_config, serve  # noqa: E402
 
 # ../shared/seed section 2.3, verbatim.
 SEED_CURL_BODY = '{ "prompt": "a ceramic coffee cup on a wooden table, natural lighting", "steps": 8, "scheduler": "simple", "cfg_scale": 7.0 }'
@@ -35,7 +35,7 @@ def svc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MemServi
 
 def _post(url: str, body: Any) -> httpx.Response:
     content = body if isinstance(body, str) else json.dumps(body)
-    return httpx.post(url + "/sdapi/v1/txt2img", content=content,
+    return HTTP.post(url + "/sdapi/v1/txt2img", content=content,
                       headers={"Content-Type": "application/json"}, timeout=20)
 
 
@@ -170,9 +170,9 @@ def test_webuiapi_client(svc_url: tuple[MemService, str]) -> None:
 
 def test_lookups(svc_url: tuple[MemService, str]) -> None:
     url = svc_url[1]
-    samplers = httpx.get(url + "/sdapi/v1/samplers", timeout=10).json()
+    samplers = HTTP.get(url + "/sdapi/v1/samplers", timeout=10).json()
     assert all(set(s) == {"name", "aliases", "options"} for s in samplers)
     assert {"Euler", "Euler a", "DPM++ 2M", "DPM++ 2M SDE"} <= {s["name"] for s in samplers}
-    schedulers = httpx.get(url + "/sdapi/v1/schedulers", timeout=10).json()
+    schedulers = HTTP.get(url + "/sdapi/v1/schedulers", timeout=10).json()
     assert [s["label"] for s in schedulers][:2] == ["Automatic", "Simple"]
-    assert httpx.get(url + "/sdapi/v1/scripts", timeout=10).json() == {"txt2img": [], "img2img": []}
+    assert HTTP.get(url + "/sdapi/v1/scripts", timeout=10).json() == {"txt2img": [], "img2img": []}

@@ -7,11 +7,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from api_support import MemService, make_config, serve  # noqa: E402
+from api_support import HTTP, MemService, make_config, serve  # noqa: E402
 
 from zitops.agent.auth import check_bind_policy, load_tokens, token_matches  # noqa: E402
 from zitops.errors import ConfigError  # noqa: E402
@@ -93,25 +92,25 @@ def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ("GET", "/sdapi/v1/samplers"), ("PUT", "/admin/log-levels"),
 ])
 def test_every_route_but_livez_needs_a_token(authed: str, method: str, path: str) -> None:
-    r = httpx.request(method, authed + path, json={"prompt": "x"}, timeout=10)
+    r = HTTP.request(method, authed + path, json={"prompt": "x"}, timeout=10)
     assert r.status_code == 401
     assert r.headers["www-authenticate"].startswith("Bearer")
     assert r.headers["cache-control"] == "no-store"
     assert "bearer token" in r.json()["error"]["message"]
-    wrong = httpx.request(method, authed + path, headers={"Authorization": "Bearer nope-nope-nope-nope"},
+    wrong = HTTP.request(method, authed + path, headers={"Authorization": "Bearer nope-nope-nope-nope"},
                           json={"prompt": "x"}, timeout=10)
     assert wrong.status_code == 401
 
 
 def test_livez_is_open_and_a_good_token_works(authed: str) -> None:
-    assert httpx.get(authed + "/livez", timeout=10).status_code == 200
+    assert HTTP.get(authed + "/livez", timeout=10).status_code == 200
     h = {"Authorization": f"Bearer {TOKEN}"}
-    status = httpx.get(authed + "/status", headers=h, timeout=10)
+    status = HTTP.get(authed + "/status", headers=h, timeout=10)
     assert status.status_code == 200
     assert TOKEN not in status.text
     assert status.json()["auth"] == "tokens"
-    r = httpx.post(authed + "/v1/jobs", headers=h, json={"prompt": "a cat", "width": 64, "height": 64}, timeout=10)
+    r = HTTP.post(authed + "/v1/jobs", headers=h, json={"prompt": "a cat", "width": 64, "height": 64}, timeout=10)
     assert r.status_code == 202
-    levels = httpx.put(authed + "/admin/log-levels", headers=h, json={"levels": {"zitops.test": "DEBUG"}}, timeout=10)
+    levels = HTTP.put(authed + "/admin/log-levels", headers=h, json={"levels": {"zitops.test": "DEBUG"}}, timeout=10)
     assert levels.status_code == 200
     assert levels.json()["levels"]["zitops.test"] == "DEBUG"

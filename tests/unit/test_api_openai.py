@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from api_support import MemService, make_config, serve  # noqa: E402
+from api_support import HTTP, MemService, make_config, serve  # noqa: E402
 
 from zitops.agent.contract import JobStatus  # noqa: E402
 
@@ -52,7 +52,7 @@ def test_url_response_points_at_the_native_image(oa: openai.OpenAI, svc_url: tup
     res = oa.images.generate(prompt="a boat", size="128x128", response_format="url")
     url = res.data[0].url or ""
     assert url.startswith(svc_url[1] + "/v1/jobs/") and url.endswith("/images/0")
-    img = httpx.get(url, timeout=10)
+    img = HTTP.get(url, timeout=10)
     assert img.status_code == 200 and img.headers["content-type"] == "image/png"
 
 
@@ -92,7 +92,7 @@ def test_queue_full_is_a_rate_limit_with_retry_after(svc_url: tuple[MemService, 
     depth = svc.depth
     svc.depth = 0
     try:
-        r = httpx.post(url + "/v1/images/generations", json={"prompt": "x"}, timeout=10)
+        r = HTTP.post(url + "/v1/images/generations", json={"prompt": "x"}, timeout=10)
         assert r.status_code == 429
         assert r.headers["retry-after"] == "3"
         assert r.json()["error"]["type"] == "rate_limit_error"
@@ -112,7 +112,7 @@ def test_a_client_that_hangs_up_gets_its_queued_job_cancelled(svc_url: tuple[Mem
     svc.paused = True  # nothing runs, so the job is still queued when the client gives up
     try:
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(url + "/v1/images/generations", json={"prompt": "impatient", "size": "64x64"}, timeout=0.4)
+            HTTP.post(url + "/v1/images/generations", json={"prompt": "impatient", "size": "64x64"}, timeout=0.4)
         job = next(r for r in svc.jobs.values() if r.request.prompt == "impatient")
         deadline = time.monotonic() + 5
         while svc.get(job.id).status is JobStatus.QUEUED and time.monotonic() < deadline:
