@@ -98,8 +98,12 @@ class DiffusersEngine:
         if self.model == FULL_RANDOM:
             from zitops.engine.full import build_full_pipeline
 
-            build_on = device if offload == "none" else "cpu"
-            pipe = build_full_pipeline(build_on, dtype, vae_dtype)
+            # Random init is fast on the GPU and very slow on the CPU, so build
+            # there even for offload, then park the weights on the CPU.
+            pipe = build_full_pipeline(device, dtype, vae_dtype)
+            if offload != "none":
+                pipe.to("cpu")
+                torch.cuda.empty_cache()
         else:
             from zitops.engine.loader import load_pipeline, resolve_model
             from zitops.engine.tiny import is_tiny
