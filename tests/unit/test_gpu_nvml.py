@@ -15,8 +15,13 @@ from zitops import gpu
 MIB = 1024 * 1024
 
 
-def test_import_does_not_load_pynvml() -> None:
-    code = "import sys, zitops.gpu; assert 'pynvml' not in sys.modules, 'pynvml imported at module level'"
+def test_imports_stay_light() -> None:
+    """gpu, logs, failures, sdnotify and the failures command import no GPU stack at module level."""
+    code = (
+        "import sys, zitops.gpu, zitops.logs, zitops.failures, zitops.sdnotify, zitops.commands.failures\n"
+        "heavy = sorted(m for m in ('pynvml', 'torch', 'diffusers', 'transformers') if m in sys.modules)\n"
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
