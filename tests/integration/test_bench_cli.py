@@ -1,0 +1,47 @@
+"""``zitops bench`` end to end on the CPU with the tiny model: baseline, engine and a real agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.engine_support import tiny_model_dir
+
+BENCH_TIMEOUT_S = 120
+
+
+def _bench(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ZITOPS_STATE_DIR": str(tmp / "state")}
+    cmd = [sys.executable, "-c", "from zitops.cli import main; main()", "bench", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=BENCH_TIMEOUT_S, env=env, check=False)
+
+
+def test_bench_tiny_designer_all_paths_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    proc = _bench(tmp_path, "--model", str(tiny_model_dir()), "--profile", "designer", "--width", "64",
+                  "--height", "64", "--runs", "2", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["card"] == "cpu" and data["date"]
+    run = data["runs"][0]
+    assert run["params"]["width"] == 64 and run["params"]["steps"] == 8
+    for path in ("baseline", "engine", "agent"):
+        res = run["paths"][path]
+        assert res["error"] is None, res
+        assert len(res["times_s"]) == 2 and res["s_per_image"] > 0 and res["images_per_min"] > 0
+        assert res["warmup_s"] is not None and res["speedup"] > 0
+    # The agent's setup is its spawn-to-ready time, and a request costs at least the engine's work.
+    assert run["paths"]["agent"]["setup_s"] > 0 and run["agent_overhead_ms"] is not None
+    assert run["checks"]["agent_vs_engine"]["max_abs"] == 0.0
+    assert run["checks"]["engine_vs_baseline"]["psnr_db"] > 30
+    assert "zitops engine" in proc.stdout and "agent overhead" in proc.stdout
+
+
+def test_bench_refuses_full_arch_without_gpu_and_bad_paths(tmp_path: Path) -> None:
+    proc = _bench(tmp_path, "--arch", "full", "--device", "cpu")
+    assert proc.returncode != 0 and "GPU" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _bench(tmp_path, "--paths", "engine,nope")
+    assert proc.returncode != 0 and "baseline, engine, agent" in proc.stderr
