@@ -1,0 +1,37 @@
+"""``zitops drill KIND``: a fault drill against a disposable local agent (see zitops.drill)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from zitops.commands.options import json_option
+from zitops.drill import MAX_JOBS, format_report, plan_drill, run_drill
+
+
+@click.command("drill")
+@click.argument("kind", metavar="KIND")
+@click.option("--jobs", type=int, default=None, metavar="N",
+              help=f"Jobs to submit (1..{MAX_JOBS}; default depends on KIND).")
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Build the deployment in DIR (new or empty) and keep it, logs included.")
+@click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
+              help="Seconds the jobs may take before the drill gives up.")
+@json_option
+def drill(kind: str, jobs: int | None, keep: Path | None, timeout_s: float, as_json: bool) -> None:
+    """Break a disposable agent on purpose and time its recovery.
+
+    KIND is one of leak, crash, hang, oom, kill. Exit 0 only when every
+    expectation held, including jobs lost = 0.
+    """
+    plan_drill(kind, jobs)  # a bad KIND or --jobs fails here, in one line, before anything starts
+    report = run_drill(kind, jobs=jobs, keep=keep, timeout_s=timeout_s)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        for line in format_report(report):
+            click.echo(line)
+    sys.exit(0 if report.ok else 1)
