@@ -174,12 +174,16 @@ def guidance_from(cfg_scale: float | None) -> float | None:
     return 0.0 if cfg_scale <= 1.0 and cfg_scale >= 0 else cfg_scale
 
 
-def _info(body: Txt2ImgIn, record: JobRecord) -> dict[str, Any]:
+def model_title(model: str) -> str:
+    """The name A1111 clients see for the served model: the weights directory's name."""
+    return "Z-Image-Turbo-tiny" if model == "tiny" else (model.rstrip("/").rsplit("/", 1)[-1] or model)
+
+
+def _info(body: Txt2ImgIn, record: JobRecord, model: str) -> dict[str, Any]:
     req = record.request
     total = len(req.seeds)
     sampler = display_name(req.sampler)
     schedule_label = next((s["label"] for s in SCHEDULE_INFO if s["name"] == req.schedule), req.schedule)
-    model = context_model_name(record)
     infotexts = [
         (f"{req.prompt}\nNegative prompt: {req.negative_prompt}\n" if req.negative_prompt else f"{req.prompt}\n")
         + f"Steps: {req.steps}, Sampler: {sampler}, Schedule type: {schedule_label}, CFG scale: {req.guidance:g}, "
@@ -224,11 +228,6 @@ def _info(body: Txt2ImgIn, record: JobRecord) -> dict[str, Any]:
     }
 
 
-def context_model_name(record: JobRecord) -> str:
-    """The model name shown in infotexts."""
-    return str(record.info.get("model") or "Z-Image-Turbo")
-
-
 @router.post("/sdapi/v1/txt2img")
 async def txt2img(body: Txt2ImgIn, request: Request) -> dict[str, Any]:
     """Generate ``n_iter * batch_size`` images in one job (seeds seed, seed+1, ...), synchronously."""
@@ -252,7 +251,7 @@ async def txt2img(body: Txt2ImgIn, request: Request) -> dict[str, Any]:
     if body.send_images:
         blobs = await read_images(ctx.service, record)
         images = await asyncio.to_thread(lambda: [base64.b64encode(b).decode("ascii") for b in blobs])
-    return {"images": images, "parameters": body.model_dump(mode="json"), "info": json.dumps(_info(body, record))}
+    return {"images": images, "parameters": body.model_dump(mode="json"), "info": json.dumps(_info(body, record, model_title(ctx.config.model)))}
 
 
 @router.get("/sdapi/v1/samplers")
@@ -276,9 +275,8 @@ async def schedulers() -> list[dict[str, Any]]:
 async def sd_models(request: Request) -> list[dict[str, Any]]:
     """The one model this agent serves."""
     model = context(request).config.model
-    title = "Z-Image-Turbo" if model == "tiny" else model.rstrip("/").rsplit("/", 1)[-1]
-    return [{"title": title, "model_name": title, "hash": None, "sha256": None,
-             "filename": "tiny" if model == "tiny" else model.rstrip("/").rsplit("/", 1)[-1], "config": None}]
+    title = model_title(model)
+    return [{"title": title, "model_name": title, "hash": None, "sha256": None, "filename": model, "config": None}]
 
 
 @router.get("/sdapi/v1/options")
