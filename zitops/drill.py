@@ -301,7 +301,7 @@ def plan_drill(kind: str, jobs: int | None = None) -> DrillPlan:
         raise InvalidRequest(f"--jobs {n}: give 1..{MAX_JOBS}")
     body: dict[str, Any] = {"prompt": f"drill {kind}", "width": 64, "height": 64, "steps": 2}
     bodies = [dict(body, seed=i) for i in range(n)]
-    sets = FAST_SETS
+    sets: tuple[str, ...] = FAST_SETS
     faults: dict[str, Any] = {"job_seconds": 0.05}
     if kind == "leak":
         faults["leak_mib_per_job"] = LEAK_MIB
