@@ -25,7 +25,9 @@ Every JSON line has ``timestamp`` (ISO 8601, UTC), ``level``, ``event``,
 Tiers: each logger's level comes from ``LogSettings.levels`` (``root`` is the
 root logger). Levels change at runtime with :func:`set_levels` (the API's
 ``PUT /admin/log-levels``) or :func:`reload_levels` (the agent calls it on
-SIGHUP with its config path).
+SIGHUP with its config path). The agent writes its tiers to
+``<log_dir>/.log-levels.json`` and each worker follows that file (polled every
+``WATCH_INTERVAL_S``), so a change reaches the workers within about a second.
 
 For uvicorn, start it with ``log_config=None`` and ``log_level=None`` so it
 leaves this configuration alone. torch, diffusers and
@@ -38,6 +40,7 @@ right after loading the engine.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import logging.handlers
 import os
@@ -58,6 +61,8 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ACCESS_LOGGER = "uvicorn.access"
 AGENT_LOG = "zitops.log"
 ACCESS_LOG = "access.log"
+LEVELS_FILE = ".log-levels.json"
+WATCH_INTERVAL_S = 1.0
 REDACTED = "[REDACTED]"
 
 # Libraries that install their own stderr handler and stop propagation when
@@ -96,6 +101,8 @@ _state: dict[str, Any] = {
     "levels": {},  # logger name -> level we set (what get_levels reports)
     "process": "zitops",
     "service_mode": False,
+    "publish_to": None,  # the agent writes its tiers here for its workers
+    "watcher": None,  # a worker's (thread, stop event) following that file
 }
 
 
@@ -324,8 +331,13 @@ def configure_logging(
         )
 
         logging.captureWarnings(True)
+        _stop_watcher()
+        is_agent = process == "agent"
+        _state["publish_to"] = Path(log_dir) / LEVELS_FILE if log_dir is not None and is_agent else None
         _apply_levels(_validate(_levels_from(settings)), replace=True)
         adopt_library_loggers()
+        if log_dir is not None and not is_agent:
+            _start_watcher(Path(log_dir) / LEVELS_FILE)
         _state["configured"] = True
 
 
@@ -433,6 +445,64 @@ def _apply_levels(levels: dict[str, str], *, replace: bool) -> None:
     for name, level in levels.items():
         _logger(name).setLevel(level)
         _state["levels"][name] = level
+    _publish_levels()
+
+
+# Workers follow the agent's runtime tier changes (API or SIGHUP) through a
+# small file in the log directory: no protocol message, and a worker that
+# starts later picks up the current tiers at once.
+
+
+def _publish_levels() -> None:
+    path = _state["publish_to"]
+    if path is None:
+        return
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps({"levels": _state["levels"]}), "utf-8")
+        os.replace(tmp, path)  # atomic: a worker never reads half a file
+    except OSError:
+        pass  # the workers keep their tiers; the agent's own change still applies
+
+
+def _follow_levels(path: Path, stop: threading.Event) -> None:
+    seen: tuple[int, int] | None = None
+    while not stop.is_set():
+        try:
+            st = path.stat()
+            key: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = None
+        if key is not None and key != seen:
+            seen = key
+            try:
+                levels = _validate(json.loads(path.read_text("utf-8"))["levels"])
+            except (OSError, ValueError, KeyError, TypeError, ConfigError):
+                levels = None  # a torn or foreign file: keep the current tiers
+            with _lock:
+                # Checked under the lock: a reconfigure that stopped this
+                # watcher must not be undone by a file read just before.
+                if stop.is_set():
+                    return
+                if levels is not None:
+                    _apply_levels(levels, replace=True)
+        stop.wait(WATCH_INTERVAL_S)
+
+
+def _start_watcher(path: Path) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=_follow_levels, args=(path, stop), name="zitops-log-levels", daemon=True)
+    _state["watcher"] = (thread, stop)
+    thread.start()
+
+
+def _stop_watcher() -> None:
+    watcher = _state["watcher"]
+    _state["watcher"] = None
+    if watcher is not None:
+        # No join: the caller holds the lock the watcher may be waiting for;
+        # it sees the event under that lock and exits.
+        watcher[1].set()
 
 
 def set_levels(levels: dict[str, str], *, replace: bool = False) -> dict[str, str]:
@@ -479,4 +549,4 @@ def job_context(
 
 def log_files(log_dir: Path) -> list[Path]:
     """Every zitops log file (current and rotated) under ``log_dir``, sorted."""
-    return sorted(p for p in Path(log_dir).glob("*.log*") if p.is_file())
+    return sorted(p for p in Path(log_dir).glob("*.log*") if p.is_file() and not p.name.startswith("."))

@@ -228,22 +228,32 @@ def _count(agent: Agent, event: str) -> int:
     return sum(1 for ln in agent.lines() if ln["event"] == event)
 
 
+def _worker_count(agent: Agent, event: str) -> int:
+    return sum(1 for p in agent.log_dir.glob("worker-*.log") for ln in agent.lines(p.name) if ln["event"] == event)
+
+
 def test_levels_change_at_runtime_via_api_and_sighup(errors_agent: Agent, error_jobs: dict[str, Any]) -> None:
-    r = httpx.put(errors_agent.url + "/admin/log-levels", json={"levels": {"zitops.agent": "WARNING"}}, timeout=10)
+    levels = {"zitops.agent": "WARNING", "zitops.worker": "WARNING"}
+    r = httpx.put(errors_agent.url + "/admin/log-levels", json={"levels": levels}, timeout=10)
     assert r.status_code == 200, r.text
     assert r.json()["levels"]["zitops.agent"] == "WARNING"
+    time.sleep(1.5)  # workers follow the agent's tiers file (polled every second)
     before = _count(errors_agent, "job succeeded")
+    worker_before = _worker_count(errors_agent, "job started")
     errors_agent.wait_final(errors_agent.submit())
     time.sleep(0.3)
     assert _count(errors_agent, "job succeeded") == before, "INFO lines must stop at the WARNING tier"
+    assert _worker_count(errors_agent, "job started") == worker_before, "the worker follows the change"
 
     bad = httpx.put(errors_agent.url + "/admin/log-levels", json={"levels": {"zitops": "LOUD"}}, timeout=10)
     assert bad.status_code == 422 and "LOUD" in bad.text
 
     errors_agent.proc.send_signal(signal.SIGHUP)  # back to the config's tiers
     wait_for(lambda: _count(errors_agent, "log levels reloaded") >= 1, 10, "the SIGHUP reload")
+    time.sleep(1.5)
     errors_agent.wait_final(errors_agent.submit())
     wait_for(lambda: _count(errors_agent, "job succeeded") > before, 10, "INFO lines after SIGHUP")
+    wait_for(lambda: _worker_count(errors_agent, "job started") > worker_before, 10, "worker INFO after SIGHUP")
 
 
 def test_zitops_failures_reads_the_store(errors_agent: Agent, error_jobs: dict[str, Any]) -> None:

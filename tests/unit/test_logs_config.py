@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from datetime import datetime
@@ -52,6 +53,7 @@ def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             lg.propagate = propagate
             lg.handlers[:] = handlers
         logging.captureWarnings(False)
+        logs._stop_watcher()
         structlog.reset_defaults()
         structlog.contextvars.clear_contextvars()
         logs._state.clear()
@@ -267,6 +269,34 @@ def test_reload_levels_resets_to_the_config(tmp_path: Path) -> None:
     assert levels["zitops"] == "WARNING"
     assert "other.lib" not in levels and logging.getLogger("other.lib").level == logging.NOTSET
     assert "torch" not in levels
+
+
+def test_agent_publishes_tiers_and_a_worker_follows_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "WATCH_INTERVAL_S", 0.05)
+    logs.configure_logging(LogSettings(), log_dir=tmp_path, fmt="json", process="agent")
+    logs.set_levels({"diffusers": "INFO"})
+    published = json.loads((tmp_path / logs.LEVELS_FILE).read_text("utf-8"))["levels"]
+    assert published["diffusers"] == "INFO" and published["root"] == "WARNING"
+
+    # The same interpreter now plays a worker that follows the agent's file.
+    logs.configure_logging(LogSettings(), log_dir=tmp_path, fmt="json", process="worker-0")
+    deadline = time.monotonic() + 5
+    while logs.get_levels().get("diffusers") != "INFO" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert logs.get_levels()["diffusers"] == "INFO", "a starting worker takes the agent's current tiers"
+    path = tmp_path / logs.LEVELS_FILE
+    path.write_text(json.dumps({"levels": {**published, "zitops": "ERROR"}}), "utf-8")
+    while logs.get_levels().get("zitops") != "ERROR" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert logs.get_levels()["zitops"] == "ERROR"
+    path.write_text('{"levels": {"zitops": "LOUD"}}', "utf-8")  # a bad file changes nothing
+    time.sleep(0.3)
+    assert logs.get_levels()["zitops"] == "ERROR"
+    # Reconfiguring stops the follower: the file no longer applies.
+    logs.configure_logging(LogSettings(), log_dir=None, fmt="json", process="worker-0")
+    path.write_text(json.dumps({"levels": {"zitops": "DEBUG"}}), "utf-8")
+    time.sleep(0.3)
+    assert logs.get_levels()["zitops"] == "INFO"
 
 
 def test_bad_format_is_a_one_line_error() -> None:
