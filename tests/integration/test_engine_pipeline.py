@@ -191,3 +191,36 @@ def test_oom_split_through_the_fault_engine_wrapping_the_real_one(engine: Diffus
     assert split.info["oom_splits"] == 1 and split.seeds == (31, 32)
     for a, b in zip(split.images, whole.images, strict=True):
         assert max_diff(a, b) <= 1
+
+
+def test_previews_decode_only_when_asked(engine: DiffusersEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = engine._decode
+
+    def counting(latents: Any, free_hooks: bool = True) -> list[Any]:
+        calls.append(int(latents.shape[0]))
+        return real(latents, free_hooks)
+
+    monkeypatch.setattr(engine, "_decode", counting)
+    engine.generate(request((1, 2), steps=3))
+    assert calls == [2]  # the final decode only
+    calls.clear()
+    out = engine.generate(request((1,), steps=3, preview=True))
+    assert calls == [1, 1, 1, 1] and len(engine.last_previews) == 1
+    assert out.info["prompt"] == "a red cat" and "previews" not in out.info
+
+
+def test_full_architecture_has_the_real_parameter_counts() -> None:
+    from zitops.engine.full import (
+        build_text_encoder,
+        build_transformer,
+        build_vae,
+        count_parameters,
+    )
+
+    transformer = build_transformer("meta", torch.bfloat16)
+    assert count_parameters(transformer) == pytest.approx(6.155e9, rel=1e-3)
+    assert transformer.dtype == torch.bfloat16 and transformer.config.n_layers == 30
+    assert count_parameters(build_text_encoder("meta", torch.bfloat16)) == pytest.approx(4.02e9, rel=1e-2)
+    vae = build_vae("meta", torch.bfloat16)
+    assert vae.config.latent_channels == 16 and vae.config.scaling_factor == 0.3611

@@ -79,6 +79,7 @@ class DiffusersEngine:
         self.tiny = False
         self.effective: dict[str, Any] = {}
         self.notes: list[str] = []
+        self.last_previews: list[Any] = []
 
     # -- setup -------------------------------------------------------------
     def setup(self, device: str) -> None:
@@ -237,7 +238,7 @@ class DiffusersEngine:
             nonlocal forwards
             forwards += 1
             if request.preview:
-                previews[:] = self._decode(kwargs["latents"][:1])
+                previews[:] = self._decode(kwargs["latents"][:1], free_hooks=False)
             if progress is not None:
                 progress(i + 1, int(p.num_timesteps))
             return {}
@@ -266,10 +267,12 @@ class DiffusersEngine:
         info = self._info(request)
         info["transformer_forwards"] = forwards
         if request.preview:
-            info["previews"] = previews
+            # PIL images stay on the engine: info travels as JSON to the agent.
+            self.last_previews = list(previews)
+            info["preview_steps"] = forwards
         return GenerationResult(images=images, seeds=request.seeds, seconds=seconds, info=info)
 
-    def _decode(self, latents: Any) -> list[Any]:
+    def _decode(self, latents: Any, free_hooks: bool = True) -> list[Any]:
         """Latents to PIL images through the configured decode path."""
         import torch
 
@@ -286,12 +289,15 @@ class DiffusersEngine:
                 raw = latents.to(pipe.vae.dtype) / cfg.scaling_factor + cfg.shift_factor
                 image = pipe.vae.decode(raw, return_dict=False)[0]
             images: list[Any] = pipe.image_processor.postprocess(image.float(), output_type="pil")
-        pipe.maybe_free_model_hooks()
+        if free_hooks:
+            pipe.maybe_free_model_hooks()
         return images
 
     def _info(self, request: GenerationRequest) -> dict[str, Any]:
         info: dict[str, Any] = {
-            "model": self.model_label(), "sampler": request.sampler, "schedule": request.schedule,
+            "model": self.model_label(), "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt, "guidance": request.guidance,
+            "sampler": request.sampler, "schedule": request.schedule,
             "steps": request.steps, "size": f"{request.width}x{request.height}",
             "profile": request.profile, "device": self.device, "tiny": self.tiny, **self.effective,
         }

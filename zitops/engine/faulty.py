@@ -121,7 +121,9 @@ class FaultyEngine:
             self._pace(request, progress)
             images = [synthetic_image(s ^ zlib.crc32(request.prompt.encode()), request.width,
                                       request.height) for s in request.seeds]
-            info = {"model": "synthetic (fault engine)", "sampler": request.sampler,
+            info = {"model": "synthetic (fault engine)", "prompt": request.prompt,
+                    "negative_prompt": request.negative_prompt, "guidance": request.guidance,
+                    "sampler": request.sampler,
                     "schedule": request.schedule, "steps": request.steps,
                     "size": f"{request.width}x{request.height}", "profile": request.profile,
                     "device": self.device}
