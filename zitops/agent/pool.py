@@ -68,6 +68,7 @@ class WorkerSlot:
     leak_streak: int = 0
     nvml_used_mib: float | None = None
     clearing: float | None = None  # reserved MiB when a cache clear was asked
+    cleared_after: int = -1  # jobs_done at the last cache clear: once per idle period
     deaths: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=1000))
     down_since: float | None = None  # monotonic; start of an outage, for recovery times
     down_reason: str | None = None
@@ -162,6 +163,7 @@ class Pool:
         slot.state, slot.jobs_done, slot.job_id, slot.job_started = "starting", 0, None, None
         slot.last_heartbeat = slot.spawned_at = now
         slot.memory, slot.baseline_mib, slot.leak_streak, slot.clearing = None, None, 0, None
+        slot.cleared_after = -1
         slot.kill_reason = slot.setup_error = None
         slot.nvml_used_mib = None
         self._loop.add_reader(parent.fileno(), self._readable, slot, parent)
@@ -349,9 +351,13 @@ class Pool:
         self.send(slot, Shutdown(reason))
 
     def clear_cache(self, slot: WorkerSlot) -> None:
-        """Ask an idle worker to return cached allocator blocks."""
-        if slot.idle and slot.clearing is None and slot.memory is not None and self.send(slot, ClearCache()):
+        """Ask an idle worker to return cached allocator blocks, at most once between jobs."""
+        # What one clear cannot free (fragmented blocks) a second one will not
+        # free either, so wait for the next job before trying again.
+        if (slot.idle and slot.clearing is None and slot.memory is not None
+                and slot.cleared_after != slot.jobs_done and self.send(slot, ClearCache())):
             slot.clearing = slot.memory.reserved_mib
+            slot.cleared_after = slot.jobs_done
 
     def check_liveness(self) -> None:
         """Kill every live worker that stopped heartbeating or overran its job timeout."""
