@@ -38,7 +38,7 @@ from zitops.errors import AgentUnavailable, InvalidRequest, ZitopsError
 KINDS = ("leak", "crash", "hang", "oom", "kill")
 """The drills ``zitops drill KIND`` knows."""
 
-DEFAULT_JOBS = {"leak": 8, "crash": 6, "hang": 4, "oom": 4, "kill": 4}
+DEFAULT_JOBS = {"leak": 8, "crash": 6, "hang": 4, "oom": 4, "kill": 3}
 MAX_JOBS = 200
 WINDOW = 8  # jobs in flight at once; below the queue cap so a submit is never refused
 POLL_S = 0.05
@@ -54,7 +54,7 @@ FAST_SETS = (
 LEAK_MIB, LEAK_THRESHOLD_MIB, LEAK_JOBS = 100.0, 150, 2
 CRASH_ON_JOB, HANG_ON_JOB, HANG_TIMEOUT_S = 3, 2, 2.0
 OOM_ABOVE_BATCH, OOM_BATCH = 1, 4
-KILL_JOB_SECONDS, KILL_AFTER_S = 2.0, 0.3
+KILL_JOB_SECONDS, KILL_AFTER_S = 1.5, 0.3
 
 
 # --- the disposable deployment and the agent process ------------------------------------

@@ -1,0 +1,115 @@
+"""``zitops drill KIND`` through the CLI, against real agent and worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+CLI = "import sys; from zitops.cli import main; sys.exit(main())"
+
+
+def _drill(*args: str, tmpdir: Path | None = None, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if tmpdir is not None:
+        tmpdir.mkdir(exist_ok=True)
+        env["TMPDIR"] = str(tmpdir)
+    return subprocess.run([sys.executable, "-c", CLI, "drill", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie still answers kill(0); it no longer runs.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except OSError:
+        return True
+
+
+def _assert_torn_down(report: dict[str, Any]) -> None:
+    assert report["agent_pid"] and _gone(report["agent_pid"]), "the drill left its agent running"
+    assert report["worker_pids"], "no worker pid was observed"
+    for pid in report["worker_pids"]:
+        assert _gone(pid), f"the drill left worker {pid} running"
+
+
+@pytest.mark.parametrize("kind", ["crash", "leak", "hang", "oom", "kill"])
+def test_each_drill_passes_with_no_job_lost(kind: str, tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    proc = _drill(kind, "--json", tmpdir=tmp)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert report["ok"] and report["kind"] == kind
+    assert all(c["ok"] for c in report["checks"]) and len(report["checks"]) >= 5
+    assert report["jobs"]["lost"] == 0 and report["jobs"]["accepted"] == report["jobs"]["submitted"] > 0
+    assert report["jobs"]["succeeded"] == report["jobs"]["accepted"]
+    fig = report["figures"]
+    if kind == "crash":
+        assert 0 < fig["crash_to_ready_s"] < 15
+        assert len(report["jobs"]["retried"]) == 1
+        assert report["metrics"]['zitops_recoveries_total{kind="crash"}'] >= 1
+    elif kind == "leak":
+        # 100 MiB/job, threshold 150 over the baseline of job 1, 2 jobs in a row: recycled after job 4.
+        assert fig["leak_jobs_until_recycle"] == 4
+        assert 0 < fig["leak_recycled_to_ready_s"] < 15
+        assert fig["allocated_after_mib"] < fig["leak_allocated_at_recycle_mib"]
+    elif kind == "hang":
+        assert 0 < fig["hang_detected_to_replaced_s"] < 15
+        assert any(e["kind"] == "kill" and "past its 2s timeout" in e["reason"] for e in report["events"])
+    elif kind == "oom":
+        assert fig["oom_splits_per_job"] == [3]  # 4 -> 2+2 -> 1+1+1+1
+        assert not report["jobs"]["retried"]
+    else:
+        assert fig["killed_pid"] in report["worker_pids"] and 0 < fig["kill_to_ready_s"] < 15
+        assert report["jobs"]["retried"] == [fig["killed_job"]]
+    if kind in ("crash", "leak", "hang", "kill"):
+        assert fig["readyz_down_s"], "readyz never went down during recovery"
+    _assert_torn_down(report)
+    assert list(tmp.iterdir()) == [], "the temporary deployment was not removed"
+
+
+def test_keep_leaves_the_rendered_deployment(tmp_path: Path) -> None:
+    keep = tmp_path / "kept"
+    proc = _drill("oom", "--jobs", "2", "--keep", str(keep))
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert proc.stdout.startswith("drill oom: PASS")
+    assert f"{keep} (kept)" in proc.stdout
+    config = yaml.safe_load((keep / "config.yaml").read_text())
+    assert config["engine"]["kind"] == "faulty" and config["engine"]["faults"]["oom_above_batch"] == 1
+    assert config["host"] == "127.0.0.1"
+    assert (keep / "state" / "jobs.sqlite3").is_file()
+    assert "out of memory" in (keep / "agent.out").read_text()  # the split, logged by the worker
+
+
+def test_a_drill_whose_expectation_fails_exits_1(tmp_path: Path) -> None:
+    # Two jobs cannot show a leak that needs four: the drill must say so, not pass.
+    proc = _drill("leak", "--jobs", "2", tmpdir=tmp_path / "tmp")
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stdout.startswith("drill leak: FAIL")
+    assert "FAIL the leak was detected (a leak recycle): no recycle in 2 jobs" in proc.stdout
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["bogus"], "unknown kind 'bogus'; use one of leak, crash, hang, oom, kill"),
+    (["crash", "--jobs", "0"], "--jobs 0: give 1..200"),
+    (["crash", "--timeout", "-1"], "--timeout -1: give a positive number of seconds"),
+])
+def test_bad_input_is_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
+    proc = _drill(*args, tmpdir=tmp_path / "tmp", timeout=30)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert list((tmp_path / "tmp").iterdir()) == []
