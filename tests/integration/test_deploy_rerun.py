@@ -7,24 +7,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from zitops import deploy
-from zitops.cli import main
 from zitops.config import load_config
 
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_support import run_cli as run  # noqa: E402
 
 
 def actions(stdout: str) -> dict[str, str]:

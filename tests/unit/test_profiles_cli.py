@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from zitops.cli import main
 from zitops.profile import BUILTIN_PROFILES, Profile, load_profile
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_support import run_cli as run  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run the CLI in-process as a user would; return (exit code, stdout, stderr)."""
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_list_shows_each_builtin_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
