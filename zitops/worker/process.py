@@ -154,6 +154,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
     ).start()
     log = _configure_logging(config, worker_id)
     from zitops.logs import job_context
+
     output_dir = Path(config.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = "cpu" if gpu is None else "cuda:0"
@@ -185,7 +186,10 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
         if isinstance(msg, Shutdown):
             return
         if isinstance(msg, ClearCache):
-            engine.release_cache()
+            try:
+                engine.release_cache()
+            except Exception as exc:  # a failed clear is reported by the unchanged numbers
+                log.warning(f"release_cache failed: {type(exc).__name__}: {exc}")
             sender.send(_report(engine, worker_id, state.jobs_done, "clear_cache"))
         elif isinstance(msg, Job):
             state.job_id = msg.job_id
