@@ -224,3 +224,18 @@ def test_full_architecture_has_the_real_parameter_counts() -> None:
     assert count_parameters(build_text_encoder("meta", torch.bfloat16)) == pytest.approx(4.02e9, rel=1e-2)
     vae = build_vae("meta", torch.bfloat16)
     assert vae.config.latent_channels == 16 and vae.config.scaling_factor == 0.3611
+
+
+def test_batches_above_max_batch_run_in_chunks(tmp_path: Path) -> None:
+    eng = make_engine(tmp_path, max_batch=2)
+    out = eng.generate(request((1, 2, 3)))
+    assert out.seeds == (1, 2, 3) and len(out.images) == 3 and out.info["chunks"] == 2
+    alone = eng.generate(request((3,)))
+    assert max_diff(out.images[2], alone.images[0]) <= 1
+
+
+def test_full_architecture_refuses_the_cpu(tmp_path: Path) -> None:
+    from zitops.errors import EngineError
+
+    with pytest.raises(EngineError, match="needs a CUDA device"):
+        DiffusersEngine(settings(), "full-random", state_dir=tmp_path).setup("cpu")

@@ -97,6 +97,9 @@ class DiffusersEngine:
         if s.offload != "none" and not on_cuda:
             self._note(f"offload={s.offload} needs a CUDA device; ignored on {device}")
         if self.model == FULL_RANDOM:
+            if not on_cuda:
+                raise EngineError("the full-size random architecture (--arch full) is for GPU "
+                                  "benchmarks; it needs a CUDA device, not " + device)
             from zitops.engine.full import build_full_pipeline
 
             # Random init is fast on the GPU and very slow on the CPU, so build
@@ -202,8 +205,23 @@ class DiffusersEngine:
 
     # -- generation -------------------------------------------------------
     def generate(self, request: GenerationRequest, progress: ProgressFn | None = None) -> GenerationResult:
-        """Make ``request.batch`` images; a batch that OOMs is split and retried."""
-        return generate_split_on_oom(self, request, progress)
+        """Make ``request.batch`` images, at most ``engine.max_batch`` per pipeline call.
+
+        A chunk that runs out of memory is split and retried.
+        """
+        step = self.settings.max_batch
+        if request.batch <= step:
+            return generate_split_on_oom(self, request, progress)
+        results = []
+        rest = request
+        while rest.batch:
+            chunk, rest = rest.split(min(step, rest.batch))
+            results.append(generate_split_on_oom(self, chunk, progress))
+        info = dict(results[0].info)
+        info["oom_splits"] = sum(int(r.info.get("oom_splits", 0)) for r in results)
+        info["chunks"] = len(results)
+        return GenerationResult([im for r in results for im in r.images], request.seeds,
+                                sum(r.seconds for r in results), info)
 
     def _check(self, request: GenerationRequest) -> None:
         if self.pipe is None:
