@@ -78,6 +78,7 @@ def soak_phase(out: Path, minutes: float, faults: dict[str, Any], stop_on_leak: 
     config_path, _ = build_deployment(out, port, faults, SETS)
     agent = AgentProcess(config_path, port, out / "agent.out")
     samples: list[dict[str, Any]] = []
+    torch_in_agent = False
     failures: list[str] = []
     events: list[dict[str, Any]] = []
     try:
@@ -106,9 +107,13 @@ def soak_phase(out: Path, minutes: float, faults: dict[str, Any], stop_on_leak: 
                 print(f"[{label}] {t / 60:5.1f} min  {seed} jobs  allocated {s['allocated_mib']} MiB  "
                       f"worker RSS {s['worker_rss_mib']:.1f} MiB", flush=True)
                 next_note += 60.0
+        # The agent must never load torch (only workers do); a torch object
+        # pickled into a worker message would load it on unpickling.
+        torch_in_agent = "libtorch" in Path(f"/proc/{agent.pid}/maps").read_text()
     finally:
         agent.stop()
     return {"samples": samples, "failures": failures, "events": events, "jobs": seed,
+            "torch_in_agent": torch_in_agent,
             "seconds": round(samples[-1]["t"], 1) if samples else 0.0}
 
 
@@ -161,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=10.0, help="soak length (default 10)")
     ap.add_argument("--control-minutes", type=float, default=3.0, help="most time for the leak to be caught")
     ap.add_argument("--job-seconds", type=float, default=0.2, help="fault engine time per job")
+    ap.add_argument("--inner", choices=("synthetic", "diffusers"), default="synthetic",
+                    help="what makes the pixels: seeded noise, or the real tiny diffusers pipeline")
     ap.add_argument("--leak-mib", type=float, default=64.0, help="the control's leak per job")
     ap.add_argument("--warmup", type=float, default=0.1, help="fraction of the soak that counts as warm-up")
     ap.add_argument("--tolerance-mib", type=float, default=1.0, help="most allocated drift after warm-up")
@@ -170,11 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="zitops-soak-"))
     try:
-        print(f"soak: {args.minutes:g} min, leak-free fault engine, job_seconds {args.job_seconds:g}", flush=True)
-        clean = soak_phase(root / "clean", args.minutes, {"job_seconds": args.job_seconds}, False, "soak")
+        print(f"soak: {args.minutes:g} min, leak-free fault engine ({args.inner} pixels), "
+              f"job_seconds {args.job_seconds:g}", flush=True)
+        clean = soak_phase(root / "clean", args.minutes, {"job_seconds": args.job_seconds, "inner": args.inner},
+                           False, "soak")
         print(f"control: leaking {args.leak_mib:g} MiB per job, default leak policy", flush=True)
         control = soak_phase(root / "control", args.control_minutes,
-                             {"job_seconds": args.job_seconds, "leak_mib_per_job": args.leak_mib}, True, "control")
+                             {"job_seconds": args.job_seconds, "inner": args.inner,
+                              "leak_mib_per_job": args.leak_mib}, True, "control")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     v = verdict(clean["samples"], args.warmup, args.tolerance_mib, args.rss_tolerance_mib)
@@ -191,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             flat = "" if "flat" not in d else ("  FLAT" if d["flat"] else "  NOT FLAT")
             print(f"  {key:<15} {d['first']} -> {d['last']} (min {d['min']}, max {d['max']}), "
                   f"max drift {d['max_drift_mib']} MiB, slope {d['slope_mib_per_hour']} MiB/h{flat}")
+    print(f"  agent process loaded torch: {'YES (it must not)' if clean['torch_in_agent'] else 'no'}")
     print(f"  verdict: {'PASS: allocated memory is flat after warm-up' if clean_ok else 'FAIL'}")
     print(f"control: {control['jobs']} jobs in {control['seconds']:.1f} s")
     if leak:

@@ -594,6 +594,11 @@ def format_report(report: DrillReport) -> list[str]:
                                                                             "reason"))
             lines.append(f"    +{e['time'] - t0:6.2f}s {e['kind']:<9} {e.get('worker') or '-'}#{e.get('incarnation')} "
                          f"{e['reason']}{' (' + extra + ')' if extra else ''}")
+    downs = [c for c in r.readyz if not c["ready"]]
+    if downs:
+        lines.append("  /readyz 503 spells (reasons):")
+        for c in downs:
+            lines.append(f"    {'; '.join(c['reasons']) or '-'}")
     if r.checks:
         lines.append("  checks:")
         for c in r.checks:
