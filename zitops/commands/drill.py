@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -28,6 +29,9 @@ def drill(kind: str, jobs: int | None, keep: Path | None, timeout_s: float, as_j
     expectation held, including jobs lost = 0.
     """
     plan_drill(kind, jobs)  # a bad KIND or --jobs fails here, in one line, before anything starts
+    # The agent runs in its own session, so a SIGTERM to the drill would not
+    # reach it: turn the signal into SystemExit, and the drill's teardown runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = run_drill(kind, jobs=jobs, keep=keep, timeout_s=timeout_s)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
