@@ -198,9 +198,9 @@ class DiffusersEngine:
         configure_compile_cache(self.cache_dir)
         # Regional compilation: one compiled block reused by all 30 layers keeps
         # compile time to seconds instead of minutes.
-        from zitops.engine.accel import compile_transformer
+        from zitops.engine.accel import compile_pipeline
 
-        compile_transformer(self.pipe)
+        compile_pipeline(self.pipe)
         return True
 
     # -- generation -------------------------------------------------------

@@ -86,6 +86,9 @@ def build_vae(device: Any, dtype: Any) -> Any:
     import torch
     from diffusers import AutoencoderKL
 
+    # The VAE keeps diffusers' own init; a fixed seed makes it the same in every
+    # process, so a benchmark's baseline, engine and agent share all weights.
+    torch.manual_seed(2)
     with torch.device(device), _default_dtype(dtype):
         vae: Any = AutoencoderKL(**FULL_VAE)
     return vae.eval()
