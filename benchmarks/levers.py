@@ -105,6 +105,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", default="/tmp/zitops-bench-cache")
     ap.add_argument("--fp8", action="store_true", help="also measure the fp8 engine")
     ap.add_argument("--skip-backends", action="store_true")
+    ap.add_argument("--no-engine", action="store_true", help="skip the engine stage (zitops bench covers it)")
     args = ap.parse_args()
     OUT = Path(args.out)
 
@@ -259,7 +260,8 @@ def main() -> None:
         eng = tr2 = res = None
         reset()
 
-    engine_stage("engine_designer", "")
+    if not args.no_engine:
+        engine_stage("engine_designer", "")
     if args.fp8:
         engine_stage("engine_designer_fp8", "+fp8")
 

@@ -101,9 +101,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(10)
 
 
-def _body(req: GenerationRequest) -> dict[str, Any]:
+def _body(req: GenerationRequest, fmt: str) -> dict[str, Any]:
     return {"prompt": req.prompt, "n": req.batch, "size": f"{req.width}x{req.height}", "seed": req.seeds[0],
-            "steps": req.steps, "response_format": "b64_json", "output_format": "png"}
+            "steps": req.steps, "response_format": "b64_json", "output_format": fmt}
 
 
 def _find_peak(status: Any) -> float | None:
@@ -127,12 +127,13 @@ def _find_peak(status: Any) -> float | None:
 
 def measure_agent(profile: Profile, model: str, req: GenerationRequest, *, runs: int, warmup: int,
                   workdir: Path, cache_dir: Path, state_dir: Path, ready_timeout_s: float = 600.0,
-                  request_timeout_s: float = 600.0) -> tuple[PathResult, bytes | None]:
-    """Start an agent, time ``runs`` HTTP generations after ``warmup``; returns the result and the first PNG."""
+                  request_timeout_s: float = 600.0, fmt: str = "png") -> tuple[PathResult, bytes | None]:
+    """Start an agent, time ``runs`` HTTP generations after ``warmup``; returns the result and the first image."""
     import httpx
 
     result = PathResult("agent", batch=req.batch)
-    result.notes.append("POST /v1/images/generations (b64_json PNG), loopback, one request at a time")
+    result.notes.append(f"POST /v1/images/generations (b64_json {fmt}), loopback, one request at a time")
+    result.extra["output_format"] = fmt
     port = free_port()
     config = write_config(profile, model, workdir, port, cache_dir=cache_dir, state_dir=state_dir)
     png: bytes | None = None
@@ -141,7 +142,7 @@ def measure_agent(profile: Profile, model: str, req: GenerationRequest, *, runs:
         with httpx.Client(timeout=request_timeout_s) as client:
             for i in range(max(0, warmup) + runs):
                 t0 = time.perf_counter()
-                resp = client.post(f"{url}/v1/images/generations", json=_body(req))
+                resp = client.post(f"{url}/v1/images/generations", json=_body(req, fmt))
                 payload = resp.json()
                 elapsed = time.perf_counter() - t0
                 if resp.status_code != 200:

@@ -51,6 +51,7 @@ class BenchOptions:
     cache_dir: Path | None = None
     workdir: Path | None = None
     agent_ready_timeout_s: float = 900.0
+    agent_format: str = "png"
     extra_meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -192,7 +193,7 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
             "schedule": req.schedule, "batch": req.batch})})
         try:
             result, png = measure_agent(served, opts.model, replace(req, prompt=opts.prompt), runs=opts.runs,
-                                        warmup=opts.warmup,
+                                        warmup=opts.warmup, fmt=opts.agent_format,
                                         workdir=workdir / profile.name, cache_dir=cache_dir, state_dir=state_dir,
                                         ready_timeout_s=opts.agent_ready_timeout_s)
             run.results["agent"] = result

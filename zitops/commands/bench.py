@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
+from types import FrameType
 
 import click
 
 from zitops.commands.options import model_option, set_option
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    sys.exit(128 + signum)
 
 
 @click.command("bench")
@@ -32,6 +39,8 @@ from zitops.commands.options import model_option, set_option
               help="Also time each sampler on the engine ('all' or a comma list).")
 @click.option("--batch-sweep", "batch_text", default=None, metavar="LIST",
               help="Also time these batch sizes on the engine, e.g. 1,2,4,8; reports the best.")
+@click.option("--agent-format", type=click.Choice(["png", "jpeg", "webp"]), default="png", show_default=True,
+              help="Image format the agent path asks for (PNG encoding is part of its end-to-end time).")
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the first image.")
 @click.option("--prompt", default=None, help="Prompt to render (a fixed descriptive one by default).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
@@ -41,7 +50,7 @@ from zitops.commands.options import model_option, set_option
 def bench(profiles: tuple[str, ...], overrides: tuple[str, ...], model: str, arch: str, device: str,
           width: int | None, height: int | None, steps: int | None, batch: int | None, sampler: str | None,
           runs: int, warmup: int, paths_text: str, sampler_text: str | None, batch_text: str | None,
-          seed: int, prompt: str | None, cache_dir: str | None, json_path: str | None) -> None:
+          agent_format: str, seed: int, prompt: str | None, cache_dir: str | None, json_path: str | None) -> None:
     """Benchmark plain diffusers vs the zitops engine vs the agent over HTTP."""
     from zitops.bench.core import (
         DEFAULT_PROMPT,
@@ -62,8 +71,11 @@ def bench(profiles: tuple[str, ...], overrides: tuple[str, ...], model: str, arc
         prompt=prompt or DEFAULT_PROMPT, runs=runs, warmup=warmup, paths=parse_paths(paths_text),
         sampler_sweep=parse_samplers(sampler_text) if sampler_text else (),
         batch_sweep=parse_batches(batch_text) if batch_text else (),
-        cache_dir=Path(cache_dir) if cache_dir else None,
+        cache_dir=Path(cache_dir) if cache_dir else None, agent_format=agent_format,
     )
+    # SIGTERM (a timeout, a CI cancel) must unwind through the finally blocks
+    # that stop the bench's agent, which runs in its own process group.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     report = run(opts, echo=lambda line: click.echo(line, err=True))
     click.echo(render_table(report))
     if json_path:
