@@ -6,10 +6,12 @@ touches workers, GPUs or the network, so tests can serve it with any Service.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +30,7 @@ from zitops.agent.http_metrics import CONTENT_TYPE, HttpMetrics
 from zitops.agent.middleware import EdgeMiddleware
 from zitops.config import AgentConfig
 from zitops.errors import ConfigError, InvalidRequest, ZitopsError
+from zitops.failures import FailureStore, failures_payload
 from zitops.logs import set_levels
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -81,6 +84,22 @@ async def metrics(request: Request) -> Response:
     if runtime:
         text += runtime if runtime.endswith("\n") else runtime + "\n"
     return Response(text, media_type=CONTENT_TYPE)
+
+
+@ops.get("/v1/failures")
+async def failures(request: Request, since: Annotated[str | None, Query(max_length=64)] = None,
+                   limit: Annotated[str | None, Query(max_length=8)] = None) -> dict[str, Any]:
+    """Captured failures, newest first (read by ``zitops failures --url``).
+
+    ``since``: epoch seconds, a duration (30m, 1h, 2d) or an ISO 8601 time;
+    ``limit``: 1..1000, default 50.
+    """
+    ctx = context(request)
+    store = getattr(ctx.service, "failures", None)
+    if not isinstance(store, FailureStore):
+        # The runtime keeps its store on the service; read the same files otherwise.
+        store = FailureStore(Path(ctx.config.paths.state_dir), Path(ctx.config.paths.log_dir))
+    return await asyncio.to_thread(failures_payload, store, since, limit)
 
 
 class LogLevelsIn(BaseModel):
