@@ -312,3 +312,18 @@ def test_status_and_health_commands(agent: Agent, authed_agent: Agent) -> None:
     done = subprocess.run(cli + ["health", "--url", authed_agent.url], capture_output=True, text=True, timeout=60,
                           env={**env, "ZITOPS_TOKEN": TOKEN})
     assert done.returncode == 0, done.stderr
+
+
+def test_agent_refuses_an_open_bind_without_tokens(tmp_path: Path) -> None:
+    data: dict[str, Any] = {
+        "profile": load_profile("designer", SETS).model_dump(mode="json"), "host": "0.0.0.0", "port": free_port(),
+        "paths": {k: str(tmp_path / k) for k in ("state_dir", "log_dir", "output_dir", "cache_dir")},
+        "engine": {"kind": "faulty"},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(config_from_mapping(data))))
+    done = subprocess.run([sys.executable, "-c", "from zitops.cli import main; main()", "agent", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "not a loopback address" in done.stderr and "auth.behind_proxy" in done.stderr
+    assert "Traceback" not in done.stderr
