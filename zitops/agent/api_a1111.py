@@ -26,6 +26,7 @@ from zitops.agent.api_common import (
     wait_final,
 )
 from zitops.agent.contract import JobRecord
+from zitops.agent.http_errors import ERROR_RESPONSES
 from zitops.engine.samplers import (
     SAMPLER_INFO,
     SCHEDULE_INFO,
@@ -35,7 +36,7 @@ from zitops.engine.samplers import (
 )
 from zitops.errors import InvalidRequest
 
-router = APIRouter(tags=["a1111"])
+router = APIRouter(tags=["a1111"], responses=ERROR_RESPONSES)
 
 _A1111_NAMES = {"guidance": "cfg_scale", "batch": "batch_size", "sampler": "sampler_name", "schedule": "scheduler"}
 

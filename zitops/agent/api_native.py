@@ -9,9 +9,10 @@ from fastapi.responses import FileResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from zitops.agent.api_common import build_request, context, image_file, media_type
+from zitops.agent.http_errors import ERROR_RESPONSES
 from zitops.engine.request import OUTPUT_FORMATS
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
 
 JobId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
 

@@ -26,9 +26,10 @@ from zitops.agent.api_common import (
     sync_timeout_s,
     wait_final,
 )
+from zitops.agent.http_errors import ERROR_RESPONSES
 from zitops.errors import InvalidRequest
 
-router = APIRouter(tags=["openai"])
+router = APIRouter(tags=["openai"], responses=ERROR_RESPONSES)
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 

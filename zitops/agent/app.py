@@ -22,6 +22,7 @@ from zitops.agent import api_a1111, api_native, api_openai
 from zitops.agent.api_common import ApiContext, context
 from zitops.agent.contract import Service
 from zitops.agent.http_errors import (
+    ERROR_RESPONSES,
     http_exception_handler,
     validation_error_handler,
     zitops_error_handler,
@@ -86,7 +87,7 @@ async def metrics(request: Request) -> Response:
     return Response(text, media_type=CONTENT_TYPE)
 
 
-@ops.get("/v1/failures")
+@ops.get("/v1/failures", responses={422: ERROR_RESPONSES[422]})
 async def failures(request: Request, since: Annotated[str | None, Query(max_length=64)] = None,
                    limit: Annotated[str | None, Query(max_length=8)] = None) -> dict[str, Any]:
     """Captured failures, newest first (read by ``zitops failures --url``).
@@ -110,7 +111,7 @@ class LogLevelsIn(BaseModel):
     levels: dict[str, str] = Field(description="logger name -> DEBUG|INFO|WARNING|ERROR|CRITICAL")
 
 
-@ops.put("/admin/log-levels")
+@ops.put("/admin/log-levels", responses={422: ERROR_RESPONSES[422]})
 async def put_log_levels(body: LogLevelsIn) -> dict[str, Any]:
     """Change logger levels at runtime; returns the effective levels."""
     if not body.levels:

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zitops.errors import AgentUnavailable, QueueFull, ZitopsError
@@ -32,6 +33,34 @@ _STATUS_TYPES = {
     429: "rate_limit_error",
     503: "service_unavailable",
 }
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong, in one line that names the field."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error response (OpenAI's shape); /sdapi routes add ``detail``."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (401, "Missing or wrong bearer token (when tokens are configured)."),
+        (413, "Body larger than limits.max_body_bytes."),
+        (422, "Invalid or unsupported field; the message names it."),
+        (429, "Queue full; retry after Retry-After seconds."),
+        (503, "Draining or not ready; retry after Retry-After seconds."),
+    )
+}
+"""OpenAPI ``responses=`` for the generation routes, replacing FastAPI's default 422 schema."""
 
 
 def _snake(name: str) -> str:
