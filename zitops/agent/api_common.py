@@ -66,9 +66,12 @@ def build_request(config: AgentConfig, prompt: str, **overrides: Any) -> Generat
     if batch is not None and not 1 <= batch <= limits.max_images:
         raise InvalidRequest(f"batch: {batch} images is out of range; allowed 1..{limits.max_images}")
     req = request_from_profile(config.profile, prompt, **overrides)
+    # The client's prompt was measured above; the profile's template text is
+    # the operator's and must not eat into the client's allowance.
+    templated_limit = limits.max_prompt_chars + len(config.profile.generation.prompt_template)
     return validate_request(
         req, max_side=limits.max_side, min_side=limits.min_side, max_steps=limits.max_steps,
-        max_images=limits.max_images, max_prompt_chars=limits.max_prompt_chars + len(config.profile.generation.prompt_template),
+        max_images=limits.max_images, max_prompt_chars=templated_limit,
     )
 
 
