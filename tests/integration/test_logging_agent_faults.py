@@ -272,12 +272,15 @@ def test_zitops_failures_reads_the_store(errors_agent: Agent, error_jobs: dict[s
 
 
 def test_zitops_failures_from_a_running_agent(errors_agent: Agent, error_jobs: dict[str, Any]) -> None:
-    if errors_agent.get("/v1/failures").status_code == 404:
-        pytest.skip("the agent does not serve GET /v1/failures yet")
-    cmd = [sys.executable, "-c", CLI, "failures", "--url", errors_agent.url,
-           "--json", "--limit", "2"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
-    assert len(out) == 2 and all(json.loads(x)["id"] for x in out)
+    base = [sys.executable, "-c", CLI, "failures", "--json", "--limit", "2"]
+    via_url = subprocess.run([*base, "--url", errors_agent.url, "--since", "1h"], capture_output=True, text=True,
+                             timeout=60, check=True).stdout.splitlines()
+    via_files = subprocess.run([*base, "--config", str(errors_agent.config_path)], capture_output=True, text=True,
+                               timeout=60, check=True).stdout.splitlines()
+    assert len(via_url) == 2
+    assert [json.loads(x) for x in via_url] == [json.loads(x) for x in via_files]
+    bad = httpx.get(errors_agent.url + "/v1/failures", params={"since": "soonish"}, timeout=10)
+    assert bad.status_code == 422 and "30m, 1h" in bad.text
 
 
 def test_hang_and_kill_9_each_leave_a_record(lost_agent: Agent) -> None:
