@@ -514,6 +514,9 @@ def _judge(report: DrillReport, plan: DrillPlan, done: _Jobs, before: dict[str, 
             report.check(f"recycled within {bound} jobs", (recycle.get("jobs_done") or 0) <= bound,
                          f"after {recycle.get('jobs_done')} jobs")
         report.check("a fresh worker replaced it", ready is not None)
+        exited = _after(events, "restart", recycle["time"], recycle["worker"]) if recycle else None
+        if recycle and exited:
+            report.figures["leak_detected_to_exit_s"] = round(exited["time"] - recycle["time"], 2)
         if recycle and ready:
             report.figures["leak_recycled_to_ready_s"] = ready.get("recovery_s")
             alloc = w_after[0]["vram"]["allocated_mib"]
