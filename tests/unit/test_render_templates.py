@@ -206,3 +206,9 @@ def test_bad_inputs_are_refused_with_one_line(tmp_path: Path, kw: dict[str, obje
         make(tmp_path, **kw)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_unit_reloads_log_tiers_with_sighup_to_the_main_process_only(tmp_path: Path) -> None:
+    """`systemctl reload` must reach the agent alone: its workers follow it."""
+    unit = unit_settings(make(tmp_path).file(f"systemd/{deploy.UNIT_NAME}").content)
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
