@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -532,6 +533,8 @@ def _judge(report: DrillReport, plan: DrillPlan, done: _Jobs, before: dict[str, 
         report.check("a new worker replaced it", ready is not None)
         if kill and ready:
             report.figures["hang_timeout_s"] = config.profile.queue.job_timeout_s
+            ran = re.search(r"job ran ([0-9.]+)s", kill["reason"])
+            report.figures["hang_detected_at_job_age_s"] = float(ran.group(1)) if ran else None
             report.figures["hang_detected_to_replaced_s"] = ready.get("recovery_s")
             job = kill.get("job_id")
             report.check("the hung job was requeued and succeeded",
@@ -600,8 +603,8 @@ def format_report(report: DrillReport) -> list[str]:
     downs = [c for c in r.readyz if not c["ready"]]
     if downs:
         lines.append("  /readyz 503 spells (reasons):")
-        for c in downs:
-            lines.append(f"    {'; '.join(c['reasons']) or '-'}")
+        for down in downs:
+            lines.append(f"    {'; '.join(down['reasons']) or '-'}")
     if r.checks:
         lines.append("  checks:")
         for c in r.checks:
