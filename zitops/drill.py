@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,35 @@ LEAK_MIB, LEAK_THRESHOLD_MIB, LEAK_JOBS = 100.0, 150, 2
 CRASH_ON_JOB, HANG_ON_JOB, HANG_TIMEOUT_S = 3, 2, 2.0
 OOM_ABOVE_BATCH, OOM_BATCH = 1, 4
 KILL_JOB_SECONDS, KILL_AFTER_S = 1.5, 0.3
+
+
+# --- signals: exit through the teardown, but never mid-spawn ------------------------------
+
+_signals: dict[str, Any] = {"spawning": False, "pending": None}
+
+
+def exit_on_signal(signum: int, _frame: Any) -> None:
+    """A SIGTERM/SIGINT handler for the CLI: raise SystemExit so the teardown runs.
+
+    While the agent is being spawned the signal waits: raised inside Popen it
+    would lose the agent's pid, and with it the teardown.
+    """
+    if _signals["spawning"]:
+        _signals["pending"] = signum
+        return
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _spawning() -> Iterator[None]:
+    _signals["spawning"] = True
+    try:
+        yield
+    finally:
+        _signals["spawning"] = False
+    signum, _signals["pending"] = _signals["pending"], None
+    if signum is not None:
+        raise SystemExit(128 + signum)
 
 
 # --- the disposable deployment and the agent process ------------------------------------
@@ -415,7 +444,8 @@ def run_drill(kind: str, jobs: int | None = None, keep: Path | None = None, time
     try:
         port = free_port()
         config_path, config = build_deployment(out, port, plan.faults, plan.sets)
-        agent = AgentProcess(config_path, port, out / "agent.out")
+        with _spawning():
+            agent = AgentProcess(config_path, port, out / "agent.out")
         report.url, report.agent_pid = agent.url, agent.pid
         report.figures["agent_start_to_ready_s"] = round(agent.wait_ready(60.0), 2)
         watcher = ReadyzWatcher(agent.url)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +115,42 @@ def test_bad_input_is_one_line(args: list[str], needle: str, tmp_path: Path) -> 
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def _agents_under(root: Path) -> list[int]:
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(root) in cmd and " agent --config " in cmd and not _gone(int(p.name)):
+                pids.append(int(p.name))
+    return pids
+
+
+@pytest.mark.parametrize("after_s", [0.0, 3.0])  # while the agent is spawned; mid-drill
+def test_sigterm_to_the_drill_tears_the_agent_down(after_s: float, tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp))
+    drill = subprocess.Popen([sys.executable, "-c", CLI, "drill", "kill", "--jobs", "20"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not _agents_under(tmp) and time.monotonic() < deadline:
+            assert drill.poll() is None, drill.communicate()
+            time.sleep(0.1)
+        agents = _agents_under(tmp)
+        assert agents, "the drill's agent never started"
+        time.sleep(after_s)
+        drill.send_signal(signal.SIGTERM)
+        drill.wait(60)
+    finally:
+        if drill.poll() is None:
+            drill.kill()
+            drill.wait(10)
+    assert drill.returncode != 0
+    assert all(_gone(pid) for pid in agents), "SIGTERM to the drill left its agent running"
+    assert list(tmp.iterdir()) == []

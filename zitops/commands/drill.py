@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from zitops.commands.options import json_option
-from zitops.drill import MAX_JOBS, format_report, plan_drill, run_drill
+from zitops.drill import MAX_JOBS, exit_on_signal, format_report, plan_drill, run_drill
 
 
 @click.command("drill")
@@ -29,9 +29,10 @@ def drill(kind: str, jobs: int | None, keep: Path | None, timeout_s: float, as_j
     expectation held, including jobs lost = 0.
     """
     plan_drill(kind, jobs)  # a bad KIND or --jobs fails here, in one line, before anything starts
-    # The agent runs in its own session, so a SIGTERM to the drill would not
-    # reach it: turn the signal into SystemExit, and the drill's teardown runs.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # The agent runs in its own session, so a signal to the drill does not
+    # reach it: the drill exits through its teardown instead.
+    signal.signal(signal.SIGTERM, exit_on_signal)
+    signal.signal(signal.SIGINT, exit_on_signal)
     report = run_drill(kind, jobs=jobs, keep=keep, timeout_s=timeout_s)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
