@@ -92,12 +92,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 class Runtime:
     """A started Dispatcher on a LoopThread, with helpers that run on its loop."""
 
-    def __init__(self, config: AgentConfig, notifier: Any = None, wait_ready: bool = True) -> None:
+    def __init__(self, config: AgentConfig, notifier: Any = None, wait_ready: bool = True,
+                 gpus: list[int | None] | None = None) -> None:
         from zitops.agent.dispatcher import Dispatcher
 
         self.config = config
         self.lt = LoopThread()
-        self.d: Dispatcher = self.lt.call(lambda: Dispatcher(config, notifier=notifier))
+        self.d: Dispatcher = self.lt.call(lambda: Dispatcher(config, notifier=notifier, gpus=gpus))
         try:
             self.lt.run(self.d.start())
             if wait_ready:

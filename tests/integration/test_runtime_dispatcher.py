@@ -145,3 +145,20 @@ def test_drain_finishes_running_keeps_queued_and_answers_waiters(tmp_path: Path)
         assert rt.status()["workers"][0]["state"] == "stopped"
     finally:
         rt.close()
+
+
+def test_two_workers_run_jobs_in_parallel_with_their_own_device(tmp_path: Path) -> None:
+    # Two CPU slots stand in for two GPUs: the same slot/dispatch logic, no CUDA.
+    rt = Runtime(runtime_config(tmp_path, faults={"job_seconds": 1.0}), gpus=[None, None])
+    try:
+        wait_until(lambda: all(w["state"] == "ready" for w in rt.status()["workers"]), 30)
+        started = time.monotonic()
+        recs = [rt.wait(r.id) for r in [rt.submit(request(seed=i)) for i in range(4)]]
+        elapsed = time.monotonic() - started
+        assert all(r.status is JobStatus.SUCCEEDED for r in recs)
+        assert {r.worker for r in recs} == {"w0", "w1"}
+        assert elapsed < 3.6  # 4 one-second jobs on 2 workers, not 4 s in a row
+        pids = {w["pid"] for w in rt.status()["workers"]}
+        assert len(pids) == 2
+    finally:
+        rt.close()
