@@ -127,9 +127,13 @@ def test_tiny_diffusers_end_to_end_sighup_and_sigterm(tmp_path: Path) -> None:
         data = yaml.safe_load(config.read_text())
         data["profile"]["logging"]["levels"]["diffusers"] = "DEBUG"
         config.write_text(yaml.safe_dump(data))
+        worker_pids = a.worker_pids()
         a.proc.send_signal(signal.SIGHUP)  # re-reads log tiers; the agent keeps serving
+        for pid in worker_pids:  # as `systemctl kill -s HUP` would: workers must survive it
+            os.kill(pid, signal.SIGHUP)
         log = tmp_path / "log_dir" / "zitops.log"
         wait_until(lambda: '"diffusers": "DEBUG"' in log.read_text(), 10, what="the SIGHUP reload")
+        assert a.worker_pids() == worker_pids and all(_alive(p) for p in worker_pids)
         assert a.get("/readyz").status_code == 200
         a.proc.send_signal(signal.SIGTERM)
         assert a.proc.wait(30) == 0

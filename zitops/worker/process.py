@@ -138,10 +138,15 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
                 config_data: dict[str, Any]) -> None:
     """Entry point of a spawned worker; returns only to exit 0 after Shutdown."""
     # Before any import of torch: this process sees exactly one GPU, or none.
+    # NVML numbers GPUs in PCI bus order; make CUDA agree, so the index the
+    # watchdog reads through NVML is the card this worker really uses.
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else str(gpu)
-    # Ctrl-C in a terminal reaches the whole process group; the agent decides
-    # when a worker stops, so the worker ignores SIGINT.
+    # Ctrl-C in a terminal and `systemctl kill -s HUP` reach the whole process
+    # group; the agent decides when a worker stops and relays log tiers itself,
+    # so the worker ignores both.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     from zitops.config import config_from_mapping
 
