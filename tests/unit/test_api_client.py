@@ -77,3 +77,11 @@ def test_connection_refused_is_one_line(capsys: pytest.CaptureFixture[str]) -> N
         assert code != 0
         assert len(err.strip().splitlines()) == 1
         assert "cannot connect" in err and "Traceback" not in err
+
+
+def test_status_says_the_tiny_model_makes_noise() -> None:
+    from zitops.commands.client import render_status
+
+    text = render_status({"profile": "designer", "workers": [],
+                          "model": {"name": "tiny", "note": "tiny random model: images are noise"}})
+    assert "tiny (tiny random model: images are noise)" in text

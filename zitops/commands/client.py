@@ -63,6 +63,9 @@ def render_status(data: dict[str, Any]) -> str:
     """A readable summary of the /status JSON."""
     model = data.get("model")
     model_name = model.get("name") if isinstance(model, dict) else model
+    if isinstance(model, dict) and model.get("note"):
+        # The tiny model's images are noise: say so wherever it shows.
+        model_name = f"{model_name} ({model['note']})"
     queue = data.get("queue") or {}
     lines = [
         f"profile   {data.get('profile', '-')}",
