@@ -20,7 +20,7 @@ from zitops.drill import MAX_JOBS, exit_on_signal, format_report, plan_drill, ru
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Build the deployment in DIR (new or empty) and keep it, logs included.")
 @click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
-              help="Seconds the jobs may take before the drill gives up.")
+              help="Seconds the whole drill may take (agent start included) before it gives up.")
 @json_option
 def drill(kind: str, jobs: int | None, keep: Path | None, timeout_s: float, as_json: bool) -> None:
     """Break a disposable agent on purpose and time its recovery.
