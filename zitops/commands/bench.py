@@ -45,12 +45,15 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 @click.option("--prompt", default=None, help="Prompt to render (a fixed descriptive one by default).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Compile cache directory (default: a temporary one, so the first compile is cold).")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Keep the agent's config and logs here (default: a temporary directory, removed).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the results as JSON to this file.")
 def bench(profiles: tuple[str, ...], overrides: tuple[str, ...], model: str, arch: str, device: str,
           width: int | None, height: int | None, steps: int | None, batch: int | None, sampler: str | None,
           runs: int, warmup: int, paths_text: str, sampler_text: str | None, batch_text: str | None,
-          agent_format: str, seed: int, prompt: str | None, cache_dir: str | None, json_path: str | None) -> None:
+          agent_format: str, seed: int, prompt: str | None, cache_dir: str | None, workdir: str | None,
+          json_path: str | None) -> None:
     """Benchmark plain diffusers vs the zitops engine vs the agent over HTTP."""
     from zitops.bench.core import (
         DEFAULT_PROMPT,
@@ -72,6 +75,7 @@ def bench(profiles: tuple[str, ...], overrides: tuple[str, ...], model: str, arc
         sampler_sweep=parse_samplers(sampler_text) if sampler_text else (),
         batch_sweep=parse_batches(batch_text) if batch_text else (),
         cache_dir=Path(cache_dir) if cache_dir else None, agent_format=agent_format,
+        workdir=Path(workdir) if workdir else None,
     )
     # SIGTERM (a timeout, a CI cancel) must unwind through the finally blocks
     # that stop the bench's agent, which runs in its own process group.
