@@ -124,6 +124,10 @@ def test_tiny_diffusers_end_to_end_sighup_and_sigterm(tmp_path: Path) -> None:
         assert img.status_code == 200 and img.content[:8] == b"\x89PNG\r\n\x1a\n"
         status = a.get("/status").json()
         assert status["engine"] == "diffusers" and status["workers"][0]["jobs_done"] == 1
+        # The worker ran torch and talked to the agent; the agent itself must
+        # still not have loaded it (a library type unpickled from the pipe would).
+        maps = Path(f"/proc/{a.proc.pid}/maps").read_text()
+        assert "libtorch" not in maps, "the agent process loaded torch"
         data = yaml.safe_load(config.read_text())
         data["profile"]["logging"]["levels"]["diffusers"] = "DEBUG"
         config.write_text(yaml.safe_dump(data))

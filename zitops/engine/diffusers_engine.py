@@ -372,7 +372,7 @@ class DiffusersEngine:
             "model_path": str(self.model_path) if self.model_path else None,
             "tiny": self.tiny, "device": self.device, "requested": self.settings.model_dump(),
             "effective": dict(self.effective), "notes": list(self.notes),
-            "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "torch": str(torch.__version__), "diffusers": str(diffusers.__version__),
         }
         if self.tiny:
             d["notice"] = TINY_NOTICE

@@ -7,6 +7,7 @@ anything imports torch; the engine is imported only after that.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -115,8 +116,19 @@ def run_job(engine: Any, job: Job, output_dir: Path) -> Result:
         names.append(name)
     seconds = time.monotonic() - started
     return Result(job_id=job.job_id, images=tuple(names), seconds=seconds,
-                  info={**dict(result.info), "seeds": list(result.seeds),
-                        "engine_seconds": result.seconds, "memory": _memory(engine)})
+                  info=plain({**dict(result.info), "seeds": list(result.seeds),
+                              "engine_seconds": result.seconds, "memory": _memory(engine)}))
+
+
+def plain(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` as plain JSON types.
+
+    Whatever crosses the pipe is unpickled in the agent, and unpickling a
+    library's own type (torch's ``TorchVersion`` is a ``str`` subclass)
+    imports that library there. The agent must never import torch.
+    """
+    result: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    return result
 
 
 def _report(engine: Any, worker_id: str, jobs_done: int, after: str) -> MemoryReport:
@@ -177,7 +189,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
         os._exit(SETUP_FAILED_EXIT)
     describe: dict[str, Any] = {}
     try:
-        describe = dict(engine.describe())
+        describe = plain(dict(engine.describe()))
     except Exception:  # describe is informational only
         describe = {}
     sender.send(Ready(worker_id=worker_id, pid=os.getpid(), incarnation=incarnation,
