@@ -6,6 +6,7 @@ the tiny pipeline; everything is shut down afterwards."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -45,10 +46,8 @@ def _supervisorctl(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def _kill_leftovers(out: Path) -> None:
     for pidfile in out.rglob("supervisord.pid"):
-        try:
+        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
             os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
-        except (ValueError, ProcessLookupError, PermissionError):
-            pass
 
 
 def test_readme_quickstart_deploy_start_and_seed_curl(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from zitops.engine.request import GenerationRequest
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     """Lifecycle of a job; the last three are final."""
 
     QUEUED = "queued"
