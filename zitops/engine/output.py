@@ -67,7 +67,11 @@ def encode_image(img: Any, fmt: str, params: Mapping[str, Any] | None = None) ->
         if params.get("tiny"):
             info.add_text("zitops_notice", "tiny random model: images are noise")
         info.add_itxt("parameters", a1111_infotext(params))
-        img.save(buf, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
+        from zitops.engine.png_fast import encode_png
+
+        # Pillow's one-core encoder took ~200 ms per 1024x1024 image, most of
+        # the agent's overhead per request (issue 7, docs/benchmarks.md).
+        buf.write(encode_png(img, info.chunks, PNG_COMPRESS_LEVEL))
     elif fmt in ("jpeg", "jpg"):
         comment = a1111_infotext(params).encode("utf-8") if params else b""
         img.convert("RGB").save(buf, format="JPEG", quality=JPEG_QUALITY, comment=comment)
