@@ -48,3 +48,32 @@ def test_run_job_writes_server_named_images_atomically(tmp_path: Path) -> None:
     with Image.open(out / "abc123-1.webp") as img:
         assert img.format == "WEBP" and img.size == (64, 64)
     assert result.info["seeds"] == [1, 2] and result.info["memory"]["simulated"] is True
+
+
+def test_accepted_connections_have_nagle_off(tmp_path: Path) -> None:
+    """Without TCP_NODELAY every keep-alive response waits for a delayed ACK (~40 ms)."""
+    import asyncio
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sock = bind(runtime_config(tmp_path, port=port))
+    seen: list[int] = []
+
+    async def main_() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = writer.get_extra_info("socket")
+            seen.append(peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.02)
+            writer.close()
+
+    asyncio.run(main_())
+    assert seen and seen[0] != 0
