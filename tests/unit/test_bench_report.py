@@ -81,3 +81,11 @@ def test_bench_profile_raises_max_batch_for_the_sweep() -> None:
     assert bench_profile(prof, BenchOptions()) is prof
     wider = bench_profile(prof, BenchOptions(batch_sweep=(1, 8)))
     assert wider.engine.max_batch == 8 and prof.engine.max_batch == 4
+
+
+def test_table_shows_restart_cost_and_agent_memory() -> None:
+    run = _run()
+    run.results["agent"].extra.update(restart_s=24.3, device_used_mib=22 * 1024)
+    text = render_table(BenchReport(meta={"card": "NVIDIA H100 80GB HBM3"}, runs=[run]))
+    assert "agent restart (spawn to ready + first job): 24.3 s" in text
+    assert "22.00 GiB" in text and "NVIDIA H100" in text

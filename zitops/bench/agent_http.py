@@ -106,14 +106,14 @@ def _body(req: GenerationRequest, fmt: str) -> dict[str, Any]:
             "steps": req.steps, "response_format": "b64_json", "output_format": fmt}
 
 
-def _find_peak(status: Any) -> float | None:
-    """The largest ``peak_allocated_mib`` anywhere in the /status JSON."""
+def _find_max(status: Any, key: str) -> float | None:
+    """The largest numeric value under ``key`` anywhere in the /status JSON."""
     found: list[float] = []
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
-                if k == "peak_allocated_mib" and isinstance(v, (int, float)):
+                if k == key and isinstance(v, (int, float)) and not isinstance(v, bool):
                     found.append(float(v))
                 else:
                     walk(v)
@@ -154,7 +154,11 @@ def measure_agent(profile: Profile, model: str, req: GenerationRequest, *, runs:
                 if png is None:
                     png = base64.b64decode(payload["data"][0]["b64_json"])
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                result.peak_vram_mib = _find_peak(client.get(f"{url}/status").json())
+                status = client.get(f"{url}/status").json()
+                result.peak_vram_mib = _find_max(status, "peak_allocated_mib")
+                # /status shows the worker's allocator state, not its peak: report it as such.
+                result.extra["worker_reserved_mib"] = _find_max(status, "reserved_mib")
+                result.extra["device_used_mib"] = _find_max(status, "device_used_mib")
     if result.setup_s is not None and result.warmup_s is not None:
         # A recycled worker is back when it is ready and has served its first job.
         result.extra["restart_s"] = round(result.setup_s + result.warmup_s, 2)

@@ -155,6 +155,12 @@ def render_table(report: BenchReport) -> str:
         overhead = run.agent_overhead_ms()
         if overhead is not None:
             lines.append(f"{'':<10} agent overhead (HTTP e2e - engine): {overhead:.1f} ms per request")
+        agent = run.results.get("agent")
+        if agent is not None and agent.extra.get("restart_s") is not None:
+            lines.append(f"{'':<10} agent restart (spawn to ready + first job): {agent.extra['restart_s']:.1f} s")
+        if agent is not None and agent.extra.get("device_used_mib"):
+            lines.append(f"{'':<10} agent GPU memory in use after the run (NVML): "
+                         f"{agent.extra['device_used_mib'] / 1024:.2f} GiB")
         for row in run.sampler_sweep:
             lines.append(f"{'':<10} sampler {row['sampler']:<13} {_fmt(row.get('s_per_image'), '.3f')} s/image"
                          + (f"  ({row['error']})" if row.get("error") else ""))
