@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from zitops.bench.core import BenchOptions, bench_profile, parse_batches, parse_paths, parse_samplers
+from zitops.bench.core import (
+    BenchOptions,
+    bench_profile,
+    parse_batches,
+    parse_paths,
+    parse_samplers,
+)
 from zitops.bench.report import BenchReport, PathResult, ProfileRun, render_table
 from zitops.errors import InvalidRequest
 from zitops.profile import SAMPLERS, load_profile
