@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,8 +40,10 @@ def _zitops() -> list[str]:
 
 
 def _supervisorctl(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).parent / "supervisorctl"
-    return subprocess.run([str(exe), "-c", str(conf), *args], capture_output=True, text=True,
+    beside = Path(sys.executable).parent / "supervisorctl"
+    exe = str(beside) if beside.exists() else shutil.which("supervisorctl")
+    assert exe, "supervisorctl is not installed"
+    return subprocess.run([exe, "-c", str(conf), *args], capture_output=True, text=True,
                           timeout=120, check=False)
 
 
