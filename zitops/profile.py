@@ -74,6 +74,10 @@ class EngineSettings(_Section):
     tiny_vae_path: str | None = None
     offload: Literal["none", "model", "sequential"] = "none"
     compile: bool = False
+    # Hopper/Ada only: the transformer blocks' linears in float8 e4m3 with
+    # row-wise scales. Faster and smaller, but not bf16-exact (see
+    # docs/benchmarks.md), so it is opt-in; elsewhere it warns and stays bf16.
+    fp8: bool = False
     attention_backend: str | None = None
     max_batch: int = Field(4, ge=1, le=16)
 

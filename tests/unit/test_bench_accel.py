@@ -60,3 +60,26 @@ def test_levers_can_be_switched_off_and_fp8_refused_on_cpu(pipe: Any, monkeypatc
     assert accel.fp8_supported("cpu") is False
     monkeypatch.setenv(accel.LEVERS_ENV, "")
     assert accel.apply_levers(pipe, "cpu", attention_backend=None)["text_padding"] == "longest"
+
+
+def test_profile_fp8_knob_reaches_the_engine_and_stays_bf16_on_cpu(tmp_path: Any) -> None:
+    """`engine.fp8` is a profile field (not only an env var); on a CPU it must not quantize."""
+    from tests.engine_support import settings
+    from zitops.engine.diffusers_engine import DiffusersEngine
+    from zitops.profile import load_profile
+
+    assert load_profile("designer", ["engine.fp8=true"]).engine.fp8 is True
+    engine = DiffusersEngine(settings(fp8=True), str(tiny_model_dir()), state_dir=tmp_path)
+    engine.setup("cpu")
+    assert engine.effective["fp8"] == "unsupported on this device; kept bf16"
+    assert "fp8_linears" not in engine.effective
+
+
+def test_quantize_fp8_swaps_every_block_linear(pipe: Any) -> None:
+    import copy
+
+    transformer = copy.deepcopy(pipe.transformer)
+    before = sum(1 for m in transformer.modules() if type(m).__name__ == "Linear")
+    swapped = accel.quantize_fp8(transformer)
+    after = sum(1 for m in transformer.modules() if type(m).__name__ == "Linear")
+    assert swapped > 0 and after == before - swapped

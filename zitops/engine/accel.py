@@ -214,6 +214,7 @@ def apply_levers(pipe: Any, device: str, *, attention_backend: str | None,
         if fp8_supported(device):
             out["fp8_linears"] = quantize_fp8(pipe.transformer)
         else:
+            out["fp8"] = "unsupported on this device; kept bf16"
             log.warning("fp8 needs a CUDA GPU of compute capability 8.9+; staying in %s",
                         str(pipe.transformer.dtype).replace("torch.", ""))
     return out

@@ -127,7 +127,7 @@ class DiffusersEngine:
         backend = self._setup_attention()
         from zitops.engine.accel import apply_levers  # speed levers (issue 7), before compiling
 
-        levers = apply_levers(pipe, device, attention_backend=s.attention_backend)
+        levers = apply_levers(pipe, device, attention_backend=s.attention_backend, fp8=s.fp8)
         backend = levers.pop("attention_backend", backend)
         compiled = self._setup_compile(on_cuda)
         self.effective = {
