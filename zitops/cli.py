@@ -33,9 +33,11 @@ class LazyGroup(click.Group):
     """A group that imports a subcommand's module only when it runs."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command name, without importing any command module."""
         return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """Import and return one command (a help-only shell while listing)."""
         spec = COMMANDS.get(cmd_name)
         if spec is None:
             return None
