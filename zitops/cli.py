@@ -37,17 +37,18 @@ class LazyGroup(click.Group):
         return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        """Import and return one command (a help-only shell while listing)."""
+        """Import and return one command's module only now."""
         spec = COMMANDS.get(cmd_name)
         if spec is None:
             return None
-        if ctx.resilient_parsing or "--help" in sys.argv[1:2]:
-            # `zitops --help` lists commands; give a shell with the short help
-            # instead of importing every module.
-            return click.Command(cmd_name, help=spec[2], short_help=spec[2])
         module = importlib.import_module(spec[0])
         cmd: click.Command = getattr(module, spec[1])
         return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List commands from the table, so `zitops --help` imports none of them."""
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, spec[2]) for name, spec in COMMANDS.items()])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
