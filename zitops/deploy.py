@@ -226,7 +226,8 @@ def cache_env(cache_dir: str) -> dict[str, str]:
     return {
         "XDG_CACHE_HOME": cache_dir,
         "HF_HOME": f"{cache_dir}/huggingface",
-        "TORCHINDUCTOR_CACHE_DIR": f"{cache_dir}/torchinductor",
+        # The same directory the engine points inductor at (engine/diffusers_engine.py).
+        "TORCHINDUCTOR_CACHE_DIR": f"{cache_dir}/inductor",
         "TRITON_CACHE_DIR": f"{cache_dir}/triton",
     }
 
