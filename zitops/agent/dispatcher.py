@@ -6,6 +6,12 @@ the pool tells it about results, failures, memory reports and lost jobs.
 
 Queue cap: ``profile.queue.depth`` counts jobs *waiting* (queued, not yet
 running). A submit beyond it raises QueueFull before anything is written.
+
+Images: a worker's Result carries raw pixels. The dispatcher encodes and
+writes them on a thread pool (``zitops.agent.images``) while the worker,
+already free, runs its next job; the job turns ``succeeded`` only once every
+file is in place. Until then it stays ``running`` in SQLite, so an agent that
+dies mid-encode requeues it at the next start.
 """
 
 from __future__ import annotations
@@ -14,15 +20,19 @@ import asyncio
 import collections
 import contextlib
 import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from zitops.agent import watchdog as policy
 from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.images import Encoder, write_images
 from zitops.agent.jobs import JobStore
 from zitops.agent.pool import Pool, WorkerSlot
 from zitops.agent.watchdog import GpuMemory, Watchdog
 from zitops.config import AgentConfig
+from zitops.engine.output import encode_image
 from zitops.engine.request import GenerationRequest
 from zitops.errors import AgentUnavailable, NotFound, QueueFull
 from zitops.failures import Action, FailureStore
@@ -37,6 +47,9 @@ STALL_AFTER_S = 2.0
 """How old the last dispatcher tick may be before the loop counts as stalled."""
 
 TINY_NOTE = "tiny random model: images are noise"
+
+ENCODE_THREADS = 2
+"""Jobs encoded at once; each PNG already deflates its strips on threads of its own."""
 
 
 def resolve_gpus(config: AgentConfig) -> list[int | None]:
@@ -78,6 +91,12 @@ class _Metrics:
             "zitops_job_seconds", "Worker time per successful job", registry=r,
             buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600),
         )
+        self.encode_seconds = Histogram(
+            "zitops_encode_seconds", "Agent time to encode and write one job's images", registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.encodes_pending = Gauge("zitops_encodes_pending", "Finished jobs whose images are being written",
+                                     registry=r)
         self.restarts = Counter("zitops_worker_restarts", "Worker restarts by reason", ["reason"], registry=r)
         self.recoveries = Counter("zitops_recoveries", "Recovery actions by kind", ["kind"], registry=r)
         self.workers_ready = Gauge("zitops_workers_ready", "Workers ready or busy", registry=r)
@@ -114,6 +133,10 @@ class Dispatcher:
         self._tick_task: asyncio.Task[None] | None = None
         self._ready_sent = False
         self._seconds: collections.deque[float] = collections.deque(maxlen=50)
+        self.encode: Encoder = encode_image
+        """Test seam: tests swap in a slow or failing encoder; production never changes it."""
+        self._encoder = ThreadPoolExecutor(max_workers=ENCODE_THREADS, thread_name_prefix="zitops-encode")
+        self._encodes: dict[str, asyncio.Task[None]] = {}
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -153,9 +176,10 @@ class Dispatcher:
                 ev.set()
         self.log("info", "draining", running=self._running(), queued=len(self._queue))
         deadline = time.monotonic() + timeout
-        while self._running() and time.monotonic() < deadline:
+        # A finished job is not done until its images are written: wait for those too.
+        while (self._running() or self._encodes) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        left = self._running()
+        left = self._running() + len(self._encodes)
         if left:
             self.log("warning", "drain timeout: jobs still running are requeued at next start", running=left)
         # Jobs still running now stay "running" in SQLite and are requeued at the
@@ -179,6 +203,7 @@ class Dispatcher:
         self.watchdog.stop()
         await self.pool.stop(self.config.profile.watchdog.kill_grace_s + 5.0 if stop_timeout_s is None
                              else stop_timeout_s)
+        await self._settle_encodes(max(self.config.profile.watchdog.kill_grace_s, 1.0))
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -188,6 +213,14 @@ class Dispatcher:
             ev.set()
         if close_store:
             self.store.close()
+
+    async def _settle_encodes(self, timeout_s: float) -> None:
+        """Let pending encodes finish; any still going after ``timeout_s`` leave their job running."""
+        if self._encodes:
+            _, pending = await asyncio.wait(list(self._encodes.values()), timeout=timeout_s)
+            for task in pending:
+                task.cancel()  # the job stays "running" in SQLite and is requeued at the next start
+        self._encoder.shutdown(wait=False)
 
     def stall_for_tests(self, seconds: float) -> None:
         """Test and drill hook: freeze the dispatcher loop for ``seconds`` (sd_notify pings stop)."""
@@ -235,13 +268,42 @@ class Dispatcher:
         self._dispatch()
 
     def on_result(self, slot: WorkerSlot, result: Result) -> None:
-        """Record a successful job."""
-        info = {**result.info, "seconds": round(result.seconds, 3), "worker": slot.id}
-        record = self.store.succeed(result.job_id, result.images, info)
-        self.metrics.jobs.labels("succeeded").inc()
+        """Start writing a finished job's images; the worker is free for its next job meanwhile."""
         self.metrics.job_seconds.observe(result.seconds)
         self._seconds.append(result.seconds)
-        self.log("info", "job succeeded", job_id=result.job_id, worker_id=slot.id, seconds=round(result.seconds, 3))
+        task = asyncio.get_running_loop().create_task(self._write(slot, result),
+                                                      name=f"zitops-encode-{result.job_id}")
+        self._encodes[result.job_id] = task
+        self.metrics.encodes_pending.set(len(self._encodes))
+        task.add_done_callback(lambda _t: self._encode_done(result.job_id))
+
+    def _encode_done(self, job_id: str) -> None:
+        self._encodes.pop(job_id, None)
+        self.metrics.encodes_pending.set(len(self._encodes))
+
+    async def _write(self, slot: WorkerSlot, result: Result) -> None:
+        """Encode and write on the thread pool; then the job succeeds, or fails saying why."""
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        try:
+            names = await loop.run_in_executor(self._encoder, write_images, self.output_dir, result.job_id,
+                                               result.images, result.output_format, self.encode)
+        except Exception as exc:  # the job fails; the worker, already on its next job, is fine
+            error = f"writing images to {self.output_dir} failed: {type(exc).__name__}: {exc}"
+            record = self.store.fail(result.job_id, error)
+            self.metrics.jobs.labels("failed").inc()
+            self.log("warning", "job failed", job_id=result.job_id, worker_id=slot.id, error=error)
+            self._record_failure(record, type(exc).__name__, error, traceback.format_exc(), slot, {}, "fail")
+            self._finished(record)
+            return
+        encode_s = time.monotonic() - started
+        self.metrics.encode_seconds.observe(encode_s)
+        info = {**result.info, "seconds": round(result.seconds, 3), "encode_s": round(encode_s, 4),
+                "worker": slot.id}
+        record = self.store.succeed(result.job_id, names, info)
+        self.metrics.jobs.labels("succeeded").inc()
+        self.log("info", "job succeeded", job_id=result.job_id, worker_id=slot.id,
+                 seconds=round(result.seconds, 3), encode_s=round(encode_s, 4))
         self._finished(record)
 
     def on_failure(self, slot: WorkerSlot, failure: Failure) -> None:

@@ -26,6 +26,7 @@ from zitops.worker.protocol import (
     Heartbeat,
     Job,
     MemoryReport,
+    RawImage,
     Ready,
     Result,
     Shutdown,
@@ -33,8 +34,6 @@ from zitops.worker.protocol import (
 
 SETUP_FAILED_EXIT = 4
 """Exit code when the engine cannot be set up (the pool counts it as a crash)."""
-
-_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 
 class _Sender:
@@ -90,32 +89,26 @@ def _generate(engine: Any, request: Any) -> Any:
     return engine.generate(request, None)
 
 
-def _write_image(image: Any, path: Path, fmt: str, info: dict[str, Any]) -> None:
-    """Write to a temporary name, then rename: a reader never sees half a file."""
-    from zitops.engine.output import encode_image
+def raw_image(image: Any, params: dict[str, Any]) -> RawImage:
+    """A PIL image as raw pixels for the agent to encode (modes other than L/RGB/RGBA become RGB)."""
+    if image.mode not in ("L", "RGB", "RGBA"):
+        image = image.convert("RGB")
+    return RawImage(mode=image.mode, width=image.size[0], height=image.size[1], data=image.tobytes(),
+                    params=plain(params))
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(encode_image(image, fmt, info))
-    os.replace(tmp, path)
 
-
-def run_job(engine: Any, job: Job, output_dir: Path) -> Result:
-    """Generate the job's images and write them under server-chosen names."""
+def run_job(engine: Any, job: Job) -> Result:
+    """Generate the job's images and hand back their pixels; the agent encodes and writes them."""
     from zitops.engine.request import GenerationRequest
 
     request = GenerationRequest.from_dict(job.request)
     started = time.monotonic()
     result = _generate(engine, request)
-    ext = _EXTENSIONS.get(request.output_format, request.output_format)
-    names: list[str] = []
     info = {"job_id": job.job_id, **dict(result.info)}
-    for n, image in enumerate(result.images):
-        name = f"{job.job_id}-{n}.{ext}"
-        _write_image(image, output_dir / name, request.output_format,
-                     {**info, "seed": result.seeds[n] if n < len(result.seeds) else None})
-        names.append(name)
+    images = tuple(raw_image(image, {**info, "seed": result.seeds[n] if n < len(result.seeds) else None})
+                   for n, image in enumerate(result.images))
     seconds = time.monotonic() - started
-    return Result(job_id=job.job_id, images=tuple(names), seconds=seconds,
+    return Result(job_id=job.job_id, images=images, seconds=seconds, output_format=request.output_format,
                   info=plain({**dict(result.info), "seeds": list(result.seeds),
                               "engine_seconds": result.seconds, "memory": _memory(engine)}))
 
@@ -172,8 +165,6 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
     log = _configure_logging(config, worker_id)
     from zitops.logs import job_context
 
-    output_dir = Path(config.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     device = "cpu" if gpu is None else "cuda:0"
     started = time.monotonic()
     try:
@@ -213,7 +204,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
             try:
                 with job_context(job_id=msg.job_id, worker_id=worker_id):
                     log.info("job started", attempt=msg.attempt)
-                    result = run_job(engine, msg, output_dir)
+                    result = run_job(engine, msg)
             except Exception as exc:  # the agent records it; the worker carries on
                 sender.send(Failure(job_id=msg.job_id, exc_type=type(exc).__name__,
                                     message=str(exc), traceback=traceback.format_exc(),

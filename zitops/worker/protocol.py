@@ -3,6 +3,10 @@
 Small frozen dataclasses, pickled over a ``multiprocessing`` Pipe. The agent
 sends Job, ClearCache and Shutdown; the worker sends Ready, Heartbeat, Result,
 Failure and MemoryReport. Nothing here imports torch.
+
+A ``Result`` carries raw pixels, not files: the agent encodes and writes them
+on a thread pool while the worker already runs its next job, so PNG encoding
+stays off the GPU's critical path (issue 7).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Job:
-    """Run one generation request and write its images as ``<job_id>-<n>.<ext>``."""
+    """Run one generation request; its images come back raw in a Result."""
 
     job_id: str
     request: dict[str, Any]  # GenerationRequest.to_dict()
@@ -69,13 +73,25 @@ class MemoryReport:
 
 
 @dataclass(frozen=True)
+class RawImage:
+    """One image's pixels as ``PIL.Image.tobytes()`` gives them, plus its PNG text params."""
+
+    mode: str  # a PIL mode: "RGB", "RGBA" or "L"
+    width: int
+    height: int
+    data: bytes
+    params: dict[str, Any] = field(default_factory=dict)  # plain JSON types (see process.plain)
+
+
+@dataclass(frozen=True)
 class Result:
-    """A job succeeded; ``images`` are file names under the output dir."""
+    """A job's engine work succeeded; the agent encodes ``images`` and writes the files."""
 
     job_id: str
-    images: tuple[str, ...]
-    seconds: float
+    images: tuple[RawImage, ...]
+    seconds: float  # engine time in the worker; encoding is the agent's (info["encode_s"])
     info: dict[str, Any] = field(default_factory=dict)
+    output_format: str = "png"  # png, jpeg or webp
 
 
 @dataclass(frozen=True)

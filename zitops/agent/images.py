@@ -1,0 +1,63 @@
+"""Agent-side image output: encode a worker's raw pixels and write the job's files.
+
+Runs on the dispatcher's thread pool, never on the event loop: zlib and Pillow
+release the GIL, so the loop stays responsive while a worker already runs its
+next job. torch-free (PIL and numpy only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from zitops.worker.protocol import RawImage
+
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+"""File suffix per output format."""
+
+Encoder = Callable[[Any, str, Mapping[str, Any]], bytes]
+"""``encode_image(image, fmt, params) -> bytes``, or a test's stand-in for it."""
+
+
+def image_names(job_id: str, count: int, fmt: str) -> tuple[str, ...]:
+    """The server-chosen file names of a job's images: ``<job_id>-<n>.<ext>``."""
+    ext = EXTENSIONS.get(fmt, fmt)
+    return tuple(f"{job_id}-{n}.{ext}" for n in range(count))
+
+
+def to_pil(raw: RawImage) -> Any:
+    """The PIL image of raw pixels from a worker."""
+    from PIL import Image
+
+    return Image.frombytes(raw.mode, (raw.width, raw.height), raw.data)
+
+
+def write_images(output_dir: Path, job_id: str, images: tuple[RawImage, ...], fmt: str,
+                 encode: Encoder) -> tuple[str, ...]:
+    """Encode and write every image (temp name, then ``os.replace``); all or none stay.
+
+    On any error the files already written for this job are removed, so a
+    failed job leaves nothing that retention would not find.
+    """
+    names = image_names(job_id, len(images), fmt)
+    written: list[Path] = []
+    try:
+        for raw, name in zip(images, names, strict=True):
+            path = output_dir / name
+            tmp = path.with_name(f".{name}.tmp")
+            try:
+                tmp.write_bytes(encode(to_pil(raw), fmt, raw.params))
+                os.replace(tmp, path)
+            finally:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        raise
+    return names
