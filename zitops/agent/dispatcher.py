@@ -51,6 +51,9 @@ TINY_NOTE = "tiny random model: images are noise"
 ENCODE_THREADS = 2
 """Jobs encoded at once; each PNG already deflates its strips on threads of its own."""
 
+ENCODE_SETTLE_S = 2.0
+"""How long close() waits for encodes still pending (drain has already waited for them)."""
+
 
 def resolve_gpus(config: AgentConfig) -> list[int | None]:
     """The device of each worker: one per GPU, or ``[None]`` for one CPU worker."""
@@ -203,7 +206,7 @@ class Dispatcher:
         self.watchdog.stop()
         await self.pool.stop(self.config.profile.watchdog.kill_grace_s + 5.0 if stop_timeout_s is None
                              else stop_timeout_s)
-        await self._settle_encodes(max(self.config.profile.watchdog.kill_grace_s, 1.0))
+        await self._settle_encodes(ENCODE_SETTLE_S)
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
