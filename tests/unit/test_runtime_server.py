@@ -12,9 +12,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtime_support import request, runtime_config  # noqa: E402
 
+from zitops.agent.images import write_images  # noqa: E402
 from zitops.agent.server import bind  # noqa: E402
 from zitops.cli import main  # noqa: E402
 from zitops.engine.factory import create_engine  # noqa: E402
+from zitops.engine.output import encode_image  # noqa: E402
 from zitops.errors import ConfigError  # noqa: E402
 from zitops.worker.process import run_job  # noqa: E402
 from zitops.worker.protocol import Job  # noqa: E402
@@ -36,14 +38,17 @@ def test_agent_command_requires_a_config(capsys: pytest.CaptureFixture[str]) -> 
     assert "--config FILE is required" in capsys.readouterr().err
 
 
-def test_run_job_writes_server_named_images_atomically(tmp_path: Path) -> None:
+def test_run_job_returns_pixels_the_agent_writes_under_server_names(tmp_path: Path) -> None:
     cfg = runtime_config(tmp_path)
     engine = create_engine(cfg, incarnation=0)
     engine.setup("cpu")
     out = tmp_path / "out"
     out.mkdir()
-    result = run_job(engine, Job("abc123", request(batch=2, output_format="webp").to_dict()), out)
-    assert result.images == ("abc123-0.webp", "abc123-1.webp")
+    result = run_job(engine, Job("abc123", request(batch=2, output_format="webp").to_dict()))
+    assert result.output_format == "webp" and [(r.width, r.height) for r in result.images] == [(64, 64)] * 2
+    assert [r.params["seed"] for r in result.images] == [1, 2]
+    names = write_images(out, result.job_id, result.images, result.output_format, encode_image)
+    assert names == ("abc123-0.webp", "abc123-1.webp")
     assert sorted(p.name for p in out.iterdir()) == ["abc123-0.webp", "abc123-1.webp"]  # no temp files left
     with Image.open(out / "abc123-1.webp") as img:
         assert img.format == "WEBP" and img.size == (64, 64)
