@@ -16,13 +16,14 @@ from zitops.errors import AgentUnavailable, Unauthorized, ZitopsError
 TIMEOUT_S = 10.0
 
 
-def fetch(url: str, path: str, token_file: str | None) -> httpx.Response:
+def fetch(url: str, path: str, token_file: str | None,
+          params: dict[str, Any] | None = None) -> httpx.Response:
     """GET ``url + path`` with the bearer token if one is given; one-line errors for the usual failures."""
     token = read_client_token(token_file)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     target = url.rstrip("/") + path
     try:
-        response = httpx.get(target, headers=headers, timeout=TIMEOUT_S)
+        response = httpx.get(target, params=params, headers=headers, timeout=TIMEOUT_S)
     except httpx.ConnectError:
         raise AgentUnavailable(f"cannot connect to the agent at {url}: connection refused or host unreachable; is it running?") from None
     except httpx.TimeoutException:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from zitops.commands.options import config_option, json_option, token_file_option, url_option
-from zitops.errors import AgentUnavailable, Unauthorized
+from zitops.errors import AgentUnavailable
 
 
 def _from_config(config_path: str, since: float | None, limit: int) -> list[dict[str, Any]]:
@@ -20,23 +20,14 @@ def _from_config(config_path: str, since: float | None, limit: int) -> list[dict
     return [r.to_dict() for r in store.list(since=since, limit=limit)]
 
 
-def _from_url(url: str, since: float | None, limit: int, token: str | None) -> list[dict[str, Any]]:
-    import httpx
+def _from_url(url: str, since: float | None, limit: int, token_file: str | None) -> list[dict[str, Any]]:
+    from zitops.commands.client import fetch
 
     params: dict[str, Any] = {"limit": limit}
     if since is not None:
         params["since"] = since
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     endpoint = url.rstrip("/") + "/v1/failures"
-    try:
-        resp = httpx.get(endpoint, params=params, headers=headers, timeout=10.0)
-    except httpx.HTTPError as exc:
-        raise AgentUnavailable(f"{endpoint}: cannot reach the agent ({type(exc).__name__}); is it running?") from None
-    if resp.status_code == 401:
-        raise Unauthorized(
-            f"{endpoint}: the agent wants a bearer token: pass --token-file FILE or set ZITOPS_TOKEN"
-            if not token else f"{endpoint}: the agent rejected the token"
-        )
+    resp = fetch(url, "/v1/failures", token_file, params=params)
     if resp.status_code != 200:
         raise AgentUnavailable(f"{endpoint}: HTTP {resp.status_code}: {_error_text(resp.text)}")
     try:
@@ -92,9 +83,7 @@ def failures(since: str | None, limit: int, as_json: bool, config_path: str | No
     if config_path is not None:
         records = _from_config(config_path, since_ts, limit)
     else:
-        from zitops.agent.auth import read_client_token
-
-        records = _from_url(url, since_ts, limit, read_client_token(token_file))
+        records = _from_url(url, since_ts, limit, token_file)
     if as_json:
         for rec in records:
             click.echo(json.dumps(rec, ensure_ascii=False, default=str))
