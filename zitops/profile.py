@@ -104,6 +104,9 @@ class WatchdogSettings(_Section):
     high_water_pct: float = Field(95.0, gt=0, le=100)
     recycle_after_jobs: int = Field(0, ge=0)
     recycle_after_hours: float = Field(0.0, ge=0)
+    # Policy recycles (leak, jobs, age) warm a successor before retiring the
+    # old worker when a second copy fits, so readiness never drops.
+    overlap_recycle: bool = True
     restart_backoff_s: float = Field(1.0, ge=0, le=600)
     restart_backoff_max_s: float = Field(60.0, ge=0, le=3_600)
     flap_limit: int = Field(5, ge=1, le=1_000)

@@ -107,8 +107,10 @@ def test_crash_loop_hits_the_flap_limit_and_readiness_says_why(tmp_path: Path) -
 
 
 def test_leak_is_recycled_within_n_jobs_and_no_job_is_lost(tmp_path: Path) -> None:
+    # The stop-then-start recycle (overlap off); tests/integration/test_runtime_overlap.py covers the default.
     cfg = runtime_config(tmp_path, faults={"leak_mib_per_job": 100},
-                         sets=["watchdog.leak_threshold_mib=150", "watchdog.leak_consecutive_jobs=2"])
+                         sets=["watchdog.leak_threshold_mib=150", "watchdog.leak_consecutive_jobs=2",
+                               "watchdog.overlap_recycle=false"])
     rt = Runtime(cfg)
     try:
         ids = [rt.submit(request(seed=i)).id for i in range(7)]
@@ -116,6 +118,7 @@ def test_leak_is_recycled_within_n_jobs_and_no_job_is_lost(tmp_path: Path) -> No
             assert rt.wait(job_id).status is JobStatus.SUCCEEDED
         (recycle,) = rt.events("recycle")
         assert recycle["policy"] == "leak" and "2 jobs in a row" in recycle["reason"]
+        assert recycle["overlap"] is False and not rt.events("handover")
         # Baseline 2148 after job 1; jobs 3 and 4 end above 2148 + 150 MiB: recycled after job 4.
         assert recycle["jobs_done"] == 4 and recycle["incarnation"] == 0
         wait_until(lambda: rt.status()["workers"][0]["incarnation"] == 1, 10)

@@ -47,6 +47,14 @@ def test_high_water_and_routine_recycle() -> None:
     assert p.recycle_due(1000, 10**6, 0, 0) is None  # both off by default
 
 
+def test_room_for_an_overlapped_successor() -> None:
+    assert p.room_for_successor(False, None, None)  # a CPU worker needs no VRAM
+    assert p.room_for_successor(True, 23000, 20000)  # 20000 x 1.15 = 23000: just fits
+    assert not p.room_for_successor(True, 22999, 20000)
+    assert not p.room_for_successor(True, None, 20000)  # no NVML: never overlap blind
+    assert not p.room_for_successor(True, 60000, None)  # the old worker's use unknown
+
+
 def test_backoff_doubles_to_its_cap_and_flap_limit() -> None:
     assert [p.backoff_delay(n, 1.0, 6.0) for n in range(6)] == [0.0, 1.0, 2.0, 4.0, 6.0, 6.0]
     deaths = [0.0, 100.0, 250.0, 290.0]

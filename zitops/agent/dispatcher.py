@@ -120,6 +120,7 @@ class Dispatcher:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.pool = Pool(config, gpus if gpus is not None else resolve_gpus(config), self)
         self.watchdog = Watchdog(self)
+        self.pool.gpu_free_mib = self._gpu_free_mib
         self.metrics = _Metrics()
         self.metrics.queue_cap.set(config.profile.queue.depth)
         self.log = _Log()
@@ -232,7 +233,12 @@ class Dispatcher:
     # --- dispatching -------------------------------------------------------------
 
     def _running(self) -> int:
-        return sum(1 for s in self.pool.slots if s.job_id is not None)
+        # A retiring worker's last job counts too: drain waits for it.
+        return sum(1 for s in self.pool.workers() if s.job_id is not None)
+
+    def _gpu_free_mib(self, gpu: int) -> float | None:
+        g = next((g for g in self.watchdog.gpus if g.index == gpu), None)
+        return g.total_mib - g.used_mib if g is not None else None
 
     def _dispatch(self) -> None:
         if self._draining:
@@ -376,7 +382,9 @@ class Dispatcher:
             self.metrics.recoveries.labels(kind).inc()
         elif kind == "ready":
             self.metrics.recoveries.labels("recovered").inc()
-        level = "info" if kind in ("ready", "restart", "cache_clear") else "warning"
+        elif kind in ("handover", "successor_failed"):
+            self.metrics.recoveries.labels("recycle_overlapped" if kind == "handover" else kind).inc()
+        level = "info" if kind in ("ready", "restart", "cache_clear", "handover", "retired") else "warning"
         fields = {k: v for k, v in event.items() if k not in ("kind", "worker", "time")}
         self.log(level, f"worker {kind}", worker_id=event.get("worker"), **fields)
         if kind in ("crash", "hang") and event.get("job_id") is None:
@@ -510,7 +518,8 @@ class Dispatcher:
             model["note"] = TINY_NOTE
         nvml = {g.index: g for g in self.watchdog.gpus}
         workers = []
-        for s in self.pool.slots:
+        # Warming successors and retiring workers follow the slots as extra entries.
+        for s in self.pool.workers():
             m = s.memory
             g = nvml.get(s.gpu) if s.gpu is not None else None
             workers.append({

@@ -4,7 +4,8 @@ uvicorn's multiprocess supervisor, adapted: one spawned worker per GPU, each
 with its own Pipe. The agent's event loop watches each pipe and each process
 sentinel with ``add_reader`` (no polling). A dead worker is restarted with
 exponential backoff until its flap limit; a hung one is sent SIGTERM, then
-SIGKILL after a grace period; a leaking one is recycled (finish, exit, replace).
+SIGKILL after a grace period; a leaking one is recycled (finish, exit, replace), overlapped with a warm
+successor when a second copy fits (:mod:`zitops.agent.overlap`).
 Every action is kept as an event for /status and counted for /metrics.
 """
 
@@ -17,12 +18,14 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 from zitops.agent import watchdog as policy
+from zitops.agent.overlap import OVERLAP_POLICIES, Overlap
 from zitops.config import AgentConfig, config_to_dict
 from zitops.logs import get_logger
 from zitops.worker.process import SETUP_FAILED_EXIT, worker_main
@@ -41,7 +44,7 @@ from zitops.worker.protocol import (
 EVENT_HISTORY = 200
 """How many recovery events /status keeps."""
 
-LIVE_STATES = ("starting", "ready", "busy", "recycling")
+LIVE_STATES = ("starting", "ready", "busy", "recycling", "warming", "retiring")
 
 log = get_logger("zitops.agent.pool")
 
@@ -56,7 +59,8 @@ class WorkerSlot:
     process: BaseProcess | None = None
     conn: Connection | None = None
     pid: int | None = None
-    state: str = "dead"  # starting / ready / busy / recycling / dead / error / stopped
+    state: str = "dead"  # starting / ready / busy / recycling / dead / error / stopped;
+    # a successor is "warming" until it takes the slot; the worker it replaces is then "retiring"
     jobs_done: int = 0  # this incarnation
     jobs_total: int = 0
     job_id: str | None = None
@@ -129,6 +133,10 @@ class Pool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._exited = asyncio.Event()
+        self._incarnations: dict[str, int] = {}
+        self.overlap = Overlap(self)
+        self.gpu_free_mib: Callable[[int], float | None] = lambda _gpu: None
+        """NVML's free MiB on a GPU, or None; the dispatcher wires it to the watchdog's last read."""
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -138,10 +146,20 @@ class Pool:
         for slot in self.slots:
             self._spawn(slot)
 
+    def workers(self) -> list[WorkerSlot]:
+        """Every worker process: the slots, plus warming successors and retiring workers."""
+        return self.slots + self.overlap.workers()
+
     def _spawn(self, slot: WorkerSlot) -> None:
+        if not self.start_process(slot) and not self._stopping and self._loop is not None:
+            slot.deaths.append(time.monotonic())
+            self.restart(slot, "spawn_failed", delay=self.wd.restart_backoff_max_s)
+
+    def start_process(self, slot: WorkerSlot) -> bool:
+        """Start a worker process for ``slot`` (state "starting"); False when it could not start."""
         if self._stopping or self._loop is None:
-            return
-        slot.incarnation += 1
+            return False
+        slot.incarnation = self._incarnations[slot.id] = self._incarnations.get(slot.id, -1) + 1
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
             target=worker_main, name=f"zitops-worker-{slot.id}",
@@ -153,10 +171,8 @@ class Pool:
             parent.close()
             child.close()
             log.error("cannot start a worker process", worker_id=slot.id, error=str(exc))
-            slot.deaths.append(time.monotonic())
             slot.state, slot.last_exit = "dead", f"spawn failed: {exc}"
-            self.restart(slot, "spawn_failed", delay=self.wd.restart_backoff_max_s)
-            return
+            return False
         child.close()  # so the worker sees EOF, and we see it exit, when either side dies
         now = time.monotonic()
         slot.process, slot.conn, slot.pid = proc, parent, proc.pid
@@ -168,23 +184,24 @@ class Pool:
         slot.nvml_used_mib = None
         self._loop.add_reader(parent.fileno(), self._readable, slot, parent)
         self._loop.add_reader(proc.sentinel, self._on_exit, slot, proc, parent)
+        return True
 
     async def stop(self, timeout_s: float) -> None:
         """Ask every worker to finish and exit; SIGTERM, then SIGKILL, the stragglers."""
         self._stopping = True
-        for slot in self.slots:
+        for slot in self.workers():
             for t in slot.timers:
                 t.cancel()
             self.send(slot, Shutdown("agent stopping"))
         deadline = time.monotonic() + timeout_s
         for sig_step in ("wait", "terminate", "kill"):
-            while any(s.process is not None for s in self.slots) and time.monotonic() < deadline:
+            while any(s.process is not None for s in self.workers()) and time.monotonic() < deadline:
                 self._exited.clear()
                 try:
                     await asyncio.wait_for(self._exited.wait(), max(0.05, deadline - time.monotonic()))
                 except TimeoutError:
                     break
-            live = [s for s in self.slots if s.process is not None]
+            live = [s for s in self.workers() if s.process is not None]
             if not live:
                 return
             for s in live:
@@ -225,6 +242,9 @@ class Pool:
             slot.last_heartbeat = now
         elif isinstance(msg, Ready):
             slot.last_heartbeat = now
+            if slot.state == "warming":
+                self.overlap.on_ready(slot, msg)
+                return
             if slot.state == "starting":
                 slot.state = "ready"
             if slot.down_since is not None:
@@ -278,6 +298,10 @@ class Pool:
         if self._stopping:
             slot.state = "stopped"
             return
+        if self.overlap.owns(slot):
+            self.overlap.on_exit(slot, code, job)
+            return
+        self.overlap.abandon(slot)
         now = time.monotonic()
         if slot.state == "recycling" and code == 0 and slot.kill_reason is None:
             if job is not None:  # cannot happen (Shutdown waits for the job), but never lose one
@@ -340,15 +364,23 @@ class Pool:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)
 
-    def recycle(self, slot: WorkerSlot, reason: str, kind: str = "recycle") -> None:
-        """Ask a worker to finish its job and exit; a fresh one replaces it."""
-        if slot.state not in ("ready", "busy") or slot.kill_reason is not None:
+    def recycle(self, slot: WorkerSlot, reason: str, kind: str = "recycle", overlap: bool = True) -> None:
+        """Replace a worker: warm a successor first when a second copy fits, else finish, exit, restart."""
+        if (slot.state not in ("ready", "busy") or slot.kill_reason is not None
+                or slot.id in self.overlap.warming):  # at most one successor per slot
+            return
+        if (overlap and self.wd.overlap_recycle and kind in OVERLAP_POLICIES and self._room(slot)
+                and self.overlap.start(slot, reason, kind)):
             return
         slot.state = "recycling"
         slot.down_since, slot.down_reason = time.monotonic(), f"recycled: {reason}"
-        self.event("recycle", slot, reason, policy=kind, jobs_done=slot.jobs_done,
+        self.event("recycle", slot, reason, policy=kind, overlap=False, jobs_done=slot.jobs_done,
                    allocated_mib=slot.memory.allocated_mib if slot.memory else None)
         self.send(slot, Shutdown(reason))
+
+    def _room(self, slot: WorkerSlot) -> bool:
+        free = self.gpu_free_mib(slot.gpu) if slot.gpu is not None else None
+        return policy.room_for_successor(slot.gpu is not None, free, slot.nvml_used_mib)
 
     def clear_cache(self, slot: WorkerSlot) -> None:
         """Ask an idle worker to return cached allocator blocks, at most once between jobs."""
@@ -362,7 +394,7 @@ class Pool:
     def check_liveness(self) -> None:
         """Kill every live worker that stopped heartbeating or overran its job timeout."""
         now = time.monotonic()
-        for slot in self.slots:
+        for slot in self.workers():
             if slot.process is None or slot.state not in LIVE_STATES:
                 continue
             why = policy.hang_reason(now, slot.last_heartbeat, self.wd.heartbeat_timeout_s,
@@ -370,10 +402,11 @@ class Pool:
             if why is not None:
                 self.kill(slot, why)
 
-    def event(self, kind: str, slot: WorkerSlot | None, reason: str, **extra: Any) -> None:
-        """Record an action in the bounded history and tell the listener."""
+    def event(self, kind: str, slot: WorkerSlot | None, reason: str, **extra: Any) -> dict[str, Any]:
+        """Record an action in the bounded history, tell the listener, and return it."""
         ev: dict[str, Any] = {"time": time.time(), "kind": kind, "worker": slot.id if slot else None,
                               "incarnation": slot.incarnation if slot else None, "reason": reason}
         ev.update({k: v for k, v in extra.items() if v is not None})
         self.events.append(ev)
         self.listener.on_event(ev)
+        return ev

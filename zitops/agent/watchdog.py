@@ -19,6 +19,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # --- pure policies -----------------------------------------------------------
 
+SUCCESSOR_ROOM_FACTOR = 1.15
+"""A successor needs the old worker's NVML-used memory plus this much headroom free."""
+
 
 def hang_reason(now: float, last_heartbeat: float, heartbeat_timeout_s: float,
                 job_started: float | None, job_timeout_s: float) -> str | None:
@@ -60,6 +63,17 @@ def recycle_due(jobs_done: int, age_s: float, after_jobs: int, after_hours: floa
     if after_hours > 0 and age_s >= after_hours * 3600.0:
         return f"recycle after {after_hours:g} hours"
     return None
+
+
+def room_for_successor(gpu: bool, free_mib: float | None, worker_used_mib: float | None,
+                       factor: float = SUCCESSOR_ROOM_FACTOR) -> bool:
+    """True when a second copy of the model fits for an overlapped recycle (always on the CPU)."""
+    if not gpu:
+        return True
+    # Without NVML numbers nobody knows what fits: never overlap blind.
+    if free_mib is None or not worker_used_mib:
+        return False
+    return free_mib >= worker_used_mib * factor
 
 
 def deaths_in_window(deaths: Iterable[float], now: float, window_s: float) -> int:

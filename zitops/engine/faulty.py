@@ -69,8 +69,12 @@ class FaultyEngine:
         return self.incarnation == 0 or self.faults.every_incarnation
 
     def setup(self, device: str) -> None:
-        """Set up the inner engine, if any; the synthetic source needs nothing."""
+        """Set up the inner engine, if any (after the simulated load time or setup failure)."""
         self.device = device
+        if self.faults.fail_setup_incarnation == self.incarnation:
+            raise EngineError(f"simulated setup failure in incarnation {self.incarnation} "
+                              "(faults.fail_setup_incarnation)")
+        time.sleep(self.faults.setup_seconds)
         if self.inner is not None:
             self.inner.setup(device)
         self._peak_mib = self.faults.baseline_mib
