@@ -534,7 +534,12 @@ def _judge(report: DrillReport, plan: DrillPlan, done: _Jobs, before: dict[str, 
         report.check("/metrics counts the crash", m.get('zitops_recoveries_total{kind="crash"}', 0) >= 1)
     elif plan.kind == "leak":
         recycle = _after(events, "recycle", t0)
-        ready = _after(events, "ready", recycle["time"], recycle["worker"]) if recycle else None
+        # By default the successor warms while the old worker serves (a "handover",
+        # then the old one is "retired"); with watchdog.overlap_recycle off it is
+        # stop ("restart"), then start ("ready").
+        overlapped = bool(recycle and recycle.get("overlap"))
+        ready_kind, exit_kind = ("handover", "retired") if overlapped else ("ready", "restart")
+        ready = _after(events, ready_kind, recycle["time"], recycle["worker"]) if recycle else None
         bound = LEAK_JOBS + math.ceil(LEAK_THRESHOLD_MIB / LEAK_MIB) + 1
         report.check("the leak was detected (a leak recycle)", recycle is not None
                      and recycle.get("policy") == "leak", recycle["reason"] if recycle else
@@ -545,11 +550,18 @@ def _judge(report: DrillReport, plan: DrillPlan, done: _Jobs, before: dict[str, 
             report.check(f"recycled within {bound} jobs", (recycle.get("jobs_done") or 0) <= bound,
                          f"after {recycle.get('jobs_done')} jobs")
         report.check("a fresh worker replaced it", ready is not None)
-        exited = _after(events, "restart", recycle["time"], recycle["worker"]) if recycle else None
+        exited = _after(events, exit_kind, recycle["time"], recycle["worker"]) if recycle else None
         if recycle and exited:
             report.figures["leak_detected_to_exit_s"] = round(exited["time"] - recycle["time"], 2)
         if recycle and ready:
-            report.figures["leak_recycled_to_ready_s"] = ready.get("recovery_s")
+            report.figures["leak_overlap"] = overlapped
+            report.figures["leak_recycled_to_ready_s"] = ready.get("warmup_s" if overlapped else "recovery_s")
+            if overlapped:
+                report.figures["leak_gap_s"] = ready.get("gap_s")
+                report.check("/readyz never dropped during the overlapped recycle", not spells,
+                             f"down for {spells} s")
+                report.check("/metrics counts the overlapped recycle",
+                             m.get('zitops_recoveries_total{kind="recycle_overlapped"}', 0) >= 1)
             alloc = w_after[0]["vram"]["allocated_mib"]
             report.figures["allocated_after_mib"] = alloc
             report.check("the fresh worker's memory is back near baseline",
