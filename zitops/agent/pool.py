@@ -245,6 +245,8 @@ class Pool:
             if slot.state == "warming":
                 self.overlap.on_ready(slot, msg)
                 return
+            if slot.state == "abandoned":  # its predecessor died; it is being stopped
+                return
             if slot.state == "starting":
                 slot.state = "ready"
             if slot.down_since is not None:

@@ -200,6 +200,9 @@ class Watchdog:
             self.nvml_error = "nvml unavailable: no GPU workers (CPU only)"
             d.log_info(self.nvml_error)
         by_index = {g.index: g for g in self.gpus}
+        # While two copies share a GPU (an overlapped recycle) its memory is
+        # high by design: no high-water recycle there until the old one exits.
+        overlapped = {w.gpu for w in d.pool.overlap.workers() if w.gpu is not None}
         now = time.monotonic()
         for slot in d.pool.slots:
             if slot.state not in ("ready", "busy"):
@@ -219,7 +222,7 @@ class Watchdog:
             # fills the GPU).
             if slot.jobs_done == 0:
                 pass
-            elif over_high_water(used, total, wd.high_water_pct):
+            elif slot.gpu not in overlapped and over_high_water(used, total, wd.high_water_pct):
                 d.pool.recycle(slot, f"high water: GPU memory {used:.0f}/{total:.0f} MiB "
                                      f">= {wd.high_water_pct:g}%", kind="high_water")
                 continue
