@@ -388,7 +388,10 @@ class Dispatcher:
         fields = {k: v for k, v in event.items() if k not in ("kind", "worker", "time")}
         self.log(level, f"worker {kind}", worker_id=event.get("worker"), **fields)
         if kind in ("crash", "hang") and event.get("job_id") is None:
-            self._record_failure(None, "WorkerLost", event["reason"], "", None, {}, "restart",
+            # A retiring worker (overlapped recycle) is not restarted: its
+            # successor already serves, so the action taken was the recycle.
+            action: Action = "recycle" if event.get("overlap") else "restart"
+            self._record_failure(None, "WorkerLost", event["reason"], "", None, {}, action,
                                  worker_id=event.get("worker"), kind=_lost_kind(event["reason"]))
 
     # --- Service -----------------------------------------------------------------
