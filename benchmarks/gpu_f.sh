@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Device call F: the agent path with the fast PNG writer, bf16 and fp8, each beside plain diffusers.
+# Usage: gpu_f.sh [TAG]  (result files are named designer-TAG.json and designer-fp8-TAG.json)
 set -u
+tag=${1:-fastpng}
 export PYTHONUNBUFFERED=1 ZITOPS_STATE_DIR=/tmp/zstate
 Z=(python3 -c 'from zitops.cli import main; main()')
 python3 - <<'PY' 2>&1 | tee "$OUT/png.log"
@@ -15,6 +17,6 @@ t = time.perf_counter(); [img.save(io.BytesIO(), format="PNG", compress_level=1)
 print(json.dumps({"png_1024_noise_ms": {"png_fast": round(fast * 1000, 1), "pillow_level1": round(pil * 1000, 1)}}))
 PY
 timeout 230 "${Z[@]}" bench --arch full --profile designer --runs 5 \
-  --cache-dir /tmp/zcache --json "$OUT/designer-fastpng.json" 2>&1 | grep -v -i warn | tee "$OUT/designer.log"
+  --cache-dir /tmp/zcache --json "$OUT/designer-${tag}.json" 2>&1 | grep -v -i warn | tee "$OUT/designer.log"
 ZITOPS_ACCEL=+fp8 timeout 260 "${Z[@]}" bench --arch full --profile designer --runs 5 \
-  --cache-dir /tmp/zcache-fp8 --json "$OUT/designer-fp8-fastpng.json" 2>&1 | grep -v -i warn | tee "$OUT/fp8.log"
+  --cache-dir /tmp/zcache-fp8 --json "$OUT/designer-fp8-${tag}.json" 2>&1 | grep -v -i warn | tee "$OUT/fp8.log"
