@@ -104,13 +104,15 @@ def run_job(engine: Any, job: Job) -> Result:
     request = GenerationRequest.from_dict(job.request)
     started = time.monotonic()
     result = _generate(engine, request)
+    engine_done_at = time.monotonic()
     info = {"job_id": job.job_id, **dict(result.info)}
     images = tuple(raw_image(image, {**info, "seed": result.seeds[n] if n < len(result.seeds) else None})
                    for n, image in enumerate(result.images))
     seconds = time.monotonic() - started
     return Result(job_id=job.job_id, images=images, seconds=seconds, output_format=request.output_format,
                   info=plain({**dict(result.info), "seeds": list(result.seeds),
-                              "engine_seconds": result.seconds, "memory": _memory(engine)}))
+                              "engine_seconds": result.seconds, "memory": _memory(engine)}),
+                  engine_s=engine_done_at - started, engine_done_at=engine_done_at)
 
 
 def plain(data: dict[str, Any]) -> dict[str, Any]:

@@ -92,6 +92,11 @@ class Result:
     seconds: float  # engine time in the worker; encoding is the agent's (info["encode_s"])
     info: dict[str, Any] = field(default_factory=dict)
     output_format: str = "png"  # png, jpeg or webp
+    # The engine's own call, and when it returned, on CLOCK_MONOTONIC (time.monotonic()):
+    # on Linux that clock is system-wide, so the agent subtracts it from its own
+    # monotonic receive time to get the transfer stage; it never steps with NTP.
+    engine_s: float = 0.0
+    engine_done_at: float = 0.0
 
 
 @dataclass(frozen=True)
