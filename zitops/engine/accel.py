@@ -18,9 +18,15 @@ Levers, and why:
   compiled code instead of compiling again.
 - **Compiled VAE decoder** (with the transformer when ``engine.compile`` is
   on): 85 ms to 36 ms per 1024x1024 decode on an H200.
-- **Attention backend**: on CUDA, unless the profile names one, FlashAttention-3
-  when installed, else PyTorch's own SDPA (:data:`AUTO_BACKENDS`, measured on
-  Hopper by ``benchmarks/levers.py``).
+- **Fused projections** (q/k/v in one matmul, the feed-forward's gate and up
+  in one): fewer, larger GEMMs (:mod:`zitops.engine.attention`).
+- **FlashAttention-3** on Hopper when a package provides it (the official
+  hopper build or the forward-only ``fa3-fwd`` wheel), through zitops' own
+  attention processor; otherwise diffusers' dispatcher, where PyTorch's own
+  SDPA measured best (:data:`AUTO_BACKENDS`, ``benchmarks/levers.py``).
+- **Compiled text encoder** (with ``engine.compile``): the 36 Qwen3 layers
+  compiled one region at a time with dynamic sequence length, so the 4 B
+  encoder's many small kernels for a short prompt are fused.
 - **cuDNN autotuning** for the VAE's convolutions (static shapes per profile).
 - **fp8** (Hopper, opt-in): the transformer blocks' linear layers in
   float8 e4m3 with row-wise scales through ``torch._scaled_mm``.
@@ -110,7 +116,32 @@ def pick_attention_backend(transformer: Any, candidates: tuple[str, ...] = AUTO_
     return "default"
 
 
+def use_fast_attention(pipe: Any, device: str, *, fuse: bool, flash: bool) -> dict[str, Any]:
+    """Fuse projections and/or route unmasked attention to FlashAttention-3; returns what was done."""
+    from zitops.engine.attention import fuse_projections, install_processor, load_flash3
+
+    out: dict[str, Any] = {}
+    fn = None
+    if flash:
+        fn, source = load_flash3(device)
+        out["flash_attention_3"] = source if fn is not None else f"off: {source}"
+    if fuse:
+        out["fused_projections"] = fuse_projections(pipe.transformer)
+    if fuse or fn is not None:
+        install_processor(pipe.transformer, fn)
+        if fn is not None:
+            out["attention_backend"] = "flash3"
+    return out
+
+
 # -- compile -------------------------------------------------------------------
+def _text_encoder_layers(pipe: Any) -> Any:
+    """The decoder layers of the pipeline's text encoder (a Qwen3Model, or a model wrapping one)."""
+    encoder = getattr(pipe, "text_encoder", None)
+    inner = getattr(encoder, "model", encoder)
+    return getattr(inner, "layers", None)
+
+
 def compile_pipeline(pipe: Any, *, dynamic: bool | None = None) -> dict[str, Any]:
     """Regional compile of the repeated transformer blocks, plus the VAE decoder; returns what was done.
 
@@ -129,6 +160,12 @@ def compile_pipeline(pipe: Any, *, dynamic: bool | None = None) -> dict[str, Any
     if decoder is not None and "vaecompile" not in disabled_levers():
         decoder.compile(dynamic=dynamic)
         scope.append("vae_decoder")
+    layers = _text_encoder_layers(pipe)
+    if layers is not None and "textcompile" not in disabled_levers():
+        # Prompt lengths vary per request: dynamic shapes, or every length recompiles.
+        for layer in layers:
+            layer.compile(dynamic=True)
+        scope.append("text_encoder_layers")
     return {"compile_scope": "+".join(scope)}
 
 
@@ -207,6 +244,9 @@ def apply_levers(pipe: Any, device: str, *, attention_backend: str | None,
     out["text_padding"] = "longest" if "textpad" not in off and use_short_text_padding(pipe) else "512"
     if on_cuda and attention_backend is None and "attn" not in off:
         out["attention_backend"] = pick_attention_backend(pipe.transformer)
+    # A backend the profile names is the user's choice: no FlashAttention-3 over it.
+    out.update(use_fast_attention(pipe, device, fuse="fuse" not in off,
+                                  flash=on_cuda and attention_backend is None and "fa3" not in off))
     if on_cuda and "cudnn" not in off:
         torch.backends.cudnn.benchmark = True
         out["cudnn_benchmark"] = True

@@ -58,6 +58,19 @@ def attention_backends() -> list[str]:
     return [b.value for b in AttentionBackendName]
 
 
+def _to_pil(image: Any) -> list[Any]:
+    """VAE output in [-1, 1] to PIL images: diffusers' postprocess arithmetic, done on the device.
+
+    Only uint8 pixels cross to the host (3 MB per 1024x1024 image instead of
+    12 MB of float32), and the rounding matches ``VaeImageProcessor.postprocess``.
+    """
+    import torch
+    from PIL import Image
+
+    pixels = ((image.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return [Image.fromarray(p) for p in pixels.permute(0, 2, 3, 1).cpu().numpy()]
+
+
 class DiffusersEngine:
     """ZImagePipeline with zitops' knobs, implementing :class:`zitops.engine.base.Engine`."""
 
@@ -306,7 +319,7 @@ class DiffusersEngine:
             else:
                 raw = latents.to(pipe.vae.dtype) / cfg.scaling_factor + cfg.shift_factor
                 image = pipe.vae.decode(raw, return_dict=False)[0]
-            images: list[Any] = pipe.image_processor.postprocess(image.float(), output_type="pil")
+            images = _to_pil(image)
         if free_hooks:
             pipe.maybe_free_model_hooks()
         return images
