@@ -2,14 +2,22 @@
 
 For benchmarks where the weights can't be had: speed and memory depend on
 shapes, not values. Everything is created directly on the target device in the
-target dtype (no fp32 copy, no 20 GB written to disk). Imports torch.
+target dtype (no fp32 copy, no 20 GB written to disk). Only the small
+tokenizer is cached on disk, so a restart skips training it. Imports torch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+from zitops.engine.phases import phase
 
 # The model facts in ../shared/seed/NOTES.md and the issue.
 FULL_TRANSFORMER: dict[str, Any] = dict(
@@ -99,21 +107,63 @@ def count_parameters(module: Any) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def build_full_pipeline(device: str, dtype: Any, vae_dtype: Any) -> Any:
-    """A full-size ZImagePipeline with random weights, built on ``device``; nothing touches disk."""
+def _tokenizer_key() -> str:
+    """Changes whenever what ``train_tokenizer`` would produce changes."""
+    import transformers
+
+    from zitops.engine import tiny
+
+    text = repr((tiny._CORPUS, tiny.SPECIAL_TOKENS, tiny.CHAT_TEMPLATE, transformers.__version__))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def cached_tokenizer(cache_dir: str | Path | None = None) -> Any:
+    """The bench's tokenizer, trained once and kept under ``<cache_dir>/tokenizers``; a restart loads it."""
+    from transformers import Qwen2Tokenizer
+
+    from zitops.engine.loader import default_state_dir
+    from zitops.engine.tiny import train_tokenizer
+
+    root = Path(cache_dir) if cache_dir is not None else default_state_dir() / "cache"
+    target = root / "tokenizers" / f"full-random-{_tokenizer_key()}"
+    if (target / "tokenizer.json").is_file():
+        try:
+            return Qwen2Tokenizer.from_pretrained(str(target), local_files_only=True)
+        except (OSError, ValueError):  # a damaged cache is rebuilt below
+            pass
+    tokenizer = train_tokenizer()
+    with contextlib.suppress(OSError):  # a read-only cache only costs the training next time
+        _save(tokenizer, target)
+    return tokenizer
+
+
+def _save(tokenizer: Any, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tok-", dir=target.parent))
+    try:
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)  # readers see the whole tokenizer or none
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_full_pipeline(device: str, dtype: Any, vae_dtype: Any, *, cache_dir: str | Path | None = None) -> Any:
+    """A full-size ZImagePipeline with random weights, built on ``device``; only the tokenizer is cached on disk."""
     from diffusers import ZImagePipeline
 
     from zitops.engine.schedulers import make_scheduler
-    from zitops.engine.tiny import SCHEDULER, train_tokenizer
+    from zitops.engine.tiny import SCHEDULER
 
-    # The tokenizer only decides token ids; the tiny one is enough for timing.
-    tokenizer = train_tokenizer()
-    pipe: Any = ZImagePipeline(
-        scheduler=make_scheduler(SCHEDULER, "euler"),
-        vae=build_vae(device, vae_dtype),
-        text_encoder=build_text_encoder(device, dtype),
-        tokenizer=tokenizer,
-        transformer=build_transformer(device, dtype),
-    )
-    pipe.set_progress_bar_config(disable=True)
+    with phase("build"):
+        # The tokenizer only decides token ids; the tiny one is enough for timing.
+        tokenizer = cached_tokenizer(cache_dir)
+        pipe: Any = ZImagePipeline(
+            scheduler=make_scheduler(SCHEDULER, "euler"),
+            vae=build_vae(device, vae_dtype),
+            text_encoder=build_text_encoder(device, dtype),
+            tokenizer=tokenizer,
+            transformer=build_transformer(device, dtype),
+        )
+        pipe.set_progress_bar_config(disable=True)
     return pipe

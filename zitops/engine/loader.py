@@ -221,9 +221,11 @@ def load_pipeline(path: Path, dtype: Any, vae_dtype: Any = None) -> Any:
     from diffusers import ZImagePipeline
 
     quiet_libraries()
+    from zitops.engine.phases import phase
+
     dtypes = {"default": dtype, "vae": vae_dtype if vae_dtype is not None else dtype}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), phase("load"):
             # diffusers 0.42 renames torch_dtype to dtype; older releases know only torch_dtype.
             warnings.simplefilter("ignore", FutureWarning)
             pipe = ZImagePipeline.from_pretrained(str(path), torch_dtype=dtypes, local_files_only=True)
