@@ -9,20 +9,22 @@ why ``cfg_scale: 7`` (A1111's default) means "the profile's guidance".
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
 import math
+import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from zitops.agent.api_common import (
+    b64_images_json,
     build_request_as,
     context,
-    read_images,
+    json_splice,
+    request_started,
     sync_timeout_s,
+    timed_json,
     wait_final,
 )
 from zitops.agent.contract import JobRecord
@@ -229,9 +231,19 @@ def _info(body: Txt2ImgIn, record: JobRecord, model: str) -> dict[str, Any]:
     }
 
 
-@router.post("/sdapi/v1/txt2img")
-async def txt2img(body: Txt2ImgIn, request: Request) -> dict[str, Any]:
+TXT2IMG = "/sdapi/v1/txt2img"
+
+_TXT2IMG_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "A1111's TextToImageResponse: images (base64 PNG), parameters, info (a JSON string). "
+                         "Header Server-Timing: the request's stages (docs/api.md).",
+          "content": {"application/json": {}}},
+}
+
+
+@router.post(TXT2IMG, response_class=Response, responses=_TXT2IMG_RESPONSES)
+async def txt2img(body: Txt2ImgIn, request: Request) -> Response:
     """Generate ``n_iter * batch_size`` images in one job (seeds seed, seed+1, ...), synchronously."""
+    started = request_started(request)
     ctx = context(request)
     refuse_unsupported(body)
     sampler, schedule = _sampler_and_schedule(body)
@@ -248,11 +260,14 @@ async def txt2img(body: Txt2ImgIn, request: Request) -> dict[str, Any]:
     req = build_request_as(_A1111_NAMES, ctx.config, body.prompt, **overrides)
     record = await ctx.service.submit(req)
     record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
-    images: list[str] = []
+    respond_from = time.monotonic()
+    images: list[bytes] = []
     if body.send_images:
-        blobs = await read_images(ctx.service, record)
-        images = await asyncio.to_thread(lambda: [base64.b64encode(b).decode("ascii") for b in blobs])
-    return {"images": images, "parameters": body.model_dump(mode="json"), "info": json.dumps(_info(body, record, model_title(ctx.config.model)))}
+        images = await b64_images_json(ctx.service, record, lambda b64: b64)
+    payload = json_splice("images", images, {
+        "parameters": body.model_dump(mode="json"),
+        "info": json.dumps(_info(body, record, model_title(ctx.config.model)))})
+    return timed_json(ctx, TXT2IMG, record, payload, started, respond_from)
 
 
 @router.get("/sdapi/v1/samplers")

@@ -8,14 +8,17 @@ rules with the same messages.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
 
 from zitops.agent.contract import JobRecord, JobStatus, Service
 from zitops.agent.http_metrics import HttpMetrics
@@ -153,10 +156,77 @@ def media_type(path: Path) -> str:
     return MEDIA_TYPES.get(path.suffix.lower().lstrip("."), "application/octet-stream")
 
 
-async def read_images(service: Service, record: JobRecord) -> list[bytes]:
-    """Every image of a succeeded job, read off the event loop."""
-    paths = [image_file(service, record, i) for i in range(len(record.images))]
-    return await asyncio.to_thread(lambda: [p.read_bytes() for p in paths])
+def _images_now(service: Service, record: JobRecord) -> list[bytes]:
+    # The dispatcher hands a waited-for job's encoded bytes over once, so the
+    # response never reads back the file it just wrote; any other Service,
+    # or an evicted entry, falls back to the files.
+    fresh: Callable[[str], tuple[bytes, ...] | None] | None = getattr(service, "encoded_images", None)
+    blobs = fresh(record.id) if fresh is not None else None
+    if blobs is not None and len(blobs) == len(record.images):
+        return list(blobs)
+    return [image_file(service, record, i).read_bytes() for i in range(len(record.images))]
+
+
+async def b64_images_json(service: Service, record: JobRecord, wrap: Callable[[bytes], bytes]) -> list[bytes]:
+    """Each image of a succeeded job as ``wrap(b'"<base64>"')``: JSON fragments, built off the event loop.
+
+    base64 is JSON-safe as it is, so the large strings are written once and
+    never escaped, validated or re-encoded by a JSON encoder.
+    """
+    def build() -> list[bytes]:
+        return [wrap(b'"' + base64.b64encode(blob) + b'"') for blob in _images_now(service, record)]
+
+    return await asyncio.to_thread(build)
+
+
+def json_splice(key: str, items: list[bytes], rest: dict[str, Any]) -> bytes:
+    """``{"key": [items...], **rest}`` as JSON bytes; ``items`` are JSON fragments already."""
+    head = b'{' + json.dumps(key).encode() + b':[' + b','.join(items) + b']'
+    tail = json.dumps(rest, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return head + (b',' + tail[1:] if rest else b'}')
+
+
+# --- per-request stage timings (Server-Timing) ------------------------------------
+
+STARTED_KEY = "zitops_started"
+"""``scope["state"]`` key: the edge middleware's time.monotonic() when the request came in."""
+
+TIMING_STAGES = ("queue", "engine", "transfer", "encode", "respond", "total")
+"""The stages a synchronous route reports, in Server-Timing order (docs/api.md)."""
+
+
+def request_started(request: Request) -> float:
+    """When the request came in (the edge middleware's mark), else now."""
+    state = request.scope.get("state") or {}
+    started = state.get(STARTED_KEY)
+    return float(started) if isinstance(started, (int, float)) else time.monotonic()
+
+
+def stage_timings(record: JobRecord, started: float, respond_from: float) -> dict[str, float]:
+    """Seconds per stage for a finished synchronous request: the job's stages, then respond and total."""
+    job = record.info.get("timings") if isinstance(record.info, dict) else None
+    stages: dict[str, float] = {}
+    for name in ("queue", "engine", "transfer", "encode"):
+        value = job.get(name) if isinstance(job, dict) else None
+        if isinstance(value, (int, float)):
+            stages[name] = float(value)
+    now = time.monotonic()
+    stages["respond"] = now - respond_from
+    stages["total"] = now - started
+    return stages
+
+
+def server_timing(stages: dict[str, float]) -> str:
+    """A ``Server-Timing`` header value: ``queue;dur=0.4, engine;dur=871.2, ...`` in milliseconds."""
+    return ", ".join(f"{name};dur={seconds * 1000.0:.1f}" for name, seconds in stages.items())
+
+
+def timed_json(ctx: ApiContext, route: str, record: JobRecord, body: bytes, started: float,
+               respond_from: float) -> Response:
+    """The JSON response of a synchronous route, with its Server-Timing header and stage metrics."""
+    stages = stage_timings(record, started, respond_from)
+    ctx.metrics.observe_stages(route, stages)
+    return Response(body, media_type="application/json", headers={"Server-Timing": server_timing(stages)})
 
 
 def base_url(request: Request) -> str:

@@ -58,8 +58,10 @@ async def submit_job(body: JobIn, request: Request, response: Response) -> dict[
 
 @router.get("/v1/jobs/{job_id}")
 async def get_job(job_id: JobId, request: Request) -> dict[str, Any]:
-    """A job's status (queued, running, succeeded, failed, cancelled), error and image links."""
-    return context(request).service.get(job_id).public()
+    """A job's status (queued, running, succeeded, failed, cancelled), error, image links and stage timings."""
+    record = context(request).service.get(job_id)
+    timings = record.info.get("timings") if isinstance(record.info, dict) else None
+    return {**record.public(), "timings": timings if isinstance(timings, dict) else None}
 
 
 @router.get("/v1/jobs/{job_id}/images/{index}", name="native_image",

@@ -9,21 +9,23 @@ zitops cannot do (streaming, transparency, partial images, gif/svg) gets a
 
 from __future__ import annotations
 
-import asyncio
-import base64
+import json
 import re
 import time
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from zitops.agent.api_common import (
+    b64_images_json,
     base_url,
     build_request_as,
     context,
-    read_images,
+    json_splice,
+    request_started,
     sync_timeout_s,
+    timed_json,
     wait_final,
 )
 from zitops.agent.http_errors import ERROR_RESPONSES
@@ -91,9 +93,19 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
     return int(m.group(1)), int(m.group(2))
 
 
-@router.post("/v1/images/generations")
-async def create_images(body: ImageGenerationIn, request: Request) -> dict[str, Any]:
+ROUTE = "/v1/images/generations"
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "OpenAI's ImagesResponse: created, data[] (b64_json or url, revised_prompt), "
+                         "output_format, size. Header Server-Timing: the request's stages (docs/api.md).",
+          "content": {"application/json": {}}},
+}
+
+
+@router.post(ROUTE, response_class=Response, responses=_RESPONSES)
+async def create_images(body: ImageGenerationIn, request: Request) -> Response:
     """Generate ``n`` images and wait for them; returns OpenAI's ImagesResponse."""
+    started = request_started(request)
     ctx = context(request)
     _unsupported(body)
     width, height = parse_size(body.size)
@@ -106,16 +118,16 @@ async def create_images(body: ImageGenerationIn, request: Request) -> dict[str, 
     req = build_request_as(names, ctx.config, body.prompt, **overrides)
     record = await ctx.service.submit(req)
     record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
-    data: list[dict[str, Any]]
+    respond_from = time.monotonic()
+    revised = b',"revised_prompt":' + json.dumps(record.request.prompt, ensure_ascii=False).encode("utf-8") + b'}'
+    items: list[bytes]
     if body.response_format == "url":
         root = base_url(request)
-        data = [{"url": f"{root}/v1/jobs/{record.id}/images/{i}"} for i in range(len(record.images))]
+        items = [b'{"url":' + json.dumps(f"{root}/v1/jobs/{record.id}/images/{i}").encode() + revised
+                 for i in range(len(record.images))]
     else:
-        blobs = await read_images(ctx.service, record)
-        encoded = await asyncio.to_thread(lambda: [base64.b64encode(b).decode("ascii") for b in blobs])
-        data = [{"b64_json": e} for e in encoded]
-    for item in data:
-        item["revised_prompt"] = record.request.prompt
-    return {"created": int(record.finished_at or time.time()), "data": data,
-            "output_format": record.request.output_format,
-            "size": f"{record.request.width}x{record.request.height}"}
+        items = await b64_images_json(ctx.service, record, lambda b64: b'{"b64_json":' + b64 + revised)
+    payload = json_splice("data", items, {
+        "created": int(record.finished_at or time.time()), "output_format": record.request.output_format,
+        "size": f"{record.request.width}x{record.request.height}"})
+    return timed_json(ctx, ROUTE, record, payload, started, respond_from)

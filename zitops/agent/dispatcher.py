@@ -27,7 +27,7 @@ from typing import Any
 
 from zitops.agent import watchdog as policy
 from zitops.agent.contract import JobRecord, JobStatus
-from zitops.agent.images import Encoder, write_images
+from zitops.agent.images import Encoder, encode_and_write
 from zitops.agent.jobs import JobStore
 from zitops.agent.pool import Pool, WorkerSlot
 from zitops.agent.watchdog import GpuMemory, Watchdog
@@ -53,6 +53,15 @@ ENCODE_THREADS = 2
 
 ENCODE_SETTLE_S = 2.0
 """How long close() waits for encodes still pending (drain has already waited for them)."""
+
+FRESH_JOBS = 8
+"""Encoded images kept in memory for synchronous waiters, newest jobs; older ones are read from disk."""
+
+FRESH_BYTES = 256 * 1024 * 1024
+"""The most bytes those kept images may take together."""
+
+STAGES = ("queue", "engine", "transfer", "encode")
+"""A job's timed stages (``info["timings"]``, ``zitops_job_stage_seconds``); see docs/api.md."""
 
 
 def resolve_gpus(config: AgentConfig) -> list[int | None]:
@@ -98,6 +107,11 @@ class _Metrics:
             "zitops_encode_seconds", "Agent time to encode and write one job's images", registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.stage_seconds = Histogram(
+            "zitops_job_stage_seconds", "Seconds per successful job in each stage (queue, engine, transfer, "
+            "encode)", ["stage"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )
         self.encodes_pending = Gauge("zitops_encodes_pending", "Finished jobs whose images are being written",
                                      registry=r)
         self.restarts = Counter("zitops_worker_restarts", "Worker restarts by reason", ["reason"], registry=r)
@@ -141,6 +155,9 @@ class Dispatcher:
         """Test seam: tests swap in a slow or failing encoder; production never changes it."""
         self._encoder = ThreadPoolExecutor(max_workers=ENCODE_THREADS, thread_name_prefix="zitops-encode")
         self._encodes: dict[str, asyncio.Task[None]] = {}
+        # Monotonic marks per job in this process (accepted, handed to a worker): the queue stage.
+        self._marks: dict[str, dict[str, float]] = {}
+        self._fresh: collections.OrderedDict[str, tuple[bytes, ...]] = collections.OrderedDict()
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -258,9 +275,11 @@ class Dispatcher:
                     self.store.requeue(job_id, record.error or "", uncount=True)
                     self._queue.appendleft(job_id)
                     break
+                self._marks.setdefault(job_id, {})["handed"] = time.monotonic()
                 self.log("info", "job started", job_id=job_id, worker_id=slot.id, attempt=record.attempts)
 
     def _finished(self, record: JobRecord) -> None:
+        self._marks.pop(record.id, None)
         ev = self._waiters.pop(record.id, None)
         if ev is not None:
             ev.set()
@@ -278,9 +297,10 @@ class Dispatcher:
 
     def on_result(self, slot: WorkerSlot, result: Result) -> None:
         """Start writing a finished job's images; the worker is free for its next job meanwhile."""
+        received = time.monotonic()
         self.metrics.job_seconds.observe(result.seconds)
         self._seconds.append(result.seconds)
-        task = asyncio.get_running_loop().create_task(self._write(slot, result),
+        task = asyncio.get_running_loop().create_task(self._write(slot, result, received),
                                                       name=f"zitops-encode-{result.job_id}")
         self._encodes[result.job_id] = task
         self.metrics.encodes_pending.set(len(self._encodes))
@@ -290,13 +310,14 @@ class Dispatcher:
         self._encodes.pop(job_id, None)
         self.metrics.encodes_pending.set(len(self._encodes))
 
-    async def _write(self, slot: WorkerSlot, result: Result) -> None:
+    async def _write(self, slot: WorkerSlot, result: Result, received: float) -> None:
         """Encode and write on the thread pool; then the job succeeds, or fails saying why."""
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         try:
-            names = await loop.run_in_executor(self._encoder, write_images, self.output_dir, result.job_id,
-                                               result.images, result.output_format, self.encode)
+            names, blobs = await loop.run_in_executor(self._encoder, encode_and_write, self.output_dir,
+                                                      result.job_id, result.images, result.output_format,
+                                                      self.encode)
         except Exception as exc:  # the job fails; the worker, already on its next job, is fine
             error = f"writing images to {self.output_dir} failed: {type(exc).__name__}: {exc}"
             record = self.store.fail(result.job_id, error)
@@ -305,15 +326,49 @@ class Dispatcher:
             self._record_failure(record, type(exc).__name__, error, traceback.format_exc(), slot, {}, "fail")
             self._finished(record)
             return
-        encode_s = time.monotonic() - started
+        done = time.monotonic()
+        encode_s = done - started
         self.metrics.encode_seconds.observe(encode_s)
+        timings = self._timings(result, received, encode_s, done)
         info = {**result.info, "seconds": round(result.seconds, 3), "encode_s": round(encode_s, 4),
-                "worker": slot.id}
+                "worker": slot.id, "timings": timings}
+        if result.job_id in self._waiters:
+            self._keep_fresh(result.job_id, blobs)
         record = self.store.succeed(result.job_id, names, info)
         self.metrics.jobs.labels("succeeded").inc()
         self.log("info", "job succeeded", job_id=result.job_id, worker_id=slot.id,
                  seconds=round(result.seconds, 3), encode_s=round(encode_s, 4))
         self._finished(record)
+
+    def _timings(self, result: Result, received: float, encode_s: float, done: float) -> dict[str, float | None]:
+        """The job's stages in seconds; None where this agent process did not see the stage begin."""
+        marks = self._marks.get(result.job_id, {})
+        accepted, handed = marks.get("accepted"), marks.get("handed")
+        # engine_done_at is the worker's time.monotonic(): CLOCK_MONOTONIC is one
+        # clock for the whole host on Linux, so the difference is the hand-over.
+        transfer = received - result.engine_done_at if result.engine_done_at else None
+        stages: dict[str, float | None] = {
+            "queue": handed - accepted if accepted is not None and handed is not None else None,
+            "engine": result.engine_s or None,
+            "transfer": max(0.0, transfer) if transfer is not None else None,
+            "encode": encode_s,
+        }
+        for stage, seconds in stages.items():
+            if seconds is not None:
+                self.metrics.stage_seconds.labels(stage).observe(seconds)
+        stages["done"] = done - accepted if accepted is not None else None
+        return {k: None if v is None else round(v, 6) for k, v in stages.items()}
+
+    def _keep_fresh(self, job_id: str, blobs: tuple[bytes, ...]) -> None:
+        """Keep a waited-for job's encoded images for its synchronous route (bounded; oldest go first)."""
+        self._fresh[job_id] = blobs
+        while len(self._fresh) > FRESH_JOBS or (
+                len(self._fresh) > 1 and sum(len(b) for bs in self._fresh.values() for b in bs) > FRESH_BYTES):
+            self._fresh.popitem(last=False)
+
+    def encoded_images(self, job_id: str) -> tuple[bytes, ...] | None:
+        """A succeeded job's encoded images, once, if still in memory; None: read the files."""
+        return self._fresh.pop(job_id, None)
 
     def on_failure(self, slot: WorkerSlot, failure: Failure) -> None:
         """Record a job the engine failed (the worker lives on; no retry)."""
@@ -407,6 +462,7 @@ class Dispatcher:
             raise QueueFull(f"queue full: {len(self._queue)} jobs waiting (cap {depth}); retry later",
                             retry_after_s=self._retry_after())
         record = self.store.add(request)
+        self._marks[record.id] = {"accepted": time.monotonic()}
         self._queue.append(record.id)
         self.log("info", "job queued", job_id=record.id, queued=len(self._queue))
         self._dispatch()

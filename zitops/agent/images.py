@@ -37,20 +37,33 @@ def to_pil(raw: RawImage) -> Any:
 
 def write_images(output_dir: Path, job_id: str, images: tuple[RawImage, ...], fmt: str,
                  encode: Encoder) -> tuple[str, ...]:
-    """Encode and write every image (temp name, then ``os.replace``); all or none stay.
+    """Encode and write every image (temp name, then ``os.replace``); all or none stay; returns the names."""
+    return encode_and_write(output_dir, job_id, images, fmt, encode)[0]
 
-    On any error the files already written for this job are removed, so a
-    failed job leaves nothing that retention would not find.
+
+def encode_and_write(output_dir: Path, job_id: str, images: tuple[RawImage, ...], fmt: str,
+                     encode: Encoder) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
+    """Encode and write every image; returns the file names and the encoded bytes.
+
+    The bytes go straight to a synchronous client, so its response never
+    reads back the file just written. No fsync: a file lost to a power cut
+    is a result the client already has or can regenerate by seed
+    (docs/api.md, "Durability"). On any error the files already written for
+    this job are removed, so a failed job leaves nothing that retention
+    would not find.
     """
     names = image_names(job_id, len(images), fmt)
     written: list[Path] = []
+    blobs: list[bytes] = []
     try:
         for raw, name in zip(images, names, strict=True):
             path = output_dir / name
             tmp = path.with_name(f".{name}.tmp")
             try:
-                tmp.write_bytes(encode(to_pil(raw), fmt, raw.params))
+                blob = encode(to_pil(raw), fmt, raw.params)
+                tmp.write_bytes(blob)
                 os.replace(tmp, path)
+                blobs.append(blob)
             finally:
                 with contextlib.suppress(OSError):
                     tmp.unlink(missing_ok=True)
@@ -60,4 +73,4 @@ def write_images(output_dir: Path, job_id: str, images: tuple[RawImage, ...], fm
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
         raise
-    return names
+    return names, tuple(blobs)

@@ -63,6 +63,8 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        # The synchronous routes time their Server-Timing "total" from here (api_common.request_started).
+        scope.setdefault("state", {})["zitops_started"] = time.monotonic()
         headers = Headers(scope=scope)
         rid = request_id_from(headers.get("x-request-id"))
         path: str = scope.get("path", "")
