@@ -107,6 +107,10 @@ class WatchdogSettings(_Section):
     # Policy recycles (leak, jobs, age) warm a successor before retiring the
     # old worker when a second copy fits, so readiness never drops.
     overlap_recycle: bool = True
+    # Keep one spare worker process per slot that has already imported torch
+    # and diffusers (no CUDA, no model): a restart or recycle hands it the
+    # slot instead of paying a fresh interpreter's imports (zitops.agent.standby).
+    standby_worker: bool = True
     restart_backoff_s: float = Field(1.0, ge=0, le=600)
     restart_backoff_max_s: float = Field(60.0, ge=0, le=3_600)
     flap_limit: int = Field(5, ge=1, le=1_000)

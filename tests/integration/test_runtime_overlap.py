@@ -89,8 +89,11 @@ def test_leak_recycle_overlaps_readiness_never_drops_and_no_job_is_lost(tmp_path
 
 
 def test_a_successor_that_fails_setup_leaves_the_old_worker_serving_then_recycles_plainly(tmp_path: Path) -> None:
+    # A cold spawn, so the old worker runs jobs while the successor starts and fails
+    # (a standby spare fails within milliseconds, before the next job ends).
     cfg = runtime_config(tmp_path, faults={"leak_mib_per_job": 100, "job_seconds": 0.1,
-                                           "fail_setup_incarnation": 1}, sets=LEAK_SETS)
+                                           "fail_setup_incarnation": 1},
+                         sets=LEAK_SETS + ["watchdog.standby_worker=false"])
     rt = Runtime(cfg)
     try:
         ids = [rt.submit(request(seed=i)).id for i in range(14)]

@@ -121,6 +121,11 @@ class _Metrics:
         self.gpu_total = Gauge("zitops_gpu_vram_total_mib", "GPU memory total (NVML, or simulated)", ["gpu"], registry=r)
         self.allocated = Gauge("zitops_worker_allocated_mib", "Allocator memory in use per worker", ["worker"], registry=r)
         self.reserved = Gauge("zitops_worker_reserved_mib", "Allocator memory reserved per worker", ["worker"], registry=r)
+        self.startup = Gauge("zitops_worker_startup_seconds", "Latest worker start-up, by phase",
+                             ["worker", "phase"], registry=r)
+        self.starts = Counter("zitops_worker_starts", "Workers ready, by how they started (spawn or standby)",
+                              ["source"], registry=r)
+        self.standby = Gauge("zitops_standby_workers", "Idle pre-imported standby spares", registry=r)
 
 
 class Dispatcher:
@@ -289,6 +294,12 @@ class Dispatcher:
     def on_ready(self, slot: WorkerSlot) -> None:
         """A worker is ready: READY=1 the first time, then dispatch."""
         self.log("info", "worker ready", worker_id=slot.id, pid=slot.pid, incarnation=slot.incarnation)
+        if slot.startup:
+            self.metrics.starts.labels(slot.startup.get("source", "spawn")).inc()
+            for phase in ("process_start", "init", "imports", "engine_setup", "total"):
+                value = slot.startup.get(f"{phase}_s")
+                if isinstance(value, (int, float)):
+                    self.metrics.startup.labels(slot.id, phase).set(value)
         if not self._ready_sent:
             self._ready_sent = True
             self._notify("ready")
@@ -587,6 +598,7 @@ class Dispatcher:
                 "job_elapsed_s": round(now - s.job_started, 2) if s.job_started else None,
                 "last_heartbeat_age_s": round(now - s.last_heartbeat, 2) if s.process else None,
                 "last_exit": s.last_exit,
+                "startup": s.startup,
                 "vram": {
                     "allocated_mib": m.allocated_mib if m else None,
                     "reserved_mib": m.reserved_mib if m else None,
@@ -607,6 +619,7 @@ class Dispatcher:
             "degraded": self.pool.degraded,
             "draining": self._draining,
             "workers": workers,
+            "standby": self.pool.standby.status(),
             "queue": {"depth": len(self._queue), "cap": cfg.profile.queue.depth, "running": self._running()},
             "uptime_s": round(time.time() - self._started_at, 1),
             "nvml": self.watchdog.nvml_error or "ok",
@@ -622,6 +635,7 @@ class Dispatcher:
         m.queue_depth.set(len(self._queue))
         m.jobs_running.set(self._running())
         m.workers_ready.set(sum(1 for s in self.pool.slots if s.state in ("ready", "busy")))
+        m.standby.set(len(self.pool.standby.spares))
         if not self.watchdog.gpus:
             for s in self.pool.slots:
                 if s.memory is not None and s.memory.device_total_mib:

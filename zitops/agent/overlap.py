@@ -85,7 +85,8 @@ class Overlap:
         h.event["gap_s"] = 0.0
         pool.event("handover", new, h.reason, policy=h.policy, overlap=True, gap_s=0.0,
                    warmup_s=round(now - h.started, 3), setup_s=round(msg.setup_s, 3),
-                   old_pid=old.pid, new_pid=new.pid, old_job_id=old.job_id)
+                   old_pid=old.pid, new_pid=new.pid, old_job_id=old.job_id, standby_pid=new.standby_pid,
+                   startup_s=msg.startup.get("total_s"))
         pool.listener.on_ready(new)
 
     def on_exit(self, slot: WorkerSlot, code: int | None, job: str | None) -> None:

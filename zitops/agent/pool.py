@@ -5,7 +5,9 @@ with its own Pipe. The agent's event loop watches each pipe and each process
 sentinel with ``add_reader`` (no polling). A dead worker is restarted with
 exponential backoff until its flap limit; a hung one is sent SIGTERM, then
 SIGKILL after a grace period; a leaking one is recycled (finish, exit, replace), overlapped with a warm
-successor when a second copy fits (:mod:`zitops.agent.overlap`).
+successor when a second copy fits (:mod:`zitops.agent.overlap`). A new worker
+starts in a pre-imported standby spare when the slot has one
+(:mod:`zitops.agent.standby`), else in a fresh spawned process.
 Every action is kept as an event for /status and counted for /metrics.
 """
 
@@ -26,10 +28,12 @@ from typing import Any, Protocol
 
 from zitops.agent import watchdog as policy
 from zitops.agent.overlap import OVERLAP_POLICIES, Overlap
+from zitops.agent.standby import Standby
 from zitops.config import AgentConfig, config_to_dict
 from zitops.logs import get_logger
 from zitops.worker.process import SETUP_FAILED_EXIT, worker_main
 from zitops.worker.protocol import (
+    Assign,
     ClearCache,
     Failure,
     Heartbeat,
@@ -79,6 +83,8 @@ class WorkerSlot:
     kill_reason: str | None = None
     setup_error: str | None = None
     last_exit: str | None = None
+    startup: dict[str, Any] | None = None  # the start-up phases of this incarnation's Ready
+    standby_pid: int | None = None  # set when this incarnation runs in a standby spare
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
     @property
@@ -135,6 +141,7 @@ class Pool:
         self._exited = asyncio.Event()
         self._incarnations: dict[str, int] = {}
         self.overlap = Overlap(self)
+        self.standby = Standby(self)
         self.gpu_free_mib: Callable[[int], float | None] = lambda _gpu: None
         """NVML's free MiB on a GPU, or None; the dispatcher wires it to the watchdog's last read."""
 
@@ -160,20 +167,10 @@ class Pool:
         if self._stopping or self._loop is None:
             return False
         slot.incarnation = self._incarnations[slot.id] = self._incarnations.get(slot.id, -1) + 1
-        parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(
-            target=worker_main, name=f"zitops-worker-{slot.id}",
-            args=(child, slot.id, slot.gpu, slot.incarnation, self._config_data),
-        )
-        try:
-            proc.start()
-        except OSError as exc:  # out of fds or memory: count it as a death, retry with backoff
-            parent.close()
-            child.close()
-            log.error("cannot start a worker process", worker_id=slot.id, error=str(exc))
-            slot.state, slot.last_exit = "dead", f"spawn failed: {exc}"
+        started = self._from_standby(slot) or self._spawn_process(slot)
+        if started is None:
             return False
-        child.close()  # so the worker sees EOF, and we see it exit, when either side dies
+        proc, parent = started
         now = time.monotonic()
         slot.process, slot.conn, slot.pid = proc, parent, proc.pid
         slot.state, slot.jobs_done, slot.job_id, slot.job_started = "starting", 0, None, None
@@ -182,13 +179,50 @@ class Pool:
         slot.cleared_after = -1
         slot.kill_reason = slot.setup_error = None
         slot.nvml_used_mib = None
+        slot.startup = None
         self._loop.add_reader(parent.fileno(), self._readable, slot, parent)
         self._loop.add_reader(proc.sentinel, self._on_exit, slot, proc, parent)
         return True
 
+    def _from_standby(self, slot: WorkerSlot) -> tuple[BaseProcess, Connection] | None:
+        """Hand the slot's standby spare its assignment; None when there is no live spare."""
+        slot.standby_pid = None
+        spare = self.standby.take(slot.id, slot.gpu)
+        if spare is None:
+            return None
+        try:
+            spare.conn.send(Assign(worker_id=slot.id, gpu=slot.gpu, incarnation=slot.incarnation,
+                                   config_data=self._config_data, sent_at=time.time()))
+        except (BrokenPipeError, OSError):  # it died just now: start cold instead
+            spare.process.kill()
+            spare.process.join(1.0)
+            spare.conn.close()
+            return None
+        slot.standby_pid = spare.pid
+        return spare.process, spare.conn
+
+    def _spawn_process(self, slot: WorkerSlot) -> tuple[BaseProcess, Connection] | None:
+        """A fresh spawned worker process; None (slot marked dead) when it could not start."""
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(
+            target=worker_main, name=f"zitops-worker-{slot.id}",
+            args=(child, slot.id, slot.gpu, slot.incarnation, self._config_data, time.time()),
+        )
+        try:
+            proc.start()
+        except OSError as exc:  # out of fds or memory: count it as a death, retry with backoff
+            parent.close()
+            child.close()
+            log.error("cannot start a worker process", worker_id=slot.id, error=str(exc))
+            slot.state, slot.last_exit = "dead", f"spawn failed: {exc}"
+            return None
+        child.close()  # so the worker sees EOF, and we see it exit, when either side dies
+        return proc, parent
+
     async def stop(self, timeout_s: float) -> None:
-        """Ask every worker to finish and exit; SIGTERM, then SIGKILL, the stragglers."""
+        """Ask every worker to finish and exit; SIGTERM, then SIGKILL, the stragglers; stop the spares."""
         self._stopping = True
+        await self.standby.stop(1.0)  # idle by definition: they exit at once
         for slot in self.workers():
             for t in slot.timers:
                 t.cancel()
@@ -242,16 +276,20 @@ class Pool:
             slot.last_heartbeat = now
         elif isinstance(msg, Ready):
             slot.last_heartbeat = now
+            slot.startup = msg.startup
+            if slot.state == "abandoned":  # its predecessor died; it is being stopped
+                return
+            # Only now: the next spare's imports would slow this worker's load.
+            self.standby.ensure(slot.id, slot.gpu)
             if slot.state == "warming":
                 self.overlap.on_ready(slot, msg)
-                return
-            if slot.state == "abandoned":  # its predecessor died; it is being stopped
                 return
             if slot.state == "starting":
                 slot.state = "ready"
             if slot.down_since is not None:
                 self.event("ready", slot, slot.down_reason or "restarted", recovery_s=round(now - slot.down_since, 3),
-                           setup_s=round(msg.setup_s, 3))
+                           setup_s=round(msg.setup_s, 3), standby_pid=slot.standby_pid,
+                           startup_s=msg.startup.get("total_s"))
                 slot.down_since = slot.down_reason = None
             self.listener.on_ready(slot)
         elif isinstance(msg, Result | Failure) and msg.job_id is not None:

@@ -141,14 +141,45 @@ def _report(engine: Any, worker_id: str, jobs_done: int, after: str) -> MemoryRe
     )
 
 
+NO_WARMUP = "none: Ready comes before any generation; the first job pays compile and warm-up"
+
+
+def startup_phases(*, spawned_at: float | None, entered: float, imported: float, imports_s: float,
+                   setup_s: float, marks: dict[str, float], ready: float,
+                   standby: dict[str, Any] | None) -> dict[str, Any]:
+    """The start-up report for Ready: wall-clock stamps (time.time()) and durations, in seconds.
+
+    ``process_start_s`` is spawn (or, for a standby spare, the assignment) to
+    the first line of :func:`worker_main`; ``init_s`` is config and logging;
+    ``imports_s`` the engine's modules (about 0 for a spare, which imported
+    them before it was assigned: its own figure is under ``standby``).
+    """
+    origin = spawned_at if spawned_at is not None else entered
+    setup = {f"{k}_s": round(v, 3) for k, v in sorted(marks.items())}
+    setup["other_s"] = round(max(0.0, setup_s - sum(marks.values())), 3)
+    return {
+        "source": "standby" if standby is not None else "spawn",
+        "process_start_s": round(max(0.0, entered - spawned_at), 3) if spawned_at is not None else None,
+        "init_s": round(max(0.0, imported - entered - imports_s), 3),
+        "imports_s": round(imports_s, 3),
+        "engine_setup_s": round(setup_s, 3),
+        "engine_setup": setup,
+        "warmup_s": None,
+        "warmup": NO_WARMUP,
+        "total_s": round(max(0.0, ready - origin), 3),
+        **({"standby": standby} if standby is not None else {}),
+    }
+
+
 def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: int,
-                config_data: dict[str, Any]) -> None:
-    """Entry point of a spawned worker; returns only to exit 0 after Shutdown."""
+                config_data: dict[str, Any], spawned_at: float | None = None,
+                standby: dict[str, Any] | None = None) -> None:
+    """Entry point of a spawned worker (or an assigned standby spare); returns only to exit 0 after Shutdown."""
+    entered = time.time()
+    from zitops.worker.standby import device_environment, engine_modules, preimport
+
     # Before any import of torch: this process sees exactly one GPU, or none.
-    # NVML numbers GPUs in PCI bus order; make CUDA agree, so the index the
-    # watchdog reads through NVML is the card this worker really uses.
-    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else str(gpu)
+    device_environment(gpu)
     # Ctrl-C in a terminal and `systemctl kill -s HUP` reach the whole process
     # group; the agent decides when a worker stops and relays log tiers itself,
     # so the worker ignores both.
@@ -168,12 +199,17 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
     from zitops.logs import job_context
 
     device = "cpu" if gpu is None else "cuda:0"
-    started = time.monotonic()
+    imports_s = setup_s = 0.0
     try:
+        imports_s = preimport(engine_modules(config_data))  # timed apart from the model load
+        imported = time.time()
+        started = time.perf_counter()
+        from zitops.engine import phases
         from zitops.engine.factory import create_engine
 
         engine = create_engine(config, incarnation=incarnation)
         engine.setup(device)
+        setup_s = time.perf_counter() - started
     except BaseException as exc:  # report why, then die: the pool decides what next
         sender.send(Failure(job_id=None, exc_type=type(exc).__name__, message=str(exc),
                             traceback=traceback.format_exc()))
@@ -185,8 +221,11 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
         describe = plain(dict(engine.describe()))
     except Exception:  # describe is informational only
         describe = {}
+    startup = startup_phases(spawned_at=spawned_at, entered=entered, imported=imported, imports_s=imports_s,
+                             setup_s=setup_s, marks=phases.take(), ready=time.time(), standby=standby)
+    log.info("worker startup", **startup)
     sender.send(Ready(worker_id=worker_id, pid=os.getpid(), incarnation=incarnation,
-                      device=device, setup_s=time.monotonic() - started, describe=describe))
+                      device=device, setup_s=setup_s, describe=describe, startup=startup))
     sender.send(_report(engine, worker_id, 0, "ready"))
     while True:
         try:

@@ -1,8 +1,8 @@
 """The messages between the agent and a worker process.
 
 Small frozen dataclasses, pickled over a ``multiprocessing`` Pipe. The agent
-sends Job, ClearCache and Shutdown; the worker sends Ready, Heartbeat, Result,
-Failure and MemoryReport. Nothing here imports torch.
+sends Job, ClearCache and Shutdown, and Assign to a standby spare; the worker
+sends Ready, Heartbeat, Result, Failure and MemoryReport. Nothing here imports torch.
 
 A ``Result`` carries raw pixels, not files: the agent encodes and writes them
 on a thread pool while the worker already runs its next job, so PNG encoding
@@ -46,6 +46,18 @@ class Ready:
     device: str
     setup_s: float
     describe: dict[str, Any] = field(default_factory=dict)
+    startup: dict[str, Any] = field(default_factory=dict)  # start-up phases (process.startup_phases)
+
+
+@dataclass(frozen=True)
+class Assign:
+    """Sent to a standby spare: become worker ``worker_id`` (then it runs ``worker_main``)."""
+
+    worker_id: str
+    gpu: int | None
+    incarnation: int
+    config_data: dict[str, Any]
+    sent_at: float  # time.time() in the agent, for the start-up phases
 
 
 @dataclass(frozen=True)
@@ -110,7 +122,7 @@ class Failure:
     memory: dict[str, Any] = field(default_factory=dict)
 
 
-ToWorker = Job | ClearCache | Shutdown
+ToWorker = Job | ClearCache | Shutdown | Assign
 """Messages the agent sends."""
 
 FromWorker = Ready | Heartbeat | MemoryReport | Result | Failure

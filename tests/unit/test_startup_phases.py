@@ -1,0 +1,94 @@
+"""Start-up phase reports, the standby spare's import list, phase marks and the cached bench tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from zitops.config import config_from_mapping, config_to_dict
+from zitops.engine import phases
+from zitops.profile import load_profile
+from zitops.worker.process import NO_WARMUP, startup_phases
+from zitops.worker.standby import COMPILE_MODULES, engine_modules
+
+
+def _config_data(kind: str, *, inner: str = "synthetic", compile_: bool = False) -> dict:
+    profile = load_profile("designer", [f"engine.compile={str(compile_).lower()}"])
+    paths = {k: f"/nonexistent/{k}" for k in ("state_dir", "log_dir", "output_dir", "cache_dir")}
+    cfg = config_from_mapping({"profile": profile.model_dump(mode="json"), "paths": paths,
+                               "engine": {"kind": kind, "faults": {"inner": inner}}}, "test config")
+    return config_to_dict(cfg)
+
+
+def test_spawned_start_phases_add_up_to_no_more_than_the_total() -> None:
+    s = startup_phases(spawned_at=100.0, entered=100.4, imported=102.0, imports_s=1.5, setup_s=3.0,
+                       marks={"load": 2.0}, ready=105.1, standby=None)
+    assert s["source"] == "spawn" and s["process_start_s"] == 0.4
+    assert s["imports_s"] == 1.5 and s["init_s"] == 0.1
+    assert s["engine_setup"] == {"load_s": 2.0, "other_s": 1.0}
+    assert s["total_s"] == 5.1
+    assert s["process_start_s"] + s["init_s"] + s["imports_s"] + s["engine_setup_s"] <= s["total_s"]
+    assert s["warmup_s"] is None and s["warmup"] == NO_WARMUP and "standby" not in s
+
+
+def test_standby_start_reports_the_spare_and_never_a_negative_phase() -> None:
+    # Clocks of two processes: a stamp may come out a hair early; a phase is never negative.
+    s = startup_phases(spawned_at=10.0, entered=9.999, imported=10.01, imports_s=0.0, setup_s=0.5,
+                       marks={"build": 0.7}, ready=10.6, standby={"pid": 7, "imports_s": 6.8, "idle_s": 30.0})
+    assert s["source"] == "standby" and s["standby"]["pid"] == 7
+    assert s["process_start_s"] == 0.0 and s["engine_setup"]["other_s"] == 0.0
+    assert all(v is None or v >= 0 for k, v in s.items() if k.endswith("_s"))
+
+
+def test_without_a_spawn_stamp_the_total_counts_from_the_worker_entry() -> None:
+    s = startup_phases(spawned_at=None, entered=1.0, imported=2.0, imports_s=0.5, setup_s=1.0, marks={},
+                       ready=3.5, standby=None)
+    assert s["process_start_s"] is None and s["total_s"] == 2.5
+
+
+def test_spare_imports_follow_the_engine_kind() -> None:
+    faulty = engine_modules(_config_data("faulty"))
+    assert "zitops.engine.faulty" in faulty and "torch" not in faulty  # fast spares for the fault engine
+    real = engine_modules(_config_data("diffusers"))
+    assert "torch" in real and "diffusers:ZImagePipeline" in real
+    assert not set(COMPILE_MODULES) & set(real)
+    assert set(COMPILE_MODULES) <= set(engine_modules(_config_data("diffusers", compile_=True)))
+    assert "torch" in engine_modules(_config_data("faulty", inner="diffusers"))
+
+
+def test_phase_marks_sum_repeats_and_are_taken_once() -> None:
+    phases.take()
+    with phases.phase("load"):
+        pass
+    with phases.phase("load"):
+        pass
+    with pytest.raises(ValueError), phases.phase("levers"):
+        raise ValueError("a failing step is still timed")
+    marks = phases.take()
+    assert set(marks) == {"load", "levers"} and all(v >= 0 for v in marks.values())
+    assert phases.take() == {}
+
+
+def test_standby_knob_defaults_on_and_turns_off() -> None:
+    assert load_profile("designer").watchdog.standby_worker is True
+    assert load_profile("designer", ["watchdog.standby_worker=false"]).watchdog.standby_worker is False
+
+
+def test_full_random_tokenizer_is_trained_once_then_loaded(tmp_path: Path) -> None:
+    from zitops.engine.full import cached_tokenizer
+
+    first = cached_tokenizer(tmp_path)
+    (saved,) = (tmp_path / "tokenizers").iterdir()
+    assert (saved / "tokenizer.json").is_file()
+    stamp = (saved / "tokenizer.json").stat().st_mtime_ns
+    second = cached_tokenizer(tmp_path)
+    assert (saved / "tokenizer.json").stat().st_mtime_ns == stamp  # loaded, not written again
+    prompt = "a poster 一幅 <|im_start|> neon"
+    assert first(prompt).input_ids == second(prompt).input_ids
+    assert second.pad_token == first.pad_token and second.chat_template == first.chat_template
+    (saved / "tokenizer.json").write_text("{not json", "utf-8")  # damaged: trained and saved again
+    third = cached_tokenizer(tmp_path)
+    assert third(prompt).input_ids == first(prompt).input_ids
+    assert json.loads((saved / "tokenizer.json").read_text("utf-8"))["model"]["type"] == "BPE"

@@ -1,0 +1,171 @@
+"""Standby spares: per slot, one worker process that has already done its imports.
+
+A restart, a recycle or an overlapped successor used to spawn a fresh
+interpreter and import torch, diffusers and transformers (seconds) before
+the model load even began. With ``watchdog.standby_worker`` on, the pool
+keeps one spare per slot (:func:`zitops.worker.standby.standby_main`): it is
+spawned with the slot's device environment, imports the engine's modules
+and waits on its pipe without touching the device (no CUDA context, no
+model, no GPU memory). The slot's next start sends it an ``Assign`` instead
+of spawning; a new spare is started once that worker is ready, so the spare's
+own imports never compete with the load it is meant to shorten. A spare that
+dies is replaced after the restart backoff, and spares stop being replaced at
+the flap limit. The pool's ``stop`` stops them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any
+
+from zitops.agent import watchdog as policy
+from zitops.logs import get_logger
+from zitops.worker.protocol import Shutdown
+from zitops.worker.standby import engine_modules, standby_main
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zitops.agent.pool import Pool
+
+log = get_logger("zitops.agent.standby")
+
+
+@dataclass
+class Spare:
+    """One idle pre-imported process for a slot."""
+
+    slot_id: str
+    gpu: int | None
+    process: BaseProcess
+    conn: Connection
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int | None:
+        """The spare's process id."""
+        return self.process.pid
+
+
+def rss_mib(pid: int | None) -> float | None:
+    """Resident memory of ``pid`` in MiB (Linux /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+class Standby:
+    """The pool's spares, at most one per slot id."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.enabled = pool.wd.standby_worker
+        self.modules = engine_modules(pool._config_data)
+        self.spares: dict[str, Spare] = {}
+        self.used = 0  # starts served by a spare
+        self.off: dict[str, str] = {}  # slot id -> why its spares are no longer replaced
+        self._deaths: dict[str, collections.deque[float]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=1000))
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    def ensure(self, slot_id: str, gpu: int | None) -> None:
+        """Start a spare for the slot unless it has one, spares are off, or the pool is stopping."""
+        pool, loop = self.pool, self.pool._loop
+        if (not self.enabled or pool._stopping or loop is None or slot_id in self.spares
+                or slot_id in self.off):
+            return
+        timer = self._timers.pop(slot_id, None)
+        if timer is not None:
+            timer.cancel()
+        parent, child = pool._ctx.Pipe(duplex=True)
+        proc = pool._ctx.Process(target=standby_main, name=f"zitops-standby-{slot_id}",
+                                 args=(child, gpu, self.modules))
+        try:
+            proc.start()
+        except OSError as exc:  # out of fds or memory: the slot just starts cold next time
+            parent.close()
+            child.close()
+            log.warning("cannot start a standby spare", worker_id=slot_id, error=str(exc))
+            return
+        child.close()  # so the spare sees EOF when the agent dies
+        spare = self.spares[slot_id] = Spare(slot_id, gpu, proc, parent)
+        loop.add_reader(proc.sentinel, self._on_exit, spare)
+
+    def take(self, slot_id: str, gpu: int | None) -> Spare | None:
+        """The slot's live spare, handed over (no longer watched here), or None."""
+        spare = self.spares.get(slot_id)
+        if spare is None or spare.gpu != gpu or not spare.process.is_alive():
+            return None
+        del self.spares[slot_id]
+        if self.pool._loop is not None:
+            self.pool._loop.remove_reader(spare.process.sentinel)
+        self.used += 1
+        return spare
+
+    def _on_exit(self, spare: Spare) -> None:
+        pool = self.pool
+        if pool._loop is not None:
+            pool._loop.remove_reader(spare.process.sentinel)
+        spare.conn.close()
+        spare.process.join(1.0)
+        if self.spares.get(spare.slot_id) is spare:
+            del self.spares[spare.slot_id]
+        if pool._stopping:
+            return
+        from zitops.agent.pool import _exit_text
+
+        slot = next((s for s in pool.slots if s.id == spare.slot_id), None)
+        now = time.monotonic()
+        deaths = self._deaths[spare.slot_id]
+        deaths.append(now)
+        recent = policy.deaths_in_window(deaths, now, pool.wd.flap_window_s)
+        reason = f"standby spare pid {spare.pid} died ({_exit_text(spare.process.exitcode)})"
+        if policy.flap_limit_hit(recent, pool.wd.flap_limit):
+            self.off[spare.slot_id] = (f"{reason}; {recent} spare deaths in {pool.wd.flap_window_s:g}s: "
+                                       "spares stopped for this slot, workers start cold")
+            pool.event("standby_off", slot, self.off[spare.slot_id])
+            return
+        delay = policy.backoff_delay(recent, pool.wd.restart_backoff_s, pool.wd.restart_backoff_max_s)
+        pool.event("standby_died", slot, reason, delay_s=round(delay, 3))
+        if pool._loop is not None:
+            self._timers[spare.slot_id] = pool._loop.call_later(delay, self.ensure, spare.slot_id, spare.gpu)
+
+    async def stop(self, timeout_s: float) -> None:
+        """Shut every spare down (Shutdown, then SIGTERM, then SIGKILL); none is replaced."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        spares = list(self.spares.values())
+        for spare in spares:
+            with contextlib.suppress(OSError, ValueError):
+                spare.conn.send(Shutdown("agent stopping"))
+        for step in ("terminate", "kill", None):
+            deadline = time.monotonic() + timeout_s
+            while any(s.process.is_alive() for s in spares) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            live = [s for s in spares if s.process.is_alive()]
+            if not live or step is None:
+                break
+            for s in live:
+                getattr(s.process, step)()
+        for s in spares:
+            s.process.join(0.5)
+
+    def status(self) -> dict[str, Any]:
+        """For /status: whether spares are on, each idle spare, and slots whose spares were stopped."""
+        now = time.monotonic()
+        return {
+            "enabled": self.enabled,
+            "used": self.used,
+            "spares": [{"id": s.slot_id, "gpu": s.gpu, "pid": s.pid, "age_s": round(now - s.started, 1),
+                        "rss_mib": rss_mib(s.pid)} for s in self.spares.values()],
+            "off": dict(self.off),
+        }

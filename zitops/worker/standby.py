@@ -1,0 +1,95 @@
+"""The standby spare: a worker process that has done its imports and waits.
+
+A fresh interpreter spends seconds importing torch, diffusers and
+transformers before it can even start loading a model. The pool keeps one
+spare per slot (:mod:`zitops.agent.standby`) that has already paid that: it
+sets the slot's device environment, imports the engine's modules, touches
+no device (no CUDA context, no model, no GPU memory) and blocks on its pipe.
+An ``Assign`` turns it into that slot's worker (:func:`worker_main`); a
+``Shutdown``, or EOF when the agent is gone, ends it.
+
+Started with the ``spawn`` context like a worker; torch-free at import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from zitops.worker.protocol import Assign, Shutdown
+
+BASE_MODULES = ("zitops.config", "zitops.logs", "zitops.engine.factory", "zitops.engine.request")
+FAULTY_MODULES = ("numpy", "PIL.Image", "zitops.engine.faulty")
+# diffusers and transformers load lazily: naming a class imports its module.
+DIFFUSERS_MODULES = (
+    "torch", "diffusers", "transformers", "diffusers:ZImagePipeline", "diffusers:ZImageTransformer2DModel",
+    "diffusers:AutoencoderKL", "transformers:Qwen3Model", "transformers:Qwen2Tokenizer",
+    "zitops.engine.diffusers_engine", "zitops.engine.accel", "zitops.engine.full",
+)
+COMPILE_MODULES = ("torch._dynamo", "torch._inductor.compile_fx")
+
+
+def engine_modules(config_data: dict[str, Any]) -> list[str]:
+    """What the configured engine will import: ``module`` or ``module:attribute`` names."""
+    engine = config_data.get("engine") or {}
+    kind = engine.get("kind", "diffusers")
+    inner = (engine.get("faults") or {}).get("inner")
+    names = list(BASE_MODULES)
+    if kind == "faulty":
+        names += FAULTY_MODULES
+    if kind != "faulty" or inner == "diffusers":
+        names += DIFFUSERS_MODULES
+        if ((config_data.get("profile") or {}).get("engine") or {}).get("compile"):
+            names += COMPILE_MODULES
+    return names
+
+
+def preimport(names: list[str]) -> float:
+    """Import ``names`` (HF libraries forced offline first); returns the seconds it took."""
+    from zitops.engine.loader import force_offline
+
+    started = time.perf_counter()
+    force_offline()  # before any Hugging Face import, as the engine's setup does
+    for name in names:
+        module, _, attr = name.partition(":")
+        mod = importlib.import_module(module)
+        if attr:
+            getattr(mod, attr)
+    return time.perf_counter() - started
+
+
+def device_environment(gpu: int | None) -> None:
+    """Make this process see exactly one GPU, or none; call before anything imports torch."""
+    # NVML numbers GPUs in PCI bus order; make CUDA agree, so the index the
+    # watchdog reads through NVML is the card this worker really uses.
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else str(gpu)
+
+
+def standby_main(conn: Connection, gpu: int | None, modules: list[str]) -> None:
+    """Entry point of a spare: imports, then waits for Assign (become a worker) or Shutdown."""
+    device_environment(gpu)
+    # As a worker: the agent decides when this process stops (see worker_main).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    imports_s = preimport(modules)
+    waiting_since = time.time()
+    try:
+        msg = conn.recv()
+    except (EOFError, OSError):
+        return  # the agent is gone
+    if isinstance(msg, Shutdown) or not isinstance(msg, Assign):
+        return
+    if msg.gpu != gpu:  # the pool assigns spares per slot; never run on another card's environment
+        return
+    from zitops.worker.process import worker_main
+
+    # Paid before the assignment, so not part of this start: shown beside it.
+    standby = {"pid": os.getpid(), "imports_s": round(imports_s, 3),
+               "idle_s": round(max(0.0, time.time() - waiting_since), 3)}
+    worker_main(conn, msg.worker_id, msg.gpu, msg.incarnation, msg.config_data, spawned_at=msg.sent_at,
+                standby=standby)
