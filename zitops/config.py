@@ -49,6 +49,9 @@ class FaultSettings(_Section):
     """
 
     inner: Literal["synthetic", "diffusers"] = "synthetic"
+    # What synthetic pixels look like: smooth blobs (compress well) or full-resolution
+    # noise, the worst case for PNG, like a random-weight model's output (issue 7 bench).
+    pixels: Literal["blobs", "noise"] = "blobs"
     leak_mib_per_job: float = Field(0.0, ge=0)
     crash_on_job: int | None = Field(None, ge=1)
     hang_on_job: int | None = Field(None, ge=1)

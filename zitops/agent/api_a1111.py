@@ -18,9 +18,9 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from zitops.agent.api_common import (
-    b64_images_json,
     build_request_as,
     context,
+    images_json,
     json_splice,
     request_started,
     sync_timeout_s,
@@ -261,12 +261,12 @@ async def txt2img(body: Txt2ImgIn, request: Request) -> Response:
     record = await ctx.service.submit(req)
     record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
     respond_from = time.monotonic()
-    images: list[bytes] = []
+    rest = {"parameters": body.model_dump(mode="json"),
+            "info": json.dumps(_info(body, record, model_title(ctx.config.model)))}
     if body.send_images:
-        images = await b64_images_json(ctx.service, record, lambda b64: b64)
-    payload = json_splice("images", images, {
-        "parameters": body.model_dump(mode="json"),
-        "info": json.dumps(_info(body, record, model_title(ctx.config.model)))})
+        payload = await images_json(ctx.service, record, "images", lambda b64: [b'"', b64, b'"'], rest)
+    else:
+        payload = json_splice("images", [], rest)
     return timed_json(ctx, TXT2IMG, record, payload, started, respond_from)
 
 

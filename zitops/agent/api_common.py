@@ -167,23 +167,37 @@ def _images_now(service: Service, record: JobRecord) -> list[bytes]:
     return [image_file(service, record, i).read_bytes() for i in range(len(record.images))]
 
 
-async def b64_images_json(service: Service, record: JobRecord, wrap: Callable[[bytes], bytes]) -> list[bytes]:
-    """Each image of a succeeded job as ``wrap(b'"<base64>"')``: JSON fragments, built off the event loop.
+Fragments = Callable[[bytes], list[bytes]]
+"""One list item's JSON as fragments around an image's base64 (e.g. ``[b'"', b64, b'"']``)."""
 
-    base64 is JSON-safe as it is, so the large strings are written once and
-    never escaped, validated or re-encoded by a JSON encoder.
+
+async def images_json(service: Service, record: JobRecord, key: str, item: Fragments,
+                      rest: dict[str, Any]) -> bytes:
+    """``{key: [item(base64 of each image)...], **rest}`` as JSON bytes, built off the event loop.
+
+    base64 is JSON-safe as it is, so the large strings are written once, into
+    the body, and never escaped, validated or re-encoded by a JSON encoder.
     """
-    def build() -> list[bytes]:
-        return [wrap(b'"' + base64.b64encode(blob) + b'"') for blob in _images_now(service, record)]
+    def build() -> bytes:
+        return json_splice(key, [item(base64.b64encode(blob)) for blob in _images_now(service, record)], rest)
 
     return await asyncio.to_thread(build)
 
 
-def json_splice(key: str, items: list[bytes], rest: dict[str, Any]) -> bytes:
-    """``{"key": [items...], **rest}`` as JSON bytes; ``items`` are JSON fragments already."""
-    head = b'{' + json.dumps(key).encode() + b':[' + b','.join(items) + b']'
+def json_splice(key: str, items: list[list[bytes]], rest: dict[str, Any]) -> bytes:
+    """``{"key": [items...], **rest}`` as JSON bytes; each item is JSON fragments, joined as they are.
+
+    One join, so each large fragment is copied once (a 4 MB copy costs
+    milliseconds, most of it page faults).
+    """
+    parts = [b"{", json.dumps(key).encode(), b":["]
+    for n, fragments in enumerate(items):
+        if n:
+            parts.append(b",")
+        parts += fragments
     tail = json.dumps(rest, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return head + (b',' + tail[1:] if rest else b'}')
+    parts += [b"],", tail[1:]] if rest else [b"]}"]
+    return b"".join(parts)
 
 
 # --- per-request stage timings (Server-Timing) ------------------------------------

@@ -18,10 +18,10 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from zitops.agent.api_common import (
-    b64_images_json,
     base_url,
     build_request_as,
     context,
+    images_json,
     json_splice,
     request_started,
     sync_timeout_s,
@@ -119,15 +119,14 @@ async def create_images(body: ImageGenerationIn, request: Request) -> Response:
     record = await ctx.service.submit(req)
     record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
     respond_from = time.monotonic()
-    revised = b',"revised_prompt":' + json.dumps(record.request.prompt, ensure_ascii=False).encode("utf-8") + b'}'
-    items: list[bytes]
+    revised = b',"revised_prompt":' + json.dumps(record.request.prompt, ensure_ascii=False).encode("utf-8") + b"}"
+    rest = {"created": int(record.finished_at or time.time()), "output_format": record.request.output_format,
+            "size": f"{record.request.width}x{record.request.height}"}
     if body.response_format == "url":
         root = base_url(request)
-        items = [b'{"url":' + json.dumps(f"{root}/v1/jobs/{record.id}/images/{i}").encode() + revised
-                 for i in range(len(record.images))]
+        urls = [json.dumps(f"{root}/v1/jobs/{record.id}/images/{i}").encode() for i in range(len(record.images))]
+        payload = json_splice("data", [[b'{"url":', url, revised] for url in urls], rest)
     else:
-        items = await b64_images_json(ctx.service, record, lambda b64: b'{"b64_json":' + b64 + revised)
-    payload = json_splice("data", items, {
-        "created": int(record.finished_at or time.time()), "output_format": record.request.output_format,
-        "size": f"{record.request.width}x{record.request.height}"})
+        payload = await images_json(ctx.service, record, "data", lambda b64: [b'{"b64_json":"', b64, b'"', revised],
+                                      rest)
     return timed_json(ctx, ROUTE, record, payload, started, respond_from)

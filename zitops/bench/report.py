@@ -14,6 +14,9 @@ from typing import Any
 PATHS = ("baseline", "engine", "agent")
 """What ``zitops bench`` measures: plain diffusers, the zitops engine, the engine behind the agent's HTTP API."""
 
+STAGE_ORDER = ("queue", "engine", "transfer", "encode", "respond", "total")
+"""Server-Timing stages in table order (docs/api.md)."""
+
 PATH_LABELS = {"baseline": "plain diffusers", "engine": "zitops engine", "agent": "agent (HTTP e2e)"}
 
 
@@ -77,7 +80,13 @@ class ProfileRun:
         return base.s_per_image if base else None
 
     def agent_overhead_ms(self) -> float | None:
-        """HTTP end to end minus engine time, per call, in ms (median against median)."""
+        """The agent's overhead in ms: median over requests of (HTTP end to end - that request's engine time)."""
+        agent = self.results.get("agent")
+        value = agent.extra.get("overhead_ms") if agent else None
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def engine_path_gap_ms(self) -> float | None:
+        """Agent path median minus engine path median, in ms: two processes, so engine noise stays in."""
         eng, agent = self.results.get("engine"), self.results.get("agent")
         if not (eng and agent and eng.times_s and agent.times_s):
             return None
@@ -94,10 +103,16 @@ class ProfileRun:
         """JSON-ready."""
         base = self.baseline_s()
         overhead = self.agent_overhead_ms()
+        gap = self.engine_path_gap_ms()
+        agent = self.results.get("agent")
+        p90 = agent.extra.get("overhead_p90_ms") if agent else None
         return {
             "profile": self.profile, "params": self.params,
             "paths": {name: r.to_dict(base) for name, r in self.results.items()},
             "agent_overhead_ms": None if overhead is None else round(overhead, 1),
+            "agent_overhead_p90_ms": p90,
+            "agent_stages_median_ms": agent.extra.get("stages_median_ms") if agent else None,
+            "agent_minus_engine_path_ms": None if gap is None else round(gap, 1),
             "sampler_sweep": self.sampler_sweep, "batch_sweep": self.batch_sweep,
             "best_batch": self.best_batch(), "checks": self.checks,
         }
@@ -152,10 +167,17 @@ def render_table(report: BenchReport) -> str:
                 f"{_fmt(r.setup_s, '.1f'):>8} {_fmt(r.warmup_s, '.1f'):>8} "
                 f"{_fmt(d['speedup'], '.2f', '') + ('x' if d['speedup'] else ''):>7}"
             )
-        overhead = run.agent_overhead_ms()
-        if overhead is not None:
-            lines.append(f"{'':<10} agent overhead (HTTP e2e - engine): {overhead:.1f} ms per request")
         agent = run.results.get("agent")
+        overhead = run.agent_overhead_ms()
+        if agent is not None and overhead is not None:
+            lines.append(f"{'':<10} agent overhead (HTTP e2e - engine, paired per request): median {overhead:.1f} ms, "
+                         f"p90 {_fmt(agent.extra.get('overhead_p90_ms'), '.1f')} ms")
+            st = agent.extra.get("stages_median_ms") or {}
+            lines.append(f"{'':<10} agent stages (median ms): "
+                         + ", ".join(f"{k} {st[k]:.1f}" for k in STAGE_ORDER if k in st))
+        gap = run.engine_path_gap_ms()
+        if gap is not None:
+            lines.append(f"{'':<10} agent path median - engine path median (two processes, noisy): {gap:.1f} ms")
         if agent is not None and agent.extra.get("restart_s") is not None:
             lines.append(f"{'':<10} agent restart (spawn to ready + first job): {agent.extra['restart_s']:.1f} s")
         if agent is not None and agent.extra.get("device_used_mib"):

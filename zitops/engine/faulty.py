@@ -32,12 +32,14 @@ CACHE_MIB_PER_IMAGE = 256.0
 STEPS_PER_SECOND_CAP = 50
 
 
-def synthetic_image(seed: int, width: int, height: int) -> Any:
+def synthetic_image(seed: int, width: int, height: int, pixels: str = "blobs") -> Any:
     """Seeded noise as a PIL image: the same seed and size give the same pixels."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(seed)
+    if pixels == "noise":  # every pixel random: PNG cannot compress it
+        return Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8), "RGB")
     # Low-resolution noise upscaled, so images look like blobs and compress.
     small = rng.integers(0, 256, size=(max(1, height // 16), max(1, width // 16), 3), dtype=np.uint8)
     return Image.fromarray(small, "RGB").resize((width, height), Image.Resampling.BILINEAR)
@@ -124,7 +126,7 @@ class FaultyEngine:
         else:
             self._pace(request, progress)
             images = [synthetic_image(s ^ zlib.crc32(request.prompt.encode()), request.width,
-                                      request.height) for s in request.seeds]
+                                      request.height, f.pixels) for s in request.seeds]
             info = {"model": "synthetic (fault engine)", "prompt": request.prompt,
                     "negative_prompt": request.negative_prompt, "guidance": request.guidance,
                     "sampler": request.sampler,

@@ -5,9 +5,10 @@ Pillow's PNG encoder filters row by row in C and deflates on one core: about
 per request (issue 7). This writer produces a standard PNG that any decoder
 reads: one "Up"-filtered scanline stream, deflated in horizontal strips in
 parallel (zlib releases the GIL), the raw deflate pieces joined with sync
-flushes under one zlib header and Adler-32, as pigz does. Output is lossless;
-files are somewhat larger than Pillow's adaptive filtering would give.
-torch-free.
+flushes under one zlib header and Adler-32, as pigz does. A strip whose
+samples do not compress (noise) is stored instead of deflated. Output is
+lossless; files are somewhat larger than Pillow's adaptive filtering would
+give. torch-free.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ COLOR_TYPES = {"L": 0, "RGB": 2, "RGBA": 6}
 FILTER_UP = 2
 ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, fastest-level hint; (0x7801 % 31 == 0)
 MIN_STRIP_BYTES = 256 * 1024  # below this a strip costs more in thread hand-off than it saves
+PROBE_BYTES = 16 * 1024  # three samples per strip decide whether deflating it is worth it
+STORE_ABOVE = 0.97  # samples that deflate to more than this fraction of their size: store the strip
 
 _pool: ThreadPoolExecutor | None = None
 
@@ -39,8 +42,8 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
-def _scanlines(pixels: Any) -> bytes:
-    """Rows prefixed with the Up filter byte, each row minus the one above (mod 256)."""
+def _scanlines(pixels: Any) -> memoryview:
+    """Rows prefixed with the Up filter byte, each row minus the one above (mod 256); no copy out."""
     import numpy as np
 
     rows = pixels.reshape(pixels.shape[0], -1)
@@ -48,36 +51,66 @@ def _scanlines(pixels: Any) -> bytes:
     out[:, 0] = FILTER_UP
     out[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=out[1:, 1:])  # uint8 arithmetic wraps mod 256, as PNG wants
-    return out.tobytes()
+    flat: memoryview = out.reshape(-1).data
+    return flat
 
 
-def _deflate_piece(data: bytes, level: int, last: bool) -> bytes:
+def incompressible(data: memoryview | bytes, level: int) -> bool:
+    """True when samples of ``data`` (start, middle, end) do not deflate below STORE_ABOVE of their size."""
+    view = memoryview(data)
+    n = len(view)
+    if n <= 3 * PROBE_BYTES:
+        probe = bytes(view)
+    else:
+        mid = n // 2 - PROBE_BYTES // 2
+        probe = b"".join((view[:PROBE_BYTES], view[mid:mid + PROBE_BYTES], view[n - PROBE_BYTES:]))
+    return len(zlib.compress(probe, max(1, level))) > STORE_ABOVE * len(probe)
+
+
+def _deflate_piece(data: memoryview | bytes, level: int, last: bool) -> list[bytes]:
+    # Noise (a random-weight model's output, or a photo's grain) does not
+    # deflate: spending ~55 ms of CPU per 3 MB to learn that is pure overhead,
+    # so such strips are stored. Compressible strips keep ``level``.
+    if level > 0 and incompressible(data, level):
+        level = 0
     comp = zlib.compressobj(level, zlib.DEFLATED, -15)
-    return comp.compress(data) + comp.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+    return [comp.compress(data), comp.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)]
 
 
-def deflate_parallel(raw: bytes, row_bytes: int, level: int = 1) -> bytes:
-    """A zlib stream of ``raw``, compressed in row-aligned strips on a thread pool."""
-    rows = len(raw) // row_bytes
-    strips = max(1, min(_executor()._max_workers, len(raw) // MIN_STRIP_BYTES))
+def _deflate_pieces(raw: memoryview | bytes, row_bytes: int, level: int) -> tuple[list[bytes], int]:
+    """Raw-deflate pieces of ``raw`` in row-aligned strips, and the Adler-32 of ``raw``.
+
+    Strips are memoryview slices (never copied); the calling thread deflates
+    the first strip itself and computes the checksum while the pool runs the rest.
+    """
+    view = memoryview(raw)
+    rows = len(view) // row_bytes
+    strips = max(1, min(_executor()._max_workers + 1, len(view) // MIN_STRIP_BYTES))
     per = -(-rows // strips)
     bounds = [(i * per * row_bytes, min(rows, (i + 1) * per) * row_bytes) for i in range(strips)]
     bounds = [(a, b) for a, b in bounds if b > a]
-    view = memoryview(raw)
-    if len(bounds) == 1:
-        pieces = [_deflate_piece(raw, level, True)]
-    else:
-        futures = [_executor().submit(_deflate_piece, bytes(view[a:b]), level, i == len(bounds) - 1)
-                   for i, (a, b) in enumerate(bounds)]
-        pieces = [f.result() for f in futures]
-    return ZLIB_HEADER + b"".join(pieces) + struct.pack(">I", zlib.adler32(raw))
+    last = len(bounds) - 1
+    futures = [_executor().submit(_deflate_piece, view[a:b], level, i == last)
+               for i, (a, b) in enumerate(bounds) if i > 0]
+    a, b = bounds[0]
+    pieces = _deflate_piece(view[a:b], level, last == 0)
+    adler = zlib.adler32(view)
+    for f in futures:
+        pieces += f.result()
+    return pieces, adler
+
+
+def deflate_parallel(raw: memoryview | bytes, row_bytes: int, level: int = 1) -> bytes:
+    """A zlib stream of ``raw``, compressed in row-aligned strips on a thread pool."""
+    pieces, adler = _deflate_pieces(raw, row_bytes, level)
+    return b"".join([ZLIB_HEADER, *pieces, struct.pack(">I", adler)])
 
 
 def encode_png(image: Any, chunks: Iterable[tuple[bytes, bytes, bool]] = (), level: int = 1) -> bytes:
     """PNG bytes for a PIL image (L, RGB or RGBA; others are converted to RGB).
 
     ``chunks`` are ancillary chunks as Pillow's ``PngInfo.chunks`` holds them:
-    (type, data, after_idat).
+    (type, data, after_idat). The image data is copied once, into the result.
     """
     import numpy as np
 
@@ -89,9 +122,14 @@ def encode_png(image: Any, chunks: Iterable[tuple[bytes, bytes, bool]] = (), lev
     raw = _scanlines(pixels)
     ihdr = struct.pack(">IIBBBBB", width, height, 8, COLOR_TYPES[image.mode], 0, 0, 0)
     extra = list(chunks)
+    pieces, adler = _deflate_pieces(raw, width * channels + 1, level)
+    idat = [ZLIB_HEADER, *pieces, struct.pack(">I", adler)]
+    crc = zlib.crc32(b"IDAT")
+    for piece in idat:
+        crc = zlib.crc32(piece, crc)
     parts = [PNG_SIGNATURE, _chunk(b"IHDR", ihdr)]
     parts += [_chunk(kind, data) for kind, data, after in extra if not after]
-    parts.append(_chunk(b"IDAT", deflate_parallel(raw, width * channels + 1, level)))
+    parts += [struct.pack(">I", sum(len(p) for p in idat)), b"IDAT", *idat, struct.pack(">I", crc)]
     parts += [_chunk(kind, data) for kind, data, after in extra if after]
     parts.append(_chunk(b"IEND", b""))
     return b"".join(parts)
