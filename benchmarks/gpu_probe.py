@@ -181,6 +181,13 @@ def profile_one(engine: Any, req: Any) -> dict[str, Any]:
             cur_e = max(cur_e, e)
     if cur_e is not None:
         busy += cur_e - cur_s
+    gaps = []
+    ordered = sorted(events, key=lambda e: e.time_range.start)
+    for before, after in zip(ordered, ordered[1:]):
+        gap = after.time_range.start - before.time_range.end
+        if gap > 300:  # us
+            gaps.append((round(gap / 1000, 2), before.name[:60], after.name[:60]))
+    gaps.sort(reverse=True)
     per: dict[str, float] = {}
     for e in events:
         per[e.name] = per.get(e.name, 0.0) + (e.time_range.end - e.time_range.start)
@@ -188,7 +195,8 @@ def profile_one(engine: Any, req: Any) -> dict[str, Any]:
     syncs = sum(1 for e in prof.events() if e.name in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
                                                        "cudaMemcpyAsync", "cudaEventSynchronize"))
     return {"wall_ms": round(wall * 1000, 1), "gpu_busy_ms": round(busy / 1000, 1),
-            "sync_or_copy_calls": syncs,
+            "sync_or_copy_calls": syncs, "gaps_over_0.3ms_total_ms": round(sum(g[0] for g in gaps), 1),
+            "largest_gaps_ms": gaps[:12],
             "top_kernels_ms": [(name[:90], round(us / 1000, 2)) for name, us in top]}
 
 
@@ -198,12 +206,14 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--skip-engine", action="store_true")
+    ap.add_argument("--skip-kernels", action="store_true")
     args = ap.parse_args()
     import torch
 
     result: dict[str, Any] = {"card": torch.cuda.get_device_name(0), "torch": torch.__version__}
-    result["kernels"] = kernels()
-    print(json.dumps({"kernels": result["kernels"]}, indent=1), flush=True)
+    if not args.skip_kernels:
+        result["kernels"] = kernels()
+        print(json.dumps({"kernels": result["kernels"]}, indent=1), flush=True)
     if not args.skip_engine:
         res, (engine, req) = engine_breakdown(args.runs)
         result["engine"] = res

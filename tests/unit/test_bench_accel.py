@@ -83,3 +83,25 @@ def test_quantize_fp8_swaps_every_block_linear(pipe: Any) -> None:
     swapped = accel.quantize_fp8(transformer)
     after = sum(1 for m in transformer.modules() if type(m).__name__ == "Linear")
     assert swapped > 0 and after == before - swapped
+
+
+def test_unmasked_bucketed_encoder_gives_the_same_embeddings(pipe: Any) -> None:
+    """The CUDA-graph path's arithmetic (no padding mask, power-of-two buckets) run eagerly on the CPU."""
+    import torch
+
+    prompts = ["a cat", "a very long prompt about a red fox sitting in fresh snow at sunrise, soft light"]
+    runner = accel.TextEncoderRunner(pipe.text_encoder, "cpu", graphs=False)
+    seen: list[int] = []
+    original = runner._run
+    runner._run = lambda ids: (seen.append(int(ids.shape[1])), original(ids))[1]  # type: ignore[method-assign]
+    with torch.no_grad():
+        full = pipe._encode_prompt(list(prompts), "cpu")
+        pipe._zitops_text_runner = runner
+        try:
+            bucketed = accel._encode_prompt_longest(pipe, list(prompts), "cpu")
+        finally:
+            del pipe._zitops_text_runner
+    assert seen and seen[0] in (32, 64, 128) and seen[0] >= max(e.shape[0] for e in full)
+    for a, b in zip(full, bucketed, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert [runner.bucket(n, 512) for n in (1, 32, 33, 300, 600)] == [32, 32, 64, 512, 600]

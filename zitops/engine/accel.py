@@ -24,9 +24,10 @@ Levers, and why:
   hopper build or the forward-only ``fa3-fwd`` wheel), through zitops' own
   attention processor; otherwise diffusers' dispatcher, where PyTorch's own
   SDPA measured best (:data:`AUTO_BACKENDS`, ``benchmarks/levers.py``).
-- **Compiled text encoder** (with ``engine.compile``): the 36 Qwen3 layers
-  compiled one region at a time with dynamic sequence length, so the 4 B
-  encoder's many small kernels for a short prompt are fused.
+- **Text encoder in CUDA graphs** (CUDA, no offload): a short prompt through
+  the 4 B encoder is ~500 small kernels whose launches, not the GPU, set its
+  time (26 ms on an H200). Prompts are padded to a power-of-two bucket and
+  each (prompts, bucket) shape is captured once and replayed.
 - **cuDNN autotuning** for the VAE's convolutions (static shapes per profile).
 - **fp8** (Hopper, opt-in): the transformer blocks' linear layers in
   float8 e4m3 with row-wise scales through ``torch._scaled_mm``.
@@ -83,12 +84,86 @@ def _encode_prompt_longest(self: Any, prompt: str | list[str], device: Any = Non
     inputs = self.tokenizer(texts, padding="longest", max_length=max_sequence_length, truncation=True,
                             return_tensors="pt", padding_side="right")
     cpu_masks = inputs.attention_mask.bool()
-    masks = cpu_masks.to(device)
-    hidden = self.text_encoder(input_ids=inputs.input_ids.to(device), attention_mask=masks,
-                               output_hidden_states=True).hidden_states[-2]
     # Slicing by lengths known on the host avoids a boolean-index device sync.
     lengths = [int(n) for n in cpu_masks.sum(dim=1)]
+    runner = getattr(self, "_zitops_text_runner", None)
+    if runner is not None:
+        hidden = runner(inputs.input_ids, max_sequence_length)
+        # Replays overwrite the runner's output buffer: the embeddings must own their memory.
+        return [hidden[i, :n].clone() for i, n in enumerate(lengths)]
+    hidden = self.text_encoder(input_ids=inputs.input_ids.to(device), attention_mask=cpu_masks.to(device),
+                               output_hidden_states=True).hidden_states[-2]
     return [hidden[i, :n] for i, n in enumerate(lengths)]
+
+
+class TextEncoderRunner:
+    """The text encoder at power-of-two padded lengths, without a mask, in CUDA graphs when asked.
+
+    Prompts are right-padded and the encoder is causal, so a real token never
+    sees the padding: dropping the padding mask leaves the real tokens'
+    embeddings unchanged (a unit test checks it) and removes the mask code's
+    data-dependent checks, which a CUDA graph cannot contain. One graph per
+    (prompts, bucket) shape, at most :attr:`MAX_GRAPHS`; more shapes run eagerly.
+    """
+
+    MIN_BUCKET = 32
+    MAX_GRAPHS = 12
+
+    def __init__(self, encoder: Any, device: str, *, graphs: bool) -> None:
+        self.encoder = encoder
+        self.device = device
+        self.graphs = graphs
+        self._captured: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
+        self._pool: Any = None
+
+    def bucket(self, length: int, limit: int) -> int:
+        """The padded length for a batch whose longest prompt has ``length`` tokens."""
+        size = self.MIN_BUCKET
+        while size < length:
+            size *= 2
+        return max(length, min(size, limit))
+
+    def _run(self, ids: Any) -> Any:
+        return self.encoder(input_ids=ids, use_cache=False, output_hidden_states=True).hidden_states[-2]
+
+    def __call__(self, input_ids: Any, limit: int) -> Any:
+        """Hidden states (second to last layer) for ``input_ids`` (on the host, right-padded)."""
+        import torch
+
+        batch, length = input_ids.shape
+        size = self.bucket(length, limit)
+        if size > length:
+            pad = self.encoder.config.pad_token_id
+            pad = 0 if pad is None else int(pad)
+            input_ids = torch.cat([input_ids, input_ids.new_full((batch, size - length), pad)], dim=1)
+        key = (batch, size)
+        if not self.graphs or (key not in self._captured and len(self._captured) >= self.MAX_GRAPHS):
+            return self._run(input_ids.to(self.device))
+        if key not in self._captured:
+            self._captured[key] = self._capture(key)
+        static_ids, out, graph = self._captured[key]
+        static_ids.copy_(input_ids)
+        graph.replay()
+        return out
+
+    def _capture(self, key: tuple[int, int]) -> tuple[Any, Any, Any]:
+        import torch
+
+        static_ids = torch.zeros(key, dtype=torch.long, device=self.device)
+        # Capture needs warmed-up kernels (cuBLAS handles, lazy inits) run on a side stream.
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._run(static_ids)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = self._run(static_ids)
+        log.info("text encoder captured in a CUDA graph for %d prompt(s) x %d tokens", *key)
+        return static_ids, out, graph
 
 
 def use_short_text_padding(pipe: Any) -> bool:
@@ -135,13 +210,6 @@ def use_fast_attention(pipe: Any, device: str, *, fuse: bool, flash: bool) -> di
 
 
 # -- compile -------------------------------------------------------------------
-def _text_encoder_layers(pipe: Any) -> Any:
-    """The decoder layers of the pipeline's text encoder (a Qwen3Model, or a model wrapping one)."""
-    encoder = getattr(pipe, "text_encoder", None)
-    inner = getattr(encoder, "model", encoder)
-    return getattr(inner, "layers", None)
-
-
 def compile_pipeline(pipe: Any, *, dynamic: bool | None = None) -> dict[str, Any]:
     """Regional compile of the repeated transformer blocks, plus the VAE decoder; returns what was done.
 
@@ -160,12 +228,6 @@ def compile_pipeline(pipe: Any, *, dynamic: bool | None = None) -> dict[str, Any
     if decoder is not None and "vaecompile" not in disabled_levers():
         decoder.compile(dynamic=dynamic)
         scope.append("vae_decoder")
-    layers = _text_encoder_layers(pipe)
-    if layers is not None and "textcompile" not in disabled_levers():
-        # Prompt lengths vary per request: dynamic shapes, or every length recompiles.
-        for layer in layers:
-            layer.compile(dynamic=True)
-        scope.append("text_encoder_layers")
     return {"compile_scope": "+".join(scope)}
 
 
@@ -233,7 +295,7 @@ def quantize_fp8(transformer: Any) -> int:
 
 # -- entry point -------------------------------------------------------------------
 def apply_levers(pipe: Any, device: str, *, attention_backend: str | None,
-                 fp8: bool = False) -> dict[str, Any]:
+                 fp8: bool = False, graphs: bool = True) -> dict[str, Any]:
     """Apply the always-safe levers (and fp8 if asked); returns the effective settings for ``describe``."""
     import torch
 
@@ -242,6 +304,10 @@ def apply_levers(pipe: Any, device: str, *, attention_backend: str | None,
     fp8 = fp8 or "fp8" in enabled_levers()
     out: dict[str, Any] = {}
     out["text_padding"] = "longest" if "textpad" not in off and use_short_text_padding(pipe) else "512"
+    if out["text_padding"] == "longest" and on_cuda and graphs and "textgraph" not in off:
+        # Offloaded encoders move between devices: no graphs there (``graphs=False``).
+        pipe._zitops_text_runner = TextEncoderRunner(pipe.text_encoder, device, graphs=True)
+        out["text_encoder"] = "cuda_graphs"
     if on_cuda and attention_backend is None and "attn" not in off:
         out["attention_backend"] = pick_attention_backend(pipe.transformer)
     # A backend the profile names is the user's choice: no FlashAttention-3 over it.

@@ -140,7 +140,8 @@ class DiffusersEngine:
         backend = self._setup_attention()
         from zitops.engine.accel import apply_levers  # speed levers (issue 7), before compiling
 
-        levers = apply_levers(pipe, device, attention_backend=s.attention_backend, fp8=s.fp8)
+        levers = apply_levers(pipe, device, attention_backend=s.attention_backend, fp8=s.fp8,
+                              graphs=offload == "none")
         backend = levers.pop("attention_backend", backend)
         compiled = self._setup_compile(on_cuda)
         self.effective = {
