@@ -183,7 +183,7 @@ def profile_one(engine: Any, req: Any) -> dict[str, Any]:
         busy += cur_e - cur_s
     gaps = []
     ordered = sorted(events, key=lambda e: e.time_range.start)
-    for before, after in zip(ordered, ordered[1:]):
+    for before, after in zip(ordered, ordered[1:], strict=False):
         gap = after.time_range.start - before.time_range.end
         if gap > 300:  # us
             gaps.append((round(gap / 1000, 2), before.name[:60], after.name[:60]))
