@@ -27,7 +27,7 @@ from typing import Any
 
 from zitops.agent import watchdog as policy
 from zitops.agent.contract import JobRecord, JobStatus
-from zitops.agent.images import Encoder, encode_and_write
+from zitops.agent.images import Encoder, encode_and_write, keep_freed_memory
 from zitops.agent.jobs import JobStore
 from zitops.agent.pool import Pool, WorkerSlot
 from zitops.agent.watchdog import GpuMemory, Watchdog
@@ -159,6 +159,7 @@ class Dispatcher:
         self.encode: Encoder = encode_image
         """Test seam: tests swap in a slow or failing encoder; production never changes it."""
         self._encoder = ThreadPoolExecutor(max_workers=ENCODE_THREADS, thread_name_prefix="zitops-encode")
+        self.malloc_tuned = keep_freed_memory()
         self._encodes: dict[str, asyncio.Task[None]] = {}
         # Monotonic marks per job in this process (accepted, handed to a worker): the queue stage.
         self._marks: dict[str, dict[str, float]] = {}

@@ -8,7 +8,9 @@ next job. torch-free (PIL and numpy only).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,34 @@ EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 Encoder = Callable[[Any, str, Mapping[str, Any]], bytes]
 """``encode_image(image, fmt, params) -> bytes``, or a test's stand-in for it."""
+
+_M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
+_M_MMAP_THRESHOLD = -3
+MMAP_ABOVE_BYTES = 32 * 1024 * 1024
+"""Blocks at least this large still get their own mmap (glibc's ceiling for the setting)."""
+KEEP_FREED_BYTES = 128 * 1024 * 1024
+"""Free memory a heap may keep before glibc returns it to the kernel."""
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc reuse freed image-sized buffers instead of unmapping them; False where it cannot.
+
+    Every request allocates several 3-4 MB buffers (pixels, PNG, base64,
+    the body). By default glibc serves each from a fresh mmap and unmaps it
+    on free, so every request page-faults ~1,000 pages per buffer: about
+    10 ms of a 1024x1024 response on a 2-core host (docs/benchmarks.md).
+    Kept in the heap, they are reused warm. The cost is a heap that stays
+    at its high-water mark (tens of MB), bounded by KEEP_FREED_BYTES per arena.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. a static or musl build): keep the defaults
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_ABOVE_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
 
 
 def image_names(job_id: str, count: int, fmt: str) -> tuple[str, ...]:
