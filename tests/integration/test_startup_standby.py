@@ -26,6 +26,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _job(rt: Runtime, seed: int = 1) -> None:
+    assert rt.wait(rt.submit(request(seed=seed)).id).status is JobStatus.SUCCEEDED
+
+
 def _spare(rt: Runtime) -> dict[str, Any]:
     (spare,) = wait_until(lambda: rt.status()["standby"]["spares"], 20, what="a standby spare")
     return dict(spare)
@@ -53,6 +57,8 @@ def test_a_crash_restart_starts_in_the_spare_and_a_fresh_spare_follows(tmp_path:
         (first,) = rt.status()["workers"]
         assert first["startup"]["source"] == "spawn"
         _phases_consistent(first["startup"])
+        assert rt.status()["standby"]["spares"] == []  # not while the first worker has yet to run a job
+        _job(rt)  # after its first job, the slot gets its spare
         spare = _spare(rt)
         assert spare["pid"] != first["pid"] and spare["gpu"] is None
         os.kill(first["pid"], signal.SIGKILL)
@@ -65,10 +71,9 @@ def test_a_crash_restart_starts_in_the_spare_and_a_fresh_spare_follows(tmp_path:
         _phases_consistent(startup)
         (ready,) = rt.events("ready")
         assert ready["standby_pid"] == spare["pid"]
+        _job(rt, 3)
         fresh = _spare(rt)
         assert fresh["pid"] not in (spare["pid"], first["pid"]) and _alive(fresh["pid"])
-        record = rt.wait(rt.submit(request(seed=3)).id)
-        assert record.status is JobStatus.SUCCEEDED
         metrics = rt.lt.call(rt.d.metrics_text)
         assert 'zitops_worker_starts_total{source="standby"} 1.0' in metrics
         assert 'zitops_worker_starts_total{source="spawn"} 1.0' in metrics
@@ -84,6 +89,7 @@ def test_a_crash_restart_starts_in_the_spare_and_a_fresh_spare_follows(tmp_path:
 def test_a_killed_spare_is_replaced_and_an_overlapped_successor_uses_the_spare(tmp_path: Path) -> None:
     rt = Runtime(runtime_config(tmp_path, sets=["watchdog.restart_backoff_s=0.1"]))
     try:
+        _job(rt)
         spare = _spare(rt)
         os.kill(spare["pid"], signal.SIGKILL)
         (died,) = wait_until(lambda: rt.events("standby_died"), 10, what="the spare's death")
@@ -108,7 +114,7 @@ def test_with_the_knob_off_workers_spawn_cold_and_no_spare_exists(tmp_path: Path
         (first,) = rt.status()["workers"]
         os.kill(first["pid"], signal.SIGKILL)
         worker = _restarted(rt, first["pid"])
-        # Spares are started right when a worker turns ready, so none now means none at all.
+        _job(rt)  # a spare would be started right when this job's report arrives
         assert rt.status()["standby"] == {"enabled": False, "used": 0, "spares": [], "off": {}}
         assert worker["startup"]["source"] == "spawn" and "standby" not in worker["startup"]
         _phases_consistent(worker["startup"])

@@ -279,8 +279,8 @@ class Pool:
             slot.startup = msg.startup
             if slot.state == "abandoned":  # its predecessor died; it is being stopped
                 return
-            # Only now: the next spare's imports would slow this worker's load.
-            self.standby.ensure(slot.id, slot.gpu)
+            # Not sooner: the next spare's imports would slow this worker's load.
+            self.standby.after_ready(slot.id, slot.gpu)
             if slot.state == "warming":
                 self.overlap.on_ready(slot, msg)
                 return
@@ -308,6 +308,10 @@ class Pool:
             slot.memory = msg
             if msg.after == "job" and slot.state == "busy" and slot.job_id is None:
                 slot.state = "ready"
+            # The slot's worker ran a job (its compile is done) and no successor is
+            # loading: the next spare's imports slow nothing now.
+            if msg.after == "job" and slot in self.slots and slot.id not in self.overlap.warming:
+                self.standby.after_job(slot.id, slot.gpu)
             if msg.after == "clear_cache" and slot.clearing is not None:
                 self.event("cache_clear", slot, "idle cache clear",
                            freed_mib=round(slot.clearing - msg.reserved_mib, 1))

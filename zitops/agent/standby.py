@@ -7,10 +7,11 @@ keeps one spare per slot (:func:`zitops.worker.standby.standby_main`): it is
 spawned with the slot's device environment, imports the engine's modules
 and waits on its pipe without touching the device (no CUDA context, no
 model, no GPU memory). The slot's next start sends it an ``Assign`` instead
-of spawning; a new spare is started once that worker is ready, so the spare's
-own imports never compete with the load it is meant to shorten. A spare that
-dies is replaced after the restart backoff, and spares stop being replaced at
-the flap limit. The pool's ``stop`` stops them.
+of spawning. The next spare is started after that worker's first job (or
+:data:`SPARE_AFTER_READY_S` after its Ready when no job comes), so the
+spare's own imports never compete with the load and the first-job compile it
+is meant to shorten. A spare that dies is replaced after the restart backoff,
+and spares stop being replaced at the flap limit. The pool's ``stop`` stops them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from zitops.agent.pool import Pool
 
 log = get_logger("zitops.agent.standby")
+
+SPARE_AFTER_READY_S = 20.0
+"""When a ready worker gets no job, start the slot's next spare this long after its Ready."""
 
 
 @dataclass
@@ -74,17 +78,29 @@ class Standby:
         self.off: dict[str, str] = {}  # slot id -> why its spares are no longer replaced
         self._deaths: dict[str, collections.deque[float]] = collections.defaultdict(
             lambda: collections.deque(maxlen=1000))
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # a spare due later, by slot id
+        self._backoff: set[str] = set()  # slots whose pending spare replaces one that died
+
+    def after_ready(self, slot_id: str, gpu: int | None) -> None:
+        """A slot's worker is ready: its next spare is due after its first job, or in a while."""
+        if self.enabled and slot_id not in self.spares and slot_id not in self._timers and self.pool._loop:
+            self._timers[slot_id] = self.pool._loop.call_later(SPARE_AFTER_READY_S, self.ensure, slot_id, gpu)
+
+    def after_job(self, slot_id: str, gpu: int | None) -> None:
+        """A slot's worker finished a job: start its spare now, unless one exists or waits out a backoff."""
+        if slot_id not in self.spares and slot_id not in self._backoff:
+            self.ensure(slot_id, gpu)
 
     def ensure(self, slot_id: str, gpu: int | None) -> None:
         """Start a spare for the slot unless it has one, spares are off, or the pool is stopping."""
+        timer = self._timers.pop(slot_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._backoff.discard(slot_id)
         pool, loop = self.pool, self.pool._loop
         if (not self.enabled or pool._stopping or loop is None or slot_id in self.spares
                 or slot_id in self.off):
             return
-        timer = self._timers.pop(slot_id, None)
-        if timer is not None:
-            timer.cancel()
         parent, child = pool._ctx.Pipe(duplex=True)
         proc = pool._ctx.Process(target=standby_main, name=f"zitops-standby-{slot_id}",
                                  args=(child, gpu, self.modules))
@@ -136,7 +152,11 @@ class Standby:
         delay = policy.backoff_delay(recent, pool.wd.restart_backoff_s, pool.wd.restart_backoff_max_s)
         pool.event("standby_died", slot, reason, delay_s=round(delay, 3))
         if pool._loop is not None:
+            old = self._timers.pop(spare.slot_id, None)
+            if old is not None:
+                old.cancel()
             self._timers[spare.slot_id] = pool._loop.call_later(delay, self.ensure, spare.slot_id, spare.gpu)
+            self._backoff.add(spare.slot_id)
 
     async def stop(self, timeout_s: float) -> None:
         """Shut every spare down (Shutdown, then SIGTERM, then SIGKILL); none is replaced."""
