@@ -38,6 +38,16 @@ def test_bench_tiny_designer_all_paths_writes_json(tmp_path: Path) -> None:
     assert run["checks"]["agent_vs_engine"]["max_abs"] == 0.0
     assert run["checks"]["engine_vs_baseline"]["psnr_db"] > 30
     assert "zitops engine" in proc.stdout and "agent overhead" in proc.stdout
+    # Paired overhead: each request's client time minus its own Server-Timing engine time.
+    agent = run["paths"]["agent"]
+    client_ms = [t * 1000.0 for t in agent["times_s"]]
+    assert agent["extra"]["overhead_samples"] == 2
+    assert all(0 <= o < c for o, c in zip(agent["extra"]["overhead_all_ms"], client_ms, strict=True))
+    assert 0 <= run["agent_overhead_ms"] < max(client_ms) and run["agent_overhead_p90_ms"] >= 0
+    stages = run["agent_stages_median_ms"]
+    assert {"queue", "engine", "transfer", "encode", "respond", "total"} <= set(stages)
+    assert 0 < stages["engine"] <= stages["total"] and run["agent_minus_engine_path_ms"] is not None
+    assert "paired per request" in proc.stdout and "agent stages (median ms)" in proc.stdout
 
 
 def test_bench_refuses_full_arch_without_gpu_and_bad_paths(tmp_path: Path) -> None:
