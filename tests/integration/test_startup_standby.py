@@ -31,7 +31,10 @@ def _job(rt: Runtime, seed: int = 1) -> None:
 
 
 def _spare(rt: Runtime) -> dict[str, Any]:
-    (spare,) = wait_until(lambda: rt.status()["standby"]["spares"], 20, what="a standby spare")
+    # A spare reports when its imports are done; until then it shows as importing.
+    (spare,) = wait_until(lambda: [s for s in rt.status()["standby"]["spares"] if s["state"] == "idle"], 20,
+                          what="a standby spare done importing")
+    assert spare["imports_s"] >= 0 and spare["rss_mib"] > 0
     return dict(spare)
 
 

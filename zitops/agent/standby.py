@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from zitops.agent import watchdog as policy
 from zitops.logs import get_logger
-from zitops.worker.protocol import Shutdown
+from zitops.worker.protocol import Shutdown, SpareReady
 from zitops.worker.standby import engine_modules, standby_main
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,6 +49,7 @@ class Spare:
     process: BaseProcess
     conn: Connection
     started: float = field(default_factory=time.monotonic)
+    imports_s: float | None = None  # set by its SpareReady: until then it is still importing
 
     @property
     def pid(self) -> int | None:
@@ -113,7 +114,26 @@ class Standby:
             return
         child.close()  # so the spare sees EOF when the agent dies
         spare = self.spares[slot_id] = Spare(slot_id, gpu, proc, parent)
+        loop.add_reader(parent.fileno(), self._readable, spare)
         loop.add_reader(proc.sentinel, self._on_exit, spare)
+
+    def _readable(self, spare: Spare) -> None:
+        try:
+            while spare.conn.poll():
+                msg = spare.conn.recv()
+                if isinstance(msg, SpareReady):
+                    spare.imports_s = msg.imports_s
+        except (EOFError, OSError):  # it exited: the sentinel reader handles that
+            self._unwatch(spare, sentinel=False)
+
+    def _unwatch(self, spare: Spare, sentinel: bool = True) -> None:
+        loop = self.pool._loop
+        if loop is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            loop.remove_reader(spare.conn.fileno())
+        if sentinel:
+            loop.remove_reader(spare.process.sentinel)
 
     def take(self, slot_id: str, gpu: int | None) -> Spare | None:
         """The slot's live spare, handed over (no longer watched here), or None."""
@@ -121,15 +141,13 @@ class Standby:
         if spare is None or spare.gpu != gpu or not spare.process.is_alive():
             return None
         del self.spares[slot_id]
-        if self.pool._loop is not None:
-            self.pool._loop.remove_reader(spare.process.sentinel)
+        self._unwatch(spare)  # the pool watches it as a worker from now on
         self.used += 1
         return spare
 
     def _on_exit(self, spare: Spare) -> None:
         pool = self.pool
-        if pool._loop is not None:
-            pool._loop.remove_reader(spare.process.sentinel)
+        self._unwatch(spare)
         spare.conn.close()
         spare.process.join(1.0)
         if self.spares.get(spare.slot_id) is spare:
@@ -185,7 +203,9 @@ class Standby:
         return {
             "enabled": self.enabled,
             "used": self.used,
-            "spares": [{"id": s.slot_id, "gpu": s.gpu, "pid": s.pid, "age_s": round(now - s.started, 1),
-                        "rss_mib": rss_mib(s.pid)} for s in self.spares.values()],
+            "spares": [{"id": s.slot_id, "gpu": s.gpu, "pid": s.pid,
+                        "state": "importing" if s.imports_s is None else "idle", "imports_s": s.imports_s,
+                        "age_s": round(now - s.started, 1), "rss_mib": rss_mib(s.pid)}
+                       for s in self.spares.values()],
             "off": dict(self.off),
         }

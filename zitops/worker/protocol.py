@@ -2,7 +2,7 @@
 
 Small frozen dataclasses, pickled over a ``multiprocessing`` Pipe. The agent
 sends Job, ClearCache and Shutdown, and Assign to a standby spare; the worker
-sends Ready, Heartbeat, Result, Failure and MemoryReport. Nothing here imports torch.
+sends Ready, Heartbeat, Result, Failure and MemoryReport (a spare: SpareReady). Nothing here imports torch.
 
 A ``Result`` carries raw pixels, not files: the agent encodes and writes them
 on a thread pool while the worker already runs its next job, so PNG encoding
@@ -58,6 +58,14 @@ class Assign:
     incarnation: int
     config_data: dict[str, Any]
     sent_at: float  # time.time() in the agent, for the start-up phases
+
+
+@dataclass(frozen=True)
+class SpareReady:
+    """A standby spare finished its imports and waits for Assign."""
+
+    pid: int
+    imports_s: float
 
 
 @dataclass(frozen=True)
@@ -125,5 +133,5 @@ class Failure:
 ToWorker = Job | ClearCache | Shutdown | Assign
 """Messages the agent sends."""
 
-FromWorker = Ready | Heartbeat | MemoryReport | Result | Failure
+FromWorker = Ready | Heartbeat | MemoryReport | Result | Failure | SpareReady
 """Messages a worker sends."""

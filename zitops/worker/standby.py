@@ -20,7 +20,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from zitops.worker.protocol import Assign, Shutdown
+from zitops.worker.protocol import Assign, Shutdown, SpareReady
 
 BASE_MODULES = ("zitops.config", "zitops.logs", "zitops.engine.factory", "zitops.engine.request")
 FAULTY_MODULES = ("numpy", "PIL.Image", "zitops.engine.faulty")
@@ -78,6 +78,10 @@ def standby_main(conn: Connection, gpu: int | None, modules: list[str]) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     imports_s = preimport(modules)
     waiting_since = time.time()
+    try:
+        conn.send(SpareReady(pid=os.getpid(), imports_s=round(imports_s, 3)))
+    except (BrokenPipeError, OSError):
+        return  # the agent is gone
     try:
         msg = conn.recv()
     except (EOFError, OSError):
