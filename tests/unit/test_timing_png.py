@@ -35,6 +35,17 @@ def _stored_blocks(png: bytes) -> bool:
     return (png[start] >> 1) & 0b11 == 0
 
 
+@pytest.fixture(params=["zlib", "isal"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each deflate backend png_fast can use: stdlib zlib always, ISA-L where it is installed."""
+    if request.param == "isal":
+        monkeypatch.setattr(png_fast, "_fast", pytest.importorskip("isal.isal_zlib"))
+    else:
+        monkeypatch.setattr(png_fast, "_fast", None)
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("backend")
 def test_noise_is_stored_losslessly_and_compressible_images_still_deflate() -> None:
     noise = _noise(512, 512)
     data = png_fast.encode_png(noise)
@@ -47,6 +58,7 @@ def test_noise_is_stored_losslessly_and_compressible_images_still_deflate() -> N
     assert not png_fast.incompressible(bytes(200_000), 1)
 
 
+@pytest.mark.usefixtures("backend")
 def test_half_noise_half_flat_picks_per_strip_and_stays_one_valid_stream(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(png_fast, "MIN_STRIP_BYTES", 64 * 1024)
     arr = np.asarray(_noise(256, 512)).copy()
