@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from zitops.agent.api_common import (
     build_request_as,
     context,
+    drop_encoded,
     images_json,
     json_splice,
     request_started,
@@ -266,6 +267,7 @@ async def txt2img(body: Txt2ImgIn, request: Request) -> Response:
     if body.send_images:
         payload = await images_json(ctx.service, record, "images", lambda b64: [b'"', b64, b'"'], rest)
     else:
+        drop_encoded(ctx.service, record)
         payload = json_splice("images", [], rest)
     return timed_json(ctx, TXT2IMG, record, payload, started, respond_from)
 

@@ -171,6 +171,13 @@ Fragments = Callable[[bytes], list[bytes]]
 """One list item's JSON as fragments around an image's base64 (e.g. ``[b'"', b64, b'"']``)."""
 
 
+def drop_encoded(service: Service, record: JobRecord) -> None:
+    """Free a job's in-memory images when the response does not carry them (url, send_images false)."""
+    fresh: Callable[[str], tuple[bytes, ...] | None] | None = getattr(service, "encoded_images", None)
+    if fresh is not None:
+        fresh(record.id)
+
+
 async def images_json(service: Service, record: JobRecord, key: str, item: Fragments,
                       rest: dict[str, Any]) -> bytes:
     """``{key: [item(base64 of each image)...], **rest}`` as JSON bytes, built off the event loop.

@@ -21,6 +21,7 @@ from zitops.agent.api_common import (
     base_url,
     build_request_as,
     context,
+    drop_encoded,
     images_json,
     json_splice,
     request_started,
@@ -125,6 +126,7 @@ async def create_images(body: ImageGenerationIn, request: Request) -> Response:
     if body.response_format == "url":
         root = base_url(request)
         urls = [json.dumps(f"{root}/v1/jobs/{record.id}/images/{i}").encode() for i in range(len(record.images))]
+        drop_encoded(ctx.service, record)
         payload = json_splice("data", [[b'{"url":', url, revised] for url in urls], rest)
     else:
         payload = await images_json(ctx.service, record, "data", lambda b64: [b'{"b64_json":"', b64, b'"', revised],

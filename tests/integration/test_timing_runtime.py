@@ -1,0 +1,45 @@
+"""The dispatcher with a real worker: stage timings in the job record, encoded bytes handed to waiters only."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from runtime_support import Runtime, request, runtime_config, wait_until  # noqa: E402
+
+from zitops.agent.contract import JobStatus  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    runtime = Runtime(runtime_config(tmp_path_factory.mktemp("timing"), faults={"job_seconds": 0.5}))
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+
+
+def test_a_waited_job_hands_its_bytes_over_once_and_records_its_stages(rt: Runtime) -> None:
+    job = rt.submit(request(seed=3, batch=2))  # a 1 s job: the wait below starts long before it ends
+    done = rt.wait(job.id)
+    assert done.status is JobStatus.SUCCEEDED
+    blobs = rt.lt.call(rt.d.encoded_images, job.id)
+    assert blobs is not None and len(blobs) == 2
+    assert [(rt.d.output_dir / name).read_bytes() for name in done.images] == list(blobs)
+    assert rt.lt.call(rt.d.encoded_images, job.id) is None
+    t = done.info["timings"]
+    assert t["engine"] >= 0.45 and t["queue"] >= 0 and t["transfer"] >= 0 and t["encode"] > 0
+    assert t["done"] >= t["queue"] + t["engine"] + t["transfer"] + t["encode"]
+
+
+def test_an_unwaited_job_keeps_nothing_in_memory(rt: Runtime) -> None:
+    job = rt.submit(request(seed=4))
+    wait_until(lambda: rt.lt.call(rt.d.get, job.id).status.final, 30, what="the job to finish")
+    assert rt.lt.call(rt.d.get, job.id).status is JobStatus.SUCCEEDED
+    assert rt.lt.call(rt.d.encoded_images, job.id) is None
