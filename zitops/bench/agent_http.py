@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from zitops.bench.report import PathResult
+from zitops.bench.restart import measure_restart, settle_spare, without_backoff
 from zitops.config import config_from_mapping, config_to_dict
 from zitops.engine.request import GenerationRequest
 from zitops.errors import AgentUnavailable
@@ -195,13 +196,16 @@ def measure_agent(profile: Profile, model: str, req: GenerationRequest, *, runs:
                         "overhead = client end to end - that request's Server-Timing engine time")
     result.extra["output_format"] = fmt
     port = free_port()
-    config = write_config(profile, model, workdir, port, cache_dir=cache_dir, state_dir=state_dir, engine=engine)
+    config = write_config(without_backoff(profile), model, workdir, port, cache_dir=cache_dir, state_dir=state_dir,
+                          engine=engine)
     png: bytes | None = None
     stages: list[dict[str, float]] = []
     with running_agent(config, port, ready_timeout_s=ready_timeout_s) as (url, ready_s):
         result.setup_s = ready_s
         with httpx.Client(timeout=request_timeout_s) as client:
             for i in range(max(0, warmup) + runs):
+                if i == warmup > 0:  # the first job started the standby spare: let its imports finish first
+                    settle_spare(client, url)
                 t0 = time.perf_counter()
                 resp = client.post(f"{url}/v1/images/generations", json=_body(req, fmt))
                 # End to end = the last body byte is in; decoding the JSON is the client's own work.
@@ -222,6 +226,11 @@ def measure_agent(profile: Profile, model: str, req: GenerationRequest, *, runs:
                 # /status shows the worker's allocator state, not its peak: report it as such.
                 result.extra["worker_reserved_mib"] = _find_max(status, "reserved_mib")
                 result.extra["device_used_mib"] = _find_max(status, "device_used_mib")
+                result.extra["startup"] = (status.get("workers") or [{}])[0].get("startup")
+            try:  # last: it replaces the worker whose memory was just read
+                result.extra.update(measure_restart(client, url, _body(req, fmt), timeout_s=ready_timeout_s))
+            except (AgentUnavailable, httpx.HTTPError, ValueError, OSError) as exc:
+                result.extra["recycle_error"] = f"{type(exc).__name__}: {exc}"
     result.extra.update(overhead_summary(result.times_s, stages))
     if result.setup_s is not None and result.warmup_s is not None:
         # A recycled worker is back when it is ready and has served its first job.

@@ -180,6 +180,10 @@ def render_table(report: BenchReport) -> str:
             lines.append(f"{'':<10} agent path median - engine path median (two processes, noisy): {gap:.1f} ms")
         if agent is not None and agent.extra.get("restart_s") is not None:
             lines.append(f"{'':<10} agent restart (spawn to ready + first job): {agent.extra['restart_s']:.1f} s")
+        if agent is not None and agent.extra.get("recycle_s") is not None:
+            how = "standby spare" if agent.extra.get("recycle_standby") else "cold spawn"
+            lines.append(f"{'':<10} worker recycle (kill to ready + first image, {how}): "
+                         f"{agent.extra['recycle_s']:.1f} s (ready {agent.extra['recycle_ready_s']:.1f} s)")
         if agent is not None and agent.extra.get("device_used_mib"):
             lines.append(f"{'':<10} agent GPU memory in use after the run (NVML): "
                          f"{agent.extra['device_used_mib'] / 1024:.2f} GiB")
