@@ -1,0 +1,75 @@
+"""torch's portable compile cache ("mega-cache"): save after compiling, load before compiling.
+
+``torch.compiler.save_cache_artifacts()`` bundles what compiling produced
+(inductor FX graphs, AOTAutograd entries, autotuning and dynamic-shape
+profiles) into one blob; ``load_cache_artifacts`` puts it back into the
+local caches before the next compile. The per-directory inductor caches the
+engine configures already make a restart on the same host warm; this bundle
+matters when the cache directory starts empty (a fresh host or container,
+a wiped cache). Imports torch, so only the worker calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("zitops.engine")
+
+ARTIFACTS_NAME = "compile-artifacts.bin"
+"""The bundle's file name under the engine's cache directory."""
+
+
+def artifacts_path(cache_dir: str | Path) -> Path:
+    """Where the bundle lives for an engine cache directory."""
+    return Path(cache_dir) / ARTIFACTS_NAME
+
+
+def _info(info: Any) -> dict[str, int]:
+    """Entries per cache kind, from torch's CacheInfo (its fields differ between releases)."""
+    artifacts = getattr(info, "artifacts", None) or {}
+    return {str(kind): len(keys) for kind, keys in artifacts.items() if keys}
+
+
+def load_artifacts(path: str | Path) -> dict[str, int] | None:
+    """Load a saved bundle into torch's local compile caches; None when there is none or it is unusable."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return None
+    import torch
+
+    try:
+        info = torch.compiler.load_cache_artifacts(blob)
+    except Exception as exc:  # a bundle from another torch: compile as if it were absent
+        log.warning("compile cache bundle %s not loaded: %s: %s", path, type(exc).__name__, exc)
+        return None
+    if info is None:  # torch logs why (e.g. a checksum mismatch) and loads nothing
+        log.warning("compile cache bundle %s not loaded: torch rejected it", path)
+        return None
+    return _info(info)
+
+
+def save_artifacts(path: str | Path) -> dict[str, int] | None:
+    """Save what this process compiled as a bundle (atomically); None when there was nothing to save."""
+    import torch
+
+    result = torch.compiler.save_cache_artifacts()
+    if result is None:
+        return None
+    blob, info = result
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".artifacts-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        os.replace(tmp, path)  # a reader sees the whole bundle or the old one
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {**_info(info), "bytes": len(blob)}
