@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,28 @@ def test_spare_imports_follow_the_engine_kind() -> None:
     assert not set(COMPILE_MODULES) & set(real)
     assert set(COMPILE_MODULES) <= set(engine_modules(_config_data("diffusers", compile_=True)))
     assert "torch" in engine_modules(_config_data("faulty", inner="diffusers"))
+
+
+def test_optional_modules_may_be_missing_required_ones_may_not() -> None:
+    from zitops.worker.standby import preimport
+
+    assert preimport(["json", "?zitops_no_such_module", "json:dumps"]) >= 0
+    with pytest.raises(ImportError):
+        preimport(["zitops_no_such_module"])
+
+
+def test_a_spare_sees_when_its_imports_initialised_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from zitops.worker.standby import cuda_initialized
+
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(is_initialized=lambda: True))
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    assert cuda_initialized() is True
+    fake.cuda.is_initialized = lambda: False
+    assert cuda_initialized() is False
+    monkeypatch.delitem(sys.modules, "torch")
+    assert cuda_initialized() is False  # torch not imported at all
 
 
 def test_phase_marks_sum_repeats_and_are_taken_once() -> None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from zitops.agent import watchdog as policy
 from zitops.logs import get_logger
 from zitops.worker.protocol import Shutdown, SpareReady
-from zitops.worker.standby import engine_modules, standby_main
+from zitops.worker.standby import CUDA_TOUCHED_EXIT, engine_modules, standby_main
 
 if TYPE_CHECKING:  # pragma: no cover
     from zitops.agent.pool import Pool
@@ -162,6 +162,11 @@ class Standby:
         deaths.append(now)
         recent = policy.deaths_in_window(deaths, now, pool.wd.flap_window_s)
         reason = f"standby spare pid {spare.pid} died ({_exit_text(spare.process.exitcode)})"
+        if spare.process.exitcode == CUDA_TOUCHED_EXIT:
+            self.off[spare.slot_id] = (f"standby spare pid {spare.pid}: its imports initialised CUDA, so a spare "
+                                       "could hold GPU memory; spares stopped for this slot, workers start cold")
+            pool.event("standby_off", slot, self.off[spare.slot_id])
+            return
         if policy.flap_limit_hit(recent, pool.wd.flap_limit):
             self.off[spare.slot_id] = (f"{reason}; {recent} spare deaths in {pool.wd.flap_window_s:g}s: "
                                        "spares stopped for this slot, workers start cold")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import sys
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -30,7 +31,8 @@ DIFFUSERS_MODULES = (
     "diffusers:AutoencoderKL", "transformers:Qwen3Model", "transformers:Qwen2Tokenizer",
     "zitops.engine.diffusers_engine", "zitops.engine.accel", "zitops.engine.full",
 )
-COMPILE_MODULES = ("torch._dynamo", "torch._inductor.compile_fx")
+# A leading "?" marks a module that may be absent (triton exists only on GPU hosts).
+COMPILE_MODULES = ("torch._dynamo", "torch._inductor.compile_fx", "?triton")
 
 
 def engine_modules(config_data: dict[str, Any]) -> list[str]:
@@ -49,17 +51,35 @@ def engine_modules(config_data: dict[str, Any]) -> list[str]:
 
 
 def preimport(names: list[str]) -> float:
-    """Import ``names`` (HF libraries forced offline first); returns the seconds it took."""
+    """Import ``names`` (HF libraries forced offline first; ``?name`` only if installed); returns the seconds."""
     from zitops.engine.loader import force_offline
 
     started = time.perf_counter()
     force_offline()  # before any Hugging Face import, as the engine's setup does
     for name in names:
-        module, _, attr = name.partition(":")
-        mod = importlib.import_module(module)
+        module, _, attr = name.removeprefix("?").partition(":")
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            if name.startswith("?"):
+                continue
+            raise
         if attr:
             getattr(mod, attr)
     return time.perf_counter() - started
+
+
+CUDA_TOUCHED_EXIT = 5
+"""A spare's exit code when its imports initialised CUDA: the pool stops spares for that slot."""
+
+
+def cuda_initialized() -> bool:
+    """True when torch is imported and has initialised CUDA in this process (a spare must not)."""
+    torch = sys.modules.get("torch")
+    try:
+        return bool(torch is not None and torch.cuda.is_initialized())
+    except Exception:  # a torch without a usable cuda module cannot have initialised it
+        return False
 
 
 def device_environment(gpu: int | None) -> None:
@@ -77,6 +97,8 @@ def standby_main(conn: Connection, gpu: int | None, modules: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     imports_s = preimport(modules)
+    if cuda_initialized():  # it could be holding GPU memory: never stay as a spare
+        os._exit(CUDA_TOUCHED_EXIT)
     waiting_since = time.time()
     try:
         conn.send(SpareReady(pid=os.getpid(), imports_s=round(imports_s, 3)))
