@@ -310,7 +310,8 @@ class Pool:
                 slot.state = "ready"
             # The slot's worker ran a job (its compile is done) and no successor is
             # loading: the next spare's imports slow nothing now.
-            if msg.after == "job" and slot in self.slots and slot.id not in self.overlap.warming:
+            if (msg.after == "job" and any(s is slot for s in self.slots)
+                    and slot.id not in self.overlap.warming):
                 self.standby.after_job(slot.id, slot.gpu)
             if msg.after == "clear_cache" and slot.clearing is not None:
                 self.event("cache_clear", slot, "idle cache clear",
