@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from zitops.engine.accel import apply_levers, disabled_levers
 from zitops.engine.base import GenerationResult, MemoryStats, ProgressFn
 from zitops.engine.loader import FULL_RANDOM, default_state_dir, force_offline
 from zitops.engine.oom import BatchOutOfMemory, generate_split_on_oom
+from zitops.engine.phases import phase
 from zitops.engine.request import GenerationRequest
 from zitops.engine.tiny import TINY_NOTICE
 from zitops.errors import EngineError, InvalidRequest, ModelError, ProfileError, ZitopsError
@@ -117,7 +119,7 @@ class DiffusersEngine:
 
             # Random init is fast on the GPU and very slow on the CPU, so build
             # there even for offload, then park the weights on the CPU.
-            pipe = build_full_pipeline(device, dtype, vae_dtype)
+            pipe = build_full_pipeline(device, dtype, vae_dtype, cache_dir=self.cache_dir)
             if offload != "none":
                 pipe.to("cpu")
                 torch.cuda.empty_cache()
@@ -127,23 +129,28 @@ class DiffusersEngine:
 
             self.model_path = resolve_model(self.model, self.state_dir)
             self.tiny = is_tiny(self.model_path)
-            pipe = load_pipeline(self.model_path, dtype, vae_dtype)
+            # Without offload the weights go straight from the files to the GPU:
+            # no host copy, no pageable host-to-device pass afterwards.
+            direct = device if on_cuda and offload == "none" and "directload" not in disabled_levers() else None
+            pipe = load_pipeline(self.model_path, dtype, vae_dtype, device=direct)
         self.pipe = pipe
         if offload == "model":
             pipe.enable_model_cpu_offload(device=device)
         elif offload == "sequential":
             pipe.enable_sequential_cpu_offload(device=device)
         else:
-            pipe.to(device)
+            with phase("to_device"):
+                pipe.to(device)
         self._base_scheduler_config = dict(pipe.scheduler.config)
         vae_decode = self._setup_vae(vae_dtype)
         backend = self._setup_attention()
-        from zitops.engine.accel import apply_levers  # speed levers (issue 7), before compiling
 
-        levers = apply_levers(pipe, device, attention_backend=s.attention_backend, fp8=s.fp8,
-                              graphs=offload == "none")
+        with phase("levers"):
+            levers = apply_levers(pipe, device, attention_backend=s.attention_backend, fp8=s.fp8,
+                                  graphs=offload == "none")
         backend = levers.pop("attention_backend", backend)
-        compiled = self._setup_compile(on_cuda)
+        with phase("compile_setup"):
+            compiled = self._setup_compile(on_cuda)
         self.effective = {
             "precision": s.precision, "vae_precision": s.vae_precision, "vae_decode": vae_decode,
             "offload": offload, "compile": compiled, "attention_backend": backend, **levers,

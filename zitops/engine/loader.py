@@ -213,8 +213,12 @@ def resolve_model(model: str, state_dir: str | Path | None = None) -> Path:
     return path
 
 
-def load_pipeline(path: Path, dtype: Any, vae_dtype: Any = None) -> Any:
-    """Load a checked pipeline directory offline (on the CPU); the VAE may get its own dtype."""
+def load_pipeline(path: Path, dtype: Any, vae_dtype: Any = None, device: str | None = None) -> Any:
+    """Load a checked pipeline directory offline; the VAE may get its own dtype.
+
+    ``device`` (a CUDA device) loads each safetensors file straight onto it;
+    None loads onto the CPU.
+    """
     force_offline()
     import warnings
 
@@ -228,7 +232,14 @@ def load_pipeline(path: Path, dtype: Any, vae_dtype: Any = None) -> Any:
         with warnings.catch_warnings(), phase("load"):
             # diffusers 0.42 renames torch_dtype to dtype; older releases know only torch_dtype.
             warnings.simplefilter("ignore", FutureWarning)
-            pipe = ZImagePipeline.from_pretrained(str(path), torch_dtype=dtypes, local_files_only=True)
+            extra: dict[str, Any] = {}
+            if device is not None:
+                import torch
+
+                # diffusers takes a device type here, so name the device's index current first.
+                torch.cuda.set_device(torch.device(device))
+                extra["device_map"] = "cuda"
+            pipe = ZImagePipeline.from_pretrained(str(path), torch_dtype=dtypes, local_files_only=True, **extra)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"model {path}: cannot load: {str(exc).splitlines()[0]}; {_HINT}") from None
     pipe.set_progress_bar_config(disable=True)
