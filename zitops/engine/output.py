@@ -52,8 +52,10 @@ def encode_image(img: Any, fmt: str, params: Mapping[str, Any] | None = None) ->
     params = dict(params or {})
     if "size" not in params and hasattr(img, "size"):
         params["size"] = f"{img.size[0]}x{img.size[1]}"
-    buf = io.BytesIO()
     fmt = fmt.lower()
+    if fmt != "png" and hasattr(img, "to_pil"):
+        img = img.to_pil()  # the agent's pixel view (zitops.agent.images.Pixels): PIL for these
+    buf = io.BytesIO()
     if fmt == "png":
         info = PngImagePlugin.PngInfo()
         for key in TEXT_KEYS:
@@ -71,8 +73,9 @@ def encode_image(img: Any, fmt: str, params: Mapping[str, Any] | None = None) ->
 
         # Pillow's one-core encoder took ~200 ms per 1024x1024 image, most of
         # the agent's overhead per request (issue 7, docs/benchmarks.md).
-        buf.write(encode_png(img, info.chunks, PNG_COMPRESS_LEVEL))
-    elif fmt in ("jpeg", "jpg"):
+        # Returned as is: a BytesIO round trip would copy the 3 MB twice more.
+        return encode_png(img, info.chunks, PNG_COMPRESS_LEVEL)
+    if fmt in ("jpeg", "jpg"):
         comment = a1111_infotext(params).encode("utf-8") if params else b""
         img.convert("RGB").save(buf, format="JPEG", quality=JPEG_QUALITY, comment=comment)
     elif fmt == "webp":

@@ -126,7 +126,8 @@ def encode_png(image: Any, chunks: Iterable[tuple[bytes, bytes, bool]] = (), lev
     import numpy as np
 
     if image.mode not in COLOR_TYPES:
-        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        pil = image.to_pil() if hasattr(image, "to_pil") else image
+        image = pil.convert("RGBA" if "A" in pil.getbands() else "RGB")
     pixels = np.asarray(image, dtype=np.uint8)
     height, width = pixels.shape[0], pixels.shape[1]
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
