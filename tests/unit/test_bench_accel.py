@@ -105,3 +105,13 @@ def test_unmasked_bucketed_encoder_gives_the_same_embeddings(pipe: Any) -> None:
     for a, b in zip(full, bucketed, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert [runner.bucket(n, 512) for n in (1, 32, 33, 300, 600)] == [32, 32, 64, 512, 600]
+
+
+def test_every_fp8_linear_shares_one_class(pipe: Any) -> None:
+    """dynamo guards on module types: one class per layer would compile every block anew."""
+    import copy
+
+    transformer = copy.deepcopy(pipe.transformer)
+    accel.quantize_fp8(transformer)
+    kinds = {type(m) for m in transformer.modules() if type(m).__name__ == "Fp8Linear"}
+    assert len(kinds) == 1

@@ -241,7 +241,20 @@ def fp8_supported(device: str) -> bool:
     return tuple(torch.cuda.get_device_capability(torch.device(device))) >= (8, 9)
 
 
+_fp8_linear_class: Any = None
+
+
 def _make_fp8_linear(linear: Any) -> Any:
+    # One class for every layer: dynamo guards on module types, so a class per
+    # layer made every one of the 34 regionally compiled blocks a new graph
+    # (fp8 compiled 52 s cold, 32 s from a warm cache, on an H200).
+    global _fp8_linear_class
+    if _fp8_linear_class is None:
+        _fp8_linear_class = _fp8_linear_type()
+    return _fp8_linear_class(linear)
+
+
+def _fp8_linear_type() -> Any:
     import torch
 
     class Fp8Linear(torch.nn.Module):
@@ -268,7 +281,7 @@ def _make_fp8_linear(linear: Any) -> Any:
                                    bias=self.bias, out_dtype=x.dtype)
             return out.reshape(*shape[:-1], out.shape[-1])
 
-    return Fp8Linear(linear)
+    return Fp8Linear
 
 
 def quantize_fp8(transformer: Any) -> int:

@@ -88,7 +88,8 @@ class FastAttnProcessor:
     _parallel_config: Any = None
 
     def __init__(self, flash: Callable[..., Any] | None = None, backend: Any = None) -> None:
-        self.flash = _flash3_single(flash) if flash is not None else None
+        """``flash(q, k, v) -> out`` in FlashAttention's (batch, seq, heads, dim) layout, or None."""
+        self.flash = flash
         self._attention_backend = backend
 
     def __call__(self, attn: Any, hidden_states: Any, encoder_hidden_states: Any = None,
@@ -189,10 +190,13 @@ def fuse_projections(transformer: Any) -> dict[str, int]:
 def install_processor(transformer: Any, flash: Callable[..., Any] | None) -> int:
     """Put a :class:`FastAttnProcessor` on every Z-Image attention layer; returns how many."""
     installed = 0
+    # One wrapper shared by every layer: dynamo guards on the function objects
+    # a compiled block calls, so a wrapper per layer could mean a graph per block.
+    attend = _flash3_single(flash) if flash is not None else None
     for module in transformer.modules():
         if type(module).__name__ != "ZImageTransformerBlock":
             continue
         old = module.attention.processor
-        module.attention.set_processor(FastAttnProcessor(flash, getattr(old, "_attention_backend", None)))
+        module.attention.set_processor(FastAttnProcessor(attend, getattr(old, "_attention_backend", None)))
         installed += 1
     return installed
