@@ -111,6 +111,10 @@ class WatchdogSettings(_Section):
     # and diffusers (no CUDA, no model): a restart or recycle hands it the
     # slot instead of paying a fresh interpreter's imports (zitops.agent.standby).
     standby_worker: bool = True
+    # The spare also loads a local model onto the host (pageable, no CUDA) when
+    # offload is "none" and MemAvailable is >= 1.5x the weights, so the start it
+    # serves only moves the pipeline to the GPU (docs/runtime.md "Standby spares").
+    standby_preload: bool = True
     restart_backoff_s: float = Field(1.0, ge=0, le=600)
     restart_backoff_max_s: float = Field(60.0, ge=0, le=3_600)
     flap_limit: int = Field(5, ge=1, le=1_000)

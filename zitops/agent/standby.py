@@ -12,6 +12,12 @@ of spawning. The next spare is started after that worker's first job (or
 spare's own imports never compete with the load and the first-job compile it
 is meant to shorten. A spare that dies is replaced after the restart backoff,
 and spares stop being replaced at the flap limit. The pool's ``stop`` stops them.
+
+With ``watchdog.standby_preload`` on, a local model, offload "none" and
+MemAvailable at least :data:`~zitops.engine.loader.PRELOAD_HEADROOM` times
+the weights (less what other spares are still loading), the spare also loads
+the pipeline onto the host after its imports; otherwise it only imports, and
+the first time memory is the reason, that is logged.
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from zitops.agent import watchdog as policy
+from zitops.config import AgentConfig
+from zitops.engine.loader import FULL_RANDOM, mem_available_bytes, preload_refusal, weights_bytes
+from zitops.errors import ZitopsError
 from zitops.logs import get_logger
-from zitops.worker.protocol import Shutdown, SpareReady
+from zitops.worker.protocol import Shutdown, SparePreloaded, SpareReady
 from zitops.worker.standby import CUDA_TOUCHED_EXIT, engine_modules, standby_main
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,11 +59,40 @@ class Spare:
     conn: Connection
     started: float = field(default_factory=time.monotonic)
     imports_s: float | None = None  # set by its SpareReady: until then it is still importing
+    # The model preload: off (not asked), skipped (memory), pending (asked, still importing),
+    # loading, loaded or failed; with why not, and the seconds it took.
+    preload: str = "off"
+    preload_reason: str | None = None
+    preload_s: float | None = None
+    preload_bytes: int = 0
 
     @property
     def pid(self) -> int | None:
         """The spare's process id."""
         return self.process.pid
+
+
+@dataclass(frozen=True)
+class PreloadPlan:
+    """For a spare about to start: its preload state (pending, off or skipped), why not, and what it loads."""
+
+    state: str
+    reason: str | None = None
+    size: int = 0  # the weights' bytes, counted against MemAvailable while it loads
+    config_data: dict[str, Any] | None = None  # handed to the spare only when it preloads
+
+
+def preload_off_reason(config: AgentConfig) -> str | None:
+    """Why this agent's spares never preload the model (torch-free); None when they may."""
+    if not config.profile.watchdog.standby_preload:
+        return "watchdog.standby_preload is false"
+    if config.engine.kind == "faulty" and config.engine.faults.inner != "diffusers":
+        return "the fault engine's synthetic pixels load no model"
+    if config.model == FULL_RANDOM:
+        return "model full-random is built on the GPU, not loaded from disk"
+    if config.profile.engine.offload != "none":
+        return f"engine.offload is {config.profile.engine.offload}; preloading is for offload none"
+    return None
 
 
 def rss_mib(pid: int | None) -> float | None:
@@ -81,6 +119,9 @@ class Standby:
             lambda: collections.deque(maxlen=1000))
         self._timers: dict[str, asyncio.TimerHandle] = {}  # a spare due later, by slot id
         self._backoff: set[str] = set()  # slots whose pending spare replaces one that died
+        self.preload_off = preload_off_reason(pool.config)
+        self._weights: int | None = None  # the model's weight bytes, read once
+        self._refusal_logged = False
 
     def after_ready(self, slot_id: str, gpu: int | None) -> None:
         """A slot's worker is ready: its next spare is due after its first job, or in a while."""
@@ -102,9 +143,10 @@ class Standby:
         if (not self.enabled or pool._stopping or loop is None or slot_id in self.spares
                 or slot_id in self.off):
             return
+        plan = self._preload_plan()
         parent, child = pool._ctx.Pipe(duplex=True)
         proc = pool._ctx.Process(target=standby_main, name=f"zitops-standby-{slot_id}",
-                                 args=(child, gpu, self.modules))
+                                 args=(child, gpu, self.modules, plan.config_data))
         try:
             proc.start()
         except OSError as exc:  # out of fds or memory: the slot just starts cold next time
@@ -113,9 +155,30 @@ class Standby:
             log.warning("cannot start a standby spare", worker_id=slot_id, error=str(exc))
             return
         child.close()  # so the spare sees EOF when the agent dies
-        spare = self.spares[slot_id] = Spare(slot_id, gpu, proc, parent)
+        spare = self.spares[slot_id] = Spare(slot_id, gpu, proc, parent, preload=plan.state,
+                                             preload_reason=plan.reason, preload_bytes=plan.size)
         loop.add_reader(parent.fileno(), self._readable, spare)
         loop.add_reader(proc.sentinel, self._on_exit, spare)
+
+    def _preload_plan(self) -> PreloadPlan:
+        """Whether the next spare loads the model too (memory checked now), and why not."""
+        if not self.enabled or self.preload_off is not None:
+            return PreloadPlan("off", self.preload_off)
+        try:
+            if self._weights is None:
+                cfg = self.pool.config
+                self._weights = weights_bytes(cfg.model, cfg.paths.state_dir)
+            size = self._weights
+            loading = sum(s.preload_bytes for s in self.spares.values() if s.preload in ("pending", "loading"))
+            reason = preload_refusal(size, mem_available_bytes(), loading)
+        except (ZitopsError, OSError) as exc:
+            size, reason = 0, f"the model's weights cannot be sized: {exc}"
+        if reason is None:
+            return PreloadPlan("pending", None, size, self.pool._config_data)
+        if not self._refusal_logged:  # once: every later spare would say the same
+            self._refusal_logged = True
+            log.warning("standby spares do not preload the model", reason=reason)
+        return PreloadPlan("skipped", reason)
 
     def _readable(self, spare: Spare) -> None:
         try:
@@ -123,6 +186,14 @@ class Standby:
                 msg = spare.conn.recv()
                 if isinstance(msg, SpareReady):
                     spare.imports_s = msg.imports_s
+                    if spare.preload == "pending":
+                        spare.preload = "loading"
+                elif isinstance(msg, SparePreloaded):
+                    spare.preload = "loaded" if msg.error is None else "failed"
+                    spare.preload_s, spare.preload_reason = msg.seconds, msg.error
+                    if msg.error is not None:
+                        log.warning("a standby spare could not preload the model", worker_id=spare.slot_id,
+                                    pid=spare.pid, error=msg.error)
         except (EOFError, OSError):  # it exited: the sentinel reader handles that
             self._unwatch(spare, sentinel=False)
 
@@ -203,14 +274,20 @@ class Standby:
             s.process.join(0.5)
 
     def status(self) -> dict[str, Any]:
-        """For /status: whether spares are on, each idle spare, and slots whose spares were stopped."""
+        """For /status: whether spares are on, each spare (with its preload), and slots whose spares were stopped."""
         now = time.monotonic()
         return {
             "enabled": self.enabled,
             "used": self.used,
-            "spares": [{"id": s.slot_id, "gpu": s.gpu, "pid": s.pid,
-                        "state": "importing" if s.imports_s is None else "idle", "imports_s": s.imports_s,
-                        "age_s": round(now - s.started, 1), "rss_mib": rss_mib(s.pid)}
+            "spares": [{"id": s.slot_id, "gpu": s.gpu, "pid": s.pid, "state": _state(s), "imports_s": s.imports_s,
+                        "age_s": round(now - s.started, 1), "rss_mib": rss_mib(s.pid),
+                        "preload": {"state": s.preload, "seconds": s.preload_s, "reason": s.preload_reason}}
                        for s in self.spares.values()],
             "off": dict(self.off),
         }
+
+
+def _state(spare: Spare) -> str:
+    if spare.imports_s is None:
+        return "importing"
+    return "loading" if spare.preload in ("pending", "loading") else "idle"

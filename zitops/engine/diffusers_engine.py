@@ -16,7 +16,7 @@ from typing import Any
 
 from zitops.engine.accel import apply_levers, enabled_levers
 from zitops.engine.base import GenerationResult, MemoryStats, ProgressFn
-from zitops.engine.loader import FULL_RANDOM, default_state_dir, force_offline
+from zitops.engine.loader import FULL_RANDOM, Preloaded, default_state_dir, force_offline
 from zitops.engine.oom import BatchOutOfMemory, generate_split_on_oom
 from zitops.engine.phases import phase
 from zitops.engine.request import GenerationRequest
@@ -80,7 +80,7 @@ class DiffusersEngine:
 
     def __init__(self, settings: EngineSettings | None = None, model: str = "tiny", *,
                  state_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                 compile_on_cpu: bool = False) -> None:
+                 compile_on_cpu: bool = False, preloaded: Preloaded | None = None) -> None:
         self.settings = settings or EngineSettings.model_validate({})
         self.model = model
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
@@ -95,6 +95,41 @@ class DiffusersEngine:
         self.effective: dict[str, Any] = {}
         self.notes: list[str] = []
         self.last_previews: list[Any] = []
+        # A standby spare's host copy of the pipeline (see preload): setup moves it instead of loading.
+        self.preloaded = preloaded
+
+    @classmethod
+    def preload(cls, settings: EngineSettings, model: str,
+                state_dir: str | Path | None = None) -> Preloaded | None:
+        """Load ``model`` onto the host for a later ``setup`` (a standby spare's head start); never touches CUDA.
+
+        None where setup would not load from disk onto the host first (the
+        random full-size model, or offload other than "none").
+        """
+        if model == FULL_RANDOM or settings.offload != "none":
+            return None
+        from zitops.engine.loader import load_pipeline, resolve_model
+
+        force_offline()
+        path = resolve_model(model, state_dir if state_dir is not None else default_state_dir())
+        started = time.perf_counter()
+        pipe = load_pipeline(path, _dtype(settings.precision), _dtype(settings.vae_precision))
+        return Preloaded(pipe, path, settings.precision, settings.vae_precision,
+                         round(time.perf_counter() - started, 3))
+
+    def _take_preloaded(self, offload: str) -> Any:
+        """The preloaded pipeline when it is this model in these dtypes for this placement, else None."""
+        handle, self.preloaded = self.preloaded, None
+        if handle is None:
+            return None
+        s = self.settings
+        if (handle.model_path, handle.precision, handle.vae_precision, offload) != (
+                self.model_path, s.precision, s.vae_precision, "none"):
+            handle.drop()  # free the host copy before loading the right one
+            self._note(f"the standby spare's preloaded {handle.model_path} ({handle.precision}) does not match "
+                       "this setup; loading again")
+            return None
+        return handle.take()
 
     # -- setup -------------------------------------------------------------
     def setup(self, device: str) -> None:
@@ -132,7 +167,12 @@ class DiffusersEngine:
             # Opt-in (ZITOPS_ACCEL=+directload): loading straight onto the GPU measured
             # slower than host-first on an H200 (1.6 vs 1.9 GB/s, page cache warm).
             direct = device if on_cuda and offload == "none" and "directload" in enabled_levers() else None
-            pipe = load_pipeline(self.model_path, dtype, vae_dtype, device=direct)
+            preloaded = self._take_preloaded(offload)
+            if preloaded is not None:
+                with phase("load"):  # paid by the standby spare before its assignment (standby.preload_s)
+                    pipe = preloaded
+            else:
+                pipe = load_pipeline(self.model_path, dtype, vae_dtype, device=direct)
         self.pipe = pipe
         if offload == "model":
             pipe.enable_model_cpu_offload(device=device)

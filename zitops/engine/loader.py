@@ -244,3 +244,68 @@ def load_pipeline(path: Path, dtype: Any, vae_dtype: Any = None, device: str | N
         raise ModelError(f"model {path}: cannot load: {str(exc).splitlines()[0]}; {_HINT}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+PRELOAD_HEADROOM = 1.5
+"""A standby spare preloads a model only when MemAvailable is at least this many times its weights' bytes."""
+
+
+@dataclass
+class Preloaded:
+    """A pipeline loaded onto the host by a standby spare, before it knew which start it would serve.
+
+    Pageable host memory only: pinning it would initialise CUDA, which a
+    spare must never do. :meth:`take` hands the pipeline over once, so no
+    second reference keeps the host copy alive after the engine moves it.
+    """
+
+    pipe: Any
+    model_path: Path
+    precision: str
+    vae_precision: str
+    seconds: float
+    used: bool = False
+
+    def take(self) -> Any:
+        """The pipeline, handed over once (None afterwards)."""
+        pipe, self.pipe = self.pipe, None
+        self.used = self.used or pipe is not None
+        return pipe
+
+    def drop(self) -> None:
+        """Let the host copy go unused (it does not match the setup that got it)."""
+        self.pipe = None
+
+
+def mem_available_bytes() -> int | None:
+    """The host's MemAvailable from /proc/meminfo in bytes, or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def weights_bytes(model: str, state_dir: str | Path) -> int:
+    """The bytes of ``model``'s weight files on disk; torch-free (the tiny model must already be built)."""
+    path = Path(state_dir) / "models" / TINY if model == TINY else resolve_model(model, state_dir)
+    result = check_model(path)
+    if not result.ok:
+        raise ModelError(f"model {path}: not complete on disk yet")
+    return result.size_bytes
+
+
+def preload_refusal(size_bytes: int, available: int | None, pending_bytes: int = 0,
+                    headroom: float = PRELOAD_HEADROOM) -> str | None:
+    """Why a spare must not load ``size_bytes`` of weights into host memory now; None when it may."""
+    if available is None:
+        return "MemAvailable is unreadable (/proc/meminfo)"
+    free = available - pending_bytes
+    if free < headroom * size_bytes:
+        pending = f" less {pending_bytes / 2**30:.1f} GiB other spares are loading" if pending_bytes else ""
+        return (f"MemAvailable {available / 2**30:.1f} GiB{pending} is under {headroom:g} x the model's "
+                f"{size_bytes / 2**30:.1f} GiB of weights")
+    return None

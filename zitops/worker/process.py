@@ -17,7 +17,7 @@ import traceback
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zitops.worker.protocol import (
     ClearCache,
@@ -31,6 +31,9 @@ from zitops.worker.protocol import (
     Result,
     Shutdown,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zitops.engine.loader import Preloaded
 
 SETUP_FAILED_EXIT = 4
 """Exit code when the engine cannot be set up (the pool counts it as a crash)."""
@@ -152,13 +155,17 @@ def startup_phases(*, spawned_at: float | None, entered: float, imported: float,
     ``process_start_s`` is spawn (or, for a standby spare, the assignment) to
     the first line of :func:`worker_main`; ``init_s`` is config and logging;
     ``imports_s`` the engine's modules (about 0 for a spare, which imported
-    them before it was assigned: its own figure is under ``standby``).
+    them before it was assigned: its own figure is under ``standby``). A
+    spare that had also loaded the model onto the host, and whose pipeline the
+    engine took, starts as ``standby+preloaded``: ``engine_setup.load_s`` is
+    about 0 and the load it paid earlier is ``standby.preload_s``.
     """
     origin = spawned_at if spawned_at is not None else entered
     setup = {f"{k}_s": round(v, 3) for k, v in sorted(marks.items())}
     setup["other_s"] = round(max(0.0, setup_s - sum(marks.values())), 3)
     return {
-        "source": "standby" if standby is not None else "spawn",
+        "source": ("spawn" if standby is None else
+                   "standby+preloaded" if standby.get("preloaded") else "standby"),
         "process_start_s": round(max(0.0, entered - spawned_at), 3) if spawned_at is not None else None,
         "init_s": round(max(0.0, imported - entered - imports_s), 3),
         "imports_s": round(imports_s, 3),
@@ -173,8 +180,11 @@ def startup_phases(*, spawned_at: float | None, entered: float, imported: float,
 
 def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: int,
                 config_data: dict[str, Any], spawned_at: float | None = None,
-                standby: dict[str, Any] | None = None) -> None:
-    """Entry point of a spawned worker (or an assigned standby spare); returns only to exit 0 after Shutdown."""
+                standby: dict[str, Any] | None = None, preloaded: Preloaded | None = None) -> None:
+    """Entry point of a spawned worker (or an assigned standby spare); returns only to exit 0 after Shutdown.
+
+    ``preloaded`` is a spare's host copy of the pipeline, which the engine's setup uses instead of loading.
+    """
     entered = time.time()
     from zitops.worker.standby import device_environment, engine_modules, preimport
 
@@ -207,9 +217,11 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
         from zitops.engine import phases
         from zitops.engine.factory import create_engine
 
-        engine = create_engine(config, incarnation=incarnation)
+        engine = create_engine(config, incarnation=incarnation, preloaded=preloaded)
         engine.setup(device)
         setup_s = time.perf_counter() - started
+        if standby is not None and preloaded is not None:
+            standby["preloaded"] = preloaded.used
     except BaseException as exc:  # report why, then die: the pool decides what next
         sender.send(Failure(job_id=None, exc_type=type(exc).__name__, message=str(exc),
                             traceback=traceback.format_exc()))

@@ -2,7 +2,8 @@
 
 Small frozen dataclasses, pickled over a ``multiprocessing`` Pipe. The agent
 sends Job, ClearCache and Shutdown, and Assign to a standby spare; the worker
-sends Ready, Heartbeat, Result, Failure and MemoryReport (a spare: SpareReady). Nothing here imports torch.
+sends Ready, Heartbeat, Result, Failure and MemoryReport (a spare: SpareReady,
+then SparePreloaded when it preloads the model). Nothing here imports torch.
 
 A ``Result`` carries raw pixels, not files: the agent encodes and writes them
 on a thread pool while the worker already runs its next job, so PNG encoding
@@ -66,6 +67,15 @@ class SpareReady:
 
     pid: int
     imports_s: float
+
+
+@dataclass(frozen=True)
+class SparePreloaded:
+    """A standby spare's model preload ended (after its SpareReady): the seconds, or why it failed."""
+
+    pid: int
+    seconds: float | None
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,5 +143,5 @@ class Failure:
 ToWorker = Job | ClearCache | Shutdown | Assign
 """Messages the agent sends."""
 
-FromWorker = Ready | Heartbeat | MemoryReport | Result | Failure | SpareReady
+FromWorker = Ready | Heartbeat | MemoryReport | Result | Failure | SpareReady | SparePreloaded
 """Messages a worker sends."""

@@ -8,6 +8,11 @@ no device (no CUDA context, no model, no GPU memory) and blocks on its pipe.
 An ``Assign`` turns it into that slot's worker (:func:`worker_main`); a
 ``Shutdown``, or EOF when the agent is gone, ends it.
 
+When the pool asks (``watchdog.standby_preload``, a model on disk, offload
+"none", enough host memory: :mod:`zitops.agent.standby` decides), the spare
+also loads the pipeline onto the host after its imports (pageable memory, no
+CUDA), so the start it serves only moves it to the device.
+
 Started with the ``spawn`` context like a worker; torch-free at import.
 """
 
@@ -21,7 +26,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from zitops.worker.protocol import Assign, Shutdown, SpareReady
+from zitops.worker.protocol import Assign, Shutdown, SparePreloaded, SpareReady
 
 BASE_MODULES = ("zitops.config", "zitops.logs", "zitops.engine.factory", "zitops.engine.request")
 FAULTY_MODULES = ("numpy", "PIL.Image", "zitops.engine.faulty")
@@ -90,8 +95,37 @@ def device_environment(gpu: int | None) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else str(gpu)
 
 
-def standby_main(conn: Connection, gpu: int | None, modules: list[str]) -> None:
-    """Entry point of a spare: imports, then waits for Assign (become a worker) or Shutdown."""
+def preload_model(config_data: dict[str, Any]) -> tuple[Any, str | None]:
+    """Load the configured pipeline onto the host: (a Preloaded or None, why it failed or None)."""
+    from zitops.config import config_from_mapping
+    from zitops.engine import phases
+
+    try:
+        config = config_from_mapping(config_data, "standby config")
+        from zitops.engine.diffusers_engine import DiffusersEngine
+
+        handle = DiffusersEngine.preload(config.profile.engine, config.model, config.paths.state_dir)
+    except Exception as exc:  # the spare still serves as a plain pre-imported one
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    finally:
+        phases.take()  # the load's marks belong to the spare (preload_s), not to the start it serves
+    return handle, None if handle is not None else "this engine setup does not load onto the host first"
+
+
+def _send(conn: Connection, msg: Any) -> bool:
+    try:
+        conn.send(msg)
+    except (BrokenPipeError, OSError):
+        return False  # the agent is gone
+    return True
+
+
+def standby_main(conn: Connection, gpu: int | None, modules: list[str],
+                 preload: dict[str, Any] | None = None) -> None:
+    """Entry point of a spare: imports (and, given ``preload`` config data, the model onto the host), then waits.
+
+    It waits for Assign (become a worker) or Shutdown.
+    """
     device_environment(gpu)
     # As a worker: the agent decides when this process stops (see worker_main).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -99,11 +133,17 @@ def standby_main(conn: Connection, gpu: int | None, modules: list[str]) -> None:
     imports_s = preimport(modules)
     if cuda_initialized():  # it could be holding GPU memory: never stay as a spare
         os._exit(CUDA_TOUCHED_EXIT)
+    if not _send(conn, SpareReady(pid=os.getpid(), imports_s=round(imports_s, 3))):
+        return
+    handle: Any = None
+    if preload is not None:
+        handle, error = preload_model(preload)
+        if cuda_initialized():  # the same guarantee after the load as after the imports
+            os._exit(CUDA_TOUCHED_EXIT)
+        seconds = handle.seconds if handle is not None else None
+        if not _send(conn, SparePreloaded(pid=os.getpid(), seconds=seconds, error=error)):
+            return
     waiting_since = time.time()
-    try:
-        conn.send(SpareReady(pid=os.getpid(), imports_s=round(imports_s, 3)))
-    except (BrokenPipeError, OSError):
-        return  # the agent is gone
     try:
         msg = conn.recv()
     except (EOFError, OSError):
@@ -115,7 +155,9 @@ def standby_main(conn: Connection, gpu: int | None, modules: list[str]) -> None:
     from zitops.worker.process import worker_main
 
     # Paid before the assignment, so not part of this start: shown beside it.
-    standby = {"pid": os.getpid(), "imports_s": round(imports_s, 3),
-               "idle_s": round(max(0.0, time.time() - waiting_since), 3)}
+    standby: dict[str, Any] = {"pid": os.getpid(), "imports_s": round(imports_s, 3),
+                               "idle_s": round(max(0.0, time.time() - waiting_since), 3)}
+    if handle is not None:
+        standby["preload_s"] = handle.seconds
     worker_main(conn, msg.worker_id, msg.gpu, msg.incarnation, msg.config_data, spawned_at=msg.sent_at,
-                standby=standby)
+                standby=standby, preloaded=handle)

@@ -1,0 +1,82 @@
+"""A standby spare that has also loaded the tiny model: real spawned workers, real pixels."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from runtime_support import Runtime, request, runtime_config, wait_until  # noqa: E402
+
+from tests.engine_support import pixels, tiny_model_dir  # noqa: E402
+from zitops.agent.contract import JobStatus  # noqa: E402
+
+pytestmark = pytest.mark.slow
+torch = pytest.importorskip("torch")
+
+# fp32 on the CPU: the restarted worker's pixels must equal a fresh engine's exactly.
+EXACT = ["engine.precision=fp32", "engine.vae_precision=fp32"]
+
+
+def _image(rt: Runtime, seed: int) -> Any:
+    from PIL import Image
+
+    rec = rt.wait(rt.submit(request(seed=seed)).id, 60)
+    assert rec.status is JobStatus.SUCCEEDED, rec
+    with Image.open(rt.lt.call(rt.d.image_path, rec.id, 0)) as img:
+        return pixels(img.convert("RGB"))
+
+
+def _loaded_spare(rt: Runtime) -> dict[str, Any]:
+    (spare,) = wait_until(lambda: [s for s in rt.status()["standby"]["spares"] if s["state"] == "idle"], 60,
+                          what="a standby spare done importing and loading")
+    return dict(spare)
+
+
+def _restarted_from(rt: Runtime, old_pid: int, spare_pid: int) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        w = rt.status()["workers"][0]
+        return w if w["state"] == "ready" and w["pid"] not in (None, old_pid) else None
+
+    worker: dict[str, Any] = wait_until(ready, 30, what="the restarted worker")
+    assert worker["pid"] == spare_pid
+    return worker
+
+
+def _fresh_engine_pixels(tmp: Path, seed: int) -> Any:
+    from zitops.engine.diffusers_engine import DiffusersEngine
+    from zitops.profile import EngineSettings
+
+    engine = DiffusersEngine(EngineSettings(precision="fp32", vae_precision="fp32"), str(tiny_model_dir()),
+                             state_dir=tmp / "fresh")
+    engine.setup("cpu")
+    return pixels(engine.generate(request(seed=seed)).images[0].convert("RGB"))
+
+
+def test_a_crash_restart_takes_the_spares_preloaded_pipeline_and_draws_the_same_pixels(tmp_path: Path) -> None:
+    rt = Runtime(runtime_config(tmp_path, kind="diffusers", model=str(tiny_model_dir()), sets=EXACT))
+    try:
+        (first,) = rt.status()["workers"]
+        assert first["startup"]["source"] == "spawn" and first["startup"]["engine_setup"]["load_s"] > 0
+        _image(rt, 1)  # after its first job, the slot gets its spare
+        spare = _loaded_spare(rt)
+        assert spare["preload"]["state"] == "loaded" and spare["preload"]["seconds"] > 0
+        assert spare["preload"]["reason"] is None and spare["rss_mib"] > 0
+        os.kill(first["pid"], signal.SIGKILL)
+        startup = _restarted_from(rt, first["pid"], spare["pid"])["startup"]
+        assert startup["source"] == "standby+preloaded", startup
+        assert startup["standby"]["preloaded"] is True
+        assert startup["standby"]["preload_s"] == spare["preload"]["seconds"]
+        # The load was the spare's; this start only took the pipeline over (a generous bound, not a speed claim).
+        assert startup["engine_setup"]["load_s"] < 0.5
+        got = _image(rt, 7)
+    finally:
+        rt.close()
+    want = _fresh_engine_pixels(tmp_path, 7)
+    assert got.shape == want.shape and got.std() > 0
+    assert abs(got - want).max() == 0
