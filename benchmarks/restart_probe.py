@@ -48,6 +48,7 @@ def main() -> None:
     import httpx
 
     from zitops.bench.agent_http import free_port, running_agent, write_config
+    from zitops.bench.restart import settle_spare
     from zitops.engine.loader import FULL_RANDOM
     from zitops.profile import load_profile
 
@@ -69,7 +70,8 @@ def main() -> None:
                                      "first_image_s": round(time.perf_counter() - t0, 2),
                                      "worker": _worker(client.get(f"{url}/status").json())}
             for _ in range(args.kills):
-                time.sleep(25)  # let a standby spare (if any) finish its imports
+                time.sleep(25)  # let a standby spare (if any) start and finish its imports
+                settle_spare(client, url)  # and its model preload, when it makes one
                 old = _worker(client.get(f"{url}/status").json())
                 t_kill = time.perf_counter()
                 os.kill(int(old["pid"]), signal.SIGKILL)

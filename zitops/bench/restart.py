@@ -18,7 +18,7 @@ from zitops.errors import AgentUnavailable
 from zitops.profile import Profile
 
 SPARE_WAIT_S = 180.0
-"""How long to wait for the agent's standby spare to finish its imports before the kill."""
+"""How long to wait for the agent's standby spare to finish its imports (and model preload) before the kill."""
 
 
 def without_backoff(profile: Profile) -> Profile:
@@ -27,11 +27,11 @@ def without_backoff(profile: Profile) -> Profile:
 
 
 def settle_spare(client: Any, url: str, timeout_s: float = SPARE_WAIT_S) -> dict[str, Any]:
-    """Wait while the agent's standby spare is still importing (it would share the CPU); returns /status."""
+    """Wait while the agent's standby spare is still importing or preloading (it shares the CPU); returns /status."""
     deadline = time.monotonic() + timeout_s
     status: dict[str, Any] = client.get(f"{url}/status").json()
     while time.monotonic() < deadline and any(
-            s.get("state") == "importing" for s in status.get("standby", {}).get("spares", [])):
+            s.get("state") in ("importing", "loading") for s in status.get("standby", {}).get("spares", [])):
         time.sleep(0.2)
         status = client.get(f"{url}/status").json()
     return status
