@@ -10,6 +10,7 @@ kill-to-ready, kill-to-first-image and the new worker's own start-up phases
 from ``/status``. The crash restart's backoff delay (watchdog) is part of
 kill-to-ready; the phases show the worker's own share. Prints and writes JSON.
 Needs no GPU with ``--model tiny``; with ``--arch full`` it needs one.
+``--set watchdog.standby_preload=false`` times a spare that only imports.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main() -> None:
     ap.add_argument("--width", type=int)
     ap.add_argument("--height", type=int)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="profile override, e.g. watchdog.standby_preload=false (repeatable)")
     args = ap.parse_args()
 
     import httpx
@@ -52,11 +55,12 @@ def main() -> None:
     from zitops.engine.loader import FULL_RANDOM
     from zitops.profile import load_profile
 
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile, args.set)
     model = FULL_RANDOM if args.arch == "full" else args.model
     size = f"{args.width or profile.generation.width}x{args.height or profile.generation.height}"
     body = {"prompt": "a red fox in fresh snow", "size": size, "response_format": "b64_json", "seed": 7}
-    result: dict[str, Any] = {"profile": args.profile, "model": model, "size": size, "kills": []}
+    result: dict[str, Any] = {"profile": args.profile, "sets": args.set, "model": model, "size": size,
+                              "kills": []}
     with tempfile.TemporaryDirectory(prefix="zitops-restart-") as tmp:
         work = Path(tmp)
         port = free_port()
