@@ -28,11 +28,12 @@ MIN_STRIP_BYTES = 256 * 1024  # below this a strip costs more in thread hand-off
 PROBE_BYTES = 16 * 1024  # three samples per strip decide whether deflating it is worth it
 STORE_ABOVE = 0.97  # samples that deflate to more than this fraction of their size: store the strip
 
+_fast: Any
 try:  # ISA-L's deflate: the same format, ~4x faster than zlib at level 1 (docs/benchmarks.md)
     from isal import isal_zlib as _fast
 
     DEFLATE_BACKEND = "isal"
-except ImportError:  # optional: `pip install isal`; zlib gives the same PNG, only slower
+except ImportError:  # optional: the [fast] extra; zlib gives the same PNG, only slower
     _fast = None
     DEFLATE_BACKEND = "zlib"
 
