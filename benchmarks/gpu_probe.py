@@ -21,27 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 TOKENS, HEADS, HEAD_DIM, DIM, HIDDEN = 4128, 30, 128, 3840, 10240
 
 
 def _bench(fn: Any, reps: int = 20) -> float:
     """Median milliseconds of ``fn`` over ``reps`` CUDA-event-timed calls after 3 warm-ups."""
-    import torch
+    from levers import gpu_time  # benchmarks/levers.py, beside this script
 
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return gpu_time(fn, n=reps, warm=3)[0]
 
 
 def kernels() -> dict[str, Any]:
