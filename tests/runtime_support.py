@@ -7,6 +7,7 @@ through :class:`LoopThread`, so every call runs on the loop, as in the agent.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -134,3 +135,12 @@ class Runtime:
             self.lt.run(self.d.close(), 30)
         finally:
             self.lt.stop()
+
+
+def pid_alive(pid: int) -> bool:
+    """True while a process with ``pid`` exists (signal 0 probes without touching it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

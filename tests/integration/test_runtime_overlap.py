@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtime_support import Runtime, request, runtime_config, wait_until  # noqa: E402
+from runtime_support import Runtime, pid_alive, request, runtime_config, wait_until  # noqa: E402
 
 from zitops.agent.contract import JobStatus  # noqa: E402
 
@@ -19,14 +18,6 @@ pytestmark = pytest.mark.slow
 LEAK_SETS = ["watchdog.leak_threshold_mib=150", "watchdog.leak_consecutive_jobs=2", "queue.depth=64",
              # Readiness also drops on heartbeats older than 3 intervals; on 2 loaded cores 0.6 s is tight.
              "watchdog.heartbeat_interval_s=0.5"]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 class _ReadinessProbe:
@@ -76,7 +67,7 @@ def test_leak_recycle_overlaps_readiness_never_drops_and_no_job_is_lost(tmp_path
         assert handover["warmup_s"] >= 0.8  # the successor's simulated load time
         # The queue never ran dry, so the old worker was busy at the handover and finished that job itself.
         assert handover["old_job_id"] in ids
-        assert not _alive(old_pid)
+        assert not pid_alive(old_pid)
         assert not rt.events("crash") and not rt.events("restart")
         w = rt.status()["workers"]
         assert len(w) == 1 and w[0]["pid"] == handover["new_pid"] and w[0]["incarnation"] == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtime_support import Runtime, request, runtime_config, wait_until  # noqa: E402
+from runtime_support import Runtime, pid_alive, request, runtime_config, wait_until  # noqa: E402
 
 from zitops.agent.contract import JobStatus  # noqa: E402
 from zitops.errors import AgentUnavailable  # noqa: E402
@@ -67,18 +67,10 @@ def test_a_wedged_worker_without_heartbeats_is_killed_and_replaced(tmp_path: Pat
         kill = wait_until(lambda: rt.events("kill"), 10, what="the hang kill")[0]
         assert kill["reason"].startswith("no heartbeat for") and kill["worker"] == "w0"
         wait_until(lambda: rt.status()["workers"][0]["incarnation"] == 1 and rt.ready()[0], 15)
-        assert not _alive_pid(pid)
+        assert not pid_alive(pid)
         assert rt.wait(rt.submit().id).status is JobStatus.SUCCEEDED
     finally:
         rt.close()
-
-
-def _alive_pid(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_crash_loop_hits_the_flap_limit_and_readiness_says_why(tmp_path: Path) -> None:

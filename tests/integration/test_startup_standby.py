@@ -11,19 +11,11 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtime_support import Runtime, request, runtime_config, wait_until  # noqa: E402
+from runtime_support import Runtime, pid_alive, request, runtime_config, wait_until  # noqa: E402
 
 from zitops.agent.contract import JobStatus  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _job(rt: Runtime, seed: int = 1) -> None:
@@ -76,7 +68,7 @@ def test_a_crash_restart_starts_in_the_spare_and_a_fresh_spare_follows(tmp_path:
         assert ready["standby_pid"] == spare["pid"]
         _job(rt, 3)
         fresh = _spare(rt)
-        assert fresh["pid"] not in (spare["pid"], first["pid"]) and _alive(fresh["pid"])
+        assert fresh["pid"] not in (spare["pid"], first["pid"]) and pid_alive(fresh["pid"])
         metrics = rt.lt.call(rt.d.metrics_text)
         assert 'zitops_worker_starts_total{source="standby"} 1.0' in metrics
         assert 'zitops_worker_starts_total{source="spawn"} 1.0' in metrics
@@ -85,7 +77,7 @@ def test_a_crash_restart_starts_in_the_spare_and_a_fresh_spare_follows(tmp_path:
     finally:
         rt.close()
     # Shutdown leaves no spare and no worker behind.
-    assert not _alive(fresh["pid"]) and not _alive(worker["pid"])
+    assert not pid_alive(fresh["pid"]) and not pid_alive(worker["pid"])
     assert rt.d.pool.standby.spares == {}
 
 
@@ -99,7 +91,7 @@ def test_a_killed_spare_is_replaced_and_an_overlapped_successor_uses_the_spare(t
         assert str(spare["pid"]) in died["reason"] and "SIGKILL" in died["reason"]
         replaced = wait_until(lambda: [s for s in rt.status()["standby"]["spares"] if s["pid"] != spare["pid"]],
                               20, what="a replacement spare")[0]
-        assert _alive(replaced["pid"])
+        assert pid_alive(replaced["pid"])
         # A routine recycle warms its successor in the spare; the slot never goes down.
         (old,) = rt.status()["workers"]
         rt.lt.call(lambda: rt.d.pool.recycle(rt.d.pool.slots[0], "test recycle", kind="jobs"))
