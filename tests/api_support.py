@@ -214,7 +214,7 @@ def serve(config: AgentConfig, service: Any, tokens: frozenset[str] = frozenset(
     port = free_port()
     app = create_app(config, service, tokens=tokens)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off", access_log=False))
+                                           log_config=None, lifespan="off", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

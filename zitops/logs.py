@@ -282,7 +282,14 @@ def configure_logging(
         root = logging.getLogger()
         _remove_our_handlers(root)
         access = logging.getLogger(ACCESS_LOGGER)
-        _remove_our_handlers(access)
+        # The access logger is ours alone: a handler left by uvicorn's default
+        # dictConfig would print unredacted request lines and make uvicorn
+        # format them even with the access log off.
+        for handler in list(access.handlers):
+            access.removeHandler(handler)
+            if getattr(handler, "_zitops", False):
+                with contextlib.suppress(Exception):
+                    handler.close()
 
         stream = _tag(logging.StreamHandler(sys.stderr))
         if renderer == "console":

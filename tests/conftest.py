@@ -1,0 +1,57 @@
+"""Suite-wide policy: a skip is a failure unless it is listed here with its reason.
+
+A test that skips because a tool or package is missing proves nothing, and
+CI would stay green on a machine that silently lacks an install step. Each
+allowed skip names where it may happen and why; anything else fails the run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pytest
+
+
+@dataclass(frozen=True)
+class AllowedSkip:
+    """Skips of tests under ``where`` whose reason matches ``reason`` are expected."""
+
+    where: str
+    reason: str
+    why: str
+
+
+ALLOWED_SKIPS = (
+    AllowedSkip("tests/gpu/", r"CUDA", "the GPU lane runs on a GPU host only (docs/gpu-lane/)"),
+)
+
+_unexpected: list[str] = []
+
+
+def _allowed(nodeid: str, reason: str) -> bool:
+    return any(nodeid.startswith(a.where) and re.search(a.reason, reason) for a in ALLOWED_SKIPS)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember every skip that the list does not allow."""
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if not _allowed(report.nodeid, reason):
+        _unexpected.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Turn an unexpected skip into a failed run."""
+    if _unexpected and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which skips failed the run and how to allow one."""
+    if _unexpected:
+        terminalreporter.section("unexpected skips (install what is missing, or list it in tests/conftest.py)")
+        for line in _unexpected:
+            terminalreporter.line(line)
