@@ -13,6 +13,7 @@ attempt so a rotated Secret is picked up without a restart.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Callable
@@ -129,11 +130,16 @@ class Breaker:
     """Fail fast while the store is known to be down; a background probe closes it again.
 
     Without it every store call would wait the pool timeout while the server
-    is down, and the dispatcher calls the store from its event loop.
+    is down, and the dispatcher calls the store from its event loop. On the
+    probe thread, ``on_trip`` runs first (the store closes its pool, so no
+    reconnect loop spins and logs while the server is away), then ``probe``
+    every ``interval_s`` until it returns (the store opens a fresh pool).
     """
 
-    def __init__(self, probe: Callable[[], None], interval_s: float = 1.0) -> None:
+    def __init__(self, probe: Callable[[], None], interval_s: float = 1.0,
+                 on_trip: Callable[[], None] | None = None) -> None:
         self._probe = probe
+        self._on_trip = on_trip
         self._interval_s = interval_s
         self._lock = threading.Lock()
         self._reason: str | None = None
@@ -163,7 +169,15 @@ class Breaker:
         """Stop probing."""
         self._stop.set()
 
+    @property
+    def stopped(self) -> bool:
+        """True after :meth:`close`."""
+        return self._stop.is_set()
+
     def _run(self) -> None:
+        if self._on_trip is not None:
+            with contextlib.suppress(Exception):
+                self._on_trip()
         while not self._stop.wait(self._interval_s):
             try:
                 self._probe()

@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
 
 from zitops.agent.contract import JobRecord, JobStatus
 from zitops.agent.pg_connect import Breaker, PgConnector, is_down
@@ -84,10 +85,10 @@ class PgJobStore:
         self.agent_id = agent_id or default_agent_id()
         self.lease_s = float(lease_s)
         self.max_attempts = max_attempts
-        self._breaker = Breaker(self.connector.probe, probe_interval_s)
-        self._pool = self.connector.pool(max_size=pool_size, timeout_s=timeout_s)
+        self._pool_size, self._timeout_s = pool_size, timeout_s
+        self._breaker = Breaker(self._reopen, probe_interval_s, on_trip=self._close_pool)
+        self._pool = self._open_pool()
         try:
-            self._pool.open(wait=True, timeout=timeout_s)
             with self._pool.connection() as conn:
                 migrate(conn)
         except Exception as exc:  # psycopg.Error, PoolTimeout, or a newer schema
@@ -95,6 +96,33 @@ class PgJobStore:
             raise self.connector.unavailable(exc) from exc
 
     # --- plumbing -----------------------------------------------------------------
+
+    def _open_pool(self) -> ConnectionPool[psycopg.Connection[DictRow]]:
+        pool = self.connector.pool(max_size=self._pool_size, timeout_s=self._timeout_s)
+        try:
+            pool.open(wait=True, timeout=self._timeout_s)
+        except Exception as exc:
+            pool.close()
+            # The pool only says "timeout"; one direct attempt says why
+            # (refused, bad password, unreadable password file, no database).
+            try:
+                self.connector.probe()
+            except Exception as why:
+                raise self.connector.unavailable(why) from exc
+            raise self.connector.unavailable(exc) from exc
+        return pool
+
+    def _close_pool(self) -> None:
+        self._pool.close(timeout=self._timeout_s)
+
+    def _reopen(self) -> None:
+        # The probe after an outage: a fresh pool connects at once, where the
+        # old one would wait out its reconnect backoff (up to minutes).
+        pool = self._open_pool()
+        old, self._pool = self._pool, pool
+        old.close(timeout=0)
+        if self._breaker.stopped:  # close() ran meanwhile
+            pool.close()
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[DictRow]]:

@@ -69,7 +69,7 @@ RETURNING *;
 -- After this agent restarted: the jobs it was running go back to the queue.
 UPDATE zitops.jobs
 SET status = 'queued', worker = NULL, lease_until = NULL,
-    error = 'requeued: the agent stopped while this job was running (agent ' || %(agent_id)s || ')'
+    error = 'requeued: the agent stopped while this job was running (agent ' || %(agent_id)s::text || ')'
 WHERE status = 'running' AND agent_id = %(agent_id)s;
 
 -- name: queued_ids
@@ -127,9 +127,9 @@ SET status = CASE WHEN j.attempts >= %(max_attempts)s THEN 'failed' ELSE 'queued
     error = CASE WHEN j.attempts >= %(max_attempts)s
         THEN format('agent lost twice while running this job: lease of agent %%s expired '
                     '(attempt %%s of %%s); failed by agent %%s',
-                    j.agent_id, j.attempts, %(max_attempts)s, %(agent_id)s)
+                    j.agent_id, j.attempts, %(max_attempts)s::integer, %(agent_id)s::text)
         ELSE format('requeued after: lease of agent %%s expired (attempt %%s of %%s); '
-                    'requeued by agent %%s', j.agent_id, j.attempts, %(max_attempts)s, %(agent_id)s)
+                    'requeued by agent %%s', j.agent_id, j.attempts, %(max_attempts)s::integer, %(agent_id)s::text)
         END,
     worker = NULL, lease_until = NULL
 FROM expired
