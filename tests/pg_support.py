@@ -5,34 +5,28 @@ root). Password authentication (scram) over TCP, with the password in a
 file, so every test goes through the store's real password-file path. A
 missing ``initdb`` fails the test: skipping would prove nothing.
 
-Use the fixtures by importing them into a test module::
-
-    from tests.pg_support import pg_cluster, pg_db  # noqa: F401
+A test module gets the fixtures with ``pytest_plugins = ["tests.pg_support"]``,
+so the whole run shares one cluster, and imports this module's classes only
+for type checking (so pytest imports it first, as a plugin, and rewrites its
+asserts); run-time helpers are in store_support.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import glob
 import os
-import queue
 import shutil
 import socket
 import subprocess
 import tempfile
-import threading
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import psycopg
 import pytest
-
-from zitops.agent.pg_listen import Notice
 
 INSTALL_HINT = ("PostgreSQL's initdb was not found on PATH or in /usr/lib/postgresql/*/bin: install "
                 "Debian's postgresql package (apt-get install -y postgresql); .ci/run does this")
@@ -98,7 +92,6 @@ class PgCluster:
                        f"unix_socket_directories = '{self.root}'\n"
                        "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                        "max_connections = 100\n")
-        self._lock = threading.Lock()
         self.start()
 
     def _run(self, *argv: str) -> None:
@@ -139,33 +132,19 @@ class PgCluster:
 
     def remove(self) -> None:
         """Stop the server and delete everything."""
-        try:
+        with contextlib.suppress(RuntimeError):  # already stopped
             self.stop("immediate")
-        except RuntimeError:
-            pass  # already stopped
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-# One cluster per pytest process, however many modules import the fixture:
-# each importing module gets its own session fixture definition, so they share
-# this one by reference count and the last to finish removes it.
-_shared: list[PgCluster] = []
-_users = 0
 
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
-    """The session's throwaway PostgreSQL cluster."""
-    global _users
-    if not _shared:
-        _shared.append(PgCluster())
-    _users += 1
+    """The session's throwaway PostgreSQL cluster, removed at the end."""
+    cluster = PgCluster()
     try:
-        yield _shared[0]
+        yield cluster
     finally:
-        _users -= 1
-        if _users == 0:
-            _shared.pop().remove()
+        cluster.remove()
 
 
 @pytest.fixture
@@ -175,77 +154,7 @@ def pg_db(pg_cluster: PgCluster) -> Iterator[PgDatabase]:
     try:
         yield db
     finally:
-        try:
+        # The server may be down (an outage test failed midway); remove() cleans up then.
+        with contextlib.suppress(psycopg.OperationalError):
             pg_cluster.drop_db(db.name)
-        except psycopg.OperationalError:
-            pass  # the server is down (an outage test failed midway); remove() cleans up
 
-
-T = TypeVar("T")
-
-
-def poll_until(probe: Callable[[], T], timeout_s: float = 30.0, every_s: float = 0.05) -> T:
-    """Call ``probe`` until it returns something truthy and return that; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"nothing after {timeout_s} s from {probe}", pytrace=False)
-        time.sleep(every_s)
-
-
-class Notices:
-    """A PgListener on its own thread and event loop; its notices land in a queue."""
-
-    def __init__(self, listener: AsyncIterator[Notice]) -> None:
-        self.queue: queue.Queue[Notice] = queue.Queue()
-        self._listener = listener
-        self._loop = asyncio.new_event_loop()
-        self._task: asyncio.Task[None] | None = None
-        self._thread = threading.Thread(target=self._run, name="test-listener", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        self._task = self._loop.create_task(self._collect())
-        with contextlib.suppress(asyncio.CancelledError):
-            self._loop.run_until_complete(self._task)
-        self._loop.close()
-
-    async def _collect(self) -> None:
-        async for notice in self._listener:
-            self.queue.put(notice)
-
-    def next(self, kind: str, timeout_s: float = 20.0) -> Notice:
-        """The next notice of ``kind`` (others are passed over); fail after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                notice = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"no {kind!r} notice within {timeout_s} s", pytrace=False)
-            if notice.kind == kind:
-                return notice
-
-    def stop(self) -> None:
-        """Cancel the listener and join its thread."""
-        task = self._task
-        if task is not None:
-            self._loop.call_soon_threadsafe(task.cancel)
-        self._thread.join(10)
-
-
-def init_store_at_barrier(barrier: Any, url: str, password_file: str, agent_id: str, results: Any) -> None:
-    """Child process: wait for the others, then open a PgJobStore on a (maybe empty) database."""
-    from zitops.agent.store_pg import PgJobStore
-    from zitops.engine.request import GenerationRequest
-
-    barrier.wait(30)
-    try:
-        store = PgJobStore(url, password_file=password_file, agent_id=agent_id)
-        store.add(GenerationRequest(prompt=agent_id, seeds=(1,), width=64, height=64, steps=2))
-        store.close()
-        results.put((agent_id, "ok"))
-    except Exception as exc:  # reported to the test, which asserts "ok"
-        results.put((agent_id, f"{type(exc).__name__}: {exc}"))

@@ -9,16 +9,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
-from tests.pg_support import PgDatabase, pg_cluster, pg_db  # noqa: F401
 from zitops.agent.contract import JobRecord, JobStatus
 from zitops.agent.jobs import JobStore
 from zitops.agent.store_pg import PgJobStore
 from zitops.engine.request import GenerationRequest
 from zitops.errors import Conflict, NotFound
+
+if TYPE_CHECKING:
+    from tests.pg_support import PgDatabase
+
+pytest_plugins = ["tests.pg_support"]  # the pg_cluster and pg_db fixtures
 
 
 class Store(Protocol):

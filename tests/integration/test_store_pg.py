@@ -11,24 +11,21 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.pg_support import (  # noqa: F401
-    Notices,
-    PgCluster,
-    PgDatabase,
-    init_store_at_barrier,
-    pg_cluster,
-    pg_db,
-    poll_until,
-)
+from tests.store_support import Notices, init_store_at_barrier, poll_until
 from zitops.agent.contract import JobStatus
 from zitops.agent.pg_schema import migrate
 from zitops.agent.store_pg import PgJobStore
 from zitops.engine.request import GenerationRequest
 from zitops.errors import Conflict, NotFound, StoreUnavailable
+
+if TYPE_CHECKING:
+    from tests.pg_support import PgCluster, PgDatabase
+
+pytest_plugins = ["tests.pg_support"]  # the pg_cluster and pg_db fixtures
 
 
 def _req(seed: int = 1) -> GenerationRequest:

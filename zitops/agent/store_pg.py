@@ -33,7 +33,7 @@ from zitops.agent.pg_connect import Breaker, PgConnector, is_down
 from zitops.agent.pg_listen import PgListener
 from zitops.agent.pg_schema import migrate, query
 from zitops.engine.request import GenerationRequest
-from zitops.errors import Conflict, NotFound, StoreUnavailable, ZitopsError
+from zitops.errors import Conflict, NotFound, ZitopsError
 
 
 @dataclass(frozen=True)
