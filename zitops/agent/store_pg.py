@@ -144,6 +144,19 @@ class PgJobStore:
         with self._conn() as conn:
             return conn.execute(query(name), params).fetchall()
 
+    def _rows_lazy(self, name: str, **params: Any) -> list[DictRow]:
+        """Like _rows, but the commit does not wait for the WAL flush.
+
+        For writes a server crash may lose without harm: a lost claim puts the
+        job back in the queue (the agent's result is still accepted while it
+        is queued), a lost heartbeat is renewed by the next. One pipelined
+        round trip; it saves the fsync that bounds the fleet's jobs/s.
+        """
+        with self._conn() as conn, conn.pipeline(), conn.transaction():
+            conn.execute("SET LOCAL synchronous_commit = off")
+            cur = conn.execute(query(name), params)
+        return cur.fetchall()
+
     def _row(self, name: str, **params: Any) -> DictRow | None:
         rows = self._rows(name, **params)
         return rows[0] if rows else None
@@ -242,7 +255,7 @@ class PgJobStore:
 
     def claim(self, agent_id: str, worker: str, limit: int = 1) -> list[JobRecord]:
         """Take up to ``limit`` of the oldest queued jobs as leases for ``agent_id``; oldest first."""
-        rows = self._rows("claim_jobs", agent_id=agent_id, worker=worker, limit=limit, lease_s=self.lease_s)
+        rows = self._rows_lazy("claim_jobs", agent_id=agent_id, worker=worker, limit=limit, lease_s=self.lease_s)
         return sorted((_record(r) for r in rows), key=lambda r: (r.created_at, r.id))
 
     def heartbeat(self, agent_id: str, ready: bool = True) -> list[str]:
@@ -251,7 +264,7 @@ class PgJobStore:
         A job the agent thinks it runs but that is missing here was reaped: its
         lease expired and it belongs to the queue (or another agent) now.
         """
-        rows = self._rows("heartbeat", agent_id=agent_id, ready=ready, lease_s=self.lease_s)
+        rows = self._rows_lazy("heartbeat", agent_id=agent_id, ready=ready, lease_s=self.lease_s)
         return [r["id"] for r in rows]
 
     def reap_expired(self) -> list[JobRecord]:
