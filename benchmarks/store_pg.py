@@ -109,6 +109,9 @@ def latencies(store: Any, n: int) -> dict[str, tuple[float, float]]:
         out["heartbeat"] = timed(lambda: store.heartbeat(store.agent_id), n)
         out["reap"] = timed(store.reap_expired, n)
         out["fleet_counts"] = timed(store.fleet_counts, n)
+        blob, job_id = os.urandom(1_000_000), ids[0]
+        out["put 1 MB"] = timed(lambda: store.put_images(job_id, [("x.png", blob)]), max(10, n // 5))
+        out["get 1 MB"] = timed(lambda: store.get_image(job_id, 0), max(10, n // 5))
     return out
 
 

@@ -140,9 +140,9 @@ class PgJobStore:
                 self._breaker.trip(str(error))
             raise error from exc
 
-    def _rows(self, name: str, **params: Any) -> list[DictRow]:
+    def _rows(self, name: str, binary: bool = False, **params: Any) -> list[DictRow]:
         with self._conn() as conn:
-            return conn.execute(query(name), params).fetchall()
+            return conn.execute(query(name), params, binary=binary).fetchall()
 
     def _rows_lazy(self, name: str, **params: Any) -> list[DictRow]:
         """Like _rows, but the commit does not wait for the WAL flush.
@@ -296,7 +296,8 @@ class PgJobStore:
 
     def get_image(self, job_id: str, index: int) -> tuple[str, bytes]:
         """Image ``index`` of a job as (name, bytes), or NotFound."""
-        row = self._row("get_image", id=job_id, idx=index)
+        rows = self._rows("get_image", binary=True, id=job_id, idx=index)
+        row = rows[0] if rows else None
         if row is None:
             raise NotFound(f"job {job_id}: no stored image {index} (unknown job, no such index, "
                            "or expired and removed)")

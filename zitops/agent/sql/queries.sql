@@ -151,10 +151,12 @@ DELETE FROM zitops.job_images WHERE job_id = %(id)s;
 
 -- name: put_images
 -- A job's encoded images (replacing any earlier attempt's), and their total size.
+-- %(data)b: the images travel in binary, 3x faster than psycopg's default
+-- text (hex) form for an array of bytes.
 WITH put AS (
     INSERT INTO zitops.job_images (job_id, idx, name, data)
     SELECT %(id)s, (u.i - 1)::integer, u.name, u.data
-    FROM unnest(%(names)s::text[], %(data)s::bytea[]) WITH ORDINALITY AS u(name, data, i)
+    FROM unnest(%(names)s::text[], %(data)b::bytea[]) WITH ORDINALITY AS u(name, data, i)
     RETURNING octet_length(data) AS n
 )
 UPDATE zitops.jobs
@@ -163,4 +165,5 @@ WHERE id = %(id)s
 RETURNING image_bytes;
 
 -- name: get_image
+-- Run with binary results (store_pg.get_image), so the bytes come back unencoded.
 SELECT name, data FROM zitops.job_images WHERE job_id = %(id)s AND idx = %(idx)s;
