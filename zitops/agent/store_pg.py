@@ -152,10 +152,11 @@ class PgJobStore:
         is queued), a lost heartbeat is renewed by the next. One pipelined
         round trip; it saves the fsync that bounds the fleet's jobs/s.
         """
-        with self._conn() as conn, conn.pipeline(), conn.transaction():
-            conn.execute("SET LOCAL synchronous_commit = off")
-            cur = conn.execute(query(name), params)
-        return cur.fetchall()
+        with self._conn() as conn:
+            with conn.pipeline(), conn.transaction():
+                conn.execute("SET LOCAL synchronous_commit = off")
+                cur = conn.execute(query(name), params)
+            return cur.fetchall()
 
     def _row(self, name: str, **params: Any) -> DictRow | None:
         rows = self._rows(name, **params)
