@@ -76,8 +76,15 @@ class PgCluster:
         self.data = self.root / "data"
         self.port = free_port()
         self.password_file = self.root / "password"
-        self.password_file.write_text(uuid.uuid4().hex + "\n")
         self._as_postgres = os.geteuid() == 0
+        try:
+            self._create()
+        except BaseException:
+            self.remove()
+            raise
+
+    def _create(self) -> None:
+        self.password_file.write_text(uuid.uuid4().hex + "\n")
         if self._as_postgres:
             shutil.chown(self.root, SUPERUSER)
             shutil.chown(self.password_file, SUPERUSER)

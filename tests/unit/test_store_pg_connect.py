@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from pathlib import Path
@@ -90,3 +91,11 @@ def test_sql_files_parse() -> None:
     assert {"claim_jobs", "heartbeat", "reap_expired", "fleet_counts", "put_images"} <= set(queries())
     assert all("FOR UPDATE SKIP LOCKED" in queries()[q] for q in ("claim_jobs", "reap_expired"))
     assert [m.version for m in migrations()] == list(range(1, len(migrations()) + 1))
+
+
+def test_missing_initdb_fails_the_run_with_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Imported here, not at the top: the integration tests load it as a pytest plugin first.
+    pg_support = importlib.import_module("tests.pg_support")
+    monkeypatch.setattr(pg_support, "pg_bin", lambda tool: None)
+    with pytest.raises(pytest.fail.Exception, match="install Debian's postgresql package"):
+        pg_support.PgCluster()
