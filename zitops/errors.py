@@ -92,3 +92,9 @@ class AgentUnavailable(ZitopsError):
     """The agent is draining, not ready, or cannot be reached."""
 
     http_status = 503
+
+
+class StoreUnavailable(ZitopsError):
+    """The shared job store (PostgreSQL) cannot be reached or used; the agent admits no new work."""
+
+    http_status = 503

@@ -1,0 +1,143 @@
+"""One contract, two stores: the SQLite JobStore and the PostgreSQL PgJobStore pass the same lifecycle.
+
+The dispatcher uses whichever store it is given, so every assertion here is
+one the dispatcher relies on. PostgreSQL runs in a throwaway cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pytest
+
+from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.jobs import JobStore
+from zitops.agent.store_pg import PgJobStore
+from zitops.engine.request import GenerationRequest
+from zitops.errors import Conflict, NotFound
+
+if TYPE_CHECKING:
+    from tests.pg_support import PgDatabase
+
+pytest_plugins = ["tests.pg_support"]  # the pg_cluster and pg_db fixtures
+
+
+class Store(Protocol):
+    """The methods the dispatcher calls (both stores have them)."""
+
+    def add(self, request: GenerationRequest) -> JobRecord: ...
+    def get(self, job_id: str) -> JobRecord: ...
+    def start(self, job_id: str, worker: str) -> JobRecord: ...
+    def requeue(self, job_id: str, error: str, uncount: bool = False) -> JobRecord: ...
+    def succeed(self, job_id: str, images: tuple[str, ...], info: dict[str, Any]) -> JobRecord: ...
+    def fail(self, job_id: str, error: str) -> JobRecord: ...
+    def cancel(self, job_id: str) -> JobRecord: ...
+    def recover(self) -> list[str]: ...
+    def count(self, status: JobStatus) -> int: ...
+    def expire(self, older_than: float) -> list[JobRecord]: ...
+    def close(self) -> None: ...
+
+
+Opener = Callable[[], Store]
+
+
+def _req(prompt: str = "a fox", seed: int = 1) -> GenerationRequest:
+    return GenerationRequest(prompt=prompt, seeds=(seed, seed + 1), width=64, height=64, steps=2)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens the store under test; a second call is the same store after an agent restart."""
+    opened: list[Store] = []
+
+    def open_store() -> Store:
+        if request.param == "sqlite":
+            store: Store = JobStore(tmp_path)
+        else:
+            db: PgDatabase = request.getfixturevalue("pg_db")
+            store = PgJobStore(db.url, password_file=db.password_file, agent_id="agent-a")
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        store.close()
+
+
+def test_lifecycle_and_attempts(opener: Opener) -> None:
+    store = opener()
+    rec = store.add(_req())
+    assert rec.status is JobStatus.QUEUED and rec.attempts == 0 and rec.worker is None
+    assert rec.request == _req() and rec.created_at > 0
+    rec = store.start(rec.id, "w0")
+    assert (rec.status, rec.attempts, rec.worker) == (JobStatus.RUNNING, 1, "w0")
+    assert rec.started_at is not None and rec.started_at >= rec.created_at
+    rec = store.requeue(rec.id, "requeued after: worker died")
+    assert (rec.status, rec.attempts, rec.worker, rec.error) == (
+        JobStatus.QUEUED, 1, None, "requeued after: worker died")
+    rec = store.start(rec.id, "w1")
+    rec = store.succeed(rec.id, (f"{rec.id}-0.png", f"{rec.id}-1.png"), {"seconds": 0.1, "where": Path("/x")})
+    assert rec.status is JobStatus.SUCCEEDED and rec.attempts == 2 and rec.error is None
+    assert rec.images == (f"{rec.id}-0.png", f"{rec.id}-1.png")
+    assert rec.info == {"seconds": 0.1, "where": "/x"}  # non-JSON values stored as strings
+    assert rec.finished_at is not None and rec.started_at is not None and rec.finished_at >= rec.started_at
+    assert store.get(rec.id) == rec
+    assert rec.public()["images"] == [f"/v1/jobs/{rec.id}/images/0", f"/v1/jobs/{rec.id}/images/1"]
+    with pytest.raises(NotFound, match="no such job"):
+        store.get("nope")
+
+
+def test_requeue_uncount_and_fail(opener: Opener) -> None:
+    store = opener()
+    rec = store.start(store.add(_req()).id, "w0")
+    rec = store.requeue(rec.id, "", uncount=True)
+    assert (rec.status, rec.attempts, rec.error) == (JobStatus.QUEUED, 0, None)
+    store.start(rec.id, "w0")
+    rec = store.fail(rec.id, "EngineError: boom")
+    assert (rec.status, rec.error, rec.attempts) == (JobStatus.FAILED, "EngineError: boom", 1)
+    assert store.count(JobStatus.FAILED) == 1 and store.count(JobStatus.QUEUED) == 0
+
+
+def test_cancel_only_queued(opener: Opener) -> None:
+    store = opener()
+    a, b = store.add(_req()), store.add(_req())
+    cancelled = store.cancel(a.id)
+    assert cancelled.status is JobStatus.CANCELLED and cancelled.finished_at is not None
+    store.start(b.id, "w0")
+    with pytest.raises(Conflict, match="is running; only queued jobs can be cancelled"):
+        store.cancel(b.id)
+    with pytest.raises(Conflict, match="is cancelled"):
+        store.cancel(a.id)
+    with pytest.raises(NotFound):
+        store.cancel("nope")
+
+
+def test_recover_after_crash_requeues_running_in_creation_order(opener: Opener) -> None:
+    store = opener()
+    ids = [store.add(_req(seed=i)).id for i in range(4)]
+    store.start(ids[1], "w0")  # running when the agent "died"
+    store.fail(ids[3], "EngineError: boom")
+    # No close(): a kill -9 does not close anything either.
+    again = opener()
+    assert again.recover() == [ids[0], ids[1], ids[2]]
+    rec = again.get(ids[1])
+    assert rec.status is JobStatus.QUEUED and rec.attempts == 1 and "agent stopped" in (rec.error or "")
+    assert again.get(ids[3]).status is JobStatus.FAILED
+
+
+def test_expire_removes_only_old_final_jobs(opener: Opener) -> None:
+    store = opener()
+    done = store.add(_req())
+    store.start(done.id, "w0")
+    store.succeed(done.id, ("x.png",), {})
+    waiting = store.add(_req())
+    assert store.expire(time.time() - 3600) == []
+    removed = store.expire(time.time() + 3600)
+    assert [r.id for r in removed] == [done.id] and removed[0].images == ("x.png",)
+    with pytest.raises(NotFound):
+        store.get(done.id)
+    assert store.get(waiting.id).status is JobStatus.QUEUED
+    assert store.count(JobStatus.QUEUED) == 1
