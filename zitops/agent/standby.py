@@ -42,8 +42,9 @@ from zitops.config import AgentConfig
 from zitops.engine.loader import FULL_RANDOM, mem_available_bytes, preload_refusal, weights_bytes
 from zitops.errors import ZitopsError
 from zitops.logs import get_logger
+from zitops.worker.preimport import engine_modules
 from zitops.worker.protocol import Assign, Shutdown, SparePreloaded, SpareReady
-from zitops.worker.standby import CUDA_TOUCHED_EXIT, engine_modules, standby_main
+from zitops.worker.standby import CUDA_TOUCHED_EXIT, standby_main
 
 log = get_logger("zitops.agent.standby")
 
