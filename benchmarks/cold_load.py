@@ -26,7 +26,7 @@ def save(target: Path) -> None:
     import torch
 
     from zitops.engine.full import build_full_pipeline
-    from zitops.engine.loader import force_offline
+    from zitops.engine.offline import force_offline
 
     force_offline()
     t0 = time.perf_counter()

@@ -113,7 +113,7 @@ def main() -> None:
     import torch
 
     from zitops.engine.full import build_full_pipeline
-    from zitops.engine.loader import force_offline
+    from zitops.engine.offline import force_offline
 
     force_offline()
     import diffusers

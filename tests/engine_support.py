@@ -21,7 +21,7 @@ from zitops.profile import EngineSettings, load_profile
 @functools.lru_cache(maxsize=1)
 def tiny_model_dir() -> Path:
     """A tiny Z-Image pipeline on disk, built on first use."""
-    from zitops.engine.loader import force_offline
+    from zitops.engine.offline import force_offline
     from zitops.engine.tiny import make_tiny
 
     force_offline()

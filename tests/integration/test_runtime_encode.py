@@ -76,7 +76,7 @@ def test_worker_runs_the_next_job_while_the_agent_writes_images(rt: Runtime) -> 
         assert _status(rt, first.id) is JobStatus.RUNNING
         out = Path(rt.config.paths.output_dir)
         assert not (out / f"{first.id}-0.png").exists()
-        assert rt.lt.call(lambda: first.id in rt.d._encodes)
+        assert rt.lt.call(lambda: first.id in rt.d.results.pending)
     finally:
         gate.set()
     one, two = rt.wait(first.id), rt.wait(second.id)
@@ -140,7 +140,7 @@ def test_drain_waits_for_pending_encodes(tmp_path: Path) -> None:
 
         rt.d.encode = slow
         rec = rt.submit()
-        wait_until(lambda: rt.lt.call(lambda: rec.id in rt.d._encodes), 10, what="the job to be encoding")
+        wait_until(lambda: rt.lt.call(lambda: rec.id in rt.d.results.pending), 10, what="the job to be encoding")
         assert _busy_with(rt) is None and _status(rt, rec.id) is JobStatus.RUNNING
         summary = rt.lt.run(rt.d.drain(10))
         assert summary["running_left"] == 0

@@ -23,6 +23,8 @@ class Listener:
     """Collects (monotonic time, line) for every datagram sent to the socket."""
 
     def __init__(self, path: str) -> None:
+        self.path = path
+        self._marks = 0
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(path)
         self.sock.settimeout(0.2)
@@ -40,6 +42,18 @@ class Listener:
             now = time.monotonic()
             self.lines.extend((now, line) for line in data.decode().splitlines())
 
+    def mark(self) -> int:
+        """Send a marker datagram and wait until it is read; the index after it in ``lines``.
+
+        The socket delivers in order, so every datagram sent before this call sits before the mark.
+        """
+        self._marks += 1
+        text = f"MARK={self._marks}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.sendto(text.encode(), self.path)
+        wait_until(lambda: any(line == text for _, line in list(self.lines)), 5, what=f"marker {text}")
+        return next(i for i, (_, line) in enumerate(list(self.lines)) if line == text) + 1
+
     def times(self, line: str) -> list[float]:
         """When ``line`` arrived."""
         return [t for t, text in list(self.lines) if text == line]
@@ -51,7 +65,8 @@ class Listener:
         self.sock.close()
 
 
-def test_ready_then_watchdog_pings_that_stop_while_the_dispatcher_stalls(tmp_path: Path) -> None:
+def test_ready_then_watchdog_pings_that_stop_while_the_dispatch_step_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sock_dir = tempfile.mkdtemp(prefix="zn", dir="/tmp")  # short: AF_UNIX paths are limited
     path = f"{sock_dir}/notify"
     listener = Listener(path)
@@ -63,17 +78,36 @@ def test_ready_then_watchdog_pings_that_stop_while_the_dispatcher_stalls(tmp_pat
         assert ready_at <= listener.times("WATCHDOG=1")[0]
         assert any(text.startswith("STATUS=1/1 workers ready") for _, text in listener.lines)
 
-        stalled_at = time.monotonic()
-        rt.lt.call(rt.d.stall_for_tests, 4.0)
-        wait_until(lambda: not rt.ready()[0], 5, what="readiness to notice the stall")
-        assert any("dispatcher loop stalled" in r for r in rt.ready()[1])
-        time.sleep(max(0.0, stalled_at + 4.0 - time.monotonic()))
-        pings = listener.times("WATCHDOG=1")
-        during = [t for t in pings if stalled_at + 2.5 <= t <= stalled_at + 3.9]
-        assert during == [], "pings continued while the dispatcher loop was stalled"
-        assert any(stalled_at + 2.5 <= t for t, text in listener.lines if text.startswith("STATUS="))
-        wait_until(lambda: any(t > stalled_at + 4.0 for t in listener.times("WATCHDOG=1")), 5,
-                   what="pings to resume after the stall")
+        def broken() -> None:
+            raise RuntimeError("dispatch step broken on purpose")
+
+        def withheld() -> int:
+            return rt.lt.call(lambda: rt.d.notify.pings_withheld)
+
+        rt.lt.call(monkeypatch.setattr, rt.d, "dispatch", broken)
+        wait_until(lambda: not rt.ready()[0], 5, what="readiness to notice the failing step")
+        assert any("dispatcher loop failing" in r and "RuntimeError: dispatch step broken on purpose" in r
+                   for r in rt.ready()[1])
+        # From the first round that withheld its ping on, no ping may be sent: every
+        # datagram before the mark was sent before that round.
+        wait_until(lambda: withheld() >= 1, 5, what="a watchdog round to withhold its ping")
+        first, sent = withheld(), rt.lt.call(lambda: rt.d.notify.pings_sent)
+        a = listener.mark()
+        wait_until(lambda: withheld() >= first + 3, 10, what="three more rounds while the step fails")
+        b = listener.mark()
+        between = [text for _, text in listener.lines[a:b]]
+        assert "WATCHDOG=1" not in between, "pings continued while the dispatch step failed"
+        assert any(text.startswith("STATUS=") for text in between)
+        assert rt.lt.call(lambda: rt.d.notify.pings_sent) == sent
+        # Recorded once for the whole failing stretch, not once per tick.
+        assert rt.lt.call(lambda: rt.d.health.failed_ticks) >= 3
+        recorded = [f for f in rt.d.failures.recent(50) if f["kind"] == "dispatcher"]
+        assert len(recorded) == 1 and "dispatch step broken on purpose" in recorded[0]["message"]
+
+        rt.lt.call(monkeypatch.undo)
+        wait_until(lambda: rt.ready()[0], 5, what="readiness once the step works again")
+        wait_until(lambda: "WATCHDOG=1" in [text for _, text in listener.lines[b:]], 5,
+                   what="pings to resume after the step recovers")
         rt.lt.run(rt.d.drain(5.0))
         assert listener.times("STOPPING=1")
     finally:

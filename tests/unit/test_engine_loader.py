@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from zitops.engine import loader, tiny
+from zitops.engine import loader, offline, tiny
 from zitops.errors import ModelError
 
 
@@ -110,9 +110,9 @@ def test_two_workers_build_the_tiny_model_once(tmp_path: Path, monkeypatch: pyte
 
 
 def test_offline_switches_are_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in loader.OFFLINE_ENV:
+    for key in offline.OFFLINE_ENV:
         monkeypatch.delenv(key, raising=False)
-    loader.force_offline()
+    offline.force_offline()
     import os
 
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"

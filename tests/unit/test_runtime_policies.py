@@ -7,6 +7,7 @@ import pickle
 import pytest
 
 from zitops.agent import watchdog as p
+from zitops.profile import load_profile
 from zitops.worker import protocol
 
 
@@ -61,6 +62,54 @@ def test_backoff_doubles_to_its_cap_and_flap_limit() -> None:
     assert p.deaths_in_window(deaths, 300.0, 60.0) == 2
     assert p.deaths_in_window(deaths, 300.0, 300.0) == 4
     assert p.flap_limit_hit(5, 5) and not p.flap_limit_hit(4, 5)
+
+
+def _worker(**over: object) -> p.WorkerObservation:
+    fields: dict[str, object] = dict(pid=7, state="ready", now=1000.0, last_heartbeat=999.0, spawned_at=0.0,
+                                     jobs_done=3, used_mib=1000.0, total_mib=16384.0, allocated_mib=2000.0,
+                                     reserved_mib=2100.0)
+    fields.update(over)
+    return p.WorkerObservation(**fields)  # type: ignore[arg-type]
+
+
+def test_liveness_policy_kills_only_the_silent_or_overrunning_worker() -> None:
+    quiet = _worker(pid=1, last_heartbeat=980.0)
+    slow = _worker(pid=2, job_started=900.0)
+    fine = _worker(pid=3, job_started=990.0)
+    actions = p.liveness_policy([quiet, slow, fine], heartbeat_timeout_s=10.0, job_timeout_s=60.0)
+    assert [type(a) for a in actions] == [p.KillWorker, p.KillWorker]
+    assert [a.pid for a in actions] == [1, 2]
+    assert "no heartbeat for 20.0s" in actions[0].reason and "past its 60s timeout" in actions[1].reason
+
+
+def test_memory_policy_high_water_routine_recycle_and_cache_clear() -> None:
+    wd = load_profile("designer", ["watchdog.recycle_after_jobs=10"]).watchdog
+    full = _worker(pid=1, used_mib=16000.0)
+    assert p.memory_policy([full], wd) == [
+        p.RecycleWorker(1, "high water: GPU memory 16000/16384 MiB >= 95%", "high_water")]
+    assert p.memory_policy([_worker(pid=1, used_mib=16000.0, overlapped=True)], wd) == []  # two copies by design
+    assert p.memory_policy([_worker(pid=1, used_mib=16000.0, jobs_done=0)], wd) == []  # never ran a job
+    due = _worker(pid=2, jobs_done=10)
+    assert p.memory_policy([due], wd) == [p.RecycleWorker(2, "recycle after 10 jobs", "jobs")]
+    assert p.memory_policy([_worker(pid=2, jobs_done=10, state="busy")], wd) == []  # not mid-job
+    cached = _worker(pid=3, reserved_mib=4000.0)
+    assert p.memory_policy([cached], wd) == [p.ClearWorkerCache(3)]
+    assert p.memory_policy([_worker(pid=3, reserved_mib=4000.0, clearing=True)], wd) == []
+    assert p.memory_policy([_worker(pid=3, reserved_mib=4000.0, state="starting")], wd) == []
+
+
+def test_after_job_policy_sets_the_baseline_then_recycles_a_leak() -> None:
+    wd = load_profile("designer").watchdog
+    first = p.after_job_policy(p.AfterJob(5, 2000.0, None, 0, 1), wd)
+    assert (first.baseline_mib, first.leak_streak, first.actions) == (2000.0, 0, ())
+    streak = 0
+    actions: tuple[p.Action, ...] = ()
+    for jobs in range(2, 2 + wd.leak_consecutive_jobs):
+        verdict = p.after_job_policy(p.AfterJob(5, 2000.0 + wd.leak_threshold_mib + 1, 2000.0, streak, jobs), wd)
+        streak, actions = verdict.leak_streak, verdict.actions
+    assert streak == wd.leak_consecutive_jobs
+    assert len(actions) == 1 and isinstance(actions[0], p.RecycleWorker) and actions[0].kind == "leak"
+    assert f"after {wd.leak_consecutive_jobs} jobs in a row" in actions[0].reason
 
 
 @pytest.mark.parametrize("msg", [

@@ -11,8 +11,8 @@ import pytest
 from zitops.config import config_from_mapping, config_to_dict
 from zitops.engine import phases
 from zitops.profile import load_profile
+from zitops.worker.preimport import COMPILE_MODULES, engine_modules
 from zitops.worker.process import NO_WARMUP, startup_phases
-from zitops.worker.standby import COMPILE_MODULES, engine_modules
 
 
 def _config_data(kind: str, *, inner: str = "synthetic", compile_: bool = False) -> dict:
@@ -60,7 +60,7 @@ def test_spare_imports_follow_the_engine_kind() -> None:
 
 
 def test_optional_modules_may_be_missing_required_ones_may_not() -> None:
-    from zitops.worker.standby import preimport
+    from zitops.worker.preimport import preimport
 
     assert preimport(["json", "?zitops_no_such_module", "json:dumps"]) >= 0
     with pytest.raises(ImportError):

@@ -84,11 +84,12 @@ def test_table_shows_paired_overhead_stages_and_the_labelled_cross_process_gap()
 
 def test_dispatcher_hands_a_waited_jobs_bytes_over_once_and_bounds_them(tmp_path: Path) -> None:
     from zitops.agent import dispatcher as dmod
+    from zitops.agent import results
 
     d = dmod.Dispatcher(runtime_config(tmp_path), gpus=[None])
     try:
-        for n in range(dmod.FRESH_JOBS + 2):
-            d._keep_fresh(f"j{n}", (b"x" * 10,))
+        for n in range(results.FRESH_JOBS + 2):
+            d.results.keep_fresh(f"j{n}", (b"x" * 10,))
         assert d.encoded_images("j0") is None and d.encoded_images("j1") is None  # oldest evicted
         assert d.encoded_images("j2") == (b"x" * 10,)
         assert d.encoded_images("j2") is None  # handed over once

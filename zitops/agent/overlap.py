@@ -9,18 +9,19 @@ successor sends Ready; then the successor takes the slot's place in
 Shutdown, finishes the job it has, and exits without being replaced. A
 successor that fails setup is dropped and the pool falls back to a plain
 stop-then-start recycle.
+
+A strategy the pool holds: it reaches the pool only through
+:class:`zitops.agent.slots.PoolHost`, never by importing it.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from zitops.agent.slots import PoolHost, WorkerSlot
 from zitops.worker.protocol import Ready, Shutdown
-
-if TYPE_CHECKING:  # pragma: no cover
-    from zitops.agent.pool import Pool, WorkerSlot
 
 OVERLAP_POLICIES = ("leak", "jobs", "age")
 """Recycle policies that may overlap; never high water (memory is full), crashes or hangs."""
@@ -40,7 +41,7 @@ class _Handover:
 class Overlap:
     """At most one warming successor per slot, and the old workers still retiring."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: PoolHost) -> None:
         self.pool = pool
         self.warming: dict[str, _Handover] = {}  # by slot id
         self.retiring: list[_Handover] = []
@@ -55,8 +56,6 @@ class Overlap:
 
     def start(self, slot: WorkerSlot, reason: str, policy: str) -> bool:
         """Spawn ``slot``'s successor; False when it could not be started (recycle plainly)."""
-        from zitops.agent.pool import WorkerSlot
-
         new = WorkerSlot(id=slot.id, gpu=slot.gpu)
         if not self.pool.start_process(new):
             return False

@@ -1,14 +1,12 @@
-"""The worker supervisor: spawned workers, heartbeats, restarts, kills, recycles.
+"""The worker supervisor: the one owner of worker processes.
 
-uvicorn's multiprocess supervisor, adapted: one spawned worker per GPU, each
-with its own Pipe. The agent's event loop watches each pipe and each process
-sentinel with ``add_reader`` (no polling). A dead worker is restarted with
-exponential backoff until its flap limit; a hung one is sent SIGTERM, then
-SIGKILL after a grace period; a leaking one is recycled (finish, exit, replace), overlapped with a warm
-successor when a second copy fits (:mod:`zitops.agent.overlap`). A new worker
-starts in a pre-imported standby spare when the slot has one
-(:mod:`zitops.agent.standby`), else in a fresh spawned process.
-Every action is kept as an event for /status and counted for /metrics.
+uvicorn's multiprocess supervisor, adapted: one spawned worker per GPU, each with its own Pipe, watched
+with ``add_reader`` on the agent's event loop (no polling). A dead worker is restarted with exponential
+backoff until its flap limit; a hung one gets SIGTERM, then SIGKILL; a leaking one is recycled, overlapped
+with a warm successor when a second copy fits (:mod:`~zitops.agent.overlap`). A new worker starts in a
+pre-imported standby spare when the slot has one (:mod:`~zitops.agent.standby`). What to do is the
+watchdog's (:mod:`~zitops.agent.watchdog`, pure policy): the pool hands it observations and applies the
+actions it returns. Every action is kept as an event for /status and told to the listener.
 """
 
 from __future__ import annotations
@@ -17,23 +15,23 @@ import asyncio
 import collections
 import contextlib
 import multiprocessing
-import os
-import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any, Protocol
+from typing import Any
 
 from zitops.agent import watchdog as policy
 from zitops.agent.overlap import OVERLAP_POLICIES, Overlap
+from zitops.agent.schedule import Periodic
+from zitops.agent.slots import LIVE_STATES, PoolListener, WorkerSlot, observe
+from zitops.agent.spawn import exit_text, sigkill, start_child, stop_children
 from zitops.agent.standby import Standby
+from zitops.agent.vram import Reader, Vram
 from zitops.config import AgentConfig, config_to_dict
 from zitops.logs import get_logger
 from zitops.worker.process import SETUP_FAILED_EXIT, worker_main
 from zitops.worker.protocol import (
-    Assign,
     ClearCache,
     Failure,
     Heartbeat,
@@ -48,86 +46,14 @@ from zitops.worker.protocol import (
 EVENT_HISTORY = 200
 """How many recovery events /status keeps."""
 
-LIVE_STATES = ("starting", "ready", "busy", "recycling", "warming", "retiring")
-
 log = get_logger("zitops.agent.pool")
-
-
-@dataclass
-class WorkerSlot:
-    """One worker position (one GPU, or the CPU); survives its process's restarts."""
-
-    id: str
-    gpu: int | None
-    incarnation: int = -1  # the first process is incarnation 0
-    process: BaseProcess | None = None
-    conn: Connection | None = None
-    pid: int | None = None
-    state: str = "dead"  # starting / ready / busy / recycling / dead / error / stopped;
-    # a successor is "warming" until it takes the slot; the worker it replaces is then "retiring"
-    jobs_done: int = 0  # this incarnation
-    jobs_total: int = 0
-    job_id: str | None = None
-    job_started: float | None = None  # monotonic
-    last_heartbeat: float = 0.0  # monotonic
-    spawned_at: float = 0.0  # monotonic
-    memory: MemoryReport | None = None
-    baseline_mib: float | None = None
-    leak_streak: int = 0
-    nvml_used_mib: float | None = None
-    clearing: float | None = None  # reserved MiB when a cache clear was asked
-    cleared_after: int = -1  # jobs_done at the last cache clear: once per idle period
-    deaths: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=1000))
-    down_since: float | None = None  # monotonic; start of an outage, for recovery times
-    down_reason: str | None = None
-    kill_reason: str | None = None
-    setup_error: str | None = None
-    last_exit: str | None = None
-    startup: dict[str, Any] | None = None  # the start-up phases of this incarnation's Ready
-    standby_pid: int | None = None  # set when this incarnation runs in a standby spare
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
-
-    @property
-    def idle(self) -> bool:
-        """Ready and without a job."""
-        return self.state == "ready" and self.job_id is None
-
-
-class PoolListener(Protocol):
-    """What the pool tells the dispatcher."""
-
-    def on_ready(self, slot: WorkerSlot) -> None:
-        """A worker can take jobs."""
-
-    def on_result(self, slot: WorkerSlot, result: Result) -> None:
-        """A job succeeded."""
-
-    def on_failure(self, slot: WorkerSlot, failure: Failure) -> None:
-        """A job raised inside the worker (the worker lives on)."""
-
-    def on_memory(self, slot: WorkerSlot, report: MemoryReport) -> None:
-        """A worker reported allocator memory."""
-
-    def on_job_lost(self, slot: WorkerSlot, job_id: str, reason: str) -> None:
-        """A worker died or was killed while running ``job_id``."""
-
-    def on_event(self, event: dict[str, Any]) -> None:
-        """A recovery action happened (for logs and metrics)."""
-
-
-def _exit_text(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 class Pool:
     """Spawned workers on the agent's event loop."""
 
-    def __init__(self, config: AgentConfig, gpus: list[int | None], listener: PoolListener) -> None:
+    def __init__(self, config: AgentConfig, gpus: list[int | None], listener: PoolListener,
+                 read_vram: Reader | None = None) -> None:
         self.config = config
         self.wd = config.profile.watchdog
         self.listener = listener
@@ -141,17 +67,22 @@ class Pool:
         self._exited = asyncio.Event()
         self._incarnations: dict[str, int] = {}
         self.overlap = Overlap(self)
-        self.standby = Standby(self)
-        self.gpu_free_mib: Callable[[int], float | None] = lambda _gpu: None
-        """NVML's free MiB on a GPU, or None; the dispatcher wires it to the watchdog's last read."""
+        self.standby = Standby(config, self._config_data, self._ctx, self.slot_event)
+        self.vram = Vram(read_vram)
 
     # --- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
         """Spawn every worker (call on the running event loop)."""
         self._loop = asyncio.get_running_loop()
+        self.standby.start(self._loop)
         for slot in self.slots:
             self._spawn(slot)
+
+    def periodic(self) -> list[Periodic]:
+        """The watchdog's rounds, for the agent's schedule: liveness, then memory."""
+        return [Periodic("liveness", min(1.0, self.wd.heartbeat_interval_s), self.check_liveness),
+                Periodic("vram", self.wd.interval_s, self.check_memory, soon=True)]
 
     def workers(self) -> list[WorkerSlot]:
         """Every worker process: the slots, plus warming successors and retiring workers."""
@@ -167,7 +98,9 @@ class Pool:
         if self._stopping or self._loop is None:
             return False
         slot.incarnation = self._incarnations[slot.id] = self._incarnations.get(slot.id, -1) + 1
-        started = self._from_standby(slot) or self._spawn_process(slot)
+        started = self.standby.assign(slot.id, slot.gpu, slot.incarnation)
+        slot.standby_pid = started[0].pid if started is not None else None
+        started = started or self._spawn_process(slot)
         if started is None:
             return False
         proc, parent = started
@@ -184,40 +117,15 @@ class Pool:
         self._loop.add_reader(proc.sentinel, self._on_exit, slot, proc, parent)
         return True
 
-    def _from_standby(self, slot: WorkerSlot) -> tuple[BaseProcess, Connection] | None:
-        """Hand the slot's standby spare its assignment; None when there is no live spare."""
-        slot.standby_pid = None
-        spare = self.standby.take(slot.id, slot.gpu)
-        if spare is None:
-            return None
-        try:
-            spare.conn.send(Assign(worker_id=slot.id, gpu=slot.gpu, incarnation=slot.incarnation,
-                                   config_data=self._config_data, sent_at=time.time()))
-        except (BrokenPipeError, OSError):  # it died just now: start cold instead
-            spare.process.kill()
-            spare.process.join(1.0)
-            spare.conn.close()
-            return None
-        slot.standby_pid = spare.pid
-        return spare.process, spare.conn
-
     def _spawn_process(self, slot: WorkerSlot) -> tuple[BaseProcess, Connection] | None:
         """A fresh spawned worker process; None (slot marked dead) when it could not start."""
-        parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(
-            target=worker_main, name=f"zitops-worker-{slot.id}",
-            args=(child, slot.id, slot.gpu, slot.incarnation, self._config_data, time.time()),
-        )
         try:
-            proc.start()
+            return start_child(self._ctx, worker_main, f"zitops-worker-{slot.id}",
+                               (slot.id, slot.gpu, slot.incarnation, self._config_data, time.time()))
         except OSError as exc:  # out of fds or memory: count it as a death, retry with backoff
-            parent.close()
-            child.close()
             log.error("cannot start a worker process", worker_id=slot.id, error=str(exc))
             slot.state, slot.last_exit = "dead", f"spawn failed: {exc}"
             return None
-        child.close()  # so the worker sees EOF, and we see it exit, when either side dies
-        return proc, parent
 
     async def stop(self, timeout_s: float) -> None:
         """Ask every worker to finish and exit; SIGTERM, then SIGKILL, the stragglers; stop the spares."""
@@ -227,24 +135,12 @@ class Pool:
             for t in slot.timers:
                 t.cancel()
             self.send(slot, Shutdown("agent stopping"))
-        deadline = time.monotonic() + timeout_s
-        for sig_step in ("wait", "terminate", "kill"):
-            while any(s.process is not None for s in self.workers()) and time.monotonic() < deadline:
-                self._exited.clear()
-                try:
-                    await asyncio.wait_for(self._exited.wait(), max(0.05, deadline - time.monotonic()))
-                except TimeoutError:
-                    break
-            live = [s for s in self.workers() if s.process is not None]
-            if not live:
-                return
-            for s in live:
-                assert s.process is not None
-                if sig_step == "wait":
-                    s.process.terminate()
-                elif sig_step == "terminate":
-                    s.process.kill()
-            deadline = time.monotonic() + max(self.wd.kill_grace_s, 1.0)
+        grace = max(self.wd.kill_grace_s, 1.0)
+        try:
+            await stop_children(lambda: [s.process for s in self.workers() if s.process is not None],
+                                (timeout_s, grace, grace), self._exited)
+        finally:
+            self.vram.close()
 
     # --- messages --------------------------------------------------------------
 
@@ -275,23 +171,7 @@ class Pool:
         if isinstance(msg, Heartbeat):
             slot.last_heartbeat = now
         elif isinstance(msg, Ready):
-            slot.last_heartbeat = now
-            slot.startup = msg.startup
-            if slot.state == "abandoned":  # its predecessor died; it is being stopped
-                return
-            # Not sooner: the next spare's imports would slow this worker's load.
-            self.standby.after_ready(slot.id, slot.gpu)
-            if slot.state == "warming":
-                self.overlap.on_ready(slot, msg)
-                return
-            if slot.state == "starting":
-                slot.state = "ready"
-            if slot.down_since is not None:
-                self.event("ready", slot, slot.down_reason or "restarted", recovery_s=round(now - slot.down_since, 3),
-                           setup_s=round(msg.setup_s, 3), standby_pid=slot.standby_pid,
-                           startup_s=msg.startup.get("total_s"))
-                slot.down_since = slot.down_reason = None
-            self.listener.on_ready(slot)
+            self._on_ready(slot, msg, now)
         elif isinstance(msg, Result | Failure) and msg.job_id is not None:
             slot.job_id, slot.job_started = None, None
             slot.jobs_done += 1
@@ -305,19 +185,44 @@ class Pool:
         elif isinstance(msg, Failure):
             slot.setup_error = f"{msg.exc_type}: {msg.message}"
         elif isinstance(msg, MemoryReport):
-            slot.memory = msg
-            if msg.after == "job" and slot.state == "busy" and slot.job_id is None:
-                slot.state = "ready"
-            # The slot's worker ran a job (its compile is done) and no successor is
-            # loading: the next spare's imports slow nothing now.
-            if (msg.after == "job" and any(s is slot for s in self.slots)
-                    and slot.id not in self.overlap.warming):
-                self.standby.after_job(slot.id, slot.gpu)
-            if msg.after == "clear_cache" and slot.clearing is not None:
-                self.event("cache_clear", slot, "idle cache clear",
-                           freed_mib=round(slot.clearing - msg.reserved_mib, 1))
-                slot.clearing = None
-            self.listener.on_memory(slot, msg)
+            self._on_memory(slot, msg)
+
+    def _on_ready(self, slot: WorkerSlot, msg: Ready, now: float) -> None:
+        slot.last_heartbeat = now
+        slot.startup = msg.startup
+        if slot.state == "abandoned":  # its predecessor died; it is being stopped
+            return
+        # Not sooner: the next spare's imports would slow this worker's load.
+        self.standby.after_ready(slot.id, slot.gpu)
+        if slot.state == "warming":
+            self.overlap.on_ready(slot, msg)
+            return
+        if slot.state == "starting":
+            slot.state = "ready"
+        if slot.down_since is not None:
+            self.event("ready", slot, slot.down_reason or "restarted", recovery_s=round(now - slot.down_since, 3),
+                       setup_s=round(msg.setup_s, 3), standby_pid=slot.standby_pid,
+                       startup_s=msg.startup.get("total_s"))
+            slot.down_since = slot.down_reason = None
+        self.listener.on_ready(slot)
+
+    def _on_memory(self, slot: WorkerSlot, msg: MemoryReport) -> None:
+        slot.memory = msg
+        if msg.after == "job" and slot.state == "busy" and slot.job_id is None:
+            slot.state = "ready"
+        # The slot's worker ran a job (its compile is done) and no successor is
+        # loading: the next spare's imports slow nothing now.
+        if msg.after == "job" and any(s is slot for s in self.slots) and slot.id not in self.overlap.warming:
+            self.standby.after_job(slot.id, slot.gpu)
+        if msg.after == "clear_cache" and slot.clearing is not None:
+            self.event("cache_clear", slot, "idle cache clear", freed_mib=round(slot.clearing - msg.reserved_mib, 1))
+            slot.clearing = None
+        if msg.after == "job" and slot.pid is not None:
+            verdict = policy.after_job_policy(policy.AfterJob(slot.pid, msg.allocated_mib, slot.baseline_mib,
+                                                              slot.leak_streak, slot.jobs_done), self.wd)
+            slot.baseline_mib, slot.leak_streak = verdict.baseline_mib, verdict.leak_streak
+            self.apply(verdict.actions)
+        self.listener.on_memory(slot, msg)
 
     # --- exits, restarts ---------------------------------------------------------
 
@@ -337,7 +242,7 @@ class Pool:
             t.cancel()
         slot.timers.clear()
         slot.process, slot.conn, slot.pid = None, None, None
-        slot.last_exit = _exit_text(code)
+        slot.last_exit = exit_text(code)
         job, slot.job_id, slot.job_started = slot.job_id, None, None
         self._exited.set()
         if self._stopping:
@@ -383,14 +288,44 @@ class Pool:
         self.event("restart", slot, reason, delay_s=round(delay, 3))
         slot.timers.append(self._loop.call_later(delay, self._spawn, slot))
 
-    # --- actions -----------------------------------------------------------------
+    # --- the watchdog: observe, ask the policy, apply ----------------------------------
 
-    def assign(self, slot: WorkerSlot, job: Job) -> bool:
-        """Hand a job to an idle worker."""
-        if not slot.idle or not self.send(slot, job):
-            return False
-        slot.state, slot.job_id, slot.job_started = "busy", job.job_id, time.monotonic()
-        return True
+    def check_liveness(self) -> None:
+        """Kill every live worker that stopped heartbeating or overran its job timeout."""
+        now = time.monotonic()
+        live = [observe(s, now) for s in self.workers()
+                if s.process is not None and s.pid is not None and s.state in LIVE_STATES]
+        self.apply(policy.liveness_policy(live, self.wd.heartbeat_timeout_s, self.config.profile.queue.job_timeout_s))
+
+    def check_memory(self) -> None:
+        """Read GPU memory (NVML, or the workers' own reports) and apply the memory policy."""
+        failed = self.vram.refresh([s.gpu for s in self.slots if s.gpu is not None])
+        if failed is not None:
+            self.event("nvml", None, failed)
+        by_index = self.vram.by_index()
+        overlapped = {w.gpu for w in self.overlap.workers() if w.gpu is not None}
+        now = time.monotonic()
+        seen = []
+        for s in self.slots:
+            if s.serving and s.pid is not None:
+                gpu = by_index.get(s.gpu) if s.gpu is not None else None
+                if gpu is not None:
+                    s.nvml_used_mib = gpu.by_pid.get(s.pid)
+                seen.append(observe(s, now, gpu, s.gpu in overlapped))
+        self.apply(policy.memory_policy(seen, self.wd))
+
+    def apply(self, actions: Iterable[policy.Action]) -> None:
+        """Carry out the watchdog's actions on the workers they name (by pid)."""
+        for action in actions:
+            slot = next((s for s in self.workers() if s.pid == action.pid and s.process is not None), None)
+            if slot is None:
+                continue
+            if isinstance(action, policy.KillWorker):
+                self.kill(slot, action.reason)
+            elif isinstance(action, policy.RecycleWorker):
+                self.recycle(slot, action.reason, kind=action.kind)
+            else:
+                self.clear_cache(slot)
 
     def kill(self, slot: WorkerSlot, reason: str) -> None:
         """SIGTERM a hung worker, then SIGKILL after the grace period; it is replaced on exit."""
@@ -401,17 +336,11 @@ class Pool:
         self.event("kill", slot, reason, job_id=slot.job_id)
         proc = slot.process
         proc.terminate()
-        slot.timers.append(self._loop.call_later(self.wd.kill_grace_s, self._sigkill, proc))
-
-    @staticmethod
-    def _sigkill(proc: BaseProcess) -> None:
-        if proc.exitcode is None and proc.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
+        slot.timers.append(self._loop.call_later(self.wd.kill_grace_s, sigkill, proc))
 
     def recycle(self, slot: WorkerSlot, reason: str, kind: str = "recycle", overlap: bool = True) -> None:
         """Replace a worker: warm a successor first when a second copy fits, else finish, exit, restart."""
-        if (slot.state not in ("ready", "busy") or slot.kill_reason is not None
+        if (not slot.serving or slot.kill_reason is not None
                 or slot.id in self.overlap.warming):  # at most one successor per slot
             return
         if (overlap and self.wd.overlap_recycle and kind in OVERLAP_POLICIES and self._room(slot)
@@ -424,7 +353,7 @@ class Pool:
         self.send(slot, Shutdown(reason))
 
     def _room(self, slot: WorkerSlot) -> bool:
-        free = self.gpu_free_mib(slot.gpu) if slot.gpu is not None else None
+        free = self.vram.free_mib(slot.gpu) if slot.gpu is not None else None
         return policy.room_for_successor(slot.gpu is not None, free, slot.nvml_used_mib)
 
     def clear_cache(self, slot: WorkerSlot) -> None:
@@ -436,16 +365,25 @@ class Pool:
             slot.clearing = slot.memory.reserved_mib
             slot.cleared_after = slot.jobs_done
 
-    def check_liveness(self) -> None:
-        """Kill every live worker that stopped heartbeating or overran its job timeout."""
-        now = time.monotonic()
-        for slot in self.workers():
-            if slot.process is None or slot.state not in LIVE_STATES:
-                continue
-            why = policy.hang_reason(now, slot.last_heartbeat, self.wd.heartbeat_timeout_s,
-                                     slot.job_started, self.config.profile.queue.job_timeout_s)
-            if why is not None:
-                self.kill(slot, why)
+    # --- for the dispatcher ---------------------------------------------------------------
+
+    def assign(self, slot: WorkerSlot, job: Job) -> bool:
+        """Hand a job to an idle worker."""
+        if not slot.idle or not self.send(slot, job):
+            return False
+        slot.state, slot.job_id, slot.job_started = "busy", job.job_id, time.monotonic()
+        return True
+
+    def running(self) -> int:
+        """Jobs on workers now; a retiring worker's last job counts too (drain waits for it)."""
+        return sum(1 for s in self.workers() if s.job_id is not None)
+
+    def device_memory(self) -> list[tuple[str, float, float]]:
+        """(device label, used MiB, total MiB): NVML's last read, else the workers' own reports."""
+        if self.vram.gpus:
+            return [(str(g.index), g.used_mib, g.total_mib) for g in self.vram.gpus]
+        return [("cpu" if s.gpu is None else str(s.gpu), s.memory.device_used_mib, s.memory.device_total_mib)
+                for s in self.slots if s.memory is not None and s.memory.device_total_mib]
 
     def event(self, kind: str, slot: WorkerSlot | None, reason: str, **extra: Any) -> dict[str, Any]:
         """Record an action in the bounded history, tell the listener, and return it."""
@@ -455,3 +393,7 @@ class Pool:
         self.events.append(ev)
         self.listener.on_event(ev)
         return ev
+
+    def slot_event(self, kind: str, slot_id: str, reason: str, **extra: Any) -> dict[str, Any]:
+        """:meth:`event` for the slot named ``slot_id`` (a standby spare's events)."""
+        return self.event(kind, next((s for s in self.slots if s.id == slot_id), None), reason, **extra)

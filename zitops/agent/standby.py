@@ -13,6 +13,9 @@ spare's own imports never compete with the load and the first-job compile it
 is meant to shorten. A spare that dies is replaced after the restart backoff,
 and spares stop being replaced at the flap limit. The pool's ``stop`` stops them.
 
+A strategy the pool holds: it is handed what it needs (the config, the spawn
+context, a way to report events) and never imports the pool.
+
 With ``watchdog.standby_preload`` on, a local model, offload "none" and
 MemAvailable at least :data:`~zitops.engine.loader.PRELOAD_HEADROOM` times
 the weights (less what other spares are still loading), the spare also loads
@@ -29,24 +32,31 @@ import os
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnContext
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from zitops.agent import watchdog as policy
+from zitops.agent.spawn import exit_text, start_child, stop_children
 from zitops.config import AgentConfig
 from zitops.engine.loader import FULL_RANDOM, mem_available_bytes, preload_refusal, weights_bytes
 from zitops.errors import ZitopsError
 from zitops.logs import get_logger
-from zitops.worker.protocol import Shutdown, SparePreloaded, SpareReady
-from zitops.worker.standby import CUDA_TOUCHED_EXIT, engine_modules, standby_main
-
-if TYPE_CHECKING:  # pragma: no cover
-    from zitops.agent.pool import Pool
+from zitops.worker.preimport import engine_modules
+from zitops.worker.protocol import Assign, Shutdown, SparePreloaded, SpareReady
+from zitops.worker.standby import CUDA_TOUCHED_EXIT, standby_main
 
 log = get_logger("zitops.agent.standby")
 
 SPARE_AFTER_READY_S = 20.0
 """When a ready worker gets no job, start the slot's next spare this long after its Ready."""
+
+
+class SpareEvents(Protocol):
+    """Records a spare's event against its slot in the pool's history."""
+
+    def __call__(self, kind: str, slot_id: str, reason: str, **extra: Any) -> Any:
+        """Record ``kind`` for the slot ``slot_id``."""
 
 
 @dataclass
@@ -108,10 +118,17 @@ def rss_mib(pid: int | None) -> float | None:
 class Standby:
     """The pool's spares, at most one per slot id."""
 
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
-        self.enabled = pool.wd.standby_worker
-        self.modules = engine_modules(pool._config_data)
+    def __init__(self, config: AgentConfig, config_data: dict[str, Any], ctx: SpawnContext,
+                 report: SpareEvents) -> None:
+        self.config = config
+        self.wd = config.profile.watchdog
+        self._config_data = config_data
+        self._ctx = ctx
+        self._report = report
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self.enabled = self.wd.standby_worker
+        self.modules = engine_modules(config_data)
         self.spares: dict[str, Spare] = {}
         self.used = 0  # starts served by a spare
         self.off: dict[str, str] = {}  # slot id -> why its spares are no longer replaced
@@ -119,14 +136,18 @@ class Standby:
             lambda: collections.deque(maxlen=1000))
         self._timers: dict[str, asyncio.TimerHandle] = {}  # a spare due later, by slot id
         self._backoff: set[str] = set()  # slots whose pending spare replaces one that died
-        self.preload_off = preload_off_reason(pool.config)
+        self.preload_off = preload_off_reason(config)
         self._weights: int | None = None  # the model's weight bytes, read once
         self._refusal_logged = False
 
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run on ``loop`` (the pool's); spares start as workers become ready."""
+        self._loop = loop
+
     def after_ready(self, slot_id: str, gpu: int | None) -> None:
         """A slot's worker is ready: its next spare is due after its first job, or in a while."""
-        if self.enabled and slot_id not in self.spares and slot_id not in self._timers and self.pool._loop:
-            self._timers[slot_id] = self.pool._loop.call_later(SPARE_AFTER_READY_S, self.ensure, slot_id, gpu)
+        if self.enabled and slot_id not in self.spares and slot_id not in self._timers and self._loop:
+            self._timers[slot_id] = self._loop.call_later(SPARE_AFTER_READY_S, self.ensure, slot_id, gpu)
 
     def after_job(self, slot_id: str, gpu: int | None) -> None:
         """A slot's worker finished a job: start its spare now, unless one exists or waits out a backoff."""
@@ -139,22 +160,16 @@ class Standby:
         if timer is not None:
             timer.cancel()
         self._backoff.discard(slot_id)
-        pool, loop = self.pool, self.pool._loop
-        if (not self.enabled or pool._stopping or loop is None or slot_id in self.spares
-                or slot_id in self.off):
+        loop = self._loop
+        if not self.enabled or self._stopping or loop is None or slot_id in self.spares or slot_id in self.off:
             return
         plan = self._preload_plan()
-        parent, child = pool._ctx.Pipe(duplex=True)
-        proc = pool._ctx.Process(target=standby_main, name=f"zitops-standby-{slot_id}",
-                                 args=(child, gpu, self.modules, plan.config_data))
         try:
-            proc.start()
+            proc, parent = start_child(self._ctx, standby_main, f"zitops-standby-{slot_id}",
+                                       (gpu, self.modules, plan.config_data))
         except OSError as exc:  # out of fds or memory: the slot just starts cold next time
-            parent.close()
-            child.close()
             log.warning("cannot start a standby spare", worker_id=slot_id, error=str(exc))
             return
-        child.close()  # so the spare sees EOF when the agent dies
         spare = self.spares[slot_id] = Spare(slot_id, gpu, proc, parent, preload=plan.state,
                                              preload_reason=plan.reason, preload_bytes=plan.size)
         loop.add_reader(parent.fileno(), self._readable, spare)
@@ -166,7 +181,7 @@ class Standby:
             return PreloadPlan("off", self.preload_off)
         try:
             if self._weights is None:
-                cfg = self.pool.config
+                cfg = self.config
                 self._weights = weights_bytes(cfg.model, cfg.paths.state_dir)
             size = self._weights
             loading = sum(s.preload_bytes for s in self.spares.values() if s.preload in ("pending", "loading"))
@@ -174,7 +189,7 @@ class Standby:
         except (ZitopsError, OSError) as exc:
             size, reason = 0, f"the model's weights cannot be sized: {exc}"
         if reason is None:
-            return PreloadPlan("pending", None, size, self.pool._config_data)
+            return PreloadPlan("pending", None, size, self._config_data)
         if not self._refusal_logged:  # once: every later spare would say the same
             self._refusal_logged = True
             log.warning("standby spares do not preload the model", reason=reason)
@@ -198,7 +213,7 @@ class Standby:
             self._unwatch(spare, sentinel=False)
 
     def _unwatch(self, spare: Spare, sentinel: bool = True) -> None:
-        loop = self.pool._loop
+        loop = self._loop
         if loop is None:
             return
         with contextlib.suppress(OSError, ValueError):
@@ -216,44 +231,57 @@ class Standby:
         self.used += 1
         return spare
 
+    def assign(self, slot_id: str, gpu: int | None, incarnation: int) -> tuple[BaseProcess, Connection] | None:
+        """Turn the slot's live spare into its worker (an Assign); None when there is none, or it just died."""
+        spare = self.take(slot_id, gpu)
+        if spare is None:
+            return None
+        try:
+            spare.conn.send(Assign(worker_id=slot_id, gpu=gpu, incarnation=incarnation,
+                                   config_data=self._config_data, sent_at=time.time()))
+        except (BrokenPipeError, OSError):  # it died just now: start cold instead
+            spare.process.kill()
+            spare.process.join(1.0)
+            spare.conn.close()
+            return None
+        return spare.process, spare.conn
+
     def _on_exit(self, spare: Spare) -> None:
-        pool = self.pool
         self._unwatch(spare)
         spare.conn.close()
         spare.process.join(1.0)
         if self.spares.get(spare.slot_id) is spare:
             del self.spares[spare.slot_id]
-        if pool._stopping:
+        if self._stopping:
             return
-        from zitops.agent.pool import _exit_text
-
-        slot = next((s for s in pool.slots if s.id == spare.slot_id), None)
+        wd, slot_id = self.wd, spare.slot_id
         now = time.monotonic()
-        deaths = self._deaths[spare.slot_id]
+        deaths = self._deaths[slot_id]
         deaths.append(now)
-        recent = policy.deaths_in_window(deaths, now, pool.wd.flap_window_s)
-        reason = f"standby spare pid {spare.pid} died ({_exit_text(spare.process.exitcode)})"
+        recent = policy.deaths_in_window(deaths, now, wd.flap_window_s)
+        reason = f"standby spare pid {spare.pid} died ({exit_text(spare.process.exitcode)})"
         if spare.process.exitcode == CUDA_TOUCHED_EXIT:
-            self.off[spare.slot_id] = (f"standby spare pid {spare.pid}: its imports initialised CUDA, so a spare "
-                                       "could hold GPU memory; spares stopped for this slot, workers start cold")
-            pool.event("standby_off", slot, self.off[spare.slot_id])
+            self.off[slot_id] = (f"standby spare pid {spare.pid}: its imports initialised CUDA, so a spare "
+                                 "could hold GPU memory; spares stopped for this slot, workers start cold")
+            self._report("standby_off", slot_id, self.off[slot_id])
             return
-        if policy.flap_limit_hit(recent, pool.wd.flap_limit):
-            self.off[spare.slot_id] = (f"{reason}; {recent} spare deaths in {pool.wd.flap_window_s:g}s: "
-                                       "spares stopped for this slot, workers start cold")
-            pool.event("standby_off", slot, self.off[spare.slot_id])
+        if policy.flap_limit_hit(recent, wd.flap_limit):
+            self.off[slot_id] = (f"{reason}; {recent} spare deaths in {wd.flap_window_s:g}s: "
+                                 "spares stopped for this slot, workers start cold")
+            self._report("standby_off", slot_id, self.off[slot_id])
             return
-        delay = policy.backoff_delay(recent, pool.wd.restart_backoff_s, pool.wd.restart_backoff_max_s)
-        pool.event("standby_died", slot, reason, delay_s=round(delay, 3))
-        if pool._loop is not None:
-            old = self._timers.pop(spare.slot_id, None)
+        delay = policy.backoff_delay(recent, wd.restart_backoff_s, wd.restart_backoff_max_s)
+        self._report("standby_died", slot_id, reason, delay_s=round(delay, 3))
+        if self._loop is not None:
+            old = self._timers.pop(slot_id, None)
             if old is not None:
                 old.cancel()
-            self._timers[spare.slot_id] = pool._loop.call_later(delay, self.ensure, spare.slot_id, spare.gpu)
-            self._backoff.add(spare.slot_id)
+            self._timers[slot_id] = self._loop.call_later(delay, self.ensure, slot_id, spare.gpu)
+            self._backoff.add(slot_id)
 
     async def stop(self, timeout_s: float) -> None:
         """Shut every spare down (Shutdown, then SIGTERM, then SIGKILL); none is replaced."""
+        self._stopping = True
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -261,15 +289,8 @@ class Standby:
         for spare in spares:
             with contextlib.suppress(OSError, ValueError):
                 spare.conn.send(Shutdown("agent stopping"))
-        for step in ("terminate", "kill", None):
-            deadline = time.monotonic() + timeout_s
-            while any(s.process.is_alive() for s in spares) and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            live = [s for s in spares if s.process.is_alive()]
-            if not live or step is None:
-                break
-            for s in live:
-                getattr(s.process, step)()
+        await stop_children(lambda: [s.process for s in spares if s.process.is_alive()],
+                            (timeout_s, timeout_s, timeout_s))
         for s in spares:
             s.process.join(0.5)
 

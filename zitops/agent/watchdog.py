@@ -1,23 +1,23 @@
-"""Health and VRAM policies, and the APScheduler jobs that apply them.
+"""The watchdog: health and VRAM policy, observations in, actions out.
 
-The policies are pure functions of numbers, so they are unit-tested without
-processes. :class:`Watchdog` runs them on the agent's event loop. It never
-calls nvidia-smi and never resets a GPU: the only remedy for device memory is
-to clear a worker's allocator cache or to let the worker process exit.
+Ray Serve's autoscaling policy, for worker health: the pool gathers frozen
+observations (:class:`WorkerObservation`, :class:`GpuMemory`), a plain
+function here returns the actions (:class:`KillWorker`,
+:class:`RecycleWorker`, :class:`ClearWorkerCache`), and the pool applies
+them. Nothing here imports the pool, the dispatcher or a process, so every
+rule is unit-tested with numbers. The remedies never include nvidia-smi or a
+GPU reset: device memory is freed by clearing a worker's allocator cache or
+by letting the worker process exit.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from zitops.agent.dispatcher import Dispatcher
+from zitops.profile import WatchdogSettings
 
-
-# --- pure policies -----------------------------------------------------------
+# --- the rules, as functions of numbers -----------------------------------------
 
 SUCCESSOR_ROOM_FACTOR = 1.15
 """A successor needs the old worker's NVML-used memory plus this much headroom free."""
@@ -93,7 +93,7 @@ def flap_limit_hit(recent_deaths: int, flap_limit: int) -> bool:
     return recent_deaths >= flap_limit
 
 
-# --- NVML ---------------------------------------------------------------------
+# --- observations ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -106,140 +106,130 @@ class GpuMemory:
     by_pid: dict[int, float]
 
 
-class NvmlReader:
-    """Reads the workers' GPUs through :class:`zitops.gpu.NvmlMonitor`, opened on first use."""
+@dataclass(frozen=True)
+class WorkerObservation:
+    """One worker process at ``now`` (monotonic seconds), as the pool sees it."""
 
-    def __init__(self) -> None:
-        self._monitor: Any = None
-
-    def __call__(self, indices: Iterable[int]) -> list[GpuMemory]:
-        """Memory per GPU; raises RuntimeError (with NVML's reason) when unavailable."""
-        from zitops.gpu import NvmlMonitor
-
-        if self._monitor is None:
-            self._monitor = NvmlMonitor(sorted(set(indices)))
-        samples = self._monitor.sample()
-        if not self._monitor.available:
-            raise RuntimeError(self._monitor.reason or "NVML is not available")
-        return [GpuMemory(index=s.index, used_mib=s.used_mib, total_mib=s.total_mib,
-                          by_pid={pid: used for pid, used in s.processes.items() if used is not None})
-                for s in samples]
-
-    def close(self) -> None:
-        """Shut NVML down."""
-        if self._monitor is not None:
-            self._monitor.close()
-            self._monitor = None
+    pid: int
+    state: str
+    now: float
+    last_heartbeat: float
+    job_started: float | None = None
+    spawned_at: float = 0.0
+    jobs_done: int = 0
+    used_mib: float = 0.0  # its device's memory in use (NVML, or the worker's own report)
+    total_mib: float = 0.0
+    allocated_mib: float | None = None  # the worker's allocator, from its last report
+    reserved_mib: float | None = None
+    clearing: bool = False  # a cache clear was asked and not yet reported
+    overlapped: bool = False  # its GPU also holds a warming successor or a retiring worker
 
 
-# --- the scheduled jobs ---------------------------------------------------------
+@dataclass(frozen=True)
+class AfterJob:
+    """A worker's allocator report after a job, with its warm baseline and leak streak so far."""
+
+    pid: int
+    allocated_mib: float
+    baseline_mib: float | None
+    leak_streak: int
+    jobs_done: int
 
 
-class Watchdog:
-    """APScheduler jobs on the agent's event loop: liveness, VRAM, retention, sd_notify."""
+# --- actions ------------------------------------------------------------------------
 
-    def __init__(self, dispatcher: Dispatcher, read: Callable[[Iterable[int]], list[GpuMemory]] | None = None) -> None:
-        self.dispatcher = dispatcher
-        self._read = read if read is not None else NvmlReader()
-        self.nvml_error: str | None = None
-        self.gpus: list[GpuMemory] = []
-        self._scheduler: Any = None
 
-    def start(self) -> None:
-        """Start the scheduler on the running event loop."""
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+@dataclass(frozen=True)
+class KillWorker:
+    """SIGTERM (then SIGKILL) a hung worker; the pool replaces it on exit."""
 
-        d = self.dispatcher
-        wd = d.config.profile.watchdog
-        ttl = d.config.profile.queue.result_ttl_s
-        sched = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
-        sched.add_job(self.liveness, "interval", seconds=min(1.0, wd.heartbeat_interval_s), id="liveness")
-        sched.add_job(self.vram, "interval", seconds=wd.interval_s, id="vram", next_run_time=_soon())
-        sched.add_job(self.retention, "interval", seconds=min(max(ttl / 10.0, 1.0), 600.0), id="retention")
-        ping = d.notifier_interval_s()
-        if ping is not None:
-            sched.add_job(self.notify, "interval", seconds=ping, id="notify", next_run_time=_soon())
-        sched.start()
-        self._scheduler = sched
+    pid: int
+    reason: str
 
-    def stop(self) -> None:
-        """Stop the scheduler (jobs in flight finish)."""
-        if self._scheduler is not None and self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
-        self._scheduler = None
-        close = getattr(self._read, "close", None)
-        if close is not None:
-            close()
 
-    async def liveness(self) -> None:
-        """Kill hung workers (no heartbeat, or a job past its timeout)."""
-        self.dispatcher.pool.check_liveness()
+@dataclass(frozen=True)
+class RecycleWorker:
+    """Replace a worker (overlapped where ``kind`` allows and a second copy fits)."""
 
-    async def retention(self) -> None:
-        """Delete finished jobs and their images older than the result TTL."""
-        self.dispatcher.expire()
+    pid: int
+    reason: str
+    kind: str
 
-    async def notify(self) -> None:
-        """WATCHDOG=1 only while the dispatcher loop and heartbeats are healthy; STATUS= always."""
-        self.dispatcher.notify_tick()
 
-    async def vram(self) -> None:
-        """Read NVML (or the workers' simulated reports) and apply the memory policies."""
-        d = self.dispatcher
-        wd = d.config.profile.watchdog
-        gpus = [s.gpu for s in d.pool.slots if s.gpu is not None]
-        if gpus and self.nvml_error is None:
-            try:
-                self.gpus = self._read(gpus)
-            except Exception as exc:  # no NVML: report once, keep serving
-                self.nvml_error = f"nvml unavailable: {exc}"
-                self.gpus = []
-                d.log_warning(self.nvml_error)
-                d.record_event("nvml", None, self.nvml_error)
-        elif not gpus and self.nvml_error is None:
-            self.nvml_error = "nvml unavailable: no GPU workers (CPU only)"
-            d.log_info(self.nvml_error)
-        by_index = {g.index: g for g in self.gpus}
+@dataclass(frozen=True)
+class ClearWorkerCache:
+    """Ask an idle worker to hand cached allocator blocks back."""
+
+    pid: int
+
+
+Action = KillWorker | RecycleWorker | ClearWorkerCache
+
+
+@dataclass(frozen=True)
+class JobVerdict:
+    """The memory policy's answer after a job: the new baseline and streak, and what to do."""
+
+    baseline_mib: float
+    leak_streak: int
+    actions: tuple[Action, ...] = ()
+
+
+# --- the policies -----------------------------------------------------------------------
+
+
+def liveness_policy(workers: Iterable[WorkerObservation], heartbeat_timeout_s: float,
+                    job_timeout_s: float) -> list[Action]:
+    """Kill every live worker that stopped heartbeating or overran its job timeout."""
+    actions: list[Action] = []
+    for w in workers:
+        why = hang_reason(w.now, w.last_heartbeat, heartbeat_timeout_s, w.job_started, job_timeout_s)
+        if why is not None:
+            actions.append(KillWorker(w.pid, why))
+    return actions
+
+
+def memory_policy(workers: Iterable[WorkerObservation], wd: WatchdogSettings) -> list[Action]:
+    """The periodic VRAM rules for loaded workers: high water, routine recycle, idle cache clear."""
+    actions: list[Action] = []
+    for w in workers:
+        if w.state not in ("ready", "busy"):
+            continue
+        # A worker that has run no job since it started cannot have leaked:
+        # recycling it again would only churn (e.g. when another process
+        # fills the GPU).
+        if w.jobs_done == 0:
+            pass
         # While two copies share a GPU (an overlapped recycle) its memory is
         # high by design: no high-water recycle there until the old one exits.
-        overlapped = {w.gpu for w in d.pool.overlap.workers() if w.gpu is not None}
-        now = time.monotonic()
-        for slot in d.pool.slots:
-            if slot.state not in ("ready", "busy"):
+        elif not w.overlapped and over_high_water(w.used_mib, w.total_mib, wd.high_water_pct):
+            actions.append(RecycleWorker(w.pid, f"high water: GPU memory {w.used_mib:.0f}/{w.total_mib:.0f} MiB "
+                                                f">= {wd.high_water_pct:g}%", "high_water"))
+            continue
+        else:
+            why = recycle_due(w.jobs_done, w.now - w.spawned_at, wd.recycle_after_jobs, wd.recycle_after_hours)
+            if why and w.state == "ready":
+                actions.append(RecycleWorker(w.pid, why, "age" if "hours" in why else "jobs"))
                 continue
-            g = by_index.get(slot.gpu) if slot.gpu is not None else None
-            if g is not None:
-                slot.nvml_used_mib = g.by_pid.get(slot.pid or -1)
-                used, total = g.used_mib, g.total_mib
-            elif slot.memory is not None:
-                # No NVML: the worker's own device report (simulated on CPU by
-                # the fault engine) takes the same path.
-                used, total = slot.memory.device_used_mib, slot.memory.device_total_mib
-            else:
-                used, total = 0.0, 0.0
-            # A worker that has run no job since it started cannot have leaked:
-            # recycling it again would only churn (e.g. when another process
-            # fills the GPU).
-            if slot.jobs_done == 0:
-                pass
-            elif slot.gpu not in overlapped and over_high_water(used, total, wd.high_water_pct):
-                d.pool.recycle(slot, f"high water: GPU memory {used:.0f}/{total:.0f} MiB "
-                                     f">= {wd.high_water_pct:g}%", kind="high_water")
-                continue
-            else:
-                why = recycle_due(slot.jobs_done, now - slot.spawned_at, wd.recycle_after_jobs,
-                                  wd.recycle_after_hours)
-                if why and slot.state == "ready":
-                    d.pool.recycle(slot, why, kind="age" if "hours" in why else "jobs")
-                    continue
-            m = slot.memory
-            if m is not None and should_clear_cache(slot.state == "ready" and not slot.clearing,
-                                                    m.allocated_mib, m.reserved_mib, wd.idle_cache_clear_mib):
-                d.pool.clear_cache(slot)
-        d.update_gpu_gauges(self.gpus)
+        if (w.allocated_mib is not None and w.reserved_mib is not None and should_clear_cache(
+                w.state == "ready" and not w.clearing, w.allocated_mib, w.reserved_mib, wd.idle_cache_clear_mib)):
+            actions.append(ClearWorkerCache(w.pid))
+    return actions
 
 
-def _soon() -> Any:
-    import datetime
-
-    return datetime.datetime.now() + datetime.timedelta(seconds=0.2)
+def after_job_policy(report: AfterJob, wd: WatchdogSettings) -> JobVerdict:
+    """The per-job rules: the first report sets the warm baseline; a leak or a job count recycles."""
+    actions: list[Action] = []
+    if report.baseline_mib is None:
+        baseline, streak = report.allocated_mib, report.leak_streak  # warm: the first report after the first job
+    else:
+        baseline = report.baseline_mib
+        streak = leak_streak(baseline, report.allocated_mib, wd.leak_threshold_mib, report.leak_streak)
+        if is_leaking(streak, wd.leak_consecutive_jobs):
+            actions.append(RecycleWorker(report.pid, (
+                f"leak: allocated {report.allocated_mib:.0f} MiB > warm baseline {baseline:.0f} + "
+                f"{wd.leak_threshold_mib} MiB after {streak} jobs in a row"), "leak"))
+    why = recycle_due(report.jobs_done, 0.0, wd.recycle_after_jobs, 0.0)
+    if why:
+        actions.append(RecycleWorker(report.pid, why, "jobs"))
+    return JobVerdict(baseline, streak, tuple(actions))

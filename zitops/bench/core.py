@@ -219,7 +219,8 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
 
 def run(opts: BenchOptions, echo: Echo = print) -> BenchReport:
     """Run the benchmark described by ``opts``; never leaves an agent running."""
-    from zitops.engine.loader import FULL_RANDOM, default_state_dir, force_offline
+    from zitops.engine.loader import FULL_RANDOM, default_state_dir
+    from zitops.engine.offline import force_offline
 
     force_offline()
     device = resolve_device(opts.device)

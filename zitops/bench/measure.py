@@ -105,8 +105,9 @@ def build_plain_pipeline(plan: Plan) -> Any:
     """ZImagePipeline exactly as diffusers ships it, with the profile's dtype and offload."""
     import torch
 
-    from zitops.engine.diffusers_engine import _dtype
-    from zitops.engine.loader import FULL_RANDOM, force_offline
+    from zitops.engine.knobs import torch_dtype as _dtype
+    from zitops.engine.loader import FULL_RANDOM
+    from zitops.engine.offline import force_offline
 
     force_offline()
     s = plan.profile.engine

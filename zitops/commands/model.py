@@ -20,7 +20,8 @@ def model() -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the random weights.")
 def make_tiny_cmd(directory: str, seed: int) -> None:
     """Write a tiny random Z-Image pipeline (real architecture, images are noise) to DIRECTORY."""
-    from zitops.engine.loader import check_model, force_offline
+    from zitops.engine.loader import check_model
+    from zitops.engine.offline import force_offline
     from zitops.engine.tiny import TINY_NOTICE, make_tiny
 
     force_offline()

@@ -1,4 +1,7 @@
-"""torch's portable compile cache ("mega-cache"): save after compiling, load before compiling.
+"""torch's compile caches: the per-directory inductor caches, and the portable "mega-cache".
+
+:func:`configure_compile_cache` points inductor's persistent caches at the
+engine's cache directory, so a restart on the same host reuses compiled code.
 
 ``torch.compiler.save_cache_artifacts()`` bundles what compiling produced
 (inductor FX graphs, AOTAutograd entries, autotuning and dynamic-shape
@@ -21,6 +24,22 @@ log = logging.getLogger("zitops.engine")
 
 ARTIFACTS_NAME = "compile-artifacts.bin"
 """The bundle's file name under the engine's cache directory."""
+
+
+def configure_compile_cache(cache_dir: str | Path) -> Path:
+    """Point inductor's persistent caches at ``<cache_dir>/inductor`` so restarts reuse compiled code."""
+    path = Path(cache_dir) / "inductor"
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
+    os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] = "1"
+    try:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = True
+    except ImportError:  # pragma: no cover - very old torch
+        pass
+    return path
 
 
 def artifacts_path(cache_dir: str | Path) -> Path:

@@ -1,6 +1,6 @@
 """The real engine: Z-Image-Turbo through diffusers' ``ZImagePipeline``.
 
-The only module (with its helpers schedulers/full/tiny) that imports torch,
+The only module (with its helpers knobs/schedulers/full/tiny) that imports torch,
 and only inside the worker process. Every profile knob is applied in
 ``setup``; the sampler, schedule and seeds per request in ``run_batch``.
 """
@@ -9,55 +9,24 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from zitops.engine.accel import apply_levers, enabled_levers
 from zitops.engine.base import GenerationResult, MemoryStats, ProgressFn
-from zitops.engine.loader import FULL_RANDOM, Preloaded, default_state_dir, force_offline
+from zitops.engine.knobs import setup_attention, setup_compile, setup_vae, torch_dtype
+from zitops.engine.loader import FULL_RANDOM, Preloaded, default_state_dir
+from zitops.engine.offline import force_offline
 from zitops.engine.oom import BatchOutOfMemory, generate_split_on_oom
 from zitops.engine.phases import phase
 from zitops.engine.request import GenerationRequest
 from zitops.engine.tiny import TINY_NOTICE
-from zitops.errors import EngineError, InvalidRequest, ModelError, ProfileError, ZitopsError
+from zitops.errors import EngineError, InvalidRequest, ZitopsError
 from zitops.profile import SAMPLERS, SCHEDULES, EngineSettings
 
 log = logging.getLogger("zitops.engine")
 MIB = 2**20
-# Tiles well under the 1024 px the FLUX VAE config names, so "tiled" saves
-# memory at the sizes people actually ask for.
-VAE_TILE_PX = 512
-
-
-def _dtype(name: str) -> Any:
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
-
-def configure_compile_cache(cache_dir: str | Path) -> Path:
-    """Point inductor's persistent caches at ``<cache_dir>/inductor`` so restarts reuse compiled code."""
-    path = Path(cache_dir) / "inductor"
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
-    os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
-    os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] = "1"
-    try:
-        import torch._inductor.config as inductor_config
-
-        inductor_config.fx_graph_cache = True
-    except ImportError:  # pragma: no cover - very old torch
-        pass
-    return path
-
-
-def attention_backends() -> list[str]:
-    """The attention backend names this diffusers knows."""
-    from diffusers.models.attention_dispatch import AttentionBackendName
-
-    return [b.value for b in AttentionBackendName]
 
 
 def _to_pil(image: Any) -> list[Any]:
@@ -113,7 +82,7 @@ class DiffusersEngine:
         force_offline()
         path = resolve_model(model, state_dir if state_dir is not None else default_state_dir())
         started = time.perf_counter()
-        pipe = load_pipeline(path, _dtype(settings.precision), _dtype(settings.vae_precision))
+        pipe = load_pipeline(path, torch_dtype(settings.precision), torch_dtype(settings.vae_precision))
         return Preloaded(pipe, path, settings.precision, settings.vae_precision,
                          round(time.perf_counter() - started, 3))
 
@@ -141,7 +110,7 @@ class DiffusersEngine:
             raise EngineError(f"device {device!r}: CUDA is not available in this process")
         self.device = device
         s = self.settings
-        dtype, vae_dtype = _dtype(s.precision), _dtype(s.vae_precision)
+        dtype, vae_dtype = torch_dtype(s.precision), torch_dtype(s.vae_precision)
         on_cuda = device.startswith("cuda")
         offload = s.offload if on_cuda else "none"
         if s.offload != "none" and not on_cuda:
@@ -182,15 +151,16 @@ class DiffusersEngine:
             with phase("to_device"):
                 pipe.to(device)
         self._base_scheduler_config = dict(pipe.scheduler.config)
-        vae_decode = self._setup_vae(vae_dtype)
-        backend = self._setup_attention()
+        vae_decode, self.tiny_vae = setup_vae(pipe, s, device, vae_dtype, self._note)
+        backend = setup_attention(pipe, s.attention_backend)
 
         with phase("levers"):
             levers = apply_levers(pipe, device, attention_backend=s.attention_backend, fp8=s.fp8,
                                   graphs=offload == "none")
         backend = levers.pop("attention_backend", backend)
         with phase("compile_setup"):
-            compiled = self._setup_compile(on_cuda)
+            compiled = setup_compile(pipe, s, on_cuda=on_cuda, compile_on_cpu=self.compile_on_cpu,
+                                     cache_dir=self.cache_dir, note=self._note)
         self.effective = {
             "precision": s.precision, "vae_precision": s.vae_precision, "vae_decode": vae_decode,
             "offload": offload, "compile": compiled, "attention_backend": backend, **levers,
@@ -201,68 +171,6 @@ class DiffusersEngine:
     def _note(self, text: str) -> None:
         self.notes.append(text)
         log.warning("%s", text)
-
-    def _setup_vae(self, vae_dtype: Any) -> str:
-        s = self.settings
-        vae = self.pipe.vae
-        mode = s.vae_decode
-        if mode == "fast":
-            if s.tiny_vae_path:
-                from diffusers import AutoencoderTiny
-
-                path = Path(s.tiny_vae_path).expanduser()
-                try:
-                    tiny = AutoencoderTiny.from_pretrained(str(path), torch_dtype=vae_dtype,
-                                                           local_files_only=True)
-                except (OSError, ValueError) as exc:
-                    raise ModelError(f"engine.tiny_vae_path {path}: cannot load an AutoencoderTiny: "
-                                     f"{str(exc).splitlines()[0]}") from None
-                if tiny.config.latent_channels != vae.config.latent_channels:
-                    raise ModelError(f"engine.tiny_vae_path {path}: {tiny.config.latent_channels} latent "
-                                     f"channels, the model needs {vae.config.latent_channels} (a TAEF1-style "
-                                     "autoencoder)")
-                self.tiny_vae = tiny.to(self.device).eval()
-                return "fast"
-            self._note("vae_decode=fast needs engine.tiny_vae_path (a TAEF1-style AutoencoderTiny); "
-                       "falling back to tiled decode")
-            mode = "tiled"
-        if mode == "tiled":
-            vae.enable_tiling()
-            vae.enable_slicing()
-            tile = min(int(vae.config.sample_size), VAE_TILE_PX)
-            vae.tile_sample_min_size = tile
-            vae.tile_latent_min_size = tile // (2 ** (len(vae.config.block_out_channels) - 1))
-        return mode
-
-    def _setup_attention(self) -> str:
-        name = self.settings.attention_backend
-        if not name:
-            return "default"
-        valid = attention_backends()
-        if name not in valid:
-            raise ProfileError(f"engine.attention_backend: unknown {name!r}; valid: {', '.join(valid)}")
-        try:
-            self.pipe.transformer.set_attention_backend(name)
-        except (RuntimeError, ValueError, ImportError, OSError) as exc:
-            raise EngineError(f"engine.attention_backend {name!r} is not usable here: "
-                              f"{str(exc).splitlines()[0]}") from None
-        return name
-
-    def _setup_compile(self, on_cuda: bool) -> bool:
-        if not self.settings.compile:
-            return False
-        if not on_cuda and not self.compile_on_cpu:
-            self._note("compile=true is skipped on the CPU (no benefit for a demo)")
-            return False
-        if self.settings.offload != "none" and on_cuda:
-            self._note("compile with offload: offload hooks move weights each call, expect recompiles")
-        configure_compile_cache(self.cache_dir)
-        # Regional compilation: one compiled block reused by all 30 layers keeps
-        # compile time to seconds instead of minutes.
-        from zitops.engine.accel import compile_pipeline
-
-        compile_pipeline(self.pipe)
-        return True
 
     # -- generation -------------------------------------------------------
     def generate(self, request: GenerationRequest, progress: ProgressFn | None = None) -> GenerationResult:

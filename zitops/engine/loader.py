@@ -18,37 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zitops.engine.offline import force_offline, quiet_libraries
 from zitops.errors import ModelError
 
 TINY = "tiny"
 FULL_RANDOM = "full-random"
 """``model: full-random``: the real-size architecture, random weights, built on the GPU."""
 
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DIFFUSERS_OFFLINE": "1",
-               "HF_HUB_DISABLE_TELEMETRY": "1"}
 REQUIRED_COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "transformer", "vae")
 _WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors",
                  "diffusion_pytorch_model.bin", "pytorch_model.bin")
 _INDEX_NAMES = ("diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json")
 _HINT = ("download a diffusers-format Z-Image-Turbo snapshot (e.g. Tongyi-MAI/Z-Image-Turbo) and "
          "pass --model PATH (or `model:` in config.yaml), or use --model tiny for a demo")
-
-
-def force_offline() -> None:
-    """Set the Hugging Face offline switches; call before importing diffusers/transformers."""
-    for key, value in OFFLINE_ENV.items():
-        os.environ[key] = value
-    # Loading bars would garble worker logs and the CLI's own progress bar.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-
-def quiet_libraries() -> None:
-    """Turn off diffusers' and transformers' tqdm bars (they are imported by now)."""
-    import diffusers.utils.logging as dlog
-    import transformers.utils.logging as tlog
-
-    dlog.disable_progress_bar()
-    tlog.disable_progress_bar()
 
 
 def default_state_dir() -> Path:

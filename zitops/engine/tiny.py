@@ -145,7 +145,7 @@ def is_tiny(path: str | Path) -> bool:
 
 def make_tiny(directory: str | Path, seed: int = 0) -> Path:
     """Write the tiny pipeline to ``directory`` (diffusers format) and mark it."""
-    from zitops.engine.loader import quiet_libraries
+    from zitops.engine.offline import quiet_libraries
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)

@@ -186,7 +186,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
     ``preloaded`` is a spare's host copy of the pipeline, which the engine's setup uses instead of loading.
     """
     entered = time.time()
-    from zitops.worker.standby import device_environment, engine_modules, preimport
+    from zitops.worker.preimport import device_environment, engine_modules, preimport
 
     # Before any import of torch: this process sees exactly one GPU, or none.
     device_environment(gpu)

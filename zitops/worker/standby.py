@@ -18,7 +18,6 @@ Started with the ``spawn`` context like a worker; torch-free at import.
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import sys
@@ -26,53 +25,8 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from zitops.worker.preimport import device_environment, preimport
 from zitops.worker.protocol import Assign, Shutdown, SparePreloaded, SpareReady
-
-BASE_MODULES = ("zitops.config", "zitops.logs", "zitops.engine.factory", "zitops.engine.request")
-FAULTY_MODULES = ("numpy", "PIL.Image", "zitops.engine.faulty")
-# diffusers and transformers load lazily: naming a class imports its module.
-DIFFUSERS_MODULES = (
-    "torch", "diffusers", "transformers", "diffusers:ZImagePipeline", "diffusers:ZImageTransformer2DModel",
-    "diffusers:AutoencoderKL", "transformers:Qwen3Model", "transformers:Qwen2Tokenizer",
-    "zitops.engine.diffusers_engine", "zitops.engine.accel", "zitops.engine.full",
-)
-# A leading "?" marks a module that may be absent (triton exists only on GPU hosts).
-COMPILE_MODULES = ("torch._dynamo", "torch._inductor.compile_fx", "?triton")
-
-
-def engine_modules(config_data: dict[str, Any]) -> list[str]:
-    """What the configured engine will import: ``module`` or ``module:attribute`` names."""
-    engine = config_data.get("engine") or {}
-    kind = engine.get("kind", "diffusers")
-    inner = (engine.get("faults") or {}).get("inner")
-    names = list(BASE_MODULES)
-    if kind == "faulty":
-        names += FAULTY_MODULES
-    if kind != "faulty" or inner == "diffusers":
-        names += DIFFUSERS_MODULES
-        if ((config_data.get("profile") or {}).get("engine") or {}).get("compile"):
-            names += COMPILE_MODULES
-    return names
-
-
-def preimport(names: list[str]) -> float:
-    """Import ``names`` (HF libraries forced offline first; ``?name`` only if installed); returns the seconds."""
-    from zitops.engine.loader import force_offline
-
-    started = time.perf_counter()
-    force_offline()  # before any Hugging Face import, as the engine's setup does
-    for name in names:
-        module, _, attr = name.removeprefix("?").partition(":")
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            if name.startswith("?"):
-                continue
-            raise
-        if attr:
-            getattr(mod, attr)
-    return time.perf_counter() - started
-
 
 CUDA_TOUCHED_EXIT = 5
 """A spare's exit code when its imports initialised CUDA: the pool stops spares for that slot."""
@@ -85,14 +39,6 @@ def cuda_initialized() -> bool:
         return bool(torch is not None and torch.cuda.is_initialized())
     except Exception:  # a torch without a usable cuda module cannot have initialised it
         return False
-
-
-def device_environment(gpu: int | None) -> None:
-    """Make this process see exactly one GPU, or none; call before anything imports torch."""
-    # NVML numbers GPUs in PCI bus order; make CUDA agree, so the index the
-    # watchdog reads through NVML is the card this worker really uses.
-    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else str(gpu)
 
 
 def preload_model(config_data: dict[str, Any]) -> tuple[Any, str | None]:

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The GPU benchmarks, one named scenario each:
+#
+#   benchmarks/device.sh SCENARIO...     run them in order; results land in $OUT (default ./bench-out)
+#   benchmarks/device.sh list            name and one line per scenario
+#
+# Each scenario is one measurement the one-off device calls A-L made (their
+# letters are noted), without the repeats. The newest result of each is kept
+# in examples/benchmarks/ and listed in examples/benchmarks/index.json, from
+# which `python -m zitops.bench.table` prints the README's table.
+# Scenarios marked (weights) need real-size weights on disk: they run
+# `weights` first when $WEIGHTS does not exist yet.
+set -u
+cd "$(dirname "$0")/.." || exit 2
+OUT=${OUT:-$PWD/bench-out}
+WEIGHTS=${WEIGHTS:-/tmp/zfull}
+export PYTHONUNBUFFERED=1 ZITOPS_STATE_DIR=${ZITOPS_STATE_DIR:-/tmp/zstate}
+Z=(python3 -c 'from zitops.cli import main; main()')
+
+quiet() { grep -v -i warn; }
+
+# bench NAME SECONDS ARGS...: `zitops bench ARGS` at real size, JSON to $OUT/NAME.json
+bench() {
+  local name=$1 limit=$2
+  shift 2
+  timeout "$limit" "${Z[@]}" bench "$@" --json "$OUT/$name.json" 2>&1 | quiet | tee "$OUT/$name.log"
+}
+
+need_weights() { [ -d "$WEIGHTS" ] || scenario_weights; }
+
+scenario_card() { # the card, its memory and driver (every call)
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/card.txt"
+}
+scenario_levers() { # what each speed lever is worth, one process, plain pipeline beside it (A)
+  timeout 140 python3 benchmarks/levers.py --no-engine --out "$OUT/levers.json" 2>&1 | quiet | tee "$OUT/levers.log"
+}
+scenario_designer() { # designer bf16: plain diffusers, engine, agent over HTTP with Server-Timing (A B F G J; H I: first two)
+  bench designer 290 --arch full --profile designer --runs 5 --cache-dir /tmp/zcache
+  nvidia-smi --query-compute-apps=pid,used_memory --format=csv | tee "$OUT/designer-apps.txt"
+}
+scenario_designer_samplers() { # designer with every sampler (A)
+  bench designer-samplers 280 --arch full --profile designer --runs 5 --sampler-sweep all --cache-dir /tmp/zcache
+}
+scenario_designer_fp8() { # designer with fp8 linears: engine and agent (A B F G H J L)
+  ZITOPS_ACCEL=+fp8 bench designer-fp8 260 --arch full --profile designer --runs 5 --paths engine,agent \
+    --cache-dir /tmp/zcache-fp8
+}
+scenario_designer_jpeg() { # the agent path answering JPEG instead of PNG (B)
+  bench designer-jpeg 60 --arch full --profile designer --runs 5 --paths agent --agent-format jpeg --cache-dir /tmp/zcache
+}
+scenario_ecommerce() { # ecommerce: plain and engine, batch sweep 1/2/4/8 (B C K)
+  bench ecommerce 300 --arch full --profile ecommerce --runs 3 --paths baseline,engine --batch-sweep 1,2,4,8 \
+    --cache-dir /tmp/zcache-e
+}
+scenario_poster() { # poster: plain and engine (C)
+  bench poster 120 --arch full --profile poster --runs 3 --paths baseline,engine --cache-dir /tmp/zcache
+}
+scenario_lowvram() { # lowvram (model offload): plain and engine (C)
+  bench lowvram 150 --arch full --profile lowvram --runs 2 --paths baseline,engine --cache-dir /tmp/zcache
+}
+scenario_png() { # the PNG writer against Pillow on a 1024x1024 noise image (F)
+  python3 - <<'PY' 2>&1 | tee "$OUT/png.json"
+import io, json, time
+import numpy as np
+from PIL import Image
+from zitops.engine.png_fast import encode_png
+img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (1024, 1024, 3), dtype=np.uint8))
+encode_png(img)
+t = time.perf_counter(); [encode_png(img) for _ in range(5)]; fast = (time.perf_counter() - t) / 5
+t = time.perf_counter(); [img.save(io.BytesIO(), format="PNG", compress_level=1) for _ in range(3)]; pil = (time.perf_counter() - t) / 3
+print(json.dumps({"png_1024_noise_ms": {"png_fast": round(fast * 1000, 1), "pillow_level1": round(pil * 1000, 1)}}))
+PY
+}
+scenario_kernels() { # kernel ceilings at the designer's shapes, then the engine probe (H)
+  timeout 200 python3 benchmarks/gpu_probe.py --out "$OUT/kernels.json" 2>&1 | quiet | tee "$OUT/kernels.log"
+}
+scenario_probe_engine() { # where one designer image spends its time (torch.profiler), kernels skipped (I)
+  timeout 200 python3 benchmarks/gpu_probe.py --skip-kernels --out "$OUT/probe-engine.json" 2>&1 | quiet \
+    | tee "$OUT/probe-engine.log"
+}
+scenario_weights() { # real-size random weights saved to $WEIGHTS (about 20 GB; D E K L)
+  timeout 150 python3 benchmarks/cold_load.py save "$WEIGHTS" 2>&1 | grep '^{' | tee "$OUT/weights.jsonl"
+}
+scenario_cold_load() { # (weights) load with the page cache dropped, then warm (D E)
+  need_weights
+  sync
+  if echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then echo '{"page_cache_dropped": true}'; \
+    else echo '{"page_cache_dropped": false}'; fi | tee "$OUT/cold-load.jsonl"
+  for _ in 1 2; do
+    timeout 200 python3 benchmarks/cold_load.py load "$WEIGHTS" 2>&1 | grep '^{' | tee -a "$OUT/cold-load.jsonl"
+  done
+}
+scenario_load_direct() { # (weights) host-first against straight onto the GPU, page cache warm (K)
+  need_weights
+  : > "$OUT/load-direct.jsonl"
+  for mode in load load-direct load-direct load; do
+    timeout 60 python3 benchmarks/cold_load.py "$mode" "$WEIGHTS" 2>&1 | grep '^{' | tee -a "$OUT/load-direct.jsonl"
+  done
+}
+scenario_restart() { # the agent's restart phases, with its logs kept (D)
+  bench restart 200 --arch full --profile designer --runs 3 --paths engine,agent --cache-dir /tmp/zcache \
+    --workdir /tmp/zwork
+  tail -c 200000 /tmp/zwork/designer/agent.stderr > "$OUT/restart-agent-stderr.log"
+  find /tmp/zwork/designer/log -type f -name '*.log*' -print0 | xargs -0 cat | tail -c 400000 \
+    > "$OUT/restart-agent-logs.jsonl"
+}
+scenario_restart_weights() { # (weights) kill -9 a worker; its successor starts from a preloaded spare (L)
+  need_weights
+  timeout 200 python3 benchmarks/restart_probe.py --model "$WEIGHTS" --profile designer --kills 1 \
+    --set watchdog.restart_backoff_s=0 --cache-dir /tmp/zcache --out "$OUT/restart-weights.json" 2>&1 | quiet | tail -60
+}
+scenario_agent_weights() { # (weights) the designer agent path serving real-size weights from disk (L)
+  need_weights
+  bench agent-weights 130 --model "$WEIGHTS" --profile designer --runs 5 --paths agent --cache-dir /tmp/zcache
+}
+
+scenarios() { declare -F | sed -n 's/^declare -f scenario_//p' | tr _ -; }
+
+if [ $# -eq 0 ] || [ "$1" = "list" ]; then
+  for s in $(scenarios); do
+    printf '%-18s %s\n' "$s" "$(grep -m1 "^scenario_${s//-/_}()" "$0" | sed 's/.*# //')"
+  done
+  [ $# -eq 0 ] && { echo "usage: $0 SCENARIO... (results in \$OUT)" >&2; exit 2; }
+  exit 0
+fi
+for s in "$@"; do
+  if ! declare -F "scenario_${s//-/_}" > /dev/null; then
+    echo "unknown scenario: $s (see: $0 list)" >&2
+    exit 2
+  fi
+done
+mkdir -p "$OUT"
+for s in "$@"; do
+  echo "== $s" >&2
+  "scenario_${s//-/_}"
+done

@@ -1,0 +1,59 @@
+"""The job store's interface: what the dispatcher needs from wherever jobs are kept.
+
+procrastinate's connector, in small: the dispatcher holds a :class:`Store`
+and never knows the database behind it. :class:`zitops.agent.jobs.JobStore`
+is the SQLite one (one agent, one file). A PostgreSQL store for fleet mode
+implements the same methods (claiming with ``FOR UPDATE SKIP LOCKED``) and
+:func:`open_store` picks it from the config.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.jobs import JobStore
+from zitops.config import AgentConfig
+from zitops.engine.request import GenerationRequest
+
+
+class Store(Protocol):
+    """Durable jobs: every method is one short transaction and returns the record as stored."""
+
+    def add(self, request: GenerationRequest) -> JobRecord:
+        """Store a new queued job and return it."""
+
+    def get(self, job_id: str) -> JobRecord:
+        """The job, or NotFound."""
+
+    def start(self, job_id: str, worker: str) -> JobRecord:
+        """Mark a queued job running on ``worker`` and count the attempt."""
+
+    def requeue(self, job_id: str, error: str, uncount: bool = False) -> JobRecord:
+        """Put a running job back in the queue; ``uncount`` takes back an attempt that never reached a worker."""
+
+    def succeed(self, job_id: str, images: tuple[str, ...], info: dict[str, Any]) -> JobRecord:
+        """Record a finished job's images."""
+
+    def fail(self, job_id: str, error: str) -> JobRecord:
+        """Record a failed job and why."""
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued job; Conflict for any other state."""
+
+    def recover(self) -> list[str]:
+        """After a restart: running jobs go back to queued; return all queued ids, oldest first."""
+
+    def count(self, status: JobStatus) -> int:
+        """How many jobs have ``status``."""
+
+    def expire(self, older_than: float) -> list[JobRecord]:
+        """Delete final jobs that finished before ``older_than``; return them (for their files)."""
+
+    def close(self) -> None:
+        """Release the connection (again is harmless)."""
+
+
+def open_store(config: AgentConfig) -> Store:
+    """The configured job store: SQLite under ``paths.state_dir``."""
+    return JobStore(config.paths.state_dir)
