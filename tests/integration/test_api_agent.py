@@ -28,11 +28,9 @@ import webuiapi
 import yaml
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from api_support import free_port  # noqa: E402
-
-from zitops.config import config_from_mapping, config_to_dict  # noqa: E402
-from zitops.profile import load_profile  # noqa: E402
+from tests.api_support import free_port
+from zitops.config import config_from_mapping, config_to_dict
+from zitops.profile import load_profile
 
 pytestmark = pytest.mark.slow
 

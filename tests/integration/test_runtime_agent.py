@@ -17,12 +17,10 @@ import httpx
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtime_support import runtime_config, wait_until  # noqa: E402
-
-from zitops.agent.contract import JobStatus  # noqa: E402
-from zitops.agent.jobs import JobStore  # noqa: E402
-from zitops.config import config_to_dict  # noqa: E402
+from tests.runtime_support import runtime_config, wait_until
+from zitops.agent.contract import JobStatus
+from zitops.agent.jobs import JobStore
+from zitops.config import config_to_dict
 
 pytestmark = pytest.mark.slow
 CLI = "import sys; from zitops.cli import main; sys.exit(main())"

@@ -6,7 +6,6 @@ swap in a gated, slow or failing encoder around the real ``encode_image``.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -16,12 +15,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtime_support import Runtime, request, runtime_config, wait_until  # noqa: E402
-
-from zitops.agent.contract import JobStatus  # noqa: E402
-from zitops.engine.output import encode_image  # noqa: E402
-from zitops.failures import FailureStore  # noqa: E402
+from tests.runtime_support import Runtime, request, runtime_config, wait_until
+from zitops.agent.contract import JobStatus
+from zitops.engine.output import encode_image
+from zitops.failures import FailureStore
 
 pytestmark = pytest.mark.slow
 

@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 import random
 import socket
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import structlog.testing
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from api_support import HTTP, MemService, make_config, serve  # noqa: E402
+from tests.api_support import HTTP, MemService, make_config, serve
 
 
 class BrokenStatus(MemService):

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtime_support import request, runtime_config  # noqa: E402
-
-from zitops.agent.images import write_images  # noqa: E402
-from zitops.agent.server import bind  # noqa: E402
-from zitops.cli import main  # noqa: E402
-from zitops.engine.factory import create_engine  # noqa: E402
-from zitops.engine.output import encode_image  # noqa: E402
-from zitops.errors import ConfigError  # noqa: E402
-from zitops.worker.process import run_job  # noqa: E402
-from zitops.worker.protocol import Job  # noqa: E402
+from tests.runtime_support import request, runtime_config
+from zitops.agent.images import write_images
+from zitops.agent.server import bind
+from zitops.cli import main
+from zitops.engine.factory import create_engine
+from zitops.engine.output import encode_image
+from zitops.errors import ConfigError
+from zitops.worker.process import run_job
+from zitops.worker.protocol import Job
 
 
 def test_bind_refuses_a_taken_port_with_one_clear_line(tmp_path: Path) -> None:
