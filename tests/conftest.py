@@ -1,4 +1,6 @@
-"""Suite-wide policy: a skip is a failure unless it is listed here with its reason.
+"""Fixtures shared by every test directory, and the suite's skip policy.
+
+A skip is a failure unless it is listed here with its reason.
 
 A test that skips because a tool or package is missing proves nothing, and
 CI would stay green on a machine that silently lacks an install step. Each
@@ -9,8 +11,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+from tests.engine_support import tiny_model_dir
 
 
 @dataclass(frozen=True)
@@ -55,3 +60,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("unexpected skips (install what is missing, or list it in tests/conftest.py)")
         for line in _unexpected:
             terminalreporter.line(line)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """The session's one tiny Z-Image pipeline on disk (built on first use, removed at exit)."""
+    return tiny_model_dir()

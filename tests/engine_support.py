@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +64,75 @@ def pixels(image: Any) -> Any:
     import numpy as np
 
     return np.asarray(image.convert("RGB")).astype(np.int16)
+
+
+def fake_model(root: Path, *, sharded: bool = False) -> Path:
+    """A complete-looking diffusers layout (empty weight files: check_model reads no tensors)."""
+    root.mkdir(parents=True)
+    index: dict[str, Any] = {"_class_name": "ZImagePipeline"}
+    for comp, cls in (("scheduler", "FlowMatchEulerDiscreteScheduler"), ("text_encoder", "Qwen3Model"),
+                      ("tokenizer", "Qwen2Tokenizer"), ("transformer", "ZImageTransformer2DModel"),
+                      ("vae", "AutoencoderKL")):
+        index[comp] = ["diffusers", cls]
+        (root / comp).mkdir()
+    (root / "model_index.json").write_text(json.dumps(index))
+    (root / "scheduler" / "scheduler_config.json").write_text("{}")
+    (root / "tokenizer" / "tokenizer.json").write_text("{}")
+    for comp in ("text_encoder", "vae"):
+        (root / comp / "config.json").write_text("{}")
+        (root / comp / "model.safetensors").write_bytes(b"x" * 10)
+    tr = root / "transformer"
+    (tr / "config.json").write_text("{}")
+    if sharded:
+        shards = {"a": "diffusion_pytorch_model-00001-of-00002.safetensors",
+                  "b": "diffusion_pytorch_model-00002-of-00002.safetensors"}
+        (tr / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
+        for name in shards.values():
+            (tr / name).write_bytes(b"y" * 100)
+    else:
+        (tr / "diffusion_pytorch_model.safetensors").write_bytes(b"y" * 100)
+    return root
+
+
+def flock_waiters(path: Path) -> list[int]:
+    """Pids blocked in flock() on ``path``, from /proc/locks (their lines are marked "->")."""
+    suffix = f":{os.stat(path).st_ino}"
+    pids = []
+    with open("/proc/locks", encoding="ascii") as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) > 6 and fields[1] == "->" and fields[2] == "FLOCK" and fields[6].endswith(suffix):
+                pids.append(int(fields[5]))
+    return pids
+
+
+def ensure_tiny_racing(state_dir: str, barrier: Any, log: str) -> None:
+    """One of two processes that call ``ensure_tiny`` at once (a spawned child of the lock test).
+
+    ``make_tiny`` is replaced by a fake that records the build in ``log`` and then holds the
+    build lock until the other process is seen blocked on it in /proc/locks: the race is forced
+    by that event, not by a sleep. Without the lock the fake would never see a waiter and fail.
+    """
+    from zitops.engine import loader, tiny
+
+    lock = Path(state_dir) / "models" / ".tiny.lock"
+
+    def fake_make_tiny(directory: str | Path, seed: int = 0) -> Path:
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"build {os.getpid()}\n")
+        deadline = time.monotonic() + 60
+        while not [pid for pid in flock_waiters(lock) if pid != os.getpid()]:
+            if time.monotonic() > deadline:
+                raise AssertionError("the other process never waited on the build lock")
+            time.sleep(0.01)
+        path = Path(directory)
+        path.rmdir()
+        fake_model(path)
+        (path / tiny.TINY_MARKER).write_text("tiny")
+        return path
+
+    tiny.make_tiny = fake_make_tiny  # type: ignore[assignment]
+    barrier.wait(60)
+    result = loader.ensure_tiny(state_dir)
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write(f"result {os.getpid()} {result}\n")

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.engine_support import tiny_model_dir
 from zitops.config import AgentConfig, config_from_mapping
 from zitops.engine.request import GenerationRequest
 from zitops.profile import load_profile
@@ -26,12 +27,35 @@ FAST_SETS = [
     "watchdog.kill_grace_s=1", "watchdog.restart_backoff_s=0.2", "watchdog.restart_backoff_max_s=1",
     "queue.job_timeout_s=20", "queue.drain_timeout_s=20",
 ]
+EXACT_SETS = ["engine.precision=fp32", "engine.vae_precision=fp32"]
+"""fp32 on the CPU: fast there, and a worker's pixels equal an in-process run's exactly."""
+REAL_ENGINE_SETS = EXACT_SETS + ["engine.compile=false", "watchdog.heartbeat_interval_s=0.5",
+                                  "watchdog.heartbeat_timeout_s=60"]
+"""The real engine on the CPU, as fast as it gets. Its worker imports torch and diffusers while it
+starts; on two loaded cores that held its heartbeat thread off for over 5 s (it was killed as
+hung, five times over), so the liveness limit is generous here; tests of the hang policy set
+their own. compile is skipped on the CPU anyway, and off it spares the worker inductor's imports."""
+
+
+def link_tiny_model(state_dir: Path) -> Path:
+    """Point ``<state_dir>/models/tiny`` at the session's tiny model, so ``model: tiny`` builds nothing."""
+    target = Path(state_dir) / "models" / "tiny"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(tiny_model_dir(), target_is_directory=True)
+    return target
 
 
 def runtime_config(tmp: Path, *, faults: dict[str, Any] | None = None, sets: list[str] | None = None,
-                   kind: str = "faulty", **over: Any) -> AgentConfig:
-    """A fast agent config (faulty engine, synthetic pixels) rooted at ``tmp``."""
-    profile = load_profile("designer", FAST_SETS + list(sets or []))
+                   kind: str | None = None, **over: Any) -> AgentConfig:
+    """A fast agent config rooted at ``tmp``.
+
+    The real engine (the session's tiny pipeline, 64x64, 2 steps, fp32) unless
+    a fault is injected: ``faults`` (or ``kind="faulty"``) selects the fault
+    engine with synthetic pixels.
+    """
+    kind = kind or ("faulty" if faults is not None else "diffusers")
+    profile = load_profile("designer", FAST_SETS + (REAL_ENGINE_SETS if kind == "diffusers" else []) + list(sets or []))
     data: dict[str, Any] = {
         "profile": profile.model_dump(mode="json"),
         "paths": {k: str(tmp / k) for k in ("state_dir", "log_dir", "output_dir", "cache_dir")},
@@ -39,7 +63,10 @@ def runtime_config(tmp: Path, *, faults: dict[str, Any] | None = None, sets: lis
         "log_format": "json",
     }
     data.update(over)
-    return config_from_mapping(data, "test config")
+    config = config_from_mapping(data, "test config")
+    if config.model == "tiny" and "diffusers" in (config.engine.kind, config.engine.faults.inner):
+        link_tiny_model(Path(config.paths.state_dir))
+    return config
 
 
 def request(prompt: str = "a red fox", seed: int = 1, batch: int = 1, **over: Any) -> GenerationRequest:

@@ -22,12 +22,10 @@ Every JSON line has ``timestamp`` (ISO 8601, UTC), ``level``, ``event``,
 :func:`job_context` / ``structlog.contextvars.bind_contextvars`` (``job_id``,
 ``request_id``, ``worker_id``). Secrets are redacted before rendering.
 
-Tiers: each logger's level comes from ``LogSettings.levels`` (``root`` is the
-root logger). Levels change at runtime with :func:`set_levels` (the API's
-``PUT /admin/log-levels``) or :func:`reload_levels` (the agent calls it on
-SIGHUP with its config path). The agent writes its tiers to
-``<log_dir>/.log-levels.json`` and each worker follows that file (polled every
-``WATCH_INTERVAL_S``), so a change reaches the workers within about a second.
+Tiers (each logger's level, changed at runtime and followed by the workers)
+live in :mod:`zitops.log_levels`; the processors and renderers in
+:mod:`zitops.log_processors`. This module configures the handlers and is the
+public face: every name callers used from it is still here.
 
 For uvicorn, start it with ``log_config=None`` and ``log_level=None`` so it
 leaves this configuration alone. torch, diffusers and
@@ -40,33 +38,52 @@ right after loading the engine.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import logging.handlers
 import os
 import re
 import sys
-import threading
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import structlog
 
-from zitops.config import load_config
 from zitops.errors import ConfigError
+from zitops.log_levels import (
+    ACCESS_LOGGER,
+    LEVELS,
+    LEVELS_FILE,
+    WATCH_INTERVAL_S,
+    _lock,
+    _state,
+    adopt_library_loggers,
+    get_levels,
+    reload_levels,
+    reset_levels,
+    set_levels,
+    start_following,
+    stop_following,
+)
+from zitops.log_processors import (
+    REDACTED,
+    adopt_new_libraries,
+    console_formatter,
+    json_formatter,
+    redact_secrets,
+    shared_chain,
+)
 from zitops.profile import LogSettings
 
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-ACCESS_LOGGER = "uvicorn.access"
+__all__ = [
+    "ACCESS_LOG", "ACCESS_LOGGER", "AGENT_LOG", "LEVELS", "LEVELS_FILE", "REDACTED", "WATCH_INTERVAL_S",
+    "adopt_library_loggers", "configure_logging", "get_levels", "get_logger", "job_context", "log_file_name",
+    "log_files", "redact_secrets", "reload_levels", "set_levels",
+]
+
 AGENT_LOG = "zitops.log"
 ACCESS_LOG = "access.log"
-LEVELS_FILE = ".log-levels.json"
-WATCH_INTERVAL_S = 1.0
-REDACTED = "[REDACTED]"
 
-# Libraries that install their own stderr handler and stop propagation when
-# imported; we take it away so their records reach our handlers (and tiers).
 _SELF_CONFIGURING = ("transformers", "diffusers", "torch")
 
 # Environment that keeps libraries quiet in service mode. setdefault, so an
@@ -80,143 +97,6 @@ _SERVICE_ENV = {
     "TQDM_DISABLE": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
-
-_LOGGER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$")
-_SECRET_KEY = re.compile(
-    r"^(authorization|proxy[-_]authorization|x[-_]api[-_]key|api[-_]?key|token|access[-_]token|"
-    r"refresh[-_]token|bearer|password|passwd|secret|cookie|set[-_]cookie|.*[-_]token|.*[-_]secret)$",
-    re.IGNORECASE,
-)
-_SECRET_TEXT = (
-    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=\-]+"), r"\1 " + REDACTED),
-    (
-        re.compile(r"(?i)\b(authorization|token|access_token|api_key|apikey|password|secret)=([^&\s\"']+)"),
-        r"\1=" + REDACTED,
-    ),
-)
-
-_lock = threading.RLock()
-_state: dict[str, Any] = {
-    "configured": False,
-    "levels": {},  # logger name -> level we set (what get_levels reports)
-    "process": "zitops",
-    "service_mode": False,
-    "publish_to": None,  # the agent writes its tiers here for its workers
-    "watcher": None,  # a worker's (thread, stop event) following that file
-}
-
-
-# ---------------------------------------------------------------- processors
-
-
-def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Replace tokens, Authorization values and ``Bearer xxx`` text with a marker."""
-    for key in list(event_dict):
-        if key.startswith("_"):
-            continue
-        event_dict[key] = _redact_value(key, event_dict[key], depth=0)
-    return event_dict
-
-
-def _redact_value(key: str, value: Any, depth: int) -> Any:
-    if _SECRET_KEY.match(key) and value is not None and value != "":
-        return REDACTED
-    if isinstance(value, str):
-        return _redact_text(value)
-    if depth < 3 and isinstance(value, Mapping):
-        return {k: _redact_value(str(k), v, depth + 1) for k, v in value.items()}
-    if depth < 3 and isinstance(value, (list, tuple)):
-        return [_redact_value("", v, depth + 1) for v in value]
-    return value
-
-
-def _redact_text(text: str) -> str:
-    for pattern, repl in _SECRET_TEXT:
-        text = pattern.sub(repl, text)
-    return text
-
-
-def _add_process(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    event_dict.setdefault("process", _state["process"])
-    event_dict.setdefault("pid", os.getpid())
-    return event_dict
-
-
-def _stdlib_fields(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Turn uvicorn's positional access-log args into fields; drop its colour copy."""
-    event_dict.pop("color_message", None)
-    args = event_dict.pop("positional_args", None)
-    record = event_dict.get("_record")
-    if record is not None and record.name == ACCESS_LOGGER and isinstance(args, tuple) and len(args) == 5:
-        client, method, path, http_version, status = args
-        event_dict.update(
-            event="http_request",
-            client=client,
-            method=method,
-            path=_redact_text(str(path)),
-            http_version=http_version,
-            status=status,
-        )
-    return event_dict
-
-
-_HEAD = ("timestamp", "level", "logger", "event")
-
-
-def _adopt_new_libraries(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Adopt torch/diffusers/transformers loggers once they exist (a worker imports them late)."""
-    # Cheap in steady state: three dict lookups and a len(); adoption runs only
-    # when a library or a logger appeared since the last time.
-    key = (tuple(n for n in _SELF_CONFIGURING if n in sys.modules), len(logging.root.manager.loggerDict))
-    if key != _state.get("adopted_key"):
-        adopt_library_loggers()
-    return event_dict
-
-
-def _head_first(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Put the fields a reader scans for first, so raw lines stay readable."""
-    head = {k: event_dict.pop(k) for k in _HEAD if k in event_dict}
-    head.update(event_dict)
-    return head
-
-
-def _shared_chain() -> list[Any]:
-    return [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        _add_process,
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
-        structlog.stdlib.ExtraAdder(),
-        _stdlib_fields,
-        redact_secrets,
-        structlog.processors.StackInfoRenderer(),
-    ]
-
-
-def _json_formatter(foreign: list[Any]) -> structlog.stdlib.ProcessorFormatter:
-    return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=foreign,
-        pass_foreign_args=True,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            redact_secrets,  # a traceback can quote a header
-            _head_first,
-            structlog.processors.JSONRenderer(ensure_ascii=False, default=str),
-        ],
-    )
-
-
-def _console_formatter(foreign: list[Any], colors: bool) -> structlog.stdlib.ProcessorFormatter:
-    return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=foreign,
-        pass_foreign_args=True,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.dev.ConsoleRenderer(colors=colors),
-        ],
-    )
 
 
 # ---------------------------------------------------------------- configure
@@ -278,7 +158,7 @@ def configure_logging(
             for key, value in _SERVICE_ENV.items():
                 os.environ.setdefault(key, value)
 
-        foreign = _shared_chain()
+        foreign = shared_chain()
         root = logging.getLogger()
         _remove_our_handlers(root)
         access = logging.getLogger(ACCESS_LOGGER)
@@ -293,9 +173,9 @@ def configure_logging(
 
         stream = _tag(logging.StreamHandler(sys.stderr))
         if renderer == "console":
-            stream.setFormatter(_console_formatter(foreign, colors=_stderr_is_tty()))
+            stream.setFormatter(console_formatter(foreign, colors=_stderr_is_tty()))
         else:
-            stream.setFormatter(_json_formatter(foreign))
+            stream.setFormatter(json_formatter(foreign))
         if log_dir is not None and service_mode:
             # The file has the full record at the configured tiers; the journal
             # (stderr) only needs what an operator must look at.
@@ -309,7 +189,7 @@ def configure_logging(
             except OSError as exc:
                 raise ConfigError(f"{log_dir}: cannot create the log directory: {exc.strerror}") from None
             main_file = _tag(_rotating(log_dir / log_file_name(process), settings))
-            main_file.setFormatter(_json_formatter(foreign))
+            main_file.setFormatter(json_formatter(foreign))
             root.addHandler(main_file)
 
         # The access log never mixes with the main log; without a file (or with
@@ -317,12 +197,12 @@ def configure_logging(
         access.propagate = False
         if log_dir is not None and settings.access_log:
             access_file = _tag(_rotating(log_dir / ACCESS_LOG, settings))
-            access_file.setFormatter(_json_formatter(foreign))
+            access_file.setFormatter(json_formatter(foreign))
             access.addHandler(access_file)
 
         structlog.configure(
             processors=[
-                _adopt_new_libraries,
+                adopt_new_libraries,
                 structlog.stdlib.filter_by_level,
                 *foreign,
                 structlog.stdlib.PositionalArgumentsFormatter(),
@@ -338,198 +218,18 @@ def configure_logging(
         )
 
         logging.captureWarnings(True)
-        _stop_watcher()
+        stop_following()
         is_agent = process == "agent"
-        _state["publish_to"] = Path(log_dir) / LEVELS_FILE if log_dir is not None and is_agent else None
-        _apply_levels(_validate(_levels_from(settings)), replace=True)
+        reset_levels(settings, publish_to=Path(log_dir) / LEVELS_FILE if log_dir is not None and is_agent else None)
         adopt_library_loggers()
         if log_dir is not None and not is_agent:
-            _start_watcher(Path(log_dir) / LEVELS_FILE)
+            start_following(Path(log_dir) / LEVELS_FILE)
         _state["configured"] = True
-
-
-def _levels_from(settings: LogSettings) -> dict[str, str]:
-    levels: dict[str, str] = dict(settings.levels)
-    if _state["service_mode"]:
-        levels.setdefault("py.warnings", "ERROR")
-    # uvicorn logs each request at INFO; the root tier must not swallow them.
-    if settings.access_log:
-        levels.setdefault(ACCESS_LOGGER, "INFO")
-    else:
-        levels[ACCESS_LOGGER] = "CRITICAL"
-    return levels
 
 
 def _stderr_is_tty() -> bool:
     isatty = getattr(sys.stderr, "isatty", None)
     return bool(isatty is not None and isatty())
-
-
-def _library_loggers() -> list[logging.Logger]:
-    # torch gives each subsystem (torch._dynamo, torch._inductor...) its own
-    # handler, so every existing logger under these names is checked.
-    prefixes = tuple(f"{name}." for name in _SELF_CONFIGURING)
-    names = [n for n in list(logging.root.manager.loggerDict) if n in _SELF_CONFIGURING or n.startswith(prefixes)]
-    return [logging.getLogger(n) for n in sorted(set(names) | set(_SELF_CONFIGURING))]
-
-
-def _is_console_handler(handler: logging.Handler) -> bool:
-    # Only the libraries' console handlers go; a file or trace handler someone
-    # added on purpose (e.g. TORCH_TRACE) stays.
-    return (
-        not getattr(handler, "_zitops", False)
-        and isinstance(handler, logging.StreamHandler)
-        and not isinstance(handler, logging.FileHandler)
-    )
-
-
-def adopt_library_loggers() -> None:
-    """Undo the stderr handler diffusers/transformers/torch install on import; reapply tiers."""
-    with _lock:
-        for name in _SELF_CONFIGURING:
-            module = sys.modules.get(f"{name}.utils.logging")
-            if module is not None:
-                # Their own switches, so their global "already configured"
-                # flag stays consistent and they do not add the handler again.
-                with contextlib.suppress(Exception):
-                    module.disable_default_handler()
-                    module.enable_propagation()
-        for lib in _library_loggers():
-            for handler in list(lib.handlers):
-                if _is_console_handler(handler):
-                    lib.removeHandler(handler)
-            if not lib.handlers:
-                lib.propagate = True
-        if _state["service_mode"]:
-            module = sys.modules.get("transformers.utils.logging")
-            if module is not None:
-                with contextlib.suppress(Exception):
-                    module.disable_progress_bar()
-            module = sys.modules.get("diffusers.utils.logging")
-            if module is not None:
-                with contextlib.suppress(Exception):
-                    module.disable_progress_bar()
-        # Their import reset their level from *_VERBOSITY; ours wins.
-        for name, level in _state["levels"].items():
-            _logger(name).setLevel(level)
-        _state["adopted_key"] = (
-            tuple(n for n in _SELF_CONFIGURING if n in sys.modules),
-            len(logging.root.manager.loggerDict),
-        )
-
-
-# ---------------------------------------------------------------- levels
-
-
-def _logger(name: str) -> logging.Logger:
-    return logging.getLogger() if name == "root" else logging.getLogger(name)
-
-
-def _validate(levels: Mapping[str, str]) -> dict[str, str]:
-    if not isinstance(levels, Mapping):
-        raise ConfigError("log levels must be a mapping of logger name to level")
-    out: dict[str, str] = {}
-    for name, level in levels.items():
-        if not isinstance(name, str) or not _LOGGER_NAME.match(name):
-            raise ConfigError(
-                f"logger name {name!r} is not allowed: use 'root' or a dotted name like zitops.agent"
-            )
-        if not isinstance(level, str) or level.upper() not in LEVELS:
-            raise ConfigError(f"level {level!r} for logger {name!r} is not allowed: use one of {', '.join(LEVELS)}")
-        out[name] = level.upper()
-    return out
-
-
-def _apply_levels(levels: dict[str, str], *, replace: bool) -> None:
-    if replace:
-        for name in _state["levels"]:
-            if name not in levels:
-                # Back to inheriting; "root" cannot inherit, so it is always in levels.
-                _logger(name).setLevel(logging.NOTSET)
-        _state["levels"] = {}
-        if "root" not in levels:
-            levels = {"root": "WARNING", **levels}
-    for name, level in levels.items():
-        _logger(name).setLevel(level)
-        _state["levels"][name] = level
-    _publish_levels()
-
-
-# Workers follow the agent's runtime tier changes (API or SIGHUP) through a
-# small file in the log directory: no protocol message, and a worker that
-# starts later picks up the current tiers at once.
-
-
-def _publish_levels() -> None:
-    path = _state["publish_to"]
-    if path is None:
-        return
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps({"levels": _state["levels"]}), "utf-8")
-        os.replace(tmp, path)  # atomic: a worker never reads half a file
-    except OSError:
-        pass  # the workers keep their tiers; the agent's own change still applies
-
-
-def _follow_levels(path: Path, stop: threading.Event) -> None:
-    seen: tuple[int, int] | None = None
-    while not stop.is_set():
-        try:
-            st = path.stat()
-            key: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
-        except OSError:
-            key = None
-        if key is not None and key != seen:
-            seen = key
-            try:
-                levels = _validate(json.loads(path.read_text("utf-8"))["levels"])
-            except (OSError, ValueError, KeyError, TypeError, ConfigError):
-                levels = None  # a torn or foreign file: keep the current tiers
-            with _lock:
-                # Checked under the lock: a reconfigure that stopped this
-                # watcher must not be undone by a file read just before.
-                if stop.is_set():
-                    return
-                if levels is not None:
-                    _apply_levels(levels, replace=True)
-        stop.wait(WATCH_INTERVAL_S)
-
-
-def _start_watcher(path: Path) -> None:
-    stop = threading.Event()
-    thread = threading.Thread(target=_follow_levels, args=(path, stop), name="zitops-log-levels", daemon=True)
-    _state["watcher"] = (thread, stop)
-    thread.start()
-
-
-def _stop_watcher() -> None:
-    watcher = _state["watcher"]
-    _state["watcher"] = None
-    if watcher is not None:
-        # No join: the caller holds the lock the watcher may be waiting for;
-        # it sees the event under that lock and exits.
-        watcher[1].set()
-
-
-def set_levels(levels: dict[str, str], *, replace: bool = False) -> dict[str, str]:
-    """Change logger tiers at runtime (validated as a whole first); return the effective tiers."""
-    checked = _validate(levels)
-    with _lock:
-        _apply_levels(checked, replace=replace)
-        return get_levels()
-
-
-def get_levels() -> dict[str, str]:
-    """Every tier that was set, as each logger's effective level name."""
-    with _lock:
-        names = sorted(_state["levels"], key=lambda n: (n != "root", n))
-        return {name: logging.getLevelName(_logger(name).getEffectiveLevel()) for name in names}
-
-
-def reload_levels(config_path: str | Path) -> dict[str, str]:
-    """Re-read the agent config and reset every tier to it (the SIGHUP action)."""
-    return set_levels(_levels_from(load_config(config_path).profile.logging), replace=True)
 
 
 # ---------------------------------------------------------------- use

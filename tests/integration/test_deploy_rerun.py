@@ -7,16 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli_support import run_cli as run
 from zitops import deploy
 from zitops.config import load_config
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cli_support import run_cli as run  # noqa: E402
 
 
 def actions(stdout: str) -> dict[str, str]:

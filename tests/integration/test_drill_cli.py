@@ -57,28 +57,39 @@ def test_each_drill_passes_with_no_job_lost(kind: str, tmp_path: Path) -> None:
     assert report["jobs"]["lost"] == 0 and report["jobs"]["accepted"] == report["jobs"]["submitted"] > 0
     assert report["jobs"]["succeeded"] == report["jobs"]["accepted"]
     fig = report["figures"]
+    events = report["events"]
+
+    def recovered_after(kind_: str) -> dict[str, Any]:
+        """The recorded recovery ("ready", with how long the slot was down) after the first ``kind_``."""
+        first = next(e for e in events if e["kind"] == kind_)
+        return next(e for e in events if e["kind"] == "ready" and e["time"] >= first["time"])
+
     if kind == "crash":
-        assert 0 < fig["crash_to_ready_s"] < 15
+        assert fig["crash_to_ready_s"] == recovered_after("crash")["recovery_s"] > 0
         assert len(report["jobs"]["retried"]) == 1
         assert report["metrics"]['zitops_recoveries_total{kind="crash"}'] >= 1
     elif kind == "leak":
         # 100 MiB/job, threshold 150 over the baseline of job 1, 2 jobs in a row: recycled after job 4.
         assert fig["leak_jobs_until_recycle"] == 4
-        assert 0 < fig["leak_recycled_to_ready_s"] < 15
+        (recycle,) = [e for e in events if e["kind"] == "recycle"]
+        (handover,) = [e for e in events if e["kind"] == "handover"]
+        assert fig["leak_recycled_to_ready_s"] == handover["warmup_s"] > 0
         assert fig["allocated_after_mib"] < fig["leak_allocated_at_recycle_mib"]
-        # The successor warmed while the old worker served: readiness never dropped.
-        assert fig["leak_overlap"] is True and fig["leak_gap_s"] == 0.0 and fig["readyz_down_s"] == []
+        # The successor warmed while the old worker served: the recorded transitions show no
+        # moment without a worker (no crash, kill, restart or recovery; the handover had no gap).
+        assert fig["leak_overlap"] is True and recycle["overlap"] is True
+        assert fig["leak_gap_s"] == handover["gap_s"] == 0.0 and handover["new_pid"] == recycle["successor_pid"]
+        assert not [e for e in events if e["kind"] in ("crash", "kill", "restart", "ready")], events
     elif kind == "hang":
-        assert 0 < fig["hang_detected_to_replaced_s"] < 15
-        assert any(e["kind"] == "kill" and "past its 2s timeout" in e["reason"] for e in report["events"])
+        assert fig["hang_detected_to_replaced_s"] == recovered_after("kill")["recovery_s"] > 0
+        assert any(e["kind"] == "kill" and "past its 2s timeout" in e["reason"] for e in events)
     elif kind == "oom":
         assert fig["oom_splits_per_job"] == [3]  # 4 -> 2+2 -> 1+1+1+1
         assert not report["jobs"]["retried"]
     else:
-        assert fig["killed_pid"] in report["worker_pids"] and 0 < fig["kill_to_ready_s"] < 15
+        assert fig["killed_pid"] in report["worker_pids"]
+        assert fig["kill_to_ready_s"] == recovered_after("crash")["recovery_s"] > 0
         assert report["jobs"]["retried"] == [fig["killed_job"]]
-    if kind in ("crash", "hang", "kill"):
-        assert fig["readyz_down_s"], "readyz never went down during recovery"
     _assert_torn_down(report)
     assert list(tmp.iterdir()) == [], "the temporary deployment was not removed"
 
@@ -132,8 +143,8 @@ def _agents_under(root: Path) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("after_s", [0.0, 3.0])  # while the agent is spawned; mid-drill
-def test_sigterm_to_the_drill_tears_the_agent_down(after_s: float, tmp_path: Path) -> None:
+@pytest.mark.parametrize("when", ["spawned", "mid-drill"])
+def test_sigterm_to_the_drill_tears_the_agent_down(when: str, tmp_path: Path) -> None:
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = dict(os.environ, TMPDIR=str(tmp))
@@ -146,7 +157,12 @@ def test_sigterm_to_the_drill_tears_the_agent_down(after_s: float, tmp_path: Pat
             time.sleep(0.1)
         agents = _agents_under(tmp)
         assert agents, "the drill's agent never started"
-        time.sleep(after_s)
+        if when == "mid-drill":  # jobs are flowing: the drill's agent has written an image
+            deadline = time.monotonic() + 60
+            while not list(tmp.rglob("*.png")) and time.monotonic() < deadline:
+                assert drill.poll() is None, drill.communicate()
+                time.sleep(0.05)
+            assert list(tmp.rglob("*.png")), "the drill never got an image back"
         drill.send_signal(signal.SIGTERM)
         drill.wait(60)
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from PIL import Image
@@ -82,16 +81,19 @@ def test_crash_on_job_exits_the_process() -> None:
 
 
 def test_hang_on_job_never_finishes() -> None:
+    # No logging is configured in the script, so the fault's error line reaches stderr through
+    # logging's last-resort handler: the event that the process is inside the hang.
     proc = subprocess.Popen([sys.executable, "-c", _FAULT_JOB.format(kw="{'hang_on_job': 2}")],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
         assert proc.stdout.readline().split() == ["done", "1"]
-        time.sleep(1.0)
-        assert proc.poll() is None  # still inside job 2
+        assert proc.stderr.readline().strip() == "fault: hanging on job 2"
+        assert proc.poll() is None  # inside job 2, which only a kill ends
     finally:
         proc.kill()
         proc.wait(timeout=10)
+    assert proc.stdout.read() == "", "job 2 never finished"
 
 
 def test_generate_help_does_not_import_torch() -> None:

@@ -5,7 +5,8 @@ Two agents (real CLI process, real spawned workers, real uvicorn on loopback):
 - ``errors``: engine error on job 1, out-of-memory on a single image (job 2),
   crash on job 3; then checks of the JSON format, tiers, runtime level
   changes (API and SIGHUP) and ``zitops failures``.
-- ``lost``: a hang on job 1 (job timeout), then ``kill -9`` of the worker mid-job.
+- ``lost``: a hang on job 1 (job timeout).
+- ``killed``: ``kill -9`` of the worker while a hang holds it inside a job.
 """
 
 from __future__ import annotations
@@ -152,8 +153,13 @@ def errors_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
 
 @pytest.fixture(scope="module")
 def lost_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
-    yield from _start(tmp_path_factory.mktemp("lost"), {"hang_on_job": 1, "job_seconds": 1.5},
-                      ["queue.job_timeout_s=4"])
+    yield from _start(tmp_path_factory.mktemp("lost"), {"hang_on_job": 1}, ["queue.job_timeout_s=4"])
+
+
+@pytest.fixture(scope="module")
+def killed_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+    # The hang holds the first job inside the engine until the test kills the worker.
+    yield from _start(tmp_path_factory.mktemp("killed"), {"hang_on_job": 1}, [])
 
 
 @pytest.fixture(scope="module")
@@ -224,12 +230,34 @@ def test_log_files_are_json_lines_at_the_configured_tiers(errors_agent: Agent, e
     assert any(ln["method"] == "POST" and ln["path"] == "/v1/jobs" and ln["status"] == 202 for ln in access)
 
 
+def _agent_lines(agent: Agent, job_id: str, event: str) -> list[dict[str, Any]]:
+    return [ln for ln in agent.lines() if ln.get("job_id") == job_id and ln["event"] == event]
+
+
+def _worker_lines(agent: Agent, job_id: str, event: str) -> list[dict[str, Any]]:
+    return [ln for p in agent.log_dir.glob("worker-*.log") for ln in agent.lines(p.name)
+            if ln.get("job_id") == job_id and ln["event"] == event]
+
+
 def _count(agent: Agent, event: str) -> int:
     return sum(1 for ln in agent.lines() if ln["event"] == event)
 
 
-def _worker_count(agent: Agent, event: str) -> int:
-    return sum(1 for p in agent.log_dir.glob("worker-*.log") for ln in agent.lines(p.name) if ln["event"] == event)
+def _a_job_whose_worker(agent: Agent, logs_its_start: bool, what: str) -> str:
+    """Run jobs until one's "job started" line is (or is not) in the worker's log; that job's id.
+
+    The worker logs "job started" before it runs the job, and a file handler flushes each line,
+    so once the job is final its line is on disk or was never written: absence is a fact here,
+    not a guess after a sleep. Workers follow the agent's tiers through a polled file, so the
+    first jobs after a change may still run at the old tier.
+    """
+    def attempt() -> str | None:
+        job_id = agent.submit()
+        assert agent.wait_final(job_id)["status"] == "succeeded"
+        return job_id if bool(_worker_lines(agent, job_id, "job started")) == logs_its_start else None
+
+    found: str = wait_for(attempt, 30, what)
+    return found
 
 
 def test_levels_change_at_runtime_via_api_and_sighup(errors_agent: Agent, error_jobs: dict[str, Any]) -> None:
@@ -237,23 +265,18 @@ def test_levels_change_at_runtime_via_api_and_sighup(errors_agent: Agent, error_
     r = httpx.put(errors_agent.url + "/admin/log-levels", json={"levels": levels}, timeout=10)
     assert r.status_code == 200, r.text
     assert r.json()["levels"]["zitops.agent"] == "WARNING"
-    time.sleep(1.5)  # workers follow the agent's tiers file (polled every second)
-    before = _count(errors_agent, "job succeeded")
-    worker_before = _worker_count(errors_agent, "job started")
-    errors_agent.wait_final(errors_agent.submit())
-    time.sleep(0.3)
-    assert _count(errors_agent, "job succeeded") == before, "INFO lines must stop at the WARNING tier"
-    assert _worker_count(errors_agent, "job started") == worker_before, "the worker follows the change"
+    quiet = _a_job_whose_worker(errors_agent, False, "the worker to follow the WARNING tier")
+    # The agent applied the change before answering the PUT, and it logs "job succeeded" in the
+    # same loop callback that makes the job final: no line means the tier held it back.
+    assert not _agent_lines(errors_agent, quiet, "job succeeded"), "INFO lines must stop at the WARNING tier"
 
     bad = httpx.put(errors_agent.url + "/admin/log-levels", json={"levels": {"zitops": "LOUD"}}, timeout=10)
     assert bad.status_code == 422 and "LOUD" in bad.text
 
     errors_agent.proc.send_signal(signal.SIGHUP)  # back to the config's tiers
     wait_for(lambda: _count(errors_agent, "log levels reloaded") >= 1, 10, "the SIGHUP reload")
-    time.sleep(1.5)
-    errors_agent.wait_final(errors_agent.submit())
-    wait_for(lambda: _count(errors_agent, "job succeeded") > before, 10, "INFO lines after SIGHUP")
-    wait_for(lambda: _worker_count(errors_agent, "job started") > worker_before, 10, "worker INFO after SIGHUP")
+    loud = _a_job_whose_worker(errors_agent, True, "worker INFO lines after SIGHUP")
+    assert _agent_lines(errors_agent, loud, "job succeeded"), "INFO lines are back after SIGHUP"
 
 
 def test_zitops_failures_reads_the_store(errors_agent: Agent, error_jobs: dict[str, Any]) -> None:
@@ -283,24 +306,22 @@ def test_zitops_failures_from_a_running_agent(errors_agent: Agent, error_jobs: d
     assert bad.status_code == 422 and "30m, 1h" in bad.text
 
 
-def test_hang_and_kill_9_each_leave_a_record(lost_agent: Agent) -> None:
+def test_hang_leaves_a_record(lost_agent: Agent) -> None:
     hung = lost_agent.submit()
     assert lost_agent.wait_final(hung, timeout=40)["status"] == "succeeded"
     (rec,) = _records_for(lost_agent, hung)
     assert (rec["kind"], rec["action"], rec["exc_type"]) == ("hang", "requeue", "WorkerLost")
 
-    victim = lost_agent.submit()
 
-    def worker_pid() -> int | None:
-        for w in lost_agent.get("/status").json()["workers"]:
-            if w.get("current_job") == victim and w.get("pid") and w.get("state") != "starting":
-                return int(w["pid"])
-        return None
-
-    pid = wait_for(worker_pid, 20, "the job to run on a worker")
-    time.sleep(0.3)  # mid-job: the fault engine takes 1.5 s
+def test_kill_9_mid_job_leaves_a_record(killed_agent: Agent) -> None:
+    victim = killed_agent.submit()
+    # Inside the job for certain: the fault engine logs the hang with the job's id, then never returns.
+    (line,) = wait_for(lambda: [ln for ln in _worker_lines(killed_agent, victim, "fault: hanging on job 1")], 30,
+                       "the worker to hang in the job")
+    pid = int(line["pid"])
+    assert [w["pid"] for w in killed_agent.get("/status").json()["workers"]] == [pid]
     os.kill(pid, signal.SIGKILL)
-    assert lost_agent.wait_final(victim, timeout=40)["status"] == "succeeded"
-    (rec,) = _records_for(lost_agent, victim)
+    assert killed_agent.wait_final(victim, timeout=40)["status"] == "succeeded"
+    (rec,) = _records_for(killed_agent, victim)
     assert (rec["kind"], rec["action"]) == ("killed", "requeue")
     assert rec["worker_id"] and "killed by" in rec["message"]

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtime_support import Runtime, pid_alive, request, runtime_config, wait_until  # noqa: E402
-
-from zitops.agent.contract import JobStatus  # noqa: E402
+from tests.runtime_support import Runtime, pid_alive, request, runtime_config, wait_until
+from zitops.agent.contract import JobStatus
 
 pytestmark = pytest.mark.slow
 
@@ -20,28 +17,33 @@ LEAK_SETS = ["watchdog.leak_threshold_mib=150", "watchdog.leak_consecutive_jobs=
              "watchdog.heartbeat_interval_s=0.5"]
 
 
-class _ReadinessProbe:
-    """Polls readiness every 10 ms on a thread and keeps every not-ready answer."""
+class _Transitions:
+    """Readiness and worker states at every recovery event, taken on the loop as the pool records it.
+
+    Readiness is a function of state, and every change of a slot's state that can take it down
+    (crash, kill, restart, plain recycle, flap limit) is recorded as an event: evaluating it at
+    each event, in the same loop callback, sees every transition instead of sampling a clock.
+    """
 
     def __init__(self, rt: Runtime) -> None:
-        self.rt, self.polls, self.down = rt, 0, []  # type: ignore[var-annotated]
-        self.warming_seen = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self.seen: list[tuple[str, bool, list[str], list[str]]] = []
+        self.next_states: dict[str, list[str]] = {}  # /status's worker states one loop callback later
+        record = rt.d.on_event
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            ready, reasons = self.rt.ready()
-            self.polls += 1
-            if not ready:
-                self.down.append(reasons)
-            if any(w["state"] == "warming" for w in self.rt.status()["workers"]):
-                self.warming_seen = True
+        def after(kind: str) -> None:
+            self.next_states.setdefault(kind, [w["state"] for w in rt.d.status()["workers"]])
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+        def on_event(event: dict[str, Any]) -> None:
+            record(event)
+            ready, reasons = rt.d.readiness()
+            self.seen.append((event["kind"], ready, reasons, [w.state for w in rt.d.pool.workers()]))
+            rt.lt.loop.call_soon(after, event["kind"])
+
+        rt.lt.call(setattr, rt.d, "on_event", on_event)
+
+    def kinds(self) -> list[str]:
+        """The event kinds seen, in order."""
+        return [kind for kind, *_ in self.seen]
 
 
 def test_leak_recycle_overlaps_readiness_never_drops_and_no_job_is_lost(tmp_path: Path) -> None:
@@ -50,16 +52,19 @@ def test_leak_recycle_overlaps_readiness_never_drops_and_no_job_is_lost(tmp_path
     rt = Runtime(cfg)
     try:
         (old_pid,) = [w["pid"] for w in rt.status()["workers"]]
-        probe = _ReadinessProbe(rt)
-        try:
-            ids = [rt.submit(request(seed=i)).id for i in range(14)]
-            records = [rt.wait(job_id) for job_id in ids]
-            (handover,) = wait_until(lambda: rt.events("handover"), 15, what="the handover")
-            wait_until(lambda: rt.events("retired"), 15, what="the old worker to exit")
-        finally:
-            probe.stop()
-        assert probe.polls > 50 and probe.down == [], probe.down[:3]
-        assert probe.warming_seen  # /status listed the successor while it loaded
+        seen = _Transitions(rt)
+        ids = [rt.submit(request(seed=i)).id for i in range(14)]
+        records = [rt.wait(job_id) for job_id in ids]
+        (handover,) = wait_until(lambda: rt.events("handover"), 30, what="the handover")
+        wait_until(lambda: rt.events("retired"), 30, what="the old worker to exit")
+        kinds = seen.kinds()
+        assert not {"crash", "kill", "restart", "ready", "flap_limit", "successor_failed"} & set(kinds), kinds
+        at_recycle, at_handover = kinds.index("recycle"), kinds.index("handover")
+        assert at_recycle < at_handover < kinds.index("retired"), kinds
+        assert all(ready for _, ready, _, _ in seen.seen), [s for s in seen.seen if not s[1]]
+        # /status listed the successor loading beside the serving worker, right after the recycle began.
+        assert sorted(seen.next_states["recycle"]) in (["busy", "warming"], ["ready", "warming"])
+        assert sorted(seen.seen[at_handover][3]) == ["ready", "retiring"]  # the new one took the slot
         assert all(r.status is JobStatus.SUCCEEDED and r.attempts == 1 for r in records)
         (recycle,) = rt.events("recycle")
         assert recycle["policy"] == "leak" and recycle["overlap"] is True and recycle["gap_s"] == 0.0

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtime_support import Runtime, pid_alive, request, runtime_config, wait_until  # noqa: E402
-
-from zitops.agent.contract import JobStatus  # noqa: E402
-from zitops.errors import AgentUnavailable  # noqa: E402
-from zitops.failures import FailureStore  # noqa: E402
+from tests.runtime_support import Runtime, pid_alive, request, runtime_config, wait_until
+from zitops.agent.contract import JobStatus
+from zitops.errors import AgentUnavailable
+from zitops.failures import FailureStore
 
 pytestmark = pytest.mark.slow
 
@@ -24,20 +21,24 @@ def _failures(rt: Runtime) -> list[dict[str, object]]:
 
 
 def test_kill_9_of_a_busy_worker_requeues_and_recovers(tmp_path: Path) -> None:
-    rt = Runtime(runtime_config(tmp_path, faults={"job_seconds": 2.0}))
+    # A hang holds the job inside the engine until the kill, whatever the machine's speed.
+    rt = Runtime(runtime_config(tmp_path, faults={"hang_on_job": 1}))
     try:
         rec = rt.submit()
         pid = wait_until(lambda: next((w["pid"] for w in rt.status()["workers"] if w["current_job"] == rec.id),
-                                      None), 10, what="the job to start")
+                                      None), 30, what="the job to start")
+        log = Path(rt.config.paths.log_dir) / "worker-w0.log"
+        wait_until(lambda: log.is_file() and "fault: hanging on job 1" in log.read_text("utf-8", "replace"), 30,
+                   what="the worker to be inside the job")
         os.kill(pid, signal.SIGKILL)
         rec = rt.wait(rec.id)
         assert rec.status is JobStatus.SUCCEEDED and rec.attempts == 2, rec.error
-        w = wait_until(lambda: next((w for w in rt.status()["workers"] if w["state"] == "ready"), None), 5)
+        w = wait_until(lambda: next((w for w in rt.status()["workers"] if w["state"] == "ready"), None), 30)
         assert w["pid"] != pid and w["incarnation"] == 1
         crash = rt.events("crash")[0]
         assert "killed by SIGKILL" in crash["reason"] and crash["job_id"] == rec.id
         ready = rt.events("ready")[0]
-        assert 0 < ready["recovery_s"] < 15
+        assert ready["recovery_s"] > 0 and ready["time"] >= crash["time"]
         lost = [f for f in _failures(rt) if f["job_id"] == rec.id]
         assert lost and lost[0]["action"] == "requeue" and lost[0]["kind"] == "killed"
     finally:
@@ -60,7 +61,8 @@ def test_hang_is_killed_replaced_and_the_job_completes(tmp_path: Path) -> None:
 
 
 def test_a_wedged_worker_without_heartbeats_is_killed_and_replaced(tmp_path: Path) -> None:
-    rt = Runtime(runtime_config(tmp_path, sets=["watchdog.heartbeat_timeout_s=1.5"]))
+    # The fault (SIGSTOP) comes from outside; the fault engine only keeps the restart quick.
+    rt = Runtime(runtime_config(tmp_path, kind="faulty", sets=["watchdog.heartbeat_timeout_s=1.5"]))
     try:
         (pid,) = [w["pid"] for w in rt.status()["workers"]]
         os.kill(pid, signal.SIGSTOP)  # frozen: no heartbeats; SIGTERM stays pending, SIGKILL works

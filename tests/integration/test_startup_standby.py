@@ -1,21 +1,23 @@
-"""Standby spares with real spawned workers: a restart or recycle starts in the pre-imported spare."""
+"""Standby spares with real spawned workers: a restart or recycle starts in the pre-imported spare.
+
+The real tiny pipeline, with the model preload off: these tests are about the pre-imported
+spare itself (tests/integration/test_standby_preload_runtime.py covers the preload).
+"""
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtime_support import Runtime, pid_alive, request, runtime_config, wait_until  # noqa: E402
-
-from zitops.agent.contract import JobStatus  # noqa: E402
+from tests.runtime_support import Runtime, pid_alive, request, runtime_config, wait_until
+from zitops.agent.contract import JobStatus
 
 pytestmark = pytest.mark.slow
+NO_PRELOAD = ["watchdog.standby_preload=false"]
 
 
 def _job(rt: Runtime, seed: int = 1) -> None:
@@ -24,7 +26,7 @@ def _job(rt: Runtime, seed: int = 1) -> None:
 
 def _spare(rt: Runtime) -> dict[str, Any]:
     # A spare reports when its imports are done; until then it shows as importing.
-    (spare,) = wait_until(lambda: [s for s in rt.status()["standby"]["spares"] if s["state"] == "idle"], 20,
+    (spare,) = wait_until(lambda: [s for s in rt.status()["standby"]["spares"] if s["state"] == "idle"], 90,
                           what="a standby spare done importing")
     assert spare["imports_s"] >= 0 and spare["rss_mib"] > 0
     return dict(spare)
@@ -42,12 +44,12 @@ def _restarted(rt: Runtime, old_pid: int) -> dict[str, Any]:
         w = rt.status()["workers"][0]
         return w if w["state"] == "ready" and w["pid"] not in (None, old_pid) else None
 
-    result: dict[str, Any] = wait_until(ready, 20, what="the restarted worker")
+    result: dict[str, Any] = wait_until(ready, 90, what="the restarted worker")
     return result
 
 
 def test_a_crash_restart_starts_in_the_spare_and_a_fresh_spare_follows(tmp_path: Path) -> None:
-    rt = Runtime(runtime_config(tmp_path))
+    rt = Runtime(runtime_config(tmp_path, sets=NO_PRELOAD))
     try:
         (first,) = rt.status()["workers"]
         assert first["startup"]["source"] == "spawn"
@@ -82,7 +84,7 @@ def test_a_crash_restart_starts_in_the_spare_and_a_fresh_spare_follows(tmp_path:
 
 
 def test_a_killed_spare_is_replaced_and_an_overlapped_successor_uses_the_spare(tmp_path: Path) -> None:
-    rt = Runtime(runtime_config(tmp_path, sets=["watchdog.restart_backoff_s=0.1"]))
+    rt = Runtime(runtime_config(tmp_path, sets=NO_PRELOAD + ["watchdog.restart_backoff_s=0.1"]))
     try:
         _job(rt)
         spare = _spare(rt)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtime_support import Runtime, request, runtime_config, wait_until  # noqa: E402
-
-from zitops.agent.contract import JobStatus  # noqa: E402
+from tests.runtime_support import Runtime, request, runtime_config, wait_until
+from zitops.agent.contract import JobStatus
 
 pytestmark = pytest.mark.slow
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,8 +13,7 @@ import pytest
 import webuiapi
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from api_support import HTTP, MemService, make_config, serve  # noqa: E402
+from tests.api_support import HTTP, MemService, make_config, serve
 
 # ../shared/seed section 2.3, verbatim.
 SEED_CURL_BODY = '{ "prompt": "a ceramic coffee cup on a wooden table, natural lighting", "steps": 8, "scheduler": "simple", "cfg_scale": 7.0 }'

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from api_support import MemService, free_port, make_config, serve  # noqa: E402
-
-from zitops.cli import main  # noqa: E402
+from tests.api_support import MemService, free_port, make_config, serve
+from zitops.cli import main
 
 TOKEN = "client-token-0123456789abcdef"
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from api_support import HTTP, MemService, make_config, serve  # noqa: E402
-
-from zitops.failures import FailureStore  # noqa: E402
+from tests.api_support import HTTP, MemService, make_config, serve
+from zitops.failures import FailureStore
 
 
 class ServiceWithFailures(MemService):

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import io
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from api_support import MemService, make_config, serve  # noqa: E402
+from tests.api_support import MemService, make_config, serve
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,10 +13,8 @@ import openai
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from api_support import HTTP, MemService, make_config, serve  # noqa: E402
-
-from zitops.agent.contract import JobStatus  # noqa: E402
+from tests.api_support import HTTP, MemService, make_config, serve
+from zitops.agent.contract import JobStatus
 
 
 @pytest.fixture(scope="module")

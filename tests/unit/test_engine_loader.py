@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import threading
-import time
+import multiprocessing
 from pathlib import Path
 
 import pytest
 
-from zitops.engine import loader, offline, tiny
+from tests.engine_support import ensure_tiny_racing, fake_model
+from zitops.engine import loader, offline
 from zitops.errors import ModelError
-
-
-def fake_model(root: Path, *, sharded: bool = False) -> Path:
-    """A complete-looking diffusers layout (empty weight files: check_model reads no tensors)."""
-    root.mkdir(parents=True)
-    index = {"_class_name": "ZImagePipeline"}
-    for comp, cls in (("scheduler", "FlowMatchEulerDiscreteScheduler"), ("text_encoder", "Qwen3Model"),
-                      ("tokenizer", "Qwen2Tokenizer"), ("transformer", "ZImageTransformer2DModel"),
-                      ("vae", "AutoencoderKL")):
-        index[comp] = ["diffusers", cls]  # type: ignore[assignment]
-        (root / comp).mkdir()
-    (root / "model_index.json").write_text(json.dumps(index))
-    (root / "scheduler" / "scheduler_config.json").write_text("{}")
-    (root / "tokenizer" / "tokenizer.json").write_text("{}")
-    for comp in ("text_encoder", "vae"):
-        (root / comp / "config.json").write_text("{}")
-        (root / comp / "model.safetensors").write_bytes(b"x" * 10)
-    tr = root / "transformer"
-    (tr / "config.json").write_text("{}")
-    if sharded:
-        shards = {"a": "diffusion_pytorch_model-00001-of-00002.safetensors",
-                  "b": "diffusion_pytorch_model-00002-of-00002.safetensors"}
-        (tr / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
-        for name in shards.values():
-            (tr / name).write_bytes(b"y" * 100)
-    else:
-        (tr / "diffusion_pytorch_model.safetensors").write_bytes(b"y" * 100)
-    return root
 
 
 def test_complete_and_sharded_models_pass(tmp_path: Path) -> None:
@@ -82,28 +53,22 @@ def test_repo_ids_come_from_the_local_hf_cache_only(tmp_path: Path, monkeypatch:
     assert loader.resolve_model("Tongyi-MAI/Z-Image-Turbo") == snap
 
 
-def test_two_workers_build_the_tiny_model_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    builds: list[Path] = []
-
-    def slow_fake_make_tiny(directory: str | Path, seed: int = 0) -> Path:
-        builds.append(Path(directory))
-        time.sleep(0.3)  # long enough for the second worker to reach the lock
-        path = Path(directory)
-        path.rmdir()
-        fake_model(path)
-        (path / tiny.TINY_MARKER).write_text("tiny")
-        return path
-
-    monkeypatch.setattr(tiny, "make_tiny", slow_fake_make_tiny)
-    results: list[Path] = []
-    threads = [threading.Thread(target=lambda: results.append(loader.ensure_tiny(tmp_path))) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
+def test_two_workers_build_the_tiny_model_once(tmp_path: Path) -> None:
+    # Two real processes released together by a barrier; the builder holds the lock until the
+    # other is blocked on it (tests/engine_support.ensure_tiny_racing).
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    log = tmp_path / "race.log"
+    procs = [ctx.Process(target=ensure_tiny_racing, args=(str(tmp_path), barrier, str(log))) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    lines = log.read_text("utf-8").splitlines()
     target = tmp_path / "models" / "tiny"
-    assert results == [target, target]
-    assert len(builds) == 1
+    assert len([ln for ln in lines if ln.startswith("build ")]) == 1, lines
+    assert sorted(ln.split()[2] for ln in lines if ln.startswith("result ")) == [str(target)] * 2, lines
     check = loader.check_model(target)
     assert check.ok and check.tiny
     assert [p.name for p in (tmp_path / "models").iterdir() if not p.name.startswith(".tiny.lock")] == ["tiny"]

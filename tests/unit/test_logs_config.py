@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 import structlog
 import yaml
 
-from zitops import logs
+from zitops import log_levels, logs
 from zitops.config import config_from_mapping, config_to_dict
 from zitops.errors import ConfigError
 from zitops.profile import LogSettings, load_profile, profile_to_dict
@@ -53,7 +54,7 @@ def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             lg.propagate = propagate
             lg.handlers[:] = handlers
         logging.captureWarnings(False)
-        logs._stop_watcher()
+        log_levels.stop_following()
         structlog.reset_defaults()
         structlog.contextvars.clear_contextvars()
         logs._state.clear()
@@ -271,8 +272,26 @@ def test_reload_levels_resets_to_the_config(tmp_path: Path) -> None:
     assert "torch" not in levels
 
 
+def _until(predicate: Any, what: str, timeout: float = 10.0) -> Any:
+    """Poll ``predicate`` until truthy; fail naming ``what`` after a generous ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _follower() -> threading.Thread:
+    watcher = logs._state["watcher"]
+    assert watcher is not None, "a worker with a log directory follows the tiers file"
+    thread: threading.Thread = watcher[0]
+    return thread
+
+
 def test_agent_publishes_tiers_and_a_worker_follows_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logs, "WATCH_INTERVAL_S", 0.05)
+    monkeypatch.setattr(log_levels, "WATCH_INTERVAL_S", 0.05)
     logs.configure_logging(LogSettings(), log_dir=tmp_path, fmt="json", process="agent")
     logs.set_levels({"diffusers": "INFO"})
     published = json.loads((tmp_path / logs.LEVELS_FILE).read_text("utf-8"))["levels"]
@@ -280,22 +299,28 @@ def test_agent_publishes_tiers_and_a_worker_follows_them(tmp_path: Path, monkeyp
 
     # The same interpreter now plays a worker that follows the agent's file.
     logs.configure_logging(LogSettings(), log_dir=tmp_path, fmt="json", process="worker-0")
-    deadline = time.monotonic() + 5
-    while logs.get_levels().get("diffusers") != "INFO" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert logs.get_levels()["diffusers"] == "INFO", "a starting worker takes the agent's current tiers"
+    _until(lambda: logs.get_levels().get("diffusers") == "INFO", "a starting worker to take the agent's tiers")
     path = tmp_path / logs.LEVELS_FILE
-    path.write_text(json.dumps({"levels": {**published, "zitops": "ERROR"}}), "utf-8")
-    while logs.get_levels().get("zitops") != "ERROR" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert logs.get_levels()["zitops"] == "ERROR"
-    path.write_text('{"levels": {"zitops": "LOUD"}}', "utf-8")  # a bad file changes nothing
-    time.sleep(0.3)
-    assert logs.get_levels()["zitops"] == "ERROR"
-    # Reconfiguring stops the follower: the file no longer applies.
+    # WARNING, not ERROR: the follower's own complaint below is a zitops warning.
+    path.write_text(json.dumps({"levels": {**published, "zitops": "WARNING"}}), "utf-8")
+    _until(lambda: logs.get_levels().get("zitops") == "WARNING", "the worker to follow a changed file")
+
+    # A bad file changes nothing; the follower says so in the worker's own log, which is the
+    # event that proves it read the file (and did not just miss it).
+    worker_log = tmp_path / "worker-0.log"
+    path.write_text('{"levels": {"zitops": "LOUD"}}', "utf-8")
+    (rejected,) = _until(lambda: [r for r in _lines(worker_log) if "not applied" in r["event"]],
+                         "the follower to reject the bad file")
+    assert rejected["level"] == "warning" and "LOUD" in rejected["event"] and rejected["process"] == "worker-0"
+    assert logs.get_levels()["zitops"] == "WARNING"
+
+    # Reconfiguring stops the follower: once its thread has ended, nothing applies the file any more.
+    follower = _follower()
     logs.configure_logging(LogSettings(), log_dir=None, fmt="json", process="worker-0")
+    follower.join(10)
+    assert not follower.is_alive() and logs._state["watcher"] is None
+    assert not [t for t in threading.enumerate() if t.name == follower.name]
     path.write_text(json.dumps({"levels": {"zitops": "DEBUG"}}), "utf-8")
-    time.sleep(0.3)
     assert logs.get_levels()["zitops"] == "INFO"
 
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.cli_support import run_cli as run
 from zitops.profile import BUILTIN_PROFILES, Profile, load_profile
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cli_support import run_cli as run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.runtime_support import runtime_config
 from zitops.agent.api_common import json_splice, server_timing, stage_timings
 from zitops.agent.contract import JobRecord, JobStatus
 from zitops.bench.agent_http import overhead_summary, parse_server_timing, percentile
 from zitops.bench.report import BenchReport, PathResult, ProfileRun, render_table
 from zitops.engine.request import GenerationRequest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtime_support import runtime_config  # noqa: E402
 
 
 def _record(timings: dict[str, float | None] | None) -> JobRecord:
