@@ -215,10 +215,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(config: AgentConfig, service: Any, tokens: frozenset[str] = frozenset()) -> Iterator[str]:
+def serve(config: AgentConfig, service: Any, tokens: frozenset[str] = frozenset(),
+          admin_tokens: frozenset[str] = frozenset()) -> Iterator[str]:
     """Serve create_app(...) with a real uvicorn on 127.0.0.1 in a thread; yields the base URL."""
     port = free_port()
-    app = create_app(config, service, tokens=tokens)
+    app = create_app(config, service, tokens=tokens, admin_tokens=admin_tokens)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="off", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)

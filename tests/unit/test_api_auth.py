@@ -81,17 +81,17 @@ def test_token_matches() -> None:
 def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("auth")
     svc = MemService(tmp / "out")
-    with serve(make_config(tmp), svc, frozenset({TOKEN})) as url:
+    with serve(make_config(tmp), svc, frozenset({TOKEN}), admin_tokens=frozenset({TOKEN})) as url:
         yield url
 
 
 @pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/status"), ("GET", "/readyz"), ("GET", "/healthz"), ("GET", "/metrics"),
+    ("GET", "/status"), ("GET", "/healthz"), ("GET", "/metrics"),
     ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/no/such/route"), ("GET", "/v1/jobs/abc"),
     ("POST", "/v1/jobs"), ("POST", "/v1/images/generations"), ("POST", "/sdapi/v1/txt2img"),
     ("GET", "/sdapi/v1/samplers"), ("PUT", "/admin/log-levels"),
 ])
-def test_every_route_but_livez_needs_a_token(authed: str, method: str, path: str) -> None:
+def test_every_route_but_the_probes_needs_a_token(authed: str, method: str, path: str) -> None:
     r = HTTP.request(method, authed + path, json={"prompt": "x"}, timeout=10)
     assert r.status_code == 401
     assert r.headers["www-authenticate"].startswith("Bearer")
@@ -102,8 +102,10 @@ def test_every_route_but_livez_needs_a_token(authed: str, method: str, path: str
     assert wrong.status_code == 401
 
 
-def test_livez_is_open_and_a_good_token_works(authed: str) -> None:
+def test_probes_are_open_and_a_good_token_works(authed: str) -> None:
     assert HTTP.get(authed + "/livez", timeout=10).status_code == 200
+    ready = HTTP.get(authed + "/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.json() == {"ready": True, "reasons": []}
     h = {"Authorization": f"Bearer {TOKEN}"}
     status = HTTP.get(authed + "/status", headers=h, timeout=10)
     assert status.status_code == 200
