@@ -287,8 +287,11 @@ async def txt2img(body: Txt2ImgIn, request: Request) -> Response:
     ctx = context(request)
     refuse_unsupported(body)
     sampler, schedule = _sampler_and_schedule(body)
-    total = body.batch_size * body.n_iter
     limit = ctx.config.limits.max_images
+    for name, value in (("batch_size", body.batch_size), ("n_iter", body.n_iter)):
+        if value > limit:
+            raise InvalidRequest(f"{name}: {value} is out of range; allowed 1..{limit} (limits.max_images)")
+    total = body.batch_size * body.n_iter
     if total > limit:
         raise InvalidRequest(f"batch_size: batch_size x n_iter = {total} images; at most {limit} allowed")
     overrides: dict[str, Any] = {

@@ -26,7 +26,7 @@ from zitops.agent.http_metrics import HttpMetrics
 from zitops.agent.tenants import caller, token_cap, visible
 from zitops.budget import over_budget
 from zitops.config import AgentConfig
-from zitops.engine.request import GenerationRequest, request_from_profile, validate_request
+from zitops.engine.request import MAX_SEED, GenerationRequest, request_from_profile, validate_request
 from zitops.errors import (
     AgentUnavailable,
     Conflict,
@@ -146,6 +146,10 @@ def build_request(config: AgentConfig, prompt: str, **overrides: Any) -> Generat
     if len(prompt) > limits.max_prompt_chars:
         # Checked before templating too, so the message counts what the client sent.
         raise InvalidRequest(f"prompt: {len(prompt)} characters, at most {limits.max_prompt_chars} allowed")
+    seed = overrides.get("seed")
+    top_seed = MAX_SEED - (limits.max_images - 1)  # image i uses seed + i, each within 32 bits
+    if isinstance(seed, int) and not -1 <= seed <= top_seed:
+        raise InvalidRequest(f"seed: {seed} is out of range; allowed -1 (random) or 0..{top_seed}")
     batch = overrides.get("batch")
     if batch is not None and not 1 <= batch <= limits.max_images:
         raise InvalidRequest(f"batch: {batch} images is out of range; allowed 1..{limits.max_images}")
