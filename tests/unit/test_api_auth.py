@@ -116,3 +116,25 @@ def test_probes_are_open_and_a_good_token_works(authed: str) -> None:
     levels = HTTP.put(authed + "/admin/log-levels", headers=h, json={"levels": {"zitops.test": "DEBUG"}}, timeout=10)
     assert levels.status_code == 200
     assert levels.json()["levels"]["zitops.test"] == "DEBUG"
+
+
+def test_anonymous_probes_get_codes_and_admins_the_reasons(tmp_path: Path) -> None:
+    svc = MemService(tmp_path / "out")
+    svc.ready = False
+    other = "tenant-token-0123456789abcdef"
+    with serve(make_config(tmp_path), svc, frozenset({TOKEN, other}), admin_tokens=frozenset({TOKEN})) as url:
+        anon = HTTP.get(url + "/readyz", timeout=10)
+        assert anon.status_code == 503 and anon.json() == {"ready": False, "reasons": ["no_worker_ready"]}
+        tenant = HTTP.get(url + "/readyz", headers={"Authorization": f"Bearer {other}"}, timeout=10).json()
+        assert tenant["reasons"] == ["no_worker_ready"]
+        admin = HTTP.get(url + "/readyz", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).json()
+        assert admin["reasons"] == ["no worker is loaded"]
+
+
+def test_admin_lines_in_the_tokens_file(tmp_path: Path) -> None:
+    from zitops.agent.auth import read_client_token, read_tokens
+
+    p = _tokens_file(tmp_path, f"admin:{TOKEN}\nsecond-token-abcdefghij\n")
+    tokens = read_tokens(make_config(tmp_path, auth={"tokens_file": str(p)}))
+    assert tokens.all == frozenset({TOKEN, "second-token-abcdefghij"}) and tokens.admins == frozenset({TOKEN})
+    assert read_client_token(str(p)) == TOKEN  # a client may read the same file

@@ -26,7 +26,12 @@ from zitops.agent.http_metrics import HttpMetrics
 from zitops.agent.tenants import caller, token_cap, visible
 from zitops.budget import over_budget
 from zitops.config import AgentConfig
-from zitops.engine.request import MAX_SEED, GenerationRequest, request_from_profile, validate_request
+from zitops.engine.request import (
+    MAX_SEED,
+    GenerationRequest,
+    request_from_profile,
+    validate_request,
+)
 from zitops.errors import (
     AgentUnavailable,
     Conflict,
