@@ -27,6 +27,8 @@ from zitops.agent.api_common import (
     STEPS_CAP,
     TEXT_PATTERN,
     Body,
+    Flag,
+    Num,
     build_request_as,
     context,
     drop_encoded,
@@ -94,7 +96,7 @@ class Txt2ImgIn(Body):
     styles: list[str] | None = Field(None, json_schema_extra=only(None, []))
     seed: int = Field(-1, ge=-1, le=SEED_CAP, description="-1: random; image i uses seed + i.")
     subseed: int = Field(-1, ge=-1, le=SEED_CAP)
-    subseed_strength: float = Field(0.0, allow_inf_nan=False, json_schema_extra=only(0))
+    subseed_strength: Num = Field(0.0, allow_inf_nan=False, json_schema_extra=only(0))
     seed_resize_from_h: int = Field(-1, ge=-1, le=SIDE_CAP, json_schema_extra=only(-1, 0))
     seed_resize_from_w: int = Field(-1, ge=-1, le=SIDE_CAP, json_schema_extra=only(-1, 0))
     sampler_name: str | None = Field(None, max_length=NAME_CAP, json_schema_extra=only(None, *SAMPLER_NAMES))
@@ -103,33 +105,33 @@ class Txt2ImgIn(Body):
     batch_size: int = Field(1, ge=1, le=IMAGES_CAP, description="batch_size x n_iter <= limits.max_images.")
     n_iter: int = Field(1, ge=1, le=IMAGES_CAP, description="batch_size x n_iter <= limits.max_images.")
     steps: int | None = Field(None, ge=1, le=STEPS_CAP)
-    cfg_scale: float | None = Field(None, ge=0, le=20, allow_inf_nan=False,
+    cfg_scale: Num | None = Field(None, ge=0, le=20, allow_inf_nan=False,
                                     description="7 (A1111's default): the profile's guidance; 0..1: none.")
-    distilled_cfg_scale: float | None = Field(None, json_schema_extra=only(None, 3.5))
+    distilled_cfg_scale: Num | None = Field(None, json_schema_extra=only(None, 3.5))
     width: int | None = Field(None, ge=16, le=SIDE_CAP, multiple_of=16)
     height: int | None = Field(None, ge=16, le=SIDE_CAP, multiple_of=16)
-    restore_faces: bool | None = Field(None, json_schema_extra=only(None, False))
-    tiling: bool | None = Field(None, json_schema_extra=only(None, False))
-    do_not_save_samples: bool = False
-    do_not_save_grid: bool = False
-    eta: float | None = Field(None, json_schema_extra=only(None, 0, 1))
-    denoising_strength: float | None = Field(None, ge=0, le=1)
-    s_min_uncond: float | None = Field(None, json_schema_extra=only(None, 0))
-    s_churn: float | None = Field(None, json_schema_extra=only(None, 0))
-    s_tmax: float | None = Field(None, json_schema_extra=only(None, 0))
-    s_tmin: float | None = Field(None, json_schema_extra=only(None, 0))
-    s_noise: float | None = Field(None, json_schema_extra=only(None, 1))
+    restore_faces: Flag | None = Field(None, json_schema_extra=only(None, False))
+    tiling: Flag | None = Field(None, json_schema_extra=only(None, False))
+    do_not_save_samples: Flag = False
+    do_not_save_grid: Flag = False
+    eta: Num | None = Field(None, json_schema_extra=only(None, 0, 1))
+    denoising_strength: Num | None = Field(None, ge=0, le=1)
+    s_min_uncond: Num | None = Field(None, json_schema_extra=only(None, 0))
+    s_churn: Num | None = Field(None, json_schema_extra=only(None, 0))
+    s_tmax: Num | None = Field(None, json_schema_extra=only(None, 0))
+    s_tmin: Num | None = Field(None, json_schema_extra=only(None, 0))
+    s_noise: Num | None = Field(None, json_schema_extra=only(None, 1))
     override_settings: dict[str, Any] | None = Field(None, json_schema_extra=only(None, {}))
-    override_settings_restore_afterwards: bool = True
+    override_settings_restore_afterwards: Flag = True
     refiner_checkpoint: str | None = Field(None, max_length=NAME_CAP, json_schema_extra=only(*_UNSET))
-    refiner_switch_at: float | None = Field(None, ge=0, le=1)
-    disable_extra_networks: bool = False
+    refiner_switch_at: Num | None = Field(None, ge=0, le=1)
+    disable_extra_networks: Flag = False
     firstpass_image: str | None = Field(None, json_schema_extra=only(None, ""))
     comments: dict[str, Any] | None = None
-    enable_hr: bool = Field(False, json_schema_extra=only(False))
+    enable_hr: Flag = Field(False, json_schema_extra=only(False))
     firstphase_width: int = _ANY_SIDE
     firstphase_height: int = _ANY_SIDE
-    hr_scale: float = Field(2.0, ge=0, le=16)
+    hr_scale: Num = Field(2.0, ge=0, le=16)
     hr_upscaler: str | None = Field(None, max_length=NAME_CAP)
     hr_second_pass_steps: int = Field(0, ge=0, le=STEPS_CAP)
     hr_resize_x: int = _ANY_SIDE
@@ -140,12 +142,12 @@ class Txt2ImgIn(Body):
     hr_prompt: str = Field("", max_length=PROMPT_CAP)
     hr_negative_prompt: str = Field("", max_length=PROMPT_CAP)
     hr_additional_modules: list[str] | None = Field(None, max_length=64)
-    hr_distilled_cfg: float | None = Field(None, ge=0, le=100)
+    hr_distilled_cfg: Num | None = Field(None, ge=0, le=100)
     force_task_id: str | None = Field(None, max_length=NAME_CAP)
     script_name: str | None = Field(None, max_length=NAME_CAP, json_schema_extra=only(*_UNSET))
     script_args: list[Any] = Field(default_factory=list, max_length=256)
-    send_images: bool = True
-    save_images: bool = False
+    send_images: Flag = True
+    save_images: Flag = False
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict, json_schema_extra=only({}))
     infotext: str | None = Field(None, max_length=PROMPT_CAP, json_schema_extra=only(None, ""))
 

@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Request, Response
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Strict, field_validator
 
 from zitops.agent.contract import JobRecord, JobStatus, Service
 from zitops.agent.http_metrics import HttpMetrics
@@ -113,6 +113,11 @@ class Body(BaseModel):
             raise ValueError(problem)
         return value
 
+
+Num = Annotated[float, Strict()]
+"""A JSON number: never a string or a boolean coerced into one (the schema says number)."""
+Flag = Annotated[bool, Strict()]
+"""A JSON boolean: never "true", 0 or 1 coerced into one."""
 
 PROMPT_PATTERN = r"^[^\u0000]*\S[^\u0000]*$"
 """A prompt: not blank, no NUL (validate_request refuses both)."""

@@ -11,10 +11,13 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from zitops.agent.api_common import (
     IMAGES_CAP,
     PROMPT_CAP,
+    PROMPT_PATTERN,
     SEED_CAP,
     SIDE_CAP,
     STEPS_CAP,
+    TEXT_PATTERN,
     Body,
+    Num,
     build_request,
     context,
     image_file,
@@ -35,10 +38,10 @@ class JobIn(Body):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    prompt: str = Field(min_length=1, max_length=PROMPT_CAP, pattern=r"\S",
+    prompt: str = Field(min_length=1, max_length=PROMPT_CAP, pattern=PROMPT_PATTERN,
                         description="What to draw (not blank, no NUL, at most limits.max_prompt_chars). "
                                     "The profile's prompt template wraps it.")
-    negative_prompt: str | None = Field(None, max_length=PROMPT_CAP)
+    negative_prompt: str | None = Field(None, max_length=PROMPT_CAP, pattern=TEXT_PATTERN)
     width: int | None = Field(None, ge=16, le=SIDE_CAP, multiple_of=16,
                               description="Multiple of 16, within limits.min_side..max_side.")
     height: int | None = Field(None, ge=16, le=SIDE_CAP, multiple_of=16,
@@ -46,7 +49,7 @@ class JobIn(Body):
     steps: int | None = Field(None, ge=1, le=STEPS_CAP, description="1..limits.max_steps.")
     sampler: Literal[SAMPLERS] | None = None  # type: ignore[valid-type]
     schedule: Literal[SCHEDULES] | None = None  # type: ignore[valid-type]
-    guidance: float | None = Field(None, ge=0, le=20, allow_inf_nan=False)
+    guidance: Num | None = Field(None, ge=0, le=20, allow_inf_nan=False)
     seed: int | None = Field(None, ge=-1, le=SEED_CAP,
                              description="-1 or absent: random. Image i uses seed + i (each at most 2^32 - 1).")
     batch: int | None = Field(None, ge=1, le=IMAGES_CAP, validation_alias=AliasChoices("batch", "n"),
@@ -63,7 +66,7 @@ class JobAccepted(BaseModel):
 
 
 @router.post("/v1/jobs", status_code=202, response_model=JobAccepted,
-             responses=responses(408, 413, 429, 503))
+             responses=responses(400, 408, 413, 429, 503))
 async def submit_job(body: JobIn, request: Request, response: Response) -> dict[str, Any]:
     """Queue a job; 202 with its id, 429/503 with Retry-After when the queue (or this token's share) is full."""
     ctx = context(request)

@@ -26,6 +26,7 @@ from zitops.agent.api_common import (
     STEPS_CAP,
     TEXT_PATTERN,
     Body,
+    Flag,
     base_url,
     build_request_as,
     context,
@@ -77,7 +78,7 @@ class ImageGenerationIn(Body):
     background: Literal["transparent", "opaque", "auto"] | None = Field(
         None, json_schema_extra=only("opaque", "auto", None))
     partial_images: int | None = Field(None, ge=0, le=10, json_schema_extra=only(0, None))
-    stream: bool | None = Field(None, json_schema_extra=only(False, None))
+    stream: Flag | None = Field(None, json_schema_extra=only(False, None))
     frame_count: int | None = Field(None, ge=0, le=1000, json_schema_extra=only(1, None))
     svg: Any = Field(None, json_schema_extra=only(None, "", {}))
 

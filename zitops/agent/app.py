@@ -7,14 +7,15 @@ touches workers, GPUs or the network, so tests can serve it with any Service.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zitops import __version__
@@ -39,8 +40,14 @@ from zitops.failures import FailureStore, failures_payload
 from zitops.logs import set_levels
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOGGER_NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$"
+"""A logger name zitops.logs accepts ("root" is the root logger)."""
 
 ops = APIRouter(tags=["ops"])
+
+SINCE_PATTERN = (r"^\d{1,10}(\.\d{1,6})?$|^\d{1,6}(\.\d{1,3})?[smhdw]$"
+                 r"|^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|1\d|2[0-8])(T([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?Z?)?$")
+"""What ``since`` the schema offers: epoch seconds, a duration (30m, 2d), or a UTC date or time."""
 
 
 class Readiness(BaseModel):
@@ -130,8 +137,8 @@ async def metrics(request: Request) -> Response:
 
 
 @ops.get("/v1/failures", responses=responses(*EDGE_CODES, 403, 422))
-async def failures(request: Request, since: Annotated[str | None, Query(max_length=64)] = None,
-                   limit: Annotated[str | None, Query(max_length=8)] = None) -> dict[str, Any]:
+async def failures(request: Request, since: Annotated[str | None, Query(max_length=64, pattern=SINCE_PATTERN)] = None,
+                   limit: Annotated[int | None, Query(ge=1, le=1000)] = None) -> dict[str, Any]:
     """Captured failures, newest first (read by ``zitops failures --url``).
 
     ``since``: epoch seconds, a duration (30m, 1h, 2d) or an ISO 8601 time;
@@ -148,11 +155,14 @@ async def failures(request: Request, since: Annotated[str | None, Query(max_leng
 class LogLevelsIn(Body):
     """New levels for named loggers; "root" is the root logger."""
 
-    levels: dict[str, str] = Field(description="logger name -> DEBUG|INFO|WARNING|ERROR|CRITICAL",
-                                   min_length=1, max_length=100)
+    levels: dict[Annotated[str, StringConstraints(pattern=LOGGER_NAME)],
+                 Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "debug", "info", "warning", "error",
+                         "critical"]] = Field(description="logger name -> DEBUG|INFO|WARNING|ERROR|CRITICAL",
+                                              min_length=1, max_length=100,
+                                              json_schema_extra={"additionalProperties": False})
 
 
-@ops.put("/admin/log-levels", responses=responses(*EDGE_CODES, 403, 408, 413, 422))
+@ops.put("/admin/log-levels", responses=responses(*EDGE_CODES, 400, 403, 408, 413, 422))
 async def put_log_levels(body: LogLevelsIn) -> dict[str, Any]:
     """Change logger levels at runtime; returns the effective levels."""
     if not body.levels:
@@ -161,8 +171,8 @@ async def put_log_levels(body: LogLevelsIn) -> dict[str, Any]:
         raise InvalidRequest("levels: at most 100 loggers at once")
     clean: dict[str, str] = {}
     for name, level in body.levels.items():
-        if not name or len(name) > 200 or not name.isprintable():
-            raise InvalidRequest("levels: a logger name must be 1..200 printable characters")
+        if not re.fullmatch(LOGGER_NAME, name):
+            raise InvalidRequest("levels: a logger name is 1..200 of A-Z a-z 0-9 _ . -, not starting with a digit")
         upper = level.upper()
         if upper not in LEVELS:
             raise InvalidRequest(f"levels.{name}: {level[:20]!r} is not a level; allowed: {', '.join(LEVELS)}")

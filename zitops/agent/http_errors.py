@@ -53,6 +53,7 @@ class ErrorBody(BaseModel):
 
 
 ERROR_TEXT: dict[int, str] = {
+    400: "The body is not JSON (or not in the declared content type).",
     401: "Missing or wrong bearer token (when tokens are configured).",
     403: "The route needs an admin token (an 'admin:' line of auth.tokens_file).",
     404: "No such job or image for this token (unknown, expired, or another token's).",
@@ -76,7 +77,7 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 EDGE_CODES = (401, 421)
 """What any route but the probes may answer before it runs: no token, a foreign Host."""
 
-ERROR_RESPONSES = responses(*EDGE_CODES, 408, 413, 422, 429, 503)
+ERROR_RESPONSES = responses(*EDGE_CODES, 400, 408, 413, 422, 429, 503)
 """The generation routes' error responses, replacing FastAPI's default 422 schema."""
 
 
