@@ -107,14 +107,20 @@ class MemService:
             names.append(name)
         return names
 
-    async def submit(self, request: GenerationRequest) -> JobRecord:
-        """Store and enqueue; QueueFull at depth, AgentUnavailable while draining."""
+    async def submit(self, request: GenerationRequest, owner: str | None = None,
+                     owner_cap: int | None = None) -> JobRecord:
+        """Store and enqueue; QueueFull at depth or at the owner's cap, AgentUnavailable while draining."""
         self._ensure_worker()
         if self.draining:
             raise AgentUnavailable("draining: the agent is shutting down")
         if len(self.queue) >= self.depth:
             raise QueueFull(f"queue is full ({self.depth} jobs); retry later", retry_after_s=3)
-        rec = JobRecord(id=uuid.uuid4().hex, status=JobStatus.QUEUED, request=request, created_at=time.time())
+        if owner is not None and owner_cap is not None and \
+                sum(1 for j in self.queue if self.jobs[j].owner == owner) >= owner_cap:
+            raise QueueFull(f"queue.per_token_share: this token already has {owner_cap} jobs waiting",
+                            retry_after_s=3)
+        rec = JobRecord(id=uuid.uuid4().hex, status=JobStatus.QUEUED, request=request, created_at=time.time(),
+                        owner=owner)
         self.jobs[rec.id] = rec
         self.queue.append(rec.id)
         self.submitted.append(request)
@@ -209,10 +215,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(config: AgentConfig, service: Any, tokens: frozenset[str] = frozenset()) -> Iterator[str]:
+def serve(config: AgentConfig, service: Any, tokens: frozenset[str] = frozenset(),
+          admin_tokens: frozenset[str] = frozenset()) -> Iterator[str]:
     """Serve create_app(...) with a real uvicorn on 127.0.0.1 in a thread; yields the base URL."""
     port = free_port()
-    app = create_app(config, service, tokens=tokens)
+    app = create_app(config, service, tokens=tokens, admin_tokens=admin_tokens)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            log_config=None, lifespan="off", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)

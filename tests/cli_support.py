@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from zitops.cli import main
@@ -16,3 +18,23 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
         code = int(exc.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def fake_weights(root: Path) -> Path:
+    """A directory that passes ``zitops model check`` file by file (the files hold no real weights)."""
+    import json
+
+    components = {"scheduler": "FlowMatchEulerDiscreteScheduler", "text_encoder": "Qwen3Model",
+                  "tokenizer": "Qwen2Tokenizer", "transformer": "ZImageTransformer2DModel", "vae": "AutoencoderKL"}
+    root.mkdir(parents=True, exist_ok=True)
+    index = {"_class_name": "ZImagePipeline", **{k: ["diffusers", v] for k, v in components.items()}}
+    (root / "model_index.json").write_text(json.dumps(index))
+    for comp in components:
+        (root / comp).mkdir(exist_ok=True)
+    (root / "scheduler" / "scheduler_config.json").write_text("{}")
+    (root / "tokenizer" / "tokenizer.json").write_text("{}")
+    for comp, weights in (("text_encoder", "model.safetensors"), ("transformer", "diffusion_pytorch_model.safetensors"),
+                          ("vae", "diffusion_pytorch_model.safetensors")):
+        (root / comp / "config.json").write_text("{}")
+        (root / comp / weights).write_bytes(b"\0" * 16)
+    return root

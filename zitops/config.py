@@ -7,11 +7,12 @@ the profile came from. Validated by pydantic at the edge; frozen inside.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zitops.errors import ConfigError
 from zitops.profile import Profile
@@ -67,6 +68,45 @@ class FaultSettings(_Section):
     every_incarnation: bool = False
 
 
+_HOST_ENTRY = re.compile(r"(\*|(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+                         r"|\[?[0-9a-f:.]+\]?)")
+
+
+class ServerSettings(_Section):
+    """The HTTP server's own limits: Host names, client deadlines, connection caps (docs/api.md)."""
+
+    # Host header names accepted besides loopback names and ``host``
+    # (DNS rebinding guard); "*.example.com" matches subdomains, "*" anything.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    header_timeout_s: float = Field(10.0, gt=0, le=600)
+    body_timeout_s: float = Field(60.0, gt=0, le=3_600)
+    keep_alive_s: float = Field(5.0, gt=0, le=600)
+    limit_concurrency: int = Field(2048, ge=16, le=1_000_000)
+    backlog: int = Field(2048, ge=16, le=65_535)
+    max_open_files: int = Field(65_536, ge=1_024, le=1_048_576)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, v: Any) -> Any:
+        # --set server.allowed_hosts=a.example,b.example arrives as one string.
+        if isinstance(v, str):
+            v = [part for part in (p.strip() for p in v.split(",")) if part]
+        if isinstance(v, list):
+            out = []
+            for item in v:
+                if not isinstance(item, str) or not _HOST_ENTRY.fullmatch(item.strip().lower()):
+                    raise ValueError(f"{str(item)[:60]!r} is not a host name, an IP address, '*.domain' or '*'")
+                out.append(item.strip().lower().strip("[]"))
+            return out
+        return v
+
+    @model_validator(mode="after")
+    def _limits(self) -> ServerSettings:
+        if self.limit_concurrency >= self.max_open_files:
+            raise ValueError("limit_concurrency must stay below max_open_files (each connection is a file)")
+        return self
+
+
 class EngineSelection(_Section):
     """Which engine the workers run. ``faulty`` must be named explicitly."""
 
@@ -77,12 +117,12 @@ class EngineSelection(_Section):
 class Limits(_Section):
     """Request limits enforced before any expensive work."""
 
-    max_body_bytes: int = Field(64 * 1024, ge=1024)
-    max_prompt_chars: int = Field(2000, ge=1)
-    max_side: int = Field(2048, ge=64, multiple_of=16)
-    min_side: int = Field(64, ge=16, multiple_of=16)
-    max_steps: int = Field(50, ge=1)
-    max_images: int = Field(8, ge=1)
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_prompt_chars: int = Field(2000, ge=1, le=100_000)
+    max_side: int = Field(2048, ge=64, le=8192, multiple_of=16)
+    min_side: int = Field(64, ge=16, le=8192, multiple_of=16)
+    max_steps: int = Field(50, ge=1, le=1000)
+    max_images: int = Field(8, ge=1, le=64)
 
 
 class AgentConfig(_Section):
@@ -97,6 +137,7 @@ class AgentConfig(_Section):
     auth: AuthSettings = AuthSettings()
     engine: EngineSelection = EngineSelection()
     limits: Limits = Limits()
+    server: ServerSettings = ServerSettings()
     log_format: Literal["auto", "json", "console"] = "auto"
 
     @field_validator("host")

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from zitops.errors import InvalidRequest
+from zitops.failure_retention import prune_db, prune_jsonl
 from zitops.logs import get_logger
 
 _List = list  # FailureStore.list shadows the builtin inside the class body
@@ -52,6 +53,8 @@ FAILURES_JSONL = "failures.jsonl"
 FAILURES_DB = "failures.sqlite3"
 MAX_TRACEBACK_CHARS = 20_000
 MAX_MESSAGE_CHARS = 2_000
+PRUNE_EVERY_S = 3600.0
+"""How often recording also prunes by age; a file past its byte cap is pruned at once."""
 
 _log = get_logger("zitops.failures")
 
@@ -138,13 +141,17 @@ class FailureRecord:
 class FailureStore:
     """Append-only failure records in JSONL and SQLite; safe across threads and processes."""
 
-    def __init__(self, state_dir: Path, log_dir: Path) -> None:
+    def __init__(self, state_dir: Path, log_dir: Path, *, max_age_s: float | None = None,
+                 max_bytes: int | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.log_dir = Path(log_dir)
         self.jsonl_path = self.log_dir / FAILURES_JSONL
         self.db_path = self.state_dir / FAILURES_DB
+        self.max_age_s = max_age_s
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._schema_ready = False
+        self._pruned_at = 0.0
 
     # -- writing
 
@@ -191,6 +198,11 @@ class FailureStore:
                 self._insert(rec)
             except (OSError, sqlite3.Error) as exc:
                 errors.append(f"sqlite: {exc}")
+            if self._prune_due():
+                try:
+                    self._prune(time.time())
+                except (OSError, sqlite3.Error) as exc:
+                    errors.append(f"prune: {exc}")
         _log.error(
             "job_failed" if kind in ("job", "oom") else f"worker_{kind}",
             failure_id=rec.id, kind=kind, job_id=job_id, worker_id=worker_id,
@@ -200,6 +212,36 @@ class FailureStore:
             # Never raise from here: the caller is handling a failure already.
             _log.critical("failure_record_not_written", failure_id=rec.id, errors=errors)
         return rec
+
+    # -- retention
+
+    def _prune_due(self) -> bool:
+        if self.max_age_s is None and self.max_bytes is None:
+            return False
+        if time.time() - self._pruned_at >= PRUNE_EVERY_S:
+            return True
+        if self.max_bytes is None:
+            return False
+        return any(p.exists() and p.stat().st_size > self.max_bytes for p in (self.jsonl_path, self.db_path))
+
+    def prune(self, now: float | None = None) -> int:
+        """Drop records older than ``max_age_s`` and the oldest beyond ``max_bytes``, in both files.
+
+        Returns how many JSONL lines went. Done by :meth:`record` hourly and
+        whenever a file passes its cap.
+        """
+        with self._lock:
+            return self._prune(time.time() if now is None else now)
+
+    def _prune(self, now: float) -> int:
+        self._pruned_at = now
+        cutoff = now - self.max_age_s if self.max_age_s is not None else None
+        removed = prune_jsonl(self.jsonl_path, cutoff, self.max_bytes)
+        if self.db_path.exists():
+            prune_db(self.db_path, cutoff, self.max_bytes)
+        if removed:
+            _log.info("failure_records_pruned", removed=removed, path=str(self.jsonl_path))
+        return removed
 
     def _append_jsonl(self, rec: FailureRecord) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,11 @@ class Generation(_Section):
     negative_prompt: str = ""
     prompt_template: str = "{prompt}"
     output_format: Literal["png", "jpeg", "webp"] = "png"
+    # The cost budget (zitops/budget.py): a request's estimated seconds are
+    # megapixels x steps x images x the sampler's forwards per step x this
+    # constant, calibrated per profile from the bench (docs/benchmarks.md).
+    seconds_per_megapixel_step: float = Field(0.1, gt=0, le=1_000)
+    max_job_seconds: float = Field(120.0, gt=0, le=86_400)
 
     @field_validator("sampler")
     @classmethod
@@ -89,6 +94,9 @@ class QueueSettings(_Section):
     job_timeout_s: float = Field(300.0, gt=0, le=86_400)
     result_ttl_s: float = Field(86_400.0, gt=0)
     drain_timeout_s: float = Field(60.0, gt=0, le=3_600)
+    # With two or more bearer tokens, one token may hold at most this share
+    # of ``depth`` waiting jobs (at least 1), so no tenant takes every slot.
+    per_token_share: float = Field(0.5, gt=0, le=1)
 
 
 class WatchdogSettings(_Section):
@@ -139,6 +147,19 @@ class LogSettings(_Section):
     access_log: bool = True
     max_bytes: int = Field(10 * 1024 * 1024, ge=4096)
     backups: int = Field(5, ge=0, le=1_000)
+    # Failure records (failures.jsonl, failures.sqlite3) older than this, or
+    # beyond this many bytes (oldest first), are pruned.
+    failures_max_age_s: float = Field(30 * 86_400.0, gt=0)
+    failures_max_bytes: int = Field(32 * 1024 * 1024, ge=64 * 1024)
+
+
+class DiskSettings(_Section):
+    """Size caps of the pod's scratch volumes (k8s emptyDir sizeLimit), in MiB."""
+
+    state_mib: int = Field(20_480, ge=64)
+    logs_mib: int = Field(2_048, ge=64)
+    cache_mib: int = Field(20_480, ge=64)
+    tmp_mib: int = Field(1_024, ge=64)
 
 
 class Profile(_Section):
@@ -151,6 +172,7 @@ class Profile(_Section):
     queue: QueueSettings = QueueSettings()
     watchdog: WatchdogSettings = WatchdogSettings()
     logging: LogSettings = LogSettings()
+    disk: DiskSettings = DiskSettings()
 
     @model_validator(mode="after")
     def _coherent(self) -> Profile:

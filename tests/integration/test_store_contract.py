@@ -9,36 +9,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 import pytest
 
-from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.contract import JobStatus
 from zitops.agent.jobs import JobStore
+from zitops.agent.store import Store
 from zitops.agent.store_pg import PgJobStore
 from zitops.engine.request import GenerationRequest
-from zitops.errors import Conflict, NotFound
+from zitops.errors import Conflict, NotFound, QueueFull
 
 if TYPE_CHECKING:
     from tests.pg_support import PgDatabase
 
 pytest_plugins = ["tests.pg_support"]  # the pg_cluster and pg_db fixtures
-
-
-class Store(Protocol):
-    """The methods the dispatcher calls (both stores have them)."""
-
-    def add(self, request: GenerationRequest) -> JobRecord: ...
-    def get(self, job_id: str) -> JobRecord: ...
-    def start(self, job_id: str, worker: str) -> JobRecord: ...
-    def requeue(self, job_id: str, error: str, uncount: bool = False) -> JobRecord: ...
-    def succeed(self, job_id: str, images: tuple[str, ...], info: dict[str, Any]) -> JobRecord: ...
-    def fail(self, job_id: str, error: str) -> JobRecord: ...
-    def cancel(self, job_id: str) -> JobRecord: ...
-    def recover(self) -> list[str]: ...
-    def count(self, status: JobStatus) -> int: ...
-    def expire(self, older_than: float) -> list[JobRecord]: ...
-    def close(self) -> None: ...
 
 
 Opener = Callable[[], Store]
@@ -141,3 +126,17 @@ def test_expire_removes_only_old_final_jobs(opener: Opener) -> None:
         store.get(done.id)
     assert store.get(waiting.id).status is JobStatus.QUEUED
     assert store.count(JobStatus.QUEUED) == 1
+
+
+def test_an_owner_is_kept_and_its_share_of_the_queue_is_capped(opener: Opener) -> None:
+    store = opener()
+    first = store.add(_req(seed=1), owner="h-alice", owner_cap=2)
+    store.add(_req(seed=2), owner="h-alice", owner_cap=2)
+    assert first.owner == "h-alice" and store.get(first.id).owner == "h-alice"
+    with pytest.raises(QueueFull, match="per_token_share"):
+        store.add(_req(seed=3), owner="h-alice", owner_cap=2)
+    assert store.count(JobStatus.QUEUED) == 2  # the refused job was not stored
+    assert store.add(_req(seed=4), owner="h-bob", owner_cap=2).owner == "h-bob"
+    store.start(first.id, "w0")  # a started job no longer counts against the share
+    assert store.add(_req(seed=5), owner="h-alice", owner_cap=2).owner == "h-alice"
+    assert store.add(_req(seed=6)).owner is None

@@ -81,17 +81,17 @@ def test_token_matches() -> None:
 def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("auth")
     svc = MemService(tmp / "out")
-    with serve(make_config(tmp), svc, frozenset({TOKEN})) as url:
+    with serve(make_config(tmp), svc, frozenset({TOKEN}), admin_tokens=frozenset({TOKEN})) as url:
         yield url
 
 
 @pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/status"), ("GET", "/readyz"), ("GET", "/healthz"), ("GET", "/metrics"),
+    ("GET", "/status"), ("GET", "/healthz"), ("GET", "/metrics"),
     ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/no/such/route"), ("GET", "/v1/jobs/abc"),
     ("POST", "/v1/jobs"), ("POST", "/v1/images/generations"), ("POST", "/sdapi/v1/txt2img"),
     ("GET", "/sdapi/v1/samplers"), ("PUT", "/admin/log-levels"),
 ])
-def test_every_route_but_livez_needs_a_token(authed: str, method: str, path: str) -> None:
+def test_every_route_but_the_probes_needs_a_token(authed: str, method: str, path: str) -> None:
     r = HTTP.request(method, authed + path, json={"prompt": "x"}, timeout=10)
     assert r.status_code == 401
     assert r.headers["www-authenticate"].startswith("Bearer")
@@ -102,8 +102,10 @@ def test_every_route_but_livez_needs_a_token(authed: str, method: str, path: str
     assert wrong.status_code == 401
 
 
-def test_livez_is_open_and_a_good_token_works(authed: str) -> None:
+def test_probes_are_open_and_a_good_token_works(authed: str) -> None:
     assert HTTP.get(authed + "/livez", timeout=10).status_code == 200
+    ready = HTTP.get(authed + "/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.json() == {"ready": True, "reasons": []}
     h = {"Authorization": f"Bearer {TOKEN}"}
     status = HTTP.get(authed + "/status", headers=h, timeout=10)
     assert status.status_code == 200
@@ -114,3 +116,25 @@ def test_livez_is_open_and_a_good_token_works(authed: str) -> None:
     levels = HTTP.put(authed + "/admin/log-levels", headers=h, json={"levels": {"zitops.test": "DEBUG"}}, timeout=10)
     assert levels.status_code == 200
     assert levels.json()["levels"]["zitops.test"] == "DEBUG"
+
+
+def test_anonymous_probes_get_codes_and_admins_the_reasons(tmp_path: Path) -> None:
+    svc = MemService(tmp_path / "out")
+    svc.ready = False
+    other = "tenant-token-0123456789abcdef"
+    with serve(make_config(tmp_path), svc, frozenset({TOKEN, other}), admin_tokens=frozenset({TOKEN})) as url:
+        anon = HTTP.get(url + "/readyz", timeout=10)
+        assert anon.status_code == 503 and anon.json() == {"ready": False, "reasons": ["no_worker_ready"]}
+        tenant = HTTP.get(url + "/readyz", headers={"Authorization": f"Bearer {other}"}, timeout=10).json()
+        assert tenant["reasons"] == ["no_worker_ready"]
+        admin = HTTP.get(url + "/readyz", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).json()
+        assert admin["reasons"] == ["no worker is loaded"]
+
+
+def test_admin_lines_in_the_tokens_file(tmp_path: Path) -> None:
+    from zitops.agent.auth import read_client_token, read_tokens
+
+    p = _tokens_file(tmp_path, f"admin:{TOKEN}\nsecond-token-abcdefghij\n")
+    tokens = read_tokens(make_config(tmp_path, auth={"tokens_file": str(p)}))
+    assert tokens.all == frozenset({TOKEN, "second-token-abcdefghij"}) and tokens.admins == frozenset({TOKEN})
+    assert read_client_token(str(p)) == TOKEN  # a client may read the same file

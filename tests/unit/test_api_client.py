@@ -13,13 +13,14 @@ from tests.api_support import MemService, free_port, make_config, serve
 from zitops.cli import main
 
 TOKEN = "client-token-0123456789abcdef"
+OTHER = "tenant-token-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
 def svc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MemService, str]]:
     tmp = tmp_path_factory.mktemp("client")
     svc = MemService(tmp / "out")
-    with serve(make_config(tmp), svc, frozenset({TOKEN})) as url:
+    with serve(make_config(tmp), svc, frozenset({TOKEN, OTHER}), admin_tokens=frozenset({TOKEN})) as url:
         yield svc, url
 
 
@@ -63,8 +64,36 @@ def test_health_exit_codes(svc_url: tuple[MemService, str], capsys: pytest.Captu
         assert code != 0 and "no worker is loaded" in err
     finally:
         svc.ready = True
-    code, _, err = run(["health", "--url", svc_url[1]], capsys)
+    # /readyz is open (probes send no token), so health needs none either.
+    code, out, _ = run(["health", "--url", svc_url[1]], capsys)
+    assert (code, out.strip()) == (0, "ready")
+    code, _, err = run(["status", "--url", svc_url[1]], capsys)
     assert code != 0 and "--token-file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_status_for_a_tenant_token_is_reduced(svc_url: tuple[MemService, str], capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZITOPS_TOKEN", OTHER)
+    code, out, _ = run(["status", "--url", svc_url[1], "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0 and data["scope"] == "tenant"
+    assert "recent_failures" not in data and "recoveries" not in data and "pid" not in data["workers"][0]
+    code, out, _ = run(["status", "--url", svc_url[1]], capsys)
+    assert code == 0 and "reduced view" in out and "boom" not in out
+
+
+def test_control_characters_never_reach_the_terminal() -> None:
+    from zitops.commands.client import render_status
+    from zitops.commands.failures import format_table
+
+    evil = "cat\x1b[2J\x1b]0;pwned\x07\u202e\x9b"
+    table = format_table([{"time": "t", "kind": "job", "message": evil, "prompt": evil, "job_id": "j"}])
+    text = render_status({"profile": evil, "workers": [{"id": evil}],
+                          "recent_failures": [{"message": evil, "exc_type": evil}],
+                          "recoveries": [{"reason": evil}]})
+    for out in (table, text):
+        assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out and "\x9b" not in out
+        assert "\\x1b[2J" in out  # shown, escaped
 
 
 def test_connection_refused_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

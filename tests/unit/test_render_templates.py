@@ -5,16 +5,20 @@ the repository's reference unit kept identical to the rendered one."""
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from zitops import deploy
-from zitops.config import load_config
-from zitops.errors import RenderError, ZitopsError
-from zitops.profile import BUILTIN_PROFILES
-from zitops.render import templates_dir
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_support import fake_weights  # noqa: E402
+
+from zitops import deploy  # noqa: E402
+from zitops.config import load_config  # noqa: E402
+from zitops.errors import RenderError, ZitopsError  # noqa: E402
+from zitops.profile import BUILTIN_PROFILES  # noqa: E402
+from zitops.render import templates_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = "/usr/local/bin/zitops"
@@ -56,13 +60,14 @@ def test_every_profile_renders_every_target(tmp_path: Path, profile: str) -> Non
 
 
 def test_config_yaml_loads_with_the_agents_loader(tmp_path: Path) -> None:
-    plan = make(tmp_path, profile="poster", model="/srv/weights", port=9000, gpus="0,1")
+    weights = str(fake_weights(tmp_path / "weights"))
+    plan = make(tmp_path, profile="poster", model=weights, port=9000, gpus="0,1")
     path = tmp_path / "config.yaml"
     path.write_text(plan.file("config.yaml").content)
     config = load_config(path)
     assert config == plan.config
     assert config.profile.name == "poster" and config.port == 9000 and config.gpus == [0, 1]
-    assert config.model == "/srv/weights"
+    assert config.model == weights
     out = str(tmp_path / "deploy")
     assert config.paths.model_dump() == {
         "state_dir": f"{out}/state", "log_dir": f"{out}/logs",
@@ -146,7 +151,7 @@ def test_start_script_execs_the_agent(tmp_path: Path) -> None:
 
 
 def test_kubernetes_objects(tmp_path: Path) -> None:
-    plan = make(tmp_path, profile="ecommerce", model="/srv/zimage")
+    plan = make(tmp_path, profile="ecommerce", model=str(fake_weights(tmp_path / "zimage")))
     cm = yaml.safe_load(plan.file("k8s/configmap.yaml").content)
     embedded = yaml.safe_load(cm["data"]["config.yaml"])
     assert plan.k8s_config is not None

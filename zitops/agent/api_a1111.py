@@ -15,21 +15,34 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from zitops.agent.api_common import (
+    IMAGES_CAP,
+    NAME_CAP,
+    PROMPT_CAP,
+    PROMPT_PATTERN,
+    SEED_CAP,
+    SIDE_CAP,
+    STEPS_CAP,
+    TEXT_PATTERN,
+    Body,
+    Flag,
+    Num,
     build_request_as,
     context,
     drop_encoded,
     images_json,
     json_splice,
+    only,
     request_started,
+    submit,
     sync_timeout_s,
     timed_json,
     wait_final,
 )
 from zitops.agent.contract import JobRecord
-from zitops.agent.http_errors import ERROR_RESPONSES
+from zitops.agent.http_errors import EDGE_CODES, ERROR_RESPONSES, responses
 from zitops.engine.samplers import (
     SAMPLER_INFO,
     SCHEDULE_INFO,
@@ -39,7 +52,7 @@ from zitops.engine.samplers import (
 )
 from zitops.errors import InvalidRequest
 
-router = APIRouter(tags=["a1111"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["a1111"], responses=responses(*EDGE_CODES))
 
 _A1111_NAMES = {"guidance": "cfg_scale", "batch": "batch_size", "sampler": "sampler_name", "schedule": "scheduler"}
 
@@ -47,69 +60,96 @@ A1111_DEFAULT_CFG = 7.0
 """What every A1111 client sends when its user set nothing; see docs/api.md."""
 
 
-class Txt2ImgIn(BaseModel):
-    """A1111's StableDiffusionTxt2ImgProcessingAPI, every field optional."""
+def _sampler_names() -> list[str]:
+    names: list[str] = []
+    for info in SAMPLER_INFO:
+        names += [info["name"], f"{info['name']} Karras", f"{info['name']} Exponential", info["sampler"],
+                  *info["aliases"]]
+    return list(dict.fromkeys(names))
 
-    model_config = ConfigDict(extra="forbid")
 
-    prompt: str = ""
-    negative_prompt: str = ""
-    styles: list[str] | None = None
-    seed: int = Field(-1, ge=-1)
-    subseed: int = -1
-    subseed_strength: float = 0.0
-    seed_resize_from_h: int = -1
-    seed_resize_from_w: int = -1
-    sampler_name: str | None = None
-    sampler_index: str | None = None
-    scheduler: str | None = None
-    batch_size: int = Field(1, ge=1)
-    n_iter: int = Field(1, ge=1)
-    steps: int | None = None
-    cfg_scale: float | None = None
-    distilled_cfg_scale: float | None = None
-    width: int | None = None
-    height: int | None = None
-    restore_faces: bool | None = None
-    tiling: bool | None = None
-    do_not_save_samples: bool = False
-    do_not_save_grid: bool = False
-    eta: float | None = None
-    denoising_strength: float | None = None
-    s_min_uncond: float | None = None
-    s_churn: float | None = None
-    s_tmax: float | None = None
-    s_tmin: float | None = None
-    s_noise: float | None = None
-    override_settings: dict[str, Any] | None = None
-    override_settings_restore_afterwards: bool = True
-    refiner_checkpoint: str | None = None
-    refiner_switch_at: float | None = None
-    disable_extra_networks: bool = False
-    firstpass_image: str | None = None
+def _schedule_names() -> list[str]:
+    names = ["", "automatic", "Automatic", "auto"]
+    for info in SCHEDULE_INFO:
+        names += [info["label"], info["name"], *info["aliases"]]
+    return list(dict.fromkeys(names))
+
+
+SAMPLER_NAMES = _sampler_names()
+"""Every sampler name the schema offers (resolve_sampler also takes other spellings of them)."""
+SCHEDULE_NAMES = _schedule_names()
+
+_UNSET = ("", "None", "none", None)
+"""What A1111 clients send for "no script/refiner/...": accepted, and all the schema offers."""
+_ANY_SIDE = Field(0, ge=0, le=SIDE_CAP)
+
+
+class Txt2ImgIn(Body):
+    """A1111's StableDiffusionTxt2ImgProcessingAPI, every field but the prompt optional.
+
+    Fields zitops cannot honour are published at their neutral values only
+    (``only``); the route still names such a field when a client sends more.
+    """
+
+    prompt: str = Field(min_length=1, max_length=PROMPT_CAP, pattern=PROMPT_PATTERN)
+    negative_prompt: str = Field("", max_length=PROMPT_CAP, pattern=TEXT_PATTERN)
+    styles: list[str] | None = Field(None, json_schema_extra=only(None, []))
+    seed: int = Field(-1, ge=-1, le=SEED_CAP, description="-1: random; image i uses seed + i.")
+    subseed: int = Field(-1, ge=-1, le=SEED_CAP)
+    subseed_strength: Num = Field(0.0, allow_inf_nan=False, json_schema_extra=only(0))
+    seed_resize_from_h: int = Field(-1, ge=-1, le=SIDE_CAP, json_schema_extra=only(-1, 0))
+    seed_resize_from_w: int = Field(-1, ge=-1, le=SIDE_CAP, json_schema_extra=only(-1, 0))
+    sampler_name: str | None = Field(None, max_length=NAME_CAP, json_schema_extra=only(None, *SAMPLER_NAMES))
+    sampler_index: str | None = Field(None, max_length=NAME_CAP, json_schema_extra=only(None, *SAMPLER_NAMES))
+    scheduler: str | None = Field(None, max_length=NAME_CAP, json_schema_extra=only(None, *SCHEDULE_NAMES))
+    batch_size: int = Field(1, ge=1, le=IMAGES_CAP, description="batch_size x n_iter <= limits.max_images.")
+    n_iter: int = Field(1, ge=1, le=IMAGES_CAP, description="batch_size x n_iter <= limits.max_images.")
+    steps: int | None = Field(None, ge=1, le=STEPS_CAP)
+    cfg_scale: Num | None = Field(None, ge=0, le=20, allow_inf_nan=False,
+                                    description="7 (A1111's default): the profile's guidance; 0..1: none.")
+    distilled_cfg_scale: Num | None = Field(None, json_schema_extra=only(None, 3.5))
+    width: int | None = Field(None, ge=16, le=SIDE_CAP, multiple_of=16)
+    height: int | None = Field(None, ge=16, le=SIDE_CAP, multiple_of=16)
+    restore_faces: Flag | None = Field(None, json_schema_extra=only(None, False))
+    tiling: Flag | None = Field(None, json_schema_extra=only(None, False))
+    do_not_save_samples: Flag = False
+    do_not_save_grid: Flag = False
+    eta: Num | None = Field(None, json_schema_extra=only(None, 0, 1))
+    denoising_strength: Num | None = Field(None, ge=0, le=1)
+    s_min_uncond: Num | None = Field(None, json_schema_extra=only(None, 0))
+    s_churn: Num | None = Field(None, json_schema_extra=only(None, 0))
+    s_tmax: Num | None = Field(None, json_schema_extra=only(None, 0))
+    s_tmin: Num | None = Field(None, json_schema_extra=only(None, 0))
+    s_noise: Num | None = Field(None, json_schema_extra=only(None, 1))
+    override_settings: dict[str, Any] | None = Field(None, json_schema_extra=only(None, {}))
+    override_settings_restore_afterwards: Flag = True
+    refiner_checkpoint: str | None = Field(None, max_length=NAME_CAP, json_schema_extra=only(*_UNSET))
+    refiner_switch_at: Num | None = Field(None, ge=0, le=1)
+    disable_extra_networks: Flag = False
+    firstpass_image: str | None = Field(None, json_schema_extra=only(None, ""))
     comments: dict[str, Any] | None = None
-    enable_hr: bool = False
-    firstphase_width: int = 0
-    firstphase_height: int = 0
-    hr_scale: float = 2.0
-    hr_upscaler: str | None = None
-    hr_second_pass_steps: int = 0
-    hr_resize_x: int = 0
-    hr_resize_y: int = 0
-    hr_checkpoint_name: str | None = None
-    hr_sampler_name: str | None = None
-    hr_scheduler: str | None = None
-    hr_prompt: str = ""
-    hr_negative_prompt: str = ""
-    hr_additional_modules: list[str] | None = None
-    hr_distilled_cfg: float | None = None
-    force_task_id: str | None = None
-    script_name: str | None = None
-    script_args: list[Any] = Field(default_factory=list)
-    send_images: bool = True
-    save_images: bool = False
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    infotext: str | None = None
+    enable_hr: Flag = Field(False, json_schema_extra=only(False))
+    firstphase_width: int = _ANY_SIDE
+    firstphase_height: int = _ANY_SIDE
+    hr_scale: Num = Field(2.0, ge=0, le=16)
+    hr_upscaler: str | None = Field(None, max_length=NAME_CAP)
+    hr_second_pass_steps: int = Field(0, ge=0, le=STEPS_CAP)
+    hr_resize_x: int = _ANY_SIDE
+    hr_resize_y: int = _ANY_SIDE
+    hr_checkpoint_name: str | None = Field(None, max_length=NAME_CAP)
+    hr_sampler_name: str | None = Field(None, max_length=NAME_CAP)
+    hr_scheduler: str | None = Field(None, max_length=NAME_CAP)
+    hr_prompt: str = Field("", max_length=PROMPT_CAP)
+    hr_negative_prompt: str = Field("", max_length=PROMPT_CAP)
+    hr_additional_modules: list[str] | None = Field(None, max_length=64)
+    hr_distilled_cfg: Num | None = Field(None, ge=0, le=100)
+    force_task_id: str | None = Field(None, max_length=NAME_CAP)
+    script_name: str | None = Field(None, max_length=NAME_CAP, json_schema_extra=only(*_UNSET))
+    script_args: list[Any] = Field(default_factory=list, max_length=256)
+    send_images: Flag = True
+    save_images: Flag = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict, json_schema_extra=only({}))
+    infotext: str | None = Field(None, max_length=PROMPT_CAP, json_schema_extra=only(None, ""))
 
 
 def _set(value: str | None) -> bool:
@@ -241,15 +281,19 @@ _TXT2IMG_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post(TXT2IMG, response_class=Response, responses=_TXT2IMG_RESPONSES)
+@router.post(TXT2IMG, response_class=Response,
+             responses={**_TXT2IMG_RESPONSES, **ERROR_RESPONSES, **responses(409, 500, 507)})
 async def txt2img(body: Txt2ImgIn, request: Request) -> Response:
     """Generate ``n_iter * batch_size`` images in one job (seeds seed, seed+1, ...), synchronously."""
     started = request_started(request)
     ctx = context(request)
     refuse_unsupported(body)
     sampler, schedule = _sampler_and_schedule(body)
-    total = body.batch_size * body.n_iter
     limit = ctx.config.limits.max_images
+    for name, value in (("batch_size", body.batch_size), ("n_iter", body.n_iter)):
+        if value > limit:
+            raise InvalidRequest(f"{name}: {value} is out of range; allowed 1..{limit} (limits.max_images)")
+    total = body.batch_size * body.n_iter
     if total > limit:
         raise InvalidRequest(f"batch_size: batch_size x n_iter = {total} images; at most {limit} allowed")
     overrides: dict[str, Any] = {
@@ -259,7 +303,7 @@ async def txt2img(body: Txt2ImgIn, request: Request) -> Response:
         "output_format": "png",  # A1111 returns base64 PNG
     }
     req = build_request_as(_A1111_NAMES, ctx.config, body.prompt, **overrides)
-    record = await ctx.service.submit(req)
+    record = await submit(request, req)
     record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
     respond_from = time.monotonic()
     rest = {"parameters": body.model_dump(mode="json"),

@@ -16,14 +16,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Request, Response
+from pydantic import BaseModel, ConfigDict, Strict, field_validator
 
 from zitops.agent.contract import JobRecord, JobStatus, Service
 from zitops.agent.http_metrics import HttpMetrics
+from zitops.agent.tenants import caller, token_cap, visible
+from zitops.budget import over_budget
 from zitops.config import AgentConfig
-from zitops.engine.request import GenerationRequest, request_from_profile, validate_request
+from zitops.engine.request import (
+    MAX_SEED,
+    GenerationRequest,
+    request_from_profile,
+    validate_request,
+)
 from zitops.errors import (
     AgentUnavailable,
     Conflict,
@@ -33,6 +41,16 @@ from zitops.errors import (
     OutOfMemory,
     ZitopsError,
 )
+
+SIDE_CAP = 8192
+"""Hard schema ceilings, the highest values any config's limits may allow (zitops.config.Limits);
+the published OpenAPI states the running agent's own, tighter limits (zitops.agent.openapi)."""
+STEPS_CAP = 1000
+IMAGES_CAP = 64
+PROMPT_CAP = 100_000
+SEED_CAP = 2**32 - 1
+NAME_CAP = 200
+"""Longest sampler, schedule, model or other name field."""
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
 
@@ -46,6 +64,7 @@ class ApiContext:
     tokens: frozenset[str]
     metrics: HttpMetrics
     started_at: float
+    admin_tokens: frozenset[str] = frozenset()
 
 
 def context(request: Request) -> ApiContext:
@@ -54,9 +73,81 @@ def context(request: Request) -> ApiContext:
     return ctx
 
 
+def text_problem(value: Any) -> str | None:
+    """Why ``value`` (a string, or strings nested in lists and dicts) is not valid UTF-8 text, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (f"not valid UTF-8 text: lone surrogate U+{ord(value[exc.start]):04X} at character "
+                    f"{exc.start}; send text, not half of a UTF-16 pair")
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = text_problem(key) or text_problem(item)
+            if problem:
+                return problem
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            problem = text_problem(item)
+            if problem:
+                return problem
+    return None
+
+
+class Body(BaseModel):
+    """A request body: unknown fields refused, every string valid UTF-8 text.
+
+    JSON may spell half of a UTF-16 surrogate pair (``"\\ud800"``); Python
+    decodes it to a string that cannot be encoded again, which would fail
+    much later (logging, SQLite, the response), so it is refused at the edge.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _utf8(cls, value: Any) -> Any:
+        problem = text_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+Num = Annotated[float, Strict()]
+"""A JSON number: never a string or a boolean coerced into one (the schema says number)."""
+Flag = Annotated[bool, Strict()]
+"""A JSON boolean: never "true", 0 or 1 coerced into one."""
+
+PROMPT_PATTERN = r"^[^\u0000]*\S[^\u0000]*$"
+"""A prompt: not blank, no NUL (validate_request refuses both)."""
+TEXT_PATTERN = r"^[^\u0000]*$"
+"""Free text that reaches the engine: no NUL."""
+
+
+def only(*values: Any) -> Callable[[dict[str, Any]], None]:
+    """``json_schema_extra`` that publishes a field as exactly ``values``.
+
+    For fields a client may send only at neutral values: the model still
+    accepts the rest, so the route can answer with a message naming the field
+    and what to send, while the schema says what will be accepted.
+    """
+    def apply(schema: dict[str, Any]) -> None:
+        keep: dict[str, Any] = {k: schema[k] for k in ("title", "description", "default") if k in schema}
+        schema.clear()
+        schema.update(keep)
+        schema["enum"] = list(values)
+
+    return apply
+
+
 def build_request(config: AgentConfig, prompt: str, **overrides: Any) -> GenerationRequest:
-    """Profile defaults + overrides, checked against ``config.limits``; raises InvalidRequest."""
+    """Profile defaults + overrides, checked against ``config.limits`` and the cost budget; raises InvalidRequest."""
     limits = config.limits
+    for name, value in (("prompt", prompt), ("negative_prompt", overrides.get("negative_prompt"))):
+        problem = text_problem(value)
+        if problem:
+            raise InvalidRequest(f"{name}: {problem}")
     negative = overrides.get("negative_prompt")
     if isinstance(negative, str) and len(negative) > limits.max_prompt_chars:
         raise InvalidRequest(
@@ -65,6 +156,10 @@ def build_request(config: AgentConfig, prompt: str, **overrides: Any) -> Generat
     if len(prompt) > limits.max_prompt_chars:
         # Checked before templating too, so the message counts what the client sent.
         raise InvalidRequest(f"prompt: {len(prompt)} characters, at most {limits.max_prompt_chars} allowed")
+    seed = overrides.get("seed")
+    top_seed = MAX_SEED - (limits.max_images - 1)  # image i uses seed + i, each within 32 bits
+    if isinstance(seed, int) and not -1 <= seed <= top_seed:
+        raise InvalidRequest(f"seed: {seed} is out of range; allowed -1 (random) or 0..{top_seed}")
     batch = overrides.get("batch")
     if batch is not None and not 1 <= batch <= limits.max_images:
         raise InvalidRequest(f"batch: {batch} images is out of range; allowed 1..{limits.max_images}")
@@ -72,10 +167,17 @@ def build_request(config: AgentConfig, prompt: str, **overrides: Any) -> Generat
     # The client's prompt was measured above; the profile's template text is
     # the operator's and must not eat into the client's allowance.
     templated_limit = limits.max_prompt_chars + len(config.profile.generation.prompt_template)
-    return validate_request(
+    req = validate_request(
         req, max_side=limits.max_side, min_side=limits.min_side, max_steps=limits.max_steps,
         max_images=limits.max_images, max_prompt_chars=templated_limit,
     )
+    g = config.profile.generation
+    why = over_budget(req.width, req.height, req.steps, req.batch, req.sampler,
+                      seconds_per_megapixel_step=g.seconds_per_megapixel_step,
+                      max_job_seconds=g.max_job_seconds, job_timeout_s=config.profile.queue.job_timeout_s)
+    if why:
+        raise InvalidRequest(f"cost: {why}")
+    return req
 
 
 def build_request_as(names: dict[str, str], config: AgentConfig, prompt: str,
@@ -88,6 +190,20 @@ def build_request_as(names: dict[str, str], config: AgentConfig, prompt: str,
         if sep and field in names:
             raise InvalidRequest(f"{names[field]}:{rest}") from None
         raise
+
+
+async def submit(request: Request, req: GenerationRequest) -> JobRecord:
+    """Queue ``req`` for the calling token, within its share of the queue."""
+    ctx = context(request)
+    who = caller(request)
+    q = ctx.config.profile.queue
+    cap = token_cap(q.depth, q.per_token_share, len(ctx.tokens)) if who.owner is not None else None
+    return await ctx.service.submit(req, owner=who.owner, owner_cap=cap)
+
+
+def job_for(request: Request, job_id: str) -> JobRecord:
+    """The job ``job_id`` if the caller may see it; NotFound otherwise (also for another token's job)."""
+    return visible(caller(request), context(request).service.get(job_id))
 
 
 def sync_timeout_s(config: AgentConfig) -> float:

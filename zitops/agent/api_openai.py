@@ -15,59 +15,72 @@ import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from zitops.agent.api_common import (
+    IMAGES_CAP,
+    NAME_CAP,
+    PROMPT_CAP,
+    PROMPT_PATTERN,
+    SEED_CAP,
+    STEPS_CAP,
+    TEXT_PATTERN,
+    Body,
+    Flag,
     base_url,
     build_request_as,
     context,
     drop_encoded,
     images_json,
     json_splice,
+    only,
     request_started,
+    submit,
     sync_timeout_s,
     timed_json,
     wait_final,
 )
-from zitops.agent.http_errors import ERROR_RESPONSES
+from zitops.agent.http_errors import ERROR_RESPONSES, responses
 from zitops.errors import InvalidRequest
 
-router = APIRouter(tags=["openai"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["openai"], responses={**ERROR_RESPONSES, **responses(409, 500, 507)})
 
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
 
-class ImageGenerationIn(BaseModel):
+class ImageGenerationIn(Body):
     """OpenAI's image generation request, plus zitops extras (seed, negative_prompt, steps)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str
-    n: int = Field(1, description="Number of images, 1..limits.max_images (OpenAI's default 1, not the profile's batch).")
-    size: str | None = Field(None, description="WIDTHxHEIGHT, sides multiples of 16, or 'auto'.")
+    prompt: str = Field(min_length=1, max_length=PROMPT_CAP, pattern=PROMPT_PATTERN)
+    n: int = Field(1, ge=1, le=IMAGES_CAP,
+                   description="Number of images, 1..limits.max_images (OpenAI's default 1, not the profile's batch).")
+    size: str | None = Field(None, max_length=16,
+                             description="WIDTHxHEIGHT, sides multiples of 16 within limits, or 'auto'.")
     response_format: Literal["b64_json", "url"] | None = Field(
         None, description="b64_json (default) or url (a link to the native image endpoint).")
-    output_format: Literal["png", "jpeg", "webp", "gif", "svg"] | None = None
+    output_format: Literal["png", "jpeg", "webp", "gif", "svg"] | None = Field(
+        None, json_schema_extra=only("png", "jpeg", "webp", None))
     # zitops extras, sent by the openai client through extra_body.
-    seed: int | None = Field(None, ge=-1)
-    negative_prompt: str | None = None
-    steps: int | None = None
+    seed: int | None = Field(None, ge=-1, le=SEED_CAP)
+    negative_prompt: str | None = Field(None, max_length=PROMPT_CAP, pattern=TEXT_PATTERN)
+    steps: int | None = Field(None, ge=1, le=STEPS_CAP)
     # Accepted and ignored: they steer OpenAI's models, not this one.
-    model: str | None = None
+    model: str | None = Field(None, max_length=NAME_CAP)
     quality: Literal["low", "medium", "high", "xhigh", "max", "auto", "standard", "hd"] | None = None
     style: Literal["vivid", "natural"] | None = None
-    user: str | None = None
-    safety_identifier: str | None = None
+    user: str | None = Field(None, max_length=1000)
+    safety_identifier: str | None = Field(None, max_length=1000)
     moderation: Literal["low", "auto"] | None = None
     complexity: Literal["low", "medium", "high"] | None = None
     output_compression: int | None = Field(None, ge=0, le=100)
-    frame_duration_ms: int | None = None
+    frame_duration_ms: int | None = Field(None, ge=0, le=60_000)
     # Accepted only at neutral values.
-    background: Literal["transparent", "opaque", "auto"] | None = None
-    partial_images: int | None = None
-    stream: bool | None = None
-    frame_count: int | None = None
-    svg: Any = None
+    background: Literal["transparent", "opaque", "auto"] | None = Field(
+        None, json_schema_extra=only("opaque", "auto", None))
+    partial_images: int | None = Field(None, ge=0, le=10, json_schema_extra=only(0, None))
+    stream: Flag | None = Field(None, json_schema_extra=only(False, None))
+    frame_count: int | None = Field(None, ge=0, le=1000, json_schema_extra=only(1, None))
+    svg: Any = Field(None, json_schema_extra=only(None, "", {}))
 
 
 def _unsupported(body: ImageGenerationIn) -> None:
@@ -88,7 +101,7 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
     """'1024x768' -> (1024, 768); None or 'auto' -> profile defaults."""
     if size is None or size == "auto":
         return None, None
-    m = _SIZE.fullmatch(size.strip())
+    m = _SIZE.fullmatch(size)
     if not m:
         raise InvalidRequest(f"size: {size[:40]!r} is not WIDTHxHEIGHT (e.g. 1024x1024) or 'auto'")
     return int(m.group(1)), int(m.group(2))
@@ -117,7 +130,7 @@ async def create_images(body: ImageGenerationIn, request: Request) -> Response:
     }
     names = {"batch": "n", "width": "size", "height": "size"}
     req = build_request_as(names, ctx.config, body.prompt, **overrides)
-    record = await ctx.service.submit(req)
+    record = await submit(request, req)
     record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
     respond_from = time.monotonic()
     revised = b',"revised_prompt":' + json.dumps(record.request.prompt, ensure_ascii=False).encode("utf-8") + b"}"

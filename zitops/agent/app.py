@@ -7,76 +7,125 @@ touches workers, GPUs or the network, so tests can serve it with any Service.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zitops import __version__
 from zitops.agent import api_a1111, api_native, api_openai
-from zitops.agent.api_common import ApiContext, context
+from zitops.agent.api_common import ApiContext, Body, context
 from zitops.agent.contract import Service
+from zitops.agent.hosts import HostPolicy
 from zitops.agent.http_errors import (
-    ERROR_RESPONSES,
+    EDGE_CODES,
     http_exception_handler,
+    responses,
     validation_error_handler,
     zitops_error_handler,
 )
 from zitops.agent.http_metrics import CONTENT_TYPE, HttpMetrics
 from zitops.agent.middleware import EdgeMiddleware
+from zitops.agent.openapi import install as install_openapi
+from zitops.agent.tenants import caller, reason_codes, reduced_status
 from zitops.config import AgentConfig
 from zitops.errors import ConfigError, InvalidRequest, ZitopsError
 from zitops.failures import FailureStore, failures_payload
 from zitops.logs import set_levels
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOGGER_NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$"
+"""A logger name zitops.logs accepts ("root" is the root logger)."""
 
 ops = APIRouter(tags=["ops"])
 
+SINCE_PATTERN = (r"^\d{1,10}(\.\d{1,6})?$|^\d{1,6}(\.\d{1,3})?[smhdw]$"
+                 r"|^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|1\d|2[0-8])(T([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?Z?)?$")
+"""What ``since`` the schema offers: epoch seconds, a duration (30m, 2d), or a UTC date or time."""
 
-@ops.get("/livez")
+
+class Readiness(BaseModel):
+    """A probe's answer."""
+
+    ready: bool
+    reasons: list[str] = Field(description="Why not: coarse codes (draining, degraded, no_worker_ready, "
+                                           "queue_full, heartbeat_stale, loop_stalled, not_ready); an admin "
+                                           "token (or an agent without tokens) gets the full text.")
+
+
+class Liveness(BaseModel):
+    """/livez's answer."""
+
+    live: bool
+
+
+class Health(Readiness):
+    """/healthz's answer."""
+
+    live: bool
+
+
+_PROBE_RESPONSES: dict[int | str, dict[str, Any]] = {503: {"model": Readiness, "description": "Not ready."}}
+
+
+def _reasons(request: Request, reasons: list[str]) -> list[str]:
+    return reasons if caller(request).admin else reason_codes(reasons)
+
+
+@ops.get("/livez", response_model=Liveness, responses={503: {"model": Liveness, "description": "Not live."}})
 async def livez(request: Request) -> JSONResponse:
-    """The process is up: no GPU call, nothing that can wait on the queue."""
+    """The process is up: no GPU call, nothing that can wait on the queue. Open without a token."""
     alive = context(request).service.livez()
     return JSONResponse({"live": alive}, status_code=200 if alive else 503)
 
 
-@ops.get("/readyz")
+@ops.get("/readyz", response_model=Readiness, responses=_PROBE_RESPONSES)
 async def readyz(request: Request) -> JSONResponse:
-    """200 when a worker is loaded, the queue has room and heartbeats are fresh; else 503 with reasons."""
+    """200 when a worker is loaded, the queue has room and heartbeats are fresh; else 503 with reasons.
+
+    Open without a token (Kubernetes probes send none); it then tells only
+    ready or not, and coarse reason codes.
+    """
     ready, reasons = context(request).service.readiness()
     headers = None if ready else {"Retry-After": "5"}
-    return JSONResponse({"ready": ready, "reasons": reasons}, status_code=200 if ready else 503, headers=headers)
+    return JSONResponse({"ready": ready, "reasons": _reasons(request, reasons)},
+                        status_code=200 if ready else 503, headers=headers)
 
 
-@ops.get("/healthz")
+@ops.get("/healthz", response_model=Health, responses={503: {"model": Health, "description": "Not healthy."},
+                                                      **responses(*EDGE_CODES)})
 async def healthz(request: Request) -> JSONResponse:
     """Liveness and readiness together, with reasons."""
     service = context(request).service
     live = service.livez()
     ready, reasons = service.readiness()
     ok = live and ready
-    return JSONResponse({"live": live, "ready": ready, "reasons": reasons},
+    return JSONResponse({"live": live, "ready": ready, "reasons": _reasons(request, reasons)},
                         status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "5"})
 
 
-@ops.get("/status")
+@ops.get("/status", responses=responses(*EDGE_CODES))
 async def status(request: Request) -> dict[str, Any]:
-    """The runtime's status (workers, queue, uptime, failures, recoveries); never secrets."""
+    """The runtime's status (workers, queue, uptime, failures, recoveries); never secrets.
+
+    A non-admin token gets a reduced view: no job ids, prompts, paths or error text.
+    """
     ctx = context(request)
     data = dict(ctx.service.status())
     data.setdefault("version", __version__)
     data.setdefault("api_uptime_s", round(time.time() - ctx.started_at, 1))
     data.setdefault("auth", "tokens" if ctx.tokens else ("proxy" if ctx.config.auth.behind_proxy else "none"))
-    return data
+    return data if caller(request).admin else reduced_status(data)
 
 
-@ops.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+@ops.get("/metrics", response_class=Response,
+         responses={200: {"content": {CONTENT_TYPE: {}}}, **responses(*EDGE_CODES)})
 async def metrics(request: Request) -> Response:
     """Prometheus text: the HTTP layer's metrics followed by the runtime's."""
     ctx = context(request)
@@ -87,9 +136,9 @@ async def metrics(request: Request) -> Response:
     return Response(text, media_type=CONTENT_TYPE)
 
 
-@ops.get("/v1/failures", responses={422: ERROR_RESPONSES[422]})
-async def failures(request: Request, since: Annotated[str | None, Query(max_length=64)] = None,
-                   limit: Annotated[str | None, Query(max_length=8)] = None) -> dict[str, Any]:
+@ops.get("/v1/failures", responses=responses(*EDGE_CODES, 403, 422))
+async def failures(request: Request, since: Annotated[str | None, Query(max_length=64, pattern=SINCE_PATTERN)] = None,
+                   limit: Annotated[int | None, Query(ge=1, le=1000)] = None) -> dict[str, Any]:
     """Captured failures, newest first (read by ``zitops failures --url``).
 
     ``since``: epoch seconds, a duration (30m, 1h, 2d) or an ISO 8601 time;
@@ -103,15 +152,17 @@ async def failures(request: Request, since: Annotated[str | None, Query(max_leng
     return await asyncio.to_thread(failures_payload, store, since, limit)
 
 
-class LogLevelsIn(BaseModel):
+class LogLevelsIn(Body):
     """New levels for named loggers; "root" is the root logger."""
 
-    model_config = ConfigDict(extra="forbid")
+    levels: dict[Annotated[str, StringConstraints(pattern=LOGGER_NAME)],
+                 Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "debug", "info", "warning", "error",
+                         "critical"]] = Field(description="logger name -> DEBUG|INFO|WARNING|ERROR|CRITICAL",
+                                              min_length=1, max_length=100,
+                                              json_schema_extra={"additionalProperties": False})
 
-    levels: dict[str, str] = Field(description="logger name -> DEBUG|INFO|WARNING|ERROR|CRITICAL")
 
-
-@ops.put("/admin/log-levels", responses={422: ERROR_RESPONSES[422]})
+@ops.put("/admin/log-levels", responses=responses(*EDGE_CODES, 400, 403, 408, 413, 422))
 async def put_log_levels(body: LogLevelsIn) -> dict[str, Any]:
     """Change logger levels at runtime; returns the effective levels."""
     if not body.levels:
@@ -120,8 +171,8 @@ async def put_log_levels(body: LogLevelsIn) -> dict[str, Any]:
         raise InvalidRequest("levels: at most 100 loggers at once")
     clean: dict[str, str] = {}
     for name, level in body.levels.items():
-        if not name or len(name) > 200 or not name.isprintable():
-            raise InvalidRequest("levels: a logger name must be 1..200 printable characters")
+        if not re.fullmatch(LOGGER_NAME, name):
+            raise InvalidRequest("levels: a logger name is 1..200 of A-Z a-z 0-9 _ . -, not starting with a digit")
         upper = level.upper()
         if upper not in LEVELS:
             raise InvalidRequest(f"levels.{name}: {level[:20]!r} is not a level; allowed: {', '.join(LEVELS)}")
@@ -133,8 +184,9 @@ async def put_log_levels(body: LogLevelsIn) -> dict[str, Any]:
     return {"levels": effective}
 
 
-def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str]) -> FastAPI:
-    """The agent's ASGI app around ``service``; ``tokens`` empty means no auth."""
+def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
+               admin_tokens: frozenset[str] = frozenset()) -> FastAPI:
+    """The agent's ASGI app around ``service``; ``tokens`` empty means no auth (everyone an admin)."""
     app = FastAPI(
         title="zitops agent",
         version=__version__,
@@ -144,7 +196,7 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str])
     )
     http_metrics = HttpMetrics()
     app.state.zitops = ApiContext(config=config, service=service, tokens=tokens,
-                                  metrics=http_metrics, started_at=time.time())
+                                  metrics=http_metrics, started_at=time.time(), admin_tokens=admin_tokens)
     app.add_exception_handler(ZitopsError, zitops_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
@@ -153,5 +205,7 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str])
     app.include_router(api_openai.router)
     app.include_router(api_a1111.router)
     app.add_middleware(EdgeMiddleware, tokens=tokens, max_body_bytes=config.limits.max_body_bytes,
-                       metrics=http_metrics)
+                       metrics=http_metrics, admin_tokens=admin_tokens & tokens,
+                       hosts=HostPolicy.from_settings(config.host, config.server.allowed_hosts))
+    install_openapi(app, config.limits)
     return app

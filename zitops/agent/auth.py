@@ -10,32 +10,55 @@ from __future__ import annotations
 import hmac
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from zitops.config import AgentConfig
 from zitops.errors import ConfigError
 
 MIN_TOKEN_CHARS = 16
+ADMIN_PREFIX = "admin:"
+"""A tokens-file line ``admin:<token>`` makes that token an admin (docs/api.md, "Tenants")."""
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The tokens file, read: every accepted token, and which of them are admins."""
+
+    all: frozenset[str] = frozenset()
+    admins: frozenset[str] = frozenset()
 
 
 def parse_tokens(text: str) -> list[str]:
-    """Tokens from a tokens file's text: one per line, blank lines and ``#`` comments ignored."""
-    tokens = []
+    """Tokens from a tokens file's text: one per line (``admin:`` stripped), blanks and ``#`` comments ignored."""
+    return [token for token, _ in parse_token_lines(text)]
+
+
+def parse_token_lines(text: str) -> list[tuple[str, bool]]:
+    """(token, is_admin) per token line of a tokens file."""
+    out = []
     for line in text.splitlines():
         token = line.strip()
         if token and not token.startswith("#"):
-            tokens.append(token)
-    return tokens
+            admin = token.startswith(ADMIN_PREFIX)
+            out.append((token.removeprefix(ADMIN_PREFIX).strip() if admin else token, admin))
+    return out
 
 
 def load_tokens(config: AgentConfig) -> frozenset[str]:
     """The accepted bearer tokens, or an empty set when no tokens file is configured."""
+    return read_tokens(config).all
+
+
+def read_tokens(config: AgentConfig) -> Tokens:
+    """The tokens file's tokens and admins; ConfigError for a file that is unsafe or unusable."""
     name = config.auth.tokens_file
     if not name:
-        return frozenset()
+        return Tokens()
     path = Path(name)
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
+        mode = info.st_mode
         text = path.read_text("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"auth.tokens_file: {path} does not exist; create it with one token per line (chmod 600)") from None
@@ -49,7 +72,19 @@ def load_tokens(config: AgentConfig) -> frozenset[str]:
             f"auth.tokens_file: {path} is readable or writable by other users "
             f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}"
         )
-    tokens = parse_tokens(text)
+    if mode & stat.S_IWGRP:
+        raise ConfigError(
+            f"auth.tokens_file: {path} is writable by its group (mode {stat.S_IMODE(mode):o}), so someone "
+            f"else could add a token; run: chmod 600 {path} (or 640 to let a group read it)"
+        )
+    if info.st_uid not in (os.geteuid(), 0):
+        # root may own it too: Kubernetes mounts Secrets as root, and root can change anything anyway.
+        raise ConfigError(
+            f"auth.tokens_file: {path} is owned by uid {info.st_uid}, not by the agent's user "
+            f"(uid {os.geteuid()}) or root; run: chown {os.geteuid()} {path}"
+        )
+    lines = parse_token_lines(text)
+    tokens = [token for token, _ in lines]
     if not tokens:
         raise ConfigError(f"auth.tokens_file: {path} holds no tokens; put one token per line")
     for i, token in enumerate(tokens, 1):
@@ -59,7 +94,7 @@ def load_tokens(config: AgentConfig) -> frozenset[str]:
                 f"auth.tokens_file: token #{i} in {path} is too short or contains spaces; "
                 f"use at least {MIN_TOKEN_CHARS} printable characters, e.g. `openssl rand -hex 24`"
             )
-    return frozenset(tokens)
+    return Tokens(frozenset(tokens), frozenset(token for token, admin in lines if admin))
 
 
 def check_bind_policy(config: AgentConfig, tokens: frozenset[str]) -> None:
@@ -75,18 +110,24 @@ def check_bind_policy(config: AgentConfig, tokens: frozenset[str]) -> None:
 
 def token_matches(header: str | None, tokens: frozenset[str]) -> bool:
     """True when ``Authorization: Bearer <token>`` names one of ``tokens`` (constant time)."""
+    return match_token(header, tokens) is not None
+
+
+def match_token(header: str | None, tokens: frozenset[str]) -> str | None:
+    """The token ``Authorization: Bearer <token>`` names, if it is one of ``tokens``; compared in constant time."""
     if not header:
-        return False
+        return None
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
-        return False
+        return None
     given = presented.strip().encode("utf-8", "surrogateescape")
-    ok = False
+    found = None
     # Compare against every token without short-circuiting, so timing says
     # nothing about which token (or how much of one) matched.
     for token in tokens:
-        ok |= hmac.compare_digest(given, token.encode("utf-8"))
-    return ok
+        if hmac.compare_digest(given, token.encode("utf-8")):
+            found = token
+    return found
 
 
 def read_client_token(token_file: str | None) -> str | None:

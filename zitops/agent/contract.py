@@ -43,6 +43,7 @@ class JobRecord:
     images: tuple[str, ...] = ()  # file names under the output dir, chosen by the server
     worker: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    owner: str | None = None  # SHA-256 hex of the submitting token (zitops.agent.tenants); never shown
 
     def public(self) -> dict[str, Any]:
         """The JSON the API returns for ``GET /v1/jobs/{id}``."""
@@ -62,8 +63,13 @@ class JobRecord:
 class Service(Protocol):
     """What the HTTP layer needs from the dispatcher."""
 
-    async def submit(self, request: GenerationRequest) -> JobRecord:
-        """Store and enqueue; raises QueueFull (before any work) or AgentUnavailable."""
+    async def submit(self, request: GenerationRequest, owner: str | None = None,
+                     owner_cap: int | None = None) -> JobRecord:
+        """Store and enqueue; raises QueueFull (before any work) or AgentUnavailable.
+
+        ``owner`` tags the job with its tenant; with ``owner_cap``, QueueFull
+        once that owner already has that many jobs waiting.
+        """
 
     def get(self, job_id: str) -> JobRecord:
         """Raises NotFound."""

@@ -282,7 +282,8 @@ class Dispatcher:
 
     # --- Service -----------------------------------------------------------------
 
-    async def submit(self, request: GenerationRequest) -> JobRecord:
+    async def submit(self, request: GenerationRequest, owner: str | None = None,
+                     owner_cap: int | None = None) -> JobRecord:
         """Store and enqueue; QueueFull or AgentUnavailable before anything is written."""
         if self._draining:
             raise AgentUnavailable("the agent is draining (shutting down); retry on another instance or later")
@@ -292,7 +293,7 @@ class Dispatcher:
         if len(self._queue) >= depth:
             raise QueueFull(f"queue full: {len(self._queue)} jobs waiting (cap {depth}); retry later",
                             retry_after_s=self._retry_after())
-        record = self.store.add(request)
+        record = self.store.add(request, owner=owner, owner_cap=owner_cap)
         self._marks[record.id] = {"accepted": time.monotonic()}
         self._queue.append(record.id)
         self.log("info", "job queued", job_id=record.id, queued=len(self._queue))

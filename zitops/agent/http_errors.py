@@ -26,9 +26,11 @@ _STATUS_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     409: "conflict_error",
     413: "request_too_large",
     415: "invalid_request_error",
+    421: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable",
@@ -50,17 +52,33 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": text}
-    for status, text in (
-        (401, "Missing or wrong bearer token (when tokens are configured)."),
-        (413, "Body larger than limits.max_body_bytes."),
-        (422, "Invalid or unsupported field; the message names it."),
-        (429, "Queue full; retry after Retry-After seconds."),
-        (503, "Draining or not ready; retry after Retry-After seconds."),
-    )
+ERROR_TEXT: dict[int, str] = {
+    400: "The body is not JSON (or not in the declared content type).",
+    401: "Missing or wrong bearer token (when tokens are configured).",
+    403: "The route needs an admin token (an 'admin:' line of auth.tokens_file).",
+    404: "No such job or image for this token (unknown, expired, or another token's).",
+    408: "The request's headers or body did not arrive within server.header_timeout_s / body_timeout_s.",
+    409: "The job is in the wrong state (e.g. cancelling a running job, or it was cancelled).",
+    413: "Body larger than limits.max_body_bytes.",
+    421: "The Host header names neither this agent nor server.allowed_hosts (DNS rebinding guard).",
+    422: "Invalid or unsupported field, or over the cost budget; the message names the field.",
+    429: "Queue full, or this token's share of it (queue.per_token_share); retry after Retry-After seconds.",
+    500: "The job failed in the engine; the message says why (or an internal error with a request id).",
+    503: "Draining or not ready; retry after Retry-After seconds.",
+    507: "The job ran out of device memory.",
 }
-"""OpenAPI ``responses=`` for the generation routes, replacing FastAPI's default 422 schema."""
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries in the shared error shape for ``codes``."""
+    return {code: {"model": ErrorBody, "description": ERROR_TEXT[code]} for code in codes}
+
+
+EDGE_CODES = (401, 421)
+"""What any route but the probes may answer before it runs: no token, a foreign Host."""
+
+ERROR_RESPONSES = responses(*EDGE_CODES, 400, 408, 413, 422, 429, 503)
+"""The generation routes' error responses, replacing FastAPI's default 422 schema."""
 
 
 def _snake(name: str) -> str:
@@ -112,6 +130,23 @@ async def zitops_error_handler(request: Request, exc: Exception) -> JSONResponse
                           param=_param_from_message(message), code=_snake(type(exc).__name__))
 
 
+_BOUNDS = {"greater_than_equal": (">=", "ge"), "less_than_equal": ("<=", "le"), "greater_than": (">", "gt"),
+           "less_than": ("<", "lt"), "multiple_of": ("a multiple of", "multiple_of")}
+
+
+PATTERN_TEXT = {"prompt": "must not be empty or blank, or contain a NUL character",
+                "negative_prompt": "must not contain a NUL character"}
+"""What a field's ``pattern`` means, in words."""
+
+
+def _shown(value: Any) -> str:
+    """A client's value for a message: short, one line, never a 2,000-digit number spelled out."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**15:
+        return f"a number of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def validation_message(errors: list[Any]) -> tuple[str, str | None]:
     """One line naming the first invalid field, and that field's dotted name."""
     if not errors:
@@ -129,8 +164,20 @@ def validation_message(errors: list[Any]) -> tuple[str, str | None]:
         msg = "body: a JSON object is required"
     elif kind == "missing":
         msg = f"{field}: field required"
+    elif kind in _BOUNDS:
+        ctx = first.get("ctx") or {}
+        op, key = _BOUNDS[kind]
+        msg = f"{field}: {_shown(first.get('input'))} is out of range; must be {op} {ctx.get(key)}"
+    elif kind in ("literal_error", "enum"):
+        expected = str((first.get("ctx") or {}).get("expected", ""))[:300]
+        msg = f"{field}: {_shown(first.get('input'))} is not allowed; valid: {expected}"
+    elif kind == "string_unicode":
+        msg = f"{field}: not valid UTF-8 text (a lone UTF-16 surrogate such as \\ud800); send text"
+    elif kind == "string_pattern_mismatch":
+        msg = f"{field}: {PATTERN_TEXT.get(field.rsplit('.', 1)[-1], 'has a character that is not allowed')}"
     else:
-        msg = f"{field or 'body'}: {first.get('msg', 'invalid value')}"
+        text = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        msg = f"{field or 'body'}: {text}"
     more = len(errors) - 1
     if more:
         msg += f" (and {more} more problem{'s' if more > 1 else ''})"
@@ -144,6 +191,20 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     return error_response(request.url.path, 422, message, param=field, code="invalid_request")
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's own Allow names only the first route's)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     """Starlette HTTPException (404, 405, body parse errors) -> the shared shape."""
     assert isinstance(exc, StarletteHTTPException)
@@ -152,7 +213,9 @@ async def http_exception_handler(request: Request, exc: Exception) -> JSONRespon
     if status == 404 and detail == "Not Found":
         detail = f"{request.method} {request.url.path}: no such endpoint; see /openapi.json"
     elif status == 405:
-        detail = f"{request.method} is not allowed on {request.url.path}"
+        allowed = allowed_methods(request)
+        detail = f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
+        return error_response(request.url.path, status, detail, headers={"Allow": ", ".join(allowed)})
     elif status == 400 and "parsing the body" in detail:
         detail = "body: could not be parsed as JSON"
     return error_response(request.url.path, status, detail, headers=dict(exc.headers or {}))

@@ -17,7 +17,7 @@ from typing import Any
 
 from zitops.agent.contract import JobRecord, JobStatus
 from zitops.engine.request import GenerationRequest
-from zitops.errors import Conflict, NotFound
+from zitops.errors import Conflict, NotFound, QueueFull
 
 DB_NAME = "jobs.sqlite3"
 
@@ -39,22 +39,40 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 """
 
-_COLUMNS = "id, status, request, created_at, started_at, finished_at, error, attempts, images, worker, info"
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the tenant that submitted the job (SHA-256 hex of its token); NULL for
+    # jobs from before tenants, which only admin tokens (or an agent without tokens) see.
+    "ALTER TABLE jobs ADD COLUMN owner TEXT;"
+    "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, status);",
+)
+"""Numbered schema changes; ``PRAGMA user_version`` records how many ran."""
+
+_COLUMNS = "id, status, request, created_at, started_at, finished_at, error, attempts, images, worker, info, owner"
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:
     return JobRecord(
         id=row[0], status=JobStatus(row[1]), request=GenerationRequest.from_dict(json.loads(row[2])),
         created_at=row[3], started_at=row[4], finished_at=row[5], error=row[6], attempts=row[7],
-        images=tuple(json.loads(row[8])), worker=row[9], info=json.loads(row[10]),
+        images=tuple(json.loads(row[8])), worker=row[9], info=json.loads(row[10]), owner=row[11],
     )
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Run the migrations this database has not seen yet; return its schema version."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    for number, script in enumerate(MIGRATIONS, 1):
+        if number > version:
+            db.executescript(f"BEGIN; {script} PRAGMA user_version = {number}; COMMIT;")
+            version = number
+    return version
 
 
 class JobStore:
     """Jobs in SQLite; every method is one short transaction."""
 
     def __init__(self, state_dir: str | Path) -> None:
-        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        Path(state_dir).mkdir(mode=0o750, parents=True, exist_ok=True)
         self.path = Path(state_dir) / DB_NAME
         # One connection shared by the event loop and the scheduler's thread,
         # serialised by a lock; every statement is short.
@@ -64,6 +82,7 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            migrate(self._db)
 
     def close(self) -> None:
         """Close the database (again is harmless)."""
@@ -76,13 +95,26 @@ class JobStore:
             raise NotFound(f"job {job_id}: no such job (unknown id, or expired and removed)")
         return _record(row)
 
-    def add(self, request: GenerationRequest) -> JobRecord:
-        """Store a new queued job and return it."""
+    def add(self, request: GenerationRequest, owner: str | None = None,
+            owner_cap: int | None = None) -> JobRecord:
+        """Store a new queued job of ``owner`` and return it.
+
+        With ``owner_cap``: QueueFull, and nothing stored, when that owner
+        already has that many jobs waiting (queue.per_token_share).
+        """
         job_id = uuid.uuid4().hex
         with self._lock:
+            if owner is not None and owner_cap is not None:
+                waiting = int(self._db.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status = ?",
+                    (owner, JobStatus.QUEUED.value)).fetchone()[0])
+                if waiting >= owner_cap:
+                    raise QueueFull(
+                        f"queue.per_token_share: this token already has {waiting} jobs waiting, its share "
+                        f"of the queue ({owner_cap}); retry when one has started")
             self._db.execute(
-                "INSERT INTO jobs (id, status, request, created_at) VALUES (?, ?, ?, ?)",
-                (job_id, JobStatus.QUEUED.value, json.dumps(request.to_dict()), time.time()),
+                "INSERT INTO jobs (id, status, request, created_at, owner) VALUES (?, ?, ?, ?, ?)",
+                (job_id, JobStatus.QUEUED.value, json.dumps(request.to_dict()), time.time(), owner),
             )
             return self._one(job_id)
 

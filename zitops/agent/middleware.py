@@ -1,9 +1,11 @@
 """The agent's edge: one pure-ASGI middleware in front of every route.
 
 It does, in order: request id (honoured or generated, bound into structlog's
-context), security headers on every response, bearer auth (all routes but
-/livez), the body size limit (before anything parses the body, chunked
-bodies included), HTTP metrics, and a last-resort 500 with a logged traceback.
+context), security headers on every response, the Host check (421; not on
+the probes), bearer auth (all routes but /livez and /readyz) and who the
+caller is (zitops.agent.tenants), admin-only routes (403), the body size
+limit (before anything parses the body, chunked bodies included), HTTP
+metrics, and a last-resort 500 with a logged traceback.
 Pure ASGI rather than BaseHTTPMiddleware so that headers also land on 404s,
 405s, 413s and error responses, and so the body can be bounded while read.
 """
@@ -19,15 +21,18 @@ import structlog
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from zitops.agent.auth import token_matches
+from zitops.agent.auth import match_token
+from zitops.agent.hosts import HostPolicy
 from zitops.agent.http_errors import error_response
 from zitops.agent.http_metrics import UNMATCHED, HttpMetrics
+from zitops.agent.tenants import ANONYMOUS, CALLER_KEY, OPEN_CALLER, Caller, admin_only, owner_hash
 from zitops.logs import get_logger
 
 log = get_logger("zitops.agent.http")
 
 SECURITY_HEADERS = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
-OPEN_PATHS = frozenset({"/livez"})
+OPEN_PATHS = frozenset({"/livez", "/readyz"})
+"""The probes: no token, no Host check; they reveal only live/ready and coarse reason codes."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -51,9 +56,12 @@ class EdgeMiddleware:
     """Request id, headers, auth, body limit, metrics and the last-resort 500."""
 
     def __init__(self, app: ASGIApp, *, tokens: frozenset[str], max_body_bytes: int,
-                 metrics: HttpMetrics) -> None:
+                 metrics: HttpMetrics, admin_tokens: frozenset[str] = frozenset(),
+                 hosts: HostPolicy | None = None) -> None:
         self.app = app
         self.tokens = tokens
+        self.admin_tokens = admin_tokens
+        self.hosts = hosts
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
 
@@ -104,15 +112,42 @@ class EdgeMiddleware:
                 status = int(state["status"]) or 500
                 self.metrics.observe(route, method if method in _METHODS else "OTHER", status, elapsed)
 
+    def _caller(self, headers: Headers) -> Caller:
+        if not self.tokens:
+            return OPEN_CALLER
+        token = match_token(headers.get("authorization"), self.tokens)
+        if token is None:
+            return ANONYMOUS
+        return Caller(owner=owner_hash(token), admin=token in self.admin_tokens)
+
     async def _handle(self, scope: Scope, receive: Receive, send: Send, headers: Headers,
                       path: str, rid: str) -> None:
-        if self.tokens and path not in OPEN_PATHS and not token_matches(headers.get("authorization"), self.tokens):
+        host = headers.get("host")
+        if self.hosts is not None and path not in OPEN_PATHS and not self.hosts.allows(host):
+            shown = "".join(c if c.isprintable() else "?" for c in (host or ""))[:80]
+            await error_response(
+                path, 421,
+                f"Host: {shown!r} is not a name of this agent; use 127.0.0.1 or localhost, "
+                "or add it to server.allowed_hosts",
+                param="Host", code="misdirected_request",
+            )(scope, receive, send)
+            return
+        who = self._caller(headers)
+        if not who.authenticated and path not in OPEN_PATHS:
             await error_response(
                 path, 401,
                 "missing or wrong bearer token; send 'Authorization: Bearer <token>'",
                 headers={"WWW-Authenticate": 'Bearer realm="zitops"'}, code="unauthorized",
             )(scope, receive, send)
             return
+        if admin_only(path) and not who.admin:
+            await error_response(
+                path, 403,
+                f"{path} needs an admin token (a line 'admin:<token>' in auth.tokens_file)",
+                code="forbidden",
+            )(scope, receive, send)
+            return
+        scope.setdefault("state", {})[CALLER_KEY] = who
         too_large = error_response(
             path, 413,
             f"body: larger than the limit of {self.max_body_bytes} bytes (limits.max_body_bytes)",

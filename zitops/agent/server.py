@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 from collections.abc import Iterator
@@ -16,13 +17,19 @@ from pathlib import Path
 
 import uvicorn
 
-from zitops.agent.auth import check_bind_policy, load_tokens
+from zitops.agent.auth import Tokens, check_bind_policy, read_tokens
 from zitops.agent.dispatcher import Dispatcher
+from zitops.agent.http_server import raise_open_files, server_config
 from zitops.config import AgentConfig
 from zitops.errors import ConfigError
+from zitops.failures import FailureStore
 from zitops.logs import configure_logging, get_logger, reload_levels
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+UMASK = 0o027
+"""Files the agent creates are 0640 and directories 0750, whatever the umask it was started with."""
+DIR_MODE = 0o750
+
 GRACEFUL_HTTP_S = 5.0
 """How long open HTTP requests get after the drain, before uvicorn cancels them."""
 
@@ -48,7 +55,7 @@ def bind(config: AgentConfig) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((config.host, config.port))
-        sock.listen(2048)
+        sock.listen(config.server.backlog)
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; "
@@ -57,17 +64,43 @@ def bind(config: AgentConfig) -> socket.socket:
     return sock
 
 
+def make_dirs(config: AgentConfig) -> None:
+    """Create the runtime directories 0750 (existing ones are the operator's and keep their mode)."""
+    for path in config.paths.as_paths().values():
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        for p in reversed(missing):
+            try:
+                p.mkdir(mode=DIR_MODE)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise ConfigError(f"paths: cannot create {p}: {exc.strerror or exc}") from None
+
+
+def failure_store(config: AgentConfig) -> FailureStore:
+    """The failure records, pruned by the profile's logging.failures_max_age_s and failures_max_bytes."""
+    lg = config.profile.logging
+    return FailureStore(Path(config.paths.state_dir), Path(config.paths.log_dir),
+                        max_age_s=lg.failures_max_age_s, max_bytes=lg.failures_max_bytes)
+
+
 def run(config: AgentConfig, config_path: str | Path | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT; return the exit code (0 after a clean drain)."""
+    os.umask(UMASK)  # before the first file (the logs); workers inherit it
+    make_dirs(config)
     configure_logging(config.profile.logging, log_dir=Path(config.paths.log_dir), fmt=config.log_format,
                       process="agent")
-    tokens = load_tokens(config)
-    check_bind_policy(config, tokens)
+    tokens = read_tokens(config)
+    check_bind_policy(config, tokens.all)
+    open_files = raise_open_files(config.server.max_open_files)
+    if open_files <= config.server.limit_concurrency:
+        log.warning("the open-file limit is at or below server.limit_concurrency; raise LimitNOFILE (or ulimit -n)",
+                    open_files=open_files, limit_concurrency=config.server.limit_concurrency)
     sock = bind(config)
     return asyncio.run(_main(config, config_path, tokens, sock))
 
 
-async def _main(config: AgentConfig, config_path: str | Path | None, tokens: frozenset[str],
+async def _main(config: AgentConfig, config_path: str | Path | None, tokens: Tokens,
                 sock: socket.socket) -> int:
     from zitops.agent.app import create_app
 
@@ -75,10 +108,9 @@ async def _main(config: AgentConfig, config_path: str | Path | None, tokens: fro
     signals: asyncio.Queue[int] = asyncio.Queue()
     for handled in HANDLED:
         loop.add_signal_handler(handled, signals.put_nowait, handled)
-    dispatcher = Dispatcher(config)
-    app = create_app(config, dispatcher, tokens=tokens)
-    server = _Server(uvicorn.Config(app, host=config.host, port=config.port, log_config=None,
-                                    lifespan="on", timeout_graceful_shutdown=int(GRACEFUL_HTTP_S)))
+    dispatcher = Dispatcher(config, failures=failure_store(config))
+    app = create_app(config, dispatcher, tokens=tokens.all, admin_tokens=tokens.admins)
+    server = _Server(server_config(app, config.host, config.port, config.server, GRACEFUL_HTTP_S))
     try:
         await dispatcher.start()
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")

@@ -20,8 +20,9 @@ from zitops.engine.request import GenerationRequest
 class Store(Protocol):
     """Durable jobs: every method is one short transaction and returns the record as stored."""
 
-    def add(self, request: GenerationRequest) -> JobRecord:
-        """Store a new queued job and return it."""
+    def add(self, request: GenerationRequest, owner: str | None = None,
+            owner_cap: int | None = None) -> JobRecord:
+        """Store a new queued job of ``owner``; QueueFull when that owner has ``owner_cap`` waiting."""
 
     def get(self, job_id: str) -> JobRecord:
         """The job, or NotFound."""

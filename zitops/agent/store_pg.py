@@ -33,7 +33,7 @@ from zitops.agent.pg_connect import Breaker, PgConnector, is_down
 from zitops.agent.pg_listen import PgListener
 from zitops.agent.pg_schema import migrate, query
 from zitops.engine.request import GenerationRequest
-from zitops.errors import Conflict, NotFound, ZitopsError
+from zitops.errors import Conflict, NotFound, QueueFull, ZitopsError
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def _record(row: DictRow) -> JobRecord:
         id=row["id"], status=JobStatus(row["status"]), request=GenerationRequest.from_dict(row["request"]),
         created_at=row["created_at"].timestamp(), started_at=_epoch(row["started_at"]),
         finished_at=_epoch(row["finished_at"]), error=row["error"], attempts=row["attempts"],
-        images=tuple(row["images"]), worker=row["worker"], info=row["info"],
+        images=tuple(row["images"]), worker=row["worker"], info=row["info"], owner=row["owner"],
     )
 
 
@@ -190,10 +190,18 @@ class PgJobStore:
 
     # --- JobStore's methods ----------------------------------------------------------
 
-    def add(self, request: GenerationRequest) -> JobRecord:
-        """Store a new queued job and return it (the fleet is notified)."""
-        row = self._row("add_job", id=uuid.uuid4().hex, request=Jsonb(request.to_dict()))
-        assert row is not None
+    def add(self, request: GenerationRequest, owner: str | None = None,
+            owner_cap: int | None = None) -> JobRecord:
+        """Store a new queued job of ``owner`` and return it (the fleet is notified).
+
+        With ``owner_cap``: QueueFull, and nothing stored, when that owner
+        already has that many jobs waiting (queue.per_token_share).
+        """
+        row = self._row("add_job", id=uuid.uuid4().hex, request=Jsonb(request.to_dict()),
+                        owner=owner, owner_cap=owner_cap)
+        if row is None:
+            raise QueueFull(f"queue.per_token_share: this token already has {owner_cap} jobs waiting, its "
+                            "share of the queue; retry when one has started")
         return _record(row)
 
     def get(self, job_id: str) -> JobRecord:

@@ -11,6 +11,7 @@ import httpx
 
 from zitops.agent.auth import read_client_token
 from zitops.commands.options import json_option, token_file_option, url_option
+from zitops.commands.terminal import printable
 from zitops.errors import AgentUnavailable, Unauthorized, ZitopsError
 
 TIMEOUT_S = 10.0
@@ -61,7 +62,11 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def render_status(data: dict[str, Any]) -> str:
-    """A readable summary of the /status JSON."""
+    """A readable summary of the /status JSON, every character printable (client text is escaped)."""
+    return "\n".join(printable(line) for line in _status_lines(data))
+
+
+def _status_lines(data: dict[str, Any]) -> list[str]:
     model = data.get("model")
     model_name = model.get("name") if isinstance(model, dict) else model
     if isinstance(model, dict) and model.get("note"):
@@ -93,14 +98,18 @@ def render_status(data: dict[str, Any]) -> str:
     failures = data.get("recent_failures") or []
     lines += ["", f"recent failures: {len(failures)}"]
     for f in failures[:10]:
+        message = " ".join(str(f.get("message", "")).split())[:100]
         lines.append(f"  {f.get('time') or _ago(f.get('ts'))}  job {f.get('job_id') or '-'}  "
-                     f"{f.get('exc_type', '')}: {str(f.get('message', ''))[:100]}  -> {f.get('action', '-')}")
+                     f"{f.get('exc_type', '')}: {message}  -> {f.get('action', '-')}")
     recoveries = data.get("recoveries") or []
     lines += [f"recoveries: {len(recoveries)}"]
     for r in recoveries[-10:]:
         lines.append(f"  {_ago(r.get('time'))}  {r.get('kind', '-')}  worker {r.get('worker') or '-'}: "
                      f"{str(r.get('reason', ''))[:100]}")
-    return "\n".join(lines)
+    if data.get("scope") == "tenant":
+        lines += ["", "(reduced view: this token is not an admin token; failures, recoveries and job ids "
+                      "need an 'admin:' token)"]
+    return lines
 
 
 @click.command()
@@ -113,7 +122,7 @@ def status(url: str, as_json: bool, token_file: str | None) -> None:
     data = _json(response)
     if response.status_code != 200:
         message = data.get("error", {}).get("message") if isinstance(data, dict) else None
-        raise ZitopsError(f"{url}/status answered {response.status_code}: {message or 'no detail'}")
+        raise ZitopsError(printable(f"{url}/status answered {response.status_code}: {message or 'no detail'}"))
     click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else render_status(data))
 
 
@@ -128,4 +137,5 @@ def health(url: str, token_file: str | None) -> None:
         click.echo("ready")
         return
     reasons = data.get("reasons") if isinstance(data, dict) else None
-    raise AgentUnavailable(f"not ready ({response.status_code}): {'; '.join(map(str, reasons or [])) or 'no reason given'}")
+    raise AgentUnavailable(printable(
+        f"not ready ({response.status_code}): {'; '.join(map(str, reasons or [])) or 'no reason given'}"))

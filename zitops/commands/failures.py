@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from zitops.commands.options import config_option, json_option, token_file_option, url_option
+from zitops.commands.terminal import json_line, printable
 from zitops.errors import AgentUnavailable
 
 
@@ -43,13 +44,13 @@ def _from_url(url: str, since: float | None, limit: int, token_file: str | None)
 def _error_text(body: str) -> str:
     try:
         data = json.loads(body)
-        return str(data.get("error", {}).get("message") or data.get("detail") or body)[:200]
+        return printable(str(data.get("error", {}).get("message") or data.get("detail") or body)[:200])
     except (ValueError, AttributeError):
-        return " ".join(body.split())[:200]
+        return printable(" ".join(body.split())[:200])
 
 
 def _cell(value: Any, width: int) -> str:
-    text = "-" if value in (None, "") else " ".join(str(value).split())
+    text = "-" if value in (None, "") else printable(" ".join(str(value).split()))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -86,6 +87,6 @@ def failures(since: str | None, limit: int, as_json: bool, config_path: str | No
         records = _from_url(url, since_ts, limit, token_file)
     if as_json:
         for rec in records:
-            click.echo(json.dumps(rec, ensure_ascii=False, default=str))
+            click.echo(json_line(rec))
         return
     click.echo(format_table(records))

@@ -5,9 +5,12 @@
 -- lease expired and moved to another agent cannot overwrite the new run.
 
 -- name: add_job
--- A new queued job (the insert trigger notifies zitops_queued).
-INSERT INTO zitops.jobs (id, status, request)
-VALUES (%(id)s, 'queued', %(request)s)
+-- A new queued job (the insert trigger notifies zitops_queued). With a cap,
+-- nothing is inserted when the owner already has that many jobs waiting.
+INSERT INTO zitops.jobs (id, status, request, owner)
+SELECT %(id)s, 'queued', %(request)s, %(owner)s
+WHERE %(owner_cap)s::integer IS NULL OR %(owner)s::text IS NULL
+   OR (SELECT count(*) FROM zitops.jobs WHERE owner = %(owner)s AND status = 'queued') < %(owner_cap)s
 RETURNING *;
 
 -- name: get_job

@@ -1,0 +1,101 @@
+"""The published OpenAPI states this agent's own limits, not just the models' hard ceilings.
+
+The request models carry static bounds (the highest any config may allow),
+so a huge number is refused before anything uses it. The running agent's
+``limits`` are tighter, and clients generate code from the schema, so
+:func:`publish_limits` writes them into the generated document: sides,
+steps, images, prompt length, the seed range, OpenAI's ``size`` pattern and
+A1111's ``batch_size x n_iter`` rule. What a schema cannot say (the cost
+budget, a full queue) is a documented 422 or 429.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+from zitops.config import Limits
+from zitops.engine.request import MAX_SEED
+
+Kind = str  # "side" | "steps" | "images" | "prompt" | "seed" | "size"
+
+FIELDS: dict[str, dict[str, Kind]] = {
+    "JobIn": {"width": "side", "height": "side", "steps": "steps", "batch": "images", "prompt": "prompt",
+              "negative_prompt": "prompt", "seed": "seed"},
+    "ImageGenerationIn": {"n": "images", "steps": "steps", "prompt": "prompt", "negative_prompt": "prompt",
+                          "seed": "seed", "size": "size"},
+    "Txt2ImgIn": {"width": "side", "height": "side", "steps": "steps", "batch_size": "images",
+                  "n_iter": "images", "prompt": "prompt", "negative_prompt": "prompt", "seed": "seed"},
+}
+"""Model name -> field -> which limit bounds it."""
+
+
+def side_pattern(min_side: int, max_side: int) -> str:
+    """``WIDTHxHEIGHT`` with both sides multiples of 16 within the limits, as one regular expression."""
+    sides = "|".join(str(v) for v in range(max_side - max_side % 16, min_side - 1, -16))
+    return f"^(?:{sides})x(?:{sides})$|^auto$"
+
+
+def _branch(prop: dict[str, Any]) -> dict[str, Any]:
+    # Optional fields are anyOf [{type: X, ...}, {type: null}]: bound the X.
+    for option in prop.get("anyOf", ()):
+        if option.get("type") not in (None, "null"):
+            return option
+    return prop
+
+
+def _bounded(prop: dict[str, Any], kind: Kind, limits: Limits) -> None:
+    target = _branch(prop)
+    if kind == "side":
+        target.update(minimum=limits.min_side, maximum=limits.max_side, multipleOf=16)
+    elif kind == "steps":
+        target.update(minimum=1, maximum=limits.max_steps)
+    elif kind == "images":
+        target.update(minimum=1, maximum=limits.max_images)
+    elif kind == "prompt":
+        target["maxLength"] = limits.max_prompt_chars
+    elif kind == "seed":
+        # Image i uses seed + i, and every seed must fit 32 bits.
+        target.update(minimum=-1, maximum=MAX_SEED - (limits.max_images - 1))
+    elif kind == "size":
+        target.pop("maxLength", None)
+        target["pattern"] = side_pattern(limits.min_side, limits.max_side)
+
+
+def product_rule(max_images: int) -> list[dict[str, Any]]:
+    """A1111's ``batch_size x n_iter <= max_images`` as JSON Schema ``anyOf`` branches."""
+    branches: list[dict[str, Any]] = [{"not": {"required": ["n_iter"]}}]
+    for n in range(1, max_images + 1):
+        branches.append({"required": ["n_iter"], "properties": {
+            "n_iter": {"const": n}, "batch_size": {"maximum": max_images // n}}})
+    return branches
+
+
+def publish_limits(schema: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """Write ``limits`` into a generated OpenAPI document, in place; returns it."""
+    components = schema.get("components", {}).get("schemas", {})
+    for model, fields in FIELDS.items():
+        props = components.get(model, {}).get("properties", {})
+        for name, kind in fields.items():
+            if name in props:
+                _bounded(props[name], kind, limits)
+    if "Txt2ImgIn" in components:
+        components["Txt2ImgIn"]["anyOf"] = product_rule(limits.max_images)
+    return schema
+
+
+def install(app: FastAPI, limits: Limits) -> None:
+    """Make ``app.openapi()`` publish ``limits`` (once; FastAPI caches the document)."""
+    generate: Callable[[], dict[str, Any]] = app.openapi
+    done: list[bool] = []
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        if not done:
+            publish_limits(schema, limits)
+            done.append(True)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
