@@ -649,6 +649,8 @@ class Dispatcher:
 
     def update_gpu_gauges(self, gpus: list[GpuMemory]) -> None:
         """Set per-GPU gauges from an NVML read."""
+        from zitops.agent.vram_history import history_of  # the console's VRAM chart (issue 16)
+        history_of(self).record(gpus, self.pool.slots)
         for g in gpus:
             self.metrics.gpu_used.labels(str(g.index)).set(g.used_mib)
             self.metrics.gpu_total.labels(str(g.index)).set(g.total_mib)
