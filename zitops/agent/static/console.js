@@ -129,7 +129,8 @@
       const v = w.vram || {};
       const used = v.nvml_used_mib ?? v.device_used_mib;
       const vram = `${fmt.mib(v.allocated_mib)} alloc / ${fmt.mib(v.reserved_mib)} reserved / ${fmt.mib(used)} of ${fmt.mib(v.device_total_mib)}${v.simulated ? " (simulated)" : ""}`;
-      const jobs = `${w.jobs_done ?? 0} (${w.jobs_total ?? 0} total)` + (w.current_job ? `, running ${w.current_job}` : "");
+      const jobs = `${w.jobs_done ?? 0} (${w.jobs_total ?? 0} total)` +
+        (w.current_job ? `, running ${String(w.current_job).slice(0, 8)}` : "");
       return el("tr", { "data-worker": w.id },
         el("td", {}, w.id), el("td", {}, w.gpu ?? "cpu"),
         el("td", { className: `state state-${w.state}`, title: w.last_exit ? `last exit: ${w.last_exit}` : "" }, w.state),
@@ -172,12 +173,14 @@
 
   function makeChart(key, series) {
     const box = el("div", { className: "chart", "data-gpu": key, "data-samples": "0" },
-      el("h3", {}, key === "cpu" ? "CPU worker (no GPU)" : `GPU ${key}`));
+      el("h3", {}, (key === "cpu" ? "CPU worker (no GPU)" : `GPU ${key}`) +
+        (series.total_mib ? ` · ${fmt.mib(series.total_mib)} MiB total` : "")));
     $("charts").append(box);
     const usedLabel = series.used_from === "nvml" ? "NVML used" : "device used (worker report)";
     const opts = {
       width: chartWidth(), height: 200,
-      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max, series.total_mib || 0, 1)] } },
+      // From 0 to just above the data, not to the card's total: a slow leak must show as a slope.
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max * 1.15, 1)] } },
       axes: [{}, { label: "MiB", size: 60 }],
       series: [
         {},
