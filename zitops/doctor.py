@@ -193,21 +193,21 @@ def model_is_tiny(model: str) -> bool:
     return path.is_dir() and check_model(path).tiny
 
 
-def check_model(setup: Setup) -> Check:
+def check_model(model: str, state_dir: Path) -> Check:
     """The weights are complete: the same resolution and check the agent runs (``zitops model check``)."""
     from zitops.engine.loader import FULL_RANDOM, check_model, resolve_model
 
-    if setup.model == "tiny":
-        built = setup.paths["state_dir"] / "models" / "tiny"
+    if model == "tiny":
+        built = state_dir / "models" / "tiny"
         if check_model(built).ok:
             return Check("model", True, f"tiny: {built} (random weights: images are noise)", warning=True)
         return Check("model", True, f"tiny: built at the first start under {built} in seconds "
                      "(random weights: images are noise)", warning=True)
-    if setup.model == FULL_RANDOM:
+    if model == FULL_RANDOM:
         return Check("model", True, "full-random: the real-size architecture with random weights, "
                      "built on the GPU at start (no files)", warning=True)
     try:
-        path = resolve_model(setup.model)
+        path = resolve_model(model)
     except ModelError as exc:
         return Check("model", False, str(exc).split("; download")[0],
                      fix="download a diffusers-format Z-Image-Turbo snapshot (e.g. Tongyi-MAI/Z-Image-Turbo) "
@@ -226,10 +226,24 @@ def run(req: DoctorRequest) -> Report:
     checks.append(dc.check_torch(needs_gpu))
     checks.append(dc.check_nvml(setup, needs_gpu, probe))
     checks.extend(dc.check_gpus(setup, needs_gpu, probe, need_gib(setup.profile)))
-    checks.append(check_model(setup))
+    checks.append(check_model(setup.model, setup.paths["state_dir"]))
     checks.extend(dc.check_dirs(setup))
     checks.extend(dc.check_disk(setup))
-    checks.append(dc.check_port(setup))
+    checks.append(dc.check_port(setup.host, setup.port))
     checks.append(dc.check_service_manager(setup))
     checks.append(dc.check_compile_cache(setup))
     return Report(setup, tuple(checks))
+
+
+def hard_failures(model: str, state_dir: Path, host: str, port: int, *, start: bool) -> list[Check]:
+    """The checks ``zitops deploy`` should refuse on: the model, and with ``--start`` the port.
+
+    They can only fail hard (nothing on this host makes them pass later), unlike
+    the GPU checks, which a deploy rendered for another host must not run.
+    """
+    from zitops.doctor_checks import check_port
+
+    checks = [check_model(model, state_dir)]
+    if start:
+        checks.append(check_port(host, port))
+    return [c for c in checks if not c.ok]

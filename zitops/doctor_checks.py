@@ -159,9 +159,8 @@ def check_disk(setup: Setup) -> list[Check]:
     return out
 
 
-def check_port(setup: Setup) -> Check:
-    """Nothing else listens on the agent's port (uvicorn binds with SO_REUSEADDR too)."""
-    host, port = setup.host, setup.port
+def check_port(host: str, port: int) -> Check:
+    """Nothing else listens on ``host:port`` (uvicorn binds with SO_REUSEADDR too)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

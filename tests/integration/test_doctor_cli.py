@@ -89,3 +89,18 @@ def test_doctor_help_imports_no_gpu_stack() -> None:
                           check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_hard_failures_for_deploy_name_the_model_path_and_the_port(tmp_path: Path) -> None:
+    from zitops.doctor import hard_failures
+
+    assert hard_failures(str(tiny_model_dir()), tmp_path, "127.0.0.1", free_port(), start=True) == []
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # Without --start the port is not deploy's business.
+        assert hard_failures("tiny", tmp_path, "127.0.0.1", port, start=False) == []
+        failed = hard_failures(str(tmp_path / "gone"), tmp_path, "127.0.0.1", port, start=True)
+    assert [c.name for c in failed] == ["model", "port"]
+    assert str(tmp_path / "gone") in failed[0].detail and f"port {port}" in failed[1].detail
