@@ -25,6 +25,7 @@ from PIL import Image
 
 from zitops.agent.app import create_app
 from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.vram_history import VramHistory
 from zitops.config import AgentConfig, config_from_mapping
 from zitops.engine.request import GenerationRequest
 from zitops.errors import AgentUnavailable, Conflict, NotFound, QueueFull
@@ -57,6 +58,7 @@ class MemService:
         self.draining = False
         self.paused = False  # while true the worker picks up nothing, so tests can fill the queue
         self.submitted: list[GenerationRequest] = []
+        self.history = VramHistory()
         self._wake: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -178,6 +180,10 @@ class MemService:
         if len(self.queue) >= self.depth:
             reasons.append(f"queue is full ({self.depth})")
         return not reasons, reasons
+
+    def vram_history(self) -> dict[str, Any]:
+        """What the history holds (tests record into ``self.history``)."""
+        return self.history.snapshot()
 
     def status(self) -> dict[str, Any]:
         """A /status-shaped dict."""

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zitops import __version__
-from zitops.agent import api_a1111, api_native, api_openai
+from zitops.agent import api_a1111, api_native, api_openai, console
 from zitops.agent.api_common import ApiContext, Body, context
 from zitops.agent.contract import Service
 from zitops.agent.hosts import HostPolicy
@@ -191,7 +191,7 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
         title="zitops agent",
         version=__version__,
         description="Z-Image-Turbo as a service: native async jobs, OpenAI Images and AUTOMATIC1111 compatible APIs.",
-        docs_url="/docs",
+        docs_url=None,  # /docs and /redoc come from zitops.agent.console, on vendored assets
         redoc_url=None,
     )
     http_metrics = HttpMetrics()
@@ -204,8 +204,12 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
     app.include_router(api_native.router)
     app.include_router(api_openai.router)
     app.include_router(api_a1111.router)
+    app.include_router(console.router)
+    # The console page and its assets hold no data: the edge lets them through without a token.
+    app.add_middleware(console.PublicAssets)
     app.add_middleware(EdgeMiddleware, tokens=tokens, max_body_bytes=config.limits.max_body_bytes,
                        metrics=http_metrics, admin_tokens=admin_tokens & tokens,
-                       hosts=HostPolicy.from_settings(config.host, config.server.allowed_hosts))
+                       hosts=HostPolicy.from_settings(config.host, config.server.allowed_hosts),
+                       public_paths=console.public_paths())
     install_openapi(app, config.limits)
     return app

@@ -92,5 +92,8 @@ class Service(Protocol):
     def status(self) -> dict[str, Any]:
         """The /status JSON (workers, queue, uptime, failures, recoveries)."""
 
+    def vram_history(self) -> dict[str, Any]:
+        """The last hour of VRAM samples per device (the console's chart)."""
+
     def metrics_text(self) -> str:
         """Prometheus exposition text for the runtime gauges and counters."""

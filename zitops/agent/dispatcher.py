@@ -384,6 +384,10 @@ class Dispatcher:
         """One line for STATUS= and logs."""
         return reporting.summary(self.pool, self._view())
 
+    def vram_history(self) -> dict[str, Any]:
+        """The last hour of VRAM samples per device, kept by the pool's memory check."""
+        return self.pool.vram_history.snapshot()
+
     def status(self) -> dict[str, Any]:
         """The /status JSON."""
         return reporting.status(self.config, self.pool, self._view(), uptime_s=time.time() - self._started_at,

@@ -57,8 +57,9 @@ class EdgeMiddleware:
 
     def __init__(self, app: ASGIApp, *, tokens: frozenset[str], max_body_bytes: int,
                  metrics: HttpMetrics, admin_tokens: frozenset[str] = frozenset(),
-                 hosts: HostPolicy | None = None) -> None:
+                 hosts: HostPolicy | None = None, public_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
+        self.public_paths = public_paths  # no token needed (they hold no data); Host still checked
         self.tokens = tokens
         self.admin_tokens = admin_tokens
         self.hosts = hosts
@@ -133,7 +134,7 @@ class EdgeMiddleware:
             )(scope, receive, send)
             return
         who = self._caller(headers)
-        if not who.authenticated and path not in OPEN_PATHS:
+        if not who.authenticated and path not in OPEN_PATHS and path not in self.public_paths:
             await error_response(
                 path, 401,
                 "missing or wrong bearer token; send 'Authorization: Bearer <token>'",

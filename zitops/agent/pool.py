@@ -28,6 +28,7 @@ from zitops.agent.slots import LIVE_STATES, PoolListener, WorkerSlot, observe
 from zitops.agent.spawn import exit_text, sigkill, start_child, stop_children
 from zitops.agent.standby import Standby
 from zitops.agent.vram import Reader, Vram
+from zitops.agent.vram_history import VramHistory
 from zitops.config import AgentConfig, config_to_dict
 from zitops.logs import get_logger
 from zitops.worker.process import SETUP_FAILED_EXIT, worker_main
@@ -69,6 +70,7 @@ class Pool:
         self.overlap = Overlap(self)
         self.standby = Standby(config, self._config_data, self._ctx, self.slot_event)
         self.vram = Vram(read_vram)
+        self.vram_history = VramHistory()
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -302,6 +304,7 @@ class Pool:
         failed = self.vram.refresh([s.gpu for s in self.slots if s.gpu is not None])
         if failed is not None:
             self.event("nvml", None, failed)
+        self.vram_history.record(self.vram.gpus, self.slots)
         by_index = self.vram.by_index()
         overlapped = {w.gpu for w in self.overlap.workers() if w.gpu is not None}
         now = time.monotonic()
