@@ -49,8 +49,12 @@ def _get(url: str) -> int | None:
         return None
 
 
-def start(p: Plan, timeout_s: float = 120.0, echo: Callable[[str], None] = print) -> str:
-    """Launch the standalone supervisord from --out and wait until the agent is ready."""
+def start(p: Plan, timeout_s: float = 600.0, echo: Callable[[str], None] = print) -> str:
+    """Launch the standalone supervisord from --out and wait until the agent is ready.
+
+    The limit allows for a cold compile and the warm-up before Ready on a GPU; the wait
+    polls, so it returns as soon as the agent is ready.
+    """
     conf = str(p.supervisord_conf)
     if not p.supervisord_conf.exists():
         raise ZitopsError(f"{conf} is missing: --start needs the supervisor target")

@@ -147,6 +147,17 @@ def _report(engine: Any, worker_id: str, jobs_done: int, after: str) -> MemoryRe
 NO_WARMUP = "none: Ready comes before any generation; the first job pays compile and warm-up"
 
 
+def _warm_up(engine: Any, config: Any, device: str) -> dict[str, Any]:
+    """Run the profile's warm-up when ``engine.warmup`` wants it; the start-up report's part."""
+    from zitops.worker import warmup
+
+    compiled = bool(getattr(engine, "effective", {}).get("compile"))
+    if not warmup.wanted(config.profile.engine.warmup, on_cuda=device != "cpu", compiled=compiled):
+        return {}
+    return warmup.run_warmup(engine, config.profile, warmup.warmup_plan(config.profile, config.limits.min_side,
+                                                                     config.limits.max_side))
+
+
 def startup_phases(*, spawned_at: float | None, entered: float, imported: float, imports_s: float,
                    setup_s: float, marks: dict[str, float], ready: float,
                    standby: dict[str, Any] | None) -> dict[str, Any]:
@@ -222,6 +233,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
         setup_s = time.perf_counter() - started
         if standby is not None and preloaded is not None:
             standby["preloaded"] = preloaded.used
+        warmed = _warm_up(engine, config, device)
     except BaseException as exc:  # report why, then die: the pool decides what next
         sender.send(Failure(job_id=None, exc_type=type(exc).__name__, message=str(exc),
                             traceback=traceback.format_exc()))
@@ -235,6 +247,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
         describe = {}
     startup = startup_phases(spawned_at=spawned_at, entered=entered, imported=imported, imports_s=imports_s,
                              setup_s=setup_s, marks=phases.take(), ready=time.time(), standby=standby)
+    startup.update(warmed)
     log.info("worker startup", **startup)
     sender.send(Ready(worker_id=worker_id, pid=os.getpid(), incarnation=incarnation,
                       device=device, setup_s=setup_s, describe=describe, startup=startup))

@@ -1,0 +1,63 @@
+"""Warm-up before Ready: the plan is a pure function of the profile, and a worker runs it before Ready."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.runtime_support import Runtime, request, runtime_config
+from zitops.agent.contract import JobStatus
+from zitops.profile import load_profile
+from zitops.worker.process import NO_WARMUP
+from zitops.worker.warmup import WarmupRun, wanted, warmup_plan
+
+
+def test_auto_warms_a_compiled_engine_on_a_gpu_only() -> None:
+    assert wanted("auto", on_cuda=True, compiled=True)
+    assert not wanted("auto", on_cuda=True, compiled=False)
+    assert not wanted("auto", on_cuda=False, compiled=True)
+    assert wanted(True, on_cuda=False, compiled=False)
+    assert not wanted(False, on_cuda=True, compiled=True)
+
+
+def test_the_plan_covers_the_profiles_batch_and_a_second_size() -> None:
+    designer = load_profile("designer", [])
+    assert warmup_plan(designer, 64, 2048) == (WarmupRun(1, 1024, 1024), WarmupRun(1, 1152, 960))
+    batched = load_profile("designer", ["generation.batch=4", "engine.max_batch=4"])
+    assert warmup_plan(batched, 64, 2048) == (
+        WarmupRun(4, 1024, 1024), WarmupRun(1, 1152, 960), WarmupRun(1, 1024, 1024))
+    # At the limits the second size steps the other way, and stays inside them.
+    edge = load_profile("designer", ["generation.width=2048", "generation.height=64"])
+    assert warmup_plan(edge, 64, 2048) == (WarmupRun(1, 2048, 64), WarmupRun(1, 1920, 128))
+
+
+@pytest.fixture
+def warmed(tmp_path: Path) -> Iterator[Runtime]:
+    rt = Runtime(runtime_config(tmp_path, sets=["engine.warmup=true", "generation.batch=2", "engine.max_batch=2"]))
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+def test_the_worker_generates_before_it_reports_ready(warmed: Runtime) -> None:
+    startup = warmed.status()["workers"][0]["startup"]
+    # The report arrives inside Ready itself, so every run below finished before Ready was sent.
+    runs = startup["warmup"]
+    assert [(r["batch"], r["width"], r["height"]) for r in runs] == [(2, 64, 64), (1, 192, 128), (1, 64, 64)]
+    assert all(r["seconds"] > 0 and r["steps"] == 2 for r in runs)
+    assert startup["warmup_s"] >= sum(r["seconds"] for r in runs) - 0.01
+    assert startup["total_s"] >= startup["warmup_s"]
+    job = warmed.wait(warmed.submit(request(seed=3)).id)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+
+
+def test_auto_on_the_cpu_reports_no_warmup(tmp_path: Path) -> None:
+    rt = Runtime(runtime_config(tmp_path))
+    try:
+        startup = rt.status()["workers"][0]["startup"]
+        assert startup["warmup"] == NO_WARMUP and startup["warmup_s"] is None
+    finally:
+        rt.close()

@@ -1,0 +1,86 @@
+"""Warm-up before Ready: the worker generates before it says it can serve.
+
+On a GPU with ``engine.compile`` the first call at a new batch size or image
+size compiles (measured on an H200: 31 s for the first 1024x1024 image, 45 s
+for the second distinct size, when dynamo generalises to dynamic shapes).
+Ready must mean fast, so that cost is paid here, before ``Ready`` is sent:
+
+1. the profile's own batch at its own size, which dynamo specialises
+   statically (the job most requests are);
+2. one image at another size, which makes dynamo compile the dynamic-shape
+   graph that every later size and batch reuses.
+
+Each run is two steps: a step's compiled graph does not depend on the step
+count. :func:`warmup_plan` is a pure function of the profile; running it is
+:func:`run_warmup`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from zitops.profile import Profile
+
+WARMUP_STEPS = 2
+WARMUP_PROMPT = "warm-up"
+
+
+@dataclass(frozen=True)
+class WarmupRun:
+    """One warm-up generation: a batch at a size."""
+
+    batch: int
+    width: int
+    height: int
+
+
+class Engine(Protocol):
+    """What the warm-up needs of an engine."""
+
+    def generate(self, request: Any) -> Any:
+        """Generate a request's images."""
+
+
+def wanted(setting: str | bool, *, on_cuda: bool, compiled: bool) -> bool:
+    """Whether to warm up: ``auto`` warms a compiled engine on a GPU, where the first call compiles."""
+    if isinstance(setting, bool):
+        return setting
+    return on_cuda and compiled
+
+
+def _other_size(width: int, height: int, min_side: int, max_side: int) -> tuple[int, int]:
+    """A second size that differs in both sides, within the limits (sides stay multiples of 16)."""
+    wider = width + 128 if width + 128 <= max_side else width - 128
+    taller = height - 64 if height - 64 >= min_side else height + 64
+    return max(min_side, min(max_side, wider)), max(min_side, min(max_side, taller))
+
+
+def warmup_plan(profile: Profile, min_side: int, max_side: int) -> tuple[WarmupRun, ...]:
+    """The generations to run before Ready (see the module's docstring)."""
+    g = profile.generation
+    batch = g.batch  # the profile validates it against engine.max_batch
+    w, h = _other_size(g.width, g.height, min_side, max_side)
+    runs = [WarmupRun(batch, g.width, g.height), WarmupRun(1, w, h)]
+    if batch > 1:
+        # The dynamic graph now has a dynamic batch dim too; one more call at the
+        # profile's size with batch 1 covers the remaining specialisation.
+        runs.append(WarmupRun(1, g.width, g.height))
+    return tuple(runs)
+
+
+def run_warmup(engine: Engine, profile: Profile, plan: tuple[WarmupRun, ...]) -> dict[str, Any]:
+    """Run ``plan``; returns the report for ``startup`` (seconds per run and in all)."""
+    from zitops.engine.request import request_from_profile
+
+    started = time.perf_counter()
+    runs = []
+    for run in plan:
+        t0 = time.perf_counter()
+        request = request_from_profile(profile, WARMUP_PROMPT, seed=0, batch=run.batch, width=run.width,
+                                       height=run.height, steps=WARMUP_STEPS)
+        engine.generate(request)
+        runs.append({"batch": run.batch, "width": run.width, "height": run.height,
+                     "steps": WARMUP_STEPS, "seconds": round(time.perf_counter() - t0, 3)})
+    return {"warmup_s": round(time.perf_counter() - started, 3), "warmup": runs}
