@@ -38,6 +38,13 @@ scenario_designer() { # designer bf16: plain diffusers, engine, agent over HTTP 
   bench designer 290 --arch full --profile designer --runs 5 --cache-dir /tmp/zcache
   nvidia-smi --query-compute-apps=pid,used_memory --format=csv | tee "$OUT/designer-apps.txt"
 }
+scenario_first_request() { # ready means fast: first requests after /readyz, warm-up off then on, cold caches (issue 13)
+  for w in false auto; do
+    rm -rf "/tmp/zcache-first-$w"
+    timeout 290 python3 benchmarks/first_request.py --arch full --profile designer --set "engine.warmup=$w" \
+      --cache-dir "/tmp/zcache-first-$w" --out "$OUT/first-request-warmup-$w.json" 2>&1 | quiet | tail -40
+  done
+}
 scenario_designer_samplers() { # designer with every sampler (A)
   bench designer-samplers 280 --arch full --profile designer --runs 5 --sampler-sweep all --cache-dir /tmp/zcache
 }
