@@ -63,4 +63,5 @@ def test_fp8_forward_stays_within_the_stated_deviation_of_bf16_on_the_full_archi
             release(engine)
     assert as_array(images[False]).std() > 0
     db = psnr(images[True], images[False])
+    print(f"fp8 against bf16, full architecture, 512x512, 4 steps: {db:.2f} dB")  # for the run's record
     assert FP8_MIN_PSNR_DB <= db < float("inf"), f"fp8 against bf16: {db:.1f} dB"
