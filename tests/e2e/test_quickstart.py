@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.engine_support import png_text
 from zitops.config import AgentConfig, load_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -115,13 +116,13 @@ def test_readme_quickstart_deploy_start_and_seed_curl(tmp_path: Path) -> None:
             assert status["profile"] == "ecommerce" and status["engine"] == "diffusers"
             assert any(w["state"] in ("ready", "busy") for w in status["workers"])
             # The diffusers engine labels its tiny model so; the fault engine's says "synthetic".
-            text = dict(image.text)  # type: ignore[attr-defined]
+            text = png_text(image)
             assert text["model"] == "tiny (random weights)" and "zitops_notice" in text
             assert int(text["seed"]) == info["seed"]
             small = client.post("/sdapi/v1/txt2img", json=SMALL_BODY)
             assert small.status_code == 200, small.text
             small_image = Image.open(io.BytesIO(base64.b64decode(small.json()["images"][0])))
-            small_text = dict(small_image.text)  # type: ignore[attr-defined]
+            small_text = png_text(small_image)
             assert small_text["model"] == "tiny (random weights)" and small_text["seed"] == "1234"
             assert small_text["sampler"] == "dpmpp_2m_sde" and small_text["size"] == "128x128"
         stop = _supervisorctl(conf, "shutdown")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,8 @@ def test_one_worker_per_visible_gpu(tmp_path: Path) -> None:
         assert all(r.status is JobStatus.SUCCEEDED for r in recs), [r.error for r in recs]
         assert {r.worker for r in recs} == {w["id"] for w in workers}
         # Each worker's pid shows up in the NVML process list of its own GPU, and of no other.
-        seen = [wait_until(lambda w=w: _vram_seen(rt, w["id"]), 60, what=f"NVML for {w['id']}") for w in workers]
+        seen = [wait_until(functools.partial(_vram_seen, rt, w["id"]), 60, what=f"NVML for {w['id']}")
+                for w in workers]
         assert len({s["pid"] for s in seen}) == count
     finally:
         rt.close()

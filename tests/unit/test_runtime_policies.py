@@ -70,7 +70,7 @@ def test_backoff_doubles_to_its_cap_and_flap_limit() -> None:
     protocol.Ready("w0", 123, 1, "cpu", 0.5, {"engine": "faulty"}),
     protocol.Heartbeat("w0", 1.0, "j1"),
     protocol.MemoryReport("w0", 2048.0, 2304.0, jobs_done=3),
-    protocol.Result("j1", ("j1-0.png",), 0.2, {"seeds": [1]}),
+    protocol.Result("j1", (protocol.RawImage("RGB", 1, 1, b"\0\0\0", {"seed": 1}),), 0.2, {"seeds": [1]}),
     protocol.Failure("j1", "EngineError", "boom", "Traceback ..."),
 ])
 def test_messages_pickle_round_trip_and_are_frozen(msg: object) -> None:
