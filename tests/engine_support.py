@@ -136,3 +136,11 @@ def ensure_tiny_racing(state_dir: str, barrier: Any, log: str) -> None:
     result = loader.ensure_tiny(state_dir)
     with open(log, "a", encoding="utf-8") as fh:
         fh.write(f"result {os.getpid()} {result}\n")
+
+
+def png_text(image: Any) -> dict[str, str]:
+    """The text chunks of a PNG opened with PIL (a PngImageFile's ``text``; anything else fails here)."""
+    from PIL import PngImagePlugin
+
+    assert isinstance(image, PngImagePlugin.PngImageFile), f"not a PNG: {type(image).__name__}"
+    return dict(image.text)

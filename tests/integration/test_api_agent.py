@@ -31,6 +31,7 @@ import yaml
 from PIL import Image
 
 from tests.api_support import free_port
+from tests.engine_support import png_text
 from tests.runtime_support import REAL_ENGINE_SETS, link_tiny_model, wait_until
 from zitops.config import config_from_mapping, config_to_dict
 from zitops.profile import load_profile
@@ -153,7 +154,8 @@ def test_native_jobs(agent: Agent) -> None:
         png = Image.open(io.BytesIO(img.content))
         assert png.size == (96, 64)
         # The real pipeline drew it: the fault engine's images say "synthetic (fault engine)".
-        assert png.text["model"] == "tiny (random weights)" and "zitops_notice" in png.text  # type: ignore[attr-defined]
+        text = png_text(png)
+        assert text["model"] == "tiny (random weights)" and "zitops_notice" in text
         assert c.get("/status").json()["engine"] == "diffusers"
         _secure(img)
         assert c.get(f"/v1/jobs/{job}/images/5").status_code == 404
@@ -168,10 +170,11 @@ def test_native_jobs(agent: Agent) -> None:
 def test_openai_client(agent: Agent) -> None:
     oa = openai.OpenAI(base_url=agent.url + "/v1", api_key="sk-placeholder", max_retries=0, timeout=60)
     res = oa.images.generate(prompt="a lighthouse", n=2, size="128x64", extra_body={"seed": 3})
+    assert res.data is not None
     sizes = [Image.open(io.BytesIO(base64.b64decode(d.b64_json or ""))).size for d in res.data]
     assert sizes == [(128, 64), (128, 64)]
     res = oa.images.generate(prompt="a lighthouse", size="64x64", response_format="url")
-    assert httpx.get(res.data[0].url or "", timeout=10).status_code == 200
+    assert res.data is not None and httpx.get(res.data[0].url or "", timeout=10).status_code == 200
     with pytest.raises(openai.UnprocessableEntityError):
         oa.images.generate(prompt="x", size="100x100")
 
@@ -330,7 +333,8 @@ def test_auth_end_to_end(authed_agent: Agent) -> None:
     with pytest.raises(openai.AuthenticationError):
         oa.images.generate(prompt="x")
     oa = openai.OpenAI(base_url=url + "/v1", api_key=TOKEN, max_retries=0, timeout=60)
-    assert oa.images.generate(prompt="x").data[0].b64_json
+    data = oa.images.generate(prompt="x").data
+    assert data is not None and data[0].b64_json
     status = httpx.get(url + "/status", headers=authed_agent.headers, timeout=10)
     assert status.status_code == 200 and TOKEN not in status.text
     logs = "".join(p.read_text(errors="replace") for p in (authed_agent.tmp / "log_dir").glob("*.log"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.engine_support import tiny_model_dir
+from tests.engine_support import png_text, tiny_model_dir
 
 
 def zitops(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -44,7 +44,7 @@ def test_generate_writes_a_batch_with_metadata_and_refuses_bad_input(tmp_path: P
     assert files == ["cat-0.png", "cat-1.png"]
     second = Image.open(out.parent / "cat-1.png")
     assert second.size == (64, 64)
-    text = second.text  # type: ignore[attr-defined]
+    text = png_text(second)
     assert text["seed"] == "41" and text["sampler"] == "dpmpp_2m_sde" and text["schedule"] == "karras"
     assert text["prompt"] == "一只猫 a cat" and text["steps"] == "2"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -140,6 +141,10 @@ def test_tiny_diffusers_end_to_end_sighup_and_sigterm(tmp_path: Path) -> None:
         assert a.proc.wait(30) == 0
 
 
+def _succeeded(a: Agent, job_id: str) -> bool:
+    return a.job(job_id)["status"] == "succeeded"
+
+
 # A frozen worker (SIGSTOP) holds the job it was handed: the agent counts the job as running and
 # nothing finishes until the test sends SIGCONT, so no race decides what is running when the agent
 # is killed or drained. The liveness limit is generous so the pause is not taken for a hang.
@@ -176,7 +181,7 @@ def test_queued_jobs_survive_kill_9_of_the_agent(tmp_path: Path) -> None:
     with agent(config, url, tmp_path) as b:
         b.wait_ready()
         for job_id in ids:
-            wait_until(lambda j=job_id: b.job(j)["status"] == "succeeded", 30, what=f"job {job_id}")
+            wait_until(functools.partial(_succeeded, b, job_id), 30, what=f"job {job_id}")
         assert b.job(ids[0])["attempts"] == 2 and b.job(ids[2])["attempts"] == 1
 
 

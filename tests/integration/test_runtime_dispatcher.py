@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tests.engine_support import png_text
 from tests.runtime_support import Runtime, request, runtime_config, wait_until
 from zitops.agent.contract import JobRecord, JobStatus
 from zitops.agent.jobs import JobStore
@@ -61,7 +62,7 @@ def test_job_end_to_end_writes_images_under_server_names(rt: Runtime) -> None:
     path = rt.lt.call(rt.d.image_path, rec.id, 1)
     with Image.open(path) as img:
         assert img.size == (64, 64)
-        assert img.text["model"] == "tiny (random weights)"  # type: ignore[attr-defined]
+        assert png_text(img)["model"] == "tiny (random weights)"
     assert not list(Path(rt.config.paths.output_dir).glob(".*.tmp"))
     with pytest.raises(NotFound, match="no image 2"):
         rt.lt.call(rt.d.image_path, rec.id, 2)
@@ -170,7 +171,9 @@ def test_durable_restore_after_a_crash(tmp_path: Path) -> None:
             assert rec.status is JobStatus.SUCCEEDED, rec.error
         recs = [rt.lt.call(rt.d.get, i) for i in ids]
         assert recs[0].attempts == 2 and recs[1].attempts == 1
-        assert [r.started_at for r in recs] == sorted(r.started_at for r in recs)  # creation order
+        started = [r.started_at for r in recs]
+        assert all(s is not None for s in started)
+        assert started == sorted(s for s in started if s is not None)  # creation order
     finally:
         rt.close()
 

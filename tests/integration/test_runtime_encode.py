@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tests.engine_support import png_text
 from tests.runtime_support import Runtime, request, runtime_config, wait_until
 from zitops.agent.contract import JobStatus
 from zitops.engine.output import encode_image
@@ -91,8 +92,9 @@ def test_worker_runs_the_next_job_while_the_agent_writes_images(tmp_path: Path) 
         assert one.info["encode_s"] > 0 and two.info["encode_s"] > 0
         with Image.open(rt.lt.call(rt.d.image_path, one.id, 0)) as img:
             assert img.size == (64, 64)
-            assert img.text["prompt"] == "a red fox" and img.text["seed"] == "1"
-            assert "Seed: 1" in img.text["parameters"]
+            text = png_text(img)
+            assert text["prompt"] == "a red fox" and text["seed"] == "1"
+            assert "Seed: 1" in text["parameters"]
         assert _encode_count(rt) == encoded_before + 2
         assert "zitops_encodes_pending 0.0" in rt.lt.call(rt.d.metrics_text)
     finally:

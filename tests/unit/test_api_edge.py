@@ -189,10 +189,10 @@ def test_fuzz_nothing_a_client_sends_causes_a_5xx(svc_url: tuple[MemService, str
                   b'{"prompt": "x", "prompt": 3}', b'{"prompt": {"$gt": ""}}', "{\"prompt\": \"猫\"}".encode()]
     bodies: list[bytes] = list(raw_bodies)
     for _ in range(150):
-        body = {f: _junk(rng) for f in rng.sample(FIELDS, rng.randrange(1, 6))}
+        fields = {f: _junk(rng) for f in rng.sample(FIELDS, rng.randrange(1, 6))}
         if rng.random() < 0.7:
-            body["prompt"] = rng.choice(["a cat", "", "猫" * 10, 5])
-        bodies.append(json.dumps(body).encode())
+            fields["prompt"] = rng.choice(["a cat", "", "猫" * 10, 5])
+        bodies.append(json.dumps(fields).encode())
     routes = ["/v1/jobs", "/v1/images/generations", "/sdapi/v1/txt2img", "/admin/log-levels"]
     seen: dict[int, int] = {}
     with httpx.Client(base_url=url, timeout=20) as c:

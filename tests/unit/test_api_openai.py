@@ -36,7 +36,7 @@ def test_b64_json_with_seed_extra(oa: openai.OpenAI, svc_url: tuple[MemService, 
     res = oa.images.generate(prompt="a red bicycle", n=2, size="256x128", response_format="b64_json",
                              model="z-image-turbo", quality="standard", style="vivid", user="u1",
                              extra_body={"seed": 42})
-    assert len(res.data) == 2
+    assert res.data is not None and len(res.data) == 2
     sizes = [Image.open(io.BytesIO(base64.b64decode(d.b64_json or ""))).size for d in res.data]
     assert sizes == [(256, 128), (256, 128)]
     assert res.created > 0
@@ -46,6 +46,7 @@ def test_b64_json_with_seed_extra(oa: openai.OpenAI, svc_url: tuple[MemService, 
 
 def test_url_response_points_at_the_native_image(oa: openai.OpenAI, svc_url: tuple[MemService, str]) -> None:
     res = oa.images.generate(prompt="a boat", size="128x128", response_format="url")
+    assert res.data is not None
     url = res.data[0].url or ""
     assert url.startswith(svc_url[1] + "/v1/jobs/") and url.endswith("/images/0")
     img = HTTP.get(url, timeout=10)
@@ -55,7 +56,7 @@ def test_url_response_points_at_the_native_image(oa: openai.OpenAI, svc_url: tup
 def test_defaults_come_from_the_profile(oa: openai.OpenAI, svc_url: tuple[MemService, str]) -> None:
     # n defaults to OpenAI's 1 even where the profile batches more.
     res = oa.images.generate(prompt="a lamp")
-    assert len(res.data) == 1
+    assert res.data is not None and len(res.data) == 1
     assert res.data[0].b64_json
     req = svc_url[0].submitted[-1]
     assert (req.width, req.height, req.steps, len(req.seeds)) == (1024, 1024, 8, 1)

@@ -93,7 +93,11 @@ def test_unmasked_bucketed_encoder_gives_the_same_embeddings(pipe: Any) -> None:
     runner = accel.TextEncoderRunner(pipe.text_encoder, "cpu", graphs=False)
     seen: list[int] = []
     original = runner._run
-    runner._run = lambda ids: (seen.append(int(ids.shape[1])), original(ids))[1]  # type: ignore[method-assign]
+    def counted(ids: Any) -> Any:
+        seen.append(int(ids.shape[1]))
+        return original(ids)
+
+    runner._run = counted  # type: ignore[method-assign]
     with torch.no_grad():
         full = pipe._encode_prompt(list(prompts), "cpu")
         pipe._zitops_text_runner = runner

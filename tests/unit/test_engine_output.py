@@ -7,10 +7,11 @@ import io
 import pytest
 from PIL import Image
 
+from tests.engine_support import png_text
 from zitops.engine.output import a1111_infotext, encode_image, format_for_path
 from zitops.errors import InvalidRequest
 
-PARAMS = {"prompt": "海报：新品上市 poster", "negative_prompt": "blurry", "seed": 42, "sampler": "dpmpp_2m",
+PARAMS: dict[str, object] = {"prompt": "海报：新品上市 poster", "negative_prompt": "blurry", "seed": 42, "sampler": "dpmpp_2m",
           "schedule": "karras", "steps": 8, "guidance": 0.0, "profile": "poster", "model": "tiny"}
 
 
@@ -22,7 +23,7 @@ def test_png_carries_parameters_in_text_chunks() -> None:
     data = encode_image(_img(), "png", PARAMS)
     im = Image.open(io.BytesIO(data))
     assert im.format == "PNG"
-    text = im.text  # type: ignore[attr-defined]
+    text = png_text(im)
     assert text["prompt"] == PARAMS["prompt"]  # non-Latin-1 survives via iTXt
     assert text["seed"] == "42"
     assert text["sampler"] == "dpmpp_2m"
@@ -30,7 +31,7 @@ def test_png_carries_parameters_in_text_chunks() -> None:
     assert text["size"] == "32x16"
     assert text["profile"] == "poster"
     assert text["model"] == "tiny"
-    assert text["parameters"].startswith(PARAMS["prompt"] + "\nNegative prompt: blurry\n")
+    assert text["parameters"].startswith(f"{PARAMS['prompt']}\nNegative prompt: blurry\n")
     assert "Sampler: DPM++ 2M, Schedule type: Karras" in text["parameters"]
     assert "Seed: 42, Size: 32x16" in text["parameters"]
 
@@ -42,7 +43,7 @@ def test_png_uses_fast_compression_and_marks_tiny_models() -> None:
     slow = io.BytesIO()
     big.save(slow, format="PNG", compress_level=9)
     assert len(fast) > len(slow.getvalue())  # level 1 trades size for speed
-    assert Image.open(io.BytesIO(fast)).text["zitops_notice"].startswith("tiny random model")  # type: ignore[attr-defined]
+    assert png_text(Image.open(io.BytesIO(fast)))["zitops_notice"].startswith("tiny random model")
 
 
 @pytest.mark.parametrize(("fmt", "pil"), [("jpeg", "JPEG"), ("webp", "WEBP")])

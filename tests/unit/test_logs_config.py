@@ -88,7 +88,8 @@ def test_json_line_has_required_fields_and_context(tmp_path: Path) -> None:
     assert first["steps"] == 8
     assert (first["job_id"], first["worker_id"], first["request_id"]) == ("job-1", "w0", "req-9")
     assert first["timestamp"].endswith("Z")
-    assert datetime.fromisoformat(first["timestamp"].replace("Z", "+00:00")).utcoffset().total_seconds() == 0
+    offset = datetime.fromisoformat(first["timestamp"].replace("Z", "+00:00")).utcoffset()
+    assert offset is not None and offset.total_seconds() == 0
     assert "job_id" not in lines[1], "context must not leak out of job_context"
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tests.engine_support import png_text
 from zitops.agent.images import image_names, to_pil, write_images
 from zitops.engine.output import encode_image
 from zitops.worker.process import raw_image
@@ -42,7 +43,7 @@ def test_write_images_names_files_and_keeps_png_text(tmp_path: Path) -> None:
     names = write_images(tmp_path, "job1", raws, "png", encode_image)
     assert names == ("job1-0.png", "job1-1.png") == image_names("job1", 2, "png")
     with Image.open(tmp_path / names[1]) as img:
-        assert img.text["prompt"] == "一只狐狸" and img.text["seed"] == "2"
+        assert png_text(img)["prompt"] == "一只狐狸" and png_text(img)["seed"] == "2"
         assert img.convert("RGB").tobytes() == _image().tobytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == list(names)
     assert write_images(tmp_path, "j2", raws[:1], "jpeg", encode_image) == ("j2-0.jpg",)

@@ -119,7 +119,7 @@ def test_after_job_policy_sets_the_baseline_then_recycles_a_leak() -> None:
     protocol.Ready("w0", 123, 1, "cpu", 0.5, {"engine": "faulty"}),
     protocol.Heartbeat("w0", 1.0, "j1"),
     protocol.MemoryReport("w0", 2048.0, 2304.0, jobs_done=3),
-    protocol.Result("j1", ("j1-0.png",), 0.2, {"seeds": [1]}),
+    protocol.Result("j1", (protocol.RawImage("RGB", 1, 1, b"\0\0\0", {"seed": 1}),), 0.2, {"seeds": [1]}),
     protocol.Failure("j1", "EngineError", "boom", "Traceback ..."),
 ])
 def test_messages_pickle_round_trip_and_are_frozen(msg: object) -> None:

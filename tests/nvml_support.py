@@ -1,0 +1,100 @@
+"""A recorded NVML at the import edge: a stand-in ``pynvml`` that replays samples.
+
+zitops imports ``pynvml`` inside functions only (:mod:`zitops.gpu`), so a test
+puts a :class:`RecordedNvml` into ``sys.modules["pynvml"]`` and everything
+above that edge (``NvmlMonitor``, the watchdog's reader and policies) runs for
+real. The numbers are those of an H200 (``nvidia-smi`` reports 143771 MiB)
+serving one worker; the test moves through them with :meth:`RecordedNvml.play`
+and learns from the agent's own /status when a sample has been read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MIB = 1024 * 1024
+H200_TOTAL_MIB = 143_771
+
+
+class RecordedNVMLError(Exception):
+    """Stands in for pynvml.NVMLError."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading of one device: memory used, and per process (pid -> MiB, None = not available)."""
+
+    used_mib: float
+    processes: dict[int, float | None] = field(default_factory=dict)
+    total_mib: float = H200_TOTAL_MIB
+
+
+@dataclass(frozen=True)
+class _Memory:
+    total: int
+    free: int
+    used: int
+
+
+@dataclass(frozen=True)
+class _Process:
+    pid: int
+    usedGpuMemory: int | None  # noqa: N815 - NVML's field name
+
+
+# One worker's life on an H200: loaded (weights and activations of a 1024x1024 job), then a leak
+# that leaves the device 97% full. The pid is a placeholder for the live worker's.
+WORKER = -1
+LOADED = Sample(used_mib=31_020, processes={WORKER: 30_480})
+LEAKED = Sample(used_mib=139_460, processes={WORKER: 138_920})
+NO_ROOM = Sample(used_mib=84_000, processes={WORKER: 83_460})  # a second copy (x1.15) cannot fit
+
+
+class RecordedNvml:
+    """``pynvml`` replaying :class:`Sample` readings for device 0 (one device)."""
+
+    NVMLError = RecordedNVMLError
+    NVML_VALUE_NOT_AVAILABLE = 2**64 - 1
+
+    def __init__(self, sample: Sample) -> None:
+        self.sample = sample
+        self.pids: dict[int, int] = {}  # placeholder -> live pid
+        self.inits = self.shutdowns = self.reads = 0
+
+    def play(self, sample: Sample, **pids: int) -> None:
+        """From now on every read returns ``sample`` (``worker=PID`` fills the placeholder)."""
+        if "worker" in pids:
+            self.pids[WORKER] = pids["worker"]
+        self.sample = sample
+
+    # -- the pynvml calls zitops makes ------------------------------------------------------
+    def nvmlInit(self) -> None:  # noqa: N802 - NVML's names
+        self.inits += 1
+
+    def nvmlShutdown(self) -> None:  # noqa: N802
+        self.shutdowns += 1
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:  # noqa: N802
+        if index != 0:
+            raise RecordedNVMLError("Invalid Argument")
+        return "handle-0"
+
+    def nvmlDeviceGetName(self, handle: str) -> bytes:  # noqa: N802
+        return b"NVIDIA H200"
+
+    def nvmlDeviceGetUUID(self, handle: str) -> str:  # noqa: N802
+        return "GPU-4f1c0f2e-0000-0000-0000-000000000000"
+
+    def nvmlDeviceGetMemoryInfo(self, handle: str) -> _Memory:  # noqa: N802
+        self.reads += 1
+        s = self.sample
+        return _Memory(total=int(s.total_mib * MIB), free=int((s.total_mib - s.used_mib) * MIB),
+                       used=int(s.used_mib * MIB))
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: str) -> list[_Process]:  # noqa: N802
+        return [_Process(self.pids.get(pid, pid),
+                         self.NVML_VALUE_NOT_AVAILABLE if mib is None else int(mib * MIB))
+                for pid, mib in self.sample.processes.items()]
