@@ -133,7 +133,7 @@ class StoreSettings(_Section):
     Kubernetes the URL too comes from the store Secret (``url_file``).
     """
 
-    url: str = "sqlite"
+    url: str | None = None  # None or "sqlite": this agent's own SQLite file
     url_file: str | None = None
     password_file: str | None = None
     lease_s: float = Field(30.0, ge=3, le=3_600)
@@ -146,18 +146,26 @@ class StoreSettings(_Section):
 
     @field_validator("url")
     @classmethod
-    def _url(cls, v: str) -> str:
-        if v != "sqlite" and not v.startswith(("postgresql://", "postgres://")):
+    def _url(cls, v: str | None) -> str | None:
+        if v is None or v == "sqlite":
+            return v
+        if not v.startswith(("postgresql://", "postgres://")):
             raise ValueError("use sqlite or postgresql://USER@HOST:PORT/DB")
-        if v != "sqlite" and (urlsplit(v).password is not None or "password=" in urlsplit(v).query):
+        if (urlsplit(v).password is not None or "password=" in urlsplit(v).query):
             raise ValueError("contains a password; put it in store.password_file (--store-password-file) "
                              "and remove it from the URL")
         return v
 
+    @model_validator(mode="after")
+    def _one_url(self) -> StoreSettings:
+        if self.url_file is not None and self.url not in (None, "sqlite"):
+            raise ValueError("give the store URL once: url or url_file")
+        return self
+
     @property
     def shared(self) -> bool:
         """True for the shared PostgreSQL store (fleet mode)."""
-        return self.url != "sqlite" or self.url_file is not None
+        return self.url not in (None, "sqlite") or self.url_file is not None
 
 
 class AgentConfig(_Section):

@@ -70,7 +70,7 @@ def open_store(config: AgentConfig) -> Store:
     # psycopg is the optional 'fleet' extra: imported only when configured.
     from zitops.agent.store_pg import PgJobStore
 
-    url = settings.url
+    url = settings.url or ""
     if settings.url_file is not None:
         try:
             url = Path(settings.url_file).read_text(encoding="utf-8").strip()
