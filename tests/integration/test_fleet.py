@@ -147,3 +147,20 @@ def test_postgresql_restarted_mid_run_nothing_lost(tmp_path: Path, pg_cluster: P
         poll_until(lambda: status_of(a, after) == "succeeded", 60)
         done = [rec["job_id"] for agent in (a, b) for rec in agent.log_lines("job succeeded")]
         assert sorted(set(done)) == sorted([*jobs, after])
+
+
+def test_the_keda_query_counts_the_fleets_waiting_and_running_jobs(pg_db: PgDatabase) -> None:
+    from zitops.agent.store_pg import PgJobStore
+    from zitops.deploy_fleet import KEDA_QUERY
+    from zitops.engine.request import GenerationRequest
+
+    store = PgJobStore(pg_db.url, password_file=pg_db.password_file, agent_id="keda-test")
+    try:
+        request = GenerationRequest(prompt="x", seeds=(1,), width=64, height=64, steps=2)
+        ids = [store.add(request).id for _ in range(5)]
+        store.claim("keda-test", "w0", 2)
+        store.cancel(ids[4])
+        with pg_db.connect() as conn:
+            assert conn.execute(KEDA_QUERY).fetchone() == (4,)  # 2 queued + 2 running, not the cancelled one
+    finally:
+        store.close()

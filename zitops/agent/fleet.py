@@ -59,6 +59,7 @@ class Fleet:
         self.agent_id = shared_store.agent_id
         self.counts: FleetCountsLike | None = None
         self._wanted = True
+        self._reported: bool | None = None  # readiness as the last heartbeat told it
         self._listener: asyncio.Task[None] | None = None
 
     # --- the claim path ------------------------------------------------------------
@@ -69,6 +70,8 @@ class Fleet:
 
     def claim(self, worker: str) -> JobRecord | None:
         """The oldest queued job of the fleet as this agent's lease for ``worker``, or None."""
+        if self._ready() is not self._reported:
+            self.heartbeat()  # the fleet counts ready agents for its depth: tell it at once, not next round
         if not self._wanted:
             return None
         try:
@@ -126,10 +129,12 @@ class Fleet:
 
     def heartbeat(self) -> None:
         """Renew this agent's leases and its row; note jobs it runs whose lease was taken away."""
+        ready = self._ready()
         try:
-            held = set(self.shared.heartbeat(self.agent_id, ready=self._ready()))
+            held = set(self.shared.heartbeat(self.agent_id, ready=ready))
         except StoreUnavailable:
             return
+        self._reported = ready
         lost = [job_id for job_id, record in self.store.held.items()
                 if record.status is JobStatus.RUNNING and job_id not in held
                 and not any(p.job_id == job_id for p in self.store.outbox)]
