@@ -32,9 +32,9 @@ SETS = ["generation.width=64", "generation.height=64", "generation.steps=2", "qu
 
 
 class FleetAgent:
-    """One agent of the fleet: the fault engine's synthetic pixels, the shared store."""
+    """One agent of the fleet: the fault engine's synthetic pixels, the shared store (or SQLite)."""
 
-    def __init__(self, tmp: Path, db: PgDatabase, *, tokens: bool = False, job_seconds: float = 0.05,
+    def __init__(self, tmp: Path, db: PgDatabase | None, *, tokens: bool = False, job_seconds: float = 0.05,
                  lease_s: float = 30.0, sets: tuple[str, ...] = ()) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
@@ -48,9 +48,10 @@ class FleetAgent:
             "paths": {k: str(tmp / k) for k in ("state_dir", "log_dir", "output_dir", "cache_dir")},
             "engine": {"kind": "faulty", "faults": {"inner": "synthetic", "job_seconds": job_seconds}},
             "log_format": "json",
-            "store": {"url": db.url, "password_file": str(db.password_file), "lease_s": lease_s,
-                      "agent_id": self.agent_id},
         }
+        if db is not None:  # None: the agent's own SQLite, to compare against
+            data["store"] = {"url": db.url, "password_file": str(db.password_file), "lease_s": lease_s,
+                             "agent_id": self.agent_id}
         self.headers: dict[str, str] = {}
         if tokens:
             tf = tmp / "tokens"
