@@ -161,12 +161,15 @@ class MemService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)
 
-    def image_path(self, job_id: str, index: int) -> str:
-        """Absolute path of image ``index``; NotFound."""
+    def image(self, job_id: str, index: int) -> tuple[str, bytes]:
+        """(name, bytes) of image ``index``; NotFound."""
         rec = self.get(job_id)
         if not 0 <= index < len(rec.images):
             raise NotFound(f"job {job_id}: no image {index}")
-        return str(self.output_dir / rec.images[index])
+        try:
+            return rec.images[index], (self.output_dir / rec.images[index]).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"job {job_id}: image {index} has expired") from None
 
     def livez(self) -> bool:
         """Always alive."""

@@ -10,6 +10,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -125,6 +126,48 @@ class Limits(_Section):
     max_images: int = Field(8, ge=1, le=64)
 
 
+class StoreSettings(_Section):
+    """Where jobs are kept: ``sqlite`` (this agent's own file) or a shared PostgreSQL (docs/fleet.md).
+
+    The password is never here: libpq's passfile, or ``password_file``. On
+    Kubernetes the URL too comes from the store Secret (``url_file``).
+    """
+
+    url: str | None = None  # None or "sqlite": this agent's own SQLite file
+    url_file: str | None = None
+    password_file: str | None = None
+    lease_s: float = Field(30.0, ge=3, le=3_600)
+    # Unique in the fleet and stable across restarts; None: "<host name>:<port>".
+    agent_id: str | None = Field(None, min_length=1, max_length=200)
+    # Fleet-wide cap on waiting jobs; None: queue.depth x ready agents.
+    fleet_depth: int | None = Field(None, ge=1, le=10_000_000)
+    # Retention by total bytes of the fleet's stored images (besides queue.result_ttl_s).
+    max_image_mib: int | None = Field(None, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None or v == "sqlite":
+            return v
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("use sqlite or postgresql://USER@HOST:PORT/DB")
+        if (urlsplit(v).password is not None or "password=" in urlsplit(v).query):
+            raise ValueError("contains a password; put it in store.password_file (--store-password-file) "
+                             "and remove it from the URL")
+        return v
+
+    @model_validator(mode="after")
+    def _one_url(self) -> StoreSettings:
+        if self.url_file is not None and self.url not in (None, "sqlite"):
+            raise ValueError("give the store URL once: url or url_file")
+        return self
+
+    @property
+    def shared(self) -> bool:
+        """True for the shared PostgreSQL store (fleet mode)."""
+        return self.url not in (None, "sqlite") or self.url_file is not None
+
+
 class AgentConfig(_Section):
     """Everything ``zitops agent`` needs, in one validated object."""
 
@@ -138,6 +181,7 @@ class AgentConfig(_Section):
     engine: EngineSelection = EngineSelection()
     limits: Limits = Limits()
     server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
     log_format: Literal["auto", "json", "console"] = "auto"
 
     @field_validator("host")

@@ -22,6 +22,13 @@ import yaml
 
 from zitops import __version__
 from zitops.config import AgentConfig, config_from_mapping, config_to_dict
+from zitops.deploy_fleet import (
+    check_replicas,
+    fleet_context,
+    k8s_fleet_files,
+    k8s_store,
+    store_settings,
+)
 from zitops.deploy_types import (
     CONFIG_KEYS,
     FHS,
@@ -143,6 +150,8 @@ def plan(req: DeployRequest) -> Plan:
     profile_sets, config_sets = _split_overrides(req.overrides)
     profile = load_profile(req.profile, profile_sets)
     extra = _config_overrides(config_sets)
+    store = {**store_settings(req), **extra.pop("store", {})}
+    check_replicas(req)
     host = check_host(req.host)
     gpus = parse_gpus(req.gpus)
     model = _model(req.model)
@@ -169,6 +178,7 @@ def plan(req: DeployRequest) -> Plan:
         "port": req.port,
         "gpus": gpus,
         "paths": paths,
+        **({"store": store} if store else {}),
         **extra,
     }
     config = config_from_mapping(config_data, "deploy options (--set)")
@@ -246,7 +256,7 @@ def plan(req: DeployRequest) -> Plan:
                                   0o644, place(f"{FHS['systemd_dir']}/{UNIT_NAME}")))
     k8s_config = None
     if "k8s" in req.targets:
-        k8s_config, k8s_files = _k8s(ctx, config, model)
+        k8s_config, k8s_files = _k8s(ctx, config, model, req)
         files.extend(k8s_files)
     _validate(files, config, k8s_config)
     runtime = [] if req.install else [Path(d) for d in paths.values()]
@@ -271,8 +281,9 @@ def service_hosts(name: str = "zitops") -> list[str]:
     return [name, "*.svc", "*.svc.cluster.local"]
 
 
-def _k8s(ctx: dict[str, Any], config: AgentConfig, model: str) -> tuple[AgentConfig, list[RenderedFile]]:
-    """The in-pod config (0.0.0.0, tokens from the Secret) and the three manifests."""
+def _k8s(ctx: dict[str, Any], config: AgentConfig, model: str,
+         req: DeployRequest) -> tuple[AgentConfig, list[RenderedFile]]:
+    """The in-pod config (0.0.0.0, tokens and the store from Secrets) and the manifests."""
     paths = dict(FHS_PATHS)
     k8s_model = model if model in (TINY, FULL_RANDOM) else K8S["model_dir"]
     data = config_to_dict(config)
@@ -292,6 +303,8 @@ def _k8s(ctx: dict[str, Any], config: AgentConfig, model: str) -> tuple[AgentCon
             "behind_proxy": config.auth.behind_proxy,
         },
     })
+    if config.store.shared:
+        data["store"] = k8s_store(data["store"])
     k8s_config = config_from_mapping(data, "kubernetes config")
     env = {"HOME": paths["state_dir"], **cache_env(paths["cache_dir"])}
     kctx = {
@@ -306,11 +319,14 @@ def _k8s(ctx: dict[str, Any], config: AgentConfig, model: str) -> tuple[AgentCon
             "model_claim": None if model in (TINY, FULL_RANDOM) else K8S["model_claim"],
             "disk": config.profile.disk.model_dump(),
         },
+        **fleet_context(req),
     }
     files = [
         RenderedFile(f"k8s/{name}.yaml", render(f"k8s/{name}.yaml.j2", kctx))
         for name in ("configmap", "service", "deployment")
     ]
+    if config.store.shared:
+        files += k8s_fleet_files(kctx, req)
     return k8s_config, files
 
 

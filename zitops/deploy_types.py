@@ -44,7 +44,7 @@ K8S = {
     "prestop_s": 5,
 }
 # --set keys that configure the agent rather than the profile.
-CONFIG_KEYS = ("auth", "limits", "server", "log_format")
+CONFIG_KEYS = ("auth", "limits", "server", "store", "log_format")
 # A unix socket path must fit sun_path (108 bytes with the NUL) on Linux.
 MAX_SOCKET_PATH = 107
 STOP_MARGIN_S = 30
@@ -72,6 +72,10 @@ class DeployRequest:
     # The zitops executable the services run; None means the one installed
     # next to this interpreter. Tests and reference units pin it.
     zitops_bin: str | None = None
+    # The job store: "sqlite" (each agent its own) or postgresql://USER@HOST:PORT/DB (a fleet).
+    store: str = "sqlite"
+    store_password_file: Path | None = None
+    replicas: int = 1  # the Kubernetes Deployment's pods (one GPU each)
 
 
 @dataclass(frozen=True)

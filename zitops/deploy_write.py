@@ -168,6 +168,8 @@ def next_steps(p: Plan) -> list[str]:
         if "systemd" in targets:
             steps.append("systemd: re-run as root with --install to place the unit and config")
         if "k8s" in targets:
+            if p.config.store.shared:
+                steps.append(f"kubernetes: fill the store password in {q(str(p.out / 'k8s' / 'store-secret.yaml'))}")
             steps.append("kubernetes: kubectl create secret generic zitops-tokens --from-file=tokens=TOKENS_FILE "
                          f"&& kubectl apply -f {q(str(p.out / 'k8s'))}")
         return steps

@@ -70,6 +70,17 @@ def _load() -> tuple[Any | None, str | None]:
     return pynvml, None
 
 
+def resolve_gpus(gpus: list[int] | str) -> list[int | None]:
+    """The device of each worker for config ``gpus``: one per GPU, or ``[None]`` for one CPU worker."""
+    if not isinstance(gpus, str):
+        return [*gpus] or [None]
+    try:
+        found = probe_gpus()
+    except Exception:  # no NVML, no driver: a CPU worker, never a crash
+        return [None]
+    return [int(g.index) for g in found] or [None]
+
+
 def probe_gpus() -> list[GpuInfo]:
     """Every NVML device, or [] with no driver, no NVML or no GPU."""
     pynvml, _why = _load()

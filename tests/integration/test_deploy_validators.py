@@ -15,12 +15,15 @@ import sys
 import zipfile
 from pathlib import Path
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 from supervisor.options import ServerOptions, UnhosedConfigParser
 
 from zitops import deploy
+from zitops.deploy_fleet import KEDA_QUERY
+from zitops.errors import RenderError, ZitopsError
 
 REPO = Path(__file__).resolve().parents[2]
 # The oldest Kubernetes minor the manifests promise to work with (the preStop
@@ -208,3 +211,63 @@ def test_wheel_ships_the_templates(tmp_path: Path) -> None:
                           env={**os.environ, "PYTHONPATH": str(unpacked)}, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "8"
+
+
+KEDA_SCHEMA = json.loads((REPO / "tests" / "data" / "keda-v1alpha1-subset.json").read_text())
+
+
+def keda_validate(doc: dict[str, object]) -> None:
+    """Validate a keda.sh/v1alpha1 document against the schema kept in tests/data (see its $comment)."""
+    schema = {**KEDA_SCHEMA, "$ref": f"#/definitions/{doc['kind']}"}
+    jsonschema.validate(doc, schema)
+
+
+def test_fleet_manifests_validate_strictly_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket.socket, "connect", lambda *_: (_ for _ in ()).throw(AssertionError("network")))
+    plan = deploy.plan(deploy.DeployRequest(targets=("k8s",), out=tmp_path / "out", replicas=3,
+                                            store="postgresql://zitops@db.example:5432/zitops?sslmode=disable",
+                                            zitops_bin="/usr/bin/zitops"))
+    deploy.apply(plan)
+    kinds = []
+    for path in sorted((plan.out / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc["apiVersion"].startswith("keda.sh/"):
+                keda_validate(doc)
+            else:
+                kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            kinds.append(doc["kind"])
+    assert sorted(kinds) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "ScaledObject", "Secret",
+                             "Service", "TriggerAuthentication"]
+    text = "\n".join(p.read_text() for p in (plan.out / "k8s").glob("*.yaml"))
+    assert 'password: ""' in text  # a template the operator fills, never a rendered password
+    deployment = yaml.safe_load((plan.out / "k8s" / "deployment.yaml").read_text())
+    assert deployment["spec"]["replicas"] == 3
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1 and container["startupProbe"]
+    scaled = list(yaml.safe_load_all((plan.out / "k8s" / "keda.yaml").read_text()))[1]
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["metadata"]["query"] == KEDA_QUERY and trigger["metadata"]["sslmode"] == "disable"
+    # The schema is not a rubber stamp: a misspelt field and a wrong type fail.
+    for bad in ({"pollingInterva": 5}, {"minReplicaCount": "1"}):
+        with pytest.raises(jsonschema.ValidationError):
+            keda_validate({**scaled, "spec": {**scaled["spec"], **bad}})
+    trigger_bad = {**trigger, "metadata": {**trigger["metadata"], "querry": "x"}}
+    with pytest.raises(jsonschema.ValidationError):
+        keda_validate({**scaled, "spec": {**scaled["spec"], "triggers": [trigger_bad]}})
+
+
+def test_store_flags_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(RenderError, match="--replicas 2: several pods need the shared job store"):
+        deploy.plan(deploy.DeployRequest(targets=("k8s",), out=tmp_path, replicas=2, zitops_bin="/bin/true"))
+    with pytest.raises(ZitopsError, match="contains a password"):
+        deploy.plan(deploy.DeployRequest(targets=("k8s",), out=tmp_path, store="postgresql://u:pw@h:5432/d",
+                                         zitops_bin="/bin/true"))
+    with pytest.raises(RenderError, match="--store-password-file .*no such file"):
+        deploy.plan(deploy.DeployRequest(targets=("systemd",), out=tmp_path, store="postgresql://u@h:5432/d",
+                                         store_password_file=tmp_path / "nope", zitops_bin="/bin/true"))
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret-value\n")
+    plan = deploy.plan(deploy.DeployRequest(targets=("systemd",), out=tmp_path / "o", store="postgresql://u@h:5432/d",
+                                            store_password_file=secret, zitops_bin="/bin/true"))
+    assert plan.config.store.password_file == str(secret) and plan.config.store.url == "postgresql://u@h:5432/d"
+    assert not any("s3cret-value" in f.content for f in plan.files)

@@ -8,6 +8,7 @@ hang that holds a job running, slow jobs, simulated allocator memory.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 from collections.abc import Iterator
@@ -59,13 +60,14 @@ def test_job_end_to_end_writes_images_under_server_names(rt: Runtime) -> None:
     rec = rt.wait(rec.id, 60)
     assert rec.status is JobStatus.SUCCEEDED, rec.error
     assert rec.images == (f"{rec.id}-0.png", f"{rec.id}-1.png")
-    path = rt.lt.call(rt.d.image_path, rec.id, 1)
-    with Image.open(path) as img:
+    name, data = rt.lt.call(rt.d.image, rec.id, 1)
+    assert name == rec.images[1] and data == (Path(rt.config.paths.output_dir) / name).read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
         assert img.size == (64, 64)
         assert png_text(img)["model"] == "tiny (random weights)"
     assert not list(Path(rt.config.paths.output_dir).glob(".*.tmp"))
     with pytest.raises(NotFound, match="no image 2"):
-        rt.lt.call(rt.d.image_path, rec.id, 2)
+        rt.lt.call(rt.d.image, rec.id, 2)
     assert rec.info["seeds"] == [7, 8] and rec.attempts == 1
     # The real pipeline ran: one transformer forward per step, on the CPU, in fp32.
     assert rec.info["transformer_forwards"] == 2 and rec.info["device"] == "cpu"

@@ -6,6 +6,7 @@ swap in a gated, slow or failing encoder around the real ``encode_image``.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import threading
@@ -90,7 +91,7 @@ def test_worker_runs_the_next_job_while_the_agent_writes_images(tmp_path: Path) 
         two = rt.wait(second.id)
         assert two.status is JobStatus.SUCCEEDED and two.attempts == 2, two.error
         assert one.info["encode_s"] > 0 and two.info["encode_s"] > 0
-        with Image.open(rt.lt.call(rt.d.image_path, one.id, 0)) as img:
+        with Image.open(io.BytesIO(rt.lt.call(rt.d.image, one.id, 0)[1])) as img:
             assert img.size == (64, 64)
             text = png_text(img)
             assert text["prompt"] == "a red fox" and text["seed"] == "1"

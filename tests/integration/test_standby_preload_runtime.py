@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ def _image(rt: Runtime, seed: int) -> Any:
 
     rec = rt.wait(rt.submit(request(seed=seed)).id, 60)
     assert rec.status is JobStatus.SUCCEEDED, rec
-    with Image.open(rt.lt.call(rt.d.image_path, rec.id, 0)) as img:
+    with Image.open(io.BytesIO(rt.lt.call(rt.d.image, rec.id, 0)[1])) as img:
         return pixels(img.convert("RGB"))
 
 

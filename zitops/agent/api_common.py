@@ -253,23 +253,27 @@ async def wait_final(service: Service, record: JobRecord, timeout_s: float,
     return record
 
 
-def image_file(service: Service, record: JobRecord, index: int) -> Path:
-    """The file of image ``index`` of a succeeded job; NotFound with a clear reason otherwise."""
+def image_bytes(service: Service, record: JobRecord, index: int) -> tuple[str, bytes]:
+    """(file name, bytes) of image ``index`` of a succeeded job; NotFound with a clear reason otherwise.
+
+    Blocking (a file or the fleet's store): call it off the event loop.
+    """
     if record.status is not JobStatus.SUCCEEDED:
         raise NotFound(
             f"job {record.id} is {record.status.value}; its images exist once it has succeeded"
         )
     if not 0 <= index < len(record.images):
         raise NotFound(f"image {index}: job {record.id} has images 0..{len(record.images) - 1}")
-    path = Path(service.image_path(record.id, index))
-    if not path.is_file():
-        raise NotFound(f"image {index} of job {record.id} has expired (results are kept for a limited time)")
-    return path
+    try:
+        return service.image(record.id, index)
+    except NotFound:
+        raise NotFound(f"image {index} of job {record.id} has expired (results are kept for a limited time)"
+                       ) from None
 
 
-def media_type(path: Path) -> str:
-    """Content type from the file's suffix (the server chose the name)."""
-    return MEDIA_TYPES.get(path.suffix.lower().lstrip("."), "application/octet-stream")
+def media_type(name: str) -> str:
+    """Content type from the file name's suffix (the server chose the name)."""
+    return MEDIA_TYPES.get(Path(name).suffix.lower().lstrip("."), "application/octet-stream")
 
 
 def _images_now(service: Service, record: JobRecord) -> list[bytes]:
@@ -280,7 +284,7 @@ def _images_now(service: Service, record: JobRecord) -> list[bytes]:
     blobs = fresh(record.id) if fresh is not None else None
     if blobs is not None and len(blobs) == len(record.images):
         return list(blobs)
-    return [image_file(service, record, i).read_bytes() for i in range(len(record.images))]
+    return [image_bytes(service, record, i)[1] for i in range(len(record.images))]
 
 
 Fragments = Callable[[bytes], list[bytes]]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request, Response
-from fastapi.responses import FileResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from zitops.agent.api_common import (
@@ -20,7 +21,7 @@ from zitops.agent.api_common import (
     Num,
     build_request,
     context,
-    image_file,
+    image_bytes,
     job_for,
     media_type,
     submit,
@@ -90,12 +91,13 @@ async def get_job(job_id: JobId, request: Request) -> dict[str, Any]:
             responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
                        **responses(404)})
 async def get_image(job_id: JobId, index: Annotated[int, Path(ge=0, le=IMAGES_CAP - 1)],
-                    request: Request) -> FileResponse:
-    """The bytes of image ``index``; 404 with a reason until the job has succeeded."""
+                    request: Request) -> Response:
+    """The bytes of image ``index``; 404 with a reason until the job has succeeded. Any job of the fleet."""
     service = context(request).service
-    path = image_file(service, job_for(request, job_id), index)
-    return FileResponse(path, media_type=media_type(path),
-                        filename=f"{job_id}-{index}{path.suffix}", content_disposition_type="inline")
+    name, data = await asyncio.to_thread(image_bytes, service, job_for(request, job_id), index)
+    # The name is the server's own (job id, index, format suffix), never the client's.
+    return Response(data, media_type=media_type(name),
+                    headers={"Content-Disposition": f'inline; filename="{job_id}-{index}{PurePath(name).suffix}"'})
 
 
 @router.delete("/v1/jobs/{job_id}", responses=responses(404, 409))

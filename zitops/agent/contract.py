@@ -80,8 +80,8 @@ class Service(Protocol):
     async def wait(self, job_id: str, timeout_s: float) -> JobRecord:
         """Wait until the job is final or the timeout passes; returns the latest record."""
 
-    def image_path(self, job_id: str, index: int) -> str:
-        """Absolute path of image ``index``; raises NotFound."""
+    def image(self, job_id: str, index: int) -> tuple[str, bytes]:
+        """(file name, bytes) of image ``index`` of any job of the fleet; raises NotFound."""
 
     def livez(self) -> bool:
         """True while the process runs (no GPU call)."""

@@ -1,16 +1,16 @@
 """The dispatcher: jobs and their order; implements :class:`zitops.agent.contract.Service`.
 
 It owns the queue (the in-memory order of waiting jobs, restored from the
-store at start), hands jobs to idle workers, and turns what the pool tells it
+store at start; on a shared store a :class:`~zitops.agent.fleet.Fleet` claims
+instead), hands jobs to idle workers, and turns what the pool tells it
 (results, failures, lost jobs) into job states. It holds, on the agent's one
-event loop, the parts that do the rest: the job store behind
-:class:`~zitops.agent.store.Store`, the worker :class:`~zitops.agent.pool.Pool`
-(which alone owns processes and applies the watchdog), the
-:class:`~zitops.agent.results.ResultWriter`, the runtime metrics, the failure
-log, the loop's health and sd_notify.
+event loop, the parts that do the rest: the :class:`~zitops.agent.store.Store`,
+the :class:`~zitops.agent.pool.Pool` (which alone owns processes and applies
+the watchdog), the :class:`~zitops.agent.results.ResultWriter`, the runtime
+metrics, the failure log, the loop's health and sd_notify.
 
 Queue cap: ``profile.queue.depth`` counts jobs *waiting* (queued, not yet
-running). A submit beyond it raises QueueFull before anything is written.
+running); a submit beyond it raises QueueFull before anything is written.
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ from zitops.agent import reporting
 from zitops.agent.agent_log import AgentLog
 from zitops.agent.contract import JobRecord, JobStatus
 from zitops.agent.failure_log import FailureLog, lost_kind
+from zitops.agent.fleet import Fleet
+from zitops.agent.fleet_store import shared
 from zitops.agent.images import Encoder, keep_freed_memory
+from zitops.agent.job_files import expire_jobs, read_image
 from zitops.agent.loop_health import LoopHealth
 from zitops.agent.notify import SystemdNotify
 from zitops.agent.pool import Pool
@@ -39,6 +42,7 @@ from zitops.config import AgentConfig
 from zitops.engine.request import GenerationRequest
 from zitops.errors import AgentUnavailable, NotFound, QueueFull
 from zitops.failures import Action, FailureStore
+from zitops.gpu import resolve_gpus
 from zitops.sdnotify import Notifier
 from zitops.worker.protocol import Failure, Job, MemoryReport, Result
 
@@ -49,27 +53,13 @@ ENCODE_SETTLE_S = 2.0
 """How long close() waits for encodes still pending (drain has already waited for them)."""
 
 
-def resolve_gpus(config: AgentConfig) -> list[int | None]:
-    """The device of each worker: one per GPU, or ``[None]`` for one CPU worker."""
-    if config.gpus != "auto":
-        return list(config.gpus) or [None]
-    try:
-        from zitops.gpu import probe_gpus
-
-        found = probe_gpus()
-    except Exception:  # no NVML, no driver: a CPU worker, never a crash
-        return [None]
-    gpus: list[int | None] = [g if isinstance(g, int) else int(g.index) for g in found]
-    return gpus or [None]
-
-
 class Dispatcher:
     """Jobs in, workers out: the Service the HTTP layer talks to."""
 
     def __init__(self, config: AgentConfig, *, notifier: Any = None, failures: FailureStore | None = None,
                  gpus: list[int | None] | None = None, store: Store | None = None) -> None:
         self.config = config
-        self.store = store if store is not None else open_store(config)
+        store = store if store is not None else open_store(config)
         self.output_dir = Path(config.paths.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.log = AgentLog()
@@ -77,7 +67,11 @@ class Dispatcher:
         self.failures = failures if failures is not None else FailureStore(
             Path(config.paths.state_dir), Path(config.paths.log_dir))
         self.failure_log = FailureLog(self.failures, config.profile.name, self.log)
-        self.pool = Pool(config, gpus if gpus is not None else resolve_gpus(config), self)
+        fleet_store = shared(store)
+        self.fleet = None if fleet_store is None else Fleet(fleet_store, config, self.output_dir, self.log,
+            self.failure_log, self._wake, lambda: self._waiters, self.dispatch, lambda: self.readiness()[0])
+        self.store: Store = store if self.fleet is None else self.fleet.store
+        self.pool = Pool(config, gpus if gpus is not None else resolve_gpus(config.gpus), self)
         self.notify = SystemdNotify(notifier if notifier is not None else Notifier(), self.log)
         self.health = LoopHealth(self.log, self.failure_log)
         self.results = ResultWriter(self.output_dir, self.store, self.metrics, self.log, self.failure_log,
@@ -108,7 +102,7 @@ class Dispatcher:
     async def start(self) -> None:
         """Restore durable jobs, spawn workers, start the loop and the periodic rounds."""
         restored = self.store.recover()
-        self._queue.extend(restored)
+        self._queue.extend(restored if self.fleet is None else ())  # a fleet claims from the store
         if restored:
             self.log("info", "restored queued jobs", count=len(restored))
         self.pool.start()
@@ -116,6 +110,7 @@ class Dispatcher:
         self._tick_task = asyncio.create_task(self._loop(), name="zitops-dispatcher")
         ttl = self.config.profile.queue.result_ttl_s
         rounds = [*self.pool.periodic(), Periodic("retention", min(max(ttl / 10.0, 1.0), 600.0), self.expire)]
+        rounds += self.fleet.start() if self.fleet is not None else []
         ping = self.notify.interval_s(self.config.profile.watchdog.interval_s)
         if ping is not None:
             rounds.append(Periodic("notify", ping, self.notify_tick, soon=True))
@@ -137,9 +132,7 @@ class Dispatcher:
         self._draining = True
         self.notify.stopping()
         for job_id in self._queue:  # their synchronous waiters get a 503 now (see wait)
-            ev = self._waiters.pop(job_id, None)
-            if ev is not None:
-                ev.set()
+            self._wake(job_id)
         self.log("info", "draining", running=self.pool.running(), queued=len(self._queue))
         deadline = time.monotonic() + timeout
         # A finished job is not done until its images are written: wait for those too.
@@ -162,6 +155,8 @@ class Dispatcher:
         self._closed = True
         self._draining = True
         self.schedule.stop()
+        if self.fleet is not None:
+            await self.fleet.close()
         await self.pool.stop(self.config.profile.watchdog.kill_grace_s + 5.0 if stop_timeout_s is None
                              else stop_timeout_s)
         await self.results.settle(ENCODE_SETTLE_S)
@@ -182,26 +177,32 @@ class Dispatcher:
         if self._draining:
             return
         for slot in self.pool.slots:
-            while slot.idle and self._queue:
-                job_id = self._queue.popleft()
-                try:
-                    record = self.store.get(job_id)
-                except NotFound:
-                    continue
-                if record.status is not JobStatus.QUEUED:
-                    continue  # cancelled while waiting
-                record = self.store.start(job_id, slot.id)
-                job = Job(job_id=job_id, request=record.request.to_dict(), attempt=record.attempts)
+            while slot.idle and (record := self._next(slot.id)) is not None:
+                job = Job(job_id=record.id, request=record.request.to_dict(), attempt=record.attempts)
                 if not self.pool.assign(slot, job):
-                    self.store.requeue(job_id, record.error or "", uncount=True)
-                    self._queue.appendleft(job_id)
+                    self.store.requeue(record.id, record.error or "", uncount=True)
+                    self._queue.extendleft([record.id] if self.fleet is None else [])
                     break
-                self._marks.setdefault(job_id, {})["handed"] = time.monotonic()
-                self.log("info", "job started", job_id=job_id, worker_id=slot.id, attempt=record.attempts)
+                self._marks.setdefault(record.id, {})["handed"] = time.monotonic()
+                self.log("info", "job started", job_id=record.id, worker_id=slot.id, attempt=record.attempts)
+
+    def _next(self, worker: str) -> JobRecord | None:
+        """The next job started on ``worker``: this agent's queue, or a claim on the fleet's."""
+        if self.fleet is not None:
+            return self.fleet.claim(worker)
+        while self._queue:
+            job_id = self._queue.popleft()
+            with contextlib.suppress(NotFound):
+                if self.store.get(job_id).status is JobStatus.QUEUED:  # else cancelled while waiting
+                    return self.store.start(job_id, worker)
+        return None
 
     def _finished(self, record: JobRecord) -> None:
         self._marks.pop(record.id, None)
-        ev = self._waiters.pop(record.id, None)
+        self._wake(record.id)
+
+    def _wake(self, job_id: str) -> None:
+        ev = self._waiters.pop(job_id, None)
         if ev is not None:
             ev.set()
 
@@ -290,20 +291,23 @@ class Dispatcher:
         if self.pool.degraded and not any(s.serving for s in self.pool.slots):
             raise AgentUnavailable(f"no worker can run jobs: {self.pool.degraded}")
         depth = self.config.profile.queue.depth
-        if len(self._queue) >= depth:
+        if self.fleet is not None:
+            self.fleet.admit(self._retry_after)
+        elif len(self._queue) >= depth:
             raise QueueFull(f"queue full: {len(self._queue)} jobs waiting (cap {depth}); retry later",
-                            retry_after_s=self._retry_after())
+                            retry_after_s=self._retry_after(len(self._queue)))
         record = self.store.add(request, owner=owner, owner_cap=owner_cap)
         self._marks[record.id] = {"accepted": time.monotonic()}
-        self._queue.append(record.id)
+        if self.fleet is None:  # (a fleet claims it from the store: admit() asked it to look)
+            self._queue.append(record.id)
         self.log("info", "job queued", job_id=record.id, queued=len(self._queue))
         self.dispatch()
         return self.store.get(record.id)
 
-    def _retry_after(self) -> int:
+    def _retry_after(self, waiting: int) -> int:
         mean = sum(self._seconds) / len(self._seconds) if self._seconds else 5.0
         workers = max(1, sum(1 for s in self.pool.slots if s.serving))
-        return max(1, min(600, round(mean * (len(self._queue) + 1) / workers)))
+        return max(1, min(600, round(mean * (waiting + 1) / workers)))
 
     def get(self, job_id: str) -> JobRecord:
         """The job's record, or NotFound."""
@@ -339,25 +343,14 @@ class Dispatcher:
                                    f"after the restart: poll GET /v1/jobs/{record.id}")
         return record
 
-    def image_path(self, job_id: str, index: int) -> str:
-        """Absolute path of image ``index`` of a succeeded job, or NotFound."""
-        record = self.store.get(job_id)
-        if record.status is not JobStatus.SUCCEEDED:
-            raise NotFound(f"job {job_id}: is {record.status.value}; images exist only for succeeded jobs")
-        if not 0 <= index < len(record.images):
-            raise NotFound(f"job {job_id}: no image {index}; it has {len(record.images)} (0..{len(record.images) - 1})")
-        path = (self.output_dir / record.images[index]).resolve()
-        if not path.is_file():
-            raise NotFound(f"job {job_id}: image {index} has expired")
-        return str(path)
+    def image(self, job_id: str, index: int) -> tuple[str, bytes]:
+        """(file name, bytes) of image ``index`` of a succeeded job, or NotFound; any job of the fleet."""
+        return read_image(self.store, self.output_dir, job_id, index, self.fleet.image if self.fleet else None)
 
     def expire(self) -> int:
-        """Delete finished jobs (and their images) older than the result TTL."""
-        cutoff = time.time() - self.config.profile.queue.result_ttl_s
-        removed = self.store.expire(cutoff)
-        for record in removed:
-            for name in record.images:
-                (self.output_dir / name).unlink(missing_ok=True)
+        """Delete finished jobs (and their images) older than the result TTL, or past the fleet's bytes cap."""
+        removed = expire_jobs(self.store, self.output_dir, self.config.profile.queue.result_ttl_s,
+                              self.fleet.expire_bytes if self.fleet is not None else None)
         if removed:
             self.log("info", "expired jobs removed", count=len(removed))
         return len(removed)
@@ -374,7 +367,9 @@ class Dispatcher:
 
     def readiness(self) -> tuple[bool, list[str]]:
         """(ready, reasons): a worker is loaded, the queue is below cap, heartbeats are fresh, the loop works."""
-        return reporting.readiness(self.pool, self._view())
+        ready, reasons = reporting.readiness(self.pool, self._view())
+        reasons += self.fleet.reasons() if self.fleet is not None else []
+        return not reasons, reasons
 
     def healthy(self) -> bool:
         """True while the dispatcher loop works and live workers heartbeat (gates WATCHDOG=1)."""
@@ -397,7 +392,8 @@ class Dispatcher:
         """Prometheus text of the runtime's own registry."""
         return self.metrics.render(Gauges(queued=len(self._queue), running=self.pool.running(),
                                           workers_ready=sum(1 for s in self.pool.slots if s.serving),
-                                          standby=len(self.pool.standby.spares), devices=self.pool.device_memory()))
+                                          standby=len(self.pool.standby.spares), devices=self.pool.device_memory())
+                                  ) + (self.fleet.metrics_text() if self.fleet is not None else "")
 
     def notify_tick(self) -> None:
         """The sd_notify round: WATCHDOG=1 only while healthy; STATUS= every time."""

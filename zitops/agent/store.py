@@ -3,18 +3,21 @@
 procrastinate's connector, in small: the dispatcher holds a :class:`Store`
 and never knows the database behind it. :class:`zitops.agent.jobs.JobStore`
 is the SQLite one (one agent, one file). A PostgreSQL store for fleet mode
-implements the same methods (claiming with ``FOR UPDATE SKIP LOCKED``) and
-:func:`open_store` picks it from the config.
+implements the same methods (plus the fleet's, see :mod:`zitops.agent.fleet`)
+and :func:`open_store` picks it from the config.
 """
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
 from typing import Any, Protocol
 
 from zitops.agent.contract import JobRecord, JobStatus
 from zitops.agent.jobs import JobStore
 from zitops.config import AgentConfig
 from zitops.engine.request import GenerationRequest
+from zitops.errors import ConfigError
 
 
 class Store(Protocol):
@@ -56,5 +59,22 @@ class Store(Protocol):
 
 
 def open_store(config: AgentConfig) -> Store:
-    """The configured job store: SQLite under ``paths.state_dir``."""
-    return JobStore(config.paths.state_dir)
+    """The configured job store: SQLite under ``paths.state_dir``, or the fleet's PostgreSQL.
+
+    StoreUnavailable when PostgreSQL cannot be reached at start (the agent
+    exits, and its supervisor or Kubernetes restarts it).
+    """
+    settings = config.store
+    if not settings.shared:
+        return JobStore(config.paths.state_dir)
+    # psycopg is the optional 'fleet' extra: imported only when configured.
+    from zitops.agent.store_pg import PgJobStore
+
+    url = settings.url or ""
+    if settings.url_file is not None:
+        try:
+            url = Path(settings.url_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"store.url_file {settings.url_file}: cannot read it ({exc.strerror})") from None
+    agent_id = settings.agent_id or f"{socket.gethostname()}:{config.port}"
+    return PgJobStore(url, password_file=settings.password_file, agent_id=agent_id, lease_s=settings.lease_s)

@@ -27,11 +27,18 @@ from zitops.errors import AgentUnavailable, RenderError
               help="Also place the files at their FHS paths (/etc/zitops, /etc/systemd/system, ...).")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --install: a staging root instead of /.")
+@click.option("--store", default="sqlite", show_default=True, metavar="sqlite|postgresql://USER@HOST:PORT/DB",
+              help="The job store: each agent's own SQLite, or one PostgreSQL a fleet of agents shares.")
+@click.option("--store-password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The store password, one line (never in the URL, the config or a command line).")
+@click.option("--replicas", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Kubernetes: the Deployment's pods, one GPU each (more than 1 needs --store postgresql://...).")
 @click.option("--start", is_flag=True, help="Start the standalone supervisord and wait until the agent is ready.")
 @click.option("--force", is_flag=True, help="Overwrite files that were edited since the last deploy.")
 def deploy(
     profile: str, target: str, out: Path, model: str, host: str, port: int, gpus: str,
-    overrides: tuple[str, ...], install: bool, root: Path | None, start: bool, force: bool,
+    overrides: tuple[str, ...], install: bool, root: Path | None, store: str, store_password_file: Path | None,
+    replicas: int, start: bool, force: bool,
 ) -> None:
     """Render config, start script, Supervisor, systemd and Kubernetes files for a profile."""
     if root is not None and not install:
@@ -48,7 +55,8 @@ def deploy(
         profile=profile,
         targets=core.TARGETS if target == "all" else (target,),
         out=out, model=model, host=host, port=port, gpus=gpus, overrides=overrides,
-        install=install, root=root or Path("/"), force=force,
+        install=install, root=root or Path("/"), force=force, store=store,
+        store_password_file=store_password_file, replicas=replicas,
     )
     plan = core.plan(request)
     result = core.apply(plan)
