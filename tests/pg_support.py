@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -58,7 +59,7 @@ class PgDatabase:
     password_file: Path
     name: str
 
-    def connect(self) -> psycopg.Connection[tuple[object, ...]]:
+    def connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         """A plain autocommit connection (for assertions on the tables)."""
         return psycopg.connect(self.url, password=self.password_file.read_text().strip(), autocommit=True)
 

@@ -17,7 +17,7 @@ from zitops.agent.pg_listen import Notice
 T = TypeVar("T")
 
 
-def poll_until(probe: Callable[[], T], timeout_s: float = 30.0, every_s: float = 0.05) -> T:
+def poll_until(probe: Callable[[], T | None], timeout_s: float = 30.0, every_s: float = 0.05) -> T:
     """Call ``probe`` until it returns something truthy and return that; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from zitops.doctor import MIN_FREE_GIB, Check, GpuSeen, Probe, Setup
+from zitops.doctor_model import MIN_FREE_GIB, Check, GpuSeen, Probe, Setup
 
 GIB = 1024.0**3
 

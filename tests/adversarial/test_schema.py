@@ -18,6 +18,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis.core.result import Ok
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agent_support import Agent  # noqa: E402
@@ -67,6 +68,7 @@ def test_every_check_holds_on_every_operation(agent: Agent) -> None:
     operations = 0
     sent = 0
     for result in loaded.get_all_operations():
+        assert isinstance(result, Ok), f"an operation of the schema did not load: {result}"
         operation = result.ok()
         operations += 1
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):

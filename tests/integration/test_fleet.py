@@ -42,6 +42,11 @@ def fleet(tmp: Path, db: PgDatabase, names: str, **kw: object) -> Iterator[list[
             agent.stop()
 
 
+def _if_status(resp: httpx.Response, status: int) -> httpx.Response | None:
+    """``resp`` when it has ``status``, else None (for poll_until)."""
+    return resp if resp.status_code == status else None
+
+
 def status_of(agent: FleetAgent, job_id: str) -> str:
     """The job's status as ``agent`` reports it."""
     status: str = agent.job(job_id)["status"]
@@ -83,6 +88,7 @@ def test_any_agent_serves_any_job_and_the_k8s_probe_passes(tmp_path: Path, pg_db
         oa = openai.OpenAI(base_url=b.url + "/v1", api_key=b.headers["Authorization"].split()[1], max_retries=0,
                            timeout=60)
         res = oa.images.generate(prompt="a lighthouse", size="64x64")
+        assert res.data
         assert base64.b64decode(res.data[0].b64_json or "")[:8] == b"\x89PNG\r\n\x1a\n"
 
         metrics = b.client.get("/metrics").text
@@ -132,10 +138,9 @@ def test_postgresql_restarted_mid_run_nothing_lost(tmp_path: Path, pg_cluster: P
         pg_cluster.stop()
         try:
             # Stops admitting, and says why; the running jobs finish meanwhile.
-            r = poll_until(lambda: (resp := a.client.post("/v1/jobs", json={"prompt": "x"})).status_code == 503
-                           and resp, 30)
+            r = poll_until(lambda: _if_status(a.client.post("/v1/jobs", json={"prompt": "x"}), 503), 30)
             assert "job store" in r.json()["error"]["message"], r.text
-            body = poll_until(lambda: (resp := b.client.get("/readyz")).status_code == 503 and resp.json(), 30)
+            body = poll_until(lambda: _if_status(b.client.get("/readyz"), 503), 30).json()
             assert any("job store unavailable" in reason for reason in body["reasons"]), body
             poll_until(lambda: a.log_lines("job store down: outcome kept until it is back")
                        or b.log_lines("job store down: outcome kept until it is back"), 30)

@@ -97,14 +97,16 @@ def test_idle_cache_clear_happens_once_per_idle_period(tmp_path: Path) -> None:
     rt = Runtime(runtime_config(tmp_path, kind="faulty", sets=["watchdog.idle_cache_clear_mib=100"]))
     ticks: list[int] = []
     try:
-        # Every VRAM watch tick ends by updating the GPU gauges: count the ticks that completed.
-        gauges = rt.d.update_gpu_gauges
+        # Every VRAM watch tick records its reading in the pool's history: count those calls
+        # (two more than now means at least one whole tick ran after the clear).
+        history = rt.d.pool.vram_history
+        record = history.record
 
-        def counted(gpus: Any) -> None:
-            gauges(gpus)
+        def counted(gpus: Any, slots: Any, now: float | None = None) -> None:
+            record(gpus, slots, now)
             ticks.append(1)
 
-        rt.lt.call(setattr, rt.d, "update_gpu_gauges", counted)
+        rt.lt.call(setattr, history, "record", counted)
         rt.wait(rt.submit().id)
         (ev,) = wait_until(lambda: rt.events("cache_clear"), 20, what="an idle cache clear")
         assert ev["freed_mib"] > 100

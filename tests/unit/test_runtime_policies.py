@@ -79,6 +79,7 @@ def test_liveness_policy_kills_only_the_silent_or_overrunning_worker() -> None:
     actions = p.liveness_policy([quiet, slow, fine], heartbeat_timeout_s=10.0, job_timeout_s=60.0)
     assert [type(a) for a in actions] == [p.KillWorker, p.KillWorker]
     assert [a.pid for a in actions] == [1, 2]
+    assert isinstance(actions[0], p.KillWorker) and isinstance(actions[1], p.KillWorker)
     assert "no heartbeat for 20.0s" in actions[0].reason and "past its 60s timeout" in actions[1].reason
 
 
