@@ -139,6 +139,8 @@ class AgentConfig(_Section):
     limits: Limits = Limits()
     server: ServerSettings = ServerSettings()
     log_format: Literal["auto", "json", "console"] = "auto"
+    lora_dir: str | None = Field(None, description="Directory of LoRA *.safetensors files (docs/features.md); "
+                                                   "None: no LoRAs.")
 
     @field_validator("host")
     @classmethod

@@ -27,11 +27,14 @@ from zitops.errors import AgentUnavailable, RenderError
               help="Also place the files at their FHS paths (/etc/zitops, /etc/systemd/system, ...).")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --install: a staging root instead of /.")
+@click.option("--lora-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory of LoRA .safetensors files the workers may load [default: <out>/loras].")
 @click.option("--start", is_flag=True, help="Start the standalone supervisord and wait until the agent is ready.")
 @click.option("--force", is_flag=True, help="Overwrite files that were edited since the last deploy.")
 def deploy(
     profile: str, target: str, out: Path, model: str, host: str, port: int, gpus: str,
-    overrides: tuple[str, ...], install: bool, root: Path | None, start: bool, force: bool,
+    overrides: tuple[str, ...], install: bool, root: Path | None, lora_dir: Path | None, start: bool,
+    force: bool,
 ) -> None:
     """Render config, start script, Supervisor, systemd and Kubernetes files for a profile."""
     if root is not None and not install:
@@ -48,7 +51,7 @@ def deploy(
         profile=profile,
         targets=core.TARGETS if target == "all" else (target,),
         out=out, model=model, host=host, port=port, gpus=gpus, overrides=overrides,
-        install=install, root=root or Path("/"), force=force,
+        install=install, root=root or Path("/"), force=force, lora_dir=lora_dir,
     )
     plan = core.plan(request)
     result = core.apply(plan)
