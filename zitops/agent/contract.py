@@ -56,7 +56,7 @@ class JobRecord:
             "error": self.error,
             "attempts": self.attempts,
             "images": [f"/v1/jobs/{self.id}/images/{i}" for i in range(len(self.images))],
-            "params": self.request.to_dict(),
+            "params": self.request.public_params(),
         }
 
 
@@ -75,7 +75,10 @@ class Service(Protocol):
         """Raises NotFound."""
 
     async def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued job; raises NotFound or Conflict."""
+        """Cancel a queued job or stop a running one between steps; raises NotFound or Conflict."""
+
+    def steer(self, job_id: str, action: str) -> bool:
+        """Send a running job's worker a Steer (zitops.worker.protocol); False when no worker runs it."""
 
     async def wait(self, job_id: str, timeout_s: float) -> JobRecord:
         """Wait until the job is final or the timeout passes; returns the latest record."""

@@ -30,6 +30,7 @@ from zitops.agent.images import Encoder, keep_freed_memory
 from zitops.agent.loop_health import LoopHealth
 from zitops.agent.notify import SystemdNotify
 from zitops.agent.pool import Pool
+from zitops.agent.progress import ProgressBoard
 from zitops.agent.results import ResultWriter
 from zitops.agent.runtime_metrics import Gauges, RuntimeMetrics
 from zitops.agent.schedule import Periodic, Schedule
@@ -40,7 +41,7 @@ from zitops.engine.request import GenerationRequest
 from zitops.errors import AgentUnavailable, NotFound, QueueFull
 from zitops.failures import Action, FailureStore
 from zitops.sdnotify import Notifier
-from zitops.worker.protocol import Failure, Job, MemoryReport, Result
+from zitops.worker.protocol import STEER_CANCEL, STEER_PREVIEW, Failure, Job, MemoryReport, Progress, Result, Steer
 
 TICK_S = 0.2
 """The dispatcher loop's period; sd_notify pings stop when it stops ticking."""
@@ -83,6 +84,7 @@ class Dispatcher:
         self.results = ResultWriter(self.output_dir, self.store, self.metrics, self.log, self.failure_log,
                                     self._finished, lambda job_id: job_id in self._waiters)
         self.schedule = Schedule()
+        self.progress = ProgressBoard()
         self.malloc_tuned = keep_freed_memory()
         self._queue: collections.deque[str] = collections.deque()
         self._waiters: dict[str, asyncio.Event] = {}
@@ -197,9 +199,14 @@ class Dispatcher:
                     self._queue.appendleft(job_id)
                     break
                 self._marks.setdefault(job_id, {})["handed"] = time.monotonic()
+                self.progress.started(job_id)
+                wanted = self.progress.get(job_id)
+                if wanted is not None and wanted.wants_preview:
+                    self.pool.send(slot, Steer(job_id, STEER_PREVIEW))
                 self.log("info", "job started", job_id=job_id, worker_id=slot.id, attempt=record.attempts)
 
     def _finished(self, record: JobRecord) -> None:
+        self.progress.finished(record)
         self._marks.pop(record.id, None)
         ev = self._waiters.pop(record.id, None)
         if ev is not None:
@@ -224,9 +231,21 @@ class Dispatcher:
         """A succeeded job's encoded images, once, if still in memory; None: read the files."""
         return self.results.encoded_images(job_id)
 
+    def on_progress(self, slot: WorkerSlot, progress: Progress) -> None:
+        """A running job finished a step."""
+        del slot
+        self.progress.step(progress.job_id, progress.step, progress.steps, progress.preview)
+
     def on_failure(self, slot: WorkerSlot, failure: Failure) -> None:
-        """Record a job the engine failed (the worker lives on; no retry)."""
+        """Record a job the engine failed (the worker lives on; no retry), or one it stopped on a cancel."""
         assert failure.job_id is not None
+        if failure.exc_type == "JobCancelled":
+            record = self.store.cancel(failure.job_id, running=True)
+            self.metrics.jobs.labels("cancelled").inc()
+            self.log("info", "job cancelled while running", job_id=failure.job_id, worker_id=slot.id,
+                     reason=failure.message)
+            self._finished(record)
+            return
         error = f"{failure.exc_type}: {failure.message}"
         record = self.store.fail(failure.job_id, error)
         self.metrics.jobs.labels("failed").inc()
@@ -294,6 +313,7 @@ class Dispatcher:
             raise QueueFull(f"queue full: {len(self._queue)} jobs waiting (cap {depth}); retry later",
                             retry_after_s=self._retry_after())
         record = self.store.add(request, owner=owner, owner_cap=owner_cap)
+        self.progress.queued(record.id, request.steps, owner)
         self._marks[record.id] = {"accepted": time.monotonic()}
         self._queue.append(record.id)
         self.log("info", "job queued", job_id=record.id, queued=len(self._queue))
@@ -305,12 +325,20 @@ class Dispatcher:
         workers = max(1, sum(1 for s in self.pool.slots if s.serving))
         return max(1, min(600, round(mean * (len(self._queue) + 1) / workers)))
 
+    def steer(self, job_id: str, action: str) -> bool:
+        """Send a running job's worker a Steer (cancel, interrupt, preview); False when no worker runs it."""
+        slot = next((s for s in self.pool.workers() if s.job_id == job_id), None)
+        return slot is not None and self.pool.send(slot, Steer(job_id, action))
+
     def get(self, job_id: str) -> JobRecord:
         """The job's record, or NotFound."""
         return self.store.get(job_id)
 
     async def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued job; Conflict when it is running or final."""
+        """Cancel a queued job, or stop a running one between two steps; Conflict when it is final."""
+        if self.store.get(job_id).status is JobStatus.RUNNING and self.steer(job_id, STEER_CANCEL):
+            # The worker stops at its next step; the job ends cancelled (or finished, if it was done).
+            return await self.wait(job_id, self.config.profile.queue.job_timeout_s)
         record = self.store.cancel(job_id)
         with contextlib.suppress(ValueError):
             self._queue.remove(job_id)

@@ -36,6 +36,7 @@ from zitops.worker.protocol import (
     ClearCache,
     Failure,
     Heartbeat,
+    Progress,
     Job,
     MemoryReport,
     Ready,
@@ -188,6 +189,8 @@ class Pool:
             slot.setup_error = f"{msg.exc_type}: {msg.message}"
         elif isinstance(msg, MemoryReport):
             self._on_memory(slot, msg)
+        elif isinstance(msg, Progress):
+            self.listener.on_progress(slot, msg)
 
     def _on_ready(self, slot: WorkerSlot, msg: Ready, now: float) -> None:
         slot.last_heartbeat = now

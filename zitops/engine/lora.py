@@ -14,15 +14,13 @@ ones PEFT cannot wrap, so LoRAs are refused there.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from zitops.engine.lora_files import list_loras
+from zitops.engine.lora_files import FP8_REFUSAL, list_loras
 from zitops.errors import InvalidRequest
-
-FP8_REFUSAL = ("loras: not available while engine.fp8 is on (the transformer's linear layers are float8, "
-               "which LoRA layers cannot wrap); use a profile with fp8 off to serve LoRAs")
 
 
 class LoraAdapters:
@@ -65,10 +63,8 @@ class LoraAdapters:
         try:
             pipe.load_lora_weights(str(path), adapter_name=adapter)
         except Exception as exc:  # noqa: BLE001 - a bad file is the request's problem, not the worker's
-            try:
+            with contextlib.suppress(Exception):  # nothing may have been loaded to delete
                 pipe.delete_adapters(adapter)
-            except Exception:  # noqa: BLE001 - nothing was loaded to delete
-                pass
             first = str(exc).splitlines()[0][:200] if str(exc) else ""
             raise InvalidRequest(f"loras: {name!r} could not be loaded ({path.name}): "
                                  f"{type(exc).__name__}: {first}") from None

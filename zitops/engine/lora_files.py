@@ -19,6 +19,9 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$"
 MAX_FILE_BYTES = 4 * 2**30
 """Larger files are not listed: a Z-Image LoRA is megabytes, a mistaken full checkpoint is not a LoRA."""
 
+FP8_REFUSAL = ("loras: not available while engine.fp8 is on (the transformer's linear layers are float8, "
+               "which LoRA layers cannot wrap); use a profile with fp8 off to serve LoRAs")
+
 _PROMPT_LORA = re.compile(r"<lora:([^:<>]{1,128})(?::([^:<>]{0,32}))?(?::[^<>]{0,32})?>")
 
 

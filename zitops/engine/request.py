@@ -69,6 +69,14 @@ class GenerationRequest:
         d["preview_at"] = tuple(int(s) for s in d.get("preview_at") or ())
         return cls(**d)
 
+    def public_params(self) -> dict[str, Any]:
+        """:meth:`to_dict` for API answers: input images as their size, not megabytes of base64."""
+        d = self.to_dict()
+        for key in ("init_image", "mask"):
+            if d[key] is not None:
+                d[key] = f"<{len(d[key])} base64 characters>"
+        return d
+
     @property
     def kind(self) -> str:
         """txt2img, img2img or inpaint."""
