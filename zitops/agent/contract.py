@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from zitops.agent.progress import ProgressBoard
 from zitops.engine.request import GenerationRequest
 
 
@@ -62,6 +63,8 @@ class JobRecord:
 
 class Service(Protocol):
     """What the HTTP layer needs from the dispatcher."""
+
+    progress: ProgressBoard  # running jobs' steps and previews, and their event feeds
 
     async def submit(self, request: GenerationRequest, owner: str | None = None,
                      owner_cap: int | None = None) -> JobRecord:

@@ -41,7 +41,16 @@ from zitops.engine.request import GenerationRequest
 from zitops.errors import AgentUnavailable, NotFound, QueueFull
 from zitops.failures import Action, FailureStore
 from zitops.sdnotify import Notifier
-from zitops.worker.protocol import STEER_CANCEL, STEER_PREVIEW, Failure, Job, MemoryReport, Progress, Result, Steer
+from zitops.worker.protocol import (
+    STEER_CANCEL,
+    STEER_PREVIEW,
+    Failure,
+    Job,
+    MemoryReport,
+    Progress,
+    Result,
+    Steer,
+)
 
 TICK_S = 0.2
 """The dispatcher loop's period; sd_notify pings stop when it stops ticking."""
@@ -206,7 +215,9 @@ class Dispatcher:
                 self.log("info", "job started", job_id=job_id, worker_id=slot.id, attempt=record.attempts)
 
     def _finished(self, record: JobRecord) -> None:
-        self.progress.finished(record)
+        stopped = record.info.get("interrupted_at_step") if isinstance(record.info, dict) else None
+        self.progress.finished(record.id, record.status.value, record.error,
+                               stopped if isinstance(stopped, int) else None)
         self._marks.pop(record.id, None)
         ev = self._waiters.pop(record.id, None)
         if ev is not None:

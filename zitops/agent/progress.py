@@ -18,13 +18,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from zitops.agent.contract import JobRecord, JobStatus
-
 KEEP_JOBS = 512
 """Jobs whose progress the board remembers (running ones are never dropped)."""
 FEED_DEPTH = 64
 """Events a subscriber may fall behind by before step events are dropped for it."""
-FINAL_EVENTS = {JobStatus.SUCCEEDED: "done", JobStatus.FAILED: "failed", JobStatus.CANCELLED: "cancelled"}
+FINAL_EVENTS = {"succeeded": "done", "failed": "failed", "cancelled": "cancelled"}
+"""A final job status -> its event."""
 
 
 @dataclass
@@ -97,14 +96,17 @@ class ProgressBoard:
             job.preview, job.preview_step = preview, step
         self._publish(job, "step", preview)
 
-    def finished(self, record: JobRecord) -> None:
-        """The job is final: tell subscribers, keep the result for late readers."""
-        job = self._job(record.id)
-        job.state = FINAL_EVENTS.get(record.status, record.status.value)
-        job.error = record.error if record.status is JobStatus.FAILED else None
-        if record.status is JobStatus.SUCCEEDED:
-            stopped = record.info.get("interrupted_at_step") if isinstance(record.info, dict) else None
-            job.step = int(stopped) if isinstance(stopped, int) else job.steps
+    def finished(self, job_id: str, status: str, error: str | None = None,
+                 stopped_at: int | None = None) -> None:
+        """The job is final (``status`` as JobStatus spells it): tell subscribers, keep it for late readers.
+
+        ``stopped_at``: the step an interrupted job stopped after.
+        """
+        job = self._job(job_id)
+        job.state = FINAL_EVENTS.get(status, status)
+        job.error = error if status == "failed" else None
+        if status == "succeeded":
+            job.step = stopped_at if stopped_at is not None else job.steps
         self._publish(job, job.state)
         self._forget()
 
