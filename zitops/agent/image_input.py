@@ -58,6 +58,8 @@ def open_image(field: str, data: bytes, *, max_bytes: int, max_pixels: int) -> A
     try:
         image = Image.open(io.BytesIO(data), formats=[kind])
         width, height = image.size  # from the header: nothing decoded yet
+    except Image.DecompressionBombError:  # PIL's own, coarser header check (Image.MAX_IMAGE_PIXELS)
+        raise InvalidRequest(f"{field}: more than {max_pixels} pixels (limits.max_image_pixels)") from None
     except Exception as exc:  # noqa: BLE001 - any decoder complaint means the bytes are not an image
         raise InvalidRequest(f"{field}: could not be read as {kind.lower()} ({type(exc).__name__})") from None
     if width < 1 or height < 1 or width * height > max_pixels:
