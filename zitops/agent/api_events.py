@@ -28,7 +28,7 @@ from zitops.agent.tenants import caller
 from zitops.engine.lora_files import list_loras
 from zitops.worker.protocol import STEER_INTERRUPT, STEER_PREVIEW
 
-router = APIRouter(responses=responses(*EDGE_CODES))
+router = APIRouter(responses=responses(*EDGE_CODES, 422))
 
 KEEPALIVE_S = 15.0
 """A comment line this often keeps proxies from closing a quiet stream."""
