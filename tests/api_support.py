@@ -25,6 +25,7 @@ from PIL import Image
 
 from zitops.agent.app import create_app
 from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.progress import ProgressBoard
 from zitops.agent.vram_history import VramHistory
 from zitops.config import AgentConfig, config_from_mapping
 from zitops.engine.request import GenerationRequest
@@ -59,9 +60,15 @@ class MemService:
         self.paused = False  # while true the worker picks up nothing, so tests can fill the queue
         self.submitted: list[GenerationRequest] = []
         self.history = VramHistory()
+        self.progress = ProgressBoard()  # stays empty: this service runs no steps
         self._wake: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+
+    def steer(self, job_id: str, action: str) -> bool:
+        """No worker steps here: nothing to steer."""
+        del job_id, action
+        return False
 
     def _ensure_worker(self) -> None:
         if self._task is None:

@@ -124,6 +124,9 @@ class Limits(_Section):
     min_side: int = Field(64, ge=16, le=8192, multiple_of=16)
     max_steps: int = Field(50, ge=1, le=1000)
     max_images: int = Field(8, ge=1, le=64)
+    # Input images (img2img, inpaint, edits): the body of those routes, and each decoded image.
+    max_image_body_bytes: int = Field(32 * 2**20, ge=1024, le=256 * 2**20)
+    max_image_pixels: int = Field(4096 * 4096, ge=64 * 64, le=8192 * 8192)
 
 
 class StoreSettings(_Section):
@@ -183,6 +186,8 @@ class AgentConfig(_Section):
     server: ServerSettings = ServerSettings()
     store: StoreSettings = StoreSettings()
     log_format: Literal["auto", "json", "console"] = "auto"
+    lora_dir: str | None = Field(None, description="Directory of LoRA *.safetensors files (docs/features.md); "
+                                                   "None: no LoRAs.")
 
     @field_validator("host")
     @classmethod

@@ -171,7 +171,10 @@ def plan(req: DeployRequest) -> Plan:
         config_file = str(out / "config.yaml")
         start_sh = str(out / "start.sh")
 
+    lora_dir = req.lora_dir.expanduser().absolute() if req.lora_dir is not None else (
+        Path(paths["state_dir"]) / "loras" if req.install else out / "loras")
     config_data = {
+        "lora_dir": str(lora_dir),
         "profile": profile_to_dict(profile),
         "model": model,
         "host": host,

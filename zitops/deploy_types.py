@@ -69,6 +69,7 @@ class DeployRequest:
     install: bool = False
     root: Path = Path("/")
     force: bool = False
+    lora_dir: Path | None = None  # None: <out>/loras (or <state_dir>/loras with --install)
     # The zitops executable the services run; None means the one installed
     # next to this interpreter. Tests and reference units pin it.
     zitops_bin: str | None = None

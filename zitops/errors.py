@@ -98,3 +98,9 @@ class StoreUnavailable(ZitopsError):
     """The shared job store (PostgreSQL) cannot be reached or used; the agent admits no new work."""
 
     http_status = 503
+
+
+class JobCancelled(ZitopsError):
+    """A running job was cancelled between two denoising steps (DELETE /v1/jobs/{id})."""
+
+    http_status = 409

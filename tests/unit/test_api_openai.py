@@ -67,7 +67,7 @@ def test_defaults_come_from_the_profile(oa: openai.OpenAI, svc_url: tuple[MemSer
     ({"size": "big"}, "size", "WIDTHxHEIGHT"),
     ({"size": "4096x4096"}, "size", "2048"),
     ({"n": 20}, "n", "1..8"),
-    ({"stream": False, "extra_body": {"stream": True}}, "stream", "not supported"),
+    ({"partial_images": 2}, "partial_images", "need stream"),
     ({"background": "transparent"}, "background", "transparent"),
     ({"output_format": "gif"}, "output_format", "png"),
     ({"extra_body": {"colour": "red"}}, "colour", "unknown field"),

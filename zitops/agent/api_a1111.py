@@ -41,8 +41,11 @@ from zitops.agent.api_common import (
     timed_json,
     wait_final,
 )
+from zitops.agent.api_inputs import lora_overrides
 from zitops.agent.contract import JobRecord
 from zitops.agent.http_errors import EDGE_CODES, ERROR_RESPONSES, responses
+from zitops.config import AgentConfig
+from zitops.engine.lora_files import strip_prompt_loras
 from zitops.engine.samplers import (
     SAMPLER_INFO,
     SCHEDULE_INFO,
@@ -258,7 +261,7 @@ def _info(body: Txt2ImgIn, record: JobRecord, model: str) -> dict[str, Any]:
         "sd_model_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": None,
+        "denoising_strength": req.strength if req.init_image is not None else None,
         "extra_generation_params": {"Schedule type": schedule_label, "zitops job": record.id},
         "index_of_first_image": 0,
         "infotexts": infotexts,
@@ -281,15 +284,11 @@ _TXT2IMG_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post(TXT2IMG, response_class=Response,
-             responses={**_TXT2IMG_RESPONSES, **ERROR_RESPONSES, **responses(409, 500, 507)})
-async def txt2img(body: Txt2ImgIn, request: Request) -> Response:
-    """Generate ``n_iter * batch_size`` images in one job (seeds seed, seed+1, ...), synchronously."""
-    started = request_started(request)
-    ctx = context(request)
+def a1111_overrides(body: Txt2ImgIn, config: AgentConfig) -> tuple[str, dict[str, Any]]:
+    """(prompt without its ``<lora:...>`` tags, build_request overrides) for a txt2img or img2img body."""
     refuse_unsupported(body)
     sampler, schedule = _sampler_and_schedule(body)
-    limit = ctx.config.limits.max_images
+    limit = config.limits.max_images
     for name, value in (("batch_size", body.batch_size), ("n_iter", body.n_iter)):
         if value > limit:
             raise InvalidRequest(f"{name}: {value} is out of range; allowed 1..{limit} (limits.max_images)")
@@ -302,7 +301,28 @@ async def txt2img(body: Txt2ImgIn, request: Request) -> Response:
         "sampler": sampler, "schedule": schedule, "guidance": guidance_from(body.cfg_scale),
         "output_format": "png",  # A1111 returns base64 PNG
     }
-    req = build_request_as(_A1111_NAMES, ctx.config, body.prompt, **overrides)
+    prompt, tags = strip_prompt_loras(body.prompt)
+    overrides.update(lora_overrides(config, tags, "prompt"))
+    return prompt, overrides
+
+
+@router.post(TXT2IMG, response_class=Response,
+             responses={**_TXT2IMG_RESPONSES, **ERROR_RESPONSES, **responses(409, 500, 507)})
+async def txt2img(body: Txt2ImgIn, request: Request) -> Response:
+    """Generate ``n_iter * batch_size`` images in one job (seeds seed, seed+1, ...), synchronously.
+
+    ``<lora:NAME:WEIGHT>`` tags in the prompt pick LoRAs (GET /sdapi/v1/loras) and are removed from it.
+    """
+    prompt, overrides = a1111_overrides(body, context(request).config)
+    return await a1111_run(body, request, prompt, overrides, TXT2IMG)
+
+
+async def a1111_run(body: Txt2ImgIn, request: Request, prompt: str, overrides: dict[str, Any],
+                    route: str) -> Response:
+    """Build, submit and wait for an A1111 job; answer in A1111's response shape."""
+    started = request_started(request)
+    ctx = context(request)
+    req = build_request_as(_A1111_NAMES, ctx.config, prompt, **overrides)
     record = await submit(request, req)
     record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
     respond_from = time.monotonic()
@@ -313,7 +333,7 @@ async def txt2img(body: Txt2ImgIn, request: Request) -> Response:
     else:
         drop_encoded(ctx.service, record)
         payload = json_splice("images", [], rest)
-    return timed_json(ctx, TXT2IMG, record, payload, started, respond_from)
+    return timed_json(ctx, route, record, payload, started, respond_from)
 
 
 @router.get("/sdapi/v1/samplers")

@@ -276,7 +276,7 @@ def media_type(name: str) -> str:
     return MEDIA_TYPES.get(Path(name).suffix.lower().lstrip("."), "application/octet-stream")
 
 
-def _images_now(service: Service, record: JobRecord) -> list[bytes]:
+def images_now(service: Service, record: JobRecord) -> list[bytes]:
     # The dispatcher hands a waited-for job's encoded bytes over once, so the
     # response never reads back the file it just wrote; any other Service,
     # or an evicted entry, falls back to the files.
@@ -306,7 +306,7 @@ async def images_json(service: Service, record: JobRecord, key: str, item: Fragm
     the body, and never escaped, validated or re-encoded by a JSON encoder.
     """
     def build() -> bytes:
-        return json_splice(key, [item(base64.b64encode(blob)) for blob in _images_now(service, record)], rest)
+        return json_splice(key, [item(base64.b64encode(blob)) for blob in images_now(service, record)], rest)
 
     return await asyncio.to_thread(build)
 

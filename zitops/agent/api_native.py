@@ -26,7 +26,10 @@ from zitops.agent.api_common import (
     media_type,
     submit,
 )
+from zitops.agent.api_inputs import LoraIn, image_overrides, lora_overrides, sized
 from zitops.agent.http_errors import EDGE_CODES, responses
+from zitops.agent.image_input import from_base64
+from zitops.errors import InvalidRequest
 from zitops.profile import SAMPLERS, SCHEDULES
 
 router = APIRouter(tags=["jobs"], responses=responses(*EDGE_CODES, 422))
@@ -56,6 +59,14 @@ class JobIn(Body):
     batch: int | None = Field(None, ge=1, le=IMAGES_CAP, validation_alias=AliasChoices("batch", "n"),
                               description="Number of images, 1..limits.max_images (alias: n).")
     output_format: Literal["png", "jpeg", "webp"] | None = None
+    init_image: str | None = Field(None, description="img2img: a base64 PNG, JPEG or WebP image "
+                                                     "(limits.max_image_body_bytes, limits.max_image_pixels).")
+    mask: str | None = Field(None, description="Inpaint (with init_image): base64 mask, white repaints.")
+    strength: Num | None = Field(None, gt=0, le=1, allow_inf_nan=False,
+                                 description="img2img/inpaint: how much to change, 0..1 (default 0.75).")
+    mask_blur: int | None = Field(None, ge=0, le=64)
+    loras: list[LoraIn] = Field(default_factory=list, max_length=8,
+                                description="LoRAs from the LoRA directory (GET /sdapi/v1/loras), with weights.")
 
 
 class JobAccepted(BaseModel):
@@ -71,7 +82,14 @@ class JobAccepted(BaseModel):
 async def submit_job(body: JobIn, request: Request, response: Response) -> dict[str, Any]:
     """Queue a job; 202 with its id, 429/503 with Retry-After when the queue (or this token's share) is full."""
     ctx = context(request)
-    overrides = body.model_dump(exclude={"prompt"}, exclude_none=True)
+    overrides = body.model_dump(exclude={"prompt", "init_image", "mask", "loras"}, exclude_none=True)
+    overrides.update(lora_overrides(ctx.config, [(lo.name, lo.weight) for lo in body.loras]))
+    if body.mask is not None and body.init_image is None:
+        raise InvalidRequest("mask: needs an input image (init_image) to inpaint")
+    if body.init_image is not None:
+        init = from_base64("init_image", body.init_image)
+        mask = from_base64("mask", body.mask) if body.mask is not None else None
+        overrides = sized({**overrides, **await image_overrides(ctx.config, init, mask)})
     req = build_request(ctx.config, body.prompt, **overrides)
     record = await submit(request, req)
     url = f"/v1/jobs/{record.id}"
@@ -102,7 +120,8 @@ async def get_image(job_id: JobId, index: Annotated[int, Path(ge=0, le=IMAGES_CA
 
 @router.delete("/v1/jobs/{job_id}", responses=responses(404, 409))
 async def cancel_job(job_id: JobId, request: Request) -> dict[str, Any]:
-    """Cancel a queued job; 409 when it is already running or final."""
+    """Cancel a queued job, or stop a running one after its current step (the answer waits for that);
+    409 when it is final."""
     job_for(request, job_id)
     record = await context(request).service.cancel(job_id)
     return record.public()

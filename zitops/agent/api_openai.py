@@ -3,8 +3,10 @@
 The official ``openai`` client works unchanged. Fields that only steer
 OpenAI's own models (model, quality, style, user, moderation, ...) are
 accepted and ignored at neutral values; a value that asks for something
-zitops cannot do (streaming, transparency, partial images, gif/svg) gets a
-422 naming the field, in OpenAI's error shape.
+zitops cannot do (transparency, gif/svg) gets a 422 naming the field, in
+OpenAI's error shape. ``stream: true`` answers with Server-Sent Events
+(``image_generation.partial_image`` from previews, then
+``image_generation.completed``), as OpenAI's Images API streams.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import replace
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
@@ -40,6 +43,8 @@ from zitops.agent.api_common import (
     timed_json,
     wait_final,
 )
+from zitops.agent.api_events import openai_stream, partial_steps
+from zitops.agent.api_inputs import LoraIn, lora_overrides
 from zitops.agent.http_errors import ERROR_RESPONSES, responses
 from zitops.errors import InvalidRequest
 
@@ -77,17 +82,19 @@ class ImageGenerationIn(Body):
     # Accepted only at neutral values.
     background: Literal["transparent", "opaque", "auto"] | None = Field(
         None, json_schema_extra=only("opaque", "auto", None))
-    partial_images: int | None = Field(None, ge=0, le=10, json_schema_extra=only(0, None))
-    stream: Flag | None = Field(None, json_schema_extra=only(False, None))
+    partial_images: int | None = Field(None, ge=0, le=3,
+                                       description="With stream: previews sent as partial_image events (0..3).")
+    stream: Flag | None = Field(None, description="Server-Sent Events: partial images, then completed.")
+    loras: list[LoraIn] = Field(default_factory=list, max_length=8,
+                                description="LoRAs from the LoRA directory (GET /sdapi/v1/loras), with weights.")
     frame_count: int | None = Field(None, ge=0, le=1000, json_schema_extra=only(1, None))
     svg: Any = Field(None, json_schema_extra=only(None, "", {}))
 
 
 def _unsupported(body: ImageGenerationIn) -> None:
     checks: list[tuple[str, bool, str]] = [
-        ("stream", bool(body.stream), "streaming is not supported; omit it or send false"),
         ("background", body.background == "transparent", "transparent backgrounds are not supported; use auto or opaque"),
-        ("partial_images", bool(body.partial_images), "partial images are not supported; omit it or send 0"),
+        ("partial_images", bool(body.partial_images) and not body.stream, "partial images need stream: true"),
         ("frame_count", body.frame_count not in (None, 1), "only single images are supported; omit it or send 1"),
         ("svg", body.svg not in (None, {}, ""), "SVG output is not supported"),
         ("output_format", body.output_format in ("gif", "svg"), "allowed: png, jpeg, webp"),
@@ -108,6 +115,8 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
 
 
 ROUTE = "/v1/images/generations"
+_STREAM_QUALITY = {q: q for q in ("low", "medium", "high", "xhigh", "max", "auto")}
+"""The qualities a stream event may name (OpenAI's ImageGen events); others are reported as auto."""
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "OpenAI's ImagesResponse: created, data[] (b64_json or url, revised_prompt), "
@@ -128,8 +137,14 @@ async def create_images(body: ImageGenerationIn, request: Request) -> Response:
         "negative_prompt": body.negative_prompt, "steps": body.steps,
         "output_format": body.output_format or "png",
     }
+    overrides.update(lora_overrides(ctx.config, [(lo.name, lo.weight) for lo in body.loras]))
     names = {"batch": "n", "width": "size", "height": "size"}
     req = build_request_as(names, ctx.config, body.prompt, **overrides)
+    if body.stream:
+        req = replace(req, preview_at=partial_steps(req.steps, body.partial_images or 0))
+        record = await submit(request, req)
+        return openai_stream(ctx.service, record, prefix="image_generation", quality=_STREAM_QUALITY.get(body.quality or "auto", "auto"),
+                             background=body.background or "auto")
     record = await submit(request, req)
     record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
     respond_from = time.monotonic()

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zitops import __version__
-from zitops.agent import api_a1111, api_native, api_openai, console
+from zitops.agent import api_a1111, api_events, api_img2img, api_native, api_openai, console
 from zitops.agent.api_common import ApiContext, Body, context
 from zitops.agent.contract import Service
 from zitops.agent.hosts import HostPolicy
@@ -204,12 +204,15 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
     app.include_router(api_native.router)
     app.include_router(api_openai.router)
     app.include_router(api_a1111.router)
+    app.include_router(api_img2img.router)
+    app.include_router(api_events.router)
     app.include_router(console.router)
     # The console page and its assets hold no data: the edge lets them through without a token.
     app.add_middleware(console.PublicAssets)
     app.add_middleware(EdgeMiddleware, tokens=tokens, max_body_bytes=config.limits.max_body_bytes,
                        metrics=http_metrics, admin_tokens=admin_tokens & tokens,
                        hosts=HostPolicy.from_settings(config.host, config.server.allowed_hosts),
-                       public_paths=console.public_paths())
+                       public_paths=console.public_paths(), image_paths=api_img2img.IMAGE_PATHS,
+                       max_image_body_bytes=config.limits.max_image_body_bytes)
     install_openapi(app, config.limits)
     return app

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from zitops.agent.progress import ProgressBoard
 from zitops.engine.request import GenerationRequest
 
 
@@ -56,12 +57,14 @@ class JobRecord:
             "error": self.error,
             "attempts": self.attempts,
             "images": [f"/v1/jobs/{self.id}/images/{i}" for i in range(len(self.images))],
-            "params": self.request.to_dict(),
+            "params": self.request.public_params(),
         }
 
 
 class Service(Protocol):
     """What the HTTP layer needs from the dispatcher."""
+
+    progress: ProgressBoard  # running jobs' steps and previews, and their event feeds
 
     async def submit(self, request: GenerationRequest, owner: str | None = None,
                      owner_cap: int | None = None) -> JobRecord:
@@ -75,7 +78,10 @@ class Service(Protocol):
         """Raises NotFound."""
 
     async def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued job; raises NotFound or Conflict."""
+        """Cancel a queued job or stop a running one between steps; raises NotFound or Conflict."""
+
+    def steer(self, job_id: str, action: str) -> bool:
+        """Send a running job's worker a Steer (zitops.worker.protocol); False when no worker runs it."""
 
     async def wait(self, job_id: str, timeout_s: float) -> JobRecord:
         """Wait until the job is final or the timeout passes; returns the latest record."""

@@ -33,6 +33,7 @@ from zitops.agent.job_files import expire_jobs, read_image
 from zitops.agent.loop_health import LoopHealth
 from zitops.agent.notify import SystemdNotify
 from zitops.agent.pool import Pool
+from zitops.agent.progress import ProgressBoard
 from zitops.agent.results import ResultWriter
 from zitops.agent.runtime_metrics import Gauges, RuntimeMetrics
 from zitops.agent.schedule import Periodic, Schedule
@@ -44,7 +45,16 @@ from zitops.errors import AgentUnavailable, NotFound, QueueFull
 from zitops.failures import Action, FailureStore
 from zitops.gpu import resolve_gpus
 from zitops.sdnotify import Notifier
-from zitops.worker.protocol import Failure, Job, MemoryReport, Result
+from zitops.worker.protocol import (
+    STEER_CANCEL,
+    STEER_PREVIEW,
+    Failure,
+    Job,
+    MemoryReport,
+    Progress,
+    Result,
+    Steer,
+)
 
 TICK_S = 0.2
 """The dispatcher loop's period; sd_notify pings stop when it stops ticking."""
@@ -77,6 +87,7 @@ class Dispatcher:
         self.results = ResultWriter(self.output_dir, self.store, self.metrics, self.log, self.failure_log,
                                     self._finished, lambda job_id: job_id in self._waiters)
         self.schedule = Schedule()
+        self.progress = ProgressBoard()
         self.malloc_tuned = keep_freed_memory()
         self._queue: collections.deque[str] = collections.deque()
         self._waiters: dict[str, asyncio.Event] = {}
@@ -184,6 +195,10 @@ class Dispatcher:
                     self._queue.extendleft([record.id] if self.fleet is None else [])
                     break
                 self._marks.setdefault(record.id, {})["handed"] = time.monotonic()
+                self.progress.started(record.id)
+                wanted = self.progress.get(record.id)
+                if wanted is not None and wanted.wants_preview:
+                    self.pool.send(slot, Steer(record.id, STEER_PREVIEW))
                 self.log("info", "job started", job_id=record.id, worker_id=slot.id, attempt=record.attempts)
 
     def _next(self, worker: str) -> JobRecord | None:
@@ -198,6 +213,9 @@ class Dispatcher:
         return None
 
     def _finished(self, record: JobRecord) -> None:
+        stopped = record.info.get("interrupted_at_step") if isinstance(record.info, dict) else None
+        self.progress.finished(record.id, record.status.value, record.error,
+                               stopped if isinstance(stopped, int) else None)
         self._marks.pop(record.id, None)
         self._wake(record.id)
 
@@ -225,9 +243,21 @@ class Dispatcher:
         """A succeeded job's encoded images, once, if still in memory; None: read the files."""
         return self.results.encoded_images(job_id)
 
+    def on_progress(self, slot: WorkerSlot, progress: Progress) -> None:
+        """A running job finished a step."""
+        del slot
+        self.progress.step(progress.job_id, progress.step, progress.steps, progress.preview)
+
     def on_failure(self, slot: WorkerSlot, failure: Failure) -> None:
-        """Record a job the engine failed (the worker lives on; no retry)."""
+        """Record a job the engine failed (the worker lives on; no retry), or one it stopped on a cancel."""
         assert failure.job_id is not None
+        if failure.exc_type == "JobCancelled":
+            record = self.store.cancel(failure.job_id, running=True)
+            self.metrics.jobs.labels("cancelled").inc()
+            self.log("info", "job cancelled while running", job_id=failure.job_id, worker_id=slot.id,
+                     reason=failure.message)
+            self._finished(record)
+            return
         error = f"{failure.exc_type}: {failure.message}"
         record = self.store.fail(failure.job_id, error)
         self.metrics.jobs.labels("failed").inc()
@@ -297,6 +327,7 @@ class Dispatcher:
             raise QueueFull(f"queue full: {len(self._queue)} jobs waiting (cap {depth}); retry later",
                             retry_after_s=self._retry_after(len(self._queue)))
         record = self.store.add(request, owner=owner, owner_cap=owner_cap)
+        self.progress.queued(record.id, request.steps, owner)
         self._marks[record.id] = {"accepted": time.monotonic()}
         if self.fleet is None:  # (a fleet claims it from the store: admit() asked it to look)
             self._queue.append(record.id)
@@ -309,12 +340,20 @@ class Dispatcher:
         workers = max(1, sum(1 for s in self.pool.slots if s.serving))
         return max(1, min(600, round(mean * (waiting + 1) / workers)))
 
+    def steer(self, job_id: str, action: str) -> bool:
+        """Send a running job's worker a Steer (cancel, interrupt, preview); False when no worker runs it."""
+        slot = next((s for s in self.pool.workers() if s.job_id == job_id), None)
+        return slot is not None and self.pool.send(slot, Steer(job_id, action))
+
     def get(self, job_id: str) -> JobRecord:
         """The job's record, or NotFound."""
         return self.store.get(job_id)
 
     async def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued job; Conflict when it is running or final."""
+        """Cancel a queued job, or stop a running one between two steps; Conflict when it is final."""
+        if self.store.get(job_id).status is JobStatus.RUNNING and self.steer(job_id, STEER_CANCEL):
+            # The worker stops at its next step; the job ends cancelled (or finished, if it was done).
+            return await self.wait(job_id, self.config.profile.queue.job_timeout_s)
         record = self.store.cancel(job_id)
         with contextlib.suppress(ValueError):
             self._queue.remove(job_id)

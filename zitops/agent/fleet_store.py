@@ -145,9 +145,9 @@ class FleetStore:
         self.held[record.id] = record
         return record
 
-    def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued job of the fleet."""
-        return self.shared.cancel(job_id)
+    def cancel(self, job_id: str, *, running: bool = False) -> JobRecord:
+        """Cancel a queued job of the fleet (with ``running``: one this agent's worker stopped)."""
+        return self.shared.cancel(job_id, running=running)
 
     def recover(self) -> list[str]:
         """Requeue only this agent's running jobs (other agents' leases are theirs)."""

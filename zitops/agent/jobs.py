@@ -165,12 +165,13 @@ class JobStore:
             )
             return self._one(job_id)
 
-    def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued job; Conflict for any other state."""
+    def cancel(self, job_id: str, *, running: bool = False) -> JobRecord:
+        """Cancel a queued job (with ``running``: a running one, which its worker stopped); Conflict otherwise."""
         with self._lock:
             cur = self._db.execute(
                 "UPDATE jobs SET status = ?, finished_at = ? WHERE id = ? AND status = ?",
-                (JobStatus.CANCELLED.value, time.time(), job_id, JobStatus.QUEUED.value),
+                (JobStatus.CANCELLED.value, time.time(), job_id,
+                 (JobStatus.RUNNING if running else JobStatus.QUEUED).value),
             )
             record = self._one(job_id)
             if cur.rowcount == 0:

@@ -57,13 +57,17 @@ class EdgeMiddleware:
 
     def __init__(self, app: ASGIApp, *, tokens: frozenset[str], max_body_bytes: int,
                  metrics: HttpMetrics, admin_tokens: frozenset[str] = frozenset(),
-                 hosts: HostPolicy | None = None, public_paths: frozenset[str] = frozenset()) -> None:
+                 hosts: HostPolicy | None = None, public_paths: frozenset[str] = frozenset(),
+                 image_paths: frozenset[str] = frozenset(), max_image_body_bytes: int = 0) -> None:
         self.app = app
         self.public_paths = public_paths  # no token needed (they hold no data); Host still checked
         self.tokens = tokens
         self.admin_tokens = admin_tokens
         self.hosts = hosts
         self.max_body_bytes = max_body_bytes
+        # Routes that take input images get their own, larger body limit (limits.max_image_body_bytes).
+        self.image_paths = image_paths
+        self.max_image_body_bytes = max(max_image_body_bytes, max_body_bytes)
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -149,17 +153,17 @@ class EdgeMiddleware:
             )(scope, receive, send)
             return
         scope.setdefault("state", {})[CALLER_KEY] = who
+        limit, setting = ((self.max_image_body_bytes, "limits.max_image_body_bytes") if path in self.image_paths
+                          else (self.max_body_bytes, "limits.max_body_bytes"))
         too_large = error_response(
-            path, 413,
-            f"body: larger than the limit of {self.max_body_bytes} bytes (limits.max_body_bytes)",
-            code="body_too_large",
+            path, 413, f"body: larger than the limit of {limit} bytes ({setting})", code="body_too_large",
         )
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             await too_large(scope, receive, send)
             return
         try:
-            body = await self._read_body(receive)
+            body = await self._read_body(receive, limit)
         except _TooLarge:
             await too_large(scope, receive, send)
             return
@@ -174,7 +178,7 @@ class EdgeMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _read_body(self, receive: Receive) -> bytes:
+    async def _read_body(self, receive: Receive, limit: int) -> bytes:
         # Read the whole (bounded) body up front: the limit then holds for
         # chunked uploads too, and nothing downstream ever sees a partial body.
         chunks: list[bytes] = []
@@ -185,7 +189,7 @@ class EdgeMiddleware:
                 raise _Disconnected()
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > limit:
                 raise _TooLarge()
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -38,6 +38,7 @@ from zitops.worker.protocol import (
     Heartbeat,
     Job,
     MemoryReport,
+    Progress,
     Ready,
     Result,
     Shutdown,
@@ -188,6 +189,8 @@ class Pool:
             slot.setup_error = f"{msg.exc_type}: {msg.message}"
         elif isinstance(msg, MemoryReport):
             self._on_memory(slot, msg)
+        elif isinstance(msg, Progress):
+            self.listener.on_progress(slot, msg)
 
     def _on_ready(self, slot: WorkerSlot, msg: Ready, now: float) -> None:
         slot.last_heartbeat = now

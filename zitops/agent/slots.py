@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from zitops.agent.watchdog import GpuMemory, WorkerObservation
 from zitops.profile import WatchdogSettings
-from zitops.worker.protocol import Failure, MemoryReport, Result, ToWorker
+from zitops.worker.protocol import Failure, MemoryReport, Progress, Result, ToWorker
 
 LIVE_STATES = ("starting", "ready", "busy", "recycling", "warming", "retiring")
 """States of a worker whose process the liveness policy watches."""
@@ -111,6 +111,9 @@ class PoolListener(Protocol):
 
     def on_failure(self, slot: WorkerSlot, failure: Failure) -> None:
         """A job raised inside the worker (the worker lives on)."""
+
+    def on_progress(self, slot: WorkerSlot, progress: Progress) -> None:
+        """A running job finished a denoising step."""
 
     def on_memory(self, slot: WorkerSlot, report: MemoryReport) -> None:
         """A worker reported allocator memory (the pool has applied its memory policy)."""

@@ -42,8 +42,8 @@ class Store(Protocol):
     def fail(self, job_id: str, error: str) -> JobRecord:
         """Record a failed job and why."""
 
-    def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued job; Conflict for any other state."""
+    def cancel(self, job_id: str, *, running: bool = False) -> JobRecord:
+        """Cancel a queued job (with ``running``: a running one, which its worker stopped); Conflict otherwise."""
 
     def recover(self) -> list[str]:
         """After a restart: running jobs go back to queued; return all queued ids, oldest first."""

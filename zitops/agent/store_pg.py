@@ -236,9 +236,9 @@ class PgJobStore:
         row = self._row("fail_job", id=job_id, error=error, agent_id=self.agent_id)
         return self._changed(row, job_id, "fail")
 
-    def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued job; Conflict for any other state."""
-        row = self._row("cancel_job", id=job_id)
+    def cancel(self, job_id: str, *, running: bool = False) -> JobRecord:
+        """Cancel a queued job (with ``running``: a running one, which its worker stopped); Conflict otherwise."""
+        row = self._row("cancel_running_job" if running else "cancel_job", id=job_id)
         if row is not None:
             return _record(row)
         record = self.get(job_id)

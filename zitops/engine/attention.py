@@ -200,3 +200,44 @@ def install_processor(transformer: Any, flash: Callable[..., Any] | None) -> int
         module.attention.set_processor(FastAttnProcessor(attend, getattr(old, "_attention_backend", None)))
         installed += 1
     return installed
+
+
+def _split_linear(fused: Any, sizes: list[int]) -> list[Any]:
+    """The linears :func:`_concat_linear` joined, back apart (exact copies of their rows)."""
+    import torch
+
+    parts = []
+    start = 0
+    for size in sizes:
+        lin = torch.nn.Linear(fused.in_features, size, bias=fused.bias is not None,
+                              device=fused.weight.device, dtype=fused.weight.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(fused.weight[start:start + size])
+            if fused.bias is not None:
+                lin.bias.copy_(fused.bias[start:start + size])
+        parts.append(lin.requires_grad_(False))
+        start += size
+    return parts
+
+
+def unfuse_projections(transformer: Any) -> dict[str, int]:
+    """Undo :func:`fuse_projections`: separate q/k/v and w1/w3 again (LoRAs target those layers)."""
+    counts = {"qkv": 0, "ffn": 0}
+    for module in transformer.modules():
+        if type(module).__name__ != "ZImageTransformerBlock":
+            continue
+        attn = module.attention
+        qkv = getattr(attn, "to_qkv", None)
+        if qkv is not None:
+            third = qkv.out_features // 3
+            attn.to_q, attn.to_k, attn.to_v = _split_linear(qkv, [third, third, third])
+            del attn.to_qkv
+            counts["qkv"] += 1
+        ff = module.feed_forward
+        if hasattr(ff, "w13"):
+            half = ff.w13.out_features // 2
+            ff.w1, ff.w3 = _split_linear(ff.w13, [half, half])
+            del ff.w13
+            ff.__class__ = type(ff).__mro__[1]  # the FusedFeedForward's base: diffusers' own class
+            counts["ffn"] += 1
+    return counts

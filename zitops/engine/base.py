@@ -15,6 +15,31 @@ from zitops.engine.request import GenerationRequest
 ProgressFn = Callable[[int, int], None]
 """Called as ``progress(step, total_steps)`` after each denoising step."""
 
+STOP_INTERRUPT = "interrupt"
+"""A StepHook's stop: end the denoising now and return images from the current latents (A1111's interrupt)."""
+STOP_CANCEL = "cancel"
+"""A StepHook's stop: abandon the job; the engine raises JobCancelled."""
+
+
+class StepHook(Protocol):
+    """A ProgressFn that also steers the job: previews on demand, interrupt and cancel between steps.
+
+    The worker passes one as ``progress``; engines look for its methods, so a
+    plain ProgressFn still works.
+    """
+
+    def __call__(self, step: int, total: int) -> None:
+        """After step ``step`` of ``total``; may send the preview handed over just before."""
+
+    def wants_preview(self, step: int) -> bool:
+        """Whether to decode a preview image of step ``step`` (decoding costs GPU time)."""
+
+    def preview(self, step: int, image: Any) -> None:
+        """The preview of step ``step`` (a small PIL image), handed over before ``__call__``."""
+
+    def stop(self) -> str | None:
+        """None to go on, or STOP_INTERRUPT / STOP_CANCEL."""
+
 
 @dataclass(frozen=True)
 class MemoryStats:

@@ -21,6 +21,7 @@ from zitops.engine.offline import force_offline
 from zitops.engine.oom import BatchOutOfMemory, generate_split_on_oom
 from zitops.engine.phases import phase
 from zitops.engine.request import GenerationRequest
+from zitops.engine.stepping import StepLog, step_callback
 from zitops.engine.tiny import TINY_NOTICE
 from zitops.errors import EngineError, InvalidRequest, ZitopsError
 from zitops.profile import SAMPLERS, SCHEDULES, EngineSettings
@@ -49,7 +50,8 @@ class DiffusersEngine:
 
     def __init__(self, settings: EngineSettings | None = None, model: str = "tiny", *,
                  state_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                 compile_on_cpu: bool = False, preloaded: Preloaded | None = None) -> None:
+                 compile_on_cpu: bool = False, preloaded: Preloaded | None = None,
+                 lora_dir: str | Path | None = None) -> None:
         self.settings = settings or EngineSettings.model_validate({})
         self.model = model
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
@@ -64,6 +66,10 @@ class DiffusersEngine:
         self.effective: dict[str, Any] = {}
         self.notes: list[str] = []
         self.last_previews: list[Any] = []
+        self.variants: dict[str, Any] = {}  # img2img / inpaint pipelines over the same modules
+        from zitops.engine.lora import LoraAdapters
+
+        self.loras = LoraAdapters(lora_dir)
         # A standby spare's host copy of the pipeline (see preload): setup moves it instead of loading.
         self.preloaded = preloaded
 
@@ -210,26 +216,19 @@ class DiffusersEngine:
         """All images of ``request`` in one pipeline call; raises BatchOutOfMemory if it does not fit."""
         import torch
 
+        from zitops.engine import img2img
         from zitops.engine.schedulers import make_scheduler
 
         self._check(request)
-        pipe = self.pipe
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in request.seeds]
         scheduler = make_scheduler(self._base_scheduler_config, request.sampler, request.schedule)
         scheduler.zitops_generators = generators
-        pipe.scheduler = scheduler
-        previews: list[Any] = []
-        forwards = 0
-
-        def on_step(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            nonlocal forwards
-            forwards += 1
-            if request.preview:
-                previews[:] = self._decode(kwargs["latents"][:1], free_hooks=False)
-            if progress is not None:
-                progress(i + 1, int(p.num_timesteps))
-            return {}
-
+        self.pipe.scheduler = scheduler
+        lora_info = self.loras.apply(self.pipe, request.loras, fp8=bool(self.effective.get("fp8_linears")),
+                                     note=self._note)
+        prepared = img2img.prepare(request) if request.init_image is not None else None
+        pipe = self.pipe if prepared is None else img2img.variant_pipeline(self.pipe, request.kind, self.variants)
+        steps = StepLog()
         start = time.perf_counter()
         try:
             latents = pipe(
@@ -237,7 +236,9 @@ class DiffusersEngine:
                 negative_prompt=request.negative_prompt if request.guidance > 0 else None,
                 height=request.height, width=request.width, num_inference_steps=request.steps,
                 guidance_scale=request.guidance, num_images_per_prompt=request.batch,
-                generator=generators, output_type="latent", callback_on_step_end=on_step,
+                generator=generators, output_type="latent",
+                callback_on_step_end=step_callback(request, progress, lambda lat: self._decode(lat, False), steps),
+                **(prepared.kwargs if prepared is not None else {}),
             ).images
             images = self._decode(latents)
         except torch.OutOfMemoryError as exc:
@@ -250,13 +251,18 @@ class DiffusersEngine:
                 raise BatchOutOfMemory(str(exc).splitlines()[0]) from None
             raise EngineError(f"generation failed: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        if prepared is not None:
+            images = img2img.finish(prepared, images)
         seconds = time.perf_counter() - start
-        info = self._info(request)
-        info["transformer_forwards"] = forwards
+        info = {**self._info(request), **lora_info, "transformer_forwards": steps.forwards, "steps_run": steps.steps}
+        if prepared is not None:
+            info.update(mode=request.kind, denoising_strength=request.strength)
+        if steps.interrupted_at is not None:
+            info["interrupted_at_step"] = steps.interrupted_at
         if request.preview:
             # PIL images stay on the engine: info travels as JSON to the agent.
-            self.last_previews = list(previews)
-            info["preview_steps"] = forwards
+            self.last_previews = list(steps.previews)
+            info["preview_steps"] = steps.forwards
         return GenerationResult(images=images, seeds=request.seeds, seconds=seconds, info=info)
 
     def _decode(self, latents: Any, free_hooks: bool = True) -> list[Any]:

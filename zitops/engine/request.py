@@ -34,6 +34,17 @@ class GenerationRequest:
     output_format: str = "png"
     profile: str = "designer"
     preview: bool = False
+    # img2img and inpaint (docs/features.md): PNG bytes in base64, already bounded and
+    # re-encoded by the agent (zitops.agent.image_input), so the worker decodes trusted PNGs.
+    init_image: str | None = None
+    mask: str | None = None
+    strength: float = 0.75
+    mask_blur: int = 0
+    inpaint_fill: str = "original"  # "original" or "fill" (A1111's inpainting_fill 1 and 0)
+    inpaint_full_res: bool = False
+    inpaint_padding: int = 0
+    loras: tuple[tuple[str, float], ...] = ()
+    preview_at: tuple[int, ...] = ()  # steps (1-based) that send a preview; ``preview`` means every step
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -45,6 +56,8 @@ class GenerationRequest:
         """JSON-safe mapping (seeds as a list)."""
         d = asdict(self)
         d["seeds"] = list(self.seeds)
+        d["loras"] = [list(pair) for pair in self.loras]
+        d["preview_at"] = list(self.preview_at)
         return d
 
     @classmethod
@@ -52,7 +65,28 @@ class GenerationRequest:
         """Inverse of :meth:`to_dict`."""
         d = dict(data)
         d["seeds"] = tuple(int(s) for s in d["seeds"])
+        d["loras"] = tuple((str(n), float(w)) for n, w in d.get("loras") or ())
+        d["preview_at"] = tuple(int(s) for s in d.get("preview_at") or ())
         return cls(**d)
+
+    def public_params(self) -> dict[str, Any]:
+        """:meth:`to_dict` for API answers: input images as their size, not megabytes of base64."""
+        d = self.to_dict()
+        for key in ("init_image", "mask"):
+            if d[key] is not None:
+                d[key] = f"<{len(d[key])} base64 characters>"
+        return d
+
+    @property
+    def kind(self) -> str:
+        """txt2img, img2img or inpaint."""
+        if self.init_image is None:
+            return "txt2img"
+        return "inpaint" if self.mask is not None else "img2img"
+
+    def wants_preview(self, step: int) -> bool:
+        """Whether step ``step`` (1-based) sends a preview image with its progress."""
+        return self.preview or step in self.preview_at
 
     def split(self, at: int) -> tuple[GenerationRequest, GenerationRequest]:
         """Two requests with the first ``at`` seeds and the rest."""
@@ -62,6 +96,10 @@ class GenerationRequest:
 
 
 MAX_SEED = 2**32 - 1
+IMG2IMG_SAMPLERS = ("euler", "euler_a", "heun", "lcm")
+"""Samplers whose scheduler can noise an input image (``scale_noise``), so img2img and inpaint work."""
+MAX_LORAS = 8
+INPAINT_FILLS = ("original", "fill")
 
 
 def validate_request(req: GenerationRequest, *, max_side: int = 2048, min_side: int = 64,
@@ -94,7 +132,34 @@ def validate_request(req: GenerationRequest, *, max_side: int = 2048, min_side: 
         raise InvalidRequest(f"guidance: {req.guidance} is out of range; allowed 0..20")
     if req.output_format not in OUTPUT_FORMATS:
         raise InvalidRequest(f"output_format: {req.output_format!r}; valid: {', '.join(OUTPUT_FORMATS)}")
+    _validate_image_fields(req)
+    if len(req.loras) > MAX_LORAS:
+        raise InvalidRequest(f"loras: {len(req.loras)} asked for; at most {MAX_LORAS} per request")
+    for name, weight in req.loras:
+        if not -4.0 <= weight <= 4.0:
+            raise InvalidRequest(f"loras: weight {weight} for {name!r} is out of range; allowed -4..4")
     return req
+
+
+def _validate_image_fields(req: GenerationRequest) -> None:
+    if req.mask is not None and req.init_image is None:
+        raise InvalidRequest("mask: needs an input image (init_image) to inpaint")
+    if req.init_image is None:
+        return
+    if req.sampler not in IMG2IMG_SAMPLERS:
+        raise InvalidRequest(f"sampler: {req.sampler!r} cannot start from an image; "
+                             f"for img2img and inpaint use {', '.join(IMG2IMG_SAMPLERS)}")
+    if not 0.0 < req.strength <= 1.0:
+        raise InvalidRequest(f"denoising_strength: {req.strength} is out of range; allowed above 0 up to 1")
+    if int(req.steps * req.strength) < 1:
+        raise InvalidRequest(f"denoising_strength: {req.strength} x {req.steps} steps leaves no step to run; "
+                             f"raise either so their product is at least 1")
+    if not 0 <= req.mask_blur <= 64:
+        raise InvalidRequest(f"mask_blur: {req.mask_blur} is out of range; allowed 0..64")
+    if not 0 <= req.inpaint_padding <= 256:
+        raise InvalidRequest(f"inpaint_full_res_padding: {req.inpaint_padding} is out of range; allowed 0..256")
+    if req.inpaint_fill not in INPAINT_FILLS:
+        raise InvalidRequest(f"inpainting_fill: {req.inpaint_fill!r}; valid: {', '.join(INPAINT_FILLS)}")
 
 
 def request_from_profile(profile: Profile, prompt: str, **overrides: Any) -> GenerationRequest:

@@ -30,7 +30,10 @@ from zitops.worker.protocol import (
     Ready,
     Result,
     Shutdown,
+    Steer,
+    ToWorker,
 )
+from zitops.worker.steering import JobSteering
 
 if TYPE_CHECKING:  # pragma: no cover
     from zitops.engine.loader import Preloaded
@@ -86,10 +89,10 @@ def _memory(engine: Any) -> dict[str, Any]:
         return {}
 
 
-def _generate(engine: Any, request: Any) -> Any:
+def _generate(engine: Any, request: Any, steering: JobSteering | None) -> Any:
     # Both engines split an out-of-memory batch themselves
     # (zitops.engine.oom.generate_split_on_oom inside generate).
-    return engine.generate(request, None)
+    return engine.generate(request, steering)
 
 
 def raw_image(image: Any, params: dict[str, Any]) -> RawImage:
@@ -100,13 +103,16 @@ def raw_image(image: Any, params: dict[str, Any]) -> RawImage:
                     params=plain(params))
 
 
-def run_job(engine: Any, job: Job) -> Result:
-    """Generate the job's images and hand back their pixels; the agent encodes and writes them."""
+def run_job(engine: Any, job: Job, steering: JobSteering | None = None) -> Result:
+    """Generate the job's images and hand back their pixels; the agent encodes and writes them.
+
+    ``steering`` sends per-step Progress and applies the agent's Steer messages.
+    """
     from zitops.engine.request import GenerationRequest
 
     request = GenerationRequest.from_dict(job.request)
     started = time.monotonic()
-    result = _generate(engine, request)
+    result = _generate(engine, request, steering)
     engine_done_at = time.monotonic()
     info = {"job_id": job.job_id, **dict(result.info)}
     images = tuple(raw_image(image, {**info, "seed": result.seeds[n] if n < len(result.seeds) else None})
@@ -252,11 +258,14 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
     sender.send(Ready(worker_id=worker_id, pid=os.getpid(), incarnation=incarnation,
                       device=device, setup_s=setup_s, describe=describe, startup=startup))
     sender.send(_report(engine, worker_id, 0, "ready"))
+    pending: list[ToWorker] = []  # read by a job's step callback, for this loop (zitops.worker.steering)
     while True:
         try:
-            msg = conn.recv()
+            msg = pending.pop(0) if pending else conn.recv()
         except (EOFError, OSError):
             return  # the agent is gone: nobody wants our results
+        if isinstance(msg, Steer):
+            continue  # for a job that already ended
         if isinstance(msg, Shutdown):
             return
         if isinstance(msg, ClearCache):
@@ -270,7 +279,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
             try:
                 with job_context(job_id=msg.job_id, worker_id=worker_id):
                     log.info("job started", attempt=msg.attempt)
-                    result = run_job(engine, msg)
+                    result = run_job(engine, msg, JobSteering(conn, sender.send, msg.job_id, pending))
             except Exception as exc:  # the agent records it; the worker carries on
                 sender.send(Failure(job_id=msg.job_id, exc_type=type(exc).__name__,
                                     message=str(exc), traceback=traceback.format_exc(),

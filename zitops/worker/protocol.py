@@ -1,9 +1,9 @@
 """The messages between the agent and a worker process.
 
 Small frozen dataclasses, pickled over a ``multiprocessing`` Pipe. The agent
-sends Job, ClearCache and Shutdown, and Assign to a standby spare; the worker
-sends Ready, Heartbeat, Result, Failure and MemoryReport (a spare: SpareReady,
-then SparePreloaded when it preloads the model). Nothing here imports torch.
+sends Job, Steer, ClearCache and Shutdown, and Assign to a standby spare; the
+worker sends Ready, Heartbeat, Progress, Result, Failure and MemoryReport (a
+spare: SpareReady, then SparePreloaded when it preloads the model). Nothing here imports torch.
 
 A ``Result`` carries raw pixels, not files: the agent encodes and writes them
 on a thread pool while the worker already runs its next job, so PNG encoding
@@ -140,8 +140,42 @@ class Failure:
     memory: dict[str, Any] = field(default_factory=dict)
 
 
-ToWorker = Job | ClearCache | Shutdown | Assign
+@dataclass(frozen=True)
+class Steer:
+    """Steer a running job between two steps: STEER_CANCEL, STEER_INTERRUPT or STEER_PREVIEW.
+
+    Read by the worker inside the pipeline's step callback; one for a job
+    that already ended is ignored.
+    """
+
+    job_id: str
+    action: str
+
+
+STEER_CANCEL = "cancel"
+"""Abandon the job: it fails with JobCancelled and the agent marks it cancelled."""
+STEER_INTERRUPT = "interrupt"
+"""Stop denoising and return images from the current latents (A1111's interrupt and skip)."""
+STEER_PREVIEW = "preview"
+"""Send a small preview image with each following Progress (a client asked for one)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A running job finished denoising step ``step`` of ``steps``.
+
+    ``preview`` is a small PNG of the first image, only at steps where the
+    request or a Steer asked for one (decoding costs GPU time).
+    """
+
+    job_id: str
+    step: int
+    steps: int
+    preview: bytes | None = None
+
+
+ToWorker = Job | ClearCache | Shutdown | Assign | Steer
 """Messages the agent sends."""
 
-FromWorker = Ready | Heartbeat | MemoryReport | Result | Failure | SpareReady | SparePreloaded
+FromWorker = Ready | Heartbeat | MemoryReport | Result | Failure | SpareReady | SparePreloaded | Progress
 """Messages a worker sends."""

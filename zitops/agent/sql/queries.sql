@@ -170,3 +170,10 @@ RETURNING image_bytes;
 -- name: get_image
 -- Run with binary results (store_pg.get_image), so the bytes come back unencoded.
 SELECT name, data FROM zitops.job_images WHERE job_id = %(id)s AND idx = %(idx)s;
+
+-- name: cancel_running_job
+-- A running job its worker stopped between two steps (DELETE of a running job).
+UPDATE zitops.jobs
+SET status = 'cancelled', finished_at = now()
+WHERE id = %(id)s AND status = 'running'
+RETURNING *;

@@ -1,0 +1,112 @@
+"""Input images from clients (img2img, inpaint, edits): bounded, checked, re-encoded as PNG for the worker.
+
+Only PNG, JPEG and WebP are opened, recognised by their first bytes rather
+than by anything the client claims. The byte size is checked before
+decoding, and the pixel count from the header before the pixels are
+decoded, so a decompression bomb is refused without being expanded. Every
+problem is an InvalidRequest naming the field. The worker receives a PNG
+this module wrote, never the client's bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+from typing import Any
+
+from zitops.config import AgentConfig
+from zitops.errors import InvalidRequest
+
+FORMATS = {"PNG": b"\x89PNG\r\n\x1a\n", "JPEG": b"\xff\xd8\xff"}
+"""Signatures; WebP is RIFF....WEBP, checked apart."""
+_DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]{1,32};base64,")
+
+
+def sniff(data: bytes) -> str | None:
+    """PNG, JPEG or WEBP from the first bytes; None for anything else."""
+    for name, magic in FORMATS.items():
+        if data.startswith(magic):
+            return name
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def from_base64(field: str, text: str) -> bytes:
+    """The bytes of a base64 image field (a ``data:image/...;base64,`` prefix is allowed)."""
+    raw = _DATA_URL.sub("", text.strip(), count=1)
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{field}: not valid base64 (send a PNG, JPEG or WebP image, base64-encoded)") from None
+
+
+def open_image(field: str, data: bytes, *, max_bytes: int, max_pixels: int) -> Any:
+    """A decoded PIL image of ``data`` within the bounds; InvalidRequest naming ``field`` otherwise."""
+    from PIL import Image
+
+    if not data:
+        raise InvalidRequest(f"{field}: empty; send a PNG, JPEG or WebP image")
+    if len(data) > max_bytes:
+        raise InvalidRequest(f"{field}: {len(data)} bytes, larger than {max_bytes} (limits.max_image_body_bytes)")
+    kind = sniff(data)
+    if kind is None:
+        raise InvalidRequest(f"{field}: not a PNG, JPEG or WebP image (allowed formats: png, jpeg, webp)")
+    try:
+        image = Image.open(io.BytesIO(data), formats=[kind])
+        width, height = image.size  # from the header: nothing decoded yet
+    except Image.DecompressionBombError:  # PIL's own, coarser header check (Image.MAX_IMAGE_PIXELS)
+        raise InvalidRequest(f"{field}: more than {max_pixels} pixels (limits.max_image_pixels)") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder complaint means the bytes are not an image
+        raise InvalidRequest(f"{field}: could not be read as {kind.lower()} ({type(exc).__name__})") from None
+    if width < 1 or height < 1 or width * height > max_pixels:
+        raise InvalidRequest(f"{field}: {width}x{height} pixels, more than {max_pixels} "
+                             "(limits.max_image_pixels)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.seek(0)  # animated images: the first frame only
+            image.load()
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
+        raise InvalidRequest(f"{field}: could not be decoded as {kind.lower()} ({type(exc).__name__})") from None
+    return image
+
+
+def to_png_b64(image: Any, mode: str) -> str:
+    """``image`` in ``mode`` ("RGB" or "L") as base64 PNG text (fast compression: it crosses a pipe once)."""
+    out = io.BytesIO()
+    image.convert(mode).save(out, format="PNG", compress_level=1)
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def checked_png(config: AgentConfig, field: str, data: bytes, mode: str, *, invert: bool = False,
+                alpha_mask: bool = False) -> tuple[str, tuple[int, int]]:
+    """Client image bytes -> (base64 PNG in ``mode``, (width, height)), bounded by the config's limits.
+
+    ``alpha_mask``: OpenAI's convention, where a mask's transparent pixels mark what to repaint;
+    the result is zitops' (white repaints). ``invert`` swaps white and black (A1111's inpainting_mask_invert).
+    """
+    from PIL import ImageOps
+
+    limits = config.limits
+    image = open_image(field, data, max_bytes=limits.max_image_body_bytes, max_pixels=limits.max_image_pixels)
+    if alpha_mask and image.mode in ("RGBA", "LA", "PA") or (alpha_mask and "transparency" in image.info):
+        image = ImageOps.invert(image.convert("RGBA").getchannel("A"))
+    if invert:
+        image = ImageOps.invert(image.convert("L"))
+    return to_png_b64(image, mode), image.size
+
+
+def default_size(size: tuple[int, int], config: AgentConfig) -> tuple[int, int]:
+    """An output size for an input image: its own, rounded down to multiples of 16, within the limits."""
+    limits = config.limits
+
+    def side(value: int) -> int:
+        return max(limits.min_side, min(limits.max_side, value - value % 16))
+
+    width, height = size
+    scale = min(1.0, limits.max_side / max(width, height))
+    return side(int(width * scale)), side(int(height * scale))

@@ -1,0 +1,71 @@
+"""LoRA adapters on the worker's pipeline: each file loaded once, weights set per request.
+
+diffusers' ``load_lora_weights`` (PEFT underneath) reads the diffusers/PEFT
+format and converts the non-diffusers ones it knows for Z-Image (kohya /
+ComfyUI style keys). Every adapter a request names is loaded on first use
+and kept; a request then activates exactly its adapters with its weights
+(``set_adapters``), and a request without LoRAs turns them off
+(``disable_lora``), so switching costs no load. LoRAs target the separate
+q/k/v and w1/w3 projections, so the first load undoes zitops' fused
+projections (:func:`zitops.engine.attention.unfuse_projections`) for the
+rest of the worker's life; the fp8 path replaces those layers by float8
+ones PEFT cannot wrap, so LoRAs are refused there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from zitops.engine.lora_files import FP8_REFUSAL, list_loras
+from zitops.errors import InvalidRequest
+
+
+class LoraAdapters:
+    """The adapters loaded into one pipeline, by LoRA name."""
+
+    def __init__(self, lora_dir: str | Path | None) -> None:
+        self.lora_dir = lora_dir
+        self.loaded: dict[str, str] = {}  # LoRA name -> PEFT adapter name
+        self.unfused: dict[str, int] | None = None
+
+    def apply(self, pipe: Any, wanted: tuple[tuple[str, float], ...], *, fp8: bool,
+              note: Callable[[str], None]) -> dict[str, Any]:
+        """Make exactly ``wanted`` active on ``pipe``; returns what to record in the job's info."""
+        if not wanted:
+            if self.loaded:
+                pipe.disable_lora()
+            return {}
+        if fp8:
+            raise InvalidRequest(FP8_REFUSAL)
+        files = list_loras(self.lora_dir)
+        for name, _ in wanted:
+            if name not in self.loaded:
+                self._load(pipe, name, files, note)
+        pipe.enable_lora()
+        pipe.set_adapters([self.loaded[name] for name, _ in wanted], [weight for _, weight in wanted])
+        return {"loras": [{"name": name, "weight": weight} for name, weight in wanted]}
+
+    def _load(self, pipe: Any, name: str, files: dict[str, Path], note: Callable[[str], None]) -> None:
+        path = files.get(name)
+        if path is None:
+            raise InvalidRequest(f"loras: unknown LoRA {name!r}; available: {', '.join(files) or 'none'}")
+        if self.unfused is None:
+            from zitops.engine.attention import unfuse_projections
+
+            self.unfused = unfuse_projections(pipe.transformer)
+            if any(self.unfused.values()):
+                note(f"LoRA {name!r}: the fused projections were split again for LoRA layers "
+                     f"({self.unfused}); they stay split while this worker lives")
+        adapter = f"lora{len(self.loaded)}"
+        try:
+            pipe.load_lora_weights(str(path), adapter_name=adapter)
+        except Exception as exc:  # noqa: BLE001 - a bad file is the request's problem, not the worker's
+            with contextlib.suppress(Exception):  # nothing may have been loaded to delete
+                pipe.delete_adapters(adapter)
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise InvalidRequest(f"loras: {name!r} could not be loaded ({path.name}): "
+                                 f"{type(exc).__name__}: {first}") from None
+        self.loaded[name] = adapter
