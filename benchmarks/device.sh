@@ -44,6 +44,7 @@ scenario_first_request() { # ready means fast: first requests after /readyz, war
     timeout 290 python3 benchmarks/first_request.py --arch full --profile designer --set "engine.warmup=$w" \
       --cache-dir "/tmp/zcache-first-$w" --out "$OUT/first-request-warmup-$w.json" 2>&1 | quiet | tail -40
   done
+  python3 -c 'import json, sys; json.dump({f"warmup_{w}": json.load(open(f"{sys.argv[1]}/first-request-warmup-{w}.json")) for w in ("false", "auto")}, open(f"{sys.argv[1]}/first-request.json", "w"), indent=1)' "$OUT"
 }
 scenario_designer_samplers() { # designer with every sampler (A)
   bench designer-samplers 280 --arch full --profile designer --runs 5 --sampler-sweep all --cache-dir /tmp/zcache
