@@ -98,3 +98,9 @@ class StoreUnavailable(ZitopsError):
     """The shared job store (PostgreSQL) cannot be reached or used; the agent admits no new work."""
 
     http_status = 503
+
+
+class DiskFull(StoreUnavailable):
+    """The disk under the job store or the outputs is full, or below the free-space floor (disk.min_free_mib)."""
+
+    http_status = 507

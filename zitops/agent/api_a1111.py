@@ -31,6 +31,7 @@ from zitops.agent.api_common import (
     Num,
     build_request_as,
     context,
+    discard_files,
     drop_encoded,
     images_json,
     json_splice,
@@ -313,6 +314,8 @@ async def txt2img(body: Txt2ImgIn, request: Request) -> Response:
     else:
         drop_encoded(ctx.service, record)
         payload = json_splice("images", [], rest)
+    if not body.save_images:  # A1111's own meaning: keep files on disk only when asked
+        discard_files(ctx.service, record)
     return timed_json(ctx, TXT2IMG, record, payload, started, respond_from)
 
 

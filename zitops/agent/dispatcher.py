@@ -25,6 +25,7 @@ from typing import Any
 from zitops.agent import reporting
 from zitops.agent.agent_log import AgentLog
 from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.disk import FreeSpaceFloor, prune_outputs
 from zitops.agent.failure_log import FailureLog, lost_kind
 from zitops.agent.images import Encoder, keep_freed_memory
 from zitops.agent.loop_health import LoopHealth
@@ -35,10 +36,12 @@ from zitops.agent.runtime_metrics import Gauges, RuntimeMetrics
 from zitops.agent.schedule import Periodic, Schedule
 from zitops.agent.slots import WorkerSlot
 from zitops.agent.store import Store, open_store
+from zitops.agent.store_errors import Unsaved
 from zitops.config import AgentConfig
 from zitops.engine.request import GenerationRequest
-from zitops.errors import AgentUnavailable, NotFound, QueueFull
+from zitops.errors import AgentUnavailable, NotFound, QueueFull, StoreUnavailable
 from zitops.failures import Action, FailureStore
+from zitops.gpu import worker_devices
 from zitops.sdnotify import Notifier
 from zitops.worker.protocol import Failure, Job, MemoryReport, Result
 
@@ -47,20 +50,6 @@ TICK_S = 0.2
 
 ENCODE_SETTLE_S = 2.0
 """How long close() waits for encodes still pending (drain has already waited for them)."""
-
-
-def resolve_gpus(config: AgentConfig) -> list[int | None]:
-    """The device of each worker: one per GPU, or ``[None]`` for one CPU worker."""
-    if config.gpus != "auto":
-        return list(config.gpus) or [None]
-    try:
-        from zitops.gpu import probe_gpus
-
-        found = probe_gpus()
-    except Exception:  # no NVML, no driver: a CPU worker, never a crash
-        return [None]
-    gpus: list[int | None] = [g if isinstance(g, int) else int(g.index) for g in found]
-    return gpus or [None]
 
 
 class Dispatcher:
@@ -77,11 +66,14 @@ class Dispatcher:
         self.failures = failures if failures is not None else FailureStore(
             Path(config.paths.state_dir), Path(config.paths.log_dir))
         self.failure_log = FailureLog(self.failures, config.profile.name, self.log)
-        self.pool = Pool(config, gpus if gpus is not None else resolve_gpus(config), self)
+        self.pool = Pool(config, gpus if gpus is not None else worker_devices(config.gpus), self)
         self.notify = SystemdNotify(notifier if notifier is not None else Notifier(), self.log)
         self.health = LoopHealth(self.log, self.failure_log)
+        self.unsaved = Unsaved()  # jobs failed in memory whose state the store refused (a full disk)
+        self.floor = FreeSpaceFloor([Path(config.paths.state_dir), self.output_dir], config.profile.disk.min_free_mib)
+        self.fatal = asyncio.Event()  # set when the pool gives up on every slot: the agent exits (server.py)
         self.results = ResultWriter(self.output_dir, self.store, self.metrics, self.log, self.failure_log,
-                                    self._finished, lambda job_id: job_id in self._waiters)
+                                    self._finished, lambda job_id: job_id in self._waiters, self.store_failed)
         self.schedule = Schedule()
         self.malloc_tuned = keep_freed_memory()
         self._queue: collections.deque[str] = collections.deque()
@@ -124,6 +116,8 @@ class Dispatcher:
     async def _loop(self) -> None:
         while True:
             try:
+                for record in self.unsaved.flush(self.store.fail):
+                    self.log("info", "job failure recorded after a store error", job_id=record.id)
                 self.dispatch()
             except Exception as exc:  # recorded once per failing stretch; readiness and WATCHDOG=1 fail meanwhile
                 self.health.failed(exc)
@@ -186,11 +180,14 @@ class Dispatcher:
                 job_id = self._queue.popleft()
                 try:
                     record = self.store.get(job_id)
+                    if record.status is not JobStatus.QUEUED:
+                        continue  # cancelled while waiting
+                    record = self.store.start(job_id, slot.id)
                 except NotFound:
                     continue
-                if record.status is not JobStatus.QUEUED:
-                    continue  # cancelled while waiting
-                record = self.store.start(job_id, slot.id)
+                except StoreUnavailable:  # it stays first in line, queued in the store; the loop records why
+                    self._queue.appendleft(job_id)
+                    raise
                 job = Job(job_id=job_id, request=record.request.to_dict(), attempt=record.attempts)
                 if not self.pool.assign(slot, job):
                     self.store.requeue(job_id, record.error or "", uncount=True)
@@ -228,7 +225,11 @@ class Dispatcher:
         """Record a job the engine failed (the worker lives on; no retry)."""
         assert failure.job_id is not None
         error = f"{failure.exc_type}: {failure.message}"
-        record = self.store.fail(failure.job_id, error)
+        try:
+            record = self.store.fail(failure.job_id, error)
+        except StoreUnavailable as exc:
+            self.store_failed(failure.job_id, error, exc)
+            return
         self.metrics.jobs.labels("failed").inc()
         self.log("warning", "job failed", job_id=failure.job_id, worker_id=slot.id, error=error)
         kind = "oom" if failure.exc_type == "OutOfMemory" else "job"
@@ -242,16 +243,36 @@ class Dispatcher:
         self.metrics.reserved.labels(slot.id).set(report.reserved_mib)
         self.dispatch()
 
-    def on_job_lost(self, slot: WorkerSlot, job_id: str, reason: str) -> None:
-        """Requeue a job whose worker died, once; fail it the second time."""
+    def on_job_lost(self, slot: WorkerSlot, job_id: str, reason: str, retry: bool = True) -> None:
+        """Requeue a job whose worker died, once; fail it the second time, or at once when not ``retry``."""
+        try:
+            self._lost(slot, job_id, reason, retry)
+        except StoreUnavailable as exc:  # not requeued: the store cannot say it is queued again
+            self.store_failed(job_id, f"worker lost while running this job: {reason}", exc)
+
+    def store_failed(self, job_id: str, error: str, exc: StoreUnavailable) -> None:
+        """The store refused a job's final state: fail it in memory, wake its waiters, retry the write."""
+        self.unsaved.fail(job_id, error, exc)
+        self.metrics.jobs.labels("failed").inc()
+        self.log("error", "job failed; the store could not record it", job_id=job_id, error=error, store=str(exc))
+        self.failure_log.record(None, type(exc).__name__, f"job {job_id}: {error}; {exc}", "", worker_id=None,
+                                vram={}, action="fail", kind="store")
+        self._marks.pop(job_id, None)
+        ev = self._waiters.pop(job_id, None)
+        if ev is not None:
+            ev.set()
+
+    def _lost(self, slot: WorkerSlot, job_id: str, reason: str, retry: bool) -> None:
         try:
             record = self.store.get(job_id)
         except NotFound:
             return
         if record.status is not JobStatus.RUNNING:
             return
-        if record.attempts >= 2:
-            record = self.store.fail(job_id, f"worker crashed twice while running this job: {reason}")
+        if not retry or record.attempts >= 2:
+            why = (f"killed for passing its timeout, not retried: {reason}" if not retry
+                   else f"worker crashed twice while running this job: {reason}")
+            record = self.store.fail(job_id, why)
             self.metrics.jobs.labels("failed").inc()
             action: Action = "fail"
             self._finished(record)
@@ -269,6 +290,8 @@ class Dispatcher:
     def on_event(self, event: dict[str, Any]) -> None:
         """Log and count a pool action."""
         kind = event["kind"]
+        if kind == "exit":
+            self.fatal.set()
         self.metrics.count_event(event)
         level = "info" if kind in ("ready", "restart", "cache_clear", "handover", "retired") else "warning"
         fields = {k: v for k, v in event.items() if k not in ("kind", "worker", "time")}
@@ -287,6 +310,7 @@ class Dispatcher:
         """Store and enqueue; QueueFull or AgentUnavailable before anything is written."""
         if self._draining:
             raise AgentUnavailable("the agent is draining (shutting down); retry on another instance or later")
+        self.floor.check()
         if self.pool.degraded and not any(s.serving for s in self.pool.slots):
             raise AgentUnavailable(f"no worker can run jobs: {self.pool.degraded}")
         depth = self.config.profile.queue.depth
@@ -306,8 +330,8 @@ class Dispatcher:
         return max(1, min(600, round(mean * (len(self._queue) + 1) / workers)))
 
     def get(self, job_id: str) -> JobRecord:
-        """The job's record, or NotFound."""
-        return self.store.get(job_id)
+        """The job's record (failed, when its failure is not in the store yet), or NotFound."""
+        return self.unsaved.overlay(self.store.get(job_id))
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued job; Conflict when it is running or final."""
@@ -324,13 +348,15 @@ class Dispatcher:
         While draining, a job that will not run before exit raises AgentUnavailable
         at once, so synchronous clients get a 503 instead of a dropped connection.
         """
-        record = self._unless_stranded(self.store.get(job_id))
+        self.unsaved.check(job_id)
+        record = self._unless_stranded(self.get(job_id))
         if record.status.final or timeout_s <= 0:
             return record
         ev = self._waiters.setdefault(job_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ev.wait(), timeout_s)
-        return self._unless_stranded(self.store.get(job_id))
+        self.unsaved.check(job_id)  # the store refused its outcome: a fast 503/507 with the reason
+        return self._unless_stranded(self.get(job_id))
 
     def _unless_stranded(self, record: JobRecord) -> JobRecord:
         if not record.status.final and (
@@ -352,15 +378,22 @@ class Dispatcher:
         return str(path)
 
     def expire(self) -> int:
-        """Delete finished jobs (and their images) older than the result TTL."""
+        """Delete finished jobs (and their images) older than the result TTL; then the oldest images past
+        queue.max_output_bytes."""
         cutoff = time.time() - self.config.profile.queue.result_ttl_s
         removed = self.store.expire(cutoff)
         for record in removed:
             for name in record.images:
                 (self.output_dir / name).unlink(missing_ok=True)
-        if removed:
-            self.log("info", "expired jobs removed", count=len(removed))
+        pruned = prune_outputs(self.output_dir, self.config.profile.queue.max_output_bytes)
+        if removed or pruned:
+            self.log("info", "expired jobs removed", count=len(removed), images_over_byte_cap=len(pruned))
         return len(removed)
+
+    def discard_images(self, job_id: str) -> None:
+        """Delete a synchronous job's image files once its response holds them (kept only when asked)."""
+        for name in self.store.get(job_id).images:
+            (self.output_dir / name).unlink(missing_ok=True)
 
     # --- reports ---------------------------------------------------------------------
 
@@ -369,8 +402,8 @@ class Dispatcher:
                                    self._draining, tuple(self.health.reasons()))
 
     def livez(self) -> bool:
-        """The process is up (no GPU call, no I/O)."""
-        return True
+        """The process is up and will not exit for the flap limit (no GPU call, no I/O)."""
+        return self.pool.fatal is None
 
     def readiness(self) -> tuple[bool, list[str]]:
         """(ready, reasons): a worker is loaded, the queue is below cap, heartbeats are fresh, the loop works."""
