@@ -96,7 +96,13 @@ class ResultWriter:
                                                       self.encode)
         except Exception as exc:  # the job fails; the worker, already on its next job, is fine
             error = f"writing images to {self.output_dir} failed: {type(exc).__name__}: {exc}"
-            record = self.store.fail(result.job_id, error)
+            try:
+                record = self.store.fail(result.job_id, error)
+            except StoreUnavailable as store_exc:  # the same full disk, most likely: keep the real cause
+                if self._store_failed is None:
+                    raise
+                self._store_failed(result.job_id, error, store_exc)
+                return
             self.metrics.jobs.labels("failed").inc()
             self.log("warning", "job failed", job_id=result.job_id, worker_id=worker_id, error=error)
             self.failures.record(record, type(exc).__name__, error, traceback.format_exc(), worker_id=worker_id,
