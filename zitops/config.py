@@ -64,6 +64,7 @@ class FaultSettings(_Section):
     baseline_mib: float = Field(2048.0, ge=0)
     setup_seconds: float = Field(0.0, ge=0, le=600)  # simulated model load, every incarnation
     fail_setup_incarnation: int | None = Field(None, ge=0)  # setup raises in exactly this incarnation
+    hang_in_setup: int | None = Field(None, ge=0)  # setup hangs forever in exactly this incarnation
     # Faults fire only in the first worker incarnation unless this is true, so
     # a drill can show recovery instead of an endless crash loop.
     every_incarnation: bool = False

@@ -104,3 +104,9 @@ class JobCancelled(ZitopsError):
     """A running job was cancelled between two denoising steps (DELETE /v1/jobs/{id})."""
 
     http_status = 409
+
+
+class DiskFull(StoreUnavailable):
+    """The disk under the job store or the outputs is full, or below the free-space floor (disk.min_free_mib)."""
+
+    http_status = 507

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,17 +69,6 @@ def _load() -> tuple[Any | None, str | None]:
     except _nvml_error(pynvml) as exc:
         return None, f"NVML is not available: {_text(exc) or type(exc).__name__}"
     return pynvml, None
-
-
-def resolve_gpus(gpus: list[int] | str) -> list[int | None]:
-    """The device of each worker for config ``gpus``: one per GPU, or ``[None]`` for one CPU worker."""
-    if not isinstance(gpus, str):
-        return [*gpus] or [None]
-    try:
-        found = probe_gpus()
-    except Exception:  # no NVML, no driver: a CPU worker, never a crash
-        return [None]
-    return [int(g.index) for g in found] or [None]
 
 
 def probe_gpus() -> list[GpuInfo]:
@@ -188,6 +178,17 @@ def _processes(pynvml: Any, handle: Any, errors: tuple[type[BaseException], ...]
         # NVML signals "not available" with None or NVML_VALUE_NOT_AVAILABLE (2**64 - 1).
         out[int(proc.pid)] = None if used is None or used >= 2**63 else float(used) / MIB
     return out
+
+
+def worker_devices(gpus: str | Sequence[int]) -> list[int | None]:
+    """The device of each worker for config ``gpus``: one per GPU, or ``[None]`` for one CPU worker."""
+    if not isinstance(gpus, str):  # the only string is "auto"
+        return list(gpus) or [None]
+    try:
+        found = probe_gpus()
+    except Exception:  # no NVML, no driver: a CPU worker, never a crash
+        return [None]
+    return [g.index for g in found] or [None]
 
 
 def describe_gpus() -> dict[str, Any]:

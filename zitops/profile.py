@@ -100,6 +100,9 @@ class QueueSettings(_Section):
     # With two or more bearer tokens, one token may hold at most this share
     # of ``depth`` waiting jobs (at least 1), so no tenant takes every slot.
     per_token_share: float = Field(0.5, gt=0, le=1)
+    # Output images are kept for result_ttl_s and, together, at most this many
+    # bytes: the retention round deletes the oldest files past it.
+    max_output_bytes: int = Field(8 * 1024**3, ge=1024 * 1024)
 
 
 class WatchdogSettings(_Section):
@@ -130,6 +133,10 @@ class WatchdogSettings(_Section):
     restart_backoff_max_s: float = Field(60.0, ge=0, le=3_600)
     flap_limit: int = Field(5, ge=1, le=1_000)
     flap_window_s: float = Field(300.0, gt=0)
+    # A worker, overlap successor or standby spare still in set-up after this
+    # long is killed and replaced: generous, since the first load on a GPU
+    # may include compile warm-up.
+    startup_timeout_s: float = Field(600.0, gt=0, le=86_400)
 
 
 DEFAULT_LOG_LEVELS: dict[str, LogLevel] = {
@@ -163,6 +170,10 @@ class DiskSettings(_Section):
     logs_mib: int = Field(2_048, ge=64)
     cache_mib: int = Field(20_480, ge=64)
     tmp_mib: int = Field(1_024, ge=64)
+    # New jobs are refused (507) while free space under the state or output
+    # directory is below this floor, so a full disk never strands a job
+    # half-written; 0 turns the check off (docs/runtime.md "Disk budget").
+    min_free_mib: int = Field(512, ge=0, le=1_048_576)
 
 
 class Profile(_Section):

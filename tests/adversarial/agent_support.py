@@ -112,3 +112,27 @@ class Agent:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
         self._out.close()
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str, agent: Agent | None = None) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` (and the agent's output)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            value = predicate()
+            if value:
+                return value
+        time.sleep(0.1)
+    tail = ("\n" + agent.output()[-3000:]) if agent is not None else ""
+    raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}{tail}")
+
+
+def status(agent: Agent) -> dict[str, Any]:
+    """The admin /status JSON."""
+    data: dict[str, Any] = agent.client.get("/status", headers=auth(ADMIN)).json()
+    return data
+
+
+def events(agent: Agent, kind: str) -> list[dict[str, Any]]:
+    """The pool's recorded recovery events of ``kind``."""
+    return [e for e in status(agent).get("recoveries") or [] if e.get("kind") == kind]

@@ -31,6 +31,7 @@ from zitops.agent.api_common import (
     Num,
     build_request_as,
     context,
+    discard_files,
     drop_encoded,
     images_json,
     json_splice,
@@ -333,6 +334,8 @@ async def a1111_run(body: Txt2ImgIn, request: Request, prompt: str, overrides: d
     else:
         drop_encoded(ctx.service, record)
         payload = json_splice("images", [], rest)
+    if not body.save_images:  # A1111's own meaning: keep files on disk only when asked
+        discard_files(ctx.service, record)
     return timed_json(ctx, route, record, payload, started, respond_from)
 
 

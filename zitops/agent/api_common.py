@@ -35,6 +35,7 @@ from zitops.engine.request import (
 from zitops.errors import (
     AgentUnavailable,
     Conflict,
+    DiskFull,
     EngineError,
     InvalidRequest,
     NotFound,
@@ -247,6 +248,8 @@ async def wait_final(service: Service, record: JobRecord, timeout_s: float,
         error = record.error or "unknown error"
         if "out of memory" in error.lower() or "outofmemory" in error.lower():
             raise OutOfMemory(f"job {record.id} failed: {error}")
+        if "no space left on device" in error.lower():
+            raise DiskFull(f"job {record.id} failed: {error}")
         raise EngineError(f"job {record.id} failed: {error}")
     if record.status is JobStatus.CANCELLED:
         raise Conflict(f"job {record.id} was cancelled before it ran")
@@ -289,6 +292,14 @@ def images_now(service: Service, record: JobRecord) -> list[bytes]:
 
 Fragments = Callable[[bytes], list[bytes]]
 """One list item's JSON as fragments around an image's base64 (e.g. ``[b'"', b64, b'"']``)."""
+
+
+def discard_files(service: Service, record: JobRecord) -> None:
+    """Delete a synchronous job's image files: its response carries them (disk budget, docs/runtime.md)."""
+    discard: Callable[[str], None] | None = getattr(service, "discard_images", None)
+    if discard is not None:
+        with contextlib.suppress(ZitopsError, OSError):  # best effort: retention deletes them later anyway
+            discard(record.id)
 
 
 def drop_encoded(service: Service, record: JobRecord) -> None:

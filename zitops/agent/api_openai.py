@@ -33,6 +33,7 @@ from zitops.agent.api_common import (
     base_url,
     build_request_as,
     context,
+    discard_files,
     drop_encoded,
     images_json,
     json_splice,
@@ -159,4 +160,5 @@ async def create_images(body: ImageGenerationIn, request: Request) -> Response:
     else:
         payload = await images_json(ctx.service, record, "data", lambda b64: [b'{"b64_json":"', b64, b'"', revised],
                                       rest)
+        discard_files(ctx.service, record)  # the response carries them; "url" responses keep the files
     return timed_json(ctx, ROUTE, record, payload, started, respond_from)

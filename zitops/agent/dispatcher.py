@@ -25,6 +25,7 @@ from typing import Any
 from zitops.agent import reporting
 from zitops.agent.agent_log import AgentLog
 from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.disk import FreeSpaceFloor, prune_outputs
 from zitops.agent.failure_log import FailureLog, lost_kind
 from zitops.agent.fleet import Fleet
 from zitops.agent.fleet_store import shared
@@ -32,6 +33,7 @@ from zitops.agent.images import Encoder, keep_freed_memory
 from zitops.agent.job_files import expire_jobs, read_image
 from zitops.agent.loop_health import LoopHealth
 from zitops.agent.notify import SystemdNotify
+from zitops.agent.outcomes import Outcomes
 from zitops.agent.pool import Pool
 from zitops.agent.progress import ProgressBoard
 from zitops.agent.results import ResultWriter
@@ -39,11 +41,12 @@ from zitops.agent.runtime_metrics import Gauges, RuntimeMetrics
 from zitops.agent.schedule import Periodic, Schedule
 from zitops.agent.slots import WorkerSlot
 from zitops.agent.store import Store, open_store
+from zitops.agent.store_errors import Unsaved
 from zitops.config import AgentConfig
 from zitops.engine.request import GenerationRequest
-from zitops.errors import AgentUnavailable, NotFound, QueueFull
+from zitops.errors import AgentUnavailable, NotFound, QueueFull, StoreUnavailable
 from zitops.failures import Action, FailureStore
-from zitops.gpu import resolve_gpus
+from zitops.gpu import worker_devices
 from zitops.sdnotify import Notifier
 from zitops.worker.protocol import (
     STEER_CANCEL,
@@ -81,11 +84,17 @@ class Dispatcher:
         self.fleet = None if fleet_store is None else Fleet(fleet_store, config, self.output_dir, self.log,
             self.failure_log, self._wake, lambda: self._waiters, self.dispatch, lambda: self.readiness()[0])
         self.store: Store = store if self.fleet is None else self.fleet.store
-        self.pool = Pool(config, gpus if gpus is not None else resolve_gpus(config.gpus), self)
+        self.pool = Pool(config, gpus if gpus is not None else worker_devices(config.gpus), self)
         self.notify = SystemdNotify(notifier if notifier is not None else Notifier(), self.log)
         self.health = LoopHealth(self.log, self.failure_log)
+        self.unsaved = Unsaved()  # jobs failed in memory whose state the store refused (a full disk)
+        self.floor = FreeSpaceFloor([Path(config.paths.state_dir), self.output_dir], config.profile.disk.min_free_mib)
+        self.fatal = asyncio.Event()  # set when the pool gives up on every slot: the agent exits (server.py)
+        self.outcomes = Outcomes(self.store, self.metrics, self.log, self.failure_log, self.unsaved,
+                                 finished=self._finished, forget=self._forget, requeue_first=self._queue_first)
         self.results = ResultWriter(self.output_dir, self.store, self.metrics, self.log, self.failure_log,
-                                    self._finished, lambda job_id: job_id in self._waiters)
+                                    self._finished, lambda job_id: job_id in self._waiters,
+                                    self.outcomes.store_failed)
         self.schedule = Schedule()
         self.progress = ProgressBoard()
         self.malloc_tuned = keep_freed_memory()
@@ -130,6 +139,8 @@ class Dispatcher:
     async def _loop(self) -> None:
         while True:
             try:
+                for record in self.unsaved.flush(self.store.fail):
+                    self.log("info", "job failure recorded after a store error", job_id=record.id)
                 self.dispatch()
             except Exception as exc:  # recorded once per failing stretch; readiness and WATCHDOG=1 fail meanwhile
                 self.health.failed(exc)
@@ -207,9 +218,14 @@ class Dispatcher:
             return self.fleet.claim(worker)
         while self._queue:
             job_id = self._queue.popleft()
-            with contextlib.suppress(NotFound):
+            try:
                 if self.store.get(job_id).status is JobStatus.QUEUED:  # else cancelled while waiting
                     return self.store.start(job_id, worker)
+            except NotFound:
+                continue
+            except StoreUnavailable:  # it stays first in line, queued in the store; the loop records why
+                self._queue.appendleft(job_id)
+                raise
         return None
 
     def _finished(self, record: JobRecord) -> None:
@@ -218,6 +234,13 @@ class Dispatcher:
                                stopped if isinstance(stopped, int) else None)
         self._marks.pop(record.id, None)
         self._wake(record.id)
+
+    def _forget(self, job_id: str) -> None:
+        self._marks.pop(job_id, None)
+        self._wake(job_id)
+
+    def _queue_first(self, job_id: str) -> None:
+        self._queue.appendleft(job_id)
 
     def _wake(self, job_id: str) -> None:
         ev = self._waiters.pop(job_id, None)
@@ -249,23 +272,12 @@ class Dispatcher:
         self.progress.step(progress.job_id, progress.step, progress.steps, progress.preview)
 
     def on_failure(self, slot: WorkerSlot, failure: Failure) -> None:
-        """Record a job the engine failed (the worker lives on; no retry), or one it stopped on a cancel."""
-        assert failure.job_id is not None
-        if failure.exc_type == "JobCancelled":
-            record = self.store.cancel(failure.job_id, running=True)
-            self.metrics.jobs.labels("cancelled").inc()
-            self.log("info", "job cancelled while running", job_id=failure.job_id, worker_id=slot.id,
-                     reason=failure.message)
-            self._finished(record)
-            return
-        error = f"{failure.exc_type}: {failure.message}"
-        record = self.store.fail(failure.job_id, error)
-        self.metrics.jobs.labels("failed").inc()
-        self.log("warning", "job failed", job_id=failure.job_id, worker_id=slot.id, error=error)
-        kind = "oom" if failure.exc_type == "OutOfMemory" else "job"
-        self.failure_log.record(record, failure.exc_type, failure.message, failure.traceback, worker_id=slot.id,
-                                vram=failure.memory, action="fail", kind=kind)
-        self._finished(record)
+        """A job the engine failed, or stopped on a cancel (see :mod:`zitops.agent.outcomes`)."""
+        self.outcomes.failed(slot, failure)
+
+    def on_job_lost(self, slot: WorkerSlot, job_id: str, reason: str, retry: bool = True) -> None:
+        """A job whose worker died: requeued once, failed the second time or at once when not ``retry``."""
+        self.outcomes.lost(slot, job_id, reason, retry)
 
     def on_memory(self, slot: WorkerSlot, report: MemoryReport) -> None:
         """Keep the worker's allocator gauges, then dispatch (the pool applied its memory policy)."""
@@ -273,33 +285,11 @@ class Dispatcher:
         self.metrics.reserved.labels(slot.id).set(report.reserved_mib)
         self.dispatch()
 
-    def on_job_lost(self, slot: WorkerSlot, job_id: str, reason: str) -> None:
-        """Requeue a job whose worker died, once; fail it the second time."""
-        try:
-            record = self.store.get(job_id)
-        except NotFound:
-            return
-        if record.status is not JobStatus.RUNNING:
-            return
-        if record.attempts >= 2:
-            record = self.store.fail(job_id, f"worker crashed twice while running this job: {reason}")
-            self.metrics.jobs.labels("failed").inc()
-            action: Action = "fail"
-            self._finished(record)
-        else:
-            record = self.store.requeue(job_id, f"requeued after: {reason}")
-            self._queue.appendleft(job_id)
-            self.metrics.jobs.labels("requeued").inc()
-            action = "requeue"
-        self.log("warning", f"job {action}", job_id=job_id, worker_id=slot.id, reason=reason)
-        memory = {"allocated_mib": slot.memory.allocated_mib, "reserved_mib": slot.memory.reserved_mib} \
-            if slot.memory else {}
-        self.failure_log.record(record, "WorkerLost", reason, "", worker_id=slot.id, vram=memory, action=action,
-                                kind=lost_kind(reason))
-
     def on_event(self, event: dict[str, Any]) -> None:
         """Log and count a pool action."""
         kind = event["kind"]
+        if kind == "exit":
+            self.fatal.set()
         self.metrics.count_event(event)
         level = "info" if kind in ("ready", "restart", "cache_clear", "handover", "retired") else "warning"
         fields = {k: v for k, v in event.items() if k not in ("kind", "worker", "time")}
@@ -318,6 +308,7 @@ class Dispatcher:
         """Store and enqueue; QueueFull or AgentUnavailable before anything is written."""
         if self._draining:
             raise AgentUnavailable("the agent is draining (shutting down); retry on another instance or later")
+        self.floor.check()
         if self.pool.degraded and not any(s.serving for s in self.pool.slots):
             raise AgentUnavailable(f"no worker can run jobs: {self.pool.degraded}")
         depth = self.config.profile.queue.depth
@@ -346,8 +337,8 @@ class Dispatcher:
         return slot is not None and self.pool.send(slot, Steer(job_id, action))
 
     def get(self, job_id: str) -> JobRecord:
-        """The job's record, or NotFound."""
-        return self.store.get(job_id)
+        """The job's record (failed, when its failure is not in the store yet), or NotFound."""
+        return self.unsaved.overlay(self.store.get(job_id))
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued job, or stop a running one between two steps; Conflict when it is final."""
@@ -367,13 +358,15 @@ class Dispatcher:
         While draining, a job that will not run before exit raises AgentUnavailable
         at once, so synchronous clients get a 503 instead of a dropped connection.
         """
-        record = self._unless_stranded(self.store.get(job_id))
+        self.unsaved.check(job_id)
+        record = self._unless_stranded(self.get(job_id))
         if record.status.final or timeout_s <= 0:
             return record
         ev = self._waiters.setdefault(job_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ev.wait(), timeout_s)
-        return self._unless_stranded(self.store.get(job_id))
+        self.unsaved.check(job_id)  # the store refused its outcome: a fast 503/507 with the reason
+        return self._unless_stranded(self.get(job_id))
 
     def _unless_stranded(self, record: JobRecord) -> JobRecord:
         if not record.status.final and (
@@ -387,12 +380,19 @@ class Dispatcher:
         return read_image(self.store, self.output_dir, job_id, index, self.fleet.image if self.fleet else None)
 
     def expire(self) -> int:
-        """Delete finished jobs (and their images) older than the result TTL, or past the fleet's bytes cap."""
+        """Delete finished jobs (and their images) older than the result TTL, or past the fleet's bytes
+        cap; then the oldest local images past queue.max_output_bytes."""
         removed = expire_jobs(self.store, self.output_dir, self.config.profile.queue.result_ttl_s,
                               self.fleet.expire_bytes if self.fleet is not None else None)
-        if removed:
-            self.log("info", "expired jobs removed", count=len(removed))
+        pruned = prune_outputs(self.output_dir, self.config.profile.queue.max_output_bytes)
+        if removed or pruned:
+            self.log("info", "expired jobs removed", count=len(removed), images_over_byte_cap=len(pruned))
         return len(removed)
+
+    def discard_images(self, job_id: str) -> None:
+        """Delete a synchronous job's image files once its response holds them (kept only when asked)."""
+        for name in self.store.get(job_id).images:
+            (self.output_dir / name).unlink(missing_ok=True)
 
     # --- reports ---------------------------------------------------------------------
 
@@ -401,8 +401,8 @@ class Dispatcher:
                                    self._draining, tuple(self.health.reasons()))
 
     def livez(self) -> bool:
-        """The process is up (no GPU call, no I/O)."""
-        return True
+        """The process is up and will not exit for the flap limit (no GPU call, no I/O)."""
+        return self.pool.fatal is None
 
     def readiness(self) -> tuple[bool, list[str]]:
         """(ready, reasons): a worker is loaded, the queue is below cap, heartbeats are fresh, the loop works."""

@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.store_errors import translated
 from zitops.engine.request import GenerationRequest
 from zitops.errors import Conflict, NotFound, QueueFull
 
 DB_NAME = "jobs.sqlite3"
+
+_guarded = translated(lambda store: store.path)
+"""sqlite3.Error (disk full, read-only, I/O) leaves every method as StoreUnavailable or DiskFull."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -95,6 +99,7 @@ class JobStore:
             raise NotFound(f"job {job_id}: no such job (unknown id, or expired and removed)")
         return _record(row)
 
+    @_guarded
     def add(self, request: GenerationRequest, owner: str | None = None,
             owner_cap: int | None = None) -> JobRecord:
         """Store a new queued job of ``owner`` and return it.
@@ -118,11 +123,13 @@ class JobStore:
             )
             return self._one(job_id)
 
+    @_guarded
     def get(self, job_id: str) -> JobRecord:
         """The job, or NotFound."""
         with self._lock:
             return self._one(job_id)
 
+    @_guarded
     def start(self, job_id: str, worker: str) -> JobRecord:
         """Mark a queued job running on ``worker`` and count the attempt."""
         with self._lock:
@@ -132,6 +139,7 @@ class JobStore:
             )
             return self._one(job_id)
 
+    @_guarded
     def requeue(self, job_id: str, error: str, uncount: bool = False) -> JobRecord:
         """Put a running job back in the queue (its worker died); keep why.
 
@@ -145,6 +153,7 @@ class JobStore:
             )
             return self._one(job_id)
 
+    @_guarded
     def succeed(self, job_id: str, images: tuple[str, ...], info: dict[str, Any]) -> JobRecord:
         """Record a finished job's images."""
         with self._lock:
@@ -156,6 +165,7 @@ class JobStore:
             )
             return self._one(job_id)
 
+    @_guarded
     def fail(self, job_id: str, error: str) -> JobRecord:
         """Record a failed job and why."""
         with self._lock:
@@ -165,6 +175,7 @@ class JobStore:
             )
             return self._one(job_id)
 
+    @_guarded
     def cancel(self, job_id: str, *, running: bool = False) -> JobRecord:
         """Cancel a queued job (with ``running``: a running one, which its worker stopped); Conflict otherwise."""
         with self._lock:
@@ -178,6 +189,7 @@ class JobStore:
                 raise Conflict(f"job {job_id}: is {record.status.value}; only queued jobs can be cancelled")
             return record
 
+    @_guarded
     def recover(self) -> list[str]:
         """After a restart: running jobs go back to queued; return all queued ids, oldest first."""
         with self._lock:
@@ -191,12 +203,14 @@ class JobStore:
             ).fetchall()
         return [r[0] for r in rows]
 
+    @_guarded
     def count(self, status: JobStatus) -> int:
         """How many jobs have ``status``."""
         with self._lock:
             row = self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status.value,)).fetchone()
         return int(row[0])
 
+    @_guarded
     def expire(self, older_than: float) -> list[JobRecord]:
         """Delete final jobs that finished before ``older_than``; return them (for their files)."""
         final = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)

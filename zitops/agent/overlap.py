@@ -116,7 +116,7 @@ class Overlap:
         reason = f"retiring worker {'killed: ' + slot.kill_reason if slot.kill_reason else 'died'} ({slot.last_exit})"
         pool.event("crash", slot, reason, job_id=job, overlap=True)
         if job is not None:
-            pool.listener.on_job_lost(slot, job, reason)
+            pool.listener.on_job_lost(slot, job, reason, not slot.kill_fails_job)
 
     def abandon(self, old: WorkerSlot) -> None:
         """The old worker died while its successor warmed: stop the successor; the pool restarts plainly."""

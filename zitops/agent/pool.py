@@ -62,6 +62,7 @@ class Pool:
         self.slots = [WorkerSlot(id=f"w{i}", gpu=g) for i, g in enumerate(gpus)]
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENT_HISTORY)
         self.degraded: str | None = None
+        self.fatal: str | None = None  # set once no slot can run jobs again: the agent exits (docs/runtime.md)
         self._ctx = multiprocessing.get_context("spawn")
         self._config_data = config_to_dict(config)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -113,7 +114,8 @@ class Pool:
         slot.last_heartbeat = slot.spawned_at = now
         slot.memory, slot.baseline_mib, slot.leak_streak, slot.clearing = None, None, 0, None
         slot.cleared_after = -1
-        slot.kill_reason = slot.setup_error = None
+        slot.kill_reason = slot.setup_error = slot.setup_error_type = None
+        slot.kill_fails_job = slot.permanent_error = False
         slot.nvml_used_mib = None
         slot.startup = None
         self._loop.add_reader(parent.fileno(), self._readable, slot, parent)
@@ -186,7 +188,7 @@ class Pool:
             else:
                 self.listener.on_failure(slot, msg)
         elif isinstance(msg, Failure):
-            slot.setup_error = f"{msg.exc_type}: {msg.message}"
+            slot.setup_error, slot.setup_error_type = f"{msg.exc_type}: {msg.message}", msg.exc_type
         elif isinstance(msg, MemoryReport):
             self._on_memory(slot, msg)
         elif isinstance(msg, Progress):
@@ -259,9 +261,9 @@ class Pool:
         self.overlap.abandon(slot)
         now = time.monotonic()
         if slot.state == "recycling" and code == 0 and slot.kill_reason is None:
-            if job is not None:  # cannot happen (Shutdown waits for the job), but never lose one
-                self.listener.on_job_lost(slot, job, "worker recycled")
             self.restart(slot, "recycle", delay=0.0)
+            if job is not None:  # cannot happen (Shutdown waits for the job), but never lose one
+                self.job_lost(slot, job, "worker recycled")
             return
         if slot.kill_reason is not None:
             reason, kind = f"killed: {slot.kill_reason}", "hang"
@@ -269,23 +271,43 @@ class Pool:
             reason, kind = f"engine setup failed: {slot.setup_error}", "crash"
         else:
             reason, kind = f"worker died ({slot.last_exit})", "crash"
-        slot.deaths.append(now)
         if slot.down_since is None:
             slot.down_since = now
         slot.down_reason = reason
+        if code == SETUP_FAILED_EXIT and slot.kill_reason is None and policy.setup_error_permanent(
+                slot.setup_error_type):
+            self.stop_slot(slot, f"worker {slot.id}: {reason}; not retried, a restart cannot fix it: "
+                                 "fix the model or config, then restart the agent", permanent=True)
+            return
+        slot.deaths.append(now)
         self.event(kind, slot, reason, job_id=job)
         if job is not None:
-            self.listener.on_job_lost(slot, job, reason)
+            self.job_lost(slot, job, reason, retry=not slot.kill_fails_job)
         recent = policy.deaths_in_window(slot.deaths, now, self.wd.flap_window_s)
         if policy.flap_limit_hit(recent, self.wd.flap_limit):
-            slot.state = "error"
-            self.degraded = (f"worker {slot.id} died {recent} times in {self.wd.flap_window_s:g}s "
-                             f"(flap limit {self.wd.flap_limit}); restarts stopped; last: {reason}")
-            self.event("flap_limit", slot, self.degraded)
+            self.stop_slot(slot, f"worker {slot.id} died {recent} times in {self.wd.flap_window_s:g}s "
+                                 f"(flap limit {self.wd.flap_limit}); restarts stopped; last: {reason}",
+                           permanent=False)
             return
         slot.state = "dead"
         self.restart(slot, kind, delay=policy.backoff_delay(recent, self.wd.restart_backoff_s,
                                                               self.wd.restart_backoff_max_s))
+
+    def job_lost(self, slot: WorkerSlot, job: str, reason: str, retry: bool = True) -> None:
+        """Tell the listener a job was lost; its failure (a full disk) never stops the slot's recovery."""
+        try:
+            self.listener.on_job_lost(slot, job, reason, retry)
+        except Exception:  # the restart is the pool's; recording the job is the dispatcher's best effort
+            log.exception("recording a lost job failed", worker_id=slot.id, job_id=job)
+
+    def stop_slot(self, slot: WorkerSlot, why: str, permanent: bool) -> None:
+        """No more restarts for ``slot``; when no slot can run jobs again, decide whether the agent exits."""
+        slot.state, slot.permanent_error = "error", permanent
+        self.degraded = why
+        self.event("setup_error" if permanent else "flap_limit", slot, why)
+        if self.fatal is None and policy.exit_due((s.state, s.permanent_error) for s in self.slots):
+            self.fatal = f"no worker can run jobs and restarts stopped: {why}"
+            self.event("exit", None, self.fatal)
 
     def restart(self, slot: WorkerSlot, reason: str, delay: float) -> None:
         """Spawn a fresh worker in ``slot`` after ``delay`` seconds."""
@@ -296,11 +318,14 @@ class Pool:
     # --- the watchdog: observe, ask the policy, apply ----------------------------------
 
     def check_liveness(self) -> None:
-        """Kill every live worker that stopped heartbeating or overran its job timeout."""
+        """Kill every live worker that stopped heartbeating or overran its job timeout, and every stuck set-up."""
         now = time.monotonic()
         live = [observe(s, now) for s in self.workers()
                 if s.process is not None and s.pid is not None and s.state in LIVE_STATES]
         self.apply(policy.liveness_policy(live, self.wd.heartbeat_timeout_s, self.config.profile.queue.job_timeout_s))
+        starting = [policy.Starting(s.pid, "successor" if s.state == "warming" else "worker", now, s.spawned_at)
+                    for s in self.workers() if s.pid is not None and s.state in ("starting", "warming")]
+        self.apply(policy.startup_policy(starting + self.standby.starting(now), self.wd.startup_timeout_s))
 
     def check_memory(self) -> None:
         """Read GPU memory (NVML, or the workers' own reports) and apply the memory policy."""
@@ -325,19 +350,24 @@ class Pool:
         for action in actions:
             slot = next((s for s in self.workers() if s.pid == action.pid and s.process is not None), None)
             if slot is None:
+                if isinstance(action, policy.KillWorker):  # a standby spare stuck in its imports or preload
+                    self.standby.kill(action.pid, action.reason)
                 continue
             if isinstance(action, policy.KillWorker):
-                self.kill(slot, action.reason)
+                self.kill(slot, action.reason, action.fail_job)
             elif isinstance(action, policy.RecycleWorker):
                 self.recycle(slot, action.reason, kind=action.kind)
             else:
                 self.clear_cache(slot)
 
-    def kill(self, slot: WorkerSlot, reason: str) -> None:
-        """SIGTERM a hung worker, then SIGKILL after the grace period; it is replaced on exit."""
+    def kill(self, slot: WorkerSlot, reason: str, fail_job: bool = False) -> None:
+        """SIGTERM a hung worker, then SIGKILL after the grace period; it is replaced on exit.
+
+        ``fail_job``: its job passed its timeout, so that job fails instead of being requeued.
+        """
         if slot.process is None or slot.kill_reason is not None or self._loop is None:
             return
-        slot.kill_reason = reason
+        slot.kill_reason, slot.kill_fails_job = reason, fail_job
         slot.down_since, slot.down_reason = time.monotonic(), f"killed: {reason}"
         self.event("kill", slot, reason, job_id=slot.job_id)
         proc = slot.process

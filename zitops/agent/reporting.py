@@ -30,7 +30,8 @@ class QueueView:
 
 def unhealthy(pool: Pool, queue: QueueView) -> list[str]:
     """Why the agent is not healthy (gates WATCHDOG=1): its loop, late heartbeats; [] when healthy."""
-    return list(queue.loop_reasons) + stale_heartbeats(pool.slots, pool.wd, time.monotonic())
+    fatal = [pool.fatal] if pool.fatal else []  # about to exit: no more WATCHDOG=1
+    return fatal + list(queue.loop_reasons) + stale_heartbeats(pool.slots, pool.wd, time.monotonic())
 
 
 def readiness(pool: Pool, queue: QueueView) -> tuple[bool, list[str]]:
@@ -58,7 +59,7 @@ def summary(pool: Pool, queue: QueueView) -> str:
     if queue.draining:
         text += ", draining"
     if pool.degraded:
-        text += ", DEGRADED: flap limit hit"
+        text += ", DEGRADED: " + ("exiting for a restart" if pool.fatal else pool.degraded)
     return text
 
 

@@ -25,6 +25,7 @@ from zitops.agent.images import Encoder, encode_and_write
 from zitops.agent.runtime_metrics import RuntimeMetrics
 from zitops.agent.store import Store
 from zitops.engine.output import encode_image
+from zitops.errors import StoreUnavailable
 from zitops.worker.protocol import Result
 
 ENCODE_THREADS = 2
@@ -45,7 +46,8 @@ class ResultWriter:
 
     def __init__(self, output_dir: Path, store: Store, metrics: RuntimeMetrics, log: AgentLog,
                  failures: FailureLog, finished: Callable[[JobRecord], None],
-                 wanted: Callable[[str], bool]) -> None:
+                 wanted: Callable[[str], bool],
+                 store_failed: Callable[[str, str, StoreUnavailable], None] | None = None) -> None:
         self.output_dir = output_dir
         self.store = store
         self.metrics = metrics
@@ -53,6 +55,7 @@ class ResultWriter:
         self.failures = failures
         self._finished = finished  # the job is final: wake its waiters
         self._wanted = wanted  # someone waits on the job: keep its bytes
+        self._store_failed = store_failed  # the store refused the outcome: fail the job in memory
         self.encode: Encoder = encode_image
         """Test seam: tests swap in a slow or failing encoder; production never changes it."""
         self._threads = ThreadPoolExecutor(max_workers=ENCODE_THREADS, thread_name_prefix="zitops-encode")
@@ -74,6 +77,16 @@ class ResultWriter:
         self.metrics.encodes_pending.set(len(self.pending))
 
     async def _write(self, worker_id: str, result: Result, received: float, marks: dict[str, float]) -> None:
+        """Write the images, then record the outcome; a store that refuses it (full disk) never strands the job."""
+        try:
+            await self._write_and_record(worker_id, result, received, marks)
+        except StoreUnavailable as exc:
+            if self._store_failed is None:
+                raise
+            self._store_failed(result.job_id, f"finished on {worker_id}, but its outcome was not stored", exc)
+
+    async def _write_and_record(self, worker_id: str, result: Result, received: float,
+                                marks: dict[str, float]) -> None:
         """Encode and write on the thread pool; then the job succeeds, or fails saying why."""
         started = time.monotonic()
         loop = asyncio.get_running_loop()
@@ -83,7 +96,13 @@ class ResultWriter:
                                                       self.encode)
         except Exception as exc:  # the job fails; the worker, already on its next job, is fine
             error = f"writing images to {self.output_dir} failed: {type(exc).__name__}: {exc}"
-            record = self.store.fail(result.job_id, error)
+            try:
+                record = self.store.fail(result.job_id, error)
+            except StoreUnavailable as store_exc:  # the same full disk, most likely: keep the real cause
+                if self._store_failed is None:
+                    raise
+                self._store_failed(result.job_id, error, store_exc)
+                return
             self.metrics.jobs.labels("failed").inc()
             self.log("warning", "job failed", job_id=result.job_id, worker_id=worker_id, error=error)
             self.failures.record(record, type(exc).__name__, error, traceback.format_exc(), worker_id=worker_id,

@@ -30,6 +30,9 @@ UMASK = 0o027
 """Files the agent creates are 0640 and directories 0750, whatever the umask it was started with."""
 DIR_MODE = 0o750
 
+RESTART_EXIT = 75
+"""Exit code (EX_TEMPFAIL) when every worker slot stopped at its flap limit: the supervisor restarts the agent."""
+
 GRACEFUL_HTTP_S = 5.0
 """How long open HTTP requests get after the drain, before uvicorn cancels them."""
 
@@ -111,6 +114,7 @@ async def _main(config: AgentConfig, config_path: str | Path | None, tokens: Tok
     dispatcher = Dispatcher(config, failures=failure_store(config))
     app = create_app(config, dispatcher, tokens=tokens.all, admin_tokens=tokens.admins)
     server = _Server(server_config(app, config.host, config.port, config.server, GRACEFUL_HTTP_S))
+    fatal = asyncio.create_task(dispatcher.fatal.wait(), name="zitops-fatal")
     try:
         await dispatcher.start()
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
@@ -118,11 +122,22 @@ async def _main(config: AgentConfig, config_path: str | Path | None, tokens: Tok
                  workers=len(dispatcher.pool.slots), engine=config.engine.kind)
         while True:
             getter = asyncio.create_task(signals.get())
-            done, _ = await asyncio.wait({getter, serving}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({getter, serving, fatal}, return_when=asyncio.FIRST_COMPLETED)
             if serving in done:
                 getter.cancel()
                 log.error("the HTTP server stopped on its own; stopping the agent")
                 return 1
+            if fatal in done:
+                # Answering 503 forever would look alive to every supervisor:
+                # exit instead, so systemd, Supervisor or the kubelet starts a fresh agent.
+                getter.cancel()
+                log.error("no worker can run jobs and restarts stopped; exiting for the supervisor to restart "
+                          "the agent (queued jobs stay in the store)", reason=dispatcher.pool.fatal,
+                          exit_code=RESTART_EXIT)
+                await dispatcher.drain()
+                server.should_exit = True
+                await serving
+                return RESTART_EXIT
             sig = getter.result()
             if sig == signal.SIGHUP:
                 handle_sighup(dispatcher, config_path)
@@ -134,6 +149,7 @@ async def _main(config: AgentConfig, config_path: str | Path | None, tokens: Tok
             log.info("agent stopped", **summary)
             return 0
     finally:
+        fatal.cancel()
         for handled in HANDLED:
             loop.remove_signal_handler(handled)
         await dispatcher.close()

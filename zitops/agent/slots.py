@@ -56,7 +56,10 @@ class WorkerSlot:
     down_since: float | None = None  # monotonic; start of an outage, for recovery times
     down_reason: str | None = None
     kill_reason: str | None = None
+    kill_fails_job: bool = False  # killed for a job past its timeout: that job fails, not requeued
     setup_error: str | None = None
+    setup_error_type: str | None = None  # the exception class the worker's set-up failed with
+    permanent_error: bool = False  # "error" from a permanent setup failure, not the flap limit
     last_exit: str | None = None
     startup: dict[str, Any] | None = None  # the start-up phases of this incarnation's Ready
     standby_pid: int | None = None  # set when this incarnation runs in a standby spare
@@ -118,8 +121,8 @@ class PoolListener(Protocol):
     def on_memory(self, slot: WorkerSlot, report: MemoryReport) -> None:
         """A worker reported allocator memory (the pool has applied its memory policy)."""
 
-    def on_job_lost(self, slot: WorkerSlot, job_id: str, reason: str) -> None:
-        """A worker died or was killed while running ``job_id``."""
+    def on_job_lost(self, slot: WorkerSlot, job_id: str, reason: str, retry: bool = True) -> None:
+        """A worker died or was killed while running ``job_id``; ``retry`` False: fail it, never requeue."""
 
     def on_event(self, event: dict[str, Any]) -> None:
         """A recovery action happened (for logs and metrics)."""

@@ -37,7 +37,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 from zitops.agent import watchdog as policy
-from zitops.agent.spawn import exit_text, start_child, stop_children
+from zitops.agent.spawn import exit_text, sigkill, start_child, stop_children
 from zitops.config import AgentConfig
 from zitops.engine.loader import FULL_RANDOM, mem_available_bytes, preload_refusal, weights_bytes
 from zitops.errors import ZitopsError
@@ -245,6 +245,19 @@ class Standby:
             spare.conn.close()
             return None
         return spare.process, spare.conn
+
+    def starting(self, now: float) -> list[policy.Starting]:
+        """Spares still importing or preloading, for the startup deadline (watchdog.startup_policy)."""
+        return [policy.Starting(s.pid, "standby spare", now, s.started) for s in self.spares.values()
+                if s.pid is not None and _state(s) != "idle"]
+
+    def kill(self, pid: int, reason: str) -> None:
+        """SIGKILL the spare ``pid`` (stuck in set-up); its exit is handled as a death: replaced after backoff."""
+        spare = next((s for s in self.spares.values() if s.pid == pid), None)
+        if spare is None:
+            return
+        self._report("standby_killed", spare.slot_id, reason, pid=pid)
+        sigkill(spare.process)
 
     def _on_exit(self, spare: Spare) -> None:
         self._unwatch(spare)

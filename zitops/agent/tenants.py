@@ -82,6 +82,7 @@ def token_cap(depth: int, share: float, tokens: int) -> int | None:
 
 REASON_CODES = (
     ("draining", "draining"),
+    ("setup failed", "setup_failed"),
     ("flap limit", "degraded"),
     ("died", "degraded"),
     ("queue full", "queue_full"),

@@ -23,15 +23,59 @@ SUCCESSOR_ROOM_FACTOR = 1.15
 """A successor needs the old worker's NVML-used memory plus this much headroom free."""
 
 
-def hang_reason(now: float, last_heartbeat: float, heartbeat_timeout_s: float,
-                job_started: float | None, job_timeout_s: float) -> str | None:
-    """Why a worker counts as hung (no heartbeat, or a job past its timeout), or None."""
+TIMEOUT_MARK = "past its"
+"""In a kill reason: the job passed its timeout (the job fails; it is not requeued)."""
+
+PERMANENT_SETUP_ERRORS = frozenset({"ModelError", "ConfigError", "ProfileError"})
+"""Setup failures a restart cannot fix (weights missing or incomplete, bad config): never retried."""
+
+
+def silence_reason(now: float, last_heartbeat: float, heartbeat_timeout_s: float) -> str | None:
+    """Why a worker counts as wedged (its heartbeats stopped), or None."""
     silent = now - last_heartbeat
     if silent > heartbeat_timeout_s:
         return f"no heartbeat for {silent:.1f}s (timeout {heartbeat_timeout_s:g}s)"
-    if job_started is not None and now - job_started > job_timeout_s:
-        return f"job ran {now - job_started:.1f}s, past its {job_timeout_s:g}s timeout"
     return None
+
+
+def job_timeout_reason(now: float, job_started: float | None, job_timeout_s: float) -> str | None:
+    """Why a worker's job counts as overrunning (past queue.job_timeout_s), or None."""
+    if job_started is not None and now - job_started > job_timeout_s:
+        return f"job ran {now - job_started:.1f}s, {TIMEOUT_MARK} {job_timeout_s:g}s timeout"
+    return None
+
+
+def hang_reason(now: float, last_heartbeat: float, heartbeat_timeout_s: float,
+                job_started: float | None, job_timeout_s: float) -> str | None:
+    """Why a worker counts as hung (no heartbeat, or a job past its timeout), or None."""
+    return (silence_reason(now, last_heartbeat, heartbeat_timeout_s)
+            or job_timeout_reason(now, job_started, job_timeout_s))
+
+
+def startup_overdue(now: float, started: float, startup_timeout_s: float) -> str | None:
+    """Why a process still in set-up counts as stuck (past watchdog.startup_timeout_s), or None."""
+    if now - started > startup_timeout_s:
+        return (f"still setting up after {now - started:.1f}s "
+                f"(watchdog.startup_timeout_s {startup_timeout_s:g}s)")
+    return None
+
+
+def setup_error_permanent(exc_type: str | None) -> bool:
+    """True for a setup failure a restart cannot fix: the slot stops, and says why, instead of crash-looping."""
+    return exc_type in PERMANENT_SETUP_ERRORS
+
+
+def exit_due(slots: Iterable[tuple[str, bool]]) -> bool:
+    """From (state, stopped by a permanent setup error) per slot: True when the agent should exit.
+
+    That is when no slot can run jobs again and at least one stopped at the
+    flap limit: a fresh agent process (the supervisor's restart) may recover
+    it. Slots stopped by a permanent setup error alone never make it exit,
+    since a restart would fail the same way (a crash loop).
+    """
+    seen = list(slots)
+    return bool(seen) and all(state == "error" for state, _ in seen) and any(
+        not permanent for _, permanent in seen)
 
 
 def should_clear_cache(idle: bool, allocated_mib: float, reserved_mib: float, threshold_mib: float) -> bool:
@@ -126,6 +170,16 @@ class WorkerObservation:
 
 
 @dataclass(frozen=True)
+class Starting:
+    """A process still in set-up: a worker, an overlap successor or a standby spare."""
+
+    pid: int
+    what: str  # "worker", "successor" or "spare", for the kill's reason
+    now: float
+    started: float  # monotonic: its spawn, or its assignment when a spare became the worker
+
+
+@dataclass(frozen=True)
 class AfterJob:
     """A worker's allocator report after a job, with its warm baseline and leak streak so far."""
 
@@ -145,6 +199,7 @@ class KillWorker:
 
     pid: int
     reason: str
+    fail_job: bool = False  # its job passed its timeout: fail the job instead of requeueing it
 
 
 @dataclass(frozen=True)
@@ -183,9 +238,29 @@ def liveness_policy(workers: Iterable[WorkerObservation], heartbeat_timeout_s: f
     """Kill every live worker that stopped heartbeating or overran its job timeout."""
     actions: list[Action] = []
     for w in workers:
-        why = hang_reason(w.now, w.last_heartbeat, heartbeat_timeout_s, w.job_started, job_timeout_s)
+        why = silence_reason(w.now, w.last_heartbeat, heartbeat_timeout_s)
         if why is not None:
             actions.append(KillWorker(w.pid, why))
+            continue
+        # A job that ran past its timeout would likely do so again: the job
+        # fails (with a record) instead of being requeued onto the next worker.
+        why = job_timeout_reason(w.now, w.job_started, job_timeout_s)
+        if why is not None:
+            actions.append(KillWorker(w.pid, why, fail_job=True))
+    return actions
+
+
+def startup_policy(starting: Iterable[Starting], startup_timeout_s: float) -> list[Action]:
+    """Kill every worker, successor or spare stuck in set-up past the deadline; its owner replaces it.
+
+    Set-up sends heartbeats from a thread, so a hung mount or driver call
+    never trips the heartbeat rule: only this deadline ends it.
+    """
+    actions: list[Action] = []
+    for s in starting:
+        why = startup_overdue(s.now, s.started, startup_timeout_s)
+        if why is not None:
+            actions.append(KillWorker(s.pid, f"{s.what} {why}"))
     return actions
 
 

@@ -76,6 +76,10 @@ class FaultyEngine:
         if self.faults.fail_setup_incarnation == self.incarnation:
             raise EngineError(f"simulated setup failure in incarnation {self.incarnation} "
                               "(faults.fail_setup_incarnation)")
+        if self.faults.hang_in_setup == self.incarnation:
+            log.error("fault: setup hangs in incarnation %d", self.incarnation)
+            while True:  # a hung mount or driver call: heartbeats go on; only the startup deadline ends it
+                time.sleep(3600)
         time.sleep(self.faults.setup_seconds)
         if self.inner is not None:
             self.inner.setup(device)

@@ -203,6 +203,9 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
     ``preloaded`` is a spare's host copy of the pipeline, which the engine's setup uses instead of loading.
     """
     entered = time.time()
+    from zitops.worker.lifeline import die_with_parent
+
+    die_with_parent()  # first: the agent may be killed at any moment from here on
     from zitops.worker.preimport import device_environment, engine_modules, preimport
 
     # Before any import of torch: this process sees exactly one GPU, or none.

@@ -25,6 +25,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from zitops.worker.lifeline import die_with_parent
 from zitops.worker.preimport import device_environment, preimport
 from zitops.worker.protocol import Assign, Shutdown, SparePreloaded, SpareReady
 
@@ -72,6 +73,7 @@ def standby_main(conn: Connection, gpu: int | None, modules: list[str],
 
     It waits for Assign (become a worker) or Shutdown.
     """
+    die_with_parent()  # first: a spare must never outlive the agent
     device_environment(gpu)
     # As a worker: the agent decides when this process stops (see worker_main).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
