@@ -326,7 +326,10 @@ def authed_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
 def test_auth_end_to_end(authed_agent: Agent) -> None:
     url = authed_agent.url
     assert httpx.get(url + "/livez", timeout=10).status_code == 200
-    for path in ("/readyz", "/status", "/metrics", "/openapi.json", "/sdapi/v1/samplers"):
+    # The probes are open (kubelets send no token) and say only ready or not, with reason codes.
+    ready = httpx.get(url + "/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.json() == {"ready": True, "reasons": []}, ready.text
+    for path in ("/status", "/metrics", "/openapi.json", "/sdapi/v1/samplers"):
         r = httpx.get(url + path, timeout=10)
         assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer"), path
     oa = openai.OpenAI(base_url=url + "/v1", api_key="sk-placeholder", max_retries=0, timeout=60)
@@ -369,7 +372,10 @@ def test_status_and_health_commands(agent: Agent, authed_agent: Agent) -> None:
     assert "WORKER" in done.stdout and "profile   designer" in done.stdout
     done = subprocess.run(cli + ["health", "--url", agent.url], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0 and done.stdout.strip() == "ready"
+    # health reads the open /readyz; status needs a token and says how to give one.
     done = subprocess.run(cli + ["health", "--url", authed_agent.url], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ready", done.stderr
+    done = subprocess.run(cli + ["status", "--url", authed_agent.url], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode != 0 and "ZITOPS_TOKEN" in done.stderr
     done = subprocess.run(cli + ["health", "--url", authed_agent.url], capture_output=True, text=True, timeout=60,
                           env={**env, "ZITOPS_TOKEN": TOKEN})

@@ -26,7 +26,7 @@ def _from_url(url: str, since: float | None, limit: int, token_file: str | None)
 
     params: dict[str, Any] = {"limit": limit}
     if since is not None:
-        params["since"] = since
+        params["since"] = f"{since:.6f}"  # the API takes epoch seconds with at most 6 decimals
     endpoint = url.rstrip("/") + "/v1/failures"
     resp = fetch(url, "/v1/failures", token_file, params=params)
     if resp.status_code != 200:
