@@ -135,7 +135,9 @@ _BOUNDS = {"greater_than_equal": (">=", "ge"), "less_than_equal": ("<=", "le"), 
 
 
 PATTERN_TEXT = {"prompt": "must not be empty or blank, or contain a NUL character",
-                "negative_prompt": "must not contain a NUL character"}
+                "negative_prompt": "must not contain a NUL character",
+                "since": "must be epoch seconds (at most 6 decimals), a duration (30m, 1h, 2d) or an ISO 8601 "
+                         "UTC date or time"}
 """What a field's ``pattern`` means, in words."""
 
 
