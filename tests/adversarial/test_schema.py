@@ -18,12 +18,18 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis.checks import positive_data_acceptance
 from schemathesis.core.result import Ok
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agent_support import Agent  # noqa: E402
 
 pytestmark = pytest.mark.slow
+
+IMAGE_INPUT = frozenset({"POST /sdapi/v1/img2img", "POST /v1/images/edits"})
+"""Operations whose body carries an image: a schema can say "base64 PNG, JPEG or WebP" but not generate
+one, so their random positive examples are junk the API rightly refuses with a 422 naming the field.
+Every other check still runs on them; tests/integration/test_features_agent.py sends real images."""
 
 LIMITS = {"max_side": 128, "min_side": 64, "max_steps": 4, "max_images": 2, "max_prompt_chars": 200}
 EXAMPLES = 30
@@ -50,7 +56,8 @@ def _run(operation: Any, mode: schemathesis.GenerationMode, failures: list[str])
     def run(case: Any) -> None:
         sent[0] += 1
         try:
-            case.call_and_validate(timeout=60)
+            excluded = [positive_data_acceptance] if operation.label in IMAGE_INPUT else None
+            case.call_and_validate(timeout=60, excluded_checks=excluded)
         except (Exception, BaseExceptionGroup) as exc:  # collect them all: one line per failure, then assert once
             first = str(exc).strip().splitlines()
             failures.append(f"{operation.label} [{mode.value}]: {' / '.join(first[:40])[:3000]}")
