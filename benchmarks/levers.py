@@ -214,7 +214,8 @@ def main() -> None:
     png_noise_ms = (time.perf_counter() - t0) * 1000
     emit("png_encode_ms", image=round(png_ms, 1), bytes=len(blob), random_noise=round(png_noise_ms, 1),
          noise_bytes=len(blob2))
-    pipe = tr = x = cap = e512 = el = z = None  # free the baseline's weights before the engine loads
+    # Free the baseline's weights before the engine loads (the closures above hold these names).
+    pipe = tr = x = cap = e512 = el = z = None  # type: ignore[assignment]
     reset()
 
     # -- the zitops engine: designer profile, regional compile + levers ----------------------
@@ -257,7 +258,7 @@ def main() -> None:
              first_call_s=round(first_s, 2), forward_ms=round(fms, 2), peak_gib=peak_gib(),
              vs_baseline_max_abs=round(float(diff.max()), 4), vs_baseline_psnr_db=round(float(psnr), 2),
              effective=eng.effective, accel_env=env, seconds_in_engine=round(res.seconds, 3))
-        eng = tr2 = res = None
+        eng = tr2 = res = None  # type: ignore[assignment]  # free the weights
         reset()
 
     if not args.no_engine:

@@ -15,6 +15,7 @@ The seed (NOTES.md 5.2) claims -65% from tiers alone.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -121,7 +122,7 @@ def run_jobs(url: str, n: int, wave: int = 10) -> tuple[int, float]:
                    for i in range(first, min(n, first + wave))]
             for job_id in ids:
                 # Slow polling: each poll is an access-log line.
-                status = wait_for(lambda j=job_id: _final(client, j), 600, f"job {job_id}", interval=0.25)
+                status = wait_for(functools.partial(_final, client, job_id), 600, f"job {job_id}", interval=0.25)
                 ok += status == "succeeded"
     return ok, time.monotonic() - start
 
