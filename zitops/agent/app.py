@@ -214,5 +214,5 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
                        hosts=HostPolicy.from_settings(config.host, config.server.allowed_hosts),
                        public_paths=console.public_paths(), image_paths=api_img2img.IMAGE_PATHS,
                        max_image_body_bytes=config.limits.max_image_body_bytes)
-    install_openapi(app, config.limits)
+    install_openapi(app, config.limits, config.lora_dir)
     return app

@@ -5,8 +5,9 @@ so a huge number is refused before anything uses it. The running agent's
 ``limits`` are tighter, and clients generate code from the schema, so
 :func:`publish_limits` writes them into the generated document: sides,
 steps, images, prompt length, the seed range, OpenAI's ``size`` pattern and
-A1111's ``batch_size x n_iter`` rule. What a schema cannot say (the cost
-budget, a full queue) is a documented 422 or 429.
+A1111's ``batch_size x n_iter`` rule, and the LoRA names this agent has now
+(:func:`publish_loras`, read again each time the document is served). What a
+schema cannot say (the cost budget, a full queue) is a documented 422 or 429.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from zitops.config import Limits
+from zitops.engine.lora_files import list_loras
 from zitops.engine.request import MAX_SEED
 
 Kind = str  # "side" | "steps" | "images" | "prompt" | "seed" | "size"
@@ -86,8 +88,26 @@ def publish_limits(schema: dict[str, Any], limits: Limits) -> dict[str, Any]:
     return schema
 
 
-def install(app: FastAPI, limits: Limits) -> None:
-    """Make ``app.openapi()`` publish ``limits`` (once; FastAPI caches the document)."""
+LORA_REF = "#/components/schemas/LoraIn"
+
+
+def publish_loras(schema: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Say which LoRA names exist: an enum on ``LoraIn.name``, or no ``loras`` items at all when none do."""
+    components = schema.get("components", {}).get("schemas", {})
+    lora = components.get("LoraIn", {}).get("properties", {}).get("name")
+    if lora is not None:
+        lora.pop("enum", None)
+        if names:
+            lora["enum"] = names
+    for model in components.values():
+        for prop in model.get("properties", {}).values():
+            if prop.get("type") == "array" and prop.get("items", {}).get("$ref") == LORA_REF:
+                prop.pop("maxItems", None) if names else prop.update(maxItems=0)
+    return schema
+
+
+def install(app: FastAPI, limits: Limits, lora_dir: str | None = None) -> None:
+    """Make ``app.openapi()`` publish ``limits`` (once; FastAPI caches the document) and the LoRA names."""
     generate: Callable[[], dict[str, Any]] = app.openapi
     done: list[bool] = []
 
@@ -96,6 +116,7 @@ def install(app: FastAPI, limits: Limits) -> None:
         if not done:
             publish_limits(schema, limits)
             done.append(True)
-        return schema
+        # LoRA files come and go while the agent runs: the names are read each time.
+        return publish_loras(schema, sorted(list_loras(lora_dir)))
 
     app.openapi = openapi  # type: ignore[method-assign]
