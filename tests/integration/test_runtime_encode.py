@@ -143,7 +143,8 @@ def test_unwritable_output_dir_fails_the_job_with_a_clear_error(rt: Runtime) -> 
 
 
 def test_drain_waits_for_pending_encodes(tmp_path: Path) -> None:
-    rt = Runtime(runtime_config(tmp_path))
+    # The slow encoder is the fault; the fault engine keeps the worker's part quick.
+    rt = Runtime(runtime_config(tmp_path, kind="faulty"))
     try:
         def slow(image: Any, fmt: str, params: Mapping[str, Any]) -> bytes:
             time.sleep(1.5)  # longer than the kill grace: only drain's own wait covers it

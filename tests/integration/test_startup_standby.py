@@ -1,7 +1,8 @@
 """Standby spares with real spawned workers: a restart or recycle starts in the pre-imported spare.
 
-The real tiny pipeline, with the model preload off: these tests are about the pre-imported
-spare itself (tests/integration/test_standby_preload_runtime.py covers the preload).
+Each test kills a worker or a spare: that is the fault, so the fault engine (no fault of
+its own) keeps the restarts quick. The real engine's spare, preloaded pipeline and pixels
+after a restart are covered by tests/integration/test_standby_preload_runtime.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from tests.runtime_support import Runtime, pid_alive, request, runtime_config, w
 from zitops.agent.contract import JobStatus
 
 pytestmark = pytest.mark.slow
-NO_PRELOAD = ["watchdog.standby_preload=false"]
 
 
 def _job(rt: Runtime, seed: int = 1) -> None:
@@ -49,7 +49,7 @@ def _restarted(rt: Runtime, old_pid: int) -> dict[str, Any]:
 
 
 def test_a_crash_restart_starts_in_the_spare_and_a_fresh_spare_follows(tmp_path: Path) -> None:
-    rt = Runtime(runtime_config(tmp_path, sets=NO_PRELOAD))
+    rt = Runtime(runtime_config(tmp_path, kind="faulty"))
     try:
         (first,) = rt.status()["workers"]
         assert first["startup"]["source"] == "spawn"
@@ -84,7 +84,7 @@ def test_a_crash_restart_starts_in_the_spare_and_a_fresh_spare_follows(tmp_path:
 
 
 def test_a_killed_spare_is_replaced_and_an_overlapped_successor_uses_the_spare(tmp_path: Path) -> None:
-    rt = Runtime(runtime_config(tmp_path, sets=NO_PRELOAD + ["watchdog.restart_backoff_s=0.1"]))
+    rt = Runtime(runtime_config(tmp_path, kind="faulty", sets=["watchdog.restart_backoff_s=0.1"]))
     try:
         _job(rt)
         spare = _spare(rt)
@@ -106,7 +106,7 @@ def test_a_killed_spare_is_replaced_and_an_overlapped_successor_uses_the_spare(t
 
 
 def test_with_the_knob_off_workers_spawn_cold_and_no_spare_exists(tmp_path: Path) -> None:
-    rt = Runtime(runtime_config(tmp_path, sets=["watchdog.standby_worker=false"]))
+    rt = Runtime(runtime_config(tmp_path, kind="faulty", sets=["watchdog.standby_worker=false"]))
     try:
         (first,) = rt.status()["workers"]
         os.kill(first["pid"], signal.SIGKILL)
