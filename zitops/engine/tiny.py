@@ -153,7 +153,7 @@ def make_tiny(directory: str | Path, seed: int = 0, progress: Progress | None = 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     if progress is not None:
-        progress.phase(f"writing the tiny model to {out}", total=3)
+        progress.phase("writing the tiny model", total=3)  # the path comes in the last line
         progress.state("building the random weights")
     pipe = build_tiny_pipeline(seed)
     quiet_libraries()
