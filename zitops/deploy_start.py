@@ -7,6 +7,7 @@ check, so the wait works the same for an agent with a tokens file.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shlex
 import shutil
 import subprocess
@@ -27,16 +28,22 @@ def agent_available() -> bool:
     return importlib.util.find_spec("zitops.commands.agent") is not None
 
 
-def refuse_taken_port(host: str, port: int) -> None:
+def refuse_taken_port(host: str, port: int, out: Path) -> None:
     """Refuse ``--start`` before anything is rendered when ``host:port`` is taken (doctor's port check).
 
-    The model, deploy's other hard check, is refused by planning (``deploy_plan``).
+    The port may be taken by this very deployment: its supervisord still runs from
+    ``out``, and :func:`start` restarts that agent in place. The model, deploy's other
+    hard check, is refused by planning (``deploy_plan``).
     """
     from zitops.doctor_checks import check_port
 
     found = check_port(host, port)
-    if not found.ok:
-        raise ZitopsError(f"--start: {found.detail}; {found.fix}")
+    if found.ok:
+        return
+    conf = Path(os.path.abspath(out.expanduser())) / "supervisord.conf"
+    if conf.exists() and _supervisorctl(conf, "pid").returncode == 0:
+        return
+    raise ZitopsError(f"--start: {found.detail}; {found.fix}")
 
 
 def _tool(name: str) -> str:
@@ -47,9 +54,13 @@ def _tool(name: str) -> str:
     return found
 
 
-def _ctl(p: Plan, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    cmd = [_tool("supervisorctl"), "-c", str(p.supervisord_conf), *args]
+def _supervisorctl(conf: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    cmd = [_tool("supervisorctl"), "-c", str(conf), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _ctl(p: Plan, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return _supervisorctl(p.supervisord_conf, *args, timeout=timeout)
 
 
 def _get(url: str) -> int | None:

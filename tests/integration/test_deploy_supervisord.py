@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from zitops import deploy
+from zitops.errors import ZitopsError
 from zitops.progress import Progress
 
 STAND_IN = """#!{python}
@@ -82,6 +83,11 @@ def test_supervisord_runs_the_deployment_without_root(plan: deploy.Plan) -> None
     assert status.returncode == 0 and status.stdout.split()[0] == "zitops", status.stdout
     assert status.stdout.split()[1] in ("STARTING", "RUNNING"), status.stdout
     assert (plan.out / "logs" / "supervisord.log").exists()
+    # The port is taken by this deployment's own agent: a second --start may go on (and restarts it),
+    # while a deployment elsewhere on that port is refused before rendering.
+    deploy.refuse_taken_port("127.0.0.1", plan.config.port, plan.out)
+    with pytest.raises(ZitopsError, match=f"port {plan.config.port} on 127.0.0.1 is taken"):
+        deploy.refuse_taken_port("127.0.0.1", plan.config.port, plan.out.parent / "elsewhere")
     # A second --start finds supervisord running and restarts the program in place.
     again: list[str] = []
     shown = io.StringIO()  # not a TTY: the wait is plain lines, one per probe passed, no bar

@@ -55,7 +55,7 @@ def deploy(
             "render without --start for now"
         )
     if start:
-        core.refuse_taken_port(host, port)
+        core.refuse_taken_port(host, port, out)
     request = core.DeployRequest(
         profile=profile,
         targets=core.TARGETS if target == "all" else (target,),
