@@ -97,6 +97,8 @@ def test_readme_quickstart_deploy_start_and_seed_curl(tmp_path: Path) -> None:
         )
         assert run.returncode == 0, run.stderr
         base = f"http://127.0.0.1:{port}"
+        # A pipe sees the wait as plain lines, no carriage-return bar.
+        assert f"waiting for {base} to be live and ready: done (2/2, " in run.stderr and "\r" not in run.stderr
         # Generous: the seed body's 896x896 bf16 image takes minutes on a loaded CPU.
         with httpx.Client(base_url=base, timeout=600) as client:
             assert client.get("/readyz").status_code == 200

@@ -24,6 +24,11 @@ def test_bench_tiny_designer_all_paths_writes_json(tmp_path: Path) -> None:
     proc = _bench(tmp_path, "--model", str(tiny_model_dir()), "--profile", "designer", "--width", "64",
                   "--height", "64", "--runs", "2", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # A pipe gets one line per phase and one when it ends, never a carriage-return bar.
+    assert "\r" not in proc.stderr
+    for path in ("baseline: plain diffusers ZImagePipeline", "zitops engine", "agent over HTTP on 127.0.0.1"):
+        assert f"[designer] {path} (3 calls) ..." in proc.stderr, proc.stderr[-2000:]
+        assert f"[designer] {path}: done (3/3, " in proc.stderr, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["card"] == "cpu" and data["date"]
     run = data["runs"][0]

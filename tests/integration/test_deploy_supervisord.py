@@ -6,6 +6,7 @@ test does not depend on the real agent."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from zitops import deploy
+from zitops.errors import ZitopsError
+from zitops.progress import Progress
 
 STAND_IN = """#!{python}
 import http.server, sys, yaml
@@ -80,10 +83,21 @@ def test_supervisord_runs_the_deployment_without_root(plan: deploy.Plan) -> None
     assert status.returncode == 0 and status.stdout.split()[0] == "zitops", status.stdout
     assert status.stdout.split()[1] in ("STARTING", "RUNNING"), status.stdout
     assert (plan.out / "logs" / "supervisord.log").exists()
+    # The port is taken by this deployment's own agent: a second --start may go on (and restarts it),
+    # while a deployment elsewhere on that port is refused before rendering.
+    deploy.refuse_taken_port("127.0.0.1", plan.config.port, plan.out)
+    with pytest.raises(ZitopsError, match=f"port {plan.config.port} on 127.0.0.1 is taken"):
+        deploy.refuse_taken_port("127.0.0.1", plan.config.port, plan.out.parent / "elsewhere")
     # A second --start finds supervisord running and restarts the program in place.
     again: list[str] = []
-    assert deploy.start(plan, timeout_s=30, echo=again.append) == url
+    shown = io.StringIO()  # not a TTY: the wait is plain lines, one per probe passed, no bar
+    assert deploy.start(plan, timeout_s=30, echo=again.append, progress=Progress(shown)) == url
     assert "already running" in again[0]
+    lines = shown.getvalue().splitlines()
+    assert "\r" not in shown.getvalue()
+    assert lines[0] == f"waiting for {url} to be live and ready (2 probes) ..."
+    assert f"waiting for {url} to be live and ready: /readyz: 200" in lines
+    assert lines[-1].startswith(f"waiting for {url} to be live and ready: done (2/2, ")
     pid = int((plan.out / "supervisord.pid").read_text())
     stop = ctl(plan, "shutdown")
     assert stop.returncode == 0, stop.stdout + stop.stderr

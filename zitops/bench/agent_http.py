@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +187,8 @@ def _find_max(status: Any, key: str) -> float | None:
 def measure_agent(profile: Profile, model: str, req: GenerationRequest, *, runs: int, warmup: int,
                   workdir: Path, cache_dir: Path, state_dir: Path, ready_timeout_s: float = 600.0,
                   request_timeout_s: float = 600.0, fmt: str = "png",
-                  engine: Mapping[str, Any] | None = None) -> tuple[PathResult, bytes | None]:
+                  engine: Mapping[str, Any] | None = None,
+                  tick: Callable[[], None] | None = None) -> tuple[PathResult, bytes | None]:
     """Start an agent, time ``runs`` HTTP generations after ``warmup``; returns the result and the first image."""
     import httpx
 
@@ -218,6 +219,8 @@ def measure_agent(profile: Profile, model: str, req: GenerationRequest, *, runs:
                 if i >= warmup:
                     result.times_s.append(elapsed)
                     stages.append(parse_server_timing(resp.headers.get("server-timing")))
+                if tick is not None:
+                    tick()
                 if png is None:
                     png = base64.b64decode(payload["data"][0]["b64_json"])
             with contextlib.suppress(httpx.HTTPError, ValueError):

@@ -22,6 +22,7 @@ from zitops.bench.report import PATHS, BenchReport, PathResult, ProfileRun
 from zitops.engine.request import GenerationRequest, request_from_profile, validate_request
 from zitops.errors import InvalidRequest, ZitopsError
 from zitops.profile import SAMPLERS, Profile, load_profile
+from zitops.progress import Progress
 
 DEFAULT_PROMPT = "a red fox sitting in fresh snow at sunrise, detailed fur, soft light, photograph"
 Echo = Callable[[str], None]
@@ -137,8 +138,8 @@ def _error(exc: BaseException) -> str:
 
 
 def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cache_dir: Path, workdir: Path,
-                echo: Echo) -> ProfileRun:
-    """Measure every requested path for one profile."""
+                echo: Echo, progress: Progress | None = None) -> ProfileRun:
+    """Measure every requested path for one profile; ``progress`` gets a phase per path, a step per call."""
     from zitops.bench.measure import (
         Plan,
         build_engine,
@@ -151,30 +152,41 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
 
     profile = bench_profile(load_profile(name, opts.overrides), opts)
     req = build_request(profile, opts)
-    plan = Plan(profile, req, opts.model, device, opts.runs, opts.warmup, state_dir, cache_dir)
+    calls = max(0, opts.warmup) + opts.runs
+
+    def phase(text: str, total: int | None) -> None:
+        if progress is None:
+            echo(f"{text} ...")
+        else:
+            progress.phase(text, total=total, unit="call")
+
+    tick: Callable[[], None] = progress.advance if progress is not None else (lambda: None)
+    plan = Plan(profile, req, opts.model, device, opts.runs, opts.warmup, state_dir, cache_dir, tick)
     params = {"width": req.width, "height": req.height, "steps": req.steps, "batch": req.batch,
               "sampler": req.sampler, "schedule": req.schedule, "seed": req.seeds[0],
               "engine": profile.engine.model_dump(), "runs": opts.runs, "warmup": opts.warmup}
     run = ProfileRun(profile.name, params)
     images: dict[str, Any] = {}
     if "baseline" in opts.paths:
-        echo(f"[{name}] baseline: plain diffusers ZImagePipeline ...")
+        phase(f"[{name}] baseline: plain diffusers ZImagePipeline", calls)
         try:
             run.results["baseline"], images["baseline"] = measure_baseline(plan)
         except Exception as exc:  # noqa: BLE001 - report a failed path and carry on
             run.results["baseline"] = PathResult("baseline", req.batch, error=_error(exc))
     if "engine" in opts.paths or opts.sampler_sweep or opts.batch_sweep:
-        echo(f"[{name}] zitops engine ...")
+        phase(f"[{name}] zitops engine", calls if "engine" in opts.paths else None)
         engine = None
         try:
             engine, setup_s = build_engine(plan)
             if "engine" in opts.paths:
                 run.results["engine"], images["engine"] = measure_engine(plan, engine, setup_s)
             if opts.sampler_sweep:
-                echo(f"[{name}] sampler sweep: {', '.join(opts.sampler_sweep)} ...")
+                phase(f"[{name}] sampler sweep: {', '.join(opts.sampler_sweep)}",
+                      len(opts.sampler_sweep) * (max(1, opts.warmup) + opts.runs))
                 run.sampler_sweep = sweep_samplers(plan, engine, opts.sampler_sweep)
             if opts.batch_sweep:
-                echo(f"[{name}] batch sweep: {', '.join(str(b) for b in opts.batch_sweep)} ...")
+                phase(f"[{name}] batch sweep: {', '.join(str(b) for b in opts.batch_sweep)}",
+                      len(opts.batch_sweep) * (max(1, opts.warmup) + opts.runs))
                 run.batch_sweep = sweep_batches(plan, engine, opts.batch_sweep)
         except Exception as exc:  # noqa: BLE001
             run.results["engine"] = PathResult("engine", req.batch, error=_error(exc))
@@ -184,7 +196,7 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
 
             reset_memory(device)
     if "agent" in opts.paths:
-        echo(f"[{name}] agent over HTTP on 127.0.0.1 ...")
+        phase(f"[{name}] agent over HTTP on 127.0.0.1", calls)
         from zitops.bench.agent_http import measure_agent
 
         # The agent serves the request as its profile's defaults, and templates the raw prompt itself.
@@ -195,7 +207,7 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
             result, png = measure_agent(served, opts.model, replace(req, prompt=opts.prompt), runs=opts.runs,
                                         warmup=opts.warmup, fmt=opts.agent_format,
                                         workdir=workdir / profile.name, cache_dir=cache_dir, state_dir=state_dir,
-                                        ready_timeout_s=opts.agent_ready_timeout_s)
+                                        ready_timeout_s=opts.agent_ready_timeout_s, tick=tick)
             run.results["agent"] = result
             if png is not None:
                 import io
@@ -214,10 +226,12 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
                 run.checks[f"{other}_vs_baseline"] = compare_images(images["baseline"], images[other])
     if images.get("engine") is not None and images.get("agent") is not None:
         run.checks["agent_vs_engine"] = compare_images(images["engine"], images["agent"])
+    if progress is not None:
+        progress.close()
     return run
 
 
-def run(opts: BenchOptions, echo: Echo = print) -> BenchReport:
+def run(opts: BenchOptions, echo: Echo = print, progress: Progress | None = None) -> BenchReport:
     """Run the benchmark described by ``opts``; never leaves an agent running."""
     from zitops.engine.loader import FULL_RANDOM, default_state_dir
     from zitops.engine.offline import force_offline
@@ -234,5 +248,5 @@ def run(opts: BenchOptions, echo: Echo = print) -> BenchReport:
         report = BenchReport(meta={**collect_meta(device, opts.model), **opts.extra_meta})
         for name in opts.profiles:
             report.runs.append(run_profile(name, opts, device, Path(state_dir), Path(cache_dir), Path(workdir),
-                                           echo))
+                                           echo, progress))
     return report

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ from zitops.profile import Profile
 
 WEIGHT_SEED = 0
 """torch seed set before building ``full-random`` weights, so baseline and engine share them."""
+
+
+def _no_tick() -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class Plan:
     warmup: int
     state_dir: Path
     cache_dir: Path
+    tick: Callable[[], None] = _no_tick
+    """Called after every call, warm-up or timed (the CLI's progress bar)."""
 
 
 def sync(device: str) -> None:
@@ -90,12 +97,14 @@ def _timed_calls(fn: Any, plan: Plan, result: PathResult) -> Any:
         t0 = time.perf_counter()
         out = fn()
         sync(plan.device)
+        plan.tick()
         if i == 0:
             result.warmup_s = time.perf_counter() - t0
     for _ in range(plan.runs):
         t0 = time.perf_counter()
         out = fn()
         sync(plan.device)
+        plan.tick()
         result.times_s.append(time.perf_counter() - t0)
     return out
 
@@ -203,7 +212,7 @@ def sweep_samplers(plan: Plan, engine: Any, samplers: tuple[str, ...]) -> list[d
             reset_memory(plan.device)
             probe = PathResult("engine", batch=req.batch)
             sub = Plan(plan.profile, req, plan.model, plan.device, plan.runs, max(1, plan.warmup), plan.state_dir,
-                       plan.cache_dir)
+                       plan.cache_dir, plan.tick)
             gen = _timed_calls(lambda r=req: engine.generate(r), sub, probe)
             row.update(s_per_image=_r(probe.s_per_image), peak_vram_gib=_gib(peak_mib(plan.device)),
                        forwards=gen.info.get("transformer_forwards"), size=f"{req.width}x{req.height}")
@@ -223,7 +232,7 @@ def sweep_batches(plan: Plan, engine: Any, batches: tuple[int, ...]) -> list[dic
             reset_memory(plan.device)
             probe = PathResult("engine", batch=b)
             sub = Plan(plan.profile, req, plan.model, plan.device, plan.runs, max(1, plan.warmup), plan.state_dir,
-                       plan.cache_dir)
+                       plan.cache_dir, plan.tick)
             gen = _timed_calls(lambda r=req: engine.generate(r), sub, probe)
             row.update(s_per_image=_r(probe.s_per_image), images_per_min=_r(probe.images_per_min, 2),
                        peak_vram_gib=_gib(peak_mib(plan.device)), oom_splits=gen.info.get("oom_splits", 0))

@@ -10,6 +10,7 @@ from types import FrameType
 import click
 
 from zitops.commands.options import model_option, set_option
+from zitops.progress import Progress
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -80,7 +81,8 @@ def bench(profiles: tuple[str, ...], overrides: tuple[str, ...], model: str, arc
     # SIGTERM (a timeout, a CI cancel) must unwind through the finally blocks
     # that stop the bench's agent, which runs in its own process group.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    report = run(opts, echo=lambda line: click.echo(line, err=True))
+    with Progress() as progress:
+        report = run(opts, echo=lambda line: click.echo(line, err=True), progress=progress)
     click.echo(render_table(report))
     if json_path:
         written = report.write_json(json_path)

@@ -9,6 +9,7 @@ import click
 from zitops import deploy as core
 from zitops.commands.options import model_option, profile_option, set_option
 from zitops.errors import AgentUnavailable, RenderError
+from zitops.progress import Progress
 
 
 @click.command()
@@ -53,6 +54,8 @@ def deploy(
             "the agent is not available yet in this build (no zitops agent command): "
             "render without --start for now"
         )
+    if start:
+        core.refuse_taken_port(host, port, out)
     request = core.DeployRequest(
         profile=profile,
         targets=core.TARGETS if target == "all" else (target,),
@@ -70,6 +73,7 @@ def deploy(
     for step in result.next_steps:
         click.echo(f"  {step}")
     if start:
-        url = core.start(plan, echo=click.echo)
+        with Progress() as progress:
+            url = core.start(plan, echo=click.echo, progress=progress)
         click.echo(f"agent ready at {url}")
         click.echo(f"stop it with: supervisorctl -c {plan.supervisord_conf} shutdown")

@@ -8,6 +8,7 @@ import click
 
 from zitops.commands.options import json_option
 from zitops.errors import ModelError
+from zitops.progress import Progress
 
 
 @click.group()
@@ -25,7 +26,8 @@ def make_tiny_cmd(directory: str, seed: int) -> None:
     from zitops.engine.tiny import TINY_NOTICE, make_tiny
 
     force_offline()
-    out = make_tiny(directory, seed=seed)
+    with Progress() as progress:
+        out = make_tiny(directory, seed=seed, progress=progress)
     result = check_model(out)
     if not result.ok:
         raise ModelError(f"{out}: the tiny model came out incomplete: {', '.join(result.missing)}")

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zitops.progress import Progress
 
 TINY_MARKER = "ZITOPS_TINY_MODEL.txt"
 TINY_NOTICE = "tiny random model: images are noise"
@@ -143,16 +146,27 @@ def is_tiny(path: str | Path) -> bool:
     return (Path(path) / TINY_MARKER).is_file()
 
 
-def make_tiny(directory: str | Path, seed: int = 0) -> Path:
-    """Write the tiny pipeline to ``directory`` (diffusers format) and mark it."""
+def make_tiny(directory: str | Path, seed: int = 0, progress: Progress | None = None) -> Path:
+    """Write the tiny pipeline to ``directory`` (diffusers format) and mark it; ``progress`` sees 3 steps."""
     from zitops.engine.offline import quiet_libraries
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    if progress is not None:
+        progress.phase("writing the tiny model", total=3)  # the path comes in the last line
+        progress.state("building the random weights")
     pipe = build_tiny_pipeline(seed)
     quiet_libraries()
+    if progress is not None:
+        progress.advance()
+        progress.state("saving the pipeline")
     pipe.save_pretrained(out, safe_serialization=True)
+    if progress is not None:
+        progress.advance()
+        progress.state("writing the tiny VAE")
     make_tiny_vae(out / TINY_VAE_DIR, seed)
+    if progress is not None:
+        progress.advance()
     (out / TINY_MARKER).write_text(
         f"{TINY_NOTICE}.\nBuilt by `zitops model make-tiny` (seed {seed}): the real Z-Image "
         "architecture at toy size with random weights, for demos and tests.\n"
@@ -162,4 +176,6 @@ def make_tiny(directory: str | Path, seed: int = 0) -> Path:
     index = json.loads((out / "model_index.json").read_text("utf-8"))
     index["_zitops_tiny"] = True
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    if progress is not None:
+        progress.close()
     return out
