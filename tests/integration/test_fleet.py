@@ -17,10 +17,12 @@ import httpx
 import openai
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from tests.fleet_support import FleetAgent
 from tests.store_support import poll_until
 from zitops import deploy
+from zitops.cli import cli
 
 if TYPE_CHECKING:
     from tests.pg_support import PgCluster, PgDatabase
@@ -125,6 +127,13 @@ def test_kill9_of_an_agent_its_jobs_run_on_another_exactly_once(tmp_path: Path, 
             assert b.job(jobs[0])["attempts"] == 2  # started by A, then by B
             (reaped,) = [rec for rec in b.log_lines("job requeued") if rec.get("job_id") == jobs[0]]
             assert reaped["reaped_by"] == b.agent_id and f"lease of agent {a.agent_id} expired" in reaped["reason"]
+            # The reap's failure record names the reaper as a field, and `zitops failures` shows it.
+            (record,) = [r for r in b.client.get("/v1/failures").json()["failures"] if r["job_id"] == jobs[0]]
+            assert (record["kind"], record["agent_id"]) == ("agent", b.agent_id), record
+            shown = CliRunner().invoke(cli, ["failures", "--url", b.url])
+            assert shown.exit_code == 0 and "AGENT_ID" in shown.output, shown.output
+            (row,) = [line for line in shown.output.splitlines() if "AgentLost" in line]
+            assert b.agent_id in row, shown.output
     assert not a.log_lines("job succeeded")
 
 

@@ -79,8 +79,9 @@ class Dispatcher:
         self.metrics = RuntimeMetrics(config.profile.queue.depth)
         self.failures = failures if failures is not None else FailureStore(
             Path(config.paths.state_dir), Path(config.paths.log_dir))
-        self.failure_log = FailureLog(self.failures, config.profile.name, self.log)
         fleet_store = shared(store)
+        self.failure_log = FailureLog(self.failures, config.profile.name, self.log,
+                                      fleet_store.agent_id if fleet_store is not None else None)
         self.fleet = None if fleet_store is None else Fleet(fleet_store, config, self.output_dir, self.log,
             self.failure_log, self._wake, lambda: self._waiters, self.dispatch, lambda: self.readiness()[0])
         self.store: Store = store if self.fleet is None else self.fleet.store
@@ -94,7 +95,8 @@ class Dispatcher:
                                  finished=self._finished, forget=self._forget, requeue_first=self._queue_first)
         self.results = ResultWriter(self.output_dir, self.store, self.metrics, self.log, self.failure_log,
                                     self._finished, lambda job_id: job_id in self._waiters,
-                                    self.outcomes.store_failed)
+                                    self.outcomes.store_failed,
+                                    upload=None if self.fleet is None else self.fleet.store.upload)
         self.schedule = Schedule()
         self.progress = ProgressBoard()
         self.malloc_tuned = keep_freed_memory()
