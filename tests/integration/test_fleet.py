@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -143,8 +145,19 @@ def test_postgresql_restarted_mid_run_nothing_lost(tmp_path: Path, pg_cluster: P
         a.wait_ready()
         b.wait_ready()
         jobs = [a.submit(seed=i) for i in range(3)] + [b.submit(seed=10 + i) for i in range(3)]
-        poll_until(lambda: sum(status_of(b, j) == "running" for j in jobs) == 2, 30)
-        pg_cluster.stop()
+        with ThreadPoolExecutor(1) as pool:  # a synchronous request, queued behind the six
+            waiting = pool.submit(httpx.post, f"{b.url}/sdapi/v1/txt2img", json={"prompt": "w"}, timeout=120)
+            poll_until(lambda: sum(status_of(b, j) == "running" for j in jobs) == 2, 30)
+            poll_until(lambda: len(b.log_lines("job queued")) == 4, 30)  # its three, and the waiting one
+            pg_cluster.stop()
+            try:
+                sync = waiting.result(timeout=60)  # the waiter's next look at the store fails
+            except BaseException:
+                pg_cluster.start()
+                raise
+        message = sync.json()["error"]["message"] if sync.status_code == 503 else sync.text
+        sync_job = re.search(r"poll GET /v1/jobs/(\w+) once the job store is back", message)
+        assert sync.status_code == 503 and sync_job and "job store" in message, (sync.status_code, message)
         try:
             # Stops admitting, and says why; the running jobs finish meanwhile.
             r = poll_until(lambda: _if_status(a.client.post("/v1/jobs", json={"prompt": "x"}), 503), 30)
@@ -157,10 +170,11 @@ def test_postgresql_restarted_mid_run_nothing_lost(tmp_path: Path, pg_cluster: P
             pg_cluster.start()
         poll_until(lambda: a.ready() and b.ready(), 60)
         poll_until(lambda: all(status_of(a, j) == "succeeded" for j in jobs), 90)
+        poll_until(lambda: status_of(a, sync_job[1]) == "succeeded", 60)  # kept, and run
         after = b.submit()
         poll_until(lambda: status_of(a, after) == "succeeded", 60)
         done = [rec["job_id"] for agent in (a, b) for rec in agent.log_lines("job succeeded")]
-        assert sorted(set(done)) == sorted([*jobs, after])
+        assert sorted(set(done)) == sorted([*jobs, sync_job[1], after])
 
 
 def test_the_keda_query_counts_the_fleets_waiting_and_running_jobs(pg_db: PgDatabase) -> None:

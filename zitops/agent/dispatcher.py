@@ -361,14 +361,17 @@ class Dispatcher:
         at once, so synchronous clients get a 503 instead of a dropped connection.
         """
         self.unsaved.check(job_id)
-        record = self._unless_stranded(self.get(job_id))
+        record = self._unless_stranded(self._look(job_id))
         if record.status.final or timeout_s <= 0:
             return record
         ev = self._waiters.setdefault(job_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ev.wait(), timeout_s)
         self.unsaved.check(job_id)  # the store refused its outcome: a fast 503/507 with the reason
-        return self._unless_stranded(self.get(job_id))
+        return self._unless_stranded(self._look(job_id))
+
+    def _look(self, job_id: str) -> JobRecord:
+        return self.get(job_id) if self.fleet is None else self.fleet.waited(job_id, self.get)
 
     def _unless_stranded(self, record: JobRecord) -> JobRecord:
         if not record.status.final and (

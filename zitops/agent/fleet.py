@@ -28,7 +28,7 @@ from zitops.agent.failure_log import FailureLog
 from zitops.agent.fleet_store import FleetCountsLike, FleetStore, SharedStore
 from zitops.agent.schedule import Periodic
 from zitops.config import AgentConfig
-from zitops.errors import QueueFull, StoreUnavailable
+from zitops.errors import AgentUnavailable, DiskFull, QueueFull, StoreUnavailable
 
 REAP_S = 1.0
 """How often this agent looks for expired leases: failover takes at most lease_s + this + a claim."""
@@ -196,6 +196,17 @@ class Fleet:
             raise QueueFull(f"fleet queue full: {counts.queued} jobs waiting (cap {cap}, {how}); retry later",
                             retry_after_s=retry_after(counts.queued))
         self.want()
+
+    @staticmethod
+    def waited(job_id: str, read: Callable[[str], JobRecord]) -> JobRecord:
+        """``read(job_id)`` for a synchronous waiter; while the store is down, a 503 naming the job to poll."""
+        try:
+            return read(job_id)
+        except DiskFull:
+            raise
+        except StoreUnavailable as exc:  # the job is kept in the store: the client polls it once it is back
+            raise AgentUnavailable(f"job {job_id} is kept, but {exc}; poll GET /v1/jobs/{job_id} "
+                                   "once the job store is back") from exc
 
     def image(self, job_id: str, index: int) -> tuple[str, bytes]:
         """Image ``index`` of a job of the fleet, from the store."""
