@@ -6,7 +6,9 @@ then measures:
 
 1. overhead: the same synchronous A1111 request on an SQLite agent and on a
    fleet agent, alternated (paired), ``--pairs`` times; median of the
-   per-pair difference in ms;
+   per-pair difference in ms, the median Server-Timing stages of each, and
+   how many fleet jobs the other agent ran; with two fleet agents, then with
+   the second stopped;
 2. claim latency: on an idle fleet of two agents, a job's ``started_at``
    minus its ``created_at`` (both the server's clock), ``--jobs`` jobs one at
    a time; the same on the SQLite agent;
@@ -41,12 +43,44 @@ def q(values: list[float]) -> str:
     return f"median {statistics.median(ordered) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms (n={len(ordered)})"
 
 
-def sync_seconds(agent: FleetAgent) -> float:
-    """One synchronous A1111 request, wall seconds."""
+def sync_seconds(agent: FleetAgent, stages: dict[str, list[float]] | None = None) -> float:
+    """One synchronous A1111 request, wall seconds; its Server-Timing stages (s) appended to ``stages``."""
     t = time.perf_counter()
     r = agent.client.post("/sdapi/v1/txt2img", json=BODY)
     assert r.status_code == 200, r.text
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    if stages is not None:
+        timing = dict(part.strip().split(";dur=") for part in r.headers["Server-Timing"].split(","))
+        for name, ms in timing.items():
+            stages.setdefault(name, []).append(float(ms) / 1000)
+        # The queue stage is timed only by the agent that accepted the job: without
+        # it, the other agent claimed and ran the job (the waiter woke on "done").
+        stages.setdefault("ran elsewhere", []).append(0.0 if "queue" in timing else 1.0)
+    return wall
+
+
+def paired(lite: FleetAgent, fleet: FleetAgent, pairs: int, label: str) -> None:
+    """SQLite against fleet requests, alternated; wall times, their paired difference, and the stages."""
+    diffs, lites, pgs = [], [], []
+    lite_st: dict[str, list[float]] = {}
+    pg_st: dict[str, list[float]] = {}
+    for _ in range(pairs):
+        s, p = sync_seconds(lite, lite_st), sync_seconds(fleet, pg_st)
+        lites.append(s)
+        pgs.append(p)
+        diffs.append(p - s)
+    print(f"[{label}] sync request, SQLite agent: {q(lites)}")
+    print(f"[{label}] sync request, fleet agent:  {q(pgs)}")
+    print(f"[{label}] per-job overhead (fleet - SQLite, paired): {q(diffs)}")
+    for name in sorted(set(lite_st) | set(pg_st)):
+        if name == "ran elsewhere":
+            print(f"[{label}]   jobs run by the other agent: {int(sum(pg_st.get(name, [])))} of {pairs}")
+            continue
+        print(f"[{label}]   {name:9} SQLite {_med(lite_st.get(name))}, fleet {_med(pg_st.get(name))}")
+
+
+def _med(values: list[float] | None) -> str:
+    return f"{statistics.median(values) * 1000:.1f} ms" if values else "-"
 
 
 def claim_latency(agent: FleetAgent, jobs: int) -> list[float]:
@@ -80,18 +114,12 @@ def main() -> None:
             agent.wait_ready()
         for agent in (lite, a):
             sync_seconds(agent)  # warm
-        diffs, lites, pgs = [], [], []
-        for _ in range(args.pairs):
-            s, p = sync_seconds(lite), sync_seconds(a)
-            lites.append(s)
-            pgs.append(p)
-            diffs.append(p - s)
-        print(f"sync request, SQLite agent: {q(lites)}")
-        print(f"sync request, fleet agent:  {q(pgs)}")
-        print(f"per-job overhead (fleet - SQLite, paired): {q(diffs)}")
+        paired(lite, a, args.pairs, "fleet of 2")
         print(f"claim latency, idle fleet of 2: {q(claim_latency(a, args.jobs))}")
         print(f"submit -> start, SQLite agent:  {q(claim_latency(lite, args.jobs))}")
-        for agent in (lite, a, b):
+        b.stop()  # the same fleet agent alone: no cross-agent claims or wake-ups
+        paired(lite, a, args.pairs, "fleet of 1")
+        for agent in (lite, a):
             agent.stop()
         agents.clear()
 

@@ -72,13 +72,14 @@ CREATE TABLE IF NOT EXISTS failures (
     traceback TEXT,
     worker_id TEXT,
     vram TEXT,
-    action TEXT NOT NULL
+    action TEXT NOT NULL,
+    agent_id TEXT
 );
 CREATE INDEX IF NOT EXISTS failures_ts ON failures (ts);
 """
 _COLUMNS = (
     "id", "ts", "kind", "job_id", "profile", "prompt", "params",
-    "exc_type", "message", "traceback", "worker_id", "vram", "action",
+    "exc_type", "message", "traceback", "worker_id", "vram", "action", "agent_id",
 )
 
 
@@ -104,6 +105,8 @@ class FailureRecord:
     worker_id: str | None = None
     vram: dict[str, Any] | None = None
     action: str = "fail"
+    agent_id: str | None = None
+    """The fleet agent that recorded it (``store.agent_id``); None for a single agent."""
 
     @property
     def time(self) -> str:
@@ -135,6 +138,7 @@ class FailureRecord:
             worker_id=data.get("worker_id"),
             vram=data.get("vram"),
             action=str(data.get("action", "fail")),
+            agent_id=data.get("agent_id"),
         )
 
 
@@ -169,6 +173,7 @@ class FailureStore:
         vram: dict[str, Any] | None,
         action: Action,
         kind: str = "job",
+        agent_id: str | None = None,
     ) -> FailureRecord:
         """Write one failure to failures.jsonl and SQLite, log it at ERROR, and return it."""
         if action not in ACTIONS:
@@ -187,6 +192,7 @@ class FailureStore:
             worker_id=worker_id,
             vram=_jsonable(vram) if vram is not None else None,
             action=action,
+            agent_id=agent_id,
         )
         errors: list[str] = []
         with self._lock:
@@ -206,7 +212,7 @@ class FailureStore:
         _log.error(
             "job_failed" if kind in ("job", "oom") else f"worker_{kind}",
             failure_id=rec.id, kind=kind, job_id=job_id, worker_id=worker_id,
-            exc_type=exc_type, message=rec.message, action=action, profile=profile,
+            exc_type=exc_type, message=rec.message, action=action, profile=profile, agent_id=agent_id,
         )
         if errors:
             # Never raise from here: the caller is handling a failure already.
@@ -265,9 +271,7 @@ class FailureStore:
     def _insert(self, rec: FailureRecord) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with self._db() as conn:
-            if not self._schema_ready:
-                conn.executescript(_SCHEMA)
-                self._schema_ready = True
+            self._ensure_schema(conn)
             row = rec.to_dict()
             values = [
                 json.dumps(row[c], ensure_ascii=False, default=str) if c in ("params", "vram") and row[c] is not None
@@ -279,6 +283,15 @@ class FailureStore:
                     f"INSERT INTO failures ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
                     values,
                 )
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        """Create the table; a file from before ``agent_id`` gets the column (NULL for its old rows)."""
+        if self._schema_ready:
+            return
+        conn.executescript(_SCHEMA)
+        if "agent_id" not in {row[1] for row in conn.execute("PRAGMA table_info(failures)")}:
+            conn.execute("ALTER TABLE failures ADD COLUMN agent_id TEXT")
+        self._schema_ready = True
 
     # -- reading
 
@@ -299,6 +312,7 @@ class FailureStore:
 
     def _query(self, since: float | None, limit: int) -> _List[FailureRecord]:
         with self._db() as conn:
+            self._ensure_schema(conn)
             conn.row_factory = sqlite3.Row
             sql = f"SELECT {', '.join(_COLUMNS)} FROM failures"
             args: _List[Any] = []

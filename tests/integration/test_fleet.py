@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,10 +19,12 @@ import httpx
 import openai
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from tests.fleet_support import FleetAgent
 from tests.store_support import poll_until
 from zitops import deploy
+from zitops.cli import cli
 
 if TYPE_CHECKING:
     from tests.pg_support import PgCluster, PgDatabase
@@ -125,6 +129,13 @@ def test_kill9_of_an_agent_its_jobs_run_on_another_exactly_once(tmp_path: Path, 
             assert b.job(jobs[0])["attempts"] == 2  # started by A, then by B
             (reaped,) = [rec for rec in b.log_lines("job requeued") if rec.get("job_id") == jobs[0]]
             assert reaped["reaped_by"] == b.agent_id and f"lease of agent {a.agent_id} expired" in reaped["reason"]
+            # The reap's failure record names the reaper as a field, and `zitops failures` shows it.
+            (record,) = [r for r in b.client.get("/v1/failures").json()["failures"] if r["job_id"] == jobs[0]]
+            assert (record["kind"], record["agent_id"]) == ("agent", b.agent_id), record
+            shown = CliRunner().invoke(cli, ["failures", "--url", b.url])
+            assert shown.exit_code == 0 and "AGENT_ID" in shown.output, shown.output
+            (row,) = [line for line in shown.output.splitlines() if "AgentLost" in line]
+            assert b.agent_id in row, shown.output
     assert not a.log_lines("job succeeded")
 
 
@@ -134,8 +145,19 @@ def test_postgresql_restarted_mid_run_nothing_lost(tmp_path: Path, pg_cluster: P
         a.wait_ready()
         b.wait_ready()
         jobs = [a.submit(seed=i) for i in range(3)] + [b.submit(seed=10 + i) for i in range(3)]
-        poll_until(lambda: sum(status_of(b, j) == "running" for j in jobs) == 2, 30)
-        pg_cluster.stop()
+        with ThreadPoolExecutor(1) as pool:  # a synchronous request, queued behind the six
+            waiting = pool.submit(httpx.post, f"{b.url}/sdapi/v1/txt2img", json={"prompt": "w"}, timeout=120)
+            poll_until(lambda: sum(status_of(b, j) == "running" for j in jobs) == 2, 30)
+            poll_until(lambda: len(b.log_lines("job queued")) == 4, 30)  # its three, and the waiting one
+            pg_cluster.stop()
+            try:
+                sync = waiting.result(timeout=60)  # the waiter's next look at the store fails
+            except BaseException:
+                pg_cluster.start()
+                raise
+        message = sync.json()["error"]["message"] if sync.status_code == 503 else sync.text
+        sync_job = re.search(r"poll GET /v1/jobs/(\w+) once the job store is back", message)
+        assert sync.status_code == 503 and sync_job and "job store" in message, (sync.status_code, message)
         try:
             # Stops admitting, and says why; the running jobs finish meanwhile.
             r = poll_until(lambda: _if_status(a.client.post("/v1/jobs", json={"prompt": "x"}), 503), 30)
@@ -148,10 +170,11 @@ def test_postgresql_restarted_mid_run_nothing_lost(tmp_path: Path, pg_cluster: P
             pg_cluster.start()
         poll_until(lambda: a.ready() and b.ready(), 60)
         poll_until(lambda: all(status_of(a, j) == "succeeded" for j in jobs), 90)
+        poll_until(lambda: status_of(a, sync_job[1]) == "succeeded", 60)  # kept, and run
         after = b.submit()
         poll_until(lambda: status_of(a, after) == "succeeded", 60)
         done = [rec["job_id"] for agent in (a, b) for rec in agent.log_lines("job succeeded")]
-        assert sorted(set(done)) == sorted([*jobs, after])
+        assert sorted(set(done)) == sorted([*jobs, sync_job[1], after])
 
 
 def test_the_keda_query_counts_the_fleets_waiting_and_running_jobs(pg_db: PgDatabase) -> None:

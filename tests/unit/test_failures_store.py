@@ -231,3 +231,23 @@ def test_cli_reports_an_unreachable_agent() -> None:
         port = s.getsockname()[1]
     result = CliRunner().invoke(cli, ["failures", "--url", f"http://127.0.0.1:{port}"])
     assert isinstance(result.exception, AgentUnavailable) and "is it running" in str(result.exception)
+
+
+def test_agent_id_is_a_field_and_an_older_database_gains_the_column(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    with sqlite3.connect(state / "failures.sqlite3") as conn:  # the table as it was before agent_id
+        conn.execute("CREATE TABLE failures (id TEXT PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, "
+                     "job_id TEXT, profile TEXT NOT NULL, prompt TEXT NOT NULL, params TEXT NOT NULL, "
+                     "exc_type TEXT NOT NULL, message TEXT NOT NULL, traceback TEXT, worker_id TEXT, "
+                     "vram TEXT, action TEXT NOT NULL)")
+        conn.execute("INSERT INTO failures VALUES ('old', 1.0, 'job', 'j0', 'p', '', '{}', 'E', 'm', NULL, "
+                     "NULL, NULL, 'fail')")
+    conn.close()
+    store = FailureStore(state, tmp_path / "logs")
+    assert [(r.id, r.agent_id) for r in store.list()] == [("old", None)]
+    _record(store, 1, agent_id="agent-b")
+    _record(store, 2)  # a single agent: no id
+    assert {r.job_id: r.agent_id for r in store.list()} == {"job-1": "agent-b", "job-2": None, "j0": None}
+    (line, _) = store.jsonl_path.read_text("utf-8").splitlines()
+    assert json.loads(line)["agent_id"] == "agent-b"

@@ -79,8 +79,9 @@ class Dispatcher:
         self.metrics = RuntimeMetrics(config.profile.queue.depth)
         self.failures = failures if failures is not None else FailureStore(
             Path(config.paths.state_dir), Path(config.paths.log_dir))
-        self.failure_log = FailureLog(self.failures, config.profile.name, self.log)
         fleet_store = shared(store)
+        self.failure_log = FailureLog(self.failures, config.profile.name, self.log,
+                                      fleet_store.agent_id if fleet_store is not None else None)
         self.fleet = None if fleet_store is None else Fleet(fleet_store, config, self.output_dir, self.log,
             self.failure_log, self._wake, lambda: self._waiters, self.dispatch, lambda: self.readiness()[0])
         self.store: Store = store if self.fleet is None else self.fleet.store
@@ -94,7 +95,8 @@ class Dispatcher:
                                  finished=self._finished, forget=self._forget, requeue_first=self._queue_first)
         self.results = ResultWriter(self.output_dir, self.store, self.metrics, self.log, self.failure_log,
                                     self._finished, lambda job_id: job_id in self._waiters,
-                                    self.outcomes.store_failed)
+                                    self.outcomes.store_failed,
+                                    upload=None if self.fleet is None else self.fleet.store.upload)
         self.schedule = Schedule()
         self.progress = ProgressBoard()
         self.malloc_tuned = keep_freed_memory()
@@ -359,14 +361,17 @@ class Dispatcher:
         at once, so synchronous clients get a 503 instead of a dropped connection.
         """
         self.unsaved.check(job_id)
-        record = self._unless_stranded(self.get(job_id))
+        record = self._unless_stranded(self._look(job_id))
         if record.status.final or timeout_s <= 0:
             return record
         ev = self._waiters.setdefault(job_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ev.wait(), timeout_s)
         self.unsaved.check(job_id)  # the store refused its outcome: a fast 503/507 with the reason
-        return self._unless_stranded(self.get(job_id))
+        return self._unless_stranded(self._look(job_id))
+
+    def _look(self, job_id: str) -> JobRecord:
+        return self.get(job_id) if self.fleet is None else self.fleet.waited(job_id, self.get)
 
     def _unless_stranded(self, record: JobRecord) -> JobRecord:
         if not record.status.final and (

@@ -24,10 +24,12 @@ def lost_kind(reason: str) -> str:
 class FailureLog:
     """Records failures in a :class:`FailureStore` (or nowhere, given None)."""
 
-    def __init__(self, store: FailureStore | None, profile: str, log: AgentLog) -> None:
+    def __init__(self, store: FailureStore | None, profile: str, log: AgentLog,
+                 agent_id: str | None = None) -> None:
         self.store = store
         self.profile = profile
         self.log = log
+        self.agent_id = agent_id  # the fleet agent's id (store.agent_id); None for a single agent
 
     def record(self, record: JobRecord | None, exc_type: str, message: str, tb: str, *, worker_id: str | None,
                vram: dict[str, Any], action: Action, kind: str = "job") -> None:
@@ -43,6 +45,7 @@ class FailureLog:
                 params=req.to_dict() if req else {},
                 exc_type=exc_type, message=message, traceback=tb,
                 worker_id=worker_id, vram=vram, action=action, kind=kind,
+                agent_id=self.agent_id,
             )
         except Exception as exc:  # the failure log must never break the dispatcher
             self.log("warning", "could not record failure", error=str(exc))

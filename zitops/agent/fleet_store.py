@@ -5,9 +5,11 @@
 they are for SQLite. What it adds, for a store other agents share and that
 may be down:
 
-- ``succeed`` puts the job's encoded images in the store first (any agent
-  serves them), then marks it succeeded; the fleet's ``done`` notice wakes
-  waiters on every agent.
+- The job's encoded images go into the store first (any agent serves them):
+  ``upload``, on the result writer's encode thread, off the event loop; then
+  ``succeed`` marks it succeeded, and the fleet's ``done`` notice wakes
+  waiters on every agent. An upload the store refused is done again by
+  ``succeed`` (from the files), so the order holds on every path.
 - An outcome the store refuses with Conflict (the job's lease expired and it
   was requeued or taken by another agent) is dropped with a warning: the
   other run's result is the one kept.
@@ -115,6 +117,10 @@ class FleetStore:
         """Jobs this agent claimed and has not finished: the records it answers with while the store is down."""
         self.outbox: collections.deque[Pending] = collections.deque()
         self.dropped = 0
+        self._uploaded: dict[str, NotFound | None] = {}
+        """Jobs whose ``upload`` reached the store: None, or the NotFound it answered (the job is gone).
+        Written on an encode thread before the loop's ``succeed`` reads it; a dict's
+        single set and pop are atomic, so it needs no lock."""
 
     # --- reads and plain writes go straight to the store -------------------------------
 
@@ -167,11 +173,27 @@ class FleetStore:
 
     # --- outcomes: fenced, and parked while the store is down ------------------------
 
+    def upload(self, job_id: str, names: tuple[str, ...], blobs: tuple[bytes, ...]) -> None:
+        """Put a finished job's encoded images in the store; runs on an encode thread, never raises."""
+        try:
+            self.shared.put_images(job_id, list(zip(names, blobs, strict=True)))
+        except NotFound as exc:
+            self._uploaded[job_id] = exc  # succeed drops the outcome as for any NotFound
+        except StoreUnavailable:
+            pass  # succeed parks the outcome; its write uploads from the files once the store is back
+        else:
+            self._uploaded[job_id] = None
+
     def succeed(self, job_id: str, images: tuple[str, ...], info: dict[str, Any]) -> JobRecord:
-        """Put the images in the store, then mark the job succeeded."""
+        """Mark the job succeeded, after its images are in the store (``upload``, else here)."""
         def write() -> JobRecord:
-            blobs = [(name, (self.output_dir / name).read_bytes()) for name in images]
-            self.shared.put_images(job_id, blobs)
+            if job_id in self._uploaded:
+                refused = self._uploaded.pop(job_id)
+                if refused is not None:
+                    raise refused
+            else:
+                blobs = [(name, (self.output_dir / name).read_bytes()) for name in images]
+                self.shared.put_images(job_id, blobs)
             return self.shared.succeed(job_id, images, info)
 
         return self._outcome(job_id, "succeed", write, status=JobStatus.SUCCEEDED, images=images, info=info,

@@ -37,6 +37,9 @@ FRESH_JOBS = 8
 FRESH_BYTES = 256 * 1024 * 1024
 """The most bytes those kept images may take together."""
 
+Uploader = Callable[[str, tuple[str, ...], tuple[bytes, ...]], None]
+"""Puts a job's encoded images (names, bytes) where every agent can read them; runs on the encode pool."""
+
 STAGES = ("queue", "engine", "transfer", "encode")
 """A job's timed stages (``info["timings"]``, ``zitops_job_stage_seconds``); see docs/api.md."""
 
@@ -47,7 +50,8 @@ class ResultWriter:
     def __init__(self, output_dir: Path, store: Store, metrics: RuntimeMetrics, log: AgentLog,
                  failures: FailureLog, finished: Callable[[JobRecord], None],
                  wanted: Callable[[str], bool],
-                 store_failed: Callable[[str, str, StoreUnavailable], None] | None = None) -> None:
+                 store_failed: Callable[[str, str, StoreUnavailable], None] | None = None,
+                 upload: Uploader | None = None) -> None:
         self.output_dir = output_dir
         self.store = store
         self.metrics = metrics
@@ -56,6 +60,7 @@ class ResultWriter:
         self._finished = finished  # the job is final: wake its waiters
         self._wanted = wanted  # someone waits on the job: keep its bytes
         self._store_failed = store_failed  # the store refused the outcome: fail the job in memory
+        self._upload = upload  # fleet mode: put the images in the shared store, on the encode thread
         self.encode: Encoder = encode_image
         """Test seam: tests swap in a slow or failing encoder; production never changes it."""
         self._threads = ThreadPoolExecutor(max_workers=ENCODE_THREADS, thread_name_prefix="zitops-encode")
@@ -109,12 +114,21 @@ class ResultWriter:
                                  vram={}, action="fail")
             self._finished(record)
             return
+        encoded = time.monotonic()
+        if self._upload is not None:
+            # A shared store's image upload is a network round trip per job: on
+            # the pool, so the event loop never waits on it; before succeed, so
+            # the images exist when the fleet hears "done". The uploader never
+            # raises: a refused upload is retried by succeed (fleet_store.py).
+            await loop.run_in_executor(self._threads, self._upload, result.job_id, names, blobs)
         done = time.monotonic()
-        encode_s = done - started
+        encode_s = encoded - started
         self.metrics.encode_seconds.observe(encode_s)
         timings = self._timings(result, received, encode_s, done, marks)
         info = {**result.info, "seconds": round(result.seconds, 3), "encode_s": round(encode_s, 4),
                 "worker": worker_id, "timings": timings}
+        if self._upload is not None:
+            info["upload_s"] = round(done - encoded, 4)
         if self._wanted(result.job_id):
             self.keep_fresh(result.job_id, blobs)
         record = self.store.succeed(result.job_id, names, info)

@@ -54,7 +54,8 @@ def _cell(value: Any, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-COLUMNS = (("time", 24), ("kind", 7), ("action", 8), ("job_id", 14), ("worker_id", 9), ("exc_type", 16),
+COLUMNS = (("time", 24), ("kind", 7), ("action", 8), ("job_id", 14), ("worker_id", 9), ("agent_id", 20),
+           ("exc_type", 16),
            ("message", 40), ("prompt", 30))
 
 
