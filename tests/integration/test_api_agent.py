@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import json
 import os
@@ -30,6 +29,7 @@ import webuiapi
 import yaml
 from PIL import Image
 
+from tests.agent_process_support import AgentProcess
 from tests.api_support import free_port
 from tests.engine_support import png_text
 from tests.runtime_support import REAL_ENGINE_SETS, link_tiny_model, wait_until
@@ -46,20 +46,16 @@ SETS = ["generation.width=64", "generation.height=64", "generation.steps=2", "qu
         "queue.job_timeout_s=30", "queue.drain_timeout_s=10", "watchdog.heartbeat_interval_s=0.5"]
 
 
-class Agent:
-    """A real ``zitops agent`` subprocess on a free loopback port."""
+class Agent(AgentProcess):
+    """A real ``zitops agent`` on a free loopback port: the tiny pipeline, or the fault engine with ``faults``."""
 
     def __init__(self, tmp: Path, *, tokens: bool = False, faults: dict[str, Any] | None = None) -> None:
-        self.tmp = tmp
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         # The real tiny pipeline, unless a fault is injected.
         engine: dict[str, Any] = {"kind": "diffusers"} if faults is None else {
             "kind": "faulty", "faults": {"inner": "synthetic", **faults}}
         data: dict[str, Any] = {
             "profile": load_profile("designer", SETS + (REAL_ENGINE_SETS if faults is None else [])
                                     ).model_dump(mode="json"),
-            "port": self.port,
             "paths": {k: str(tmp / k) for k in ("state_dir", "log_dir", "output_dir", "cache_dir")},
             "engine": engine,
             "log_format": "json",
@@ -71,40 +67,7 @@ class Agent:
             tf.write_text(f"# test\n{TOKEN}\n")
             os.chmod(tf, 0o600)
             data["auth"] = {"tokens_file": str(tf)}
-        self.config_path = tmp / "config.yaml"
-        self.config_path.write_text(yaml.safe_dump(config_to_dict(config_from_mapping(data))))
-        self.log = open(tmp / "agent.out", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from zitops.cli import main; main()", "agent", "--config", str(self.config_path)],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        self.headers = {"Authorization": f"Bearer {TOKEN}"} if tokens else {}
-
-    def wait_ready(self, timeout_s: float = 120) -> None:
-        """Poll /readyz until 200; fail with the agent's output otherwise."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                if httpx.get(self.url + "/readyz", headers=self.headers, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError("agent never became ready:\n" + (self.tmp / "agent.out").read_text()[-4000:])
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL the whole process group if it lingers."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self.log.close()
+        super().__init__(tmp, data, {"Authorization": f"Bearer {TOKEN}"} if tokens else None)
 
     def hung_worker(self) -> int:
         """Wait until the fault engine hangs in a job; the hung worker's pid."""

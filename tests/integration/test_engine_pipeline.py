@@ -239,3 +239,28 @@ def test_full_architecture_refuses_the_cpu(tmp_path: Path) -> None:
 
     with pytest.raises(EngineError, match="needs a CUDA device"):
         DiffusersEngine(settings(), "full-random", state_dir=tmp_path).setup("cpu")
+
+
+def test_img2img_and_inpaint_share_the_loaded_modules(engine: DiffusersEngine) -> None:
+    from PIL import Image
+
+    from zitops.agent.image_input import to_png_b64
+
+    init = to_png_b64(Image.effect_noise((32, 32), 64).convert("RGB"), "RGB")
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    params_before = {id(p) for p in engine.pipe.transformer.parameters()}
+    edited = engine.generate(request((4,), init_image=init, strength=0.6, steps=3))
+    painted = engine.generate(request((4,), init_image=init, mask=to_png_b64(mask, "L"), strength=1.0, steps=3))
+    assert edited.images[0].size == painted.images[0].size == (32, 32)
+    assert set(engine.variants) == {"img2img", "inpaint"}
+    for kind, variant in engine.variants.items():
+        assert type(variant).__name__ != type(engine.pipe).__name__, kind
+        for module in ("transformer", "text_encoder", "vae", "tokenizer"):
+            assert getattr(variant, module) is getattr(engine.pipe, module), (kind, module)
+    # No second copy was made behind the shared objects either: the same parameter tensors.
+    assert {id(p) for p in engine.pipe.transformer.parameters()} == params_before
+    # Built once: a second img2img request reuses the cached variant.
+    cached = engine.variants["img2img"]
+    engine.generate(request((5,), init_image=init, strength=0.6, steps=3))
+    assert engine.variants["img2img"] is cached

@@ -10,13 +10,8 @@ asserts the step count the job recorded, never a time.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -29,14 +24,12 @@ import numpy as np
 import openai
 import pytest
 import webuiapi
-import yaml
 from PIL import Image
 
-from tests.api_support import free_port
+from tests.agent_process_support import AgentProcess
 from tests.engine_support import tiny_model_dir
 from tests.lora_support import make_lora
 from tests.runtime_support import REAL_ENGINE_SETS, link_tiny_model
-from zitops.config import config_from_mapping, config_to_dict
 from zitops.profile import load_profile
 
 pytestmark = pytest.mark.slow
@@ -46,58 +39,27 @@ SETS = ["generation.width=64", "generation.height=64", "generation.steps=3", "qu
 LONG_STEPS = 50  # limits.max_steps: a job long enough to be stopped after its first step
 
 
-class Agent:
-    """A real ``zitops agent`` subprocess with a LoRA directory."""
+class Agent(AgentProcess):
+    """A real ``zitops agent`` on the tiny pipeline with a LoRA directory of two tiny LoRAs."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.lora_dir = tmp / "loras"
         make_lora(tiny_model_dir(), self.lora_dir, "peft-style", seed=1)
         make_lora(tiny_model_dir(), self.lora_dir, "kohya_style", seed=2, kohya=True)
         link_tiny_model(tmp / "state_dir")
-        data: dict[str, Any] = {
+        super().__init__(tmp, {
             "profile": load_profile("designer", SETS + REAL_ENGINE_SETS).model_dump(mode="json"),
-            "port": self.port, "lora_dir": str(self.lora_dir), "log_format": "json",
+            "lora_dir": str(self.lora_dir), "log_format": "json",
             "paths": {k: str(tmp / k) for k in ("state_dir", "log_dir", "output_dir", "cache_dir")},
             "engine": {"kind": "diffusers"},
-        }
-        config = tmp / "config.yaml"
-        config.write_text(yaml.safe_dump(config_to_dict(config_from_mapping(data))))
-        self.log = open(tmp / "agent.out", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from zitops.cli import main; main()", "agent", "--config", str(config)],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout_s: float = 180) -> None:
-        """Poll /readyz until 200."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError("agent never became ready:\n" + (self.tmp / "agent.out").read_text()[-4000:])
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL the process group if it lingers."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self.log.close()
+        })
 
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
     a = Agent(tmp_path_factory.mktemp("features"))
     try:
-        a.wait_ready()
+        a.wait_ready(180)
         yield a
     finally:
         a.stop()
@@ -337,3 +299,26 @@ def test_openai_streaming_parses_in_the_official_client(agent: Agent) -> None:
     assert [e.partial_image_index for e in partials] == [0, 1]
     final = Image.open(io.BytesIO(base64.b64decode(events[-1].b64_json)))
     assert final.size == (64, 64) and events[-1].size == "64x64"
+
+
+def test_openai_edits_stream_in_the_official_client(agent: Agent) -> None:
+    client = openai.OpenAI(base_url=agent.url + "/v1", api_key="unused", max_retries=0)
+    image = io.BytesIO()
+    noise_image(4).save(image, format="PNG")
+    stream = client.images.edit(image=("in.png", image.getvalue(), "image/png"), prompt="a lamp", size="64x64",
+                                stream=True, partial_images=2, extra_body={"steps": 4, "seed": 5, "strength": 1.0})
+    events = list(stream)
+    kinds = [e.type for e in events]
+    assert kinds == ["image_edit.partial_image"] * 2 + ["image_edit.completed"], kinds
+    partials = [e for e in events if e.type == "image_edit.partial_image"]
+    assert [e.partial_image_index for e in partials] == [0, 1]
+    final = Image.open(io.BytesIO(base64.b64decode(events[-1].b64_json)))
+    assert final.size == (64, 64) and events[-1].size == "64x64"
+    # The same edit without streaming gives the same pixels: the stream adds previews, not a different job.
+    plain = client.images.edit(image=("in.png", image.getvalue(), "image/png"), prompt="a lamp", size="64x64",
+                               extra_body={"steps": 4, "seed": 5, "strength": 1.0})
+    assert plain.data and (arr(Image.open(io.BytesIO(base64.b64decode(plain.data[0].b64_json or "")))) ==
+                           arr(final)).all()
+    with pytest.raises(openai.UnprocessableEntityError, match="partial_images"):
+        client.images.edit(image=("in.png", image.getvalue(), "image/png"), prompt="a lamp", size="64x64",
+                           partial_images=2)

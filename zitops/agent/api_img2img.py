@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
@@ -34,8 +35,9 @@ from zitops.agent.api_common import (
     timed_json,
     wait_final,
 )
+from zitops.agent.api_events import openai_stream, partial_steps
 from zitops.agent.api_inputs import image_overrides, lora_overrides, sized
-from zitops.agent.api_openai import parse_size
+from zitops.agent.api_openai import STREAM_QUALITY, parse_size
 from zitops.agent.http_errors import EDGE_CODES, ERROR_RESPONSES, responses
 from zitops.agent.image_input import from_base64
 from zitops.errors import InvalidRequest
@@ -126,13 +128,18 @@ async def edits(
     user: Annotated[str | None, Form(max_length=1000)] = None,
     background: Annotated[Literal["opaque", "auto"] | None, Form()] = None,
     input_fidelity: Annotated[Literal["low", "high"] | None, Form()] = None,
+    stream: Annotated[bool, Form(description="Server-Sent Events: partial images, then completed.")] = False,
+    partial_images: Annotated[int | None, Form(ge=0, le=3, description="With stream: previews sent as "
+                                                                        "image_edit.partial_image events.")] = None,
 ) -> Response:
     """Edit an image with a prompt (inpaint where ``mask`` is transparent); OpenAI's images.edit."""
-    del model, quality, user, background, input_fidelity  # OpenAI's own models' knobs
+    del model, user, input_fidelity  # OpenAI's own models' knobs
     started = request_started(request)
     ctx = context(request)
     if len(image) != 1:
         raise InvalidRequest(f"image: {len(image)} images sent; exactly one is supported")
+    if partial_images and not stream:
+        raise InvalidRequest("partial_images: partial images need stream: true")
     cap = ctx.config.limits.max_image_body_bytes
     init = await image[0].read(cap + 1)
     mask_bytes = await mask.read(cap + 1) if mask is not None else None
@@ -146,6 +153,11 @@ async def edits(
         overrides.update(lora_overrides(ctx.config, _loras_form(loras)))
     req = build_request_as({"batch": "n", "width": "size", "height": "size"}, ctx.config, prompt,
                            **sized(overrides))
+    if stream:
+        req = replace(req, preview_at=partial_steps(req.steps, partial_images or 0))
+        record = await submit(request, req)
+        return openai_stream(ctx.service, record, prefix="image_edit",
+                             quality=STREAM_QUALITY.get(quality or "auto", "auto"), background=background or "auto")
     record = await submit(request, req)
     record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
     respond_from = time.monotonic()

@@ -116,7 +116,7 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
 
 
 ROUTE = "/v1/images/generations"
-_STREAM_QUALITY = {q: q for q in ("low", "medium", "high", "xhigh", "max", "auto")}
+STREAM_QUALITY = {q: q for q in ("low", "medium", "high", "xhigh", "max", "auto")}
 """The qualities a stream event may name (OpenAI's ImageGen events); others are reported as auto."""
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -144,7 +144,7 @@ async def create_images(body: ImageGenerationIn, request: Request) -> Response:
     if body.stream:
         req = replace(req, preview_at=partial_steps(req.steps, body.partial_images or 0))
         record = await submit(request, req)
-        return openai_stream(ctx.service, record, prefix="image_generation", quality=_STREAM_QUALITY.get(body.quality or "auto", "auto"),
+        return openai_stream(ctx.service, record, prefix="image_generation", quality=STREAM_QUALITY.get(body.quality or "auto", "auto"),
                              background=body.background or "auto")
     record = await submit(request, req)
     record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
