@@ -308,9 +308,11 @@ def test_zitops_failures_from_a_running_agent(errors_agent: Agent, error_jobs: d
 
 def test_hang_leaves_a_record(lost_agent: Agent) -> None:
     hung = lost_agent.submit()
-    assert lost_agent.wait_final(hung, timeout=40)["status"] == "succeeded"
+    # Killed for passing its timeout: failed, not run again (a job that hangs once hangs again).
+    final = lost_agent.wait_final(hung, timeout=40)
+    assert final["status"] == "failed" and "killed for passing its timeout, not retried" in final["error"]
     (rec,) = _records_for(lost_agent, hung)
-    assert (rec["kind"], rec["action"], rec["exc_type"]) == ("hang", "requeue", "WorkerLost")
+    assert (rec["kind"], rec["action"], rec["exc_type"]) == ("hang", "fail", "WorkerLost")
 
 
 def test_kill_9_mid_job_leaves_a_record(killed_agent: Agent) -> None:
