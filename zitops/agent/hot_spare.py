@@ -57,8 +57,13 @@ class HotSpare:
         return self.spares.get(slot.id) is slot
 
     def ensure(self, slot: WorkerSlot, wanted: bool, now: float) -> None:
-        """Start a spare for ``slot`` when the policy wants one, it has none, and no failure backoff runs."""
-        if not wanted or slot.id in self.spares or not slot.serving:
+        """Start a spare for ``slot`` when the policy wants one, it has none, and no failure backoff runs.
+
+        Not while the slot's worker runs its first job (after a takeover, the requeued one): the
+        spare's load would slow exactly that job; the pool asks again when the job is done.
+        """
+        if (not wanted or slot.id in self.spares or not slot.serving
+                or (slot.job_id is not None and slot.jobs_done == 0)):
             return
         recent = policy.deaths_in_window(self._failures.get(slot.id, []), now, self.wd.flap_window_s)
         last = max(self._failures.get(slot.id, [0.0]))

@@ -219,6 +219,7 @@ class Pool:
         # loading: the next spare's imports slow nothing now.
         if msg.after == "job" and any(s is slot for s in self.slots) and slot.id not in self.overlap.warming:
             self.standby.after_job(slot.id, slot.gpu)
+            self._ensure_hot(slot)
         if msg.after == "clear_cache" and slot.clearing is not None:
             self.event("cache_clear", slot, "idle cache clear", freed_mib=round(slot.clearing - msg.reserved_mib, 1))
             slot.clearing = None
