@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.runtime_support import REAL_ENGINE_SETS, Runtime, pid_alive, runtime_config, wait_until
+from tests.runtime_support import REAL_ENGINE_SETS, Runtime, pid_alive, request, runtime_config, wait_until
 from zitops.agent.contract import JobStatus
 
 pytestmark = pytest.mark.slow
@@ -81,5 +81,28 @@ def test_no_hot_spare_when_off_or_auto_on_the_cpu(tmp_path: Path, setting: str) 
         assert st["hot_spare"]["spares"] == [] and st["hot_spare"]["setting"] == (setting == "auto" and "auto")
         assert not rt.events("hot_spare_start") and not rt.events("takeover")
         assert [w["state"] for w in st["workers"]] == ["ready"]
+    finally:
+        rt.close()
+
+
+def test_a_policy_recycle_hands_the_slot_to_the_ready_spare(tmp_path: Path) -> None:
+    rt = Runtime(runtime_config(tmp_path, kind="faulty",
+                                sets=["watchdog.hot_spare=true", "watchdog.recycle_after_jobs=2"]))
+    try:
+        (ready,) = wait_until(lambda: rt.events("hot_spare_ready"), 30, what="the hot spare")
+        (old_pid,) = [w["pid"] for w in rt.status()["workers"] if w["state"] == "ready"]
+        for i in range(2):
+            assert rt.wait(rt.submit(request(seed=i)).id).status is JobStatus.SUCCEEDED
+        (handover,) = wait_until(lambda: rt.events("handover"), 30, what="the handover")
+        assert handover["old_pid"] == old_pid and handover["new_pid"] == ready["spare_pid"]
+        (recycle,) = rt.events("recycle")
+        assert recycle["policy"] == "jobs" and recycle["hot_spare"] is True
+        assert recycle["successor_pid"] == ready["spare_pid"]
+        wait_until(lambda: rt.events("retired"), 30, what="the old worker to exit")
+        wait_until(lambda: rt.events("hot_spare_ready")[1:], 30, what="the rebuilt spare")
+        assert not rt.events("restart") and not rt.events("crash")
+        assert rt.wait(rt.submit().id).status is JobStatus.SUCCEEDED
+        (w,) = [w for w in rt.status()["workers"] if w["id"] == "w0" and w["state"] in ("ready", "busy")]
+        assert w["pid"] == ready["spare_pid"]
     finally:
         rt.close()
