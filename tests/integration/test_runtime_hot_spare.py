@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from tests.runtime_support import REAL_ENGINE_SETS, Runtime, pid_alive, request, runtime_config, wait_until
+from tests.runtime_support import (
+    REAL_ENGINE_SETS,
+    Runtime,
+    pid_alive,
+    request,
+    runtime_config,
+    wait_until,
+)
 from zitops.agent.contract import JobStatus
 
 pytestmark = pytest.mark.slow
