@@ -13,6 +13,7 @@ import pytest
 from tests.runtime_support import (
     REAL_ENGINE_SETS,
     Runtime,
+    hung_job_pid,
     pid_alive,
     request,
     runtime_config,
@@ -43,11 +44,7 @@ def test_kill_9_of_the_busy_worker_hands_its_job_to_the_hot_spare(tmp_path: Path
 
         rt.lt.call(setattr, rt.d, "on_event", on_event)
         rec = rt.submit()
-        old_pid = wait_until(lambda: next((w["pid"] for w in rt.status()["workers"] if w["current_job"] == rec.id),
-                                          None), 30, what="the job to start")
-        log = Path(rt.config.paths.log_dir) / "worker-w0.log"
-        wait_until(lambda: log.is_file() and "fault: hanging on job 1" in log.read_text("utf-8", "replace"), 30,
-                   what="the worker to be inside the job")
+        old_pid = hung_job_pid(rt, rec.id)
         t_kill = time.monotonic()
         os.kill(old_pid, signal.SIGKILL)
         done = rt.wait(rec.id)
