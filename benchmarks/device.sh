@@ -117,6 +117,10 @@ scenario_restart_weights() { # (weights) kill -9 a worker; its successor starts 
   timeout 200 python3 benchmarks/restart_probe.py --model "$WEIGHTS" --profile designer --kills 1 \
     --set watchdog.restart_backoff_s=0 --cache-dir /tmp/zcache --out "$OUT/restart-weights.json" 2>&1 | quiet | tail -60
 }
+scenario_restart_hot() { # kill -9 the worker twice with a hot spare on: the loaded spare takes over (issue 13)
+  timeout 580 python3 benchmarks/restart_probe.py --arch full --profile designer --kills 2 \
+    --set watchdog.hot_spare=true --cache-dir /tmp/zcache --out "$OUT/restart-hot.json" 2>&1 | quiet | tail -60
+}
 scenario_agent_weights() { # (weights) the designer agent path serving real-size weights from disk (L)
   need_weights
   bench agent-weights 130 --model "$WEIGHTS" --profile designer --runs 5 --paths agent --cache-dir /tmp/zcache

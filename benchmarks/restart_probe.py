@@ -10,7 +10,9 @@ kill-to-ready, kill-to-first-image and the new worker's own start-up phases
 from ``/status``. The crash restart's backoff delay (watchdog) is part of
 kill-to-ready; the phases show the worker's own share. Prints and writes JSON.
 Needs no GPU with ``--model tiny``; with ``--arch full`` it needs one.
-``--set watchdog.standby_preload=false`` times a spare that only imports.
+``--set watchdog.standby_preload=false`` times a spare that only imports;
+``--set watchdog.hot_spare=true`` waits before each kill until the hot spare
+(a loaded, warmed second worker) is ready, and records its takeover.
 """
 
 from __future__ import annotations
@@ -31,6 +33,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def _worker(status: dict[str, Any]) -> dict[str, Any]:
     workers = status.get("workers") or []
     return dict(workers[0]) if workers else {}
+
+
+def _settle_hot_spare(client: Any, url: str, timeout_s: float = 600.0) -> dict[str, Any] | None:
+    """Wait until the hot spare is ready, when one is on or being built; its /status entry, or None."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        hot = client.get(f"{url}/status").json().get("hot_spare") or {}
+        spares = hot.get("spares") or []
+        if hot.get("setting") is False or (hot.get("setting") == "auto" and not spares):
+            return None  # off, or auto without room for a second copy
+        if any(s.get("state") == "ready" for s in spares):
+            return dict(spares[0])
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the hot spare was not ready within {timeout_s:g} s: {hot}")
+        time.sleep(0.2)
 
 
 def main() -> None:
@@ -76,6 +93,7 @@ def main() -> None:
             for _ in range(args.kills):
                 time.sleep(25)  # let a standby spare (if any) start and finish its imports
                 settle_spare(client, url)  # and its model preload, when it makes one
+                hot = _settle_hot_spare(client, url)
                 old = _worker(client.get(f"{url}/status").json())
                 t_kill = time.perf_counter()
                 os.kill(int(old["pid"]), signal.SIGKILL)
@@ -94,9 +112,13 @@ def main() -> None:
                     raise SystemExit("worker did not come back within 600 s")
                 client.post(f"{url}/v1/images/generations", json=body).raise_for_status()
                 done = time.perf_counter()
+                st = client.get(f"{url}/status").json()
                 result["kills"].append({"kill_to_ready_s": round(ready_at - t_kill, 2),
                                         "kill_to_first_image_s": round(done - t_kill, 2),
-                                        "worker": _worker(client.get(f"{url}/status").json())})
+                                        "worker": _worker(st), "hot_spare": hot,
+                                        "took_over": hot is not None and _worker(st).get("pid") == hot["pid"],
+                                        "takeovers": [e for e in st.get("recoveries", [])
+                                                      if e.get("kind") == "takeover"]})
     print(json.dumps(result, indent=1))
     Path(args.out).write_text(json.dumps(result, indent=1), "utf-8")
 

@@ -171,3 +171,13 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def hung_job_pid(rt: Runtime, job_id: str) -> int:
+    """The pid of the worker running ``job_id``, once the fault engine's ``hang_on_job`` holds it there."""
+    pid: int = wait_until(lambda: next((w["pid"] for w in rt.status()["workers"] if w["current_job"] == job_id),
+                                       None), 30, what="the job to start")
+    log = Path(rt.config.paths.log_dir) / "worker-w0.log"
+    wait_until(lambda: log.is_file() and "fault: hanging on job" in log.read_text("utf-8", "replace"), 30,
+               what="the worker to be inside the job")
+    return pid

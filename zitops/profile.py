@@ -129,6 +129,11 @@ class WatchdogSettings(_Section):
     # offload is "none" and MemAvailable is >= 1.5x the weights, so the start it
     # serves only moves the pipeline to the GPU (docs/runtime.md "Standby spares").
     standby_preload: bool = True
+    # A hot spare: a second worker per slot, loaded, warmed and idle, that takes
+    # the slot at once when its worker dies, hangs or is recycled. "auto": on a
+    # GPU with room for a second copy, never on the CPU; true: also on the CPU
+    # (zitops.agent.hot_spare, docs/runtime.md "Hot spares").
+    hot_spare: Literal["auto"] | bool = "auto"
     restart_backoff_s: float = Field(1.0, ge=0, le=600)
     restart_backoff_max_s: float = Field(60.0, ge=0, le=3_600)
     flap_limit: int = Field(5, ge=1, le=1_000)

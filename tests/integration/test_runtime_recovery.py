@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime_support import Runtime, pid_alive, request, runtime_config, wait_until
+from tests.runtime_support import (
+    Runtime,
+    hung_job_pid,
+    pid_alive,
+    request,
+    runtime_config,
+    wait_until,
+)
 from zitops.agent.contract import JobStatus
 from zitops.errors import AgentUnavailable
 from zitops.failures import FailureStore
@@ -25,11 +32,7 @@ def test_kill_9_of_a_busy_worker_requeues_and_recovers(tmp_path: Path) -> None:
     rt = Runtime(runtime_config(tmp_path, faults={"hang_on_job": 1}))
     try:
         rec = rt.submit()
-        pid = wait_until(lambda: next((w["pid"] for w in rt.status()["workers"] if w["current_job"] == rec.id),
-                                      None), 30, what="the job to start")
-        log = Path(rt.config.paths.log_dir) / "worker-w0.log"
-        wait_until(lambda: log.is_file() and "fault: hanging on job 1" in log.read_text("utf-8", "replace"), 30,
-                   what="the worker to be inside the job")
+        pid = hung_job_pid(rt, rec.id)
         os.kill(pid, signal.SIGKILL)
         rec = rt.wait(rec.id)
         assert rec.status is JobStatus.SUCCEEDED and rec.attempts == 2, rec.error

@@ -56,6 +56,17 @@ def test_room_for_an_overlapped_successor() -> None:
     assert not p.room_for_successor(True, 60000, None)  # the old worker's use unknown
 
 
+def test_hot_spare_wanted_on_a_gpu_with_room_and_on_the_cpu_only_when_asked() -> None:
+    assert p.hot_spare_wanted("auto", True, 23000, 20000)  # auto: a GPU with room for a second copy
+    assert not p.hot_spare_wanted("auto", True, 22999, 20000)
+    assert not p.hot_spare_wanted("auto", True, None, 20000)  # no NVML: never blind
+    assert not p.hot_spare_wanted("auto", False, None, None)  # auto: off on the CPU
+    assert p.hot_spare_wanted(True, False, None, None)
+    assert not p.hot_spare_wanted(True, True, 10000, 20000)  # true still needs room on a GPU
+    assert not p.hot_spare_wanted(False, True, 80000, 20000)
+    assert not p.hot_spare_wanted(False, False, None, None)
+
+
 def test_backoff_doubles_to_its_cap_and_flap_limit() -> None:
     assert [p.backoff_delay(n, 1.0, 6.0) for n in range(6)] == [0.0, 1.0, 2.0, 4.0, 6.0, 6.0]
     deaths = [0.0, 100.0, 250.0, 290.0]

@@ -38,6 +38,16 @@ class _Handover:
     total_at_handover: int = 0
 
 
+def take_slot(pool: PoolHost, old: WorkerSlot, new: WorkerSlot) -> None:
+    """``new``, a loaded process of ``old``'s slot, takes its place in ``pool.slots`` (new jobs go to it)."""
+    new.state, new.last_heartbeat = "ready", time.monotonic()
+    new.deaths = old.deaths  # the flap limit is per slot, across incarnations
+    new.jobs_total = old.jobs_total
+    if new.nvml_used_mib is None:  # the same model: until NVML measures it, the old one's use stands in
+        new.nvml_used_mib = old.nvml_used_mib
+    pool.slots[pool.slots.index(old)] = new
+
+
 class Overlap:
     """At most one warming successor per slot, and the old workers still retiring."""
 
@@ -70,23 +80,31 @@ class Overlap:
         """The successor is loaded: it takes the slot; the old worker finishes its job and exits."""
         h = next(h for h in self.warming.values() if h.new is new)
         del self.warming[new.id]
+        self._hand_over(h, setup_s=round(msg.setup_s, 3), startup_s=msg.startup.get("total_s"))
+
+    def adopt(self, old: WorkerSlot, new: WorkerSlot, reason: str, policy: str) -> None:
+        """A recycle with a ready hot spare: ``new`` takes the slot now; ``old`` retires as after a warm-up."""
+        ev = self.pool.event("recycle", old, reason, policy=policy, overlap=True, hot_spare=True,
+                             jobs_done=old.jobs_done, successor_pid=new.pid,
+                             allocated_mib=old.memory.allocated_mib if old.memory else None)
+        self._hand_over(_Handover(old, new, reason, policy, time.monotonic(), ev),
+                        setup_s=None, startup_s=(new.startup or {}).get("total_s"))
+
+    def _hand_over(self, h: _Handover, setup_s: float | None, startup_s: float | None) -> None:
         old, pool = h.old, self.pool
-        now = time.monotonic()
-        new.state, new.last_heartbeat = "ready", now
-        new.deaths = old.deaths  # the flap limit is per slot, across incarnations
-        new.jobs_total = h.total_at_handover = old.jobs_total
+        h.total_at_handover = old.jobs_total
         # The old worker was ready or busy until this line and the new one is
         # ready from the next, in one event-loop callback: the slot is never down.
-        pool.slots[pool.slots.index(old)] = new
+        take_slot(pool, old, h.new)
         old.state = "retiring"
         self.retiring.append(h)
-        pool.send(old, Shutdown(f"replaced by pid {new.pid}: {h.reason}"))
+        pool.send(old, Shutdown(f"replaced by pid {h.new.pid}: {h.reason}"))
         h.event["gap_s"] = 0.0
-        pool.event("handover", new, h.reason, policy=h.policy, overlap=True, gap_s=0.0,
-                   warmup_s=round(now - h.started, 3), setup_s=round(msg.setup_s, 3),
-                   old_pid=old.pid, new_pid=new.pid, old_job_id=old.job_id, standby_pid=new.standby_pid,
-                   startup_s=msg.startup.get("total_s"))
-        pool.listener.on_ready(new)
+        pool.event("handover", h.new, h.reason, policy=h.policy, overlap=True, gap_s=0.0,
+                   warmup_s=round(time.monotonic() - h.started, 3), setup_s=setup_s,
+                   old_pid=old.pid, new_pid=h.new.pid, old_job_id=old.job_id, standby_pid=h.new.standby_pid,
+                   startup_s=startup_s)
+        pool.listener.on_ready(h.new)
 
     def on_exit(self, slot: WorkerSlot, code: int | None, job: str | None) -> None:
         """An owned process exited: a failed successor (fall back) or a retired old worker."""

@@ -3,7 +3,8 @@
 uvicorn's multiprocess supervisor, adapted: one spawned worker per GPU, each with its own Pipe, watched
 with ``add_reader`` on the agent's event loop (no polling). A dead worker is restarted with exponential
 backoff until its flap limit; a hung one gets SIGTERM, then SIGKILL; a leaking one is recycled, overlapped
-with a warm successor when a second copy fits (:mod:`~zitops.agent.overlap`). A new worker starts in a
+with a warm successor when a second copy fits (:mod:`~zitops.agent.overlap`). A slot's loaded hot spare,
+when it keeps one, takes over at once instead (:mod:`~zitops.agent.hot_spare`). A new worker starts in a
 pre-imported standby spare when the slot has one (:mod:`~zitops.agent.standby`). What to do is the
 watchdog's (:mod:`~zitops.agent.watchdog`, pure policy): the pool hands it observations and applies the
 actions it returns. Every action is kept as an event for /status and told to the listener.
@@ -21,6 +22,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from zitops.agent import hot_spare as hot
 from zitops.agent import watchdog as policy
 from zitops.agent.overlap import OVERLAP_POLICIES, Overlap
 from zitops.agent.schedule import Periodic
@@ -70,6 +72,7 @@ class Pool:
         self._exited = asyncio.Event()
         self._incarnations: dict[str, int] = {}
         self.overlap = Overlap(self)
+        self.hot = hot.HotSpare(self, self.wd)
         self.standby = Standby(config, self._config_data, self._ctx, self.slot_event)
         self.vram = Vram(read_vram)
         self.vram_history = VramHistory()
@@ -89,8 +92,8 @@ class Pool:
                 Periodic("vram", self.wd.interval_s, self.check_memory, soon=True)]
 
     def workers(self) -> list[WorkerSlot]:
-        """Every worker process: the slots, plus warming successors and retiring workers."""
-        return self.slots + self.overlap.workers()
+        """Every worker process: the slots, plus warming successors, retiring workers and hot spares."""
+        return self.slots + self.overlap.workers() + self.hot.workers()
 
     def _spawn(self, slot: WorkerSlot) -> None:
         if not self.start_process(slot) and not self._stopping and self._loop is not None:
@@ -108,16 +111,7 @@ class Pool:
         if started is None:
             return False
         proc, parent = started
-        now = time.monotonic()
-        slot.process, slot.conn, slot.pid = proc, parent, proc.pid
-        slot.state, slot.jobs_done, slot.job_id, slot.job_started = "starting", 0, None, None
-        slot.last_heartbeat = slot.spawned_at = now
-        slot.memory, slot.baseline_mib, slot.leak_streak, slot.clearing = None, None, 0, None
-        slot.cleared_after = -1
-        slot.kill_reason = slot.setup_error = slot.setup_error_type = None
-        slot.kill_fails_job = slot.permanent_error = False
-        slot.nvml_used_mib = None
-        slot.startup = None
+        slot.begin(proc, parent, time.monotonic())
         self._loop.add_reader(parent.fileno(), self._readable, slot, parent)
         self._loop.add_reader(proc.sentinel, self._on_exit, slot, proc, parent)
         return True
@@ -201,6 +195,9 @@ class Pool:
             return
         # Not sooner: the next spare's imports would slow this worker's load.
         self.standby.after_ready(slot.id, slot.gpu)
+        if self.hot.owns(slot):
+            self.hot.on_ready(slot, msg)
+            return
         if slot.state == "warming":
             self.overlap.on_ready(slot, msg)
             return
@@ -212,6 +209,7 @@ class Pool:
                        startup_s=msg.startup.get("total_s"))
             slot.down_since = slot.down_reason = None
         self.listener.on_ready(slot)
+        self._ensure_hot(slot)
 
     def _on_memory(self, slot: WorkerSlot, msg: MemoryReport) -> None:
         slot.memory = msg
@@ -221,6 +219,7 @@ class Pool:
         # loading: the next spare's imports slow nothing now.
         if msg.after == "job" and any(s is slot for s in self.slots) and slot.id not in self.overlap.warming:
             self.standby.after_job(slot.id, slot.gpu)
+            self._ensure_hot(slot)
         if msg.after == "clear_cache" and slot.clearing is not None:
             self.event("cache_clear", slot, "idle cache clear", freed_mib=round(slot.clearing - msg.reserved_mib, 1))
             slot.clearing = None
@@ -255,6 +254,9 @@ class Pool:
         if self._stopping:
             slot.state = "stopped"
             return
+        if self.hot.owns(slot):
+            self.hot.on_exit(slot, code)
+            return
         if self.overlap.owns(slot):
             self.overlap.on_exit(slot, code, job)
             return
@@ -281,10 +283,17 @@ class Pool:
             return
         slot.deaths.append(now)
         self.event(kind, slot, reason, job_id=job)
+        recent = policy.deaths_in_window(slot.deaths, now, self.wd.flap_window_s)
+        flapping = policy.flap_limit_hit(recent, self.wd.flap_limit)
+        # Before the job is requeued, so that it goes straight to the spare.
+        spare = None if flapping else self.hot.take_over(slot, reason, proc.pid)
         if job is not None:
             self.job_lost(slot, job, reason, retry=not slot.kill_fails_job)
-        recent = policy.deaths_in_window(slot.deaths, now, self.wd.flap_window_s)
-        if policy.flap_limit_hit(recent, self.wd.flap_limit):
+        if spare is not None:
+            self.listener.on_ready(spare)
+            self._ensure_hot(spare)
+            return
+        if flapping:
             self.stop_slot(slot, f"worker {slot.id} died {recent} times in {self.wd.flap_window_s:g}s "
                                  f"(flap limit {self.wd.flap_limit}); restarts stopped; last: {reason}",
                            permanent=False)
@@ -323,8 +332,9 @@ class Pool:
         live = [observe(s, now) for s in self.workers()
                 if s.process is not None and s.pid is not None and s.state in LIVE_STATES]
         self.apply(policy.liveness_policy(live, self.wd.heartbeat_timeout_s, self.config.profile.queue.job_timeout_s))
-        starting = [policy.Starting(s.pid, "successor" if s.state == "warming" else "worker", now, s.spawned_at)
-                    for s in self.workers() if s.pid is not None and s.state in ("starting", "warming")]
+        what = {"starting": "worker", "warming": "successor", hot.STARTING: "hot spare"}
+        starting = [policy.Starting(s.pid, what[s.state], now, s.spawned_at)
+                    for s in self.workers() if s.pid is not None and s.state in what]
         self.apply(policy.startup_policy(starting + self.standby.starting(now), self.wd.startup_timeout_s))
 
     def check_memory(self) -> None:
@@ -344,6 +354,8 @@ class Pool:
                     s.nvml_used_mib = gpu.by_pid.get(s.pid)
                 seen.append(observe(s, now, gpu, s.gpu in overlapped))
         self.apply(policy.memory_policy(seen, self.wd))
+        for s in list(self.slots):  # a spare that failed, or did not fit before, is retried here
+            self._ensure_hot(s)
 
     def apply(self, actions: Iterable[policy.Action]) -> None:
         """Carry out the watchdog's actions on the workers they name (by pid)."""
@@ -379,6 +391,10 @@ class Pool:
         if (not slot.serving or slot.kill_reason is not None
                 or slot.id in self.overlap.warming):  # at most one successor per slot
             return
+        if (spare := self.hot.take_ready(slot.id)) is not None:
+            self.overlap.adopt(slot, spare, reason, kind)
+            self._ensure_hot(spare)
+            return
         if (overlap and self.wd.overlap_recycle and kind in OVERLAP_POLICIES and self._room(slot)
                 and self.overlap.start(slot, reason, kind)):
             return
@@ -388,9 +404,12 @@ class Pool:
                    allocated_mib=slot.memory.allocated_mib if slot.memory else None)
         self.send(slot, Shutdown(reason))
 
-    def _room(self, slot: WorkerSlot) -> bool:
+    def _room(self, slot: WorkerSlot, setting: str | bool = True) -> bool:
         free = self.vram.free_mib(slot.gpu) if slot.gpu is not None else None
-        return policy.room_for_successor(slot.gpu is not None, free, slot.nvml_used_mib)
+        return policy.hot_spare_wanted(setting, slot.gpu is not None, free, slot.nvml_used_mib)
+
+    def _ensure_hot(self, slot: WorkerSlot) -> None:
+        self.hot.ensure(slot, not self._stopping and self._room(slot, self.wd.hot_spare), time.monotonic())
 
     def clear_cache(self, slot: WorkerSlot) -> None:
         """Ask an idle worker to return cached allocator blocks, at most once between jobs."""
@@ -413,13 +432,6 @@ class Pool:
     def running(self) -> int:
         """Jobs on workers now; a retiring worker's last job counts too (drain waits for it)."""
         return sum(1 for s in self.workers() if s.job_id is not None)
-
-    def device_memory(self) -> list[tuple[str, float, float]]:
-        """(device label, used MiB, total MiB): NVML's last read, else the workers' own reports."""
-        if self.vram.gpus:
-            return [(str(g.index), g.used_mib, g.total_mib) for g in self.vram.gpus]
-        return [("cpu" if s.gpu is None else str(s.gpu), s.memory.device_used_mib, s.memory.device_total_mib)
-                for s in self.slots if s.memory is not None and s.memory.device_total_mib]
 
     def event(self, kind: str, slot: WorkerSlot | None, reason: str, **extra: Any) -> dict[str, Any]:
         """Record an action in the bounded history, tell the listener, and return it."""

@@ -108,9 +108,18 @@ def status(config: AgentConfig, pool: Pool, queue: QueueView, *, uptime_s: float
         "draining": queue.draining,
         "workers": workers(pool),
         "standby": pool.standby.status(),
+        "hot_spare": pool.hot.status(pool.wd.hot_spare),
         "queue": {"depth": queue.waiting, "cap": queue.cap, "running": queue.running},
         "uptime_s": round(uptime_s, 1),
         "nvml": pool.vram.error or "ok",
         "recent_failures": recent_failures,
         "recoveries": list(pool.events)[-50:],
     }
+
+
+def device_memory(pool: Pool) -> list[tuple[str, float, float]]:
+    """(device label, used MiB, total MiB): NVML's last read, else the workers' own reports."""
+    if pool.vram.gpus:
+        return [(str(g.index), g.used_mib, g.total_mib) for g in pool.vram.gpus]
+    return [("cpu" if s.gpu is None else str(s.gpu), s.memory.device_used_mib, s.memory.device_total_mib)
+            for s in pool.slots if s.memory is not None and s.memory.device_total_mib]

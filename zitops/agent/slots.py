@@ -21,7 +21,7 @@ from zitops.agent.watchdog import GpuMemory, WorkerObservation
 from zitops.profile import WatchdogSettings
 from zitops.worker.protocol import Failure, MemoryReport, Progress, Result, ToWorker
 
-LIVE_STATES = ("starting", "ready", "busy", "recycling", "warming", "retiring")
+LIVE_STATES = ("starting", "ready", "busy", "recycling", "warming", "retiring", "spare_starting", "spare")
 """States of a worker whose process the liveness policy watches."""
 
 SERVING_STATES = ("ready", "busy")
@@ -39,7 +39,8 @@ class WorkerSlot:
     conn: Connection | None = None
     pid: int | None = None
     state: str = "dead"  # starting / ready / busy / recycling / dead / error / stopped;
-    # a successor is "warming" until it takes the slot; the worker it replaces is then "retiring"
+    # a successor is "warming" until it takes the slot; the worker it replaces is then "retiring";
+    # a hot spare is "spare_starting", then "spare" (zitops.agent.hot_spare)
     jobs_done: int = 0  # this incarnation
     jobs_total: int = 0
     job_id: str | None = None
@@ -64,6 +65,18 @@ class WorkerSlot:
     startup: dict[str, Any] | None = None  # the start-up phases of this incarnation's Ready
     standby_pid: int | None = None  # set when this incarnation runs in a standby spare
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+    def begin(self, process: BaseProcess, conn: Connection, now: float) -> None:
+        """A new process (incarnation) took this slot: state "starting", every per-process field reset."""
+        self.process, self.conn, self.pid = process, conn, process.pid
+        self.state, self.jobs_done, self.job_id, self.job_started = "starting", 0, None, None
+        self.last_heartbeat = self.spawned_at = now
+        self.memory, self.baseline_mib, self.leak_streak, self.clearing = None, None, 0, None
+        self.cleared_after = -1
+        self.kill_reason = self.setup_error = self.setup_error_type = None
+        self.kill_fails_job = self.permanent_error = False
+        self.nvml_used_mib = None
+        self.startup = None
 
     @property
     def idle(self) -> bool:

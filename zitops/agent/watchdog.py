@@ -120,6 +120,14 @@ def room_for_successor(gpu: bool, free_mib: float | None, worker_used_mib: float
     return free_mib >= worker_used_mib * factor
 
 
+def hot_spare_wanted(setting: str | bool, gpu: bool, free_mib: float | None,
+                     worker_used_mib: float | None, factor: float = SUCCESSOR_ROOM_FACTOR) -> bool:
+    """True when a slot should keep a hot spare: enabled here, and (on a GPU) a second copy fits."""
+    if setting is False or (setting == "auto" and not gpu):
+        return False
+    return room_for_successor(gpu, free_mib, worker_used_mib, factor)
+
+
 def deaths_in_window(deaths: Iterable[float], now: float, window_s: float) -> int:
     """How many deaths happened in the last ``window_s`` seconds."""
     return sum(1 for t in deaths if now - t <= window_s)
