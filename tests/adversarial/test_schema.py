@@ -26,9 +26,10 @@ from agent_support import Agent  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-IMAGE_INPUT = frozenset({"POST /sdapi/v1/img2img", "POST /v1/images/edits"})
-"""Operations whose body carries an image: a schema can say "base64 PNG, JPEG or WebP" but not generate
-one, so their random positive examples are junk the API rightly refuses with a 422 naming the field.
+IMAGE_INPUT = frozenset({"POST /sdapi/v1/img2img", "POST /v1/images/edits", "POST /v1/jobs"})
+"""Operations whose body carries (or, for native jobs, may carry) an image: a schema can say "base64 PNG,
+JPEG or WebP" but not generate one, so their random positive examples are junk the API rightly refuses
+with a 422 naming the field.
 Every other check still runs on them; tests/integration/test_features_agent.py sends real images."""
 
 LIMITS = {"max_side": 128, "min_side": 64, "max_steps": 4, "max_images": 2, "max_prompt_chars": 200}

@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,12 @@ def text_problem(value: Any) -> str | None:
     return None
 
 
+def _takes_int_not_bool(annotation: Any) -> bool:
+    """True for ``int`` and ``int | None`` (pydantic would turn true and false into 1 and 0)."""
+    args = typing.get_args(annotation) or (annotation,)
+    return int in args and bool not in args
+
+
 class Body(BaseModel):
     """A request body: unknown fields refused, every string valid UTF-8 text.
 
@@ -105,6 +112,14 @@ class Body(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_int(cls, value: Any, info: Any) -> Any:
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        if isinstance(value, bool) and field is not None and _takes_int_not_bool(field.annotation):
+            raise ValueError("must be an integer, not true or false")
+        return value
 
     @field_validator("*", mode="after")
     @classmethod
@@ -119,6 +134,7 @@ Num = Annotated[float, Strict()]
 """A JSON number: never a string or a boolean coerced into one (the schema says number)."""
 Flag = Annotated[bool, Strict()]
 """A JSON boolean: never "true", 0 or 1 coerced into one."""
+
 
 PROMPT_PATTERN = r"^[^\u0000]*\S[^\u0000]*$"
 """A prompt: not blank, no NUL (validate_request refuses both)."""

@@ -122,7 +122,10 @@ STREAM_QUALITY = {q: q for q in ("low", "medium", "high", "xhigh", "max", "auto"
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "OpenAI's ImagesResponse: created, data[] (b64_json or url, revised_prompt), "
                          "output_format, size. Header Server-Timing: the request's stages (docs/api.md).",
-          "content": {"application/json": {}}},
+          "content": {"application/json": {}, "text/event-stream": {
+              "schema": {"type": "object", "description": "with stream: true, Server-Sent Events: "
+                         "image_generation.partial_image, then image_generation.completed",
+                         "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}}}},
 }
 
 

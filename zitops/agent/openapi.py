@@ -75,6 +75,17 @@ def product_rule(max_images: int) -> list[dict[str, Any]]:
     return branches
 
 
+STREAM_RULE: list[dict[str, Any]] = [
+    {"not": {"required": ["partial_images"]}},
+    {"properties": {"partial_images": {"enum": [0, None]}}},
+    {"required": ["stream"], "properties": {"stream": {"const": True}}},
+]
+"""OpenAI's ``partial_images`` (above 0) only with ``stream: true``, as ``anyOf`` branches."""
+
+MASK_RULE: dict[str, list[str]] = {"mask": ["init_image"]}
+"""A native job's ``mask`` needs its ``init_image`` (JSON Schema ``dependentRequired``)."""
+
+
 def publish_limits(schema: dict[str, Any], limits: Limits) -> dict[str, Any]:
     """Write ``limits`` into a generated OpenAPI document, in place; returns it."""
     components = schema.get("components", {}).get("schemas", {})
@@ -85,6 +96,10 @@ def publish_limits(schema: dict[str, Any], limits: Limits) -> dict[str, Any]:
                 _bounded(props[name], kind, limits)
     if "Txt2ImgIn" in components:
         components["Txt2ImgIn"]["anyOf"] = product_rule(limits.max_images)
+    if "partial_images" in components.get("ImageGenerationIn", {}).get("properties", {}):
+        components["ImageGenerationIn"]["anyOf"] = STREAM_RULE
+    if "mask" in components.get("JobIn", {}).get("properties", {}):
+        components["JobIn"]["dependentRequired"] = MASK_RULE
     return schema
 
 
