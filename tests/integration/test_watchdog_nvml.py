@@ -33,7 +33,10 @@ def nvml(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordedNvml]:
 
 
 def _on_gpu0(tmp: Path, sets: list[str]) -> Runtime:
-    return Runtime(runtime_config(tmp, kind="faulty", sets=["watchdog.idle_cache_clear_mib=0", *sets]), gpus=[0])
+    # No hot spare: these readings say the GPU has room for one (auto would build it), and the
+    # policies under test here are the recycles; the hot spare has its own tests.
+    return Runtime(runtime_config(tmp, kind="faulty", sets=["watchdog.idle_cache_clear_mib=0",
+                                                           "watchdog.hot_spare=false", *sets]), gpus=[0])
 
 
 def _vram(rt: Runtime) -> dict[str, Any]:
