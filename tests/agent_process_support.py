@@ -24,6 +24,16 @@ from tests.api_support import free_port
 from zitops.config import config_from_mapping, config_to_dict
 
 
+def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM an agent, then SIGKILL its whole process group (workers, spares) if it lingers."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
 class AgentProcess:
     """``zitops agent --config`` with ``data`` (plus this port) as its config; output in ``tmp/agent.out``."""
 
@@ -53,11 +63,5 @@ class AgentProcess:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL the whole process group if it lingers."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
+        stop_process_group(self.proc)
         self.log.close()

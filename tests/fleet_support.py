@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import yaml
 
+from tests.agent_process_support import stop_process_group
 from tests.api_support import free_port
 from zitops.config import config_from_mapping, config_to_dict
 from zitops.profile import load_profile
@@ -122,12 +123,6 @@ class FleetAgent:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL the whole process group if it lingers."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
+        stop_process_group(self.proc)
         self.client.close()
         self.out.close()
