@@ -13,7 +13,6 @@ import contextlib
 import json
 import math
 import time
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,10 +96,11 @@ def text_problem(value: Any) -> str | None:
     return None
 
 
-def _takes_int_not_bool(annotation: Any) -> bool:
-    """True for ``int`` and ``int | None`` (pydantic would turn true and false into 1 and 0)."""
-    args = typing.get_args(annotation) or (annotation,)
-    return int in args and bool not in args
+def no_bool_for_int(value: Any) -> Any:
+    """Refuse a JSON boolean where the schema says integer (pydantic would take it as 1 or 0)."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not true or false")
+    return value
 
 
 class Body(BaseModel):
@@ -112,14 +112,6 @@ class Body(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_as_int(cls, value: Any, info: Any) -> Any:
-        field = cls.model_fields.get(info.field_name) if info.field_name else None
-        if isinstance(value, bool) and field is not None and _takes_int_not_bool(field.annotation):
-            raise ValueError("must be an integer, not true or false")
-        return value
 
     @field_validator("*", mode="after")
     @classmethod

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from zitops.agent.api_common import (
     IMAGES_CAP,
@@ -37,6 +37,7 @@ from zitops.agent.api_common import (
     drop_encoded,
     images_json,
     json_splice,
+    no_bool_for_int,
     only,
     request_started,
     submit,
@@ -88,6 +89,13 @@ class ImageGenerationIn(Body):
     stream: Flag | None = Field(None, description="Server-Sent Events: partial images, then completed.")
     loras: list[LoraIn] = Field(default_factory=list, max_length=8,
                                 description="LoRAs from the LoRA directory (GET /sdapi/v1/loras), with weights.")
+    # OpenAI's integers: pydantic would take true/false as 1/0, which the schema does not allow.
+    # (A1111's body keeps that leniency: its clients send booleans for some integer fields.)
+    @field_validator("n", "seed", "steps", "output_compression", "frame_duration_ms", "partial_images",
+                     "frame_count", mode="before")
+    @classmethod
+    def _integers(cls, value: Any) -> Any:
+        return no_bool_for_int(value)
     frame_count: int | None = Field(None, ge=0, le=1000, json_schema_extra=only(1, None))
     svg: Any = Field(None, json_schema_extra=only(None, "", {}))
 
