@@ -78,7 +78,7 @@ class JobAccepted(BaseModel):
 
 
 @router.post("/v1/jobs", status_code=202, response_model=JobAccepted,
-             responses=responses(400, 408, 413, 429, 503))
+             responses=responses(400, 408, 413, 429, 503, 507))
 async def submit_job(body: JobIn, request: Request, response: Response) -> dict[str, Any]:
     """Queue a job; 202 with its id, 429/503 with Retry-After when the queue (or this token's share) is full."""
     ctx = context(request)

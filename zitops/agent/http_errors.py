@@ -65,7 +65,7 @@ ERROR_TEXT: dict[int, str] = {
     429: "Queue full, or this token's share of it (queue.per_token_share); retry after Retry-After seconds.",
     500: "The job failed in the engine; the message says why (or an internal error with a request id).",
     503: "Draining or not ready; retry after Retry-After seconds.",
-    507: "The job ran out of device memory.",
+    507: "The job ran out of device memory, or the disk is full (or below disk.min_free_mib).",
 }
 
 

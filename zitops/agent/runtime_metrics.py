@@ -80,7 +80,7 @@ class RuntimeMetrics:
             self.restarts.labels(event["reason"]).inc()
         elif kind == "recycle":
             self.recoveries.labels(f"recycle_{event.get('policy', 'recycle')}").inc()
-        elif kind in ("crash", "kill", "cache_clear", "flap_limit"):
+        elif kind in ("crash", "kill", "cache_clear", "flap_limit", "setup_error", "exit", "standby_killed"):
             self.recoveries.labels(kind).inc()
         elif kind == "ready":
             self.recoveries.labels("recovered").inc()
