@@ -7,6 +7,7 @@ and handed inward as a frozen model. Loading never imports torch.
 from __future__ import annotations
 
 import copy
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,18 @@ SCHEDULES = ("simple", "karras", "exponential")
 MAX_EXTENDS_DEPTH = 8
 
 Precision = Literal["bf16", "fp16", "fp32"]
+
+FP8_KEEP_BF16 = (
+    "transformer.all_x_embedder", "transformer.t_embedder", "transformer.cap_embedder",
+    "transformer.all_final_layer", "transformer.layers.0", "transformer.layers.-1",
+    "transformer.*.adaLN_modulation",
+)
+"""engine.fp8_keep_bf16's default: the embedders, the final layer, the first and last blocks (the
+vLLM-Omni recipe for this model), and every block's adaLN modulation, whose scales and gates
+multiply the whole block and which fp8 would not speed up (one row per image)."""
+
+FP8_PATTERN = re.compile(r"(transformer|text_encoder)(\.[A-Za-z0-9_*?-]+)*|[*?][A-Za-z0-9_.*?-]*")
+"""A keep-list entry: a component name and a dotted module path, or a glob."""
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -79,15 +92,35 @@ class EngineSettings(_Section):
     tiny_vae_path: str | None = None
     offload: Literal["none", "model", "sequential"] = "none"
     compile: bool = False
-    # Hopper/Ada only: the transformer blocks' linears in float8 e4m3 with
-    # row-wise scales. Faster and smaller, but not bf16-exact (see
-    # docs/benchmarks.md), so it is opt-in; elsewhere it warns and stays bf16.
-    fp8: bool = False
+    # The transformer's and text encoder's linears in float8 e4m3 with per-row
+    # scales (zitops/engine/fp8.py). true: fp8 GEMMs where the card has them
+    # (compute capability 8.9+), weight-only elsewhere (pre-Ada GPUs, the CPU);
+    # "weight_only": e4m3 storage, bf16 matmuls, everywhere. Smaller and (with
+    # GEMMs) faster, but not bf16-exact: `zitops bench --compare bf16` measures it.
+    fp8: Literal["weight_only"] | bool = False
+    # Layers fp8 leaves in the profile's precision (the quality guard): module
+    # names "transformer.<path>" / "text_encoder.<path>", a name covering what is
+    # under it, globs allowed, a negative index counting from the end of a list.
+    fp8_keep_bf16: tuple[str, ...] = FP8_KEEP_BF16
     attention_backend: str | None = None
     max_batch: int = Field(4, ge=1, le=16)
     # Generate before Ready so the first request does not pay compilation
     # (zitops/worker/warmup.py). auto: when the engine compiled on a GPU.
     warmup: Literal["auto"] | bool = "auto"
+
+
+    @field_validator("fp8_keep_bf16", mode="before")
+    @classmethod
+    def _keep_list(cls, v: Any) -> Any:
+        # --set passes a scalar: accept "a,b,c" as the list.
+        if isinstance(v, str):
+            v = [part.strip() for part in v.split(",") if part.strip()]
+        for pattern in v if isinstance(v, (list, tuple)) else ():
+            if not isinstance(pattern, str) or not FP8_PATTERN.fullmatch(pattern):
+                raise ValueError(f"{pattern!r} is not a layer name: use transformer.<path> or "
+                                 "text_encoder.<path> (letters, digits, _ . - and the globs * ?), "
+                                 "e.g. transformer.layers.0")
+        return v
 
 
 class QueueSettings(_Section):

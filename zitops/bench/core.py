@@ -53,6 +53,8 @@ class BenchOptions:
     workdir: Path | None = None
     agent_ready_timeout_s: float = 900.0
     agent_format: str = "png"
+    compare: str | None = None
+    """"bf16": also run the engine's request with fp8 off and report the deviation (checks.fp8_vs_bf16)."""
     extra_meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -137,6 +139,22 @@ def _error(exc: BaseException) -> str:
     return text if isinstance(exc, ZitopsError) else f"{type(exc).__name__}: {text}"
 
 
+def _compare_bf16(plan: Any, fp8_image: Any) -> dict[str, Any]:
+    """The engine's first image against the same request with fp8 off; the reason when it cannot be compared."""
+    if not plan.profile.engine.fp8:
+        return {"skipped": "engine.fp8 is off in this profile: nothing to compare"}
+    if fp8_image is None:
+        return {"skipped": "no fp8 image: --compare bf16 needs the engine path"}
+    from zitops.bench.measure import compare_images, reference_image
+
+    try:
+        reference = reference_image(plan)
+    except Exception as exc:  # noqa: BLE001 - a failed reference is a result, not the end of the run
+        return {"error": _error(exc)}
+    return {**compare_images(reference, fp8_image),
+            "reference": "the same profile, seed and request with engine.fp8=false and compile off"}
+
+
 def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cache_dir: Path, workdir: Path,
                 echo: Echo, progress: Progress | None = None) -> ProfileRun:
     """Measure every requested path for one profile; ``progress`` gets a phase per path, a step per call."""
@@ -195,6 +213,9 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
             from zitops.bench.measure import reset_memory
 
             reset_memory(device)
+    if opts.compare == "bf16":
+        phase(f"[{name}] the same request with fp8 off (--compare bf16)", 1)
+        run.checks["fp8_vs_bf16"] = _compare_bf16(plan, images.get("engine"))
     if "agent" in opts.paths:
         phase(f"[{name}] agent over HTTP on 127.0.0.1", calls)
         from zitops.bench.agent_http import measure_agent

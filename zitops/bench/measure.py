@@ -202,6 +202,21 @@ def measure_engine(plan: Plan, engine: Any, setup_s: float) -> tuple[PathResult,
     return result, gen.images[0] if gen.images else None
 
 
+def reference_image(plan: Plan) -> Any:
+    """The plan's first image from an engine with fp8 off and compile off (eager bf16: the reference)."""
+    engine_settings = plan.profile.engine.model_copy(update={"fp8": False, "compile": False})
+    profile = plan.profile.model_copy(update={"engine": engine_settings})
+    engine, _ = build_engine(Plan(profile, plan.request, plan.model, plan.device, 1, 0, plan.state_dir,
+                                  plan.cache_dir, plan.tick))
+    try:
+        gen = engine.generate(plan.request)
+        plan.tick()
+        return gen.images[0]
+    finally:
+        del engine
+        reset_memory(plan.device)
+
+
 def sweep_samplers(plan: Plan, engine: Any, samplers: tuple[str, ...]) -> list[dict[str, Any]]:
     """Seconds per image for each sampler on the same engine (one warm-up call each)."""
     rows: list[dict[str, Any]] = []

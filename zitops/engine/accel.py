@@ -2,8 +2,7 @@
 
 The engine calls :func:`apply_levers` once after loading and
 :func:`compile_pipeline` when ``engine.compile`` is on. Every lever here
-keeps the output within bf16 tolerance of the eager pipeline, except fp8,
-which is opt-in and whose deviation ``zitops bench`` reports. Imports torch
+keeps the output within bf16 tolerance of the eager pipeline. Imports torch
 only inside functions (the engine runs in the worker process).
 
 Levers, and why:
@@ -29,8 +28,9 @@ Levers, and why:
   time (26 ms on an H200). Prompts are padded to a power-of-two bucket and
   each (prompts, bucket) shape is captured once and replayed.
 - **cuDNN autotuning** for the VAE's convolutions (static shapes per profile).
-- **fp8** (Hopper, opt-in): the transformer blocks' linear layers in
-  float8 e4m3 with row-wise scales through ``torch._scaled_mm``.
+
+fp8 (``engine.fp8``) is not a lever here but its own step before the
+pipeline moves to the GPU (:mod:`zitops.engine.fp8`).
 """
 
 from __future__ import annotations
@@ -50,9 +50,6 @@ SDPA 144.9 ms, cuDNN 150.6, SDPA-flash 156.6, SDPA-efficient 180.0, so after
 FlashAttention-3 (when its package is installed) the default SDPA dispatch wins.
 """
 
-FP8_MAX = 448.0
-"""Largest finite float8 e4m3fn value."""
-
 LEVERS_ENV = "ZITOPS_ACCEL"
 """Comma list to turn levers off for an A/B run, e.g. ``ZITOPS_ACCEL=-textpad,-attn``."""
 
@@ -64,7 +61,7 @@ def disabled_levers() -> set[str]:
 
 
 def enabled_levers() -> set[str]:
-    """Opt-in levers switched on through $ZITOPS_ACCEL (``+name`` entries), e.g. ``+fp8``."""
+    """Opt-in levers switched on through $ZITOPS_ACCEL (``+name`` entries), e.g. ``+fp8`` (engine.fp8: true)."""
     raw = os.environ.get(LEVERS_ENV, "")
     return {part.strip()[1:] for part in raw.split(",") if part.strip().startswith("+")}
 
@@ -231,90 +228,14 @@ def compile_pipeline(pipe: Any, *, dynamic: bool | None = None) -> dict[str, Any
     return {"compile_scope": "+".join(scope)}
 
 
-# -- fp8 -------------------------------------------------------------------------
-def fp8_supported(device: str) -> bool:
-    """True on CUDA devices of compute capability 8.9 or newer (Ada, Hopper, Blackwell)."""
-    import torch
-
-    if not device.startswith("cuda") or not torch.cuda.is_available():
-        return False
-    return tuple(torch.cuda.get_device_capability(torch.device(device))) >= (8, 9)
-
-
-_fp8_linear_class: Any = None
-
-
-def _make_fp8_linear(linear: Any) -> Any:
-    # One class for every layer: dynamo guards on module types, so a class per
-    # layer made every one of the 34 regionally compiled blocks a new graph
-    # (fp8 compiled 52 s cold, 32 s from a warm cache, on an H200).
-    global _fp8_linear_class
-    if _fp8_linear_class is None:
-        _fp8_linear_class = _fp8_linear_type()
-    return _fp8_linear_class(linear)
-
-
-def _fp8_linear_type() -> Any:
-    import torch
-
-    class Fp8Linear(torch.nn.Module):
-        """A frozen linear layer: e4m3 weights with per-row scales, activations scaled per token."""
-
-        def __init__(self, lin: Any) -> None:
-            super().__init__()
-            w = lin.weight.detach().float()
-            scale = (w.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
-            self.register_buffer("weight_fp8", (w / scale).to(torch.float8_e4m3fn))
-            self.register_buffer("weight_scale", scale.t().contiguous())
-            self.bias = lin.bias
-            self.out_features = lin.out_features
-            self.in_features = lin.in_features
-
-        def forward(self, x: Any) -> Any:
-            shape = x.shape
-            flat = x.reshape(-1, shape[-1])
-            xs = (flat.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)
-            xq = (flat.float() / xs).to(torch.float8_e4m3fn)
-            w8: Any = self.weight_fp8
-            ws: Any = self.weight_scale
-            out = torch._scaled_mm(xq, w8.t(), scale_a=xs, scale_b=ws,
-                                   bias=self.bias, out_dtype=x.dtype)
-            return out.reshape(*shape[:-1], out.shape[-1])
-
-    return Fp8Linear
-
-
-def quantize_fp8(transformer: Any) -> int:
-    """Swap the attention and feed-forward linears of every transformer block for fp8 ones."""
-    import torch
-
-    swapped = 0
-    for block_name, block in transformer.named_modules():
-        if type(block).__name__ != "ZImageTransformerBlock":
-            continue
-        for parent in (block.attention, block.feed_forward):
-            for name, child in list(parent.named_children()):
-                targets = [(parent, name, child)]
-                if isinstance(child, torch.nn.ModuleList):
-                    targets = [(child, str(i), c) for i, c in enumerate(child)]
-                for owner, attr, mod in targets:
-                    if isinstance(mod, torch.nn.Linear) and mod.in_features % 16 == 0 \
-                            and mod.out_features % 16 == 0:
-                        setattr(owner, attr, _make_fp8_linear(mod))
-                        swapped += 1
-        del block_name
-    return swapped
-
-
 # -- entry point -------------------------------------------------------------------
 def apply_levers(pipe: Any, device: str, *, attention_backend: str | None,
-                 fp8: bool = False, graphs: bool = True) -> dict[str, Any]:
-    """Apply the always-safe levers (and fp8 if asked); returns the effective settings for ``describe``."""
+                 graphs: bool = True) -> dict[str, Any]:
+    """Apply the always-safe levers; returns the effective settings for ``describe``."""
     import torch
 
     off = disabled_levers()
     on_cuda = device.startswith("cuda")
-    fp8 = fp8 or "fp8" in enabled_levers()
     out: dict[str, Any] = {}
     out["text_padding"] = "longest" if "textpad" not in off and use_short_text_padding(pipe) else "512"
     if out["text_padding"] == "longest" and on_cuda and graphs and "textgraph" not in off:
@@ -329,11 +250,4 @@ def apply_levers(pipe: Any, device: str, *, attention_backend: str | None,
     if on_cuda and "cudnn" not in off:
         torch.backends.cudnn.benchmark = True
         out["cudnn_benchmark"] = True
-    if fp8:
-        if fp8_supported(device):
-            out["fp8_linears"] = quantize_fp8(pipe.transformer)
-        else:
-            out["fp8"] = "unsupported on this device; kept bf16"
-            log.warning("fp8 needs a CUDA GPU of compute capability 8.9+; staying in %s",
-                        str(pipe.transformer.dtype).replace("torch.", ""))
     return out

@@ -165,7 +165,11 @@ def _fused_feed_forward_class(base: type) -> type:
 
 
 def fuse_projections(transformer: Any) -> dict[str, int]:
-    """Fuse q/k/v and w1/w3 in every Z-Image transformer block; returns how many of each."""
+    """Fuse q/k/v and w1/w3 in every Z-Image transformer block; returns how many blocks have each fused.
+
+    Blocks fused by an earlier call count too (the fp8 step fuses before it
+    quantizes, and the levers call this again).
+    """
     counts = {"qkv": 0, "ffn": 0}
     fused_classes: dict[type, type] = {}
     for module in transformer.modules():
@@ -176,14 +180,14 @@ def fuse_projections(transformer: Any) -> dict[str, int]:
             attn.to_qkv = _concat_linear([attn.to_q, attn.to_k, attn.to_v])
             # The separate weights go, or the model would hold them twice.
             del attn.to_q, attn.to_k, attn.to_v
-            counts["qkv"] += 1
+        counts["qkv"] += getattr(attn, "to_qkv", None) is not None
         ff = module.feed_forward
         if not hasattr(ff, "w13") and hasattr(ff, "w1") and hasattr(ff, "w3"):
             ff.w13 = _concat_linear([ff.w1, ff.w3])
             del ff.w1, ff.w3
             base = type(ff)
             ff.__class__ = fused_classes.setdefault(base, _fused_feed_forward_class(base))
-            counts["ffn"] += 1
+        counts["ffn"] += hasattr(ff, "w13")
     return counts
 
 

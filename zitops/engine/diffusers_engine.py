@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zitops.engine.accel import apply_levers, enabled_levers
+from zitops.engine.accel import apply_levers, disabled_levers, enabled_levers
 from zitops.engine.base import GenerationResult, MemoryStats, ProgressFn
 from zitops.engine.knobs import setup_attention, setup_compile, setup_vae, torch_dtype
 from zitops.engine.loader import FULL_RANDOM, Preloaded, default_state_dir
@@ -149,6 +149,7 @@ class DiffusersEngine:
             else:
                 pipe = load_pipeline(self.model_path, dtype, vae_dtype, device=direct)
         self.pipe = pipe
+        fp8 = self._quantize(pipe, device if offload == "none" else None)
         if offload == "model":
             pipe.enable_model_cpu_offload(device=device)
         elif offload == "sequential":
@@ -161,18 +162,36 @@ class DiffusersEngine:
         backend = setup_attention(pipe, s.attention_backend)
 
         with phase("levers"):
-            levers = apply_levers(pipe, device, attention_backend=s.attention_backend, fp8=s.fp8,
-                                  graphs=offload == "none")
+            levers = apply_levers(pipe, device, attention_backend=s.attention_backend, graphs=offload == "none")
         backend = levers.pop("attention_backend", backend)
         with phase("compile_setup"):
             compiled = setup_compile(pipe, s, on_cuda=on_cuda, compile_on_cpu=self.compile_on_cpu,
                                      cache_dir=self.cache_dir, note=self._note)
         self.effective = {
             "precision": s.precision, "vae_precision": s.vae_precision, "vae_decode": vae_decode,
-            "offload": offload, "compile": compiled, "attention_backend": backend, **levers,
+            "offload": offload, "compile": compiled, "attention_backend": backend, **levers, **fp8,
         }
         if self.tiny:
             log.warning("%s (model %s)", TINY_NOTICE, self.model_path)
+
+    def _quantize(self, pipe: Any, device: str | None) -> dict[str, Any]:
+        """``engine.fp8``: linears to fp8 before the move to ``device`` (None: where they are); the effective keys."""
+        from zitops.engine.attention import fuse_projections
+        from zitops.engine.fp8 import quantize_pipeline, resolve_mode
+
+        setting = self.settings.fp8 or ("fp8" in enabled_levers())
+        mode = resolve_mode(setting, self.device)
+        if mode is None:
+            return {}
+        if setting is True and mode == "weight_only":
+            self._note(f"fp8 GEMMs need a CUDA GPU of compute capability 8.9+; {self.device} stores fp8 "
+                       "weights and computes in bf16 (weight-only)")
+        with phase("fp8"):
+            if "fuse" not in disabled_levers():
+                fuse_projections(pipe.transformer)  # fused first, so the fused q/k/v and w1/w3 are what is quantized
+            target = device or str(next(pipe.transformer.parameters()).device)
+            info = quantize_pipeline(pipe, mode, self.settings.fp8_keep_bf16, target)
+        return {"fp8": info, "fp8_linears": sum(info["linears"].values())}
 
     def _note(self, text: str) -> None:
         self.notes.append(text)
