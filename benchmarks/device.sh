@@ -63,8 +63,17 @@ scenario_ecommerce() { # ecommerce: plain and engine, batch sweep 1/2/4/8 (B C K
 scenario_poster() { # poster: plain and engine (C)
   bench poster 120 --arch full --profile poster --runs 3 --paths baseline,engine --cache-dir /tmp/zcache
 }
-scenario_lowvram() { # lowvram (model offload): plain and engine (C)
-  bench lowvram 150 --arch full --profile lowvram --runs 2 --paths baseline,engine --cache-dir /tmp/zcache
+scenario_lowvram() { # lowvram (fp8 resident): plain bf16 and engine, fp8 deviation from bf16 (C; issue 14)
+  bench lowvram 200 --arch full --profile lowvram --runs 3 --paths baseline,engine --compare bf16 \
+    --cache-dir /tmp/zcache
+}
+scenario_lowvram_compile() { # lowvram with engine.compile=true, cold compile cache: is compile worth it (issue 14)
+  bench lowvram-compile 150 --arch full --profile lowvram --set engine.compile=true --runs 3 --paths engine \
+    --cache-dir /tmp/zcache-lc
+}
+scenario_ecommerce_fp8() { # ecommerce with engine.fp8=true: engine images/min, deviation from bf16 (issue 14)
+  bench ecommerce-fp8 220 --arch full --profile ecommerce --set engine.fp8=true --runs 3 --paths engine \
+    --compare bf16 --cache-dir /tmp/zcache-e8
 }
 scenario_png() { # the PNG writer against Pillow on a 1024x1024 noise image (F)
   python3 - <<'PY' 2>&1 | tee "$OUT/png.json"

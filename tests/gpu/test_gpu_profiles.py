@@ -3,7 +3,7 @@
 For each profile the tiny model is set up on ``cuda:0`` with the profile's own
 engine section and run once (small size, the profile's sampler and schedule).
 Then the pipeline itself is inspected: dtypes, where the weights live (model
-offload hooks for lowvram), VAE tiling, the compiled transformer blocks, the
+offload hooks where a profile offloads, fp8 where it quantizes), VAE tiling, the compiled transformer blocks, the
 text encoder's CUDA graphs, cuDNN autotuning.
 """
 
@@ -25,6 +25,7 @@ from tests.gpu_support import (
     release,
     small_request,
 )
+from zitops.engine.fp8 import fp8_supported
 from zitops.engine.tiny import TINY_VAE_DIR
 from zitops.profile import list_builtin, load_profile
 
@@ -81,6 +82,9 @@ def test_every_profile_runs_with_its_engine_settings_in_effect(name: str, compil
         assert eff["cudnn_benchmark"] is True and torch.backends.cudnn.benchmark is True
         assert eff["attention_backend"] in ("flash3", "_flash_3", "native"), eff
         assert eff["fused_projections"]["qkv"] > 0 and eff["fused_projections"]["ffn"] > 0
+        if s.fp8:  # lowvram: fp8 GEMMs where the card has them, weight-only elsewhere
+            assert eff["fp8"]["mode"] == ("gemm" if fp8_supported(DEVICE) else "weight_only"), eff["fp8"]
+            assert eff["fp8"]["linears"]["transformer"] > 0 and eff["fp8"]["linears"]["text_encoder"] > 0
 
         g = profile.generation
         req = small_request((3, 4), sampler=g.sampler, schedule=g.schedule)

@@ -52,37 +52,13 @@ def test_short_padding_encodes_far_fewer_tokens(pipe: Any) -> None:
     assert seen[0] == 512 and seen[1] < 64
 
 
-def test_levers_can_be_switched_off_and_fp8_refused_on_cpu(pipe: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_levers_can_be_switched_off(pipe: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(accel.LEVERS_ENV, "-textpad,+fp8")
     assert accel.disabled_levers() == {"textpad"} and accel.enabled_levers() == {"fp8"}
     out = accel.apply_levers(pipe, "cpu", attention_backend=None)
-    assert out["text_padding"] == "512" and "fp8_linears" not in out and "attention_backend" not in out
-    assert accel.fp8_supported("cpu") is False
+    assert out["text_padding"] == "512" and "attention_backend" not in out
     monkeypatch.setenv(accel.LEVERS_ENV, "")
     assert accel.apply_levers(pipe, "cpu", attention_backend=None)["text_padding"] == "longest"
-
-
-def test_profile_fp8_knob_reaches_the_engine_and_stays_bf16_on_cpu(tmp_path: Any) -> None:
-    """`engine.fp8` is a profile field (not only an env var); on a CPU it must not quantize."""
-    from tests.engine_support import settings
-    from zitops.engine.diffusers_engine import DiffusersEngine
-    from zitops.profile import load_profile
-
-    assert load_profile("designer", ["engine.fp8=true"]).engine.fp8 is True
-    engine = DiffusersEngine(settings(fp8=True), str(tiny_model_dir()), state_dir=tmp_path)
-    engine.setup("cpu")
-    assert engine.effective["fp8"] == "unsupported on this device; kept bf16"
-    assert "fp8_linears" not in engine.effective
-
-
-def test_quantize_fp8_swaps_every_block_linear(pipe: Any) -> None:
-    import copy
-
-    transformer = copy.deepcopy(pipe.transformer)
-    before = sum(1 for m in transformer.modules() if type(m).__name__ == "Linear")
-    swapped = accel.quantize_fp8(transformer)
-    after = sum(1 for m in transformer.modules() if type(m).__name__ == "Linear")
-    assert swapped > 0 and after == before - swapped
 
 
 def test_unmasked_bucketed_encoder_gives_the_same_embeddings(pipe: Any) -> None:
@@ -109,13 +85,3 @@ def test_unmasked_bucketed_encoder_gives_the_same_embeddings(pipe: Any) -> None:
     for a, b in zip(full, bucketed, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert [runner.bucket(n, 512) for n in (1, 32, 33, 300, 600)] == [32, 32, 64, 512, 600]
-
-
-def test_every_fp8_linear_shares_one_class(pipe: Any) -> None:
-    """dynamo guards on module types: one class per layer would compile every block anew."""
-    import copy
-
-    transformer = copy.deepcopy(pipe.transformer)
-    accel.quantize_fp8(transformer)
-    kinds = {type(m) for m in transformer.modules() if type(m).__name__ == "Fp8Linear"}
-    assert len(kinds) == 1
