@@ -60,3 +60,17 @@ def test_bench_refuses_full_arch_without_gpu_and_bad_paths(tmp_path: Path) -> No
     assert proc.returncode != 0 and "GPU" in proc.stderr and "Traceback" not in proc.stderr
     proc = _bench(tmp_path, "--paths", "engine,nope")
     assert proc.returncode != 0 and "baseline, engine, agent" in proc.stderr
+
+
+def test_bench_compare_bf16_reports_the_fp8_deviation(tmp_path: Path) -> None:
+    """lowvram (fp8; weight-only on the CPU) against the same request with fp8 off."""
+    out = tmp_path / "out.json"
+    proc = _bench(tmp_path, "--model", str(tiny_model_dir()), "--profile", "lowvram", "--width", "64", "--height",
+                  "64", "--steps", "2", "--runs", "1", "--warmup", "0", "--paths", "engine", "--compare", "bf16",
+                  "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["paths"]["engine"]["extra"]["effective"]["fp8"]["mode"] == "weight_only"
+    deviation = run["checks"]["fp8_vs_bf16"]
+    assert 30 <= deviation["psnr_db"] < 999 and 0 < deviation["max_abs"] <= 0.25, deviation
+    assert "fp8=false" in deviation["reference"] and "check fp8_vs_bf16" in proc.stdout
