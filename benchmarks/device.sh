@@ -66,6 +66,32 @@ scenario_poster() { # poster: plain and engine (C)
 scenario_lowvram() { # lowvram (model offload): plain and engine (C)
   bench lowvram 150 --arch full --profile lowvram --runs 2 --paths baseline,engine --cache-dir /tmp/zcache
 }
+scenario_tiers() { # each low-VRAM tier under its card's memory cap: lowvram 16, lowvram-12 12, lowvram-8 8 GiB (issue 14)
+  bench tiers-12 200 --arch full --profile lowvram-12 --runs 3 --paths engine --memory-cap-gib 12
+  bench tiers-8 200 --arch full --profile lowvram-8 --runs 3 --paths engine --memory-cap-gib 8
+  bench tiers-16 300 --arch full --profile lowvram --runs 2 --paths engine --memory-cap-gib 16
+  merge_json tiers tiers-12 tiers-8 tiers-16
+}
+scenario_tiers_choice() { # the mechanisms behind the tiers: group sizes, host pinning, resident in turn (issue 14)
+  bench tiers-choice-12 400 --arch full --profile benchmarks/tiers/g12-b1.yaml --profile benchmarks/tiers/g12-b4.yaml \
+    --profile benchmarks/tiers/turn-12.yaml --runs 2 --paths engine --memory-cap-gib 12
+  bench tiers-choice-8 300 --arch full --profile benchmarks/tiers/g8-b2.yaml \
+    --profile benchmarks/tiers/g8-lowcpu.yaml --runs 2 --paths engine --memory-cap-gib 8
+  merge_json tiers-choice tiers-choice-12 tiers-choice-8
+}
+# merge_json NAME PART...: the parts' bench JSON (those that exist) as one file, $OUT/NAME.json
+merge_json() {
+  local name=$1
+  shift
+  python3 - "$OUT" "$name" "$@" <<'PY'
+import json, pathlib, sys
+out, name, parts = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+found = [json.loads((out / f"{p}.json").read_text()) for p in parts if (out / f"{p}.json").is_file()]
+if found:
+    merged = {**found[0], "runs": [r for f in found for r in f["runs"]]}
+    (out / f"{name}.json").write_text(json.dumps(merged, indent=1) + "\n")
+PY
+}
 scenario_png() { # the PNG writer against Pillow on a 1024x1024 noise image (F)
   python3 - <<'PY' 2>&1 | tee "$OUT/png.json"
 import io, json, time

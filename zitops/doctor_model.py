@@ -25,6 +25,10 @@ FP8_PEAK_GIB = 15.7
 OFFLOAD_PEAK_GIB = MEASURED_PEAK_GIB["lowvram"]
 """Any profile with ``engine.offload`` set: lowvram's measured peak (model offload)."""
 
+GROUP_PEAK_GIB = {"lowvram-12": 0.0, "lowvram-8": 0.0}
+"""Peak reserved VRAM of the group-offload tiers under their caps on an H200 (docs/benchmarks.md "Tiers");
+a custom profile with ``offload: group`` takes the largest."""
+
 MIN_FREE_GIB = {"outputs": 1.0, "cache": 2.0}
 """Free disk wanted: a day of images under the result TTL; compile, Triton and tokenizer caches."""
 

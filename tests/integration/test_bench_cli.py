@@ -60,3 +60,12 @@ def test_bench_refuses_full_arch_without_gpu_and_bad_paths(tmp_path: Path) -> No
     assert proc.returncode != 0 and "GPU" in proc.stderr and "Traceback" not in proc.stderr
     proc = _bench(tmp_path, "--paths", "engine,nope")
     assert proc.returncode != 0 and "baseline, engine, agent" in proc.stderr
+
+
+def test_bench_memory_cap_is_refused_on_the_cpu_and_with_the_agent_path(tmp_path: Path) -> None:
+    proc = _bench(tmp_path, "--model", str(tiny_model_dir()), "--device", "cpu", "--paths", "engine",
+                  "--memory-cap-gib", "8")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--memory-cap-gib caps a CUDA device's memory; the device here is cpu" in proc.stderr
+    proc = _bench(tmp_path, "--model", str(tiny_model_dir()), "--device", "cuda:0", "--memory-cap-gib", "8")
+    assert proc.returncode != 0 and "--paths engine" in proc.stderr and "Traceback" not in proc.stderr

@@ -53,6 +53,9 @@ class BenchOptions:
     workdir: Path | None = None
     agent_ready_timeout_s: float = 900.0
     agent_format: str = "png"
+    # Simulate a smaller card: the in-process paths' allocator is capped at this
+    # many GiB once the weights are on the host (zitops.engine.offload.cap_memory).
+    memory_cap_gib: float | None = None
     extra_meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -85,6 +88,15 @@ def parse_batches(text: str) -> tuple[int, ...]:
     if not sizes or any(not 1 <= s <= 16 for s in sizes):
         raise InvalidRequest(f"--batch-sweep {text!r}: each batch size must be 1..16")
     return sizes
+
+
+def check_memory_cap(opts: BenchOptions, device: str) -> None:
+    """A cap needs a CUDA device and only the in-process paths (the agent's worker is another process)."""
+    if not device.startswith("cuda"):
+        raise InvalidRequest(f"--memory-cap-gib caps a CUDA device's memory; the device here is {device}")
+    if "agent" in opts.paths:
+        raise InvalidRequest("--memory-cap-gib caps this process's allocator, and the agent path's worker "
+                             "is another process: use --paths engine (or baseline,engine)")
 
 
 def resolve_device(requested: str) -> str:
@@ -149,6 +161,7 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
         sweep_batches,
         sweep_samplers,
     )
+    from zitops.engine.offload import uncap_memory
 
     profile = bench_profile(load_profile(name, opts.overrides), opts)
     req = build_request(profile, opts)
@@ -161,10 +174,12 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
             progress.phase(text, total=total, unit="call")
 
     tick: Callable[[], None] = progress.advance if progress is not None else (lambda: None)
-    plan = Plan(profile, req, opts.model, device, opts.runs, opts.warmup, state_dir, cache_dir, tick)
+    plan = Plan(profile, req, opts.model, device, opts.runs, opts.warmup, state_dir, cache_dir, tick,
+                opts.memory_cap_gib)
     params = {"width": req.width, "height": req.height, "steps": req.steps, "batch": req.batch,
               "sampler": req.sampler, "schedule": req.schedule, "seed": req.seeds[0],
-              "engine": profile.engine.model_dump(), "runs": opts.runs, "warmup": opts.warmup}
+              "engine": profile.engine.model_dump(), "runs": opts.runs, "warmup": opts.warmup,
+              "memory_cap_gib": opts.memory_cap_gib}
     run = ProfileRun(profile.name, params)
     images: dict[str, Any] = {}
     if "baseline" in opts.paths:
@@ -173,6 +188,8 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
             run.results["baseline"], images["baseline"] = measure_baseline(plan)
         except Exception as exc:  # noqa: BLE001 - report a failed path and carry on
             run.results["baseline"] = PathResult("baseline", req.batch, error=_error(exc))
+        finally:
+            uncap_memory(device)  # the next path builds its weights on the whole card, then caps again
     if "engine" in opts.paths or opts.sampler_sweep or opts.batch_sweep:
         phase(f"[{name}] zitops engine", calls if "engine" in opts.paths else None)
         engine = None
@@ -195,6 +212,7 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
             from zitops.bench.measure import reset_memory
 
             reset_memory(device)
+            uncap_memory(device)
     if "agent" in opts.paths:
         phase(f"[{name}] agent over HTTP on 127.0.0.1", calls)
         from zitops.bench.agent_http import measure_agent
@@ -241,6 +259,8 @@ def run(opts: BenchOptions, echo: Echo = print, progress: Progress | None = None
     if opts.model == FULL_RANDOM and not device.startswith("cuda"):
         raise InvalidRequest("--arch full builds the real-size model (about 20 GB of weights) on a GPU; "
                              "no CUDA device is available here (use --model tiny on a CPU)")
+    if opts.memory_cap_gib is not None:
+        check_memory_cap(opts, device)
     state_dir = opts.state_dir or default_state_dir()
     with tempfile.TemporaryDirectory(prefix="zitops-bench-") as tmp:
         workdir = opts.workdir or Path(tmp)
