@@ -66,18 +66,25 @@ scenario_poster() { # poster: plain and engine (C)
 scenario_lowvram() { # lowvram (model offload): plain and engine (C)
   bench lowvram 150 --arch full --profile lowvram --runs 2 --paths baseline,engine --cache-dir /tmp/zcache
 }
-scenario_tiers() { # each low-VRAM tier under its card's memory cap: lowvram 16, lowvram-12 12, lowvram-8 8 GiB (issue 14)
-  bench tiers-12 200 --arch full --profile lowvram-12 --runs 3 --paths engine --memory-cap-gib 12
-  bench tiers-8 200 --arch full --profile lowvram-8 --runs 3 --paths engine --memory-cap-gib 8
+scenario_tiers() { # each low-VRAM tier under its card's memory cap: lowvram-12 12, lowvram-8 8, lowvram 16 GiB (issue 14)
+  # One process per tier: the JSON is written at the end of a run, so a tier cut short loses only itself.
+  bench tiers-12 300 --arch full --profile lowvram-12 --runs 3 --paths engine --memory-cap-gib 12
+  bench tiers-8 300 --arch full --profile lowvram-8 --runs 3 --paths engine --memory-cap-gib 8
   bench tiers-16 300 --arch full --profile lowvram --runs 2 --paths engine --memory-cap-gib 16
   merge_json tiers tiers-12 tiers-8 tiers-16
 }
-scenario_tiers_choice() { # the mechanisms behind the tiers: group sizes, host pinning, resident in turn (issue 14)
-  bench tiers-choice-12 400 --arch full --profile benchmarks/tiers/g12-b1.yaml --profile benchmarks/tiers/g12-b4.yaml \
-    --profile benchmarks/tiers/turn-12.yaml --runs 2 --paths engine --memory-cap-gib 12
-  bench tiers-choice-8 300 --arch full --profile benchmarks/tiers/g8-b2.yaml \
-    --profile benchmarks/tiers/g8-lowcpu.yaml --runs 2 --paths engine --memory-cap-gib 8
-  merge_json tiers-choice tiers-choice-12 tiers-choice-8
+scenario_tiers_choice() { # the mechanisms behind the tiers: no copy stream, bigger groups, host pinning, resident in turn (issue 14)
+  local v
+  for v in g12-nostream-b4 turn-12; do
+    bench "tiers-choice-$v" 300 --arch full --profile "benchmarks/tiers/$v.yaml" --runs 2 --paths engine \
+      --memory-cap-gib 12
+  done
+  for v in g8-nostream g8-lowcpu; do
+    bench "tiers-choice-$v" 300 --arch full --profile "benchmarks/tiers/$v.yaml" --runs 2 --paths engine \
+      --memory-cap-gib 8
+  done
+  merge_json tiers-choice tiers-choice-g12-nostream-b4 tiers-choice-turn-12 tiers-choice-g8-nostream \
+    tiers-choice-g8-lowcpu
 }
 # merge_json NAME PART...: the parts' bench JSON (those that exist) as one file, $OUT/NAME.json
 merge_json() {

@@ -26,6 +26,7 @@ from tests.gpu_support import (
     small_request,
 )
 from zitops.engine.offload import describe as offload_layout
+from zitops.engine.offload import group_blocks
 from zitops.engine.tiny import TINY_VAE_DIR
 from zitops.profile import list_builtin, load_profile
 
@@ -68,7 +69,7 @@ def test_every_profile_runs_with_its_engine_settings_in_effect(name: str, compil
         elif s.offload == "group":
             # Group hooks on the transformer and the text encoder, the VAE resident.
             assert offload_layout(pipe) == {"transformer": "group", "text_encoder": "group", "vae": "cuda"}
-            assert eff["offload_group"]["blocks"] == s.offload_group_blocks and eff["offload_group"]["stream"]
+            assert eff["offload_group"]["blocks"] == group_blocks(s) and eff["offload_group"]["stream"] is s.offload_stream
             assert "text_encoder" not in eff, "no CUDA graphs for an encoder that moves between devices"
         else:
             assert s.offload == "none"

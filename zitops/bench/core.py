@@ -161,6 +161,7 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
         sweep_batches,
         sweep_samplers,
     )
+    from zitops.engine import phases as setup_phases
     from zitops.engine.offload import uncap_memory
 
     profile = bench_profile(load_profile(name, opts.overrides), opts)
@@ -194,9 +195,15 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
         phase(f"[{name}] zitops engine", calls if "engine" in opts.paths else None)
         engine = None
         try:
+            setup_phases.take()  # forget the baseline's marks
             engine, setup_s = build_engine(plan)
+            marks = {k: round(v, 2) for k, v in setup_phases.take().items()}
+            # Said before the first call, so a run cut short still shows where set-up went.
+            echo(f"[{name}] engine set up in {setup_s:.1f} s ("
+                 + ", ".join(f"{k} {v:.1f} s" for k, v in marks.items()) + ")")
             if "engine" in opts.paths:
                 run.results["engine"], images["engine"] = measure_engine(plan, engine, setup_s)
+                run.results["engine"].extra["setup_phases"] = marks
             if opts.sampler_sweep:
                 phase(f"[{name}] sampler sweep: {', '.join(opts.sampler_sweep)}",
                       len(opts.sampler_sweep) * (max(1, opts.warmup) + opts.runs))

@@ -158,9 +158,10 @@ class DiffusersEngine:
                 pipe = load_pipeline(self.model_path, dtype, vae_dtype, device=direct)
         self.pipe = pipe
         levers_first = levers_before_placement(offload)
+        placed: dict[str, Any] = {}
         if not levers_first:
             with phase("to_device"):
-                place(pipe, offload, device, s)
+                placed = place(pipe, offload, device, s)
         self._base_scheduler_config = dict(pipe.scheduler.config)
         vae_decode, self.tiny_vae = setup_vae(pipe, s, device, vae_dtype, self._note)
         backend = setup_attention(pipe, s.attention_backend)
@@ -171,7 +172,7 @@ class DiffusersEngine:
         backend = levers.pop("attention_backend", backend)
         if levers_first:
             with phase("to_device"):
-                place(pipe, offload, device, s)
+                placed = place(pipe, offload, device, s)
         with phase("compile_setup"):
             compiled = setup_compile(pipe, s, on_cuda=on_cuda, compile_on_cpu=self.compile_on_cpu,
                                      cache_dir=self.cache_dir, note=self._note)
@@ -180,9 +181,10 @@ class DiffusersEngine:
             "offload": offload, "compile": compiled, "attention_backend": backend, **levers,
         }
         self.effective.update(cap)
-        if offload == "group":
-            self.effective["offload_group"] = {"blocks": s.offload_group_blocks, "stream": s.offload_stream,
-                                               "low_cpu_mem": s.offload_low_cpu_mem}
+        self.effective.update(placed)
+        if offload == "group" and placed["offload_group"]["blocks"] != s.offload_group_blocks:
+            self._note(f"offload_group_blocks={s.offload_group_blocks} applies without offload_stream; "
+                       "diffusers streams one block at a time, so 1 is used")
         if self.tiny:
             log.warning("%s (model %s)", TINY_NOTICE, self.model_path)
 

@@ -36,19 +36,33 @@ def levers_before_placement(offload: str) -> bool:
     return offload == "group"
 
 
-def place(pipe: Any, offload: str, device: str, settings: EngineSettings) -> None:
-    """Put the pipeline's weights where ``offload`` says; the weights start on the host for any offload."""
+def place(pipe: Any, offload: str, device: str, settings: EngineSettings) -> dict[str, Any]:
+    """Put the pipeline's weights where ``offload`` says (they start on the host for any offload).
+
+    Returns what group offload made effective (empty for the other modes).
+    """
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     elif offload == "group":
-        group_offload(pipe, device, settings)
+        return group_offload(pipe, device, settings)
     else:
         pipe.to(device)
+    return {}
 
 
-def group_offload(pipe: Any, device: str, settings: EngineSettings) -> None:
+def group_blocks(settings: EngineSettings) -> int:
+    """Blocks per group as diffusers applies them: with a stream it prefetches one block at a time.
+
+    diffusers 0.42 logs "Using streams is only supported for
+    num_blocks_per_group=1" and uses 1 (seen on the H200, 2026-11-29), so
+    ``offload_group_blocks`` matters only with ``offload_stream: false``.
+    """
+    return 1 if settings.offload_stream else settings.offload_group_blocks
+
+
+def group_offload(pipe: Any, device: str, settings: EngineSettings) -> dict[str, Any]:
     """diffusers' block-level group offload on the transformer and the text encoder; the rest on ``device``."""
     import torch
 
@@ -56,9 +70,10 @@ def group_offload(pipe: Any, device: str, settings: EngineSettings) -> None:
     if stream and not device.startswith("cuda"):
         raise EngineError(f"engine.offload_stream needs a CUDA device, not {device}; "
                           "set engine.offload_stream=false or run on a GPU")
+    blocks = group_blocks(settings)
     pipe.enable_group_offload(
         onload_device=torch.device(device), offload_device=torch.device("cpu"), offload_type="block_level",
-        num_blocks_per_group=settings.offload_group_blocks, use_stream=stream,
+        num_blocks_per_group=blocks, use_stream=stream,
         # record_stream lets the side stream's copies be freed without a sync: faster, a little more memory.
         record_stream=stream, non_blocking=stream, low_cpu_mem_usage=settings.offload_low_cpu_mem,
         exclude_modules=[name for name, c in pipe.components.items()
@@ -67,6 +82,7 @@ def group_offload(pipe: Any, device: str, settings: EngineSettings) -> None:
     for name, component in pipe.components.items():
         if isinstance(component, torch.nn.Module) and name not in GROUP_COMPONENTS:
             component.to(device)
+    return {"offload_group": {"blocks": blocks, "stream": stream, "low_cpu_mem": settings.offload_low_cpu_mem}}
 
 
 def describe(pipe: Any) -> dict[str, str]:
