@@ -66,7 +66,7 @@ def test_deploy_profile_auto_renders_the_tier_of_the_recorded_card(tmp_path: Pat
     assert plan.profile.name == profile and plan.config.profile.name == profile
     assert plan.tier is not None and plan.tier.profile == profile
     config = plan.file("config.yaml").content
-    assert f'# --profile auto chose "{profile}" from this host\'s GPU memory:' in config
+    assert f'# --profile auto chose "{profile}" for this host\'s GPUs:' in config
     assert f"GPU 0 (NVIDIA GeForce RTX 4070) has {total_mib} MiB" in config
     assert nvml.inits == nvml.shutdowns >= 1
 
