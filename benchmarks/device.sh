@@ -75,6 +75,39 @@ scenario_ecommerce_fp8() { # ecommerce with engine.fp8=true: engine images/min, 
   bench ecommerce-fp8 220 --arch full --profile ecommerce --set engine.fp8=true --runs 3 --paths engine \
     --compare bf16 --cache-dir /tmp/zcache-e8
 }
+scenario_tiers() { # each low-VRAM tier under its card's memory cap: lowvram-12 12, lowvram-8 8, lowvram 16 GiB (issue 14)
+  # One process per tier: the JSON is written at the end of a run, so a tier cut short loses only itself.
+  bench tiers-12 300 --arch full --profile lowvram-12 --runs 3 --paths engine --memory-cap-gib 12
+  bench tiers-8 300 --arch full --profile lowvram-8 --runs 3 --paths engine --memory-cap-gib 8
+  bench tiers-16 300 --arch full --profile lowvram --runs 2 --paths engine --memory-cap-gib 16
+  merge_json tiers tiers-12 tiers-8 tiers-16
+}
+scenario_tiers_choice() { # the mechanisms behind the tiers: no copy stream, bigger groups, host pinning, resident in turn (issue 14)
+  local v
+  for v in g12-nostream-b4 turn-12; do
+    bench "tiers-choice-$v" 300 --arch full --profile "benchmarks/tiers/$v.yaml" --runs 2 --paths engine \
+      --memory-cap-gib 12
+  done
+  for v in g8-nostream g8-lowcpu; do
+    bench "tiers-choice-$v" 300 --arch full --profile "benchmarks/tiers/$v.yaml" --runs 2 --paths engine \
+      --memory-cap-gib 8
+  done
+  merge_json tiers-choice tiers-choice-g12-nostream-b4 tiers-choice-turn-12 tiers-choice-g8-nostream \
+    tiers-choice-g8-lowcpu
+}
+# merge_json NAME PART...: the parts' bench JSON (those that exist) as one file, $OUT/NAME.json
+merge_json() {
+  local name=$1
+  shift
+  python3 - "$OUT" "$name" "$@" <<'PY'
+import json, pathlib, sys
+out, name, parts = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+found = [json.loads((out / f"{p}.json").read_text()) for p in parts if (out / f"{p}.json").is_file()]
+if found:
+    merged = {**found[0], "runs": [r for f in found for r in f["runs"]]}
+    (out / f"{name}.json").write_text(json.dumps(merged, indent=1) + "\n")
+PY
+}
 scenario_png() { # the PNG writer against Pillow on a 1024x1024 noise image (F)
   python3 - <<'PY' 2>&1 | tee "$OUT/png.json"
 import io, json, time

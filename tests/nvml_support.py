@@ -56,8 +56,9 @@ class RecordedNvml:
     NVMLError = RecordedNVMLError
     NVML_VALUE_NOT_AVAILABLE = 2**64 - 1
 
-    def __init__(self, sample: Sample) -> None:
+    def __init__(self, sample: Sample, name: str = "NVIDIA H200") -> None:
         self.sample = sample
+        self.name = name
         self.pids: dict[int, int] = {}  # placeholder -> live pid
         self.inits = self.shutdowns = self.reads = 0
 
@@ -83,7 +84,7 @@ class RecordedNvml:
         return "handle-0"
 
     def nvmlDeviceGetName(self, handle: str) -> bytes:  # noqa: N802
-        return b"NVIDIA H200"
+        return self.name.encode()
 
     def nvmlDeviceGetUUID(self, handle: str) -> str:  # noqa: N802
         return "GPU-4f1c0f2e-0000-0000-0000-000000000000"

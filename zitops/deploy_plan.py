@@ -48,10 +48,12 @@ from zitops.deploy_types import (
     RenderedFile,
     under_home,
 )
+from zitops.doctor import tier_of_host
 from zitops.engine.loader import FULL_RANDOM, TINY, check_model
 from zitops.errors import RenderError
 from zitops.profile import load_profile, parse_override, profile_to_dict
 from zitops.render import check_value, render
+from zitops.tiers import AUTO_PROFILE
 
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -148,13 +150,14 @@ def plan(req: DeployRequest) -> Plan:
             raise RenderError(f"--target {target!r}: use one of {', '.join(TARGETS)} or all")
     out = Path(os.path.abspath(req.out.expanduser()))
     profile_sets, config_sets = _split_overrides(req.overrides)
-    profile = load_profile(req.profile, profile_sets)
+    gpus = parse_gpus(req.gpus)
+    model = _model(req.model)
+    tier = tier_of_host(model, gpus) if req.profile == AUTO_PROFILE else None
+    profile = load_profile(tier.profile if tier is not None else req.profile, profile_sets)
     extra = _config_overrides(config_sets)
     store = {**store_settings(req), **extra.pop("store", {})}
     check_replicas(req)
     host = check_host(req.host)
-    gpus = parse_gpus(req.gpus)
-    model = _model(req.model)
     zitops_bin = req.zitops_bin or resolve_zitops_bin()
     drain = profile.queue.drain_timeout_s
     stop_timeout_s = math.ceil(drain) + STOP_MARGIN_S
@@ -214,6 +217,7 @@ def plan(req: DeployRequest) -> Plan:
     ctx: dict[str, Any] = {
         "version": __version__,
         "profile_name": profile.name,
+        "tier_reason": tier.reason if tier is not None else None,
         "config": config_to_dict(config),
         "zitops_bin": zitops_bin,
         "config_file": config_file,
@@ -266,7 +270,7 @@ def plan(req: DeployRequest) -> Plan:
     if "supervisor" in req.targets:
         runtime.append(out / "logs")  # supervisord's own log, even with --install
     runtime = sorted(set(runtime))
-    return Plan(req, out, profile, config, k8s_config, tuple(files), tuple(runtime), zitops_bin)
+    return Plan(req, out, profile, config, k8s_config, tuple(files), tuple(runtime), zitops_bin, tier)
 
 
 def _outermost(paths: Iterable[str]) -> list[str]:

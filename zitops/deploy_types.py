@@ -12,6 +12,7 @@ from pathlib import Path
 
 from zitops.config import AgentConfig
 from zitops.profile import Profile
+from zitops.tiers import TierChoice
 
 TARGETS = ("supervisor", "systemd", "k8s")
 MANIFEST = "manifest.json"
@@ -111,6 +112,7 @@ class Plan:
     files: tuple[RenderedFile, ...]
     runtime_dirs: tuple[Path, ...]
     zitops_bin: str
+    tier: TierChoice | None = None  # --profile auto: the profile chosen from the card's memory, and why
 
     def file(self, path: str) -> RenderedFile:
         """The rendered file at ``path`` (relative to --out)."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from zitops.config import AgentConfig, load_config
 from zitops.doctor_model import (
     FP8_PEAK_GIB,
+    GROUP_PEAK_GIB,
     MEASURED_PEAK_GIB,
     OFFLOAD_PEAK_GIB,
     OUT_LAYOUT,
@@ -32,6 +33,7 @@ from zitops.doctor_model import (
 )
 from zitops.errors import ModelError, ZitopsError
 from zitops.profile import Profile, load_profile
+from zitops.tiers import AUTO_PROFILE, Card, TierChoice, choose_tier
 
 
 def resolve(req: DoctorRequest) -> Setup:
@@ -40,25 +42,40 @@ def resolve(req: DoctorRequest) -> Setup:
         raise ZitopsError(f"--target {req.target!r}: use one of {', '.join(TARGETS)}")
     config: AgentConfig | None = load_config(req.config) if req.config else None
     if config is not None:
-        profile = load_profile(req.profile) if req.profile else config.profile
         paths = {k: Path(v) for k, v in config.paths.model_dump().items()}
         host, gpus, source = config.host, config.gpus, f"config {req.config}"
     else:
-        profile = load_profile(req.profile or "designer")
         out = req.out.expanduser().absolute()
         paths = {k: out / v for k, v in OUT_LAYOUT.items()}
         host, gpus, source = "127.0.0.1", "auto", f"the layout of zitops deploy --out {out}"
     model = req.model or (config.model if config is not None else "tiny")
     port = req.port or (config.port if config is not None else 7860)
+    if req.profile == AUTO_PROFILE:
+        # The same policy deploy --profile auto applies, on this host's cards.
+        profile = load_profile(tier_of_host(model, gpus).profile)
+    elif req.profile or config is None:
+        profile = load_profile(req.profile or "designer")
+    else:
+        profile = config.profile
     return Setup(profile, model, host, port, gpus, paths, req.target, source)
+
+
+def tier_of_host(model: str, gpus: list[int] | str) -> TierChoice:
+    """The tier policy on this host's cards (NVML) that ``gpus`` names; raises TierError when none fits."""
+    from zitops.gpu import probe_gpus
+
+    cards = [Card(g.index, g.name, g.total_mib) for g in probe_gpus() if gpus == "auto" or g.index in gpus]
+    return choose_tier(cards, tiny=model_is_tiny(model))
 
 
 def need_gib(profile: Profile) -> float:
     """The profile's measured peak VRAM (GiB) on one GPU."""
+    if profile.engine.offload == "group":
+        return GROUP_PEAK_GIB.get(profile.name, max(GROUP_PEAK_GIB.values()))
     if profile.engine.offload != "none":
         return OFFLOAD_PEAK_GIB
     if profile.engine.fp8:
-        return FP8_PEAK_GIB
+        return FP8_PEAK_GIB.get(profile.name, max(FP8_PEAK_GIB.values()))
     return MEASURED_PEAK_GIB.get(profile.name, max(MEASURED_PEAK_GIB.values()))
 
 
@@ -105,6 +122,7 @@ def run(req: DoctorRequest) -> Report:
     checks.append(dc.check_torch(needs_gpu))
     checks.append(dc.check_nvml(setup, needs_gpu, probe))
     checks.extend(dc.check_gpus(setup, needs_gpu, probe, need_gib(setup.profile)))
+    checks.append(dc.check_tier(setup, needs_gpu, probe))
     checks.append(check_model(setup.model, setup.paths["state_dir"]))
     checks.extend(dc.check_dirs(setup))
     checks.extend(dc.check_disk(setup))

@@ -105,9 +105,28 @@ def check_gpus(setup: Setup, needs_gpu: bool, probe: Probe, need: float) -> list
                   "(measured, README)")
         fits = have >= need
         checks.append(Check(f"gpu {index} memory", fits or not needs_gpu, detail,
-                            fix=None if fits else "use --profile lowvram (12.1 GiB, model offload) or "
-                            "--set engine.fp8=true (15.7 GiB, Hopper/Ada)", warning=not fits))
+                            fix=None if fits else "use --profile auto (the tier for this card: lowvram "
+                            "13.0 GiB in fp8, lowvram-12, lowvram-8)", warning=not fits))
     return checks
+
+
+def check_tier(setup: Setup, needs_gpu: bool, probe: Probe) -> Check:
+    """The tier ``--profile auto`` gives the cards the deployment uses (:mod:`zitops.tiers`)."""
+    from zitops.tiers import Card, TierError, choose_tier
+
+    wanted = [g for g in probe.gpus if isinstance(setup.gpus, str) or g.index in setup.gpus]
+    try:
+        tier = choose_tier([Card(g.index, g.name, g.total_mib) for g in wanted], tiny=not needs_gpu)
+    except TierError as exc:
+        # No GPU for real weights already fails the gpus check: here it is the tier's account of it.
+        small = bool(wanted)
+        return Check("tier", not small, str(exc), warning=not small,
+                     fix="use a card with 8 GB or more" if small else None)
+    same = tier.profile == setup.profile.name
+    detail = f"--profile auto picks {tier.profile}: {tier.reason}"
+    if not same:
+        detail += f" (this check uses {setup.profile.name})"
+    return Check("tier", True, detail)
 
 
 def _existing(path: Path) -> Path:

@@ -16,14 +16,20 @@ from zitops.profile import Profile
 
 TARGETS = ("supervisor", "systemd", "k8s")
 
-MEASURED_PEAK_GIB = {"designer": 21.3, "poster": 21.3, "ecommerce": 21.4, "lowvram": 12.1}
-"""Engine peak VRAM per profile on an H200 (README "Measured speed"); a custom profile takes the largest."""
+MEASURED_PEAK_GIB = {"designer": 21.3, "poster": 21.3, "ecommerce": 21.4}
+"""Engine peak VRAM per bf16 profile on an H200 (README "Measured speed"); a custom profile takes the largest."""
 
-FP8_PEAK_GIB = 15.7
-"""designer with ``engine.fp8: true`` (README)."""
+FP8_PEAK_GIB = {"lowvram": 13.0, "ecommerce": 12.7, "designer": 15.7}
+"""Peaks with ``engine.fp8`` on (H200, 2026-11-29: lowvram and ecommerce with the bf16 keep-list; designer
+from 2026-11-26, transformer only); a custom fp8 profile takes the largest."""
 
-OFFLOAD_PEAK_GIB = MEASURED_PEAK_GIB["lowvram"]
-"""Any profile with ``engine.offload`` set: lowvram's measured peak (model offload)."""
+OFFLOAD_PEAK_GIB = 12.1
+"""Any profile with ``engine.offload: model`` or ``sequential``: the measured model-offload peak (H200, 2026-11-26)."""
+
+GROUP_PEAK_GIB = {"lowvram-12": 11.5, "lowvram-8": 7.5}
+"""The group-offload tiers' bounds: their memory cap less the CUDA context, which the GPU lane
+asserts the allocator's peak stays under (tests/gpu/test_gpu_tiers.py); not yet a measured peak
+(docs/benchmarks.md "Tiers"). A custom profile with ``offload: group`` takes the largest."""
 
 MIN_FREE_GIB = {"outputs": 1.0, "cache": 2.0}
 """Free disk wanted: a day of images under the result TTL; compile, Triton and tokenizer caches."""

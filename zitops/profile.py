@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from zitops.errors import ProfileError
 
-BUILTIN_PROFILES = ("ecommerce", "designer", "poster", "lowvram")
+BUILTIN_PROFILES = ("ecommerce", "designer", "poster", "lowvram", "lowvram-12", "lowvram-8")
 SAMPLERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "unipc", "lcm")
 SCHEDULES = ("simple", "karras", "exponential")
 MAX_EXTENDS_DEPTH = 8
@@ -90,7 +90,15 @@ class EngineSettings(_Section):
     vae_precision: Precision = "bf16"
     vae_decode: Literal["full", "tiled", "fast"] = "full"
     tiny_vae_path: str | None = None
-    offload: Literal["none", "model", "sequential"] = "none"
+    offload: Literal["none", "model", "sequential", "group"] = "none"
+    # offload "group" (zitops/engine/offload.py): the transformer's and text
+    # encoder's blocks in groups of this many, in pinned host memory; with the
+    # stream, the next group is copied while the current one computes. Tuned
+    # per tier on an H200 under a memory cap (docs/benchmarks.md "Tiers").
+    offload_group_blocks: int = Field(1, ge=1, le=64)
+    offload_stream: bool = True
+    # Pin host memory per copy instead of once up front: less host RAM, slower.
+    offload_low_cpu_mem: bool = False
     compile: bool = False
     # The transformer's and text encoder's linears in float8 e4m3 with per-row
     # scales (zitops/engine/fp8.py). true: fp8 GEMMs where the card has them

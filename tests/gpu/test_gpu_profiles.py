@@ -3,7 +3,7 @@
 For each profile the tiny model is set up on ``cuda:0`` with the profile's own
 engine section and run once (small size, the profile's sampler and schedule).
 Then the pipeline itself is inspected: dtypes, where the weights live (model
-offload hooks where a profile offloads, fp8 where it quantizes), VAE tiling, the compiled transformer blocks, the
+offload hooks where a profile offloads, group offload for lowvram-12 and -8, fp8 where it quantizes), VAE tiling, the compiled transformer blocks, the
 text encoder's CUDA graphs, cuDNN autotuning.
 """
 
@@ -26,6 +26,8 @@ from tests.gpu_support import (
     small_request,
 )
 from zitops.engine.fp8 import fp8_supported
+from zitops.engine.offload import describe as offload_layout
+from zitops.engine.offload import group_blocks
 from zitops.engine.tiny import TINY_VAE_DIR
 from zitops.profile import list_builtin, load_profile
 
@@ -65,6 +67,11 @@ def test_every_profile_runs_with_its_engine_settings_in_effect(name: str, compil
             for component in ("text_encoder", "transformer", "vae"):
                 assert hasattr(getattr(pipe, component), "_hf_hook"), component
             assert "text_encoder" not in eff, "no CUDA graphs for an encoder that moves between devices"
+        elif s.offload == "group":
+            # Group hooks on the transformer and the text encoder, the VAE resident.
+            assert offload_layout(pipe) == {"transformer": "group", "text_encoder": "group", "vae": "cuda"}
+            assert eff["offload_group"]["blocks"] == group_blocks(s) and eff["offload_group"]["stream"] is s.offload_stream
+            assert "text_encoder" not in eff, "no CUDA graphs for an encoder that moves between devices"
         else:
             assert s.offload == "none"
             for component in ("text_encoder", "transformer", "vae"):
@@ -99,6 +106,10 @@ def test_every_profile_runs_with_its_engine_settings_in_effect(name: str, compil
         if s.offload == "model":
             # After the job the hooks moved every component back to the host.
             for component in ("text_encoder", "transformer", "vae"):
+                assert on_device(getattr(pipe, component)) == {"cpu"}, component
+        elif s.offload == "group":
+            # After the job the groups are back in host memory; only the VAE stays.
+            for component in ("text_encoder", "transformer"):
                 assert on_device(getattr(pipe, component)) == {"cpu"}, component
         else:
             runner = pipe._zitops_text_runner

@@ -74,3 +74,12 @@ def test_bench_compare_bf16_reports_the_fp8_deviation(tmp_path: Path) -> None:
     deviation = run["checks"]["fp8_vs_bf16"]
     assert 30 <= deviation["psnr_db"] < 999 and 0 < deviation["max_abs"] <= 0.25, deviation
     assert "fp8=false" in deviation["reference"] and "check fp8_vs_bf16" in proc.stdout
+
+
+def test_bench_memory_cap_is_refused_on_the_cpu_and_with_the_agent_path(tmp_path: Path) -> None:
+    proc = _bench(tmp_path, "--model", str(tiny_model_dir()), "--device", "cpu", "--paths", "engine",
+                  "--memory-cap-gib", "8")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--memory-cap-gib caps a CUDA device's memory; the device here is cpu" in proc.stderr
+    proc = _bench(tmp_path, "--model", str(tiny_model_dir()), "--device", "cuda:0", "--memory-cap-gib", "8")
+    assert proc.returncode != 0 and "--paths engine" in proc.stderr and "Traceback" not in proc.stderr

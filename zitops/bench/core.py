@@ -55,6 +55,9 @@ class BenchOptions:
     agent_format: str = "png"
     compare: str | None = None
     """"bf16": also run the engine's request with fp8 off and report the deviation (checks.fp8_vs_bf16)."""
+    # Simulate a smaller card: the in-process paths' allocator is capped at this
+    # many GiB once the weights are on the host (zitops.engine.offload.cap_memory).
+    memory_cap_gib: float | None = None
     extra_meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -87,6 +90,15 @@ def parse_batches(text: str) -> tuple[int, ...]:
     if not sizes or any(not 1 <= s <= 16 for s in sizes):
         raise InvalidRequest(f"--batch-sweep {text!r}: each batch size must be 1..16")
     return sizes
+
+
+def check_memory_cap(opts: BenchOptions, device: str) -> None:
+    """A cap needs a CUDA device and only the in-process paths (the agent's worker is another process)."""
+    if not device.startswith("cuda"):
+        raise InvalidRequest(f"--memory-cap-gib caps a CUDA device's memory; the device here is {device}")
+    if "agent" in opts.paths:
+        raise InvalidRequest("--memory-cap-gib caps this process's allocator, and the agent path's worker "
+                             "is another process: use --paths engine (or baseline,engine)")
 
 
 def resolve_device(requested: str) -> str:
@@ -167,6 +179,8 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
         sweep_batches,
         sweep_samplers,
     )
+    from zitops.engine import phases as setup_phases
+    from zitops.engine.offload import uncap_memory
 
     profile = bench_profile(load_profile(name, opts.overrides), opts)
     req = build_request(profile, opts)
@@ -179,10 +193,12 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
             progress.phase(text, total=total, unit="call")
 
     tick: Callable[[], None] = progress.advance if progress is not None else (lambda: None)
-    plan = Plan(profile, req, opts.model, device, opts.runs, opts.warmup, state_dir, cache_dir, tick)
+    plan = Plan(profile, req, opts.model, device, opts.runs, opts.warmup, state_dir, cache_dir, tick,
+                opts.memory_cap_gib)
     params = {"width": req.width, "height": req.height, "steps": req.steps, "batch": req.batch,
               "sampler": req.sampler, "schedule": req.schedule, "seed": req.seeds[0],
-              "engine": profile.engine.model_dump(), "runs": opts.runs, "warmup": opts.warmup}
+              "engine": profile.engine.model_dump(), "runs": opts.runs, "warmup": opts.warmup,
+              "memory_cap_gib": opts.memory_cap_gib}
     run = ProfileRun(profile.name, params)
     images: dict[str, Any] = {}
     if "baseline" in opts.paths:
@@ -191,13 +207,21 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
             run.results["baseline"], images["baseline"] = measure_baseline(plan)
         except Exception as exc:  # noqa: BLE001 - report a failed path and carry on
             run.results["baseline"] = PathResult("baseline", req.batch, error=_error(exc))
+        finally:
+            uncap_memory(device)  # the next path builds its weights on the whole card, then caps again
     if "engine" in opts.paths or opts.sampler_sweep or opts.batch_sweep:
         phase(f"[{name}] zitops engine", calls if "engine" in opts.paths else None)
         engine = None
         try:
+            setup_phases.take()  # forget the baseline's marks
             engine, setup_s = build_engine(plan)
+            marks = {k: round(v, 2) for k, v in setup_phases.take().items()}
+            # Said before the first call, so a run cut short still shows where set-up went.
+            echo(f"[{name}] engine set up in {setup_s:.1f} s ("
+                 + ", ".join(f"{k} {v:.1f} s" for k, v in marks.items()) + ")")
             if "engine" in opts.paths:
                 run.results["engine"], images["engine"] = measure_engine(plan, engine, setup_s)
+                run.results["engine"].extra["setup_phases"] = marks
             if opts.sampler_sweep:
                 phase(f"[{name}] sampler sweep: {', '.join(opts.sampler_sweep)}",
                       len(opts.sampler_sweep) * (max(1, opts.warmup) + opts.runs))
@@ -213,6 +237,7 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
             from zitops.bench.measure import reset_memory
 
             reset_memory(device)
+            uncap_memory(device)
     if opts.compare == "bf16":
         phase(f"[{name}] the same request with fp8 off (--compare bf16)", 1)
         run.checks["fp8_vs_bf16"] = _compare_bf16(plan, images.get("engine"))
@@ -262,6 +287,8 @@ def run(opts: BenchOptions, echo: Echo = print, progress: Progress | None = None
     if opts.model == FULL_RANDOM and not device.startswith("cuda"):
         raise InvalidRequest("--arch full builds the real-size model (about 20 GB of weights) on a GPU; "
                              "no CUDA device is available here (use --model tiny on a CPU)")
+    if opts.memory_cap_gib is not None:
+        check_memory_cap(opts, device)
     state_dir = opts.state_dir or default_state_dir()
     with tempfile.TemporaryDirectory(prefix="zitops-bench-") as tmp:
         workdir = opts.workdir or Path(tmp)

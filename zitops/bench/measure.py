@@ -41,6 +41,8 @@ class Plan:
     cache_dir: Path
     tick: Callable[[], None] = _no_tick
     """Called after every call, warm-up or timed (the CLI's progress bar)."""
+    memory_cap_gib: float | None = None
+    """Cap the allocator at this many GiB once the weights are on the host (``--memory-cap-gib``)."""
 
 
 def sync(device: str) -> None:
@@ -68,6 +70,19 @@ def peak_mib(device: str) -> float | None:
     if not device.startswith("cuda"):
         return None
     return float(torch.cuda.max_memory_allocated(torch.device(device))) / 2**20
+
+
+def peak_reserved_gib(device: str) -> float | None:
+    """Peak MiB the allocator held (reserved) since the last reset, in GiB; None on the CPU.
+
+    A memory cap limits what the allocator reserves, so this is the figure to
+    hold against the cap; the allocated peak sits below it.
+    """
+    import torch
+
+    if not device.startswith("cuda"):
+        return None
+    return round(float(torch.cuda.max_memory_reserved(torch.device(device))) / 2**30, 2)
 
 
 def image_array(image: Any) -> Any:
@@ -135,12 +150,13 @@ def build_plain_pipeline(plan: Plan) -> Any:
         from zitops.engine.loader import load_pipeline, resolve_model
 
         pipe = load_pipeline(resolve_model(plan.model, plan.state_dir), dtype, vae_dtype)
-    if offload == "model":
-        pipe.enable_model_cpu_offload(device=plan.device)
-    elif offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=plan.device)
-    else:
-        pipe.to(plan.device)
+    from zitops.engine.offload import cap_memory, place
+
+    if plan.memory_cap_gib:
+        # After the random build, as in the engine: the cap is the serving card's memory.
+        torch.cuda.empty_cache()
+        cap_memory(plan.device, plan.memory_cap_gib)
+    place(pipe, offload, plan.device, s)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -167,6 +183,7 @@ def measure_baseline(plan: Plan) -> tuple[PathResult, Any]:
 
     images = _timed_calls(call, plan, result)
     result.peak_vram_mib = peak_mib(plan.device)
+    result.extra["peak_reserved_gib"] = peak_reserved_gib(plan.device)
     first = images[0] if images else None
     pipe = None  # drop the weights before the next path loads its own
     reset_memory(plan.device)
@@ -182,7 +199,8 @@ def build_engine(plan: Plan) -> tuple[Any, float]:
 
     reset_memory(plan.device)
     torch.manual_seed(WEIGHT_SEED)
-    engine = DiffusersEngine(plan.profile.engine, plan.model, state_dir=plan.state_dir, cache_dir=plan.cache_dir)
+    engine = DiffusersEngine(plan.profile.engine, plan.model, state_dir=plan.state_dir, cache_dir=plan.cache_dir,
+                             memory_cap_gib=plan.memory_cap_gib)
     t0 = time.perf_counter()
     engine.setup(plan.device)
     sync(plan.device)
@@ -198,6 +216,7 @@ def measure_engine(plan: Plan, engine: Any, setup_s: float) -> tuple[PathResult,
     reset_memory(plan.device)  # the peak is what serving needs, not what building needed
     gen = _timed_calls(lambda: engine.generate(req), plan, result)
     result.peak_vram_mib = peak_mib(plan.device)
+    result.extra["peak_reserved_gib"] = peak_reserved_gib(plan.device)
     result.extra["engine_seconds_last"] = round(float(gen.seconds), 4)
     return result, gen.images[0] if gen.images else None
 
@@ -226,8 +245,7 @@ def sweep_samplers(plan: Plan, engine: Any, samplers: tuple[str, ...]) -> list[d
         try:
             reset_memory(plan.device)
             probe = PathResult("engine", batch=req.batch)
-            sub = Plan(plan.profile, req, plan.model, plan.device, plan.runs, max(1, plan.warmup), plan.state_dir,
-                       plan.cache_dir, plan.tick)
+            sub = _with(plan, request=req, warmup=max(1, plan.warmup))
             gen = _timed_calls(lambda r=req: engine.generate(r), sub, probe)
             row.update(s_per_image=_r(probe.s_per_image), peak_vram_gib=_gib(peak_mib(plan.device)),
                        forwards=gen.info.get("transformer_forwards"), size=f"{req.width}x{req.height}")
@@ -246,8 +264,7 @@ def sweep_batches(plan: Plan, engine: Any, batches: tuple[int, ...]) -> list[dic
         try:
             reset_memory(plan.device)
             probe = PathResult("engine", batch=b)
-            sub = Plan(plan.profile, req, plan.model, plan.device, plan.runs, max(1, plan.warmup), plan.state_dir,
-                       plan.cache_dir, plan.tick)
+            sub = _with(plan, request=req, warmup=max(1, plan.warmup))
             gen = _timed_calls(lambda r=req: engine.generate(r), sub, probe)
             row.update(s_per_image=_r(probe.s_per_image), images_per_min=_r(probe.images_per_min, 2),
                        peak_vram_gib=_gib(peak_mib(plan.device)), oom_splits=gen.info.get("oom_splits", 0))
@@ -257,10 +274,10 @@ def sweep_batches(plan: Plan, engine: Any, batches: tuple[int, ...]) -> list[dic
     return rows
 
 
-def _with(req: GenerationRequest, **changes: Any) -> GenerationRequest:
+def _with(value: Any, **changes: Any) -> Any:
     import dataclasses
 
-    return dataclasses.replace(req, **changes)
+    return dataclasses.replace(value, **changes)
 
 
 def _r(value: float | None, digits: int = 4) -> float | None:

@@ -19,7 +19,7 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 @click.command("bench")
 @click.option("--profile", "-p", "profiles", multiple=True, default=("designer",), show_default=True,
-              help="Profile to measure (repeatable): ecommerce, designer, poster, lowvram or a YAML file.")
+              help="Profile to measure (repeatable): a built-in name (zitops profiles) or a YAML file.")
 @set_option
 @model_option
 @click.option("--arch", type=click.Choice(["auto", "full"]), default="auto", show_default=True,
@@ -45,6 +45,9 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 @click.option("--compare", type=click.Choice(["bf16"]), default=None,
               help="Also run the request with engine.fp8 off and report the fp8 image's deviation "
                    "(PSNR, max abs) from it: how an operator with the real weights checks fp8's quality.")
+@click.option("--memory-cap-gib", type=click.FloatRange(1, 1024), default=None, metavar="GIB",
+              help="Simulate a smaller card: cap this process's CUDA allocator at GIB once the weights are on "
+                   "the host (baseline and engine paths only).")
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the first image.")
 @click.option("--prompt", default=None, help="Prompt to render (a fixed descriptive one by default).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
@@ -56,7 +59,7 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def bench(profiles: tuple[str, ...], overrides: tuple[str, ...], model: str, arch: str, device: str,
           width: int | None, height: int | None, steps: int | None, batch: int | None, sampler: str | None,
           runs: int, warmup: int, paths_text: str, sampler_text: str | None, batch_text: str | None,
-          agent_format: str, compare: str | None, seed: int, prompt: str | None, cache_dir: str | None, workdir: str | None,
+          agent_format: str, compare: str | None, memory_cap_gib: float | None, seed: int, prompt: str | None, cache_dir: str | None, workdir: str | None,
           json_path: str | None) -> None:
     """Benchmark plain diffusers vs the zitops engine vs the agent over HTTP."""
     from zitops.bench.core import (
@@ -79,7 +82,7 @@ def bench(profiles: tuple[str, ...], overrides: tuple[str, ...], model: str, arc
         sampler_sweep=parse_samplers(sampler_text) if sampler_text else (),
         batch_sweep=parse_batches(batch_text) if batch_text else (),
         cache_dir=Path(cache_dir) if cache_dir else None, agent_format=agent_format,
-        workdir=Path(workdir) if workdir else None, compare=compare,
+        workdir=Path(workdir) if workdir else None, compare=compare, memory_cap_gib=memory_cap_gib,
     )
     # SIGTERM (a timeout, a CI cancel) must unwind through the finally blocks
     # that stop the bench's agent, which runs in its own process group.

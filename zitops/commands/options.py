@@ -6,7 +6,7 @@ import click
 
 profile_option = click.option(
     "--profile", "-p", default="designer", show_default=True,
-    help="Built-in profile name (ecommerce, designer, poster, lowvram) or a YAML file.",
+    help="Built-in profile name (zitops profiles lists them) or a YAML file.",
 )
 set_option = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",

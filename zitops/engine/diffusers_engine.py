@@ -18,6 +18,7 @@ from zitops.engine.base import GenerationResult, MemoryStats, ProgressFn
 from zitops.engine.knobs import setup_attention, setup_compile, setup_vae, torch_dtype
 from zitops.engine.loader import FULL_RANDOM, Preloaded, default_state_dir
 from zitops.engine.offline import force_offline
+from zitops.engine.offload import cap_memory, levers_before_placement, place
 from zitops.engine.oom import BatchOutOfMemory, generate_split_on_oom
 from zitops.engine.phases import phase
 from zitops.engine.request import GenerationRequest
@@ -51,8 +52,10 @@ class DiffusersEngine:
     def __init__(self, settings: EngineSettings | None = None, model: str = "tiny", *,
                  state_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                  compile_on_cpu: bool = False, preloaded: Preloaded | None = None,
-                 lora_dir: str | Path | None = None) -> None:
+                 lora_dir: str | Path | None = None, memory_cap_gib: float | None = None) -> None:
         self.settings = settings or EngineSettings.model_validate({})
+        # A smaller card simulated on a big one (``zitops bench --memory-cap-gib``): applied in setup.
+        self.memory_cap_gib = memory_cap_gib
         self.model = model
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
         self.cache_dir = Path(cache_dir) if cache_dir else self.state_dir / "cache"
@@ -121,6 +124,7 @@ class DiffusersEngine:
         offload = s.offload if on_cuda else "none"
         if s.offload != "none" and not on_cuda:
             self._note(f"offload={s.offload} needs a CUDA device; ignored on {device}")
+        cap: dict[str, float] = {}
         if self.model == FULL_RANDOM:
             if not on_cuda:
                 raise EngineError("the full-size random architecture (--arch full) is for GPU "
@@ -133,7 +137,11 @@ class DiffusersEngine:
             if offload != "none":
                 pipe.to("cpu")
                 torch.cuda.empty_cache()
+            # The build stands in for reading weights from disk into host memory,
+            # which a real small card never holds on the GPU: the cap starts after it.
+            cap = cap_memory(device, self.memory_cap_gib) if self.memory_cap_gib else {}
         else:
+            cap = cap_memory(device, self.memory_cap_gib) if self.memory_cap_gib else {}
             from zitops.engine.loader import load_pipeline, resolve_model
             from zitops.engine.tiny import is_tiny
 
@@ -150,13 +158,11 @@ class DiffusersEngine:
                 pipe = load_pipeline(self.model_path, dtype, vae_dtype, device=direct)
         self.pipe = pipe
         fp8 = self._quantize(pipe, device if offload == "none" else None)
-        if offload == "model":
-            pipe.enable_model_cpu_offload(device=device)
-        elif offload == "sequential":
-            pipe.enable_sequential_cpu_offload(device=device)
-        else:
+        levers_first = levers_before_placement(offload)
+        placed: dict[str, Any] = {}
+        if not levers_first:
             with phase("to_device"):
-                pipe.to(device)
+                placed = place(pipe, offload, device, s)
         self._base_scheduler_config = dict(pipe.scheduler.config)
         vae_decode, self.tiny_vae = setup_vae(pipe, s, device, vae_dtype, self._note)
         backend = setup_attention(pipe, s.attention_backend)
@@ -164,6 +170,9 @@ class DiffusersEngine:
         with phase("levers"):
             levers = apply_levers(pipe, device, attention_backend=s.attention_backend, graphs=offload == "none")
         backend = levers.pop("attention_backend", backend)
+        if levers_first:
+            with phase("to_device"):
+                placed = place(pipe, offload, device, s)
         with phase("compile_setup"):
             compiled = setup_compile(pipe, s, on_cuda=on_cuda, compile_on_cpu=self.compile_on_cpu,
                                      cache_dir=self.cache_dir, note=self._note)
@@ -171,6 +180,11 @@ class DiffusersEngine:
             "precision": s.precision, "vae_precision": s.vae_precision, "vae_decode": vae_decode,
             "offload": offload, "compile": compiled, "attention_backend": backend, **levers, **fp8,
         }
+        self.effective.update(cap)
+        self.effective.update(placed)
+        if offload == "group" and placed["offload_group"]["blocks"] != s.offload_group_blocks:
+            self._note(f"offload_group_blocks={s.offload_group_blocks} applies without offload_stream; "
+                       "diffusers streams one block at a time, so 1 is used")
         if self.tiny:
             log.warning("%s (model %s)", TINY_NOTICE, self.model_path)
 

@@ -1,0 +1,50 @@
+"""The small-card tiers on the real-size architecture, each under its memory cap.
+
+``lowvram-12`` and ``lowvram-8`` are set up with the full-size random model
+under ``torch.cuda.set_per_process_memory_fraction`` (the engine's
+``memory_cap_gib``, as ``zitops bench --memory-cap-gib`` applies it) and
+generate one 1024x1024 image. The allocator's peak must stay under the cap
+less 0.5 GiB, the CUDA context a real card of that size also holds.
+Speed is the bench's (``benchmarks/device.sh tiers``), not asserted here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.gpu_support import DEVICE, MIB, as_array, release, small_request
+from zitops.engine.diffusers_engine import DiffusersEngine
+from zitops.engine.loader import FULL_RANDOM
+from zitops.engine.offload import describe, uncap_memory
+from zitops.profile import load_profile
+
+pytestmark = [pytest.mark.gpu, pytest.mark.timeout(600)]
+torch = pytest.importorskip("torch")
+
+CONTEXT_GIB = 0.5
+"""What the CUDA context takes on a real card, outside the allocator the cap limits."""
+
+
+@pytest.mark.parametrize(("name", "cap_gib"), [("lowvram-12", 12), ("lowvram-8", 8)])
+def test_each_tier_generates_under_its_cap(tmp_path: Path, name: str, cap_gib: int) -> None:
+    settings = load_profile(name).engine
+    engine = DiffusersEngine(settings, FULL_RANDOM, state_dir=tmp_path, cache_dir=tmp_path / "cache",
+                             memory_cap_gib=cap_gib)
+    device = torch.device(DEVICE)
+    try:
+        engine.setup(DEVICE)
+        assert engine.effective["memory_cap_gib"] == cap_gib and engine.effective["offload"] == "group"
+        assert describe(engine.pipe) == {"transformer": "group", "text_encoder": "group", "vae": "cuda"}
+        torch.cuda.reset_peak_memory_stats(device)
+        out = engine.generate(small_request((21,), width=1024, height=1024, steps=2))
+        peak = torch.cuda.max_memory_reserved(device)
+        print(f"{name} under {cap_gib} GiB: peak reserved {peak / MIB:.0f} MiB, "
+              f"allocated {torch.cuda.max_memory_allocated(device) / MIB:.0f} MiB, {out.seconds:.2f} s")
+        assert out.info["oom_splits"] == 0 and out.images[0].size == (1024, 1024)
+        assert as_array(out.images[0]).std() > 0
+        assert peak <= (cap_gib - CONTEXT_GIB) * 2**30, f"peak reserved {peak / MIB:.0f} MiB"
+    finally:
+        release(engine)
+        uncap_memory(DEVICE)
