@@ -77,23 +77,14 @@ scenario_ecommerce_fp8() { # ecommerce with engine.fp8=true: engine images/min, 
 }
 scenario_tiers() { # each low-VRAM tier under its card's memory cap: lowvram-12 12, lowvram-8 8, lowvram 16 GiB (issue 14)
   # One process per tier: the JSON is written at the end of a run, so a tier cut short loses only itself.
-  bench tiers-12 300 --arch full --profile lowvram-12 --runs 3 --paths engine --memory-cap-gib 12
-  bench tiers-8 300 --arch full --profile lowvram-8 --runs 3 --paths engine --memory-cap-gib 8
-  bench tiers-16 300 --arch full --profile lowvram --runs 2 --paths engine --memory-cap-gib 16
+  bench tiers-12 150 --arch full --profile lowvram-12 --runs 3 --paths engine --memory-cap-gib 12
+  bench tiers-8 180 --arch full --profile lowvram-8 --runs 3 --paths engine --memory-cap-gib 8
+  bench tiers-16 150 --arch full --profile lowvram --runs 2 --paths engine --memory-cap-gib 16
   merge_json tiers tiers-12 tiers-8 tiers-16
 }
-scenario_tiers_choice() { # the mechanisms behind the tiers: no copy stream, bigger groups, host pinning, resident in turn (issue 14)
-  local v
-  for v in g12-nostream-b4 turn-12; do
-    bench "tiers-choice-$v" 300 --arch full --profile "benchmarks/tiers/$v.yaml" --runs 2 --paths engine \
-      --memory-cap-gib 12
-  done
-  for v in g8-nostream g8-lowcpu; do
-    bench "tiers-choice-$v" 300 --arch full --profile "benchmarks/tiers/$v.yaml" --runs 2 --paths engine \
-      --memory-cap-gib 8
-  done
-  merge_json tiers-choice tiers-choice-g12-nostream-b4 tiers-choice-turn-12 tiers-choice-g8-nostream \
-    tiers-choice-g8-lowcpu
+scenario_tiers_choice() { # bf16 group offload (pinned, copy stream) under the 12 GiB cap, against lowvram-12's fp8 (issue 14)
+  bench tiers-choice-group-12 240 --arch full --profile benchmarks/tiers/group-12.yaml --runs 2 --warmup 1 \
+    --paths engine --memory-cap-gib 12
 }
 # merge_json NAME PART...: the parts' bench JSON (those that exist) as one file, $OUT/NAME.json
 merge_json() {

@@ -22,9 +22,13 @@ from zitops.profile import load_profile
 
 torch = pytest.importorskip("torch")
 
+GROUP_12 = Path(__file__).resolve().parents[2] / "benchmarks" / "tiers" / "group-12.yaml"
+"""bf16 with group offload, the variant the tiers bench compares against lowvram-12's fp8."""
+
 
 def test_group_offload_on_the_cpu_is_ignored_with_a_note_and_generates(tmp_path: Path) -> None:
-    s = load_profile("lowvram-8").engine.model_copy(update={"precision": "fp32", "vae_precision": "fp32"})
+    s = load_profile(str(GROUP_12)).engine.model_copy(
+        update={"precision": "fp32", "vae_precision": "fp32"})
     engine = DiffusersEngine(s, str(tiny_model_dir()), state_dir=tmp_path, cache_dir=tmp_path / "cache")
     engine.setup("cpu")
     assert engine.effective["offload"] == "none" and "offload_group" not in engine.effective

@@ -134,7 +134,9 @@ class DiffusersEngine:
             # Random init is fast on the GPU and very slow on the CPU, so build
             # there even for offload, then park the weights on the CPU.
             pipe = build_full_pipeline(device, dtype, vae_dtype, cache_dir=self.cache_dir)
-            if offload != "none":
+            if offload != "none" or self.memory_cap_gib:
+                # A capped card starts from host memory too: fp8 then quantizes layer
+                # by layer onto the device, as it does from weights read off disk.
                 pipe.to("cpu")
                 torch.cuda.empty_cache()
             # The build stands in for reading weights from disk into host memory,
@@ -157,7 +159,7 @@ class DiffusersEngine:
             else:
                 pipe = load_pipeline(self.model_path, dtype, vae_dtype, device=direct)
         self.pipe = pipe
-        fp8 = self._quantize(pipe, device if offload == "none" else None)
+        fp8 = self._quantize(pipe, device, park=None if offload == "none" else "cpu")
         levers_first = levers_before_placement(offload)
         placed: dict[str, Any] = {}
         if not levers_first:
@@ -188,8 +190,12 @@ class DiffusersEngine:
         if self.tiny:
             log.warning("%s (model %s)", TINY_NOTICE, self.model_path)
 
-    def _quantize(self, pipe: Any, device: str | None) -> dict[str, Any]:
-        """``engine.fp8``: linears to fp8 before the move to ``device`` (None: where they are); the effective keys."""
+    def _quantize(self, pipe: Any, device: str, *, park: str | None) -> dict[str, Any]:
+        """``engine.fp8``: linears to fp8, computed on ``device`` and kept there or on ``park``; the effective keys.
+
+        An offloading profile parks each fp8 layer on the host as soon as it exists,
+        so a small card never holds more than one bf16 layer during set-up.
+        """
         from zitops.engine.attention import fuse_projections
         from zitops.engine.fp8 import quantize_pipeline, resolve_mode
 
@@ -203,8 +209,7 @@ class DiffusersEngine:
         with phase("fp8"):
             if "fuse" not in disabled_levers():
                 fuse_projections(pipe.transformer)  # fused first, so the fused q/k/v and w1/w3 are what is quantized
-            target = device or str(next(pipe.transformer.parameters()).device)
-            info = quantize_pipeline(pipe, mode, self.settings.fp8_keep_bf16, target)
+            info = quantize_pipeline(pipe, mode, self.settings.fp8_keep_bf16, device, park=park)
         return {"fp8": info, "fp8_linears": sum(info["linears"].values())}
 
     def _note(self, text: str) -> None:

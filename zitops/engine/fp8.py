@@ -181,12 +181,15 @@ def _aligned(lin: Any) -> bool:
     return bool(lin.in_features % 16 == 0 and lin.out_features % 16 == 0)
 
 
-def quantize_pipeline(pipe: Any, mode: str, keep: tuple[str, ...], device: str) -> dict[str, Any]:
+def quantize_pipeline(pipe: Any, mode: str, keep: tuple[str, ...], device: str, *,
+                      park: str | None = None) -> dict[str, Any]:
     """Swap the transformer's and text encoder's linears (all but the kept) for ``mode``'s fp8 class.
 
     Each new layer's weights are built on ``device`` and the old layer dropped
-    at once, so the bf16 weights never sit on ``device`` all together. Returns
-    what ``/status`` shows as ``effective.fp8``.
+    at once, so the bf16 weights never sit on ``device`` all together. With
+    ``park`` (an offloading profile: "cpu") each fp8 layer moves there once
+    built: quantized by the GPU, stored on the host. Returns what ``/status``
+    shows as ``effective.fp8``.
     """
     swaps, kept = plan_swaps(pipe, keep)
     cls = linear_class(mode)
@@ -203,7 +206,8 @@ def quantize_pipeline(pipe: Any, mode: str, keep: tuple[str, ...], device: str) 
                 continue
             owner_name, _, attr = name.rpartition(".")
             owner = root.get_submodule(owner_name) if owner_name else root
-            setattr(owner, attr, cls(lin, device))
+            layer = cls(lin, device)
+            setattr(owner, attr, layer if park is None else layer.to(park))
             del lin
             done += 1
         counts[component] = done
