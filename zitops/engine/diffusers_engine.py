@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zitops.engine.accel import apply_levers, enabled_levers
+from zitops.engine.accel import apply_levers, disabled_levers, enabled_levers
 from zitops.engine.base import GenerationResult, MemoryStats, ProgressFn
 from zitops.engine.knobs import setup_attention, setup_compile, setup_vae, torch_dtype
 from zitops.engine.loader import FULL_RANDOM, Preloaded, default_state_dir
@@ -28,6 +28,8 @@ from zitops.profile import SAMPLERS, SCHEDULES, EngineSettings
 
 log = logging.getLogger("zitops.engine")
 MIB = 2**20
+TEXT_TOKEN_LIMIT = 512
+"""ZImagePipeline's ``max_sequence_length`` default: the longest text bucket the warm-up captures."""
 
 
 def _to_pil(image: Any) -> list[Any]:
@@ -173,6 +175,31 @@ class DiffusersEngine:
         }
         if self.tiny:
             log.warning("%s (model %s)", TINY_NOTICE, self.model_path)
+
+    def after_warmup(self) -> dict[str, Any]:
+        """After the warm-up generations: every text-length bucket in a CUDA graph, cuDNN autotuning off.
+
+        Both costs otherwise land in a request: a longer prompt than any seen
+        paid its graph capture, and with autotuning on cuDNN benchmarked every
+        VAE convolution at each new image size. The shapes the warm-up ran
+        keep the algorithms autotuning picked (``ZITOPS_ACCEL=-cudnnwarm``
+        keeps autotuning on for every new shape instead).
+        """
+        import torch
+
+        runner = getattr(self.pipe, "_zitops_text_runner", None)
+        # One prompt per encoder call: the pipeline repeats the embeddings per image.
+        graphs = runner.capture_buckets(1, TEXT_TOKEN_LIMIT) if runner is not None else []
+        if not self.device.startswith("cuda"):
+            cudnn = "off (not CUDA)"
+        elif not torch.backends.cudnn.benchmark or "cudnnwarm" in disabled_levers():
+            cudnn = "on" if torch.backends.cudnn.benchmark else "off"
+        else:
+            torch.backends.cudnn.benchmark = False
+            cudnn = "warm-up shapes only"
+        if "cudnn_benchmark" in self.effective:
+            self.effective["cudnn_benchmark"] = cudnn
+        return {"text_graphs": [f"{p}x{n}" for p, n in graphs], "cudnn_benchmark": cudnn}
 
     def _note(self, text: str) -> None:
         self.notes.append(text)
