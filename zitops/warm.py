@@ -3,7 +3,7 @@
 A fresh agent's worker otherwise compiles inside its warm-up (91 s to Ready
 on an H200 with cold caches, docs/benchmarks.md). This spawns the engine in a
 child process (:mod:`zitops.worker.warm`), exactly as a worker would set up
-and warm up with the deployment's config, on its first GPU, so the caches
+and warm up with the deployment's config, on the first of its GPUs, so the caches
 under ``paths.cache_dir`` hold the compiled code before the agent starts.
 torch-free here: only the child imports it.
 """
@@ -33,15 +33,13 @@ def warm(config: AgentConfig, timeout_s: float = 1800.0) -> dict[str, Any]:
     Raises EngineError when the child fails, dies or overruns ``timeout_s``.
     """
     from zitops.agent.spawn import sigkill, start_child
-    from zitops.gpu import worker_devices
     from zitops.worker.warm import warm_main
 
     cache = Path(config.paths.cache_dir)
     before = cache_size(cache)
-    gpu = worker_devices(config.gpus)[0]  # one is enough: the caches are per host, not per GPU
     started = time.monotonic()
     proc, conn = start_child(multiprocessing.get_context("spawn"), warm_main, "zitops-warm",
-                             (gpu, config_to_dict(config)))
+                             (config_to_dict(config),))
     try:
         if not conn.poll(timeout_s):
             raise EngineError(f"warm: the engine did not finish set-up and warm-up within {timeout_s:g} s "

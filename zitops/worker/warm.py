@@ -18,22 +18,25 @@ NOT_COMPILED = ("nothing to precompile: the engine compiles only on a CUDA devic
                 "the warm-up was skipped")
 
 
-def warm_main(conn: Connection, gpu: int | None, config_data: dict[str, Any]) -> None:
+def warm_main(conn: Connection, config_data: dict[str, Any]) -> None:
     """Entry point of the spawned process: one report dict (or an ``error`` one) down ``conn``, then exit."""
     from zitops.worker.lifeline import die_with_parent
 
     die_with_parent()
+    from zitops.config import config_from_mapping
+    from zitops.gpu import worker_devices
     from zitops.worker.preimport import device_environment, engine_modules, preimport
 
+    config = config_from_mapping(config_data, "warm config")
+    # The first of the workers' GPUs (NVML is probed here, never in the CLI): the caches are per host.
+    gpu = worker_devices(config.gpus)[0]
     device_environment(gpu)  # before torch: this process sees exactly one GPU, or none
     report: dict[str, Any] = {"pid": os.getpid(), "device": "cpu" if gpu is None else "cuda:0", "gpu": gpu}
     try:
         report["imports_s"] = round(preimport(engine_modules(config_data)), 3)
-        from zitops.config import config_from_mapping
         from zitops.engine.factory import create_engine
         from zitops.worker import warmup
 
-        config = config_from_mapping(config_data, "warm config")
         engine = create_engine(config)
         started = time.perf_counter()
         engine.setup(report["device"])
