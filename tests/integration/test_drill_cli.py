@@ -110,7 +110,8 @@ def test_the_real_leak_drill_holds_real_memory_in_the_diffusers_engine_and_recyc
     assert recycle["allocated_mib"] == 4 * 32 and fig["peak_allocated_mib"] >= 4 * 32
     assert fig["allocated_after_mib"] < fig["leak_allocated_at_recycle_mib"]
     _assert_torn_down(report)
-    assert list(tmp.iterdir()) == []
+    # torch's own inductor scratch directory may appear under TMPDIR; the deployment must not remain.
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("zitops-drill-")] == []
 
 
 def test_keep_leaves_the_rendered_deployment(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from zitops.config import AgentConfig
 from zitops.drill.agent import ReadyzWatcher
+from zitops.drill.judge_real import judge_nvml_leak
 from zitops.drill.plan import (
     LEAK_JOBS,
     LEAK_MIB,
@@ -22,7 +23,6 @@ from zitops.drill.plan import (
     REAL_CPU_THRESHOLD_MIB,
     DrillPlan,
 )
-from zitops.drill.judge_real import judge_nvml_leak
 from zitops.drill.report import DrillReport, Jobs
 
 
