@@ -103,6 +103,8 @@ def main() -> None:
     ap.add_argument("--profile-size", default="1280x768", help="empty: no torch.profiler run")
     ap.add_argument("--out", required=True)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--no-pgo", action="store_true",
+                    help="ignore dynamo's saved automatic-dynamic profile: compile static first, as a cold cache does")
     args = ap.parse_args()
 
     t_import = time.perf_counter()
@@ -115,6 +117,8 @@ def main() -> None:
     from zitops.worker.warmup import run_warmup, warmup_plan
 
     imports_s = time.perf_counter() - t_import
+    if args.no_pgo and hasattr(torch._dynamo.config, "automatic_dynamic_local_pgo"):
+        torch._dynamo.config.automatic_dynamic_local_pgo = False
     profile = load_profile(args.profile, args.set)
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     model = FULL_RANDOM if args.arch == "full" else args.model
@@ -133,7 +137,7 @@ def main() -> None:
     result: dict[str, Any] = {"plan": args.plan, "profile": args.profile, "sets": args.set, "model": model,
                               "device": device, "date": time.strftime("%Y-%m-%d"),
                               "card": torch.cuda.get_device_name(0) if device != "cpu" else "cpu",
-                              "imports_s": round(imports_s, 2), "setup_s": round(setup_s, 2),
+                              "pgo": not args.no_pgo, "imports_s": round(imports_s, 2), "setup_s": round(setup_s, 2),
                               "warmup": warm, "cudnn_benchmark_after_warmup": torch.backends.cudnn.benchmark,
                               "requests": []}
     clock = PhaseClock(engine)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from zitops.drill import run_drill
@@ -12,7 +14,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.timeout(600)]
 def test_the_real_leak_drill_is_caught_by_nvml_and_the_memory_returns() -> None:
     report = run_drill("leak", timeout_s=400, real=True)
     failed = [f"{c.name}: {c.detail}" for c in report.checks if not c.ok]
-    print({k: v for k, v in report.figures.items() if "mib" in k or "leak" in k})
+    print("real leak drill report:", json.dumps(report.to_dict(), default=str))
     assert report.error is None, report.error
     assert failed == [], failed
     names = [c.name for c in report.checks]
