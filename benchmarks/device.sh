@@ -60,11 +60,13 @@ scenario_warm_bf16() { # zitops warm into a fresh designer deployment's cache (c
 scenario_warm_fp8() { # zitops warm, designer with engine.fp8=true (its own cache) (issue 13)
   warm_into fp8 --set engine.fp8=true
 }
-scenario_first_size() { # phases of the 1st and 2nd request per size after warm-up; old plan (no PGO), new plan (after warm-bf16)
-  timeout 150 python3 benchmarks/first_size.py --arch full --plan old --no-pgo --cache-dir /tmp/zdep-bf16/cache \
-    --out "$OUT/first-size-old.json" --profile-size "" 2>&1 | quiet | tail -25
-  timeout 150 python3 benchmarks/first_size.py --arch full --plan new --cache-dir /tmp/zdep-bf16/cache \
-    --out "$OUT/first-size-new.json" 2>&1 | quiet | tail -25
+scenario_first_size_new() { # phases of the 1st and 2nd request per size after zitops' warm-up (after warm-bf16) (issue 13)
+  timeout "${FIRST_LIMIT:-150}" python3 benchmarks/first_size.py --arch full --plan new \
+    --cache-dir /tmp/zdep-bf16/cache --out "$OUT/first-size-new.json" 2>&1 | quiet | tail -25
+}
+scenario_first_size_old() { # the same after the old warm-up (A, B; autotuning on), dynamo's saved profile ignored (issue 13)
+  timeout "${FIRST_LIMIT:-150}" python3 benchmarks/first_size.py --arch full --plan old --no-pgo \
+    --cache-dir /tmp/zdep-bf16/cache --out "$OUT/first-size-old.json" --profile-size "" 2>&1 | quiet | tail -25
 }
 scenario_restart_hot_fp8() { # kill -9 with a hot spare, designer fp8 (after warm-fp8) (issue 13)
   timeout "${FP8_LIMIT:-250}" python3 benchmarks/restart_probe.py --arch full --profile designer --kills 1 \
