@@ -51,6 +51,12 @@ warm_into() {
   local name=$1
   shift
   rm -rf "/tmp/zdep-$name"
+  # deploy renders the path of a `zitops` executable; the device image has the tree, not an install
+  # (the 2026-11-29 run failed here): a shim on PATH stands in for it.
+  mkdir -p /tmp/zbin
+  printf '#!/bin/sh\nexec python3 -c "from zitops.cli import main; main()" "$@"\n' > /tmp/zbin/zitops
+  chmod +x /tmp/zbin/zitops
+  export PATH="/tmp/zbin:$PATH"
   "${Z[@]}" deploy --out "/tmp/zdep-$name" --target systemd --model full-random --profile designer "$@" > /dev/null
   timeout 300 "${Z[@]}" warm --config "/tmp/zdep-$name/config.yaml" --json > "$OUT/warm-$name.json"
 }

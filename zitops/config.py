@@ -59,6 +59,8 @@ class FaultSettings(_Section):
     # leak_mib_per_job on the engine's device, which torch's allocator and NVML both see
     # (zitops.engine.leak; `zitops drill leak --real`). A drill setting only.
     leak_memory: Literal["simulated", "real"] = "simulated"
+    # Jobs before this one do not leak, so a drill can read a warm baseline (a worker that has run a job).
+    leak_from_job: int = Field(1, ge=1)
     crash_on_job: int | None = Field(None, ge=1)
     hang_on_job: int | None = Field(None, ge=1)
     oom_above_batch: int | None = Field(None, ge=0)

@@ -125,3 +125,15 @@ def test_a_real_leak_holds_real_host_memory_and_reports_it_unsimulated() -> None
     # The bytes are really held: two tensors of 8 MiB each, kept by the engine.
     held = engine._real._held
     assert [t.numel() for t in held] == [8 * 2**20] * 2 and all(int(t[-1]) == 1 for t in held)
+
+
+def test_leak_from_job_leaves_the_first_jobs_unleaked() -> None:
+    from zitops.engine.faulty import FaultyEngine
+
+    engine = FaultyEngine(FaultSettings(leak_mib_per_job=100, leak_from_job=3, job_seconds=0), explicit=True)
+    engine.setup("cpu")
+    allocated = []
+    for seed in range(4):
+        engine.generate(request(seeds=(seed,)))
+        allocated.append(engine.memory().allocated_mib - FaultSettings().baseline_mib)
+    assert allocated == [0, 0, 100, 200]

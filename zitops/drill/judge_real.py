@@ -10,18 +10,22 @@ from zitops.drill.report import DrillReport
 
 def judge_nvml_leak(report: DrillReport, plan: DrillPlan, recycle: dict[str, Any] | None,
                     events: list[dict[str, Any]]) -> None:
-    """Checks: a high-water recycle within REAL_GPU_JOBS + 1 jobs, seen by NVML and the allocator, memory back."""
+    """Checks: a high-water recycle within 1 + REAL_GPU_JOBS + 1 jobs, seen by NVML and the allocator, memory back.
+
+    Job 1 does not leak (the baseline is read after it), so leaking job REAL_GPU_JOBS is job 1 + REAL_GPU_JOBS.
+    """
+    bound = 1 + REAL_GPU_JOBS + 1
     fig = report.figures
     leak = float(plan.faults["leak_mib_per_job"])
     fig["leak_mib_per_job"] = leak
     report.check("the leak was detected by NVML's high-water rule", recycle is not None
                  and recycle.get("policy") == "high_water", recycle["reason"] if recycle else
-                 f"no recycle (the line is crossed by job {REAL_GPU_JOBS})")
+                 f"no recycle (the line is crossed by job {1 + REAL_GPU_JOBS})")
     if recycle:
         fig["leak_jobs_until_recycle"] = recycle.get("jobs_done")
         fig["leak_reason"] = recycle["reason"]
         # The periodic round may land just after the crossing job: one job of slack.
-        report.check(f"recycled within {REAL_GPU_JOBS + 1} jobs", (recycle.get("jobs_done") or 0) <= REAL_GPU_JOBS + 1,
+        report.check(f"recycled within {bound} jobs", (recycle.get("jobs_done") or 0) <= bound,
                      f"after {recycle.get('jobs_done')} jobs")
         ready = next((e for e in events if e["kind"] in ("ready", "handover") and e["time"] >= recycle["time"]), None)
         report.check("a fresh worker replaced it", ready is not None)

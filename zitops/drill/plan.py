@@ -26,12 +26,13 @@ OOM_ABOVE_BATCH, OOM_BATCH = 1, 4
 KILL_JOB_SECONDS = 1.5
 
 # --real: the real diffusers engine (tiny model) keeps real tensors per job (faults.leak_memory).
-# On the host: the allocator's leak rule catches real bytes. On a GPU: NVML's high-water line,
-# drawn so that REAL_GPU_JOBS jobs of the leak cross it whatever the worker itself takes (within
+# On the host: the allocator's leak rule catches real bytes. On a GPU: job 1 does not leak (the
+# warm baseline is read after it), then NVML's high-water line is drawn so that REAL_GPU_JOBS
+# leaking jobs cross it and one fewer does not, whatever the worker itself takes (0 to 2
 # REAL_GPU_ALLOWANCE_MIB), with the allocator's rule out of reach, so the NVML path must act.
 REAL_CPU_MIB, REAL_CPU_THRESHOLD_MIB, REAL_CPU_JOBS = 32.0, 48, 2
 REAL_GPU_JOBS = 3
-REAL_GPU_ALLOWANCE_MIB = 1536.0
+REAL_GPU_ALLOWANCE_MIB = 2048.0
 REAL_JOB_SECONDS = 0.6
 REAL_NVML_INTERVAL_S = 0.2
 OUT_OF_REACH_MIB = 10**7
@@ -45,7 +46,7 @@ def real_gpu_leak_mib(total_mib: float) -> float:
 
 
 def real_gpu_high_water_pct(used_mib: float, total_mib: float) -> float:
-    """The high-water line: crossed by job REAL_GPU_JOBS of the leak, not by job REAL_GPU_JOBS - 1."""
+    """The high-water line: crossed by leaking job REAL_GPU_JOBS, not by leaking job REAL_GPU_JOBS - 1."""
     leak = real_gpu_leak_mib(total_mib)
     line = used_mib + REAL_GPU_ALLOWANCE_MIB + leak * (REAL_GPU_JOBS - 0.5)
     return round(min(99.0, 100.0 * line / total_mib), 2)
@@ -101,7 +102,7 @@ def plan_drill(kind: str, jobs: int | None = None, *, real: bool = False,
 
 
 def _real_leak(jobs: int | None, gpu_mib: tuple[float, float] | None) -> DrillPlan:
-    n = (REAL_GPU_JOBS + 3 if gpu_mib else DEFAULT_JOBS["leak"]) if jobs is None else jobs
+    n = (1 + REAL_GPU_JOBS + 3 if gpu_mib else DEFAULT_JOBS["leak"]) if jobs is None else jobs
     if not 1 <= n <= MAX_JOBS:
         raise InvalidRequest(f"--jobs {n}: give 1..{MAX_JOBS}")
     body: dict[str, Any] = {"prompt": "drill leak --real", "width": 64, "height": 64, "steps": 2}
@@ -117,6 +118,7 @@ def _real_leak(jobs: int | None, gpu_mib: tuple[float, float] | None) -> DrillPl
     else:
         used, total = gpu_mib
         faults["leak_mib_per_job"] = real_gpu_leak_mib(total)
+        faults["leak_from_job"] = 2
         sets += (f"watchdog.leak_threshold_mib={OUT_OF_REACH_MIB}", f"watchdog.interval_s={REAL_NVML_INTERVAL_S}",
                  f"watchdog.high_water_pct={real_gpu_high_water_pct(used, total)}")
     return DrillPlan("leak", faults, sets, tuple(dict(body, seed=i) for i in range(n)), real=True,

@@ -181,9 +181,9 @@ class DiffusersEngine:
 
         Both costs otherwise land in a request: a longer prompt than any seen
         paid its graph capture, and with autotuning on cuDNN benchmarked every
-        VAE convolution at each new image size. The shapes the warm-up ran
-        keep the algorithms autotuning picked (``ZITOPS_ACCEL=-cudnnwarm``
-        keeps autotuning on for every new shape instead).
+        VAE convolution at each new image size (0.76 s of a 1.55 s first
+        request at 1152x896 on an H200). ``ZITOPS_ACCEL=-cudnnwarm`` keeps
+        autotuning on.
         """
         import torch
 

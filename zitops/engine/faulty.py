@@ -109,7 +109,7 @@ class FaultyEngine:
             if f.raise_on_job == job:
                 raise EngineError(f"injected failure on job {job} (fault engine)")
         result = generate_split_on_oom(self, request, progress)
-        if self.armed and f.leak_mib_per_job > 0:
+        if self.armed and f.leak_mib_per_job > 0 and job >= f.leak_from_job:
             self._leak(f.leak_mib_per_job)
         result.info["job"] = job
         result.info["incarnation"] = self.incarnation
