@@ -9,18 +9,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from tests.unit.test_imports import HEAVY, PROBE
 
-HEAVY = ("torch", "diffusers", "pynvml", "transformers")
-PROBE = """
-import json, sys
-from zitops.cli import main
-try:
-    main(sys.argv[1:])
-except SystemExit as exc:
-    assert not exc.code, exc.code
-print(json.dumps([m for m in {heavy!r} if m in sys.modules]), file=sys.stderr)
-"""
+pytestmark = pytest.mark.slow
 
 
 def _cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
