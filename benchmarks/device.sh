@@ -46,6 +46,47 @@ scenario_first_request() { # ready means fast: first requests after /readyz, war
   done
   python3 -c 'import json, sys; json.dump({f"warmup_{w}": json.load(open(f"{sys.argv[1]}/first-request-warmup-{w}.json")) for w in ("false", "auto")}, open(f"{sys.argv[1]}/first-request.json", "w"), indent=1)' "$OUT"
 }
+# warm_into NAME SETS...: a designer deployment (full-random) in /tmp/zdep-NAME, then `zitops warm` into its cache
+warm_into() {
+  local name=$1
+  shift
+  rm -rf "/tmp/zdep-$name"
+  # deploy renders the path of a `zitops` executable; the device image has the tree, not an install
+  # (the 2026-11-29 run failed here): a shim on PATH stands in for it.
+  mkdir -p /tmp/zbin
+  printf '#!/bin/sh\nexec python3 -c "from zitops.cli import main; main()" "$@"\n' > /tmp/zbin/zitops
+  chmod +x /tmp/zbin/zitops
+  export PATH="/tmp/zbin:$PATH"
+  "${Z[@]}" deploy --out "/tmp/zdep-$name" --target systemd --model full-random --profile designer "$@" > /dev/null
+  timeout 300 "${Z[@]}" warm --config "/tmp/zdep-$name/config.yaml" --json > "$OUT/warm-$name.json"
+}
+scenario_warm_bf16() { # zitops warm into a fresh designer deployment's cache (cold caches) (issue 13)
+  warm_into bf16
+}
+scenario_warm_fp8() { # zitops warm, designer with engine.fp8=true (its own cache) (issue 13)
+  warm_into fp8 --set engine.fp8=true
+}
+scenario_first_size_new() { # phases of the 1st and 2nd request per size after zitops' warm-up (after warm-bf16) (issue 13)
+  timeout "${FIRST_LIMIT:-150}" python3 benchmarks/first_size.py --arch full --plan new \
+    --cache-dir /tmp/zdep-bf16/cache --out "$OUT/first-size-new.json" 2>&1 | quiet | tail -25
+}
+scenario_first_size_old() { # the same after the old warm-up (A, B; autotuning on), dynamo's saved profile ignored (issue 13)
+  timeout "${FIRST_LIMIT:-150}" python3 benchmarks/first_size.py --arch full --plan old --no-pgo \
+    --cache-dir /tmp/zdep-bf16/cache --out "$OUT/first-size-old.json" --profile-size "" 2>&1 | quiet | tail -25
+}
+scenario_restart_hot_fp8() { # kill -9 with a hot spare, designer fp8 (after warm-fp8) (issue 13)
+  timeout "${FP8_LIMIT:-250}" python3 benchmarks/restart_probe.py --arch full --profile designer --kills 1 \
+    --set watchdog.hot_spare=true --set engine.fp8=true --cache-dir /tmp/zdep-fp8/cache \
+    --out "$OUT/restart-hot-fp8.json" 2>&1 | quiet | tail -30
+}
+scenario_lane_hot_spare() { # the GPU lane's hot spare test (issue 13)
+  timeout 280 python3 -m pytest -m gpu tests/gpu/test_gpu_hot_spare.py -v -rs -s -p no:cacheprovider 2>&1 \
+    | tee -a "$OUT/gpu-lane.log" | tail -15
+}
+scenario_lane_leak() { # the GPU lane's real leak drill, alone on the card: NVML's line is device-wide (issue 13)
+  timeout 280 python3 -m pytest -m gpu tests/gpu/test_gpu_leak_drill.py -v -rs -s -p no:cacheprovider 2>&1 \
+    | tee -a "$OUT/gpu-lane.log" | tail -15
+}
 scenario_designer_samplers() { # designer with every sampler (A)
   bench designer-samplers 280 --arch full --profile designer --runs 5 --sampler-sweep all --cache-dir /tmp/zcache
 }

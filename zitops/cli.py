@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "failures": ("zitops.commands.failures", "failures", "List recorded job failures."),
     "drill": ("zitops.commands.drill", "drill", "Run a fault drill against a disposable agent."),
     "bench": ("zitops.commands.bench", "bench", "Benchmark diffusers vs the zitops engine vs the agent."),
+    "warm": ("zitops.commands.warm", "warm", "Precompile into a deployment's compile cache before its first start."),
     "doctor": ("zitops.commands.doctor", "doctor", "Check that this host can run a profile (preflight)."),
 }
 

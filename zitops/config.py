@@ -55,11 +55,17 @@ class FaultSettings(_Section):
     # noise, the worst case for PNG, like a random-weight model's output (issue 7 bench).
     pixels: Literal["blobs", "noise"] = "blobs"
     leak_mib_per_job: float = Field(0.0, ge=0)
+    # simulated: the leak is a number in memory(); real: each job keeps a real tensor of
+    # leak_mib_per_job on the engine's device, which torch's allocator and NVML both see
+    # (zitops.engine.leak; `zitops drill leak --real`). A drill setting only.
+    leak_memory: Literal["simulated", "real"] = "simulated"
+    # Jobs before this one do not leak, so a drill can read a warm baseline (a worker that has run a job).
+    leak_from_job: int = Field(1, ge=1)
     crash_on_job: int | None = Field(None, ge=1)
     hang_on_job: int | None = Field(None, ge=1)
     oom_above_batch: int | None = Field(None, ge=0)
     raise_on_job: int | None = Field(None, ge=1)
-    job_seconds: float = Field(0.05, ge=0, le=600)
+    job_seconds: float = Field(0.05, ge=0, le=600)  # synthetic: each job's length; inner: the least a job takes
     simulated_total_mib: float = Field(16384.0, gt=0)
     baseline_mib: float = Field(2048.0, ge=0)
     setup_seconds: float = Field(0.0, ge=0, le=600)  # simulated model load, every incarnation

@@ -97,6 +97,23 @@ def test_each_drill_passes_with_no_job_lost(kind: str, tmp_path: Path) -> None:
     assert list(tmp.iterdir()) == [], "the temporary deployment was not removed"
 
 
+def test_the_real_leak_drill_holds_real_memory_in_the_diffusers_engine_and_recycles(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    proc = _drill("leak", "--real", "--jobs", "5", "--json", tmpdir=tmp, timeout=240)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert report["ok"] and report["jobs"]["lost"] == 0 and report["jobs"]["succeeded"] == 5
+    fig = report["figures"]
+    # No GPU here: the allocator's rule caught real bytes (32 MiB a job, 48 over job 1's baseline, 2 in a row).
+    (recycle,) = [e for e in report["events"] if e["kind"] == "recycle"]
+    assert recycle["policy"] == "leak" and fig["leak_jobs_until_recycle"] == 4
+    assert recycle["allocated_mib"] == 4 * 32 and fig["peak_allocated_mib"] >= 4 * 32
+    assert fig["allocated_after_mib"] < fig["leak_allocated_at_recycle_mib"]
+    _assert_torn_down(report)
+    # torch's own inductor scratch directory may appear under TMPDIR; the deployment must not remain.
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("zitops-drill-")] == []
+
+
 def test_keep_leaves_the_rendered_deployment(tmp_path: Path) -> None:
     keep = tmp_path / "kept"
     proc = _drill("oom", "--jobs", "2", "--keep", str(keep))
@@ -123,6 +140,7 @@ def test_a_drill_whose_expectation_fails_exits_1(tmp_path: Path) -> None:
     (["bogus"], "unknown kind 'bogus'; use one of leak, crash, hang, oom, kill"),
     (["crash", "--jobs", "0"], "--jobs 0: give 1..200"),
     (["crash", "--timeout", "-1"], "--timeout -1: give a positive number of seconds"),
+    (["crash", "--real"], "--real: only the leak drill has a real mode, not 'crash'"),
 ])
 def test_bad_input_is_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
     proc = _drill(*args, tmpdir=tmp_path / "tmp", timeout=30)

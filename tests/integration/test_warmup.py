@@ -22,15 +22,19 @@ def test_auto_warms_a_compiled_engine_on_a_gpu_only() -> None:
     assert not wanted(False, on_cuda=True, compiled=True)
 
 
-def test_the_plan_covers_the_profiles_batch_and_a_second_size() -> None:
+def test_the_plan_covers_the_profiles_batch_a_second_size_and_the_profile_again() -> None:
     designer = load_profile("designer", [])
-    assert warmup_plan(designer, 64, 2048) == (WarmupRun(1, 1024, 1024), WarmupRun(1, 1152, 960))
+    # The profile's size comes back last: after the second size dynamo serves it from the
+    # dynamic graph, which must have run there before the first request does.
+    assert warmup_plan(designer, 64, 2048) == (
+        WarmupRun(1, 1024, 1024), WarmupRun(1, 1152, 960), WarmupRun(1, 1024, 1024))
     batched = load_profile("designer", ["generation.batch=4", "engine.max_batch=4"])
     assert warmup_plan(batched, 64, 2048) == (
-        WarmupRun(4, 1024, 1024), WarmupRun(1, 1152, 960), WarmupRun(1, 1024, 1024))
+        WarmupRun(4, 1024, 1024), WarmupRun(1, 1152, 960), WarmupRun(4, 1024, 1024), WarmupRun(1, 1024, 1024))
     # At the limits the second size steps the other way, and stays inside them.
     edge = load_profile("designer", ["generation.width=2048", "generation.height=64"])
-    assert warmup_plan(edge, 64, 2048) == (WarmupRun(1, 2048, 64), WarmupRun(1, 1920, 128))
+    assert warmup_plan(edge, 64, 2048) == (
+        WarmupRun(1, 2048, 64), WarmupRun(1, 1920, 128), WarmupRun(1, 2048, 64))
 
 
 @pytest.fixture
@@ -46,7 +50,10 @@ def test_the_worker_generates_before_it_reports_ready(warmed: Runtime) -> None:
     startup = warmed.status()["workers"][0]["startup"]
     # The report arrives inside Ready itself, so every run below finished before Ready was sent.
     runs = startup["warmup"]
-    assert [(r["batch"], r["width"], r["height"]) for r in runs] == [(2, 64, 64), (1, 192, 128), (1, 64, 64)]
+    assert [(r["batch"], r["width"], r["height"]) for r in runs] == [
+        (2, 64, 64), (1, 192, 128), (2, 64, 64), (1, 64, 64)]
+    # No CUDA here: no text encoder graphs to capture, and cuDNN is not in play.
+    assert startup["after_warmup"] == {"text_graphs": [], "cudnn_benchmark": "off (not CUDA)"}
     assert all(r["seconds"] > 0 and r["steps"] == 2 for r in runs)
     assert startup["warmup_s"] >= sum(r["seconds"] for r in runs) - 0.01
     assert startup["total_s"] >= startup["warmup_s"]

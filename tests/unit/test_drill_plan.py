@@ -85,3 +85,31 @@ def test_report_passes_only_with_checks_all_ok_and_no_error() -> None:
     ok.check("a", True)
     assert not ok.ok and "  error       the drill agent exited" in format_report(ok)
     assert ok.to_dict()["ok"] is False
+
+
+def test_the_real_leak_uses_the_real_engine_and_on_a_gpu_a_high_water_line_the_leak_crosses_at_its_job() -> None:
+    from zitops.drill.plan import REAL_GPU_ALLOWANCE_MIB, REAL_GPU_JOBS, real_gpu_leak_mib
+
+    host = plan_drill("leak", real=True)
+    assert host.real and not host.nvml
+    assert host.faults["inner"] == "diffusers" and host.faults["leak_memory"] == "real"
+    assert "watchdog.leak_threshold_mib=48" in host.sets and "watchdog.hot_spare=false" in host.sets
+    used, total = 700.0, 143771.0
+    gpu = plan_drill("leak", real=True, gpu_mib=(used, total))
+    # One warm job that does not leak (the baseline is read after it), the leaking ones, and a few more.
+    assert gpu.nvml and len(gpu.bodies) == 1 + REAL_GPU_JOBS + 3 and gpu.faults["leak_from_job"] == 2
+    leak = real_gpu_leak_mib(total)
+    assert gpu.faults["leak_mib_per_job"] == leak == 4096
+    (line,) = [float(s.split("=")[1]) * total / 100 for s in gpu.sets if s.startswith("watchdog.high_water_pct=")]
+    # The warm worker may take anything in (0, 2 x allowance): REAL_GPU_JOBS - 1 leaking jobs stay under
+    # the line, REAL_GPU_JOBS cross it (the H200 run of 2026-11-29 measured a warm tiny worker at 1484 MiB).
+    for worker in (64.0, 1484.0, 2 * REAL_GPU_ALLOWANCE_MIB - 64):
+        assert used + worker + leak * (REAL_GPU_JOBS - 1) < line < used + worker + leak * REAL_GPU_JOBS
+    # The allocator's rule is out of reach there, so NVML's path is the one that must act.
+    assert "watchdog.leak_threshold_mib=10000000" in gpu.sets
+    assert plan_drill("leak", real=True, gpu_mib=(500.0, 24576.0)).faults["leak_mib_per_job"] == 1024
+
+
+def test_real_is_for_the_leak_drill_only() -> None:
+    with pytest.raises(InvalidRequest, match="--real: only the leak drill has a real mode, not 'crash'"):
+        plan_drill("crash", real=True)

@@ -109,3 +109,31 @@ def test_engine_modules_that_the_agent_imports_stay_torch_free() -> None:
             "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_real_leak_holds_real_host_memory_and_reports_it_unsimulated() -> None:
+    from zitops.engine.faulty import FaultyEngine
+
+    engine = FaultyEngine(FaultSettings(leak_mib_per_job=8, leak_memory="real", job_seconds=0), explicit=True)
+    engine.setup("cpu")
+    before = engine.memory()
+    for seed in (1, 2):
+        engine.generate(request(seeds=(seed,)))
+    after = engine.memory()
+    assert before.allocated_mib == 0 and after.simulated is False
+    assert after.allocated_mib == after.reserved_mib == 16
+    # The bytes are really held: two tensors of 8 MiB each, kept by the engine.
+    held = engine._real._held
+    assert [t.numel() for t in held] == [8 * 2**20] * 2 and all(int(t[-1]) == 1 for t in held)
+
+
+def test_leak_from_job_leaves_the_first_jobs_unleaked() -> None:
+    from zitops.engine.faulty import FaultyEngine
+
+    engine = FaultyEngine(FaultSettings(leak_mib_per_job=100, leak_from_job=3, job_seconds=0), explicit=True)
+    engine.setup("cpu")
+    allocated = []
+    for seed in range(4):
+        engine.generate(request(seeds=(seed,)))
+        allocated.append(engine.memory().allocated_mib - FaultSettings().baseline_mib)
+    assert allocated == [0, 0, 100, 200]

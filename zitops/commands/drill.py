@@ -21,19 +21,22 @@ from zitops.drill import MAX_JOBS, exit_on_signal, format_report, plan_drill, ru
               help="Build the deployment in DIR (new or empty) and keep it, logs included.")
 @click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
               help="Seconds the whole drill may take (agent start included) before it gives up.")
+@click.option("--real", is_flag=True,
+              help="leak only: the real diffusers engine (tiny model) keeps real memory per job; on a GPU "
+                   "NVML's high-water rule must catch it (docs/drills.md).")
 @json_option
-def drill(kind: str, jobs: int | None, keep: Path | None, timeout_s: float, as_json: bool) -> None:
+def drill(kind: str, jobs: int | None, keep: Path | None, timeout_s: float, real: bool, as_json: bool) -> None:
     """Break a disposable agent on purpose and time its recovery.
 
     KIND is one of leak, crash, hang, oom, kill. Exit 0 only when every
     expectation held, including jobs lost = 0.
     """
-    plan_drill(kind, jobs)  # a bad KIND or --jobs fails here, in one line, before anything starts
+    plan_drill(kind, jobs, real=real)  # a bad KIND, --jobs or --real fails here, in one line, before anything starts
     # The agent runs in its own session, so a signal to the drill does not
     # reach it: the drill exits through its teardown instead.
     signal.signal(signal.SIGTERM, exit_on_signal)
     signal.signal(signal.SIGINT, exit_on_signal)
-    report = run_drill(kind, jobs=jobs, keep=keep, timeout_s=timeout_s)
+    report = run_drill(kind, jobs=jobs, keep=keep, timeout_s=timeout_s, real=real)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:

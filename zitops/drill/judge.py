@@ -11,12 +11,16 @@ from typing import Any
 
 from zitops.config import AgentConfig
 from zitops.drill.agent import ReadyzWatcher
+from zitops.drill.judge_real import judge_nvml_leak
 from zitops.drill.plan import (
     LEAK_JOBS,
     LEAK_MIB,
     LEAK_THRESHOLD_MIB,
     OOM_ABOVE_BATCH,
     OOM_BATCH,
+    REAL_CPU_JOBS,
+    REAL_CPU_MIB,
+    REAL_CPU_THRESHOLD_MIB,
     DrillPlan,
 )
 from zitops.drill.report import DrillReport, Jobs
@@ -82,6 +86,8 @@ def judge(report: DrillReport, plan: DrillPlan, done: Jobs, before: dict[str, An
                          job in done.final and done.final[job]["status"] == "succeeded"
                          and done.final[job]["attempts"] == 2, f"job {job}")
         report.check("/metrics counts the crash", m.get('zitops_recoveries_total{kind="crash"}', 0) >= 1)
+    elif plan.kind == "leak" and plan.nvml:
+        judge_nvml_leak(report, plan, _after(events, "recycle", t0), events)
     elif plan.kind == "leak":
         recycle = _after(events, "recycle", t0)
         # By default the successor warms while the old worker serves (a "handover",
@@ -90,7 +96,9 @@ def judge(report: DrillReport, plan: DrillPlan, done: Jobs, before: dict[str, An
         overlapped = bool(recycle and recycle.get("overlap"))
         ready_kind, exit_kind = ("handover", "retired") if overlapped else ("ready", "restart")
         ready = _after(events, ready_kind, recycle["time"], recycle["worker"]) if recycle else None
-        bound = LEAK_JOBS + math.ceil(LEAK_THRESHOLD_MIB / LEAK_MIB) + 1
+        jobs_in_a_row, threshold, per_job = ((REAL_CPU_JOBS, REAL_CPU_THRESHOLD_MIB, REAL_CPU_MIB) if plan.real
+                                             else (LEAK_JOBS, LEAK_THRESHOLD_MIB, LEAK_MIB))
+        bound = jobs_in_a_row + math.ceil(threshold / per_job) + 1
         report.check("the leak was detected (a leak recycle)", recycle is not None
                      and recycle.get("policy") == "leak", recycle["reason"] if recycle else
                      f"no recycle in {len(done.accepted)} jobs (needs about {bound})")

@@ -20,6 +20,11 @@ class Jobs:
         """Accepted jobs not final yet."""
         return [j for j in self.accepted if j not in self.final]
 
+    def merged(self, earlier: Jobs) -> Jobs:
+        """These jobs after ``earlier``'s (a drill that submits in two rounds)."""
+        return Jobs(earlier.accepted + self.accepted, {**earlier.final, **self.final},
+                    earlier.refused + self.refused, {**earlier.batch, **self.batch})
+
 
 @dataclass(frozen=True)
 class Check:

@@ -19,7 +19,7 @@ from typing import Any
 
 from zitops.drill.agent import POLL_S, AgentProcess, ReadyzWatcher, build_deployment, free_port
 from zitops.drill.judge import judge
-from zitops.drill.plan import plan_drill
+from zitops.drill.plan import BACK_TO_BASELINE_MIB, REAL_NVML_INTERVAL_S, plan_drill
 from zitops.drill.report import DrillReport, Jobs
 from zitops.errors import InvalidRequest, ZitopsError
 
@@ -95,9 +95,47 @@ def _wait_recovered(agent: AgentProcess, deadline: float) -> dict[str, Any]:
     return st
 
 
-def run_drill(kind: str, jobs: int | None = None, keep: Path | None = None, timeout_s: float = 120.0) -> DrillReport:
-    """Run drill ``kind`` end to end and return its report (the agent is always torn down)."""
-    plan = plan_drill(kind, jobs)
+def _first_gpu_mib() -> tuple[float, float] | None:
+    """NVML's (used, total) MiB on GPU 0 now, or None without a GPU (the real leak drill's line)."""
+    from zitops.gpu import NvmlMonitor
+
+    with NvmlMonitor([0]) as nvml:
+        samples = nvml.sample() if nvml.available else []
+    return (samples[0].used_mib, samples[0].total_mib) if samples else None
+
+
+class _MemoryPeak:
+    """A drill tick: the highest device-used and allocated MiB /status showed for the first worker slot."""
+
+    def __init__(self, agent: AgentProcess, report: DrillReport) -> None:
+        self.agent = agent
+        self.report = report
+
+    def __call__(self) -> None:
+        vram = (self.agent.status()["workers"] or [{}])[0].get("vram") or {}
+        for key, name in (("device_used_mib", "peak_device_used_mib"), ("allocated_mib", "peak_allocated_mib")):
+            if vram.get(key) is not None:
+                self.report.figures[name] = max(self.report.figures.get(name, 0.0), float(vram[key]))
+
+
+def _wait_back_to(agent: AgentProcess, baseline: float, slack: float, deadline: float) -> float | None:
+    """Wait (bounded) until the device's used memory is within ``slack`` of ``baseline``; the last value."""
+    used = None
+    while time.monotonic() < deadline:
+        used = (agent.status()["workers"] or [{}])[0].get("vram", {}).get("device_used_mib")
+        if used is not None and used <= baseline + slack:
+            break
+        time.sleep(POLL_S)
+    return used
+
+
+def run_drill(kind: str, jobs: int | None = None, keep: Path | None = None, timeout_s: float = 120.0,
+              real: bool = False) -> DrillReport:
+    """Run drill ``kind`` end to end and return its report (the agent is always torn down).
+
+    ``real`` (leak only): the diffusers engine keeps real memory per job (docs/drills.md "The real leak").
+    """
+    plan = plan_drill(kind, jobs, real=real, gpu_mib=_first_gpu_mib() if real else None)
     if timeout_s <= 0:
         raise InvalidRequest(f"--timeout {timeout_s:g}: give a positive number of seconds")
     if keep is not None:
@@ -124,9 +162,26 @@ def run_drill(kind: str, jobs: int | None = None, keep: Path | None = None, time
         before = agent.status()
         report.worker_pids = [w["pid"] for w in before["workers"] if w["pid"]]
         deadline = started + timeout_s
-        kill = _Killer(agent, report) if kind == "kill" else None
-        done = _run_jobs(agent, plan.bodies, deadline, kill)
-        after = _wait_recovered(agent, min(deadline, time.monotonic() + 15.0))
+        tick = _Killer(agent, report) if kind == "kill" else _MemoryPeak(agent, report) if real else None
+        bodies = plan.bodies
+        warm = Jobs()
+        if plan.nvml:
+            # Job 1 does not leak: the baseline is a worker that has run a job (CUDA workspaces,
+            # the allocator's cache), the state its successor is compared in after the recycle.
+            warm, bodies = _run_jobs(agent, bodies[:1], deadline), bodies[1:]
+            time.sleep(3 * REAL_NVML_INTERVAL_S)  # NVML is read once a round: let a round see the job's end
+            before = agent.status()
+        if real:
+            report.figures["baseline_device_used_mib"] = before["workers"][0]["vram"]["device_used_mib"]
+            report.figures["baseline_allocated_mib"] = before["workers"][0]["vram"]["allocated_mib"]
+        done = _run_jobs(agent, bodies, deadline, tick).merged(warm)
+        # A real engine's successor imports torch and diffusers: it gets longer to come up.
+        after = _wait_recovered(agent, min(deadline, time.monotonic() + (60.0 if real else 15.0)))
+        if plan.nvml and report.figures["baseline_device_used_mib"] is not None:
+            report.figures["device_used_after_mib"] = _wait_back_to(
+                agent, report.figures["baseline_device_used_mib"], BACK_TO_BASELINE_MIB,
+                min(deadline, time.monotonic() + 15.0))
+            after = agent.status()
         watcher.stop()
         report.worker_pids += [w["pid"] for w in after["workers"] if w["pid"] and w["pid"] not in report.worker_pids]
         report.events = [e for e in after.get("recoveries", []) if e["kind"] != "nvml"]

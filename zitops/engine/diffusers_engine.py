@@ -15,6 +15,7 @@ from typing import Any
 
 from zitops.engine.accel import apply_levers, disabled_levers, enabled_levers
 from zitops.engine.base import GenerationResult, MemoryStats, ProgressFn
+from zitops.engine.fp8 import quantize_for_engine
 from zitops.engine.knobs import setup_attention, setup_compile, setup_vae, torch_dtype
 from zitops.engine.loader import FULL_RANDOM, Preloaded, default_state_dir
 from zitops.engine.offline import force_offline
@@ -29,6 +30,8 @@ from zitops.profile import SAMPLERS, SCHEDULES, EngineSettings
 
 log = logging.getLogger("zitops.engine")
 MIB = 2**20
+TEXT_TOKEN_LIMIT = 512
+"""ZImagePipeline's ``max_sequence_length`` default: the longest text bucket the warm-up captures."""
 
 
 def _to_pil(image: Any) -> list[Any]:
@@ -159,7 +162,7 @@ class DiffusersEngine:
             else:
                 pipe = load_pipeline(self.model_path, dtype, vae_dtype, device=direct)
         self.pipe = pipe
-        fp8 = self._quantize(pipe, device, park=None if offload == "none" else "cpu")
+        fp8 = quantize_for_engine(pipe, s, device, park=None if offload == "none" else "cpu", note=self._note)
         levers_first = levers_before_placement(offload)
         placed: dict[str, Any] = {}
         if not levers_first:
@@ -190,27 +193,30 @@ class DiffusersEngine:
         if self.tiny:
             log.warning("%s (model %s)", TINY_NOTICE, self.model_path)
 
-    def _quantize(self, pipe: Any, device: str, *, park: str | None) -> dict[str, Any]:
-        """``engine.fp8``: linears to fp8, computed on ``device`` and kept there or on ``park``; the effective keys.
+    def after_warmup(self) -> dict[str, Any]:
+        """After the warm-up generations: every text-length bucket in a CUDA graph, cuDNN autotuning off.
 
-        An offloading profile parks each fp8 layer on the host as soon as it exists,
-        so a small card never holds more than one bf16 layer during set-up.
+        Both costs otherwise land in a request: a longer prompt than any seen
+        paid its graph capture, and with autotuning on cuDNN benchmarked every
+        VAE convolution at each new image size (0.76 s of a 1.55 s first
+        request at 1152x896 on an H200). ``ZITOPS_ACCEL=-cudnnwarm`` keeps
+        autotuning on.
         """
-        from zitops.engine.attention import fuse_projections
-        from zitops.engine.fp8 import quantize_pipeline, resolve_mode
+        import torch
 
-        setting = self.settings.fp8 or ("fp8" in enabled_levers())
-        mode = resolve_mode(setting, self.device)
-        if mode is None:
-            return {}
-        if setting is True and mode == "weight_only":
-            self._note(f"fp8 GEMMs need a CUDA GPU of compute capability 8.9+; {self.device} stores fp8 "
-                       "weights and computes in bf16 (weight-only)")
-        with phase("fp8"):
-            if "fuse" not in disabled_levers():
-                fuse_projections(pipe.transformer)  # fused first, so the fused q/k/v and w1/w3 are what is quantized
-            info = quantize_pipeline(pipe, mode, self.settings.fp8_keep_bf16, device, park=park)
-        return {"fp8": info, "fp8_linears": sum(info["linears"].values())}
+        runner = getattr(self.pipe, "_zitops_text_runner", None)
+        # One prompt per encoder call: the pipeline repeats the embeddings per image.
+        graphs = runner.capture_buckets(1, TEXT_TOKEN_LIMIT) if runner is not None else []
+        if not self.device.startswith("cuda"):
+            cudnn = "off (not CUDA)"
+        elif not torch.backends.cudnn.benchmark or "cudnnwarm" in disabled_levers():
+            cudnn = "on" if torch.backends.cudnn.benchmark else "off"
+        else:
+            torch.backends.cudnn.benchmark = False
+            cudnn = "warm-up shapes only"
+        if "cudnn_benchmark" in self.effective:
+            self.effective["cudnn_benchmark"] = cudnn
+        return {"text_graphs": [f"{p}x{n}" for p, n in graphs], "cudnn_benchmark": cudnn}
 
     def _note(self, text: str) -> None:
         self.notes.append(text)

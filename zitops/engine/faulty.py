@@ -5,10 +5,12 @@ It leaks, crashes, hangs, runs out of memory or fails on command
 tested through the same interface as the real engine. It must be selected
 explicitly (``engine.kind: faulty``); it never stands in silently.
 
-Memory is simulated everywhere: a baseline for the weights, a ballast that
+Memory is simulated by default: a baseline for the weights, a ballast that
 grows by ``leak_mib_per_job`` after each job, and an allocator cache that
 each job fills and ``release_cache`` empties, reported through ``memory()``
-with ``simulated=True``.
+with ``simulated=True``. With ``leak_memory: real`` the ballast is real
+tensors on the engine's device (:mod:`zitops.engine.leak`) and ``memory()``
+reports the real allocator (the real leak drill).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class FaultyEngine:
         self._cache_mib = 0.0
         self._peak_mib = 0.0
         self._ballast: list[bytearray] = []
+        self._real: Any = None  # a DeviceBallast once the device is known (leak_memory: real)
 
     @property
     def armed(self) -> bool:
@@ -83,6 +86,10 @@ class FaultyEngine:
         time.sleep(self.faults.setup_seconds)
         if self.inner is not None:
             self.inner.setup(device)
+        if self.faults.leak_memory == "real":
+            from zitops.engine.leak import DeviceBallast
+
+            self._real = DeviceBallast(device)
         self._peak_mib = self.faults.baseline_mib
 
     def generate(self, request: GenerationRequest, progress: ProgressFn | None = None) -> GenerationResult:
@@ -102,13 +109,16 @@ class FaultyEngine:
             if f.raise_on_job == job:
                 raise EngineError(f"injected failure on job {job} (fault engine)")
         result = generate_split_on_oom(self, request, progress)
-        if self.armed and f.leak_mib_per_job > 0:
+        if self.armed and f.leak_mib_per_job > 0 and job >= f.leak_from_job:
             self._leak(f.leak_mib_per_job)
         result.info["job"] = job
         result.info["incarnation"] = self.incarnation
         return result
 
     def _leak(self, mib: float) -> None:
+        if self._real is not None:
+            self._real.grow(mib)
+            return
         self._leaked_mib += mib
         # A token allocation keeps the ballast honest without eating the test
         # machine's RAM: the reported size is the simulated one.
@@ -127,6 +137,8 @@ class FaultyEngine:
             inner_result = self.inner.generate(request, progress)
             images = inner_result.images
             info = dict(inner_result.info)
+            # A floor on the job's length, so a drill's periodic watchdog round sees each job's effect.
+            time.sleep(max(0.0, start + f.job_seconds - time.perf_counter()))
         else:
             self._pace(request, progress)
             images = [synthetic_image(s ^ zlib.crc32(request.prompt.encode()), request.width,
@@ -155,7 +167,9 @@ class FaultyEngine:
         return self.faults.baseline_mib + self._leaked_mib
 
     def memory(self) -> MemoryStats:
-        """Simulated allocator numbers: baseline + leaked, plus the cache in reserved."""
+        """Simulated allocator numbers: baseline + leaked, plus the cache in reserved (real ones for a real leak)."""
+        if self._real is not None:
+            return self._real.memory(self.inner.memory() if self.inner is not None else None)
         allocated = self._allocated()
         reserved = allocated + self._cache_mib
         return MemoryStats(

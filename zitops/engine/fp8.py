@@ -22,9 +22,13 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from zitops.errors import ProfileError
+
+if TYPE_CHECKING:
+    from zitops.profile import EngineSettings
 
 log = logging.getLogger("zitops.engine")
 
@@ -216,3 +220,28 @@ def quantize_pipeline(pipe: Any, mode: str, keep: tuple[str, ...], device: str, 
         info["unaligned_kept"] = unaligned  # sides not multiples of 16: no fp8 GEMM for them
     log.info("fp8 %s: %s linears swapped, %d kept in their precision", mode, counts, len(kept))
     return info
+
+
+def quantize_for_engine(pipe: Any, settings: EngineSettings, device: str, *, park: str | None,
+                        note: Callable[[str], None]) -> dict[str, Any]:
+    """``engine.fp8``: linears to fp8, computed on ``device`` and kept there or on ``park``; the effective keys.
+
+    An offloading profile parks each fp8 layer on the host as soon as it exists,
+    so a small card never holds more than one bf16 layer during set-up.
+    """
+    from zitops.engine.accel import disabled_levers, enabled_levers
+    from zitops.engine.attention import fuse_projections
+    from zitops.engine.phases import phase
+
+    setting = settings.fp8 or ("fp8" in enabled_levers())
+    mode = resolve_mode(setting, device)
+    if mode is None:
+        return {}
+    if setting is True and mode == "weight_only":
+        note(f"fp8 GEMMs need a CUDA GPU of compute capability 8.9+; {device} stores fp8 "
+             "weights and computes in bf16 (weight-only)")
+    with phase("fp8"):
+        if "fuse" not in disabled_levers():
+            fuse_projections(pipe.transformer)  # fused first, so the fused q/k/v and w1/w3 are what is quantized
+        info = quantize_pipeline(pipe, mode, settings.fp8_keep_bf16, device, park=park)
+    return {"fp8": info, "fp8_linears": sum(info["linears"].values())}
