@@ -15,6 +15,7 @@ from typing import Any
 
 from zitops.engine.accel import apply_levers, enabled_levers
 from zitops.engine.base import GenerationResult, MemoryStats, ProgressFn
+from zitops.engine.controlnet import control_kwargs
 from zitops.engine.knobs import setup_attention, setup_compile, setup_vae, torch_dtype
 from zitops.engine.loader import FULL_RANDOM, Preloaded, default_state_dir
 from zitops.engine.offline import force_offline
@@ -51,7 +52,7 @@ class DiffusersEngine:
     def __init__(self, settings: EngineSettings | None = None, model: str = "tiny", *,
                  state_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                  compile_on_cpu: bool = False, preloaded: Preloaded | None = None,
-                 lora_dir: str | Path | None = None) -> None:
+                 lora_dir: str | Path | None = None, controlnet_dir: str | Path | None = None) -> None:
         self.settings = settings or EngineSettings.model_validate({})
         self.model = model
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
@@ -70,6 +71,9 @@ class DiffusersEngine:
         from zitops.engine.lora import LoraAdapters
 
         self.loras = LoraAdapters(lora_dir)
+        from zitops.engine.controlnet import ControlNets
+
+        self.controlnets = ControlNets(controlnet_dir)  # loaded on the first control request
         # A standby spare's host copy of the pipeline (see preload): setup moves it instead of loading.
         self.preloaded = preloaded
 
@@ -228,6 +232,9 @@ class DiffusersEngine:
                                      note=self._note)
         prepared = img2img.prepare(request) if request.init_image is not None else None
         pipe = self.pipe if prepared is None else img2img.variant_pipeline(self.pipe, request.kind, self.variants)
+        extra = prepared.kwargs if prepared is not None else {}
+        if request.control_image is not None:
+            pipe, extra = self._control_pipeline(), control_kwargs(request)
         steps = StepLog()
         start = time.perf_counter()
         try:
@@ -238,7 +245,7 @@ class DiffusersEngine:
                 guidance_scale=request.guidance, num_images_per_prompt=request.batch,
                 generator=generators, output_type="latent",
                 callback_on_step_end=step_callback(request, progress, lambda lat: self._decode(lat, False), steps),
-                **(prepared.kwargs if prepared is not None else {}),
+                **extra,
             ).images
             images = self._decode(latents)
         except torch.OutOfMemoryError as exc:
@@ -257,6 +264,9 @@ class DiffusersEngine:
         info = {**self._info(request), **lora_info, "transformer_forwards": steps.forwards, "steps_run": steps.steps}
         if prepared is not None:
             info.update(mode=request.kind, denoising_strength=request.strength)
+        if request.control_image is not None:
+            info.update(mode="control", control_type=request.control_type,
+                        control_strength=request.control_strength, controlnet_load_s=self.controlnets.load_s)
         if steps.interrupted_at is not None:
             info["interrupted_at_step"] = steps.interrupted_at
         if request.preview:
@@ -264,6 +274,14 @@ class DiffusersEngine:
             self.last_previews = list(steps.previews)
             info["preview_steps"] = steps.forwards
         return GenerationResult(images=images, seeds=request.seeds, seconds=seconds, info=info)
+
+    def _control_pipeline(self) -> Any:
+        """The ControlNet pipeline over the loaded modules (the weights load on first use)."""
+        eff = self.effective
+        return self.controlnets.pipeline_for(
+            self.pipe, dtype=torch_dtype(self.settings.precision), device=self.device,
+            compile_blocks=bool(eff.get("compile")), attention_backend=eff.get("attention_backend"),
+            note=self._note)
 
     def _decode(self, latents: Any, free_hooks: bool = True) -> list[Any]:
         """Latents to PIL images through the configured decode path."""
