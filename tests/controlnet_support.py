@@ -24,7 +24,7 @@ def make_controlnet(out_dir: Path, *, seed: int = 0) -> Path:
     from diffusers import ZImageControlNetModel
 
     torch.manual_seed(seed)
-    model = ZImageControlNetModel(**tiny_controlnet_config())
+    model: Any = ZImageControlNetModel(**tiny_controlnet_config())
     with torch.no_grad():
         # diffusers zero-initialises before_proj/after_proj (a fresh ControlNet adds nothing);
         # random values far from zero make the tiny model's pixels visibly follow the control map.

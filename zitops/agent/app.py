@@ -184,6 +184,11 @@ async def put_log_levels(body: LogLevelsIn) -> dict[str, Any]:
     return {"levels": effective}
 
 
+def image_paths(config: AgentConfig) -> frozenset[str]:
+    """Routes with limits.max_image_body_bytes: img2img and edits, and txt2img when it may carry a control image."""
+    return api_img2img.IMAGE_PATHS | ({api_a1111.TXT2IMG} if config.controlnet_dir else set())
+
+
 def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
                admin_tokens: frozenset[str] = frozenset()) -> FastAPI:
     """The agent's ASGI app around ``service``; ``tokens`` empty means no auth (everyone an admin)."""
@@ -212,7 +217,7 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
     app.add_middleware(EdgeMiddleware, tokens=tokens, max_body_bytes=config.limits.max_body_bytes,
                        metrics=http_metrics, admin_tokens=admin_tokens & tokens,
                        hosts=HostPolicy.from_settings(config.host, config.server.allowed_hosts),
-                       public_paths=console.public_paths(), image_paths=api_img2img.IMAGE_PATHS,
+                       public_paths=console.public_paths(), image_paths=image_paths(config),
                        max_image_body_bytes=config.limits.max_image_body_bytes)
     install_openapi(app, config.limits, config.lora_dir)
     return app

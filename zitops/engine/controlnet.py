@@ -65,7 +65,7 @@ class ControlNets:
             # Each control block compiled alone, as the transformer's blocks are (regional compile).
             for block in model.control_layers:
                 block.compile(fullgraph=True)
-        control = ZImageControlNetPipeline(**pipe.components, controlnet=model)
+        control: Any = ZImageControlNetPipeline(**pipe.components, controlnet=model)
         for attr in INSTANCE_LEVERS:
             if attr in vars(pipe):
                 setattr(control, attr, getattr(pipe, attr))
@@ -79,6 +79,14 @@ class ControlNets:
 
 def control_kwargs(request: GenerationRequest) -> dict[str, Any]:
     """The ControlNet pipeline's inputs for ``request``: the control map as RGB and the strength."""
+    from PIL import ImageOps
+
     assert request.control_image is not None
     image = decode_png(request.control_image).convert("RGB")
+    size = (request.width, request.height)
+    if image.size != size and request.control_resize == "crop":
+        image = ImageOps.fit(image, size)
+    elif image.size != size and request.control_resize == "fill":
+        image = ImageOps.pad(image, size, color=(0, 0, 0))  # black: no edge, no depth, no limb
+    # "just" (and the fitted ones, already at size): the pipeline resizes to width x height.
     return {"control_image": image, "controlnet_conditioning_scale": request.control_strength}

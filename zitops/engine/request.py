@@ -49,6 +49,7 @@ class GenerationRequest:
     control_image: str | None = None
     control_type: str = "canny"
     control_strength: float = 0.75
+    control_resize: str = "just"  # fitting the map to the output: "just" stretch, "crop", "fill" (pad)
     preview_at: tuple[int, ...] = ()  # steps (1-based) that send a preview; ``preview`` means every step
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -106,6 +107,7 @@ IMG2IMG_SAMPLERS = ("euler", "euler_a", "heun", "lcm")
 MAX_LORAS = 8
 INPAINT_FILLS = ("original", "fill")
 CONTROL_TYPES = ("canny", "depth", "pose")
+CONTROL_RESIZES = ("just", "crop", "fill")
 MAX_CONTROL_STRENGTH = 2.0
 
 
@@ -177,6 +179,8 @@ def _validate_control(req: GenerationRequest) -> None:
         raise InvalidRequest("control: ControlNet works on text-to-image only; send no init_image/mask with it")
     if req.control_type not in CONTROL_TYPES:
         raise InvalidRequest(f"control.type: {req.control_type!r}; valid: {', '.join(CONTROL_TYPES)}")
+    if req.control_resize not in CONTROL_RESIZES:
+        raise InvalidRequest(f"control.resize: {req.control_resize!r}; valid: {', '.join(CONTROL_RESIZES)}")
     if not 0.0 <= req.control_strength <= MAX_CONTROL_STRENGTH:
         raise InvalidRequest(f"control.strength: {req.control_strength} is out of range; "
                              f"allowed 0..{MAX_CONTROL_STRENGTH:g}")
