@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from fastapi import APIRouter, Request
 from pydantic import Field, ValidationError
 
-from zitops.agent.api_common import NAME_CAP, Body, Flag, Num
+from zitops.agent.api_common import NAME_CAP, Body, Flag, Num, context
 from zitops.agent.image_input import from_base64, open_image, to_png_b64
 from zitops.config import AgentConfig
 from zitops.engine.controlnet import NO_CONTROLNET
@@ -203,3 +204,25 @@ async def control_overrides(config: AgentConfig, ask: ControlAsk | None) -> dict
     png = await asyncio.to_thread(_control_png, config, ask)
     return {"control_image": png, "control_type": ask.type, "control_strength": ask.strength,
             "control_resize": ask.resize}
+
+
+router = APIRouter(tags=["a1111"])
+
+
+@router.get("/controlnet/version")
+async def controlnet_version() -> dict[str, int]:
+    """sd-webui-controlnet's API version, which clients probe before sending units."""
+    return {"version": 2}
+
+
+@router.get("/controlnet/model_list")
+async def controlnet_model_list(request: Request) -> dict[str, list[str]]:
+    """The deployed ControlNet (its directory name), or none."""
+    directory = context(request).config.controlnet_dir
+    return {"model_list": [Path(directory).name] if directory else []}
+
+
+@router.get("/controlnet/module_list")
+async def controlnet_module_list() -> dict[str, list[str]]:
+    """Preprocessors zitops runs: none (a ready map) and canny."""
+    return {"module_list": ["none", "canny"]}

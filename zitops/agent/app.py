@@ -19,7 +19,15 @@ from pydantic import BaseModel, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zitops import __version__
-from zitops.agent import api_a1111, api_events, api_img2img, api_native, api_openai, console
+from zitops.agent import (
+    api_a1111,
+    api_control,
+    api_events,
+    api_img2img,
+    api_native,
+    api_openai,
+    console,
+)
 from zitops.agent.api_common import ApiContext, Body, context
 from zitops.agent.contract import Service
 from zitops.agent.hosts import HostPolicy
@@ -210,6 +218,7 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
     app.include_router(api_openai.router)
     app.include_router(api_a1111.router)
     app.include_router(api_img2img.router)
+    app.include_router(api_control.router)
     app.include_router(api_events.router)
     app.include_router(console.router)
     # The console page and its assets hold no data: the edge lets them through without a token.
@@ -219,5 +228,5 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
                        hosts=HostPolicy.from_settings(config.host, config.server.allowed_hosts),
                        public_paths=console.public_paths(), image_paths=image_paths(config),
                        max_image_body_bytes=config.limits.max_image_body_bytes)
-    install_openapi(app, config.limits, config.lora_dir)
+    install_openapi(app, config.limits, config.lora_dir, controlnet=bool(config.controlnet_dir))
     return app
