@@ -264,3 +264,27 @@ def test_img2img_and_inpaint_share_the_loaded_modules(engine: DiffusersEngine) -
     cached = engine.variants["img2img"]
     engine.generate(request((5,), init_image=init, strength=0.6, steps=3))
     assert engine.variants["img2img"] is cached
+
+
+def test_controlnet_loads_on_first_use_over_the_loaded_modules(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tests.controlnet_support import make_controlnet
+    from zitops.agent.image_input import to_png_b64
+
+    eng = DiffusersEngine(settings(), str(tiny_model_dir()), state_dir=tmp_path, cache_dir=tmp_path / "cache",
+                          controlnet_dir=make_controlnet(tmp_path / "cn"))
+    eng.setup("cpu")
+    assert eng.controlnets.pipeline is None, "no ControlNet weights before a request asks for control"
+    params_before = {id(p) for p in eng.pipe.transformer.parameters()}
+    control = to_png_b64(Image.effect_noise((32, 32), 64).convert("RGB"), "RGB")
+    out = eng.generate(request((4,), control_image=control, control_strength=1.0, steps=2))
+    assert out.images[0].size == (32, 32) and out.info["mode"] == "control"
+    cn = eng.controlnets.pipeline
+    for module in ("transformer", "text_encoder", "vae", "tokenizer"):
+        assert getattr(cn, module) is getattr(eng.pipe, module), module
+    # The ControlNet's shared parts are the transformer's own objects (from_transformer), not copies.
+    assert cn.controlnet.noise_refiner is eng.pipe.transformer.noise_refiner
+    assert {id(p) for p in eng.pipe.transformer.parameters()} == params_before
+    eng.generate(request((5,), control_image=control, steps=2))
+    assert eng.controlnets.pipeline is cn, "built once"
