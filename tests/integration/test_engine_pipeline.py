@@ -280,7 +280,7 @@ def test_controlnet_loads_on_first_use_over_the_loaded_modules(tmp_path: Path) -
     control = to_png_b64(Image.effect_noise((32, 32), 64).convert("RGB"), "RGB")
     out = eng.generate(request((4,), control_image=control, control_strength=1.0, steps=2))
     assert out.images[0].size == (32, 32) and out.info["mode"] == "control"
-    cn = eng.controlnets.pipeline
+    cn: Any = eng.controlnets.pipeline
     for module in ("transformer", "text_encoder", "vae", "tokenizer"):
         assert getattr(cn, module) is getattr(eng.pipe, module), module
     # The ControlNet's shared parts are the transformer's own objects (from_transformer), not copies.
