@@ -85,6 +85,9 @@ class EngineSettings(_Section):
     fp8: bool = False
     attention_backend: str | None = None
     max_batch: int = Field(4, ge=1, le=16)
+    # Step previews (docs/features.md): "latent" is a fixed linear map from the 16 latent channels
+    # to RGB (microseconds); "vae" decodes through the VAE (or the tiny VAE), sharper and slower.
+    preview_decode: Literal["latent", "vae"] = "latent"
     # Generate before Ready so the first request does not pay compilation
     # (zitops/worker/warmup.py). auto: when the engine compiled on a GPU.
     warmup: Literal["auto"] | bool = "auto"

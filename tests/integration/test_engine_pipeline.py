@@ -205,9 +205,15 @@ def test_previews_decode_only_when_asked(engine: DiffusersEngine, monkeypatch: p
     engine.generate(request((1, 2), steps=3))
     assert calls == [2]  # the final decode only
     calls.clear()
+    # The default latent previews never touch the VAE: a linear map of the latents, at the image's size.
     out = engine.generate(request((1,), steps=3, preview=True))
-    assert calls == [1, 1, 1, 1] and len(engine.last_previews) == 1
+    assert calls == [1] and len(engine.last_previews) == 1
+    assert engine.last_previews[0].size == (out.images[0].width, out.images[0].height)
     assert out.info["prompt"] == "a red cat" and "previews" not in out.info
+    calls.clear()
+    monkeypatch.setattr(engine, "settings", engine.settings.model_copy(update={"preview_decode": "vae"}))
+    engine.generate(request((1,), steps=3, preview=True))
+    assert calls == [1, 1, 1, 1] and len(engine.last_previews) == 1
 
 
 def test_full_architecture_has_the_real_parameter_counts() -> None:

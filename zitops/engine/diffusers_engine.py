@@ -22,7 +22,7 @@ from zitops.engine.offline import force_offline
 from zitops.engine.oom import BatchOutOfMemory, generate_split_on_oom
 from zitops.engine.phases import phase
 from zitops.engine.request import GenerationRequest
-from zitops.engine.stepping import StepLog, step_callback
+from zitops.engine.stepping import StepLog, latent_rgb, small_latents, step_callback
 from zitops.engine.tiny import TINY_NOTICE
 from zitops.errors import EngineError, InvalidRequest, ZitopsError
 from zitops.profile import SAMPLERS, SCHEDULES, EngineSettings
@@ -244,7 +244,7 @@ class DiffusersEngine:
                 height=request.height, width=request.width, num_inference_steps=request.steps,
                 guidance_scale=request.guidance, num_images_per_prompt=request.batch,
                 generator=generators, output_type="latent",
-                callback_on_step_end=step_callback(request, progress, lambda lat: self._decode(lat, False), steps),
+                callback_on_step_end=step_callback(request, progress, self._preview, steps),
                 **extra,
             ).images
             images = self._decode(latents)
@@ -274,6 +274,12 @@ class DiffusersEngine:
             self.last_previews = list(steps.previews)
             info["preview_steps"] = steps.forwards
         return GenerationResult(images=images, seeds=request.seeds, seconds=seconds, info=info)
+
+    def _preview(self, latents: Any) -> list[Any]:
+        """A step's preview: the linear latent map, or the VAE decode (engine.preview_decode)."""
+        if self.settings.preview_decode == "vae":
+            return self._decode(small_latents(latents), False)
+        return latent_rgb(latents)
 
     def _control_pipeline(self) -> Any:
         """The ControlNet pipeline over the loaded modules (the weights load on first use)."""
