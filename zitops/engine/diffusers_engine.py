@@ -71,6 +71,7 @@ class DiffusersEngine:
         from zitops.engine.lora import LoraAdapters
 
         self.loras = LoraAdapters(lora_dir)
+        self.loras.hotswap_rank = self.settings.lora_hotswap_rank
         from zitops.engine.controlnet import ControlNets
 
         self.controlnets = ControlNets(controlnet_dir)  # loaded on the first control request
