@@ -8,7 +8,6 @@ JSON. Pixels are compared, never times.
 
 from __future__ import annotations
 
-import base64
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,8 @@ from PIL import Image
 
 from tests.agent_process_support import AgentProcess
 from tests.controlnet_support import make_controlnet
+from tests.integration.test_features_agent import arr
+from tests.integration.test_features_agent import png_b64 as b64
 from tests.runtime_support import REAL_ENGINE_SETS, link_tiny_model
 from zitops.profile import load_profile
 
@@ -69,16 +70,6 @@ def photo() -> Image.Image:
     image = Image.new("RGB", (64, 64), (20, 40, 60))
     image.paste((230, 200, 40), (16, 16, 48, 48))
     return image
-
-
-def b64(image: Image.Image) -> str:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return base64.b64encode(out.getvalue()).decode()
-
-
-def arr(image: Image.Image) -> Any:
-    return np.asarray(image.convert("RGB")).astype(np.int16)
 
 
 def native(agent: Agent, control: dict[str, Any] | None, seed: int = 3) -> Any:
