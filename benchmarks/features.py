@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--img2img", action="store_true")
     parser.add_argument("--lora-adapters", action="store_true", help="also the adapter path's switches")
     parser.add_argument("--hotswap-rank", type=int, default=16)
+    parser.add_argument("--set", action="append", default=[], help="profile override, e.g. engine.compile=false")
     args = parser.parse_args()
 
     from dataclasses import replace
@@ -147,6 +148,7 @@ def main() -> None:
 
     sets = ["engine.precision=fp32", "engine.vae_precision=fp32", "generation.width=64", "generation.height=64",
             "generation.steps=2"] if args.tiny else []
+    sets += args.set
     profile = load_profile(args.profile, sets)
     work = Path(tempfile.mkdtemp(prefix="zitops-features-"))
     lora_dir, cn_dir = work / "loras", work / "controlnet"
