@@ -26,37 +26,33 @@ from typing import Any
 
 from PIL import Image
 
+_PIPE_ENDS: list[Any] = []  # the far ends, kept open while the benchmark runs
 
-class Hook:
-    """The worker's StepHook without a pipe: counts steps, makes previews when told."""
 
-    def __init__(self, previews: bool) -> None:
-        self.previews = previews
-        self.steps = 0
-        self.pngs = 0
+def hook(previews: bool) -> Any:
+    """The worker's own StepHook (zitops.worker.steering.JobSteering) on a pipe nobody reads from."""
+    from multiprocessing import Pipe
 
-    def __call__(self, step: int, total: int) -> None:
-        self.steps += 1
+    from zitops.worker.steering import JobSteering
 
-    def wants_preview(self, step: int) -> bool:
-        return self.previews
-
-    def preview(self, step: int, image: Any) -> None:
-        from zitops.worker.steering import preview_png
-
-        preview_png(image)
-        self.pngs += 1
-
-    def stop(self) -> str | None:
-        return None
+    conn, other = Pipe()
+    _PIPE_ENDS.append(other)
+    steering = JobSteering(conn, lambda msg: None, "bench", [])
+    steering.previews = previews
+    return steering
 
 
 def timed(engine: Any, req: Any, runs: int, progress: Any = None) -> float:
-    engine.generate(req, progress)  # warm (compile, cudnn autotune)
+    def one() -> None:
+        engine.generate(req, progress)
+        if progress is not None:
+            progress.flush()  # the worker sends the Result only after the last preview is out
+
+    one()  # warm (compile, cudnn autotune)
     sync()
     start = time.perf_counter()
     for _ in range(runs):
-        engine.generate(req, progress)
+        one()
     sync()
     return round((time.perf_counter() - start) / runs, 4)
 
@@ -165,11 +161,11 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
 
     out["txt2img_s"] = timed(engine, base, args.runs)
-    out["progress_hook_s"] = timed(engine, base, args.runs, Hook(previews=False))
-    out["preview_every_step_latent_s"] = timed(engine, base, args.runs, Hook(previews=True))
+    out["progress_hook_s"] = timed(engine, base, args.runs, hook(previews=False))
+    out["preview_every_step_latent_s"] = timed(engine, base, args.runs, hook(previews=True))
     latent_settings = engine.settings
     engine.settings = latent_settings.model_copy(update={"preview_decode": "vae"})
-    out["preview_every_step_vae_s"] = timed(engine, base, args.runs, Hook(previews=True))
+    out["preview_every_step_vae_s"] = timed(engine, base, args.runs, hook(previews=True))
     engine.settings = latent_settings
     save()
 
