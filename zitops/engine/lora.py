@@ -40,6 +40,8 @@ class LoraAdapters:
         self.hotswap_rank = 0  # set by the engine from engine.lora_hotswap_rank
         self.hot: str | None = None  # the LoRA in the hot-swap slot
         self.hot_weight: float | None = None
+        self.hot_active = False  # whether the slot is the active adapter (the multi-LoRA path switches away)
+        self.hot_bases: list[tuple[dict[str, Any], float]] = []  # the slot's scalings and their weight-1 values
 
     def apply(self, pipe: Any, wanted: tuple[tuple[str, float], ...], *, fp8: bool,
               note: Callable[[str], None]) -> dict[str, Any]:
@@ -56,9 +58,9 @@ class LoraAdapters:
         for name, _ in wanted:
             if name not in self.loaded:
                 self._load(pipe, name, files, note)
-        self.hot_weight = None  # the slot is inactive after this; the next hot request activates it again
         pipe.enable_lora()
         pipe.set_adapters([self.loaded[name] for name, _ in wanted], [weight for _, weight in wanted])
+        self.hot_active = False
         return {"loras": [{"name": name, "weight": weight} for name, weight in wanted]}
 
     def _hotswap(self, pipe: Any, wanted: tuple[str, float], files: dict[str, Path],
@@ -72,12 +74,31 @@ class LoraAdapters:
                 # Compiled blocks are fine: the slot is made once here, before their (one) recompile.
                 pipe.enable_lora_hotswap(target_rank=self.hotswap_rank, check_compiled="ignore")
             self._load_file(pipe, name, path, "hot", hotswap=not first)
-            self.hot = name
+            self.hot, self.hot_active = name, first or self.hot_active
+            self.hot_weight = None
+            # The slot's scalings are tensors (made so by enable_lora_hotswap), holding this LoRA's alpha/rank.
+            self.hot_bases = [(m.scaling, float(m.scaling["hot"])) for m in pipe.transformer.modules()
+                              if isinstance(getattr(m, "scaling", None), dict) and "hot" in m.scaling]
         pipe.enable_lora()
+        if not self.hot_active:
+            pipe.transformer.set_adapter("hot")  # activation only: set_adapters would rewrite the scalings
+            self.hot_active = True
         if weight != self.hot_weight:
-            pipe.set_adapters(["hot"], [weight])
-            self.hot_weight = weight
+            self._weigh_slot(pipe, weight)
         return {"loras": [{"name": name, "weight": weight}], "lora_hotswap": True}
+
+    def _weigh_slot(self, pipe: Any, weight: float) -> None:
+        """The slot's weight, written into its scaling tensors in place (set_adapters would make them floats,
+        which compiled code bakes in: a recompile per weight)."""
+        import torch
+
+        if all(isinstance(scaling["hot"], torch.Tensor) for scaling, _ in self.hot_bases):
+            with torch.no_grad():
+                for scaling, base in self.hot_bases:
+                    scaling["hot"].fill_(base * weight)
+        else:
+            pipe.set_adapters(["hot"], [weight])
+        self.hot_weight = weight
 
     @staticmethod
     def _path(name: str, files: dict[str, Path]) -> Path:
