@@ -199,8 +199,8 @@ scenario_agent_weights() { # (weights) the designer agent path serving real-size
   need_weights
   bench agent-weights 130 --model "$WEIGHTS" --profile designer --runs 5 --paths agent --cache-dir /tmp/zcache
 }
-scenario_features() { # img2img s/image (strength 0.6), progress and preview cost per image, LoRA load/switch (issue 15)
-  timeout 500 python3 benchmarks/features.py --profile designer --out "$OUT/features.json" 2>&1 | quiet | tee "$OUT/features.log"
+scenario_features() { # progress and preview (latent, VAE) cost per image, ControlNet load and s/image, LoRA hot-swap (issue 15)
+  timeout 500 python3 benchmarks/features.py --profile designer --runs 2 --out "$OUT/features.json" 2>&1 | quiet | tee "$OUT/features.log"
 }
 
 scenarios() { declare -F | sed -n 's/^declare -f scenario_//p' | tr _ -; }

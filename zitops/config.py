@@ -195,6 +195,8 @@ class AgentConfig(_Section):
     log_format: Literal["auto", "json", "console"] = "auto"
     lora_dir: str | None = Field(None, description="Directory of LoRA *.safetensors files (docs/features.md); "
                                                    "None: no LoRAs.")
+    controlnet_dir: str | None = Field(None, description="Directory of the Union ControlNet in diffusers format "
+                                                         "(docs/features.md); None: ControlNet off.")
 
     @field_validator("host")
     @classmethod

@@ -143,6 +143,15 @@ def _model(model: str) -> str:
     return path
 
 
+def controlnet_dir(given: Path) -> Path:
+    """``--controlnet-dir`` as an absolute path, checked to hold a diffusers-format ControlNet."""
+    path = given.expanduser().absolute()
+    if not (path / "config.json").is_file():
+        raise RenderError(f"--controlnet-dir {path}: no config.json there; give the directory of a "
+                          "diffusers-format Z-Image ControlNet (config.json + diffusion_pytorch_model*.safetensors)")
+    return path
+
+
 def plan(req: DeployRequest) -> Plan:
     """Resolve the profile and options, render every file in memory, and validate them."""
     for target in req.targets:
@@ -178,6 +187,7 @@ def plan(req: DeployRequest) -> Plan:
         Path(paths["state_dir"]) / "loras" if req.install else out / "loras")
     config_data = {
         "lora_dir": str(lora_dir),
+        **({"controlnet_dir": str(controlnet_dir(req.controlnet_dir))} if req.controlnet_dir is not None else {}),
         "profile": profile_to_dict(profile),
         "model": model,
         "host": host,

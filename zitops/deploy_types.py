@@ -71,6 +71,7 @@ class DeployRequest:
     root: Path = Path("/")
     force: bool = False
     lora_dir: Path | None = None  # None: <out>/loras (or <state_dir>/loras with --install)
+    controlnet_dir: Path | None = None  # None: ControlNet off (control requests get a 422)
     # The zitops executable the services run; None means the one installed
     # next to this interpreter. Tests and reference units pin it.
     zitops_bin: str | None = None

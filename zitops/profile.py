@@ -112,6 +112,12 @@ class EngineSettings(_Section):
     fp8_keep_bf16: tuple[str, ...] = FP8_KEEP_BF16
     attention_backend: str | None = None
     max_batch: int = Field(4, ge=1, le=16)
+    # Step previews (docs/features.md): "latent" is a fixed linear map from the 16 latent channels
+    # to RGB (microseconds); "vae" decodes through the VAE (or the tiny VAE), sharper and slower.
+    preview_decode: Literal["latent", "vae"] = "latent"
+    # LoRA hot-swap (docs/features.md): above 0, single-LoRA requests share one adapter slot of this
+    # rank whose weights are swapped in place, so a compiled transformer needs no recompile for a switch.
+    lora_hotswap_rank: int = Field(0, ge=0, le=1024)
     # Generate before Ready so the first request does not pay compilation
     # (zitops/worker/warmup.py). auto: when the engine compiled on a GPU.
     warmup: Literal["auto"] | bool = "auto"

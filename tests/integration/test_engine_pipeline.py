@@ -205,9 +205,15 @@ def test_previews_decode_only_when_asked(engine: DiffusersEngine, monkeypatch: p
     engine.generate(request((1, 2), steps=3))
     assert calls == [2]  # the final decode only
     calls.clear()
+    # The default latent previews never touch the VAE: a linear map of the latents, at the image's size.
     out = engine.generate(request((1,), steps=3, preview=True))
-    assert calls == [1, 1, 1, 1] and len(engine.last_previews) == 1
+    assert calls == [1] and len(engine.last_previews) == 1
+    assert engine.last_previews[0].size == (out.images[0].width, out.images[0].height)
     assert out.info["prompt"] == "a red cat" and "previews" not in out.info
+    calls.clear()
+    monkeypatch.setattr(engine, "settings", engine.settings.model_copy(update={"preview_decode": "vae"}))
+    engine.generate(request((1,), steps=3, preview=True))
+    assert calls == [1, 1, 1, 1] and len(engine.last_previews) == 1
 
 
 def test_full_architecture_has_the_real_parameter_counts() -> None:
@@ -264,3 +270,27 @@ def test_img2img_and_inpaint_share_the_loaded_modules(engine: DiffusersEngine) -
     cached = engine.variants["img2img"]
     engine.generate(request((5,), init_image=init, strength=0.6, steps=3))
     assert engine.variants["img2img"] is cached
+
+
+def test_controlnet_loads_on_first_use_over_the_loaded_modules(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tests.controlnet_support import make_controlnet
+    from zitops.agent.image_input import to_png_b64
+
+    eng = DiffusersEngine(settings(), str(tiny_model_dir()), state_dir=tmp_path, cache_dir=tmp_path / "cache",
+                          controlnet_dir=make_controlnet(tmp_path / "cn"))
+    eng.setup("cpu")
+    assert eng.controlnets.pipeline is None, "no ControlNet weights before a request asks for control"
+    params_before = {id(p) for p in eng.pipe.transformer.parameters()}
+    control = to_png_b64(Image.effect_noise((32, 32), 64).convert("RGB"), "RGB")
+    out = eng.generate(request((4,), control_image=control, control_strength=1.0, steps=2))
+    assert out.images[0].size == (32, 32) and out.info["mode"] == "control"
+    cn: Any = eng.controlnets.pipeline
+    for module in ("transformer", "text_encoder", "vae", "tokenizer"):
+        assert getattr(cn, module) is getattr(eng.pipe, module), module
+    # The ControlNet's shared parts are the transformer's own objects (from_transformer), not copies.
+    assert cn.controlnet.noise_refiner is eng.pipe.transformer.noise_refiner
+    assert {id(p) for p in eng.pipe.transformer.parameters()} == params_before
+    eng.generate(request((5,), control_image=control, steps=2))
+    assert eng.controlnets.pipeline is cn, "built once"

@@ -99,7 +99,7 @@ def test_send_images_false(svc_url: tuple[MemService, str]) -> None:
 @pytest.mark.parametrize(("extra", "field"), [
     ({"enable_hr": True}, "enable_hr"),
     ({"script_name": "x/y/z plot"}, "script_name"),
-    ({"alwayson_scripts": {"ControlNet": {"args": []}}}, "alwayson_scripts"),
+    ({"alwayson_scripts": {"ADetailer": {"args": []}}}, "alwayson_scripts"),  # only controlnet runs
     ({"restore_faces": True}, "restore_faces"),
     ({"tiling": True}, "tiling"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 2}}, "override_settings"),

@@ -42,6 +42,7 @@ from zitops.agent.api_common import (
     timed_json,
     wait_final,
 )
+from zitops.agent.api_control import a1111_control, control_overrides, other_scripts
 from zitops.agent.api_inputs import lora_overrides
 from zitops.agent.contract import JobRecord
 from zitops.agent.http_errors import EDGE_CODES, ERROR_RESPONSES, responses
@@ -165,8 +166,9 @@ def refuse_unsupported(body: Txt2ImgIn) -> None:
     checks: list[tuple[str, bool, str]] = [
         ("enable_hr", body.enable_hr, "hires fix is not supported; send false"),
         ("script_name", _set(body.script_name), "scripts are not supported; send null"),
-        ("alwayson_scripts", bool(body.alwayson_scripts),
-         f"scripts are not supported ({', '.join(sorted(body.alwayson_scripts))[:80]}); send {{}}"),
+        ("alwayson_scripts", bool(other_scripts(body.alwayson_scripts)),
+         f"scripts are not supported ({', '.join(other_scripts(body.alwayson_scripts))[:80]}); "
+         "only controlnet is"),
         ("restore_faces", bool(body.restore_faces), "face restoration is not supported; send false"),
         ("tiling", bool(body.tiling), "tiling is not supported; send false"),
         ("override_settings", bool(body.override_settings),
@@ -312,9 +314,12 @@ def a1111_overrides(body: Txt2ImgIn, config: AgentConfig) -> tuple[str, dict[str
 async def txt2img(body: Txt2ImgIn, request: Request) -> Response:
     """Generate ``n_iter * batch_size`` images in one job (seeds seed, seed+1, ...), synchronously.
 
-    ``<lora:NAME:WEIGHT>`` tags in the prompt pick LoRAs (GET /sdapi/v1/loras) and are removed from it.
+    ``<lora:NAME:WEIGHT>`` tags in the prompt pick LoRAs (GET /sdapi/v1/loras) and are removed from it;
+    ``alwayson_scripts.controlnet.args`` takes one sd-webui-controlnet unit (docs/features.md).
     """
-    prompt, overrides = a1111_overrides(body, context(request).config)
+    config = context(request).config
+    prompt, overrides = a1111_overrides(body, config)
+    overrides.update(await control_overrides(config, a1111_control(body.alwayson_scripts)))
     return await a1111_run(body, request, prompt, overrides, TXT2IMG)
 
 

@@ -35,6 +35,7 @@ from zitops.agent.api_common import (
     timed_json,
     wait_final,
 )
+from zitops.agent.api_control import a1111_control
 from zitops.agent.api_events import openai_stream, partial_steps
 from zitops.agent.api_inputs import image_overrides, lora_overrides, sized
 from zitops.agent.api_openai import STREAM_QUALITY, parse_size
@@ -96,6 +97,9 @@ async def img2img(body: Img2ImgIn, request: Request) -> Response:
     ctx = context(request)
     _refuse_img2img(body)
     prompt, overrides = a1111_overrides(body, ctx.config)
+    if a1111_control(body.alwayson_scripts) is not None:
+        raise InvalidRequest("alwayson_scripts.controlnet: ControlNet works on text-to-image only "
+                             "(/sdapi/v1/txt2img); send no enabled unit to img2img")
     init = from_base64("init_images", body.init_images[0])
     mask = from_base64("mask", body.mask) if body.mask else None
     images = await image_overrides(ctx.config, init, mask, names=("init_images", "mask"),

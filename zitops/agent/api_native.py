@@ -26,6 +26,7 @@ from zitops.agent.api_common import (
     media_type,
     submit,
 )
+from zitops.agent.api_control import ControlIn, control_overrides
 from zitops.agent.api_inputs import LoraIn, image_overrides, lora_overrides, sized
 from zitops.agent.http_errors import EDGE_CODES, responses
 from zitops.agent.image_input import from_base64
@@ -67,6 +68,8 @@ class JobIn(Body):
     mask_blur: int | None = Field(None, ge=0, le=64)
     loras: list[LoraIn] = Field(default_factory=list, max_length=8,
                                 description="LoRAs from the LoRA directory (GET /sdapi/v1/loras), with weights.")
+    control: ControlIn | None = Field(None, description="ControlNet (text-to-image only; needs a deployed "
+                                                        "ControlNet, docs/features.md).")
 
 
 class JobAccepted(BaseModel):
@@ -82,7 +85,7 @@ class JobAccepted(BaseModel):
 async def submit_job(body: JobIn, request: Request, response: Response) -> dict[str, Any]:
     """Queue a job; 202 with its id, 429/503 with Retry-After when the queue (or this token's share) is full."""
     ctx = context(request)
-    overrides = body.model_dump(exclude={"prompt", "init_image", "mask", "loras"}, exclude_none=True)
+    overrides = body.model_dump(exclude={"prompt", "init_image", "mask", "loras", "control"}, exclude_none=True)
     overrides.update(lora_overrides(ctx.config, [(lo.name, lo.weight) for lo in body.loras]))
     if body.mask is not None and body.init_image is None:
         raise InvalidRequest("mask: needs an input image (init_image) to inpaint")
@@ -90,6 +93,10 @@ async def submit_job(body: JobIn, request: Request, response: Response) -> dict[
         init = from_base64("init_image", body.init_image)
         mask = from_base64("mask", body.mask) if body.mask is not None else None
         overrides = sized({**overrides, **await image_overrides(ctx.config, init, mask)})
+    if body.control is not None:
+        if body.init_image is not None:
+            raise InvalidRequest("control: ControlNet works on text-to-image only; send no init_image with it")
+        overrides.update(await control_overrides(ctx.config, body.control.ask()))
     req = build_request(ctx.config, body.prompt, **overrides)
     record = await submit(request, req)
     url = f"/v1/jobs/{record.id}"

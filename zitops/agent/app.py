@@ -19,7 +19,15 @@ from pydantic import BaseModel, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zitops import __version__
-from zitops.agent import api_a1111, api_events, api_img2img, api_native, api_openai, console
+from zitops.agent import (
+    api_a1111,
+    api_control,
+    api_events,
+    api_img2img,
+    api_native,
+    api_openai,
+    console,
+)
 from zitops.agent.api_common import ApiContext, Body, context
 from zitops.agent.contract import Service
 from zitops.agent.hosts import HostPolicy
@@ -184,6 +192,11 @@ async def put_log_levels(body: LogLevelsIn) -> dict[str, Any]:
     return {"levels": effective}
 
 
+def image_paths(config: AgentConfig) -> frozenset[str]:
+    """Routes with limits.max_image_body_bytes: img2img and edits, and txt2img when it may carry a control image."""
+    return api_img2img.IMAGE_PATHS | ({api_a1111.TXT2IMG} if config.controlnet_dir else set())
+
+
 def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
                admin_tokens: frozenset[str] = frozenset()) -> FastAPI:
     """The agent's ASGI app around ``service``; ``tokens`` empty means no auth (everyone an admin)."""
@@ -205,6 +218,7 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
     app.include_router(api_openai.router)
     app.include_router(api_a1111.router)
     app.include_router(api_img2img.router)
+    app.include_router(api_control.router)
     app.include_router(api_events.router)
     app.include_router(console.router)
     # The console page and its assets hold no data: the edge lets them through without a token.
@@ -212,7 +226,7 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
     app.add_middleware(EdgeMiddleware, tokens=tokens, max_body_bytes=config.limits.max_body_bytes,
                        metrics=http_metrics, admin_tokens=admin_tokens & tokens,
                        hosts=HostPolicy.from_settings(config.host, config.server.allowed_hosts),
-                       public_paths=console.public_paths(), image_paths=api_img2img.IMAGE_PATHS,
+                       public_paths=console.public_paths(), image_paths=image_paths(config),
                        max_image_body_bytes=config.limits.max_image_body_bytes)
-    install_openapi(app, config.limits, config.lora_dir)
+    install_openapi(app, config.limits, config.lora_dir, controlnet=bool(config.controlnet_dir))
     return app

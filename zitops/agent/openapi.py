@@ -121,8 +121,46 @@ def publish_loras(schema: dict[str, Any], names: list[str]) -> dict[str, Any]:
     return schema
 
 
-def install(app: FastAPI, limits: Limits, lora_dir: str | None = None) -> None:
-    """Make ``app.openapi()`` publish ``limits`` (once; FastAPI caches the document) and the LoRA names."""
+UNIT_NEUTRAL: dict[str, list[Any]] = {
+    "module": ["none", "canny"], "guidance_start": [0], "guidance_end": [1], "control_mode": [0, "Balanced"],
+    "resize_mode": ["Just Resize", "Crop and Resize", "Resize and Fill", 0, 1, 2],
+    "mask": [None, ""], "mask_image": [None, ""],
+}
+"""A1111 ControlNet unit fields published as the values zitops accepts."""
+
+
+def publish_controlnet(schema: dict[str, Any], deployed: bool) -> dict[str, Any]:
+    """Say whether ControlNet requests are accepted: the unit format on txt2img, or ``control`` only null."""
+    components = schema.get("components", {}).get("schemas", {})
+    job = components.get("JobIn", {}).get("properties", {})
+    if not deployed:
+        if "control" in job:
+            job["control"] = {"type": "null", "description": "No ControlNet is deployed on this agent."}
+        components.pop("ControlIn", None)
+        return schema
+    from zitops.agent.api_control import A1111Unit
+
+    unit = A1111Unit.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, values in UNIT_NEUTRAL.items():
+        if name in unit["properties"]:
+            unit["properties"][name] = {"enum": values, "default": values[0]}
+    unit.pop("$defs", None)
+    components["A1111ControlNetUnit"] = unit
+    scripts = components.get("Txt2ImgIn", {}).get("properties", {})
+    if "alwayson_scripts" in scripts:
+        scripts["alwayson_scripts"] = {
+            "type": "object", "additionalProperties": False, "default": {},
+            "description": "Only controlnet: one enabled sd-webui-controlnet unit (docs/features.md).",
+            "properties": {"controlnet": {
+                "type": "object", "additionalProperties": False, "required": ["args"],
+                "properties": {"args": {"type": "array", "maxItems": 1,
+                                        "items": {"$ref": "#/components/schemas/A1111ControlNetUnit"}}}}}}
+    return schema
+
+
+def install(app: FastAPI, limits: Limits, lora_dir: str | None = None, controlnet: bool = False) -> None:
+    """Make ``app.openapi()`` publish ``limits`` and whether ControlNet is on (once; FastAPI caches the
+    document) and the LoRA names."""
     generate: Callable[[], dict[str, Any]] = app.openapi
     done: list[bool] = []
 
@@ -130,6 +168,7 @@ def install(app: FastAPI, limits: Limits, lora_dir: str | None = None) -> None:
         schema = generate()
         if not done:
             publish_limits(schema, limits)
+            publish_controlnet(schema, controlnet)
             done.append(True)
         # LoRA files come and go while the agent runs: the names are read each time.
         return publish_loras(schema, sorted(list_loras(lora_dir)))

@@ -38,12 +38,14 @@ from zitops.progress import Progress
               help="Kubernetes: the Deployment's pods, one GPU each (more than 1 needs --store postgresql://...).")
 @click.option("--lora-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of LoRA .safetensors files the workers may load [default: <out>/loras].")
+@click.option("--controlnet-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory of the Z-Image Union ControlNet (diffusers format) [default: none, ControlNet off].")
 @click.option("--start", is_flag=True, help="Start the standalone supervisord and wait until the agent is ready.")
 @click.option("--force", is_flag=True, help="Overwrite files that were edited since the last deploy.")
 def deploy(
     profile: str, target: str, out: Path, model: str, host: str, port: int, gpus: str,
     overrides: tuple[str, ...], install: bool, root: Path | None, store: str, store_password_file: Path | None,
-    replicas: int, lora_dir: Path | None, start: bool, force: bool,
+    replicas: int, lora_dir: Path | None, controlnet_dir: Path | None, start: bool, force: bool,
 ) -> None:
     """Render config, start script, Supervisor, systemd and Kubernetes files for a profile."""
     if root is not None and not install:
@@ -64,6 +66,7 @@ def deploy(
         out=out, model=model, host=host, port=port, gpus=gpus, overrides=overrides,
         install=install, root=root or Path("/"), force=force, store=store,
         store_password_file=store_password_file, replicas=replicas, lora_dir=lora_dir,
+        controlnet_dir=controlnet_dir,
     )
     plan = core.plan(request)
     result = core.apply(plan)

@@ -276,3 +276,23 @@ def apply_levers(pipe: Any, device: str, *, attention_backend: str | None,
         torch.backends.cudnn.benchmark = True
         out["cudnn_benchmark"] = True
     return out
+
+
+def settle_after_warmup(pipe: Any, device: str, token_limit: int) -> dict[str, Any]:
+    """Every text-length bucket up to ``token_limit`` in a CUDA graph, then cuDNN autotuning off.
+
+    Called once the warm-up generations ran (``DiffusersEngine.after_warmup``).
+    """
+    import torch
+
+    runner = getattr(pipe, "_zitops_text_runner", None)
+    # One prompt per encoder call: the pipeline repeats the embeddings per image.
+    graphs = runner.capture_buckets(1, token_limit) if runner is not None else []
+    if not device.startswith("cuda"):
+        cudnn = "off (not CUDA)"
+    elif not torch.backends.cudnn.benchmark or "cudnnwarm" in disabled_levers():
+        cudnn = "on" if torch.backends.cudnn.benchmark else "off"
+    else:
+        torch.backends.cudnn.benchmark = False
+        cudnn = "warm-up shapes only"
+    return {"text_graphs": [f"{p}x{n}" for p, n in graphs], "cudnn_benchmark": cudnn}

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zitops.engine.accel import apply_levers, disabled_levers, enabled_levers
+from zitops.engine.accel import apply_levers, enabled_levers, settle_after_warmup
 from zitops.engine.base import GenerationResult, MemoryStats, ProgressFn
+from zitops.engine.controlnet import control_kwargs
 from zitops.engine.fp8 import quantize_for_engine
 from zitops.engine.knobs import setup_attention, setup_compile, setup_vae, torch_dtype
 from zitops.engine.loader import FULL_RANDOM, Preloaded, default_state_dir
@@ -23,7 +24,7 @@ from zitops.engine.offload import cap_memory, levers_before_placement, place
 from zitops.engine.oom import BatchOutOfMemory, generate_split_on_oom
 from zitops.engine.phases import phase
 from zitops.engine.request import GenerationRequest
-from zitops.engine.stepping import StepLog, step_callback
+from zitops.engine.stepping import StepLog, latent_rgb, small_latents, step_callback
 from zitops.engine.tiny import TINY_NOTICE
 from zitops.errors import EngineError, InvalidRequest, ZitopsError
 from zitops.profile import SAMPLERS, SCHEDULES, EngineSettings
@@ -55,7 +56,8 @@ class DiffusersEngine:
     def __init__(self, settings: EngineSettings | None = None, model: str = "tiny", *,
                  state_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                  compile_on_cpu: bool = False, preloaded: Preloaded | None = None,
-                 lora_dir: str | Path | None = None, memory_cap_gib: float | None = None) -> None:
+                 lora_dir: str | Path | None = None, controlnet_dir: str | Path | None = None,
+                 memory_cap_gib: float | None = None) -> None:
         self.settings = settings or EngineSettings.model_validate({})
         # A smaller card simulated on a big one (``zitops bench --memory-cap-gib``): applied in setup.
         self.memory_cap_gib = memory_cap_gib
@@ -76,6 +78,10 @@ class DiffusersEngine:
         from zitops.engine.lora import LoraAdapters
 
         self.loras = LoraAdapters(lora_dir)
+        self.loras.hotswap_rank = self.settings.lora_hotswap_rank
+        from zitops.engine.controlnet import ControlNets
+
+        self.controlnets = ControlNets(controlnet_dir)  # loaded on the first control request
         # A standby spare's host copy of the pipeline (see preload): setup moves it instead of loading.
         self.preloaded = preloaded
 
@@ -202,21 +208,10 @@ class DiffusersEngine:
         request at 1152x896 on an H200). ``ZITOPS_ACCEL=-cudnnwarm`` keeps
         autotuning on.
         """
-        import torch
-
-        runner = getattr(self.pipe, "_zitops_text_runner", None)
-        # One prompt per encoder call: the pipeline repeats the embeddings per image.
-        graphs = runner.capture_buckets(1, TEXT_TOKEN_LIMIT) if runner is not None else []
-        if not self.device.startswith("cuda"):
-            cudnn = "off (not CUDA)"
-        elif not torch.backends.cudnn.benchmark or "cudnnwarm" in disabled_levers():
-            cudnn = "on" if torch.backends.cudnn.benchmark else "off"
-        else:
-            torch.backends.cudnn.benchmark = False
-            cudnn = "warm-up shapes only"
+        out = settle_after_warmup(self.pipe, self.device, TEXT_TOKEN_LIMIT)
         if "cudnn_benchmark" in self.effective:
-            self.effective["cudnn_benchmark"] = cudnn
-        return {"text_graphs": [f"{p}x{n}" for p, n in graphs], "cudnn_benchmark": cudnn}
+            self.effective["cudnn_benchmark"] = out["cudnn_benchmark"]
+        return out
 
     def _note(self, text: str) -> None:
         self.notes.append(text)
@@ -272,6 +267,9 @@ class DiffusersEngine:
                                      note=self._note)
         prepared = img2img.prepare(request) if request.init_image is not None else None
         pipe = self.pipe if prepared is None else img2img.variant_pipeline(self.pipe, request.kind, self.variants)
+        extra = prepared.kwargs if prepared is not None else {}
+        if request.control_image is not None:
+            pipe, extra = self._control_pipeline(), control_kwargs(request)
         steps = StepLog()
         start = time.perf_counter()
         try:
@@ -281,8 +279,8 @@ class DiffusersEngine:
                 height=request.height, width=request.width, num_inference_steps=request.steps,
                 guidance_scale=request.guidance, num_images_per_prompt=request.batch,
                 generator=generators, output_type="latent",
-                callback_on_step_end=step_callback(request, progress, lambda lat: self._decode(lat, False), steps),
-                **(prepared.kwargs if prepared is not None else {}),
+                callback_on_step_end=step_callback(request, progress, self._preview, steps),
+                **extra,
             ).images
             images = self._decode(latents)
         except torch.OutOfMemoryError as exc:
@@ -301,6 +299,9 @@ class DiffusersEngine:
         info = {**self._info(request), **lora_info, "transformer_forwards": steps.forwards, "steps_run": steps.steps}
         if prepared is not None:
             info.update(mode=request.kind, denoising_strength=request.strength)
+        if request.control_image is not None:
+            info.update(mode="control", control_type=request.control_type,
+                        control_strength=request.control_strength, controlnet_load_s=self.controlnets.load_s)
         if steps.interrupted_at is not None:
             info["interrupted_at_step"] = steps.interrupted_at
         if request.preview:
@@ -308,6 +309,20 @@ class DiffusersEngine:
             self.last_previews = list(steps.previews)
             info["preview_steps"] = steps.forwards
         return GenerationResult(images=images, seeds=request.seeds, seconds=seconds, info=info)
+
+    def _preview(self, latents: Any) -> list[Any]:
+        """A step's preview: the linear latent map, or the VAE decode (engine.preview_decode)."""
+        if self.settings.preview_decode == "vae":
+            return self._decode(small_latents(latents), False)
+        return latent_rgb(latents)
+
+    def _control_pipeline(self) -> Any:
+        """The ControlNet pipeline over the loaded modules (the weights load on first use)."""
+        eff = self.effective
+        return self.controlnets.pipeline_for(
+            self.pipe, dtype=torch_dtype(self.settings.precision), device=self.device,
+            compile_blocks=bool(eff.get("compile")), attention_backend=eff.get("attention_backend"),
+            note=self._note)
 
     def _decode(self, latents: Any, free_hooks: bool = True) -> list[Any]:
         """Latents to PIL images through the configured decode path."""

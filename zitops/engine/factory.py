@@ -30,4 +30,5 @@ def _diffusers(config: AgentConfig, preloaded: Preloaded | None = None) -> Engin
     from zitops.engine.diffusers_engine import DiffusersEngine
 
     return DiffusersEngine(config.profile.engine, config.model, state_dir=config.paths.state_dir,
-                           cache_dir=config.paths.cache_dir, preloaded=preloaded, lora_dir=config.lora_dir)
+                           cache_dir=config.paths.cache_dir, preloaded=preloaded, lora_dir=config.lora_dir,
+                           controlnet_dir=config.controlnet_dir)

@@ -44,6 +44,12 @@ class GenerationRequest:
     inpaint_full_res: bool = False
     inpaint_padding: int = 0
     loras: tuple[tuple[str, float], ...] = ()
+    # ControlNet (docs/features.md): a ready control map (base64 PNG, bounded like init images),
+    # its kind (recorded; the Union ControlNet reads the map itself) and the conditioning scale.
+    control_image: str | None = None
+    control_type: str = "canny"
+    control_strength: float = 0.75
+    control_resize: str = "just"  # fitting the map to the output: "just" stretch, "crop", "fill" (pad)
     preview_at: tuple[int, ...] = ()  # steps (1-based) that send a preview; ``preview`` means every step
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -72,16 +78,16 @@ class GenerationRequest:
     def public_params(self) -> dict[str, Any]:
         """:meth:`to_dict` for API answers: input images as their size, not megabytes of base64."""
         d = self.to_dict()
-        for key in ("init_image", "mask"):
+        for key in ("init_image", "mask", "control_image"):
             if d[key] is not None:
                 d[key] = f"<{len(d[key])} base64 characters>"
         return d
 
     @property
     def kind(self) -> str:
-        """txt2img, img2img or inpaint."""
+        """txt2img, img2img, inpaint or control (text-to-image with a ControlNet)."""
         if self.init_image is None:
-            return "txt2img"
+            return "txt2img" if self.control_image is None else "control"
         return "inpaint" if self.mask is not None else "img2img"
 
     def wants_preview(self, step: int) -> bool:
@@ -100,6 +106,9 @@ IMG2IMG_SAMPLERS = ("euler", "euler_a", "heun", "lcm")
 """Samplers whose scheduler can noise an input image (``scale_noise``), so img2img and inpaint work."""
 MAX_LORAS = 8
 INPAINT_FILLS = ("original", "fill")
+CONTROL_TYPES = ("canny", "depth", "pose")
+CONTROL_RESIZES = ("just", "crop", "fill")
+MAX_CONTROL_STRENGTH = 2.0
 
 
 def validate_request(req: GenerationRequest, *, max_side: int = 2048, min_side: int = 64,
@@ -133,6 +142,7 @@ def validate_request(req: GenerationRequest, *, max_side: int = 2048, min_side: 
     if req.output_format not in OUTPUT_FORMATS:
         raise InvalidRequest(f"output_format: {req.output_format!r}; valid: {', '.join(OUTPUT_FORMATS)}")
     _validate_image_fields(req)
+    _validate_control(req)
     if len(req.loras) > MAX_LORAS:
         raise InvalidRequest(f"loras: {len(req.loras)} asked for; at most {MAX_LORAS} per request")
     for name, weight in req.loras:
@@ -160,6 +170,20 @@ def _validate_image_fields(req: GenerationRequest) -> None:
         raise InvalidRequest(f"inpaint_full_res_padding: {req.inpaint_padding} is out of range; allowed 0..256")
     if req.inpaint_fill not in INPAINT_FILLS:
         raise InvalidRequest(f"inpainting_fill: {req.inpaint_fill!r}; valid: {', '.join(INPAINT_FILLS)}")
+
+
+def _validate_control(req: GenerationRequest) -> None:
+    if req.control_image is None:
+        return
+    if req.init_image is not None:
+        raise InvalidRequest("control: ControlNet works on text-to-image only; send no init_image/mask with it")
+    if req.control_type not in CONTROL_TYPES:
+        raise InvalidRequest(f"control.type: {req.control_type!r}; valid: {', '.join(CONTROL_TYPES)}")
+    if req.control_resize not in CONTROL_RESIZES:
+        raise InvalidRequest(f"control.resize: {req.control_resize!r}; valid: {', '.join(CONTROL_RESIZES)}")
+    if not 0.0 <= req.control_strength <= MAX_CONTROL_STRENGTH:
+        raise InvalidRequest(f"control.strength: {req.control_strength} is out of range; "
+                             f"allowed 0..{MAX_CONTROL_STRENGTH:g}")
 
 
 def request_from_profile(profile: Profile, prompt: str, **overrides: Any) -> GenerationRequest:

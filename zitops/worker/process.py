@@ -92,7 +92,11 @@ def _memory(engine: Any) -> dict[str, Any]:
 def _generate(engine: Any, request: Any, steering: JobSteering | None) -> Any:
     # Both engines split an out-of-memory batch themselves
     # (zitops.engine.oom.generate_split_on_oom inside generate).
-    return engine.generate(request, steering)
+    try:
+        return engine.generate(request, steering)
+    finally:
+        if steering is not None:
+            steering.flush()  # the step events (previews encoded on a thread) go before the Result
 
 
 def raw_image(image: Any, params: dict[str, Any]) -> RawImage:
