@@ -80,11 +80,11 @@ scenario_restart_hot_fp8() { # kill -9 with a hot spare, designer fp8 (after war
     --out "$OUT/restart-hot-fp8.json" 2>&1 | quiet | tail -30
 }
 scenario_lane_hot_spare() { # the GPU lane's hot spare test (issue 13)
-  timeout 280 python3 -m pytest -m gpu tests/gpu/test_gpu_hot_spare.py -v -rs -s -p no:cacheprovider 2>&1 \
+  timeout 280 python3 -m pytest -o addopts=-ra -m gpu tests/gpu/test_gpu_hot_spare.py -v -rs -s -p no:cacheprovider 2>&1 \
     | tee -a "$OUT/gpu-lane.log" | tail -15
 }
 scenario_lane_leak() { # the GPU lane's real leak drill, alone on the card: NVML's line is device-wide (issue 13)
-  timeout 280 python3 -m pytest -m gpu tests/gpu/test_gpu_leak_drill.py -v -rs -s -p no:cacheprovider 2>&1 \
+  timeout 280 python3 -m pytest -o addopts=-ra -m gpu tests/gpu/test_gpu_leak_drill.py -v -rs -s -p no:cacheprovider 2>&1 \
     | tee -a "$OUT/gpu-lane.log" | tail -15
 }
 scenario_designer_samplers() { # designer with every sampler (A)

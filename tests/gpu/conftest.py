@@ -2,7 +2,7 @@
 
 Each module marks itself ``gpu``: ``-m gpu`` picks the lane, ``-m 'not gpu'`` leaves it out.
 
-Run it on a GPU host with ``python3 -m pytest -m gpu tests/gpu -v`` (docs/gpu-lane/README.md).
+Run it on a GPU host with ``python3 -m pytest -o addopts=-ra -m gpu tests/gpu -v`` (docs/gpu-lane/README.md).
 """
 
 from __future__ import annotations
