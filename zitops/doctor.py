@@ -20,7 +20,7 @@ from pathlib import Path
 from zitops.config import AgentConfig, load_config
 from zitops.doctor_model import (
     FP8_PEAK_GIB,
-    GROUP_PEAK_GIB,
+    GROUP_BOUND_GIB,
     MEASURED_PEAK_GIB,
     OFFLOAD_PEAK_GIB,
     OUT_LAYOUT,
@@ -71,9 +71,9 @@ def tier_of_host(model: str, gpus: list[int] | str) -> TierChoice:
 def need_gib(profile: Profile) -> float:
     """The profile's measured peak VRAM (GiB) on one GPU."""
     if profile.engine.offload == "group":
-        return GROUP_PEAK_GIB.get(profile.name, max(GROUP_PEAK_GIB.values()))
+        return GROUP_BOUND_GIB
     if profile.engine.offload != "none":
-        return OFFLOAD_PEAK_GIB
+        return OFFLOAD_PEAK_GIB["fp8" if profile.engine.fp8 else "bf16"]
     if profile.engine.fp8:
         return FP8_PEAK_GIB.get(profile.name, max(FP8_PEAK_GIB.values()))
     return MEASURED_PEAK_GIB.get(profile.name, max(MEASURED_PEAK_GIB.values()))

@@ -23,13 +23,13 @@ FP8_PEAK_GIB = {"lowvram": 13.0, "ecommerce": 12.7, "designer": 15.7}
 """Peaks with ``engine.fp8`` on (H200, 2026-11-29: lowvram and ecommerce with the bf16 keep-list; designer
 from 2026-11-26, transformer only); a custom fp8 profile takes the largest."""
 
-OFFLOAD_PEAK_GIB = 12.1
-"""Any profile with ``engine.offload: model`` or ``sequential``: the measured model-offload peak (H200, 2026-11-26)."""
+OFFLOAD_PEAK_GIB = {"bf16": 12.1, "fp8": 7.0}
+"""``engine.offload: model`` or ``sequential``, by weight format: bf16 model offload 12.1 GiB (H200,
+2026-11-26); fp8 model offload, lowvram-8 and lowvram-12, 6.99 GiB allocated under an 8 GiB cap (H200, 2026-11-29)."""
 
-GROUP_PEAK_GIB = {"lowvram-12": 11.5, "lowvram-8": 7.5}
-"""The group-offload tiers' bounds: their memory cap less the CUDA context, which the GPU lane
-asserts the allocator's peak stays under (tests/gpu/test_gpu_tiers.py); not yet a measured peak
-(docs/benchmarks.md "Tiers"). A custom profile with ``offload: group`` takes the largest."""
+GROUP_BOUND_GIB = 11.5
+"""``engine.offload: group`` (no built-in profile uses it): not measured to a finish on a GPU, so the
+bound is the 12 GiB card it was built for, less its CUDA context (docs/benchmarks.md "Tiers")."""
 
 MIN_FREE_GIB = {"outputs": 1.0, "cache": 2.0}
 """Free disk wanted: a day of images under the result TTL; compile, Triton and tokenizer caches."""
