@@ -9,7 +9,9 @@ allowed skip names where it may happen and why; anything else fails the run.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,3 +70,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def tiny_model() -> Path:
     """The session's one tiny Z-Image pipeline on disk (built on first use, removed at exit)."""
     return tiny_model_dir()
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """Each test leaves os.environ as it found it.
+
+    Product code run in-process sets variables for the processes it spawns
+    (``configure_logging(service_mode=True)`` sets TQDM_DISABLE, the engine sets
+    the offline and compile-cache ones); left behind, they reach every later
+    test's subprocesses in that pytest process. Seen when test files began to
+    share worker processes (pytest-xdist): a pty test's progress bar vanished.
+    """
+    before = dict(os.environ)
+    yield
+    if dict(os.environ) != before:
+        os.environ.clear()
+        os.environ.update(before)
