@@ -7,15 +7,13 @@ from pathlib import Path
 import click
 
 from zitops import deploy as core
-from zitops.commands.options import model_option, set_option
+from zitops.commands.options import deploy_profile_option, model_option, set_option
 from zitops.errors import AgentUnavailable, RenderError
 from zitops.progress import Progress
 
 
 @click.command()
-@click.option("--profile", "-p", default="designer", show_default=True,
-              help="Built-in profile name, a YAML file, or 'auto': the tier for this host's GPU memory "
-                   "(designer, lowvram, lowvram-12 or lowvram-8; docs/deploy.md).")
+@deploy_profile_option
 @click.option("--target", type=click.Choice([*core.TARGETS, "all"]), default="all", show_default=True,
               help="Which deployment to render; the agent files are always rendered.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("deploy"),

@@ -8,6 +8,11 @@ profile_option = click.option(
     "--profile", "-p", default="designer", show_default=True,
     help="Built-in profile name (zitops profiles lists them) or a YAML file.",
 )
+deploy_profile_option = click.option(
+    "--profile", "-p", default="designer", show_default=True,
+    help="Built-in profile name, a YAML file, or 'auto': the tier for this host's GPU memory "
+         "(designer, lowvram, lowvram-12 or lowvram-8; docs/deploy.md).",
+)
 set_option = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
     help="Override one profile field, e.g. generation.steps=8 (repeatable).",
