@@ -116,12 +116,23 @@ scenario_ecommerce_fp8() { # ecommerce with engine.fp8=true: engine images/min, 
   bench ecommerce-fp8 220 --arch full --profile ecommerce --set engine.fp8=true --runs 3 --paths engine \
     --compare bf16 --cache-dir /tmp/zcache-e8
 }
-scenario_tiers() { # each low-VRAM tier under its card's memory cap: lowvram-12 12, lowvram-8 8, lowvram 16 GiB (issue 14)
+scenario_tiers() { # each low-VRAM tier under its card's memory less 0.5 GiB of CUDA context: 11.5, 7.5, 15.5 GiB (issue 14)
   # One process per tier: the JSON is written at the end of a run, so a tier cut short loses only itself.
-  bench tiers-12 150 --arch full --profile lowvram-12 --runs 3 --paths engine --memory-cap-gib 12
-  bench tiers-8 180 --arch full --profile lowvram-8 --runs 3 --paths engine --memory-cap-gib 8
-  bench tiers-16 150 --arch full --profile lowvram --runs 2 --paths engine --memory-cap-gib 16
+  bench tiers-12 150 --arch full --profile lowvram-12 --runs 3 --paths engine --memory-cap-gib 11.5
+  bench tiers-8 180 --arch full --profile lowvram-8 --runs 3 --paths engine --memory-cap-gib 7.5
+  bench tiers-16 150 --arch full --profile lowvram --runs 3 --paths engine --memory-cap-gib 15.5
   merge_json tiers tiers-12 tiers-8 tiers-16
+}
+scenario_tiers_8_te() { # the 8 GiB tier with lowvram-12's mechanism (text encoder streamed, the rest resident) (issue 14)
+  bench tiers-8-te 150 --arch full --profile lowvram-8 --set engine.offload=text_encoder --runs 3 --paths engine \
+    --memory-cap-gib 7.5
+}
+scenario_h2d() { # host-to-GPU copy speed: pageable .to() against zitops' pinned staging, and pinning (issue 14)
+  timeout 90 python3 benchmarks/h2d.py --gib 8 --out "$OUT/h2d.json" 2>&1 | quiet | tail -12
+}
+scenario_ecommerce_fp8_fast() { # ecommerce fp8 with Hopper's fast fp8 accumulation: images/min, deviation from bf16 (issue 14)
+  ZITOPS_ACCEL=+fp8fastacc bench ecommerce-fp8-fast 240 --arch full --profile ecommerce --set engine.fp8=true \
+    --runs 3 --paths engine --compare bf16 --cache-dir /tmp/zcache-e8
 }
 scenario_tiers_choice() { # bf16 group offload (pinned, copy stream) under the 12 GiB cap, against lowvram-12's fp8 (issue 14)
   bench tiers-choice-group-12 240 --arch full --profile benchmarks/tiers/group-12.yaml --runs 2 --warmup 1 \

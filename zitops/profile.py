@@ -90,11 +90,12 @@ class EngineSettings(_Section):
     vae_precision: Precision = "bf16"
     vae_decode: Literal["full", "tiled", "fast"] = "full"
     tiny_vae_path: str | None = None
-    offload: Literal["none", "model", "sequential", "group"] = "none"
+    offload: Literal["none", "model", "sequential", "group", "text_encoder"] = "none"
     # offload "group" (zitops/engine/offload.py): the transformer's and text
     # encoder's blocks in groups of this many, in pinned host memory; with the
-    # stream, the next group is copied while the current one computes. Tuned
-    # per tier on an H200 under a memory cap (docs/benchmarks.md "Tiers").
+    # stream, the next group is copied while the current one computes.
+    # "text_encoder" streams only the text encoder that way (one block per
+    # group); the transformer and the VAE stay resident (docs/benchmarks.md "Tiers").
     offload_group_blocks: int = Field(1, ge=1, le=64)
     offload_stream: bool = True
     # Pin host memory per copy instead of once up front: less host RAM, slower.

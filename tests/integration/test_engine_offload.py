@@ -17,6 +17,7 @@ import pytest
 
 from tests.engine_support import pixels, request, settings, tiny_model_dir
 from zitops.engine.diffusers_engine import DiffusersEngine
+from zitops.engine.offload import describe
 from zitops.errors import EngineError
 from zitops.profile import load_profile
 
@@ -53,7 +54,7 @@ def _image(pipe: Any) -> Any:
 
 
 def test_group_hooks_stream_the_transformer_and_encoder_and_keep_the_image() -> None:
-    from zitops.engine.offload import describe, levers_before_placement, place
+    from zitops.engine.offload import levers_before_placement, place
 
     assert levers_before_placement("group") and not levers_before_placement("model")
     plain = _image(_pipeline())
@@ -61,6 +62,18 @@ def test_group_hooks_stream_the_transformer_and_encoder_and_keep_the_image() -> 
     place(pipe, "group", "cpu", settings(offload="group", offload_stream=False, offload_group_blocks=2))
     assert describe(pipe) == {"transformer": "group", "text_encoder": "group", "vae": "cpu"}
     assert str(pipe._execution_device) == "cpu"
+    assert abs(_image(pipe) - plain).max() == 0.0
+
+
+def test_text_encoder_offload_streams_only_the_encoder_and_keeps_the_image() -> None:
+    from zitops.engine.offload import HOST_COMPONENTS, levers_before_placement, place
+
+    assert levers_before_placement("text_encoder") and HOST_COMPONENTS["text_encoder"] == ("text_encoder",)
+    plain = _image(_pipeline())
+    pipe = _pipeline()
+    placed = place(pipe, "text_encoder", "cpu", settings(offload="text_encoder", offload_stream=False))
+    assert describe(pipe) == {"transformer": "cpu", "text_encoder": "group", "vae": "cpu"}
+    assert placed["offload_group"]["components"] == ["text_encoder"]
     assert abs(_image(pipe) - plain).max() == 0.0
 
 

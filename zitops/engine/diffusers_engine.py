@@ -20,7 +20,7 @@ from zitops.engine.fp8 import quantize_for_engine
 from zitops.engine.knobs import setup_attention, setup_compile, setup_vae, torch_dtype
 from zitops.engine.loader import FULL_RANDOM, Preloaded, default_state_dir
 from zitops.engine.offline import force_offline
-from zitops.engine.offload import cap_memory, levers_before_placement, place
+from zitops.engine.offload import HOST_COMPONENTS, cap_memory, levers_before_placement, place
 from zitops.engine.oom import BatchOutOfMemory, generate_split_on_oom
 from zitops.engine.phases import phase
 from zitops.engine.request import GenerationRequest
@@ -168,7 +168,7 @@ class DiffusersEngine:
             else:
                 pipe = load_pipeline(self.model_path, dtype, vae_dtype, device=direct)
         self.pipe = pipe
-        fp8 = quantize_for_engine(pipe, s, device, park=None if offload == "none" else "cpu", note=self._note)
+        fp8 = quantize_for_engine(pipe, s, device, park=HOST_COMPONENTS[offload], note=self._note)
         levers_first = levers_before_placement(offload)
         placed: dict[str, Any] = {}
         if not levers_first:

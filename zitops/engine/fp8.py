@@ -22,9 +22,10 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
+from zitops.engine.transfer import Stager, stager_for, to_device
 from zitops.errors import ProfileError
 
 if TYPE_CHECKING:
@@ -59,13 +60,20 @@ def resolve_mode(setting: bool | str, device: str) -> str | None:
     return "gemm" if fp8_supported(device) else "weight_only"
 
 
-def _quantized(weight: Any, device: Any) -> tuple[Any, Any]:
+def _quantized(weight: Any, device: Any, stager: Stager | None) -> tuple[Any, Any]:
     """(e4m3 weight, per-row float32 scale of shape [out, 1]) on ``device``."""
     import torch
 
-    w = weight.detach().to(device).float()
+    w = to_device(weight.detach(), device, stager).float()
     scale = (w.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
     return (w / scale).to(torch.float8_e4m3fn), scale
+
+
+def fast_accum() -> bool:
+    """fp8 GEMMs with Hopper's fast (lower-precision) accumulation: opt-in, ``ZITOPS_ACCEL=+fp8fastacc``."""
+    from zitops.engine.accel import enabled_levers
+
+    return "fp8fastacc" in enabled_levers()
 
 
 def _linear_classes() -> dict[str, Any]:
@@ -79,14 +87,15 @@ def _linear_classes() -> dict[str, Any]:
     class Fp8Linear(torch.nn.Module):
         """A frozen linear layer: e4m3 weights with per-row scales, activations scaled per token."""
 
-        def __init__(self, lin: Any, device: Any) -> None:
+        def __init__(self, lin: Any, device: Any, stager: Stager | None = None) -> None:
             super().__init__()
-            w8, scale = _quantized(lin.weight, device)
+            w8, scale = _quantized(lin.weight, device, stager)
             self.register_buffer("weight_fp8", w8)
             self.register_buffer("weight_scale", scale.t().contiguous())
-            self.bias = None if lin.bias is None else torch.nn.Parameter(lin.bias.detach().to(device),
-                                                                          requires_grad=False)
+            self.bias = None if lin.bias is None else torch.nn.Parameter(
+                to_device(lin.bias.detach(), device, stager), requires_grad=False)
             self.in_features, self.out_features = lin.in_features, lin.out_features
+            self.fast_accum = fast_accum()
 
         def forward(self, x: Any) -> Any:
             shape = x.shape
@@ -95,20 +104,21 @@ def _linear_classes() -> dict[str, Any]:
             xq = (flat.float() / xs).to(torch.float8_e4m3fn)
             w8: Any = self.weight_fp8
             ws: Any = self.weight_scale
-            out = torch._scaled_mm(xq, w8.t(), scale_a=xs, scale_b=ws, bias=self.bias, out_dtype=x.dtype)
+            out = torch._scaled_mm(xq, w8.t(), scale_a=xs, scale_b=ws, bias=self.bias, out_dtype=x.dtype,
+                                   use_fast_accum=self.fast_accum)
             return out.reshape(*shape[:-1], out.shape[-1])
 
     class Fp8WeightOnlyLinear(torch.nn.Module):
         """A frozen linear layer stored as e4m3 with per-row scales, computed in the activation dtype."""
 
-        def __init__(self, lin: Any, device: Any) -> None:
+        def __init__(self, lin: Any, device: Any, stager: Stager | None = None) -> None:
             super().__init__()
-            w8, scale = _quantized(lin.weight, device)
+            w8, scale = _quantized(lin.weight, device, stager)
             self.register_buffer("weight_fp8", w8)
             # Kept in the layer's own dtype: the dequantize is then one multiply, no float32 copy.
             self.register_buffer("weight_scale", scale.to(lin.weight.dtype))
-            self.bias = None if lin.bias is None else torch.nn.Parameter(lin.bias.detach().to(device),
-                                                                          requires_grad=False)
+            self.bias = None if lin.bias is None else torch.nn.Parameter(
+                to_device(lin.bias.detach(), device, stager), requires_grad=False)
             self.in_features, self.out_features = lin.in_features, lin.out_features
 
         def forward(self, x: Any) -> Any:
@@ -186,17 +196,18 @@ def _aligned(lin: Any) -> bool:
 
 
 def quantize_pipeline(pipe: Any, mode: str, keep: tuple[str, ...], device: str, *,
-                      park: str | None = None) -> dict[str, Any]:
+                      park: Collection[str] = ()) -> dict[str, Any]:
     """Swap the transformer's and text encoder's linears (all but the kept) for ``mode``'s fp8 class.
 
     Each new layer's weights are built on ``device`` and the old layer dropped
-    at once, so the bf16 weights never sit on ``device`` all together. With
-    ``park`` (an offloading profile: "cpu") each fp8 layer moves there once
-    built: quantized by the GPU, stored on the host. Returns what ``/status``
-    shows as ``effective.fp8``.
+    at once, so the bf16 weights never sit on ``device`` all together. The
+    layers of the components in ``park`` (those an offloading profile keeps in
+    host memory) move to the host once built: quantized by the GPU, stored on
+    the host. Returns what ``/status`` shows as ``effective.fp8``.
     """
     swaps, kept = plan_swaps(pipe, keep)
     cls = linear_class(mode)
+    stager = stager_for(device)
     counts: dict[str, int] = {}
     unaligned = 0
     for component, layers in swaps.items():
@@ -210,8 +221,8 @@ def quantize_pipeline(pipe: Any, mode: str, keep: tuple[str, ...], device: str, 
                 continue
             owner_name, _, attr = name.rpartition(".")
             owner = root.get_submodule(owner_name) if owner_name else root
-            layer = cls(lin, device)
-            setattr(owner, attr, layer if park is None else layer.to(park))
+            layer = cls(lin, device, stager)
+            setattr(owner, attr, layer.to("cpu") if component in park else layer)
             del lin
             done += 1
         counts[component] = done
@@ -222,12 +233,13 @@ def quantize_pipeline(pipe: Any, mode: str, keep: tuple[str, ...], device: str, 
     return info
 
 
-def quantize_for_engine(pipe: Any, settings: EngineSettings, device: str, *, park: str | None,
+def quantize_for_engine(pipe: Any, settings: EngineSettings, device: str, *, park: Collection[str],
                         note: Callable[[str], None]) -> dict[str, Any]:
-    """``engine.fp8``: linears to fp8, computed on ``device`` and kept there or on ``park``; the effective keys.
+    """``engine.fp8``: linears to fp8, computed on ``device``; the effective keys.
 
-    An offloading profile parks each fp8 layer on the host as soon as it exists,
-    so a small card never holds more than one bf16 layer during set-up.
+    The components in ``park`` (kept in host memory by the profile's offload)
+    get each fp8 layer moved to the host as soon as it exists, so a small card
+    never holds more than one bf16 layer of them during set-up.
     """
     from zitops.engine.accel import disabled_levers, enabled_levers
     from zitops.engine.attention import fuse_projections

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from zitops.engine.offload import HOST_COMPONENTS
 from zitops.errors import EngineError, ModelError, ProfileError
 from zitops.profile import EngineSettings
 
@@ -90,7 +91,7 @@ def setup_compile(pipe: Any, s: EngineSettings, *, on_cuda: bool, compile_on_cpu
     if not on_cuda and not compile_on_cpu:
         note("compile=true is skipped on the CPU (no benefit for a demo)")
         return False
-    if s.offload != "none" and on_cuda:
+    if "transformer" in HOST_COMPONENTS[s.offload] and on_cuda:
         note("compile with offload: offload hooks move weights each call, expect recompiles")
     from zitops.engine.accel import compile_pipeline
     from zitops.engine.compile_cache import configure_compile_cache

@@ -9,7 +9,13 @@
   encoder: their ModuleLists are cut into groups of ``engine.offload_group_blocks``
   blocks kept in pinned host memory, and with ``engine.offload_stream`` the
   next group is copied on a side CUDA stream while the current one computes.
-  The VAE (160 MB) stays resident. Measured on an H200 under 12 and 8 GiB caps
+  The VAE (160 MB) stays resident.
+- ``text_encoder``: the transformer and the VAE stay resident; only the text
+  encoder lives in pinned host memory and streams onto the device block by
+  block (group offload, one block per group, on a copy stream) while a prompt
+  is encoded. The encoder runs once per request and the transformer eight
+  times, so this moves ~4 GB (fp8) per image instead of ~10 GB for model
+  offload, and never holds the two together: the small-card tiers' mechanism
   (docs/benchmarks.md "Tiers for 12 and 8 GB cards").
 
 Imports torch and diffusers inside functions only (the worker and benchmarks call it).
@@ -23,7 +29,17 @@ from zitops.errors import EngineError
 from zitops.profile import EngineSettings
 
 GROUP_COMPONENTS = ("transformer", "text_encoder")
-"""What group offload streams; every other component (the VAE) stays on the device."""
+"""What ``group`` streams; every other component (the VAE) stays on the device."""
+
+HOST_COMPONENTS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "model": ("transformer", "text_encoder", "vae"),
+    "sequential": ("transformer", "text_encoder", "vae"),
+    "group": GROUP_COMPONENTS,
+    "text_encoder": ("text_encoder",),
+}
+"""Per ``engine.offload``, the components whose weights live in host memory between calls
+(fp8 parks its layers of these on the host as it builds them)."""
 
 
 def levers_before_placement(offload: str) -> bool:
@@ -33,7 +49,7 @@ def levers_before_placement(offload: str) -> bool:
     a projection fused afterwards would be a parameter it does not know, so the
     engine fuses first, on the host, then applies group offload.
     """
-    return offload == "group"
+    return offload in ("group", "text_encoder")
 
 
 def place(pipe: Any, offload: str, device: str, settings: EngineSettings) -> dict[str, Any]:
@@ -46,10 +62,24 @@ def place(pipe: Any, offload: str, device: str, settings: EngineSettings) -> dic
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     elif offload == "group":
-        return group_offload(pipe, device, settings)
+        return group_offload(pipe, device, settings, GROUP_COMPONENTS)
+    elif offload == "text_encoder":
+        return group_offload(pipe, device, settings, HOST_COMPONENTS[offload])
     else:
-        pipe.to(device)
+        resident_to(pipe, device, ())
     return {}
+
+
+def resident_to(pipe: Any, device: str, host: tuple[str, ...]) -> None:
+    """Every module component not in ``host`` onto ``device``, staged through pinned memory on CUDA."""
+    import torch
+
+    from zitops.engine.transfer import module_to, stager_for
+
+    stager = stager_for(device)
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module) and name not in host:
+            module_to(component, device, stager)
 
 
 def group_blocks(settings: EngineSettings) -> int:
@@ -62,8 +92,9 @@ def group_blocks(settings: EngineSettings) -> int:
     return 1 if settings.offload_stream else settings.offload_group_blocks
 
 
-def group_offload(pipe: Any, device: str, settings: EngineSettings) -> dict[str, Any]:
-    """diffusers' block-level group offload on the transformer and the text encoder; the rest on ``device``."""
+def group_offload(pipe: Any, device: str, settings: EngineSettings,
+                  components: tuple[str, ...]) -> dict[str, Any]:
+    """diffusers' block-level group offload on ``components``; the rest on ``device``."""
     import torch
 
     stream = settings.offload_stream
@@ -77,12 +108,11 @@ def group_offload(pipe: Any, device: str, settings: EngineSettings) -> dict[str,
         # record_stream lets the side stream's copies be freed without a sync: faster, a little more memory.
         record_stream=stream, non_blocking=stream, low_cpu_mem_usage=settings.offload_low_cpu_mem,
         exclude_modules=[name for name, c in pipe.components.items()
-                         if isinstance(c, torch.nn.Module) and name not in GROUP_COMPONENTS],
+                         if isinstance(c, torch.nn.Module) and name not in components],
     )
-    for name, component in pipe.components.items():
-        if isinstance(component, torch.nn.Module) and name not in GROUP_COMPONENTS:
-            component.to(device)
-    return {"offload_group": {"blocks": blocks, "stream": stream, "low_cpu_mem": settings.offload_low_cpu_mem}}
+    resident_to(pipe, device, components)
+    return {"offload_group": {"components": list(components), "blocks": blocks, "stream": stream,
+                              "low_cpu_mem": settings.offload_low_cpu_mem}}
 
 
 def describe(pipe: Any) -> dict[str, str]:
