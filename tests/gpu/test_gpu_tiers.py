@@ -1,7 +1,9 @@
 """The small-card tiers on the real-size architecture, each under its memory cap.
 
-``lowvram-8`` and ``lowvram-12`` (fp8, model offload) are set
-up with the full-size random model, quantized layer by layer from host memory, under ``torch.cuda.set_per_process_memory_fraction`` (the engine's
+``lowvram-8`` (fp8, model offload) and ``lowvram-12`` (fp8, the text encoder
+streamed from pinned memory, the rest resident) are set up with the full-size
+random model, quantized layer by layer from host memory, under
+``torch.cuda.set_per_process_memory_fraction`` (the engine's
 ``memory_cap_gib``, as ``zitops bench --memory-cap-gib`` applies it) and
 generate one 1024x1024 image under a cap of the card's size less 0.5 GiB (the
 CUDA context a real card of that size also holds), with no OOM split.
@@ -44,6 +46,8 @@ def test_each_tier_generates_under_its_cap(tmp_path: Path, name: str, card_gib: 
         assert eff["fp8"]["linears"]["transformer"] > 0 and eff["fp8"]["linears"]["text_encoder"] > 0
         if settings.offload == "none":
             assert describe(engine.pipe) == {"transformer": "cuda", "text_encoder": "cuda", "vae": "cuda"}
+        elif settings.offload == "text_encoder":
+            assert describe(engine.pipe) == {"transformer": "cuda", "text_encoder": "group", "vae": "cuda"}
         torch.cuda.reset_peak_memory_stats(device)
         out = engine.generate(small_request((21,), width=1024, height=1024, steps=2))
         # The caching allocator keeps freed blocks up to the cap and gives them back before
