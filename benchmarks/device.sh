@@ -130,9 +130,10 @@ scenario_tiers_8_te() { # the 8 GiB tier with lowvram-12's mechanism (text encod
 scenario_h2d() { # host-to-GPU copy speed: pageable .to() against zitops' pinned staging, and pinning (issue 14)
   timeout 120 python3 benchmarks/h2d.py --gib 2 --out "$OUT/h2d.json" 2>&1 | quiet | tail -12
 }
-scenario_ecommerce_fp8_fast() { # ecommerce fp8 with Hopper's fast fp8 accumulation: images/min, deviation from bf16 (issue 14)
-  ZITOPS_ACCEL=+fp8fastacc bench ecommerce-fp8-fast 240 --arch full --profile ecommerce --set engine.fp8=true \
-    --runs 3 --paths engine --compare bf16 --cache-dir /tmp/zcache-e8
+scenario_ecommerce_fp8_taef1() { # ecommerce fp8 with its fast decode (a random TAEF1-shaped decoder): images/min, deviation (issue 14)
+  python3 benchmarks/taef1.py /tmp/taef1 > /dev/null
+  bench ecommerce-fp8-taef1 260 --arch full --profile ecommerce --set engine.fp8=true \
+    --set engine.tiny_vae_path=/tmp/taef1 --runs 3 --paths engine --compare bf16 --cache-dir /tmp/zcache-e8
 }
 scenario_tiers_choice() { # bf16 group offload (pinned, copy stream) under the 12 GiB cap, against lowvram-12's fp8 (issue 14)
   bench tiers-choice-group-12 240 --arch full --profile benchmarks/tiers/group-12.yaml --runs 2 --warmup 1 \

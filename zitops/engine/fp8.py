@@ -70,10 +70,14 @@ def _quantized(weight: Any, device: Any, stager: Stager | None) -> tuple[Any, An
 
 
 def fast_accum() -> bool:
-    """fp8 GEMMs with Hopper's fast (lower-precision) accumulation: opt-in, ``ZITOPS_ACCEL=+fp8fastacc``."""
-    from zitops.engine.accel import enabled_levers
+    """fp8 GEMMs with the fast accumulation of Hopper's fp8 tensor cores (``ZITOPS_ACCEL=-fp8fastacc`` turns it off).
 
-    return "fp8fastacc" in enabled_levers()
+    H200, ecommerce (896x896, batch 8): 0.441 -> 0.421 s/image, the deviation from bf16 unchanged
+    (35.47 dB, max abs 0.1176 both; random weights).
+    """
+    from zitops.engine.accel import disabled_levers
+
+    return "fp8fastacc" not in disabled_levers()
 
 
 def _linear_classes() -> dict[str, Any]:
