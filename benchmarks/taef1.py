@@ -12,6 +12,7 @@ not its values, so the GPU benchmarks time a random one. TAEF1 is diffusers'
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import torch
 from diffusers import AutoencoderTiny
@@ -24,7 +25,8 @@ def main() -> None:
     if len(sys.argv) != 2:
         raise SystemExit("usage: python3 benchmarks/taef1.py DIR")
     torch.manual_seed(0)
-    AutoencoderTiny(**TAEF1).save_pretrained(sys.argv[1], safe_serialization=True)
+    tae: Any = AutoencoderTiny(**TAEF1)
+    tae.save_pretrained(sys.argv[1], safe_serialization=True)
     print(sys.argv[1])
 
 
