@@ -72,11 +72,16 @@ def need_gib(profile: Profile) -> float:
     """The profile's measured peak VRAM (GiB) on one GPU."""
     if profile.engine.offload == "group":
         return GROUP_BOUND_GIB
+    bf16_peak = MEASURED_PEAK_GIB.get(profile.name, max(MEASURED_PEAK_GIB.values()))
     if profile.engine.offload != "none":
-        return OFFLOAD_PEAK_GIB["fp8" if profile.engine.fp8 else "bf16"]
+        mode = "model" if profile.engine.offload == "sequential" else profile.engine.offload
+        weights = "fp8" if profile.engine.fp8 not in (False, "auto") else "bf16"  # auto may mean bf16
+        return OFFLOAD_PEAK_GIB.get((mode, weights), bf16_peak)
+    if profile.engine.fp8 == "auto":  # bf16 on a card without fp8 GEMMs: its peak is the bound
+        return max(FP8_PEAK_GIB.get(profile.name, 0.0), bf16_peak)
     if profile.engine.fp8:
         return FP8_PEAK_GIB.get(profile.name, max(FP8_PEAK_GIB.values()))
-    return MEASURED_PEAK_GIB.get(profile.name, max(MEASURED_PEAK_GIB.values()))
+    return bf16_peak
 
 
 def model_is_tiny(model: str) -> bool:

@@ -19,13 +19,15 @@ TARGETS = ("supervisor", "systemd", "k8s")
 MEASURED_PEAK_GIB = {"designer": 21.3, "poster": 21.3, "ecommerce": 21.4}
 """Engine peak VRAM per bf16 profile on an H200 (README "Measured speed"); a custom profile takes the largest."""
 
-FP8_PEAK_GIB = {"lowvram": 13.0, "ecommerce": 12.7, "designer": 15.7}
-"""Peaks with ``engine.fp8`` on (H200, 2026-11-29: lowvram and ecommerce with the bf16 keep-list; designer
-from 2026-11-26, transformer only); a custom fp8 profile takes the largest."""
+FP8_PEAK_GIB = {"lowvram": 13.0, "ecommerce": 14.5, "designer": 15.7}
+"""Peaks with ``engine.fp8`` on (H200, 2026-11-29: lowvram with the bf16 keep-list, ecommerce with it and a
+TAEF1-shaped decoder; designer from 2026-11-26, transformer only); a custom fp8 profile takes the largest."""
 
-OFFLOAD_PEAK_GIB = {"bf16": 12.1, "fp8": 7.0}
-"""``engine.offload: model`` or ``sequential``, by weight format: bf16 model offload 12.1 GiB (H200,
-2026-11-26); fp8 model offload, lowvram-8 and lowvram-12, 6.99 GiB allocated under an 8 GiB cap (H200, 2026-11-29)."""
+OFFLOAD_PEAK_GIB = {("model", "bf16"): 12.1, ("model", "fp8"): 7.0, ("text_encoder", "fp8"): 10.6}
+"""``engine.offload`` mode (``sequential`` as ``model``) and weight format: bf16 model offload 12.1 GiB
+(H200, 2026-11-26); fp8 model offload (lowvram-8) 6.99 GiB allocated under a 7.5 GiB cap; fp8 with the
+text encoder streamed (lowvram-12) 10.58 GiB under an 11.5 GiB cap (H200, 2026-11-29). bf16 with the
+text encoder streamed is not measured: its bound is the bf16 resident peak."""
 
 GROUP_BOUND_GIB = 11.5
 """``engine.offload: group`` (no built-in profile uses it): not measured to a finish on a GPU, so the

@@ -104,9 +104,11 @@ class EngineSettings(_Section):
     # The transformer's and text encoder's linears in float8 e4m3 with per-row
     # scales (zitops/engine/fp8.py). true: fp8 GEMMs where the card has them
     # (compute capability 8.9+), weight-only elsewhere (pre-Ada GPUs, the CPU);
-    # "weight_only": e4m3 storage, bf16 matmuls, everywhere. Smaller and (with
-    # GEMMs) faster, but not bf16-exact: `zitops bench --compare bf16` measures it.
-    fp8: Literal["weight_only"] | bool = False
+    # "weight_only": e4m3 storage, bf16 matmuls, everywhere; "auto": fp8 GEMMs
+    # where the card has them, the profile's precision elsewhere (for speed, not
+    # memory). Smaller and (with GEMMs) faster, but not bf16-exact:
+    # `zitops bench --compare bf16` measures it.
+    fp8: Literal["weight_only", "auto"] | bool = False
     # Layers fp8 leaves in the profile's precision (the quality guard): module
     # names "transformer.<path>" / "text_encoder.<path>", a name covering what is
     # under it, globs allowed, a negative index counting from the end of a list.

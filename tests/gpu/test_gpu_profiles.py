@@ -127,6 +127,10 @@ def test_fast_vae_decode_uses_the_tiny_autoencoder_on_the_gpu(tmp_path: Path) ->
     try:
         assert engine.effective["vae_decode"] == "fast"
         assert engine.tiny_vae is not None and on_device(engine.tiny_vae) == {"cuda"}
+        from zitops.engine.fp8 import fp8_supported
+
+        # ecommerce's engine.fp8 "auto": the fp8 path exactly where the card has fp8 GEMMs.
+        assert (engine.effective.get("fp8", {}).get("mode") == "gemm") == fp8_supported(DEVICE)
         calls: list[int] = []
         handle = engine.tiny_vae.decoder.register_forward_hook(lambda m, a, o: calls.append(1))
         try:

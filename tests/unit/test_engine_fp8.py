@@ -116,3 +116,29 @@ def test_fp8_true_on_the_cpu_generates_weight_only_within_the_bound_of_fp32(tmp_
     deviation = compare_images(images[False], images[True])
     assert WEIGHT_ONLY_MIN_PSNR_DB <= deviation["psnr_db"] < 999.0, deviation
     assert 0 < deviation["max_abs"] <= 0.25, deviation
+
+
+def test_fp8_auto_on_the_cpu_leaves_the_layers_alone_and_generates_the_bf16_image(tmp_path: Path) -> None:
+    from zitops.engine.diffusers_engine import DiffusersEngine
+    from zitops.engine.request import GenerationRequest
+
+    assert load_profile("ecommerce").engine.fp8 == "auto"
+    assert fp8.resolve_mode("auto", "cpu") is None and fp8.resolve_mode(True, "cpu") == "weight_only"
+    request = GenerationRequest(prompt="a red fox in snow", seeds=(3,), width=64, height=64, steps=2,
+                                sampler="euler")
+    images = {}
+    for setting in (False, "auto"):
+        engine = DiffusersEngine(settings(fp8=setting), str(tiny_model_dir()), state_dir=tmp_path)
+        engine.setup("cpu")
+        images[setting] = engine.generate(request).images[0]
+        assert "fp8" not in engine.effective
+        assert not any(isinstance(m, (fp8.linear_class("gemm"), fp8.linear_class("weight_only")))
+                       for m in engine.pipe.transformer.modules())
+    assert images[False].tobytes() == images["auto"].tobytes()
+
+
+def test_fast_accumulation_is_on_unless_the_lever_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ZITOPS_ACCEL", raising=False)
+    assert fp8.fast_accum() is True
+    monkeypatch.setenv("ZITOPS_ACCEL", "-fp8fastacc")
+    assert fp8.fast_accum() is False

@@ -11,10 +11,10 @@ import pytest
 from tests.cli_support import fake_weights, run_cli
 from tests.nvml_support import RecordedNvml, Sample
 from zitops import deploy
-from zitops.doctor import resolve
+from zitops.doctor import need_gib, resolve
 from zitops.doctor_model import DoctorRequest
 from zitops.profile import load_profile
-from zitops.tiers import MIN_MIB, Card, TierError, choose_tier, tier_for_mib
+from zitops.tiers import MIN_MIB, TIERS, Card, TierError, choose_tier, tier_for_mib
 
 BIN = "/usr/local/bin/zitops"
 
@@ -113,3 +113,10 @@ def test_doctor_reports_the_tier_each_card_gets(tmp_path: Path) -> None:
     assert not tiny_card.ok and "needs at least 7680 MiB" in tiny_card.detail and tiny_card.fix
     no_gpu = check_tier(setup, False, Probe())
     assert no_gpu.ok and "picks designer" in no_gpu.detail
+
+
+@pytest.mark.parametrize(("least_mib", "profile"), TIERS)
+def test_each_tier_peaks_below_the_smallest_card_it_is_chosen_for(least_mib: int, profile: str) -> None:
+    # The doctor's memory check on a card at the tier's threshold passes: the tier's measured
+    # peak fits the smallest card the policy gives it, as NVML reports that card.
+    assert need_gib(load_profile(profile)) <= least_mib / 1024

@@ -9,7 +9,8 @@ Two ways to run a float8 e4m3 weight (per-row scales):
   any GPU and on the CPU (slower than bf16 there: a dequantize per call).
 
 ``engine.fp8: true`` picks gemm where the device has fp8 GEMMs and weight_only
-elsewhere; ``"weight_only"`` forces it. The keep-list (``engine.fp8_keep_bf16``)
+elsewhere; ``"weight_only"`` forces it; ``"auto"`` (a speed profile's choice)
+takes gemm where it exists and leaves the layers alone elsewhere. The keep-list (``engine.fp8_keep_bf16``)
 names layers that stay in the profile's precision: fp8 on every layer of the
 trained model turned its images into noise (vLLM-Omni, PR 2795), fixed by
 keeping the sensitive ones. Weights are quantized one layer at a time straight
@@ -52,12 +53,14 @@ def fp8_supported(device: str) -> bool:
 
 
 def resolve_mode(setting: bool | str, device: str) -> str | None:
-    """``engine.fp8`` on ``device``: "gemm", "weight_only" or None (off)."""
+    """``engine.fp8`` on ``device``: "gemm", "weight_only" or None (off; "auto" without fp8 GEMMs)."""
     if setting is False:
         return None
     if setting == "weight_only":
         return "weight_only"
-    return "gemm" if fp8_supported(device) else "weight_only"
+    if fp8_supported(device):
+        return "gemm"
+    return None if setting == "auto" else "weight_only"
 
 
 def _quantized(weight: Any, device: Any, stager: Stager | None) -> tuple[Any, Any]:
