@@ -72,6 +72,11 @@ def test_every_profile_runs_with_its_engine_settings_in_effect(name: str, compil
             assert offload_layout(pipe) == {"transformer": "group", "text_encoder": "group", "vae": "cuda"}
             assert eff["offload_group"]["blocks"] == group_blocks(s) and eff["offload_group"]["stream"] is s.offload_stream
             assert "text_encoder" not in eff, "no CUDA graphs for an encoder that moves between devices"
+        elif s.offload == "text_encoder":
+            # The text encoder streamed block by block from pinned memory, the rest resident.
+            assert offload_layout(pipe) == {"transformer": "cuda", "text_encoder": "group", "vae": "cuda"}
+            assert eff["offload_group"]["components"] == ["text_encoder"]
+            assert "text_encoder" not in eff, "no CUDA graphs for an encoder that moves between devices"
         else:
             assert s.offload == "none"
             for component in ("text_encoder", "transformer", "vae"):
