@@ -116,6 +116,10 @@ def test_every_profile_runs_with_its_engine_settings_in_effect(name: str, compil
             # After the job the groups are back in host memory; only the VAE stays.
             for component in ("text_encoder", "transformer"):
                 assert on_device(getattr(pipe, component)) == {"cpu"}, component
+        elif s.offload == "text_encoder":
+            # After the job the encoder's blocks are back in pinned host memory; the rest stayed.
+            assert on_device(pipe.text_encoder) == {"cpu"}
+            assert on_device(pipe.transformer) == on_device(pipe.vae) == {"cuda"}
         else:
             runner = pipe._zitops_text_runner
             captured = dict(runner._captured)
