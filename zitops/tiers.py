@@ -13,8 +13,8 @@ CUDA context (about 0.5 GiB) above the tier's measured peak:
 |----------------------------|--------------|--------------------------------------------------------|
 | >= 22 GiB (22,528 MiB)     | designer     | everything resident: 21.3 GiB peak (H200, 1024x1024)   |
 | >= 15.5 GiB (15,872 MiB)   | lowvram      | the 16 GB class (docs/benchmarks.md)                   |
-| >= 11.5 GiB (11,776 MiB)   | lowvram-12   | fp8, model offload (as lowvram-8, docs/benchmarks.md)  |
-| >= 7.5 GiB (7,680 MiB)     | lowvram-8    | fp8, model offload: 6.99 GiB under an 8 GiB cap (H200) |
+| >= 11.5 GiB (11,776 MiB)   | lowvram-12   | fp8, text encoder streamed: 10.58 GiB under 11.5 (H200)|
+| >= 7.5 GiB (7,680 MiB)     | lowvram-8    | fp8, model offload: 6.99 GiB under 7.5 GiB (H200)      |
 | less                       | refused      | :class:`TierError` names the minimum                   |
 
 Cards between two classes (10 and 11 GB, 20 GB) take the smaller tier, whose
