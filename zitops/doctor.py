@@ -134,6 +134,7 @@ def run(req: DoctorRequest) -> Report:
     checks.append(dc.check_port(setup.host, setup.port))
     checks.append(dc.check_service_manager(setup))
     checks.append(dc.check_compile_cache(setup))
+    checks.append(dc.check_fast_decode(setup))
     return Report(setup, tuple(checks))
 
 

@@ -1,4 +1,4 @@
-"""The host checks of ``zitops doctor``: GPU stack, directories, disk, port, service manager, compile cache.
+"""The host checks of ``zitops doctor``: GPU stack, directories, disk, port, service manager, caches, fast decode.
 
 Each function takes the resolved setup and returns :class:`zitops.doctor.Check`
 values. torch and pynvml are imported inside the functions that need them.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import getpass
+import json
 import os
 import shutil
 import socket
@@ -20,6 +21,8 @@ from typing import Any
 from zitops.doctor_model import MIN_FREE_GIB, Check, GpuSeen, Probe, Setup
 
 GIB = 1024.0**3
+LATENT_CHANNELS = 16
+"""Z-Image-Turbo's VAE (FLUX's): the latent channels a fast-decode autoencoder must take."""
 
 
 def check_torch(needs_gpu: bool) -> Check:
@@ -244,3 +247,28 @@ def check_compile_cache(setup: Setup) -> Check:
                      "(H200: first image about 6 s after Ready, docs/runtime.md)")
     return Check("compile cache", True, f"{inductor} is empty: the first job after the first start compiles "
                  "before it runs (tens of seconds more; later starts reuse the cache)", warning=True)
+
+
+def check_fast_decode(setup: Setup) -> Check:
+    """``vae_decode: fast`` has a TAEF1-style autoencoder to decode with (torch-free: its config.json)."""
+    engine = setup.profile.engine
+    if engine.vae_decode != "fast":
+        return Check("fast decode", True, f"profile {setup.profile.name} decodes with the full VAE "
+                     f"({engine.vae_decode})")
+    fix = ("put TAEF1 (madebyollin/taef1, diffusers format) in a local directory and point "
+           "engine.tiny_vae_path at it (zitops deploy --set engine.tiny_vae_path=DIR)")
+    if not engine.tiny_vae_path:
+        return Check("fast decode", True, "vae_decode is fast but engine.tiny_vae_path is not set: the worker "
+                     "falls back to tiled decode (ecommerce on an H200: 142.6 images/minute against 191.7 "
+                     "with a TAEF1-shaped decoder)", fix=fix, warning=True)
+    config = Path(engine.tiny_vae_path).expanduser() / "config.json"
+    try:
+        data = json.loads(config.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        return Check("fast decode", False, f"engine.tiny_vae_path: {config} cannot be read "
+                     f"({exc.__class__.__name__}); the worker would not start", fix=fix)
+    kind, channels = data.get("_class_name"), data.get("latent_channels")
+    if kind != "AutoencoderTiny" or channels != LATENT_CHANNELS:
+        return Check("fast decode", False, f"engine.tiny_vae_path: {config} is a {kind} with {channels} latent "
+                     f"channels; Z-Image's VAE needs an AutoencoderTiny with {LATENT_CHANNELS} (TAEF1)", fix=fix)
+    return Check("fast decode", True, f"TAEF1-style AutoencoderTiny at {config.parent}")

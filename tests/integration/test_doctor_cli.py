@@ -104,3 +104,23 @@ def test_hard_failures_for_deploy_name_the_model_path_and_the_port(tmp_path: Pat
         failed = hard_failures(str(tmp_path / "gone"), tmp_path, "127.0.0.1", port, start=True)
     assert [c.name for c in failed] == ["model", "port"]
     assert str(tmp_path / "gone") in failed[0].detail and f"port {port}" in failed[1].detail
+
+
+def test_fast_decode_is_checked_against_the_autoencoder_on_disk(tmp_path: Path) -> None:
+    from zitops.engine.tiny import TINY_VAE_DIR
+
+    tae, kl = tiny_model_dir() / TINY_VAE_DIR, tiny_model_dir() / "vae"
+    seen = {}
+    for name, sets in {"tae": [f"engine.tiny_vae_path={tae}"], "none": [],
+                       "kl": [f"engine.tiny_vae_path={kl}"]}.items():
+        cfg = runtime_config(tmp_path / name, port=free_port(), model=str(tiny_model_dir()),
+                             sets=["engine.vae_decode=fast", *sets])
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(yaml.safe_dump(config_to_dict(cfg)))
+        proc = doctor("--config", str(config), "--json")
+        seen[name] = (proc.returncode, {c["name"]: c for c in json.loads(proc.stdout)["checks"]}["fast decode"])
+    assert seen["tae"][0] == 0 and seen["tae"][1]["ok"] and not seen["tae"][1].get("warning")
+    assert seen["none"][0] == 0 and seen["none"][1]["warning"] is True
+    assert "falls back to tiled decode" in seen["none"][1]["detail"] and "tiny_vae_path" in seen["none"][1]["fix"]
+    assert seen["kl"][0] != 0 and seen["kl"][1]["ok"] is False
+    assert "AutoencoderKL with 16 latent channels" in seen["kl"][1]["detail"]
