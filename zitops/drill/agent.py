@@ -152,11 +152,14 @@ class ReadyzWatcher:
         self.url = url
         self.interval_s = interval_s
         self.changes: list[dict[str, Any]] = []
+        self.started = 0.0
+        """When polling began (wall clock): the drill's events from here on are its own."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drill-readyz", daemon=True)
 
     def start(self) -> None:
         """Start polling."""
+        self.started = time.time()
         self._thread.start()
 
     def stop(self) -> None:

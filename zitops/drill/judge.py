@@ -71,7 +71,9 @@ def judge(report: DrillReport, plan: DrillPlan, done: Jobs, before: dict[str, An
     spells = watcher.down_spells()
     report.figures["readyz_down_s"] = [round(s, 2) for s in spells]
     events, m = report.events, report.metrics
-    t0 = min((c["time"] for c in watcher.changes), default=0.0)
+    # From when the watcher started, not its first poll: on a loaded host the crash came
+    # before that poll, and the drill missed its own crash (5 of 6 concurrent runs, 2026-11-29).
+    t0 = watcher.started
     if plan.kind == "crash":
         crash = _after(events, "crash", t0)
         ready = _after(events, "ready", crash["time"], crash["worker"]) if crash else None

@@ -61,9 +61,7 @@ def place(pipe: Any, offload: str, device: str, settings: EngineSettings) -> dic
         pipe.enable_model_cpu_offload(device=device)
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
-    elif offload == "group":
-        return group_offload(pipe, device, settings, GROUP_COMPONENTS)
-    elif offload == "text_encoder":
+    elif offload in ("group", "text_encoder"):
         return group_offload(pipe, device, settings, HOST_COMPONENTS[offload])
     else:
         resident_to(pipe, device, ())
