@@ -234,6 +234,8 @@ def quantize_pipeline(pipe: Any, mode: str, keep: tuple[str, ...], device: str, 
             done += 1
         counts[component] = done
     info: dict[str, Any] = {"mode": mode, "linears": counts, "kept_bf16": len(kept)}
+    if mode == "gemm":
+        info["fast_accum"] = fast_accum()
     if unaligned:
         info["unaligned_kept"] = unaligned  # sides not multiples of 16: no fp8 GEMM for them
     log.info("fp8 %s: %s linears swapped, %d kept in their precision", mode, counts, len(kept))
