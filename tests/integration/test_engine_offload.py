@@ -82,3 +82,24 @@ def test_a_stream_needs_cuda() -> None:
 
     with pytest.raises(EngineError, match="engine.offload_stream needs a CUDA device, not cpu"):
         place(_pipeline(), "group", "cpu", settings(offload="group"))
+
+
+@pytest.mark.parametrize("offload", ["group", "text_encoder"])
+def test_group_hooks_carry_fp8_layers_and_keep_the_fp8_image(offload: str) -> None:
+    from zitops.engine import fp8
+    from zitops.engine.offload import HOST_COMPONENTS, place
+    from zitops.profile import FP8_KEEP_BF16
+
+    def quantized() -> Any:
+        pipe = _pipeline()
+        fp8.quantize_pipeline(pipe, "weight_only", FP8_KEEP_BF16, "cpu", park=HOST_COMPONENTS[offload])
+        return pipe
+
+    plain = _image(quantized())
+    pipe = quantized()
+    place(pipe, offload, "cpu", settings(offload=offload, offload_stream=False))
+    layout = describe(pipe)
+    assert all(layout[c] == "group" for c in HOST_COMPONENTS[offload])
+    # The group hooks wrap the fp8 layers (buffers, not parameters) and the image is the same. On the
+    # CPU the onload is to the CPU too: whether the buffers reach the GPU is the GPU lane's to show.
+    assert abs(_image(pipe) - plain).max() == 0.0
