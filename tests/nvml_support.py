@@ -56,9 +56,10 @@ class RecordedNvml:
     NVMLError = RecordedNVMLError
     NVML_VALUE_NOT_AVAILABLE = 2**64 - 1
 
-    def __init__(self, sample: Sample, name: str = "NVIDIA H200") -> None:
+    def __init__(self, sample: Sample, name: str = "NVIDIA H200", capability: tuple[int, int] | None = (9, 0)) -> None:
         self.sample = sample
         self.name = name
+        self.capability = capability  # None: NVML answers "Not Supported"
         self.pids: dict[int, int] = {}  # placeholder -> live pid
         self.inits = self.shutdowns = self.reads = 0
 
@@ -85,6 +86,11 @@ class RecordedNvml:
 
     def nvmlDeviceGetName(self, handle: str) -> bytes:  # noqa: N802
         return self.name.encode()
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle: str) -> tuple[int, int]:  # noqa: N802
+        if self.capability is None:
+            raise RecordedNVMLError("Not Supported")
+        return self.capability
 
     def nvmlDeviceGetUUID(self, handle: str) -> str:  # noqa: N802
         return "GPU-4f1c0f2e-0000-0000-0000-000000000000"

@@ -31,6 +31,8 @@ class GpuInfo:
     name: str
     uuid: str
     total_mib: float
+    capability: tuple[int, int] | None = None
+    """CUDA compute capability (major, minor), None where NVML cannot say."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,17 @@ def _load() -> tuple[Any | None, str | None]:
     return pynvml, None
 
 
+def _capability(pynvml: Any, handle: Any) -> tuple[int, int] | None:
+    read = getattr(pynvml, "nvmlDeviceGetCudaComputeCapability", None)
+    if read is None:
+        return None
+    try:
+        major, minor = read(handle)
+    except _nvml_error(pynvml):
+        return None
+    return int(major), int(minor)
+
+
 def probe_gpus() -> list[GpuInfo]:
     """Every NVML device, or [] with no driver, no NVML or no GPU."""
     pynvml, _why = _load()
@@ -88,6 +101,7 @@ def probe_gpus() -> list[GpuInfo]:
                     name=_text(pynvml.nvmlDeviceGetName(handle)),
                     uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
                     total_mib=float(mem.total) / MIB,
+                    capability=_capability(pynvml, handle),
                 )
             )
     except errors:

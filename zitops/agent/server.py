@@ -87,12 +87,35 @@ def failure_store(config: AgentConfig) -> FailureStore:
                         max_age_s=lg.failures_max_age_s, max_bytes=lg.failures_max_bytes)
 
 
+def settle_fp8(config: AgentConfig) -> AgentConfig:
+    """``engine.fp8: auto`` decided once for this host's workers, from NVML's compute capabilities.
+
+    The edge refuses LoRAs when the layers are fp8; deciding here, with the
+    same rule the worker's engine applies (:func:`zitops.engine.fp8.settle_auto`),
+    keeps a LoRA request from passing the edge and failing in the worker.
+    """
+    from zitops.engine.fp8 import settle_auto
+    from zitops.gpu import probe_gpus, worker_devices
+
+    engine = config.profile.engine
+    if engine.fp8 != "auto":
+        return config
+    devices = worker_devices(config.gpus)
+    found = {g.index: g.capability for g in probe_gpus()} if any(d is not None for d in devices) else {}
+    fp8 = settle_auto(engine.fp8, [None if d is None else found.get(d) for d in devices])
+    log.info("engine.fp8 auto settled for this host's workers", fp8=fp8,
+             capabilities=[None if d is None else found.get(d) for d in devices])
+    profile = config.profile.model_copy(update={"engine": engine.model_copy(update={"fp8": fp8})})
+    return config.model_copy(update={"profile": profile})
+
+
 def run(config: AgentConfig, config_path: str | Path | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT; return the exit code (0 after a clean drain)."""
     os.umask(UMASK)  # before the first file (the logs); workers inherit it
     make_dirs(config)
     configure_logging(config.profile.logging, log_dir=Path(config.paths.log_dir), fmt=config.log_format,
                       process="agent")
+    config = settle_fp8(config)
     tokens = read_tokens(config)
     check_bind_policy(config, tokens.all)
     open_files = raise_open_files(config.server.max_open_files)

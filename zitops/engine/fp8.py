@@ -43,24 +43,46 @@ COMPONENTS = ("transformer", "text_encoder")
 _classes: dict[str, Any] = {}
 
 
+FP8_GEMM_CAPABILITY = (8, 9)
+"""The CUDA compute capability from which a GPU has fp8 GEMMs (Ada, Hopper, Blackwell)."""
+
+
 def fp8_supported(device: str) -> bool:
     """True on CUDA devices with fp8 GEMMs: compute capability 8.9 or newer (Ada, Hopper, Blackwell)."""
     import torch
 
     if not device.startswith("cuda") or not torch.cuda.is_available():
         return False
-    return tuple(torch.cuda.get_device_capability(torch.device(device))) >= (8, 9)
+    return tuple(torch.cuda.get_device_capability(torch.device(device))) >= FP8_GEMM_CAPABILITY
 
 
-def resolve_mode(setting: bool | str, device: str) -> str | None:
-    """``engine.fp8`` on ``device``: "gemm", "weight_only" or None (off; "auto" without fp8 GEMMs)."""
+def mode_for(setting: bool | str, gemm: bool) -> str | None:
+    """``engine.fp8`` on a device with (``gemm``) or without fp8 GEMMs: "gemm", "weight_only" or None (off)."""
     if setting is False:
         return None
     if setting == "weight_only":
         return "weight_only"
-    if fp8_supported(device):
+    if gemm:
         return "gemm"
     return None if setting == "auto" else "weight_only"
+
+
+def resolve_mode(setting: bool | str, device: str) -> str | None:
+    """``engine.fp8`` on ``device``: "gemm", "weight_only" or None (off; "auto" without fp8 GEMMs)."""
+    return mode_for(setting, setting is not False and fp8_supported(device))
+
+
+def settle_auto(setting: bool | str, capabilities: list[tuple[int, int] | None]) -> bool | str:
+    """``engine.fp8`` for an agent whose workers run on devices of ``capabilities`` (None: the CPU).
+
+    "auto" becomes true when every worker's GPU has fp8 GEMMs (each then runs
+    them) and false otherwise, so the agent's edge and its workers agree on
+    whether the layers are fp8 (a LoRA request is refused at the edge exactly
+    then); any other setting is returned as it is.
+    """
+    if setting != "auto":
+        return setting
+    return bool(capabilities) and all(c is not None and c >= FP8_GEMM_CAPABILITY for c in capabilities)
 
 
 def _quantized(weight: Any, device: Any, stager: Stager | None) -> tuple[Any, Any]:
