@@ -102,9 +102,9 @@ def settle_fp8(config: AgentConfig) -> AgentConfig:
         return config
     devices = worker_devices(config.gpus)
     found = {g.index: g.capability for g in probe_gpus()} if any(d is not None for d in devices) else {}
-    fp8 = settle_auto(engine.fp8, [None if d is None else found.get(d) for d in devices])
-    log.info("engine.fp8 auto settled for this host's workers", fp8=fp8,
-             capabilities=[None if d is None else found.get(d) for d in devices])
+    capabilities = [None if d is None else found.get(d) for d in devices]
+    fp8 = settle_auto(engine.fp8, capabilities)
+    log.info("engine.fp8 auto settled for this host's workers", fp8=fp8, capabilities=capabilities)
     profile = config.profile.model_copy(update={"engine": engine.model_copy(update={"fp8": fp8})})
     return config.model_copy(update={"profile": profile})
 
