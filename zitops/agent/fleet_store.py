@@ -23,7 +23,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,6 +85,9 @@ class SharedStore(Store, Protocol):
 
     def available(self) -> tuple[bool, str | None]:
         """(True, None), or (False, why) while the store is known down."""
+
+    def watch(self, on_change: Callable[[str | None], None]) -> None:
+        """``on_change(reason)`` once when the store is lost, ``on_change(None)`` once when it is back."""
 
     def listener(self, retry_s: float = 1.0) -> AsyncIterator[NoticeLike]:
         """Wake-ups: queued, done, resync."""
@@ -224,17 +227,25 @@ class FleetStore:
 
     def _written_now(self, job_id: str, action: str, write: Callable[[], JobRecord]) -> JobRecord:
         try:
+            record = self._attempt(job_id, action, write)
+        except (Conflict, NotFound):
+            self.held.pop(job_id, None)
+            raise
+        self.held.pop(job_id, None)  # StoreUnavailable keeps it held: the caller parks the outcome
+        return record
+
+    def _attempt(self, job_id: str, action: str, write: Callable[[], JobRecord]) -> JobRecord:
+        """``write()``; on a refusal (the lease moved on) the job's current record. Any thread."""
+        try:
             record = write()
         except (Conflict, NotFound) as exc:
             # Reaped while we ran it (a stall past the lease, or the store lost
             # our claim): the job belongs to the queue or another agent now.
-            self.held.pop(job_id, None)
             self.log("warning", f"job {action} dropped: its lease moved on", job_id=job_id, error=str(exc))
             try:
                 return self.shared.get(job_id)
             except NotFound:
                 raise exc from None
-        self.held.pop(job_id, None)
         return record
 
     def _park(self, pending: Pending) -> None:
@@ -246,20 +257,22 @@ class FleetStore:
             self.log("error", "outbox full: outcome dropped; the job's lease expires and it runs again",
                      job_id=lost.job_id, action=lost.action)
 
-    def flush(self) -> int:
-        """Write parked outcomes in order while the store answers; how many were written."""
+    async def flush(self, off_loop: Callable[..., Awaitable[object]]) -> int:
+        """Write parked outcomes in order while the store answers, each off the loop; how many were written."""
         done = 0
         while self.outbox:
             pending = self.outbox[0]
             try:
-                record = self._written_now(pending.job_id, pending.action, pending.write)
+                record = await off_loop(self._attempt, pending.job_id, pending.action, pending.write)
             except StoreUnavailable:
                 break
             except (Conflict, NotFound):
                 record = None
-            self.outbox.popleft()
+            if self.outbox and self.outbox[0] is pending:  # (an overflow may have dropped it meanwhile)
+                self.outbox.popleft()
+            self.held.pop(pending.job_id, None)
             done += 1
-            if record is not None:
+            if isinstance(record, JobRecord):
                 self._written(record)
         if done:
             self.log("info", "job store back: kept outcomes written", count=done, left=len(self.outbox))
