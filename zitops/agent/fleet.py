@@ -197,6 +197,9 @@ class Fleet:
     async def heartbeat(self) -> None:
         """Renew this agent's leases and its row; note jobs it runs whose lease was taken away."""
         ready = self._ready()
+        # Only jobs held before the heartbeat was sent can be missing from its answer:
+        # a claim that commits while it is in flight is not a lost lease.
+        before = {job_id for job_id, record in self.store.held.items() if record.status is JobStatus.RUNNING}
         try:
             rows = await self._off_loop(self.shared.heartbeat, self.agent_id, ready)
         except StoreUnavailable:
@@ -204,8 +207,7 @@ class Fleet:
         assert isinstance(rows, list)
         held = set(rows)
         self._reported = ready
-        lost = [job_id for job_id, record in self.store.held.items()
-                if record.status is JobStatus.RUNNING and job_id not in held
+        lost = [job_id for job_id in before if job_id in self.store.held and job_id not in held
                 and not any(p.job_id == job_id for p in self.store.outbox)]
         for job_id in lost:
             self.store.held.pop(job_id, None)
