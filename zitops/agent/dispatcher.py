@@ -131,7 +131,6 @@ class Dispatcher:
         self.health.ticked()
         self._tick_task = asyncio.create_task(self._loop(), name="zitops-dispatcher")
         ttl = self.config.profile.queue.result_ttl_s
-        # A fleet's deletes wait on the shared store: on a thread, never on the loop.
         expire = self.expire if self.fleet is None else lambda: asyncio.to_thread(self.expire)
         rounds = [*self.pool.periodic(), Periodic("retention", min(max(ttl / 10.0, 1.0), 600.0), expire)]
         rounds += self.fleet.start() if self.fleet is not None else []
@@ -267,8 +266,9 @@ class Dispatcher:
         self.results.accept(slot.id, result, self._marks.get(result.job_id, {}))
 
     def encoded_images(self, job_id: str) -> tuple[bytes, ...] | None:
-        """A succeeded job's encoded images, once, if still in memory; None: read the files."""
-        return self.results.encoded_images(job_id)
+        """A succeeded job's encoded images, once, if still in memory and the job's own; None: read them."""
+        fresh = self.results.encoded_images(job_id)
+        return fresh if self.fleet is None or fresh is None else self.fleet.ours(job_id, fresh, self.store.get)
 
     def on_progress(self, slot: WorkerSlot, progress: Progress) -> None:
         """A running job finished a step."""
@@ -385,7 +385,9 @@ class Dispatcher:
 
     def image(self, job_id: str, index: int) -> tuple[str, bytes]:
         """(file name, bytes) of image ``index`` of a succeeded job, or NotFound; any job of the fleet."""
-        return read_image(self.store, self.output_dir, job_id, index, self.fleet.image if self.fleet else None)
+        fleet = self.fleet
+        return read_image(self.store, self.output_dir, job_id, index, fleet.image if fleet else None,
+                          fleet.agent_id if fleet else None)
 
     def expire(self) -> int:
         """Delete finished jobs (and their images) older than the result TTL, or past the fleet's bytes

@@ -285,6 +285,10 @@ class Fleet:
             raise AgentUnavailable(f"job {job_id} is kept, but {exc}; poll GET /v1/jobs/{job_id} "
                                    "once the job store is back") from exc
 
+    def ours(self, job_id: str, fresh: tuple[bytes, ...], read: Callable[[str], JobRecord]) -> tuple[bytes, ...] | None:
+        """``fresh`` when this agent ran the attempt that succeeded; None (read the store) after a stale run."""
+        return fresh if read(job_id).agent == self.agent_id else None
+
     def image(self, job_id: str, index: int) -> tuple[str, bytes]:
         """Image ``index`` of a job of the fleet, from the store."""
         return self.shared.get_image(job_id, index)

@@ -116,6 +116,7 @@ def _record(row: DictRow) -> JobRecord:
         created_at=row["created_at"].timestamp(), started_at=_epoch(row["started_at"]),
         finished_at=_epoch(row["finished_at"]), error=row["error"], attempts=row["attempts"],
         images=tuple(row["images"]), worker=row["worker"], info=row["info"], owner=row["owner"],
+        agent=row["agent_id"],
     )
 
 
@@ -238,17 +239,19 @@ class PgJobStore:
         rows = self._rows(name, **params)
         return rows[0] if rows else None
 
-    def _changed(self, row: DictRow | None, job_id: str, action: str) -> JobRecord:
+    def _changed(self, row: DictRow | None, job_id: str, action: str, attempt: int | None = None) -> JobRecord:
         """The updated record, or why the fenced update changed nothing."""
         if row is not None:
             return _record(row)
         current = self._row("get_job", id=job_id)
         if current is None:
             raise NotFound(f"job {job_id}: no such job (unknown id, or expired and removed)")
+        held = "" if attempt is None else f" (this agent holds attempt {attempt})"
         if current["status"] == JobStatus.RUNNING.value:
             raise Conflict(f"job {job_id}: is running on agent {current['agent_id']} (attempt "
-                           f"{current['attempts']}); this agent cannot {action} it (its lease moved on)")
-        raise Conflict(f"job {job_id}: is {current['status']}; cannot {action} it")
+                           f"{current['attempts']}); this agent cannot {action} it{held}: its lease moved on")
+        raise Conflict(f"job {job_id}: is {current['status']} (attempt {current['attempts']}); "
+                       f"this agent cannot {action} it{held}")
 
     def available(self) -> tuple[bool, str | None]:
         """(True, None) while the store answers; (False, reason) while it is known down."""
@@ -297,34 +300,40 @@ class PgJobStore:
         return self._changed(row, job_id, "start")
 
     @bounded()
-    def requeue(self, job_id: str, error: str, uncount: bool = False) -> JobRecord:
+    def requeue(self, job_id: str, error: str, uncount: bool = False, *, attempt: int | None = None) -> JobRecord:
         """Put a running job back in the queue (its worker died); keep why.
 
         ``uncount`` takes back the attempt when the job never reached a worker.
+        ``attempt`` (here and in every outcome): the attempt this agent holds;
+        the write changes nothing unless it is the job's current one (sql/queries.sql's fence).
         """
         row = self._row("requeue_job", id=job_id, error=error or None, uncount=1 if uncount else 0,
-                        agent_id=self.agent_id)
-        return self._changed(row, job_id, "requeue")
+                        agent_id=self.agent_id, attempt=attempt)
+        return self._changed(row, job_id, "requeue", attempt)
 
     @bounded()
-    def succeed(self, job_id: str, images: tuple[str, ...], info: dict[str, Any]) -> JobRecord:
-        """Record a finished job's images (names; the bytes go through ``put_images`` first)."""
+    def succeed(self, job_id: str, images: tuple[str, ...], info: dict[str, Any], *,
+                attempt: int | None = None) -> JobRecord:
+        """Record a finished job and publish its attempt's images (the bytes go through ``put_images`` first)."""
         row = self._row("succeed_job", id=job_id, images=Jsonb(list(images)), info=_info_json(info),
-                        agent_id=self.agent_id)
-        return self._changed(row, job_id, "succeed")
+                        agent_id=self.agent_id, attempt=attempt)
+        return self._changed(row, job_id, "succeed", attempt)
 
     @bounded()
-    def fail(self, job_id: str, error: str) -> JobRecord:
+    def fail(self, job_id: str, error: str, *, attempt: int | None = None) -> JobRecord:
         """Record a failed job and why."""
-        row = self._row("fail_job", id=job_id, error=error, agent_id=self.agent_id)
-        return self._changed(row, job_id, "fail")
+        row = self._row("fail_job", id=job_id, error=error, agent_id=self.agent_id, attempt=attempt)
+        return self._changed(row, job_id, "fail", attempt)
 
     @bounded()
-    def cancel(self, job_id: str, *, running: bool = False) -> JobRecord:
+    def cancel(self, job_id: str, *, running: bool = False, attempt: int | None = None) -> JobRecord:
         """Cancel a queued job (with ``running``: a running one, which its worker stopped); Conflict otherwise."""
-        row = self._row("cancel_running_job" if running else "cancel_job", id=job_id)
+        row = self._row("cancel_running_job" if running else "cancel_job", id=job_id, agent_id=self.agent_id,
+                        attempt=attempt)
         if row is not None:
             return _record(row)
+        if running and attempt is not None:
+            return self._changed(None, job_id, "cancel", attempt)
         record = self.get(job_id)
         raise Conflict(f"job {job_id}: is {record.status.value}; only queued jobs can be cancelled")
 
@@ -381,18 +390,16 @@ class PgJobStore:
                            ready_agents=int(row["ready_agents"]), image_bytes=int(row["image_bytes"]))
 
     @bounded(blob=True)
-    def put_images(self, job_id: str, images: Sequence[tuple[str, bytes]]) -> int:
-        """Store a job's encoded images as (name, bytes), replacing earlier ones; return their total bytes."""
-        names = [name for name, _ in images]
-        data = [blob for _, blob in images]
-        with self._conn() as conn, conn.transaction():
-            conn.execute(query("delete_images"), {"id": job_id})
-            try:
-                row = conn.execute(query("put_images"), {"id": job_id, "names": names, "data": data}).fetchone()
-            except psycopg.errors.ForeignKeyViolation:
-                row = None
-            if row is None:  # raised inside the block: the transaction rolls back
-                raise NotFound(f"job {job_id}: no such job (unknown id, or expired and removed)")
+    def put_images(self, job_id: str, images: Sequence[tuple[str, bytes]], *, attempt: int | None = None) -> int:
+        """Store the images (name, bytes) of the attempt this agent holds, unpublished; their total bytes.
+
+        Conflict or NotFound (nothing stored) when the job is not running here at ``attempt``.
+        """
+        row = self._row("put_images", id=job_id, names=[name for name, _ in images],
+                        data=[blob for _, blob in images], agent_id=self.agent_id, attempt=attempt)
+        if row is None:
+            self._changed(None, job_id, "store images of", attempt)
+        assert row is not None
         return int(row["image_bytes"])
 
     @bounded(blob=True)
