@@ -17,13 +17,13 @@ from pathlib import Path
 
 import uvicorn
 
-from zitops.agent.auth import Tokens, check_bind_policy, read_tokens
-from zitops.agent.dispatcher import Dispatcher
-from zitops.agent.http_server import raise_open_files, server_config
+from zitops.agent.dispatch.dispatcher import Dispatcher
+from zitops.agent.http.auth import Tokens, check_bind_policy, read_tokens
+from zitops.agent.http.http_server import raise_open_files, server_config
 from zitops.config import AgentConfig
 from zitops.errors import ConfigError
-from zitops.failures import FailureStore
-from zitops.logs import configure_logging, get_logger, reload_levels
+from zitops.logbook.failures import FailureStore
+from zitops.logbook.logs import configure_logging, get_logger, reload_levels
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 UMASK = 0o027
@@ -91,10 +91,10 @@ def settle_fp8(config: AgentConfig) -> AgentConfig:
     """``engine.fp8: auto`` decided once for this host's workers, from NVML's compute capabilities.
 
     The edge refuses LoRAs when the layers are fp8; deciding here, with the
-    same rule the worker's engine applies (:func:`zitops.engine.fp8.settle_auto`),
+    same rule the worker's engine applies (:func:`zitops.engine.precision.fp8.settle_auto`),
     keeps a LoRA request from passing the edge and failing in the worker.
     """
-    from zitops.engine.fp8 import settle_auto
+    from zitops.engine.precision.fp8 import settle_auto
     from zitops.gpu import probe_gpus, worker_devices
 
     engine = config.profile.engine
@@ -128,7 +128,7 @@ def run(config: AgentConfig, config_path: str | Path | None = None) -> int:
 
 async def _main(config: AgentConfig, config_path: str | Path | None, tokens: Tokens,
                 sock: socket.socket) -> int:
-    from zitops.agent.app import create_app
+    from zitops.agent.http.app import create_app
 
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[int] = asyncio.Queue()
