@@ -16,7 +16,7 @@ import pytest
 
 from tests.store_support import poll_until
 from zitops.agent.contract import JobStatus
-from zitops.agent.store_pg import PgJobStore
+from zitops.agent.storage.store_pg import PgJobStore
 from zitops.engine.request import GenerationRequest
 from zitops.errors import Conflict, NotFound
 
