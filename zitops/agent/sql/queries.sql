@@ -98,10 +98,17 @@ WHERE id = %(id)s AND status = 'queued'
 RETURNING *;
 
 -- name: recover_jobs
--- After this agent restarted: the jobs it was running go back to the queue.
+-- After this agent restarted: the jobs it was running go back to the queue,
+-- or fail once they used max_attempts (a job that kills its agent must not
+-- run forever because the agent comes back under the same id).
 UPDATE zitops.jobs
-SET status = 'queued', worker = NULL, lease_until = NULL,
-    error = 'requeued: the agent stopped while this job was running (agent ' || %(agent_id)s::text || ')'
+SET status = CASE WHEN attempts >= %(max_attempts)s THEN 'failed' ELSE 'queued' END,
+    finished_at = CASE WHEN attempts >= %(max_attempts)s THEN now() END,
+    worker = NULL, lease_until = NULL,
+    error = CASE WHEN attempts >= %(max_attempts)s
+        THEN format('agent %%s stopped while running this job, attempt %%s of %%s: failed at its restart',
+                    %(agent_id)s::text, attempts, %(max_attempts)s::integer)
+        ELSE 'requeued: the agent stopped while this job was running (agent ' || %(agent_id)s::text || ')' END
 WHERE status = 'running' AND agent_id = %(agent_id)s;
 
 -- name: queued_ids
@@ -129,8 +136,11 @@ WHERE j.id = sized.id AND sized.kept > %(max_bytes)s
 RETURNING j.*;
 
 -- name: heartbeat
--- Renew the agent's row and every lease it holds, in one statement (a
--- data-modifying WITH runs even though nothing reads it).
+-- Renew the agent's row and the leases it holds, in one statement (a
+-- data-modifying WITH runs even though nothing reads it). With held (the
+-- ids the agent runs or keeps an outcome of), only those: a row the agent
+-- does not hold in memory (a claim whose reply was lost, a forgotten job)
+-- is not renewed, so its lease expires and the reaper requeues it.
 WITH agent AS (
     INSERT INTO zitops.agents AS a (agent_id, heartbeat_at, ready)
     VALUES (%(agent_id)s, now(), %(ready)s)
@@ -139,6 +149,7 @@ WITH agent AS (
 UPDATE zitops.jobs
 SET lease_until = now() + make_interval(secs => %(lease_s)s)
 WHERE status = 'running' AND agent_id = %(agent_id)s
+  AND (%(held)s::text[] IS NULL OR id = ANY(%(held)s::text[]))
 RETURNING id;
 
 -- name: reap_expired

@@ -69,8 +69,8 @@ class SharedStore(Store, Protocol):
     def claim(self, agent_id: str, worker: str, limit: int = 1) -> list[JobRecord]:
         """Take up to ``limit`` of the oldest queued jobs as leases; oldest first."""
 
-    def heartbeat(self, agent_id: str, ready: bool = True) -> list[str]:
-        """Renew this agent's row and leases; the ids it still holds."""
+    def heartbeat(self, agent_id: str, ready: bool = True, held: Sequence[str] | None = None) -> list[str]:
+        """Renew this agent's row and the leases of ``held``; the ids renewed."""
 
     def reap_expired(self) -> list[JobRecord]:
         """Requeue (or fail at the cap) running jobs whose lease expired; return them."""

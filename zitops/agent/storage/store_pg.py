@@ -341,7 +341,7 @@ class PgJobStore:
     def recover(self) -> list[str]:
         """After a restart: this agent's running jobs go back to queued; return all queued ids, oldest first."""
         with self._conn() as conn, conn.transaction():
-            conn.execute(query("recover_jobs"), {"agent_id": self.agent_id})
+            conn.execute(query("recover_jobs"), {"agent_id": self.agent_id, "max_attempts": self.max_attempts})
             rows = conn.execute(query("queued_ids")).fetchall()
         return [r["id"] for r in rows]
 
@@ -365,13 +365,14 @@ class PgJobStore:
         return sorted((_record(r) for r in rows), key=lambda r: (r.created_at, r.id))
 
     @bounded()
-    def heartbeat(self, agent_id: str, ready: bool = True) -> list[str]:
-        """Renew the agent's row and all its leases; return the ids of the jobs it still holds.
+    def heartbeat(self, agent_id: str, ready: bool = True, held: Sequence[str] | None = None) -> list[str]:
+        """Renew the agent's row and its leases (with ``held``: only those); return the ids renewed.
 
         A job the agent thinks it runs but that is missing here was reaped: its
         lease expired and it belongs to the queue (or another agent) now.
         """
-        rows = self._rows_lazy("heartbeat", agent_id=agent_id, ready=ready, lease_s=self.lease_s)
+        rows = self._rows_lazy("heartbeat", agent_id=agent_id, ready=ready, lease_s=self.lease_s,
+                               held=None if held is None else list(held))
         return [r["id"] for r in rows]
 
     @bounded()
