@@ -37,9 +37,10 @@ class FleetAgent:
 
     def __init__(self, tmp: Path, db: PgDatabase | None, *, tokens: bool = False, job_seconds: float = 0.05,
                  lease_s: float = 30.0, sets: tuple[str, ...] = (), prefix: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None, pixels: str = "blobs") -> None:
+                 env: dict[str, str] | None = None, faults: dict[str, Any] | None = None) -> None:
         """``prefix``: argv the agent runs under (``ip netns exec NS``); ``env``: added to its environment;
-        ``pixels``: the synthetic look (two agents with different looks make different bytes for one job)."""
+        ``faults``: more fault-engine settings (``pixels``: two agents with different looks make different
+        bytes for one job; ``crash_on_job``...)."""
         tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
         self.port = free_port()
@@ -51,7 +52,7 @@ class FleetAgent:
             "port": self.port,
             "paths": {k: str(tmp / k) for k in ("state_dir", "log_dir", "output_dir", "cache_dir")},
             "engine": {"kind": "faulty", "faults": {"inner": "synthetic", "job_seconds": job_seconds,
-                                                       "pixels": pixels}},
+                                                       **(faults or {})}},
             "log_format": "json",
         }
         if db is not None:  # None: the agent's own SQLite, to compare against

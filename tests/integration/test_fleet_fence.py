@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_stalled_agents_late_result_is_refused_and_never_served(tmp_path: Path, pg_db: PgDatabase) -> None:
-    a = FleetAgent(tmp_path / "a", pg_db, job_seconds=2.0, lease_s=3, pixels="noise")
+    a = FleetAgent(tmp_path / "a", pg_db, job_seconds=2.0, lease_s=3, faults={"pixels": "noise"})
     b: FleetAgent | None = None
     try:
         a.wait_ready()

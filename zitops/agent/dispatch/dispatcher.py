@@ -92,7 +92,8 @@ class Dispatcher:
         self.floor = FreeSpaceFloor([Path(config.paths.state_dir), self.output_dir], config.profile.disk.min_free_mib)
         self.fatal = asyncio.Event()  # set when the pool gives up on every slot: the agent exits (server.py)
         self.outcomes = Outcomes(self.store, self.metrics, self.log, self.failure_log, self.unsaved,
-                                 finished=self._finished, forget=self._forget, requeue_first=self._queue_first)
+                                 finished=self._finished, forget=self._forget,  # a fleet's queue is the store:
+                                 requeue_first=self._queue_first if self.fleet is None else self.fleet.requeued)
         self.results = ResultWriter(self.output_dir, self.store, self.metrics, self.log, self.failure_log,
                                     self._finished, lambda job_id: job_id in self._waiters,
                                     self.outcomes.store_failed,
@@ -385,9 +386,7 @@ class Dispatcher:
 
     def image(self, job_id: str, index: int) -> tuple[str, bytes]:
         """(file name, bytes) of image ``index`` of a succeeded job, or NotFound; any job of the fleet."""
-        fleet = self.fleet
-        return read_image(self.store, self.output_dir, job_id, index, fleet.image if fleet else None,
-                          fleet.agent_id if fleet else None)
+        return read_image(self.store, self.output_dir, job_id, index, self.fleet)
 
     def expire(self) -> int:
         """Delete finished jobs (and their images) older than the result TTL, or past the fleet's bytes

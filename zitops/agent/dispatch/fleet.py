@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -82,6 +83,8 @@ class Fleet:
         self._flushing: asyncio.Task[int] | None = None
         self._reported: bool | None = None  # readiness as the last heartbeat told it
         self._listener: asyncio.Task[None] | None = None
+        self._outage = False  # a heartbeat failed (or the store was lost) and none succeeded since
+        self._reap_after = 0.0  # monotonic: no reaping before it (one lease after an outage ended)
         shared_store.watch(self._store_changed)
 
     def _store_changed(self, reason: str | None) -> None:
@@ -89,6 +92,7 @@ class Fleet:
         if reason is None:
             self.log("warning", "job store back: admitting jobs again")
         else:
+            self._outage = True
             self.log("warning", "job store lost: new jobs are refused (503); running jobs finish into the "
                      "outbox", reason=reason)
 
@@ -98,6 +102,11 @@ class Fleet:
         return await asyncio.to_thread(fn, *args)
 
     # --- the claim path ------------------------------------------------------------
+
+    def requeued(self, job_id: str) -> None:
+        """A job this agent put back in the fleet's queue (its worker died): claim again, from the store."""
+        del job_id
+        self.want()
 
     def want(self) -> None:
         """There may be queued jobs: the next dispatch claims."""
@@ -192,7 +201,7 @@ class Fleet:
                     await task
         await self.flush()
         with contextlib.suppress(StoreUnavailable):
-            await self._off_loop(self.shared.heartbeat, self.agent_id, False)
+            await self._off_loop(self.shared.heartbeat, self.agent_id, False, list(self.store.held))
 
     async def heartbeat(self) -> None:
         """Renew this agent's leases and its row; note jobs it runs whose lease was taken away."""
@@ -201,10 +210,13 @@ class Fleet:
         # a claim that commits while it is in flight is not a lost lease.
         before = {job_id for job_id, record in self.store.held.items() if record.status is JobStatus.RUNNING}
         try:
-            rows = await self._off_loop(self.shared.heartbeat, self.agent_id, ready)
+            rows = await self._off_loop(self.shared.heartbeat, self.agent_id, ready, sorted(before))
         except StoreUnavailable:
+            self._outage = True
             return
         assert isinstance(rows, list)
+        if self._outage:  # every owner gets a full lease to renew before this agent reaps anything
+            self._outage, self._reap_after = False, time.monotonic() + self.shared.lease_s
         held = set(rows)
         self._reported = ready
         lost = [job_id for job_id in before if job_id in self.store.held and job_id not in held
@@ -215,7 +227,14 @@ class Fleet:
                      "will be dropped", job_id=job_id)
 
     async def reap(self) -> list[JobRecord]:
-        """Requeue (or fail at the cap) the jobs of agents whose leases expired; record each."""
+        """Requeue (or fail at the cap) the jobs of agents whose leases expired; record each.
+
+        Not while this agent's store is out, nor within one lease after (see heartbeat): an outage
+        that stopped every owner's heartbeats (a network cut, a PgBouncer restart, a failover)
+        must not turn into reaping jobs whose owners are alive and about to renew.
+        """
+        if self._outage or time.monotonic() < self._reap_after:
+            return []
         try:
             reaped = await self._off_loop(self.shared.reap_expired)
         except StoreUnavailable:
