@@ -139,8 +139,8 @@ def base_image(timings: Timings) -> str:
         start = time.monotonic()
         tarball = CACHE / f"base-{key}.tar"
         if not tarball.is_file():
-            partial = tarball.with_suffix(".part")
-            done = subprocess.run([*cmd, str(partial), mirror], capture_output=True, text=True,
+            partial = tarball.with_name(tarball.name + ".part")
+            done = subprocess.run([*cmd, "--format=tar", str(partial), mirror], capture_output=True, text=True,
                                   timeout=1200, check=False)
             if done.returncode != 0:
                 raise AssertionError(f"mmdebstrap failed:\n{done.stderr[-3000:]}")

@@ -42,7 +42,7 @@ def image_ref(req: DeployRequest) -> str:
 
 def agent_gpus(gpus: list[int] | str) -> list[int | None]:
     """One agent per GPU: the given indices, or every GPU NVML sees; none seen: one agent on the CPU."""
-    if gpus != "auto":
+    if not isinstance(gpus, str):
         return list(gpus)
     from zitops.gpu import probe_gpus
 
@@ -74,11 +74,12 @@ def compose_files(ctx: dict[str, Any], config: AgentConfig, model: str, req: Dep
         raise RenderError("--target compose runs its own PostgreSQL store: leave --store out "
                           "(or render --target k8s/supervisor/systemd for an external store)")
     in_container = compose_config(config, model)
-    agents = [{"name": f"agent-{i}", "gpu": gpu, "host_port": config.port + i}
-              for i, gpu in enumerate(agent_gpus(gpus))]
-    if agents[-1]["host_port"] > 65535:
+    indices = agent_gpus(gpus)
+    last_port = config.port + len(indices) - 1
+    if last_port > 65535:
         raise RenderError(f"--port {config.port}: the agents publish ports {config.port} to "
-                          f"{agents[-1]['host_port']}, past 65535; choose a lower --port")
+                          f"{last_port}, past 65535; choose a lower --port")
+    agents = [{"name": f"agent-{i}", "gpu": gpu, "host_port": config.port + i} for i, gpu in enumerate(indices)]
     cctx = {
         **ctx,
         "compose_config": config_to_dict(in_container),

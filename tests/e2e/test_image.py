@@ -22,7 +22,14 @@ import httpx
 import pytest
 import yaml
 
-from tests.image_support import INSTALL_HINT, BuiltImage, build_image, missing_tools, podman, remove_image
+from tests.image_support import (
+    INSTALL_HINT,
+    BuiltImage,
+    build_image,
+    missing_tools,
+    podman,
+    remove_image,
+)
 from tests.pg_support import free_port
 from zitops import deploy
 from zitops.config import config_to_dict
