@@ -31,8 +31,8 @@ from tests.image_support import (
     remove_image,
 )
 from tests.pg_support import free_port
-from zitops import deploy
 from zitops.config import config_to_dict
+from zitops.deployment import deploy
 from zitops.profile import load_profile
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]

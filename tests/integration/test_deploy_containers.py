@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zitops import __version__, deploy
+from zitops import __version__
 from zitops.config import load_config
+from zitops.deployment import deploy
 from zitops.errors import RenderError
 
 STORE = "postgresql://zitops@db.example:5432/zitops?sslmode=disable"

@@ -19,8 +19,8 @@ import click
               help="Without a mounted config: the port to serve on [env ZITOPS_PORT].")
 def container_run(port: int) -> None:
     """Run the mounted /etc/zitops/config.yaml, else the tiny model (designer profile) on --port."""
-    from zitops import container
     from zitops.config import load_config
+    from zitops.deployment import container
 
     if container.MOUNTED_CONFIG.is_file():
         path = container.MOUNTED_CONFIG
