@@ -131,7 +131,8 @@ class Dispatcher:
         self.health.ticked()
         self._tick_task = asyncio.create_task(self._loop(), name="zitops-dispatcher")
         ttl = self.config.profile.queue.result_ttl_s
-        rounds = [*self.pool.periodic(), Periodic("retention", min(max(ttl / 10.0, 1.0), 600.0), self.expire)]
+        expire = self.expire if self.fleet is None else lambda: asyncio.to_thread(self.expire)
+        rounds = [*self.pool.periodic(), Periodic("retention", min(max(ttl / 10.0, 1.0), 600.0), expire)]
         rounds += self.fleet.start() if self.fleet is not None else []
         ping = self.notify.interval_s(self.config.profile.watchdog.interval_s)
         if ping is not None:
@@ -265,8 +266,9 @@ class Dispatcher:
         self.results.accept(slot.id, result, self._marks.get(result.job_id, {}))
 
     def encoded_images(self, job_id: str) -> tuple[bytes, ...] | None:
-        """A succeeded job's encoded images, once, if still in memory; None: read the files."""
-        return self.results.encoded_images(job_id)
+        """A succeeded job's encoded images, once, if still in memory and the job's own; None: read them."""
+        fresh = self.results.encoded_images(job_id)
+        return fresh if self.fleet is None or fresh is None else self.fleet.ours(job_id, fresh, self.store.get)
 
     def on_progress(self, slot: WorkerSlot, progress: Progress) -> None:
         """A running job finished a step."""
@@ -314,19 +316,20 @@ class Dispatcher:
         if self.pool.degraded and not any(s.serving for s in self.pool.slots):
             raise AgentUnavailable(f"no worker can run jobs: {self.pool.degraded}")
         depth = self.config.profile.queue.depth
-        if self.fleet is not None:
-            self.fleet.admit(self._retry_after)
+        if self.fleet is not None:  # the store's round trips run off the loop
+            record = await self.fleet.submit(request, owner, owner_cap, self._retry_after)
         elif len(self._queue) >= depth:
             raise QueueFull(f"queue full: {len(self._queue)} jobs waiting (cap {depth}); retry later",
                             retry_after_s=self._retry_after(len(self._queue)))
-        record = self.store.add(request, owner=owner, owner_cap=owner_cap)
+        else:
+            record = self.store.add(request, owner=owner, owner_cap=owner_cap)
         self.progress.queued(record.id, request.steps, owner)
         self._marks[record.id] = {"accepted": time.monotonic()}
         if self.fleet is None:  # (a fleet claims it from the store: admit() asked it to look)
             self._queue.append(record.id)
         self.log("info", "job queued", job_id=record.id, queued=len(self._queue))
         self.dispatch()
-        return self.store.get(record.id)
+        return self.store.get(record.id) if self.fleet is None else record
 
     def _retry_after(self, waiting: int) -> int:
         mean = sum(self._seconds) / len(self._seconds) if self._seconds else 5.0
@@ -382,7 +385,9 @@ class Dispatcher:
 
     def image(self, job_id: str, index: int) -> tuple[str, bytes]:
         """(file name, bytes) of image ``index`` of a succeeded job, or NotFound; any job of the fleet."""
-        return read_image(self.store, self.output_dir, job_id, index, self.fleet.image if self.fleet else None)
+        fleet = self.fleet
+        return read_image(self.store, self.output_dir, job_id, index, fleet.image if fleet else None,
+                          fleet.agent_id if fleet else None)
 
     def expire(self) -> int:
         """Delete finished jobs (and their images) older than the result TTL, or past the fleet's bytes
