@@ -113,7 +113,7 @@ def test_image_record_labels_user_and_sbom(image: BuiltImage) -> None:
     assert labels["org.opencontainers.image.source"] == image.source
     assert config["User"] == "10001:10001"
     assert config["Entrypoint"][0].endswith("/dumb-init") and "--single-child" in config["Entrypoint"]
-    assert "/livez" in " ".join(config["Healthcheck"]["Test"])
+    assert "zitops health --live" in " ".join(meta["Healthcheck"]["Test"])  # /livez
     assert {"/var/lib/zitops", "/var/log/zitops", "/var/cache/zitops"} <= set(config["Volumes"])
     # No compilers in the final image, and the SBOM lists what the venv holds.
     script = ("for c in gcc cc g++ c++ clang tcc; do command -v $c; done; id -u; "

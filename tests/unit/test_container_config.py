@@ -18,6 +18,7 @@ from zitops.preflight.image import image_info
 def test_demo_config_serves_tiny_designer_on_every_address_of_the_container(tmp_path: Path) -> None:
     config = container.demo_config(7861, None)
     assert (config.model, config.profile.name, config.host, config.port) == ("tiny", "designer", "0.0.0.0", 7861)
+    assert config.profile.queue.job_timeout_s == container.DEMO_JOB_TIMEOUT_S
     # Everything it writes lies on the image's volumes.
     assert config.paths.model_dump() == FHS_PATHS
     assert config.auth.behind_proxy and config.auth.tokens_file is None

@@ -25,6 +25,9 @@ MOUNTED_TOKENS = Path(FHS["config_dir"]) / "tokens"
 """Bearer tokens for the default command's agent, when mounted (one per line, mode 0600 or 0640)."""
 
 DEMO_PROFILE = "designer"
+DEMO_JOB_TIMEOUT_S = 1800
+"""The demo's job timeout: its tiny model runs on the CPU, where one 1024x1024 image passed the
+profile's 300 s on a 2-core host under load (the seed's curl, tests/e2e/test_image.py)."""
 DEMO_CONFIG = Path(FHS_PATHS["state_dir"]) / "container-config.yaml"
 """Where the default command writes the config it runs (on the state volume)."""
 
@@ -39,7 +42,7 @@ def demo_config(port: int, tokens_file: Path | None) -> AgentConfig:
     auth: dict[str, Any] = ({"tokens_file": str(tokens_file)} if tokens_file is not None
                             else {"behind_proxy": True})
     return config_from_mapping({
-        "profile": profile_to_dict(load_profile(DEMO_PROFILE)),
+        "profile": profile_to_dict(load_profile(DEMO_PROFILE, [f"queue.job_timeout_s={DEMO_JOB_TIMEOUT_S}"])),
         "model": TINY,
         "host": "0.0.0.0",
         "port": port,
