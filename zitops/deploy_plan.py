@@ -51,6 +51,7 @@ from zitops.deploy_types import (
 from zitops.doctor import tier_of_host
 from zitops.engine.loader import FULL_RANDOM, TINY, check_model
 from zitops.errors import RenderError
+from zitops.observe import files as observe_files
 from zitops.profile import load_profile, parse_override, profile_to_dict
 from zitops.render import check_value, render
 from zitops.tiers import AUTO_PROFILE
@@ -275,6 +276,9 @@ def plan(req: DeployRequest) -> Plan:
     if "k8s" in req.targets:
         k8s_config, k8s_files = _k8s(ctx, config, model, req)
         files.extend(k8s_files)
+    monitoring = observe_files.plain_files(profile)
+    monitoring += observe_files.k8s_files(profile) if "k8s" in req.targets else []
+    files.extend(RenderedFile(path, text) for path, text in monitoring)
     _validate(files, config, k8s_config)
     runtime = [] if req.install else [Path(d) for d in paths.values()]
     if "supervisor" in req.targets:

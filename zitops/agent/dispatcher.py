@@ -436,7 +436,7 @@ class Dispatcher:
         """Prometheus text of the runtime's own registry."""
         return self.metrics.render(Gauges(queued=len(self._queue), running=self.pool.running(),
                                           workers_ready=sum(1 for s in self.pool.slots if s.serving),
-                                          standby=len(self.pool.standby.spares),
+                                          standby=len(self.pool.standby.spares), ready=self.readiness()[0],
                                           devices=reporting.device_memory(self.pool))
                                   ) + (self.fleet.metrics_text() if self.fleet is not None else "")
 
