@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import yaml
 
+from zitops.observe.dashboard import dashboard_configmap, dashboard_json
 from zitops.observe.rules import prometheus_rule, rule_groups
 from zitops.profile import Profile
 
@@ -21,10 +22,12 @@ def _yaml(data: object) -> str:
 
 
 def plain_files(profile: Profile) -> list[tuple[str, str]]:
-    """The rules file (for ``rule_files:``), whatever the target."""
-    return [("observability/zitops-rules.yaml", _yaml(rule_groups(profile)))]
+    """The rules file (for ``rule_files:``) and the dashboard to import, whatever the target."""
+    return [("observability/zitops-rules.yaml", _yaml(rule_groups(profile))),
+            ("observability/zitops-dashboard.json", dashboard_json())]
 
 
 def k8s_files(profile: Profile) -> list[tuple[str, str]]:
-    """The PrometheusRule."""
-    return [("k8s/monitoring/prometheusrule.yaml", _yaml(prometheus_rule(profile)))]
+    """The PrometheusRule and the dashboard's ConfigMap for Grafana's sidecar."""
+    return [("k8s/monitoring/prometheusrule.yaml", _yaml(prometheus_rule(profile))),
+            ("k8s/monitoring/dashboard-configmap.yaml", _yaml(dashboard_configmap()))]
