@@ -36,7 +36,7 @@ def test_first_run_writes_everything_with_a_manifest(capsys: pytest.CaptureFixtu
     code, stdout, err = run(capsys, "deploy", "--profile", "ecommerce", "--target", "all", "--out", str(out))
     assert code == 0, err
     written = actions(stdout)
-    assert set(written.values()) == {"created"} and len(written) == 12
+    assert set(written.values()) == {"created"} and len(written) == 14
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["files"]) == set(written)
     for rel, entry in manifest["files"].items():
