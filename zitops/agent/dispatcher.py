@@ -1,13 +1,11 @@
 """The dispatcher: jobs and their order; implements :class:`zitops.agent.contract.Service`.
 
-It owns the queue (the in-memory order of waiting jobs, restored from the
-store at start; on a shared store a :class:`~zitops.agent.fleet.Fleet` claims
-instead), hands jobs to idle workers, and turns what the pool tells it
-(results, failures, lost jobs) into job states. It holds, on the agent's one
-event loop, the parts that do the rest: the :class:`~zitops.agent.store.Store`,
-the :class:`~zitops.agent.pool.Pool` (which alone owns processes and applies
-the watchdog), the :class:`~zitops.agent.results.ResultWriter`, the runtime
-metrics, the failure log, the loop's health and sd_notify.
+It owns the queue (the in-memory order of waiting jobs, restored from the store at start; on a shared store a
+:class:`~zitops.agent.fleet.Fleet` claims instead), hands jobs to idle workers, and turns what the pool tells
+it (results, failures, lost jobs) into job states. It holds, on the agent's one event loop, the parts that do
+the rest: the :class:`~zitops.agent.store.Store`, the :class:`~zitops.agent.pool.Pool` (which alone owns
+processes and applies the watchdog), the :class:`~zitops.agent.results.ResultWriter`, the runtime metrics, the
+failure log, the loop's health and sd_notify.
 
 Queue cap: ``profile.queue.depth`` counts jobs *waiting* (queued, not yet
 running); a submit beyond it raises QueueFull before anything is written.
@@ -31,6 +29,7 @@ from zitops.agent.fleet import Fleet
 from zitops.agent.fleet_store import shared
 from zitops.agent.images import Encoder, keep_freed_memory
 from zitops.agent.job_files import expire_jobs, read_image
+from zitops.agent.job_traces import JobTraces
 from zitops.agent.loop_health import LoopHealth
 from zitops.agent.notify import SystemdNotify
 from zitops.agent.outcomes import Outcomes
@@ -70,12 +69,13 @@ class Dispatcher:
     """Jobs in, workers out: the Service the HTTP layer talks to."""
 
     def __init__(self, config: AgentConfig, *, notifier: Any = None, failures: FailureStore | None = None,
-                 gpus: list[int | None] | None = None, store: Store | None = None) -> None:
+                 gpus: list[int | None] | None = None, store: Store | None = None, traces: JobTraces | None = None) -> None:
         self.config = config
         store = store if store is not None else open_store(config)
         self.output_dir = Path(config.paths.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.log = AgentLog()
+        self.traces = traces if traces is not None else JobTraces()  # the composition root's, when tracing is on
+        self.log = AgentLog(trace_of=self.traces.trace_id)
         self.metrics = RuntimeMetrics(config.profile.queue.depth)
         self.failures = failures if failures is not None else FailureStore(
             Path(config.paths.state_dir), Path(config.paths.log_dir))
@@ -96,7 +96,7 @@ class Dispatcher:
         self.results = ResultWriter(self.output_dir, self.store, self.metrics, self.log, self.failure_log,
                                     self._finished, lambda job_id: job_id in self._waiters,
                                     self.outcomes.store_failed,
-                                    upload=None if self.fleet is None else self.fleet.store.upload)
+                                    upload=None if self.fleet is None else self.fleet.store.upload, traces=self.traces)
         self.schedule = Schedule()
         self.progress = ProgressBoard()
         self.malloc_tuned = keep_freed_memory()
@@ -202,7 +202,8 @@ class Dispatcher:
             return
         for slot in self.pool.slots:
             while slot.idle and (record := self._next(slot.id)) is not None:
-                job = Job(job_id=record.id, request=record.request.to_dict(), attempt=record.attempts)
+                job = Job(job_id=record.id, request=record.request.to_dict(), attempt=record.attempts,
+                          trace=self.traces.handed(record.id, slot.id))
                 if not self.pool.assign(slot, job):
                     self.store.requeue(record.id, record.error or "", uncount=True)
                     self._queue.extendleft([record.id] if self.fleet is None else [])
@@ -235,10 +236,12 @@ class Dispatcher:
         self.progress.finished(record.id, record.status.value, record.error,
                                stopped if isinstance(stopped, int) else None)
         self._marks.pop(record.id, None)
+        self.traces.finished(record.id, record.status.value)
         self._wake(record.id)
 
     def _forget(self, job_id: str) -> None:
         self._marks.pop(job_id, None)
+        self.traces.finished(job_id)
         self._wake(job_id)
 
     def _queue_first(self, job_id: str) -> None:
@@ -320,6 +323,7 @@ class Dispatcher:
             raise QueueFull(f"queue full: {len(self._queue)} jobs waiting (cap {depth}); retry later",
                             retry_after_s=self._retry_after(len(self._queue)))
         record = self.store.add(request, owner=owner, owner_cap=owner_cap)
+        self.traces.submitted(record.id, record.request.to_dict())
         self.progress.queued(record.id, request.steps, owner)
         self._marks[record.id] = {"accepted": time.monotonic()}
         if self.fleet is None:  # (a fleet claims it from the store: admit() asked it to look)

@@ -20,10 +20,12 @@ import uvicorn
 from zitops.agent.auth import Tokens, check_bind_policy, read_tokens
 from zitops.agent.dispatcher import Dispatcher
 from zitops.agent.http_server import raise_open_files, server_config
+from zitops.agent.job_traces import JobTraces
 from zitops.config import AgentConfig
 from zitops.errors import ConfigError
 from zitops.failures import FailureStore
 from zitops.logs import configure_logging, get_logger, reload_levels
+from zitops.tracing import make_tracer
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 UMASK = 0o027
@@ -134,8 +136,9 @@ async def _main(config: AgentConfig, config_path: str | Path | None, tokens: Tok
     signals: asyncio.Queue[int] = asyncio.Queue()
     for handled in HANDLED:
         loop.add_signal_handler(handled, signals.put_nowait, handled)
-    dispatcher = Dispatcher(config, failures=failure_store(config))
-    app = create_app(config, dispatcher, tokens=tokens.all, admin_tokens=tokens.admins)
+    tracer = make_tracer(config.tracing.endpoint, "zitops-agent")  # NO_TRACER unless tracing is asked for
+    dispatcher = Dispatcher(config, failures=failure_store(config), traces=JobTraces(tracer))
+    app = create_app(config, dispatcher, tokens=tokens.all, admin_tokens=tokens.admins, tracer=tracer)
     server = _Server(server_config(app, config.host, config.port, config.server, GRACEFUL_HTTP_S))
     fatal = asyncio.create_task(dispatcher.fatal.wait(), name="zitops-fatal")
     try:
@@ -176,6 +179,7 @@ async def _main(config: AgentConfig, config_path: str | Path | None, tokens: Tok
         for handled in HANDLED:
             loop.remove_signal_handler(handled)
         await dispatcher.close()
+        tracer.shutdown()
 
 
 def handle_sighup(dispatcher: Dispatcher, config_path: str | Path | None) -> None:
