@@ -30,6 +30,9 @@ from zitops.deploy_types import (
 )
 from zitops.errors import RenderError
 
+MONITORING_STEP = ("monitoring (prometheus-operator, Grafana sidecar): kubectl apply -k {} "
+                   "(docs/observability.md)")
+
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -172,6 +175,7 @@ def next_steps(p: Plan) -> list[str]:
                 steps.append(f"kubernetes: fill the store password in {q(str(p.out / 'k8s' / 'store-secret.yaml'))}")
             steps.append("kubernetes: kubectl create secret generic zitops-tokens --from-file=tokens=TOKENS_FILE "
                          f"&& kubectl apply -f {q(str(p.out / 'k8s'))}")
+            steps.append(MONITORING_STEP.format(q(str(p.out / "k8s" / "monitoring"))))
         return steps
     root = Path(os.path.abspath(p.request.root))
     if root != Path("/"):
@@ -195,5 +199,6 @@ def next_steps(p: Plan) -> list[str]:
     if "k8s" in targets:
         steps.append("kubernetes: kubectl create secret generic zitops-tokens --from-file=tokens=TOKENS_FILE")
         steps.append(f"kubernetes: kubectl apply -f {q(str(p.out / 'k8s'))}")
+        steps.append(MONITORING_STEP.format(q(str(p.out / "k8s" / "monitoring"))))
     return steps
 

@@ -44,7 +44,7 @@ def test_first_run_writes_everything_with_a_manifest(capsys: pytest.CaptureFixtu
     assert (out / "start.sh").stat().st_mode & 0o777 == 0o755
     for d in ("state", "logs", "outputs", "cache"):
         assert (out / d).is_dir()
-    assert "supervisord -c" in stdout and "kubectl apply -f" in stdout
+    assert "supervisord -c" in stdout and "kubectl apply -f" in stdout and "kubectl apply -k" in stdout
 
 
 def test_rerun_is_byte_identical_and_reports_changes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

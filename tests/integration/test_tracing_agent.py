@@ -106,6 +106,8 @@ def test_a_job_without_traceparent_gets_a_trace_of_its_own(traced: Traced) -> No
     (http,) = [s for s in spans if s.name.startswith("POST")]
     assert http.parent_id == "" and http.trace_id != CALLER_TRACE
     assert len({s.trace_id for s in spans}) == 1 and len(spans) >= 6
+    # Probes and scrapes (wait_ready polled /readyz) make no spans.
+    assert not [s for s in traced.receiver.spans() if s.attributes.get("url.path") in ("/readyz", "/livez")]
 
 
 def test_log_lines_of_a_traced_job_carry_its_trace_id(traced: Traced) -> None:

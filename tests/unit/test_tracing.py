@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.otlp_support import OtlpReceiver
 from zitops.agent.job_traces import JobTraces
 from zitops.config import config_from_mapping
 from zitops.tracing import NO_TRACER, make_tracer, wanted
@@ -52,17 +53,18 @@ def test_the_config_key_turns_it_on(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     for name in [k for k in os.environ if k.startswith("OTEL_")]:
         monkeypatch.delenv(name)
     paths = {k: str(tmp_path / k) for k in ("state_dir", "log_dir", "output_dir", "cache_dir")}
-    config = config_from_mapping({"profile": {"name": "p", "description": "d"}, "paths": paths,
-                                  "tracing": {"endpoint": "http://127.0.0.1:9"}}, "test")
-    tracer = make_tracer(config.tracing.endpoint, "zitops-agent")
-    try:
+    with OtlpReceiver() as receiver:
+        config = config_from_mapping({"profile": {"name": "p", "description": "d"}, "paths": paths,
+                                      "tracing": {"endpoint": receiver.url}}, "test")
+        tracer = make_tracer(config.tracing.endpoint, "zitops-agent")
         assert tracer.enabled and tracer is not NO_TRACER
         span = tracer.start("s")
         assert tracer.carrier(span)["traceparent"].startswith("00-")
-        assert len(tracer.log_fields(span)["trace_id"]) == 32
+        trace_id = tracer.log_fields(span)["trace_id"]
         tracer.end(span)
-    finally:
-        tracer.shutdown()
+        tracer.shutdown()  # flushes
+        (got,) = receiver.spans()
+        assert (got.name, got.trace_id, got.service) == ("s", trace_id, "zitops-agent")
     with pytest.raises(Exception, match="tracing.endpoint"):
         config_from_mapping({"profile": {"name": "p", "description": "d"}, "paths": paths,
                              "tracing": {"endpoint": "not a url"}}, "test")

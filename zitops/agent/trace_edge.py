@@ -3,7 +3,7 @@
 It continues a caller's W3C ``traceparent``, names the span by the route
 template (``POST /v1/jobs``), makes it the parent of any job the request
 submits (:data:`zitops.tracing.current_span`), and binds ``trace_id`` to
-the request's log lines.
+the request's log lines. Probes and ``/metrics`` get no span.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zitops.tracing import Tracer, current_span
+
+UNTRACED = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+"""Probes and scrapes, every few seconds from every kubelet and Prometheus: no spans."""
 
 
 class TraceMiddleware:
@@ -24,7 +27,7 @@ class TraceMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection scope inside its span."""
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") in UNTRACED:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
