@@ -59,7 +59,7 @@ def one_job(tracer: object, traces: object, log_trace: object, n: int) -> None:
 
 def measure(tracer: object, jobs: int) -> float:
     """CPU microseconds per job, exporter flushed inside the timing."""
-    from zitops.agent.job_traces import JobTraces
+    from zitops.agent.ops.job_traces import JobTraces
 
     traces = JobTraces(tracer)  # type: ignore[arg-type]
     for n in range(200):  # warm

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from zitops import deploy
+from zitops.deployment import deploy
 from zitops.observe.files import METRICS_SECRET
 
 REPO = Path(__file__).resolve().parents[2]

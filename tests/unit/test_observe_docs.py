@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from zitops.agent.http_metrics import HttpMetrics
-from zitops.agent.runtime_metrics import RuntimeMetrics
+from zitops.agent.http.http_metrics import HttpMetrics
+from zitops.agent.ops.runtime_metrics import RuntimeMetrics
 from zitops.observe.files import k8s_files, plain_files
 from zitops.profile import load_profile
 
@@ -21,7 +21,7 @@ def _exported() -> set[str]:
     for registry in (RuntimeMetrics(20).registry, HttpMetrics().registry):
         for family in registry.collect():
             names.add(family.name + ("_total" if family.type == "counter" else ""))
-    fleet = (REPO / "zitops/agent/fleet.py").read_text()
+    fleet = (REPO / "zitops/agent/dispatch/fleet.py").read_text()
     names |= set(re.findall(r"# TYPE (zitops_\w+) ", fleet))
     return names
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.otlp_support import OtlpReceiver
-from zitops.agent.job_traces import JobTraces
+from zitops.agent.ops.job_traces import JobTraces
 from zitops.config import config_from_mapping
 from zitops.tracing import NO_TRACER, make_tracer, wanted
 from zitops.worker.protocol import Job
@@ -33,7 +33,7 @@ def test_off_by_default_imports_nothing_of_opentelemetry() -> None:
     # The worker's process: nothing at all.
     assert _modules_after("zitops.worker.process") == []
     # The agent: FastAPI (0.165+) itself imports the OpenTelemetry API; zitops adds no SDK and no exporter.
-    agent = _modules_after("zitops.agent.server, zitops.agent.app")
+    agent = _modules_after("zitops.agent.server, zitops.agent.http.app")
     assert not [m for m in agent if m.startswith(("opentelemetry.sdk", "opentelemetry.exporter", "zitops."))], agent
 
 

@@ -1,7 +1,7 @@
 """Prometheus alert rules for zitops agents, with thresholds from the profile.
 
-Every expression reads metrics the agent really exports (``zitops.agent.http_metrics``,
-``zitops.agent.runtime_metrics``, ``zitops.agent.fleet``); counters carry the
+Every expression reads metrics the agent really exports (``zitops.agent.http.http_metrics``,
+``zitops.agent.ops.runtime_metrics``, ``zitops.agent.dispatch.fleet``); counters carry the
 ``_total`` suffix prometheus_client gives them. Each rule names a runbook
 section of docs/operations.md.
 """
