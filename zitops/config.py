@@ -178,6 +178,14 @@ class StoreSettings(_Section):
         return self.url not in (None, "sqlite") or self.url_file is not None
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry traces (docs/observability.md): off unless this or the standard OTEL_* variables say so."""
+
+    # An OTLP/HTTP collector's base URL (spans go to <endpoint>/v1/traces); None: the
+    # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT variables decide, and without them tracing is off.
+    endpoint: str | None = Field(None, min_length=1, max_length=2000, pattern=r"^https?://\S+$")
+
+
 class AgentConfig(_Section):
     """Everything ``zitops agent`` needs, in one validated object."""
 
@@ -192,6 +200,7 @@ class AgentConfig(_Section):
     limits: Limits = Limits()
     server: ServerSettings = ServerSettings()
     store: StoreSettings = StoreSettings()
+    tracing: TracingSettings = TracingSettings()
     log_format: Literal["auto", "json", "console"] = "auto"
     lora_dir: str | None = Field(None, description="Directory of LoRA *.safetensors files (docs/features.md); "
                                                    "None: no LoRAs.")

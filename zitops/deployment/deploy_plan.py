@@ -52,6 +52,7 @@ from zitops.deployment.deploy_types import (
 )
 from zitops.engine.loader import FULL_RANDOM, TINY, check_model
 from zitops.errors import RenderError
+from zitops.observe import files as observe_files
 from zitops.preflight.doctor import tier_of_host
 from zitops.profile import load_profile, parse_override, profile_to_dict
 from zitops.render import check_value, render
@@ -279,6 +280,9 @@ def plan(req: DeployRequest) -> Plan:
         files.extend(k8s_files)
     if "compose" in req.targets:
         files.extend(compose_files(ctx, config, model, req, gpus))
+    monitoring = observe_files.plain_files(profile)
+    monitoring += observe_files.k8s_files(profile) if "k8s" in req.targets else []
+    files.extend(RenderedFile(path, text) for path, text in monitoring)
     _validate(files, config, k8s_config)
     runtime = [] if req.install else [Path(d) for d in paths.values()]
     if "supervisor" in req.targets:

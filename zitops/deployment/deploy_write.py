@@ -30,6 +30,9 @@ from zitops.deployment.deploy_types import (
 )
 from zitops.errors import RenderError
 
+MONITORING_STEP = ("monitoring (prometheus-operator, Grafana sidecar): kubectl apply -k {} "
+                   "(docs/observability.md)")
+
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -173,6 +176,7 @@ def next_steps(p: Plan) -> list[str]:
                 steps.append(f"kubernetes: fill the store password in {secret}, then kubectl apply -f {secret}")
             steps.append("kubernetes: kubectl create secret generic zitops-tokens --from-file=tokens=TOKENS_FILE "
                          f"&& kubectl apply -k {q(str(p.out / 'k8s'))}")
+            steps.append(MONITORING_STEP.format(q(str(p.out / "k8s" / "monitoring"))))
         if "compose" in targets:
             steps.append(f"compose: create secrets/tokens and secrets/store-password in {q(str(p.out / 'compose'))} "
                          "(its compose.yaml says how), then docker compose up -d there")
@@ -199,5 +203,6 @@ def next_steps(p: Plan) -> list[str]:
     if "k8s" in targets:
         steps.append("kubernetes: kubectl create secret generic zitops-tokens --from-file=tokens=TOKENS_FILE")
         steps.append(f"kubernetes: kubectl apply -k {q(str(p.out / 'k8s'))}")
+        steps.append(MONITORING_STEP.format(q(str(p.out / "k8s" / "monitoring"))))
     return steps
 
