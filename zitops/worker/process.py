@@ -240,13 +240,20 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
         started = time.perf_counter()
         from zitops.engine import phases
         from zitops.engine.factory import create_engine
+        from zitops.worker.bundle import import_bundle
 
+        with phases.phase("compile_bundle"):  # the fleet's compiled code, before anything compiles
+            bundle = import_bundle(config, device)
         engine = create_engine(config, incarnation=incarnation, preloaded=preloaded)
         engine.setup(device)
         setup_s = time.perf_counter() - started
         if standby is not None and preloaded is not None:
             standby["preloaded"] = preloaded.used
         warmed = _warm_up(engine, config, device)
+        if bundle is not None:
+            from zitops.engine.compile_bundle import compile_counters
+
+            warmed["compile_bundle"] = {**bundle, "counters": compile_counters()}
     except BaseException as exc:  # report why, then die: the pool decides what next
         sender.send(Failure(job_id=None, exc_type=type(exc).__name__, message=str(exc),
                             traceback=traceback.format_exc()))
