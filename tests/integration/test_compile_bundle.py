@@ -23,7 +23,7 @@ from tests.unit.test_imports import HEAVY, PROBE
 from zitops.engine.compile_bundle import read_bundle, write_bundle
 
 pytest.importorskip("torch")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 SETS = ("--set", "engine.compile=true", "--set", "engine.compile_on_cpu=true", "--set", "engine.precision=fp32",
         "--set", "engine.vae_precision=fp32", "--set", "generation.steps=2", "--set", "generation.width=64",
