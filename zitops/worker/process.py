@@ -234,6 +234,9 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
 
     device = "cpu" if gpu is None else "cuda:0"
     imports_s = setup_s = 0.0
+    from zitops.worker.prefetch import start_prefetch
+
+    prefetch = start_prefetch(config.model) if preloaded is None else None  # the disk works while we import
     try:
         imports_s = preimport(engine_modules(config_data))  # timed apart from the model load
         imported = time.time()
@@ -250,6 +253,8 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
         if standby is not None and preloaded is not None:
             standby["preloaded"] = preloaded.used
         warmed = _warm_up(engine, config, device)
+        if prefetch is not None:
+            warmed["prefetch"] = prefetch
         if bundle is not None:
             from zitops.engine.compile_bundle import compile_counters
 
