@@ -39,7 +39,7 @@ def warm(config: AgentConfig, timeout_s: float = 1800.0, *, import_path: str | P
     """
     if import_path is not None and not Path(import_path).is_file():
         raise EngineError(f"warm --import {import_path}: no such file (a bundle from `zitops warm --export FILE`)")
-    from zitops.agent.spawn import sigkill, start_child
+    from zitops.agent.workers.spawn import sigkill, start_child
     from zitops.worker.warm import warm_main
 
     cache = Path(config.paths.cache_dir)

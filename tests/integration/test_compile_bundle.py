@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.unit.test_imports import HEAVY, PROBE
-from zitops.engine.compile_bundle import read_bundle, write_bundle
+from zitops.engine.precision.compile_bundle import read_bundle, write_bundle
 
 pytest.importorskip("torch")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from zitops.engine import compile_bundle as cb
+from zitops.engine.precision import compile_bundle as cb
 
 
 def _parts(**over: object) -> dict[str, object]:

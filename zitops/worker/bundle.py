@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from zitops.config import AgentConfig
-from zitops.engine import compile_bundle as cb
+from zitops.engine.precision import compile_bundle as cb
 
 log = logging.getLogger("zitops.engine")
 
@@ -61,7 +61,7 @@ def import_bundle(config: AgentConfig, device: str, source: str | Path | None = 
     """
     if not compiles(config, device):
         return None
-    from zitops.engine.compile_cache import configure_compile_cache
+    from zitops.engine.precision.compile_cache import configure_compile_cache
 
     configure_compile_cache(config.paths.cache_dir)  # the bundle fills the caches the engine will read
     key = parts(config, device)

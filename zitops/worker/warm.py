@@ -55,7 +55,7 @@ def warm_main(conn: Connection, config_data: dict[str, Any], import_path: str | 
             # Whatever engine.warmup says: filling the caches is this command's whole point.
             plan = warmup.warmup_plan(config.profile, config.limits.min_side, config.limits.max_side)
             report.update(warmup.run_warmup(engine, config.profile, plan))
-            from zitops.engine.compile_bundle import compile_counters
+            from zitops.engine.precision.compile_bundle import compile_counters
 
             report["counters"] = compile_counters()
             report["exported"] = export_bundle(config, report["device"], export_path)
