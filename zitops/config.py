@@ -30,10 +30,13 @@ class Paths(_Section):
     log_dir: str
     output_dir: str
     cache_dir: str
+    # Compile bundles shared by a fleet (a volume every agent mounts; docs/runtime.md "Compile once per
+    # fleet"): `zitops warm` writes the bundle for its key here, every worker loads it. None: <cache_dir>/bundles.
+    compile_bundle_dir: str | None = None
 
     def as_paths(self) -> dict[str, Path]:
-        """The four directories as Path objects."""
-        return {k: Path(v) for k, v in self.model_dump().items()}
+        """The directories that are set, as Path objects."""
+        return {k: Path(v) for k, v in self.model_dump().items() if v is not None}
 
 
 class AuthSettings(_Section):

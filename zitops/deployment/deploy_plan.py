@@ -186,6 +186,7 @@ def plan(req: DeployRequest) -> Plan:
         config_file = str(out / "config.yaml")
         start_sh = str(out / "start.sh")
 
+    paths.update(extra.pop("paths", {}))  # --set paths.compile_bundle_dir=/shared/bundles
     lora_dir = req.lora_dir.expanduser().absolute() if req.lora_dir is not None else (
         Path(paths["state_dir"]) / "loras" if req.install else out / "loras")
     config_data = {

@@ -42,7 +42,7 @@ def resolve(req: DoctorRequest) -> Setup:
         raise ZitopsError(f"--target {req.target!r}: use one of {', '.join(TARGETS)}")
     config: AgentConfig | None = load_config(req.config) if req.config else None
     if config is not None:
-        paths = {k: Path(v) for k, v in config.paths.model_dump().items()}
+        paths = config.paths.as_paths()
         host, gpus, source = config.host, config.gpus, f"config {req.config}"
     else:
         out = req.out.expanduser().absolute()

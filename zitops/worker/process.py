@@ -247,19 +247,31 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
 
     device = "cpu" if gpu is None else "cuda:0"
     imports_s = setup_s = 0.0
+    from zitops.worker.prefetch import start_prefetch
+
+    prefetch = start_prefetch(config.model) if preloaded is None else None  # the disk works while we import
     try:
         imports_s = preimport(engine_modules(config_data))  # timed apart from the model load
         imported = time.time()
         started = time.perf_counter()
         from zitops.engine import phases
         from zitops.engine.factory import create_engine
+        from zitops.worker.bundle import import_bundle
 
+        with phases.phase("compile_bundle"):  # the fleet's compiled code, before anything compiles
+            bundle = import_bundle(config, device)
         engine = create_engine(config, incarnation=incarnation, preloaded=preloaded)
         engine.setup(device)
         setup_s = time.perf_counter() - started
         if standby is not None and preloaded is not None:
             standby["preloaded"] = preloaded.used
         warmed = _warm_up(engine, config, device)
+        if prefetch is not None:
+            warmed["prefetch"] = prefetch
+        if bundle is not None:
+            from zitops.engine.precision.compile_bundle import compile_counters
+
+            warmed["compile_bundle"] = {**bundle, "counters": compile_counters()}
     except BaseException as exc:  # report why, then die: the pool decides what next
         sender.send(Failure(job_id=None, exc_type=type(exc).__name__, message=str(exc),
                             traceback=traceback.format_exc()))
