@@ -178,6 +178,52 @@ class StoreSettings(_Section):
         return self.url not in (None, "sqlite") or self.url_file is not None
 
 
+class WebhookSettings(_Section):
+    """Signed job callbacks (Standard Webhooks, docs/api.md "Webhooks"); off without ``secret_file``.
+
+    ``allowed_hosts`` is the SSRF guard: a job's ``webhook`` must name one of
+    these hosts ("hooks.example.com", "*.example.com", an IP address), over
+    https. An entry written as an origin, "http://HOST:PORT", also allows plain
+    http to exactly that host and port (a receiver on the same host or network).
+    """
+
+    secret_file: str | None = None
+    allowed_hosts: list[str] = Field(default_factory=list)
+    max_attempts: int = Field(8, ge=1, le=100)
+    timeout_s: float = Field(10.0, gt=0, le=120)
+    # Retry n waits backoff_s * 2^(n-1), at most backoff_max_s, times a random 0.5..1 (jitter).
+    backoff_s: float = Field(5.0, gt=0, le=3_600)
+    backoff_max_s: float = Field(600.0, gt=0, le=86_400)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [part for part in (p.strip() for p in v.split(",")) if part]
+        if isinstance(v, list):
+            out = []
+            for item in v:
+                entry = item.strip().lower() if isinstance(item, str) else ""
+                host = entry
+                if entry.startswith("http://"):
+                    parts = urlsplit(entry)
+                    if parts.path not in ("", "/") or parts.query or parts.username or parts.port is None:
+                        raise ValueError(f"{entry[:60]!r}: an http entry is an origin with a port, "
+                                         "http://HOST:PORT")
+                    host = parts.hostname or ""
+                if not host or host == "*" or not _HOST_ENTRY.fullmatch(host):
+                    raise ValueError(f"{str(item)[:60]!r} is not a host name, an IP address, '*.domain' "
+                                     "or http://HOST:PORT")
+                out.append(entry if entry.startswith("http://") else host.strip("[]"))
+            return out
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        """True when jobs may carry a webhook (a secret is configured)."""
+        return self.secret_file is not None
+
+
 class AgentConfig(_Section):
     """Everything ``zitops agent`` needs, in one validated object."""
 
@@ -192,6 +238,7 @@ class AgentConfig(_Section):
     limits: Limits = Limits()
     server: ServerSettings = ServerSettings()
     store: StoreSettings = StoreSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     log_format: Literal["auto", "json", "console"] = "auto"
     lora_dir: str | None = Field(None, description="Directory of LoRA *.safetensors files (docs/features.md); "
                                                    "None: no LoRAs.")

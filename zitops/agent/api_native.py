@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
@@ -30,6 +31,7 @@ from zitops.agent.api_control import ControlIn, control_overrides
 from zitops.agent.api_inputs import LoraIn, image_overrides, lora_overrides, sized
 from zitops.agent.http_errors import EDGE_CODES, responses
 from zitops.agent.image_input import from_base64
+from zitops.agent.webhooks import resolve_target
 from zitops.errors import InvalidRequest
 from zitops.profile import SAMPLERS, SCHEDULES
 
@@ -70,6 +72,9 @@ class JobIn(Body):
                                 description="LoRAs from the LoRA directory (GET /sdapi/v1/loras), with weights.")
     control: ControlIn | None = Field(None, description="ControlNet (text-to-image only; needs a deployed "
                                                         "ControlNet, docs/features.md).")
+    webhook: str | None = Field(None, min_length=8, max_length=2048,
+                                description="https URL POSTed (Standard Webhooks, signed) when the job ends; its "
+                                            "host must be in webhooks.allowed_hosts (docs/api.md \"Webhooks\").")
 
 
 class JobAccepted(BaseModel):
@@ -85,7 +90,8 @@ class JobAccepted(BaseModel):
 async def submit_job(body: JobIn, request: Request, response: Response) -> dict[str, Any]:
     """Queue a job; 202 with its id, 429/503 with Retry-After when the queue (or this token's share) is full."""
     ctx = context(request)
-    overrides = body.model_dump(exclude={"prompt", "init_image", "mask", "loras", "control"}, exclude_none=True)
+    overrides = body.model_dump(exclude={"prompt", "init_image", "mask", "loras", "control", "webhook"},
+                                exclude_none=True)
     overrides.update(lora_overrides(ctx.config, [(lo.name, lo.weight) for lo in body.loras]))
     if body.mask is not None and body.init_image is None:
         raise InvalidRequest("mask: needs an input image (init_image) to inpaint")
@@ -98,6 +104,8 @@ async def submit_job(body: JobIn, request: Request, response: Response) -> dict[
             raise InvalidRequest("control: ControlNet works on text-to-image only; send no init_image with it")
         overrides.update(await control_overrides(ctx.config, body.control.ask()))
     req = build_request(ctx.config, body.prompt, **overrides)
+    if body.webhook is not None:  # checked and resolved once, before the job is stored with it
+        req = replace(req, extra={**req.extra, "webhook": await resolve_target(ctx.config.webhooks, body.webhook)})
     record = await submit(request, req)
     url = f"/v1/jobs/{record.id}"
     response.headers["Location"] = url

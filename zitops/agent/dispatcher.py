@@ -42,6 +42,7 @@ from zitops.agent.schedule import Periodic, Schedule
 from zitops.agent.slots import WorkerSlot
 from zitops.agent.store import Store, open_store
 from zitops.agent.store_errors import Unsaved
+from zitops.agent.webhooks import open_webhooks
 from zitops.config import AgentConfig
 from zitops.engine.request import GenerationRequest
 from zitops.errors import AgentUnavailable, NotFound, QueueFull, StoreUnavailable
@@ -97,6 +98,8 @@ class Dispatcher:
                                     self._finished, lambda job_id: job_id in self._waiters,
                                     self.outcomes.store_failed,
                                     upload=None if self.fleet is None else self.fleet.store.upload)
+        self.webhooks = open_webhooks(config.webhooks, store, self.metrics.webhooks, self.log, self.failure_log,
+                                      lambda job_id, n: [f"/v1/jobs/{job_id}/images/{i}" for i in range(n)])
         self.schedule = Schedule()
         self.progress = ProgressBoard()
         self.malloc_tuned = keep_freed_memory()
@@ -112,7 +115,7 @@ class Dispatcher:
 
     @property
     def encode(self) -> Encoder:
-        """The image encoder the result writer uses (a test seam: tests swap in a slow or failing one)."""
+        """The result writer's image encoder (a test seam: tests swap in a slow or failing one)."""
         return self.results.encode
 
     @encode.setter
@@ -137,6 +140,7 @@ class Dispatcher:
         if ping is not None:
             rounds.append(Periodic("notify", ping, self.notify_tick, soon=True))
         self.schedule.start(rounds)
+        self.webhooks.start()
 
     async def _loop(self) -> None:
         while True:
@@ -181,6 +185,7 @@ class Dispatcher:
         self.schedule.stop()
         if self.fleet is not None:
             await self.fleet.close()
+        await self.webhooks.close()
         await self.pool.stop(self.config.profile.watchdog.kill_grace_s + 5.0 if stop_timeout_s is None
                              else stop_timeout_s)
         await self.results.settle(ENCODE_SETTLE_S)
@@ -236,6 +241,7 @@ class Dispatcher:
                                stopped if isinstance(stopped, int) else None)
         self._marks.pop(record.id, None)
         self._wake(record.id)
+        self.webhooks.wake(record.id)
 
     def _forget(self, job_id: str) -> None:
         self._marks.pop(job_id, None)
@@ -329,9 +335,7 @@ class Dispatcher:
         return self.store.get(record.id)
 
     def _retry_after(self, waiting: int) -> int:
-        mean = sum(self._seconds) / len(self._seconds) if self._seconds else 5.0
-        workers = max(1, sum(1 for s in self.pool.slots if s.serving))
-        return max(1, min(600, round(mean * (waiting + 1) / workers)))
+        return reporting.retry_after(list(self._seconds), self.pool, waiting)
 
     def steer(self, job_id: str, action: str) -> bool:
         """Send a running job's worker a Steer (cancel, interrupt, preview); False when no worker runs it."""
@@ -429,8 +433,9 @@ class Dispatcher:
 
     def status(self) -> dict[str, Any]:
         """The /status JSON."""
-        return reporting.status(self.config, self.pool, self._view(), uptime_s=time.time() - self._started_at,
-                                recent_failures=self.failure_log.recent(10))
+        return {**reporting.status(self.config, self.pool, self._view(), uptime_s=time.time() - self._started_at,
+                                   recent_failures=self.failure_log.recent(10)),
+                "webhooks": self.webhooks.status()}
 
     def metrics_text(self) -> str:
         """Prometheus text of the runtime's own registry."""

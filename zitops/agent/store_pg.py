@@ -315,3 +315,9 @@ class PgJobStore:
     def expire_bytes(self, max_bytes: int) -> list[JobRecord]:
         """Delete the oldest final jobs until the rest's images fit in ``max_bytes``; return them."""
         return [_record(r) for r in self._rows("expire_bytes", max_bytes=max_bytes)]
+
+    def run(self, sql: str, **params: Any) -> list[DictRow]:
+        """One statement of another table's owner (the webhook ledger), in a short transaction; its rows."""
+        with self._conn() as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description is not None else []

@@ -154,6 +154,15 @@
         el("td", { title: f.prompt || "" }, prompt || "–"), el("td", {}, f.action || "–"));
     });
     replaceRows($("failure-rows"), failures, 7, "none");
+
+    const hooks = s.webhooks || { enabled: false };
+    const deliveries = (hooks.recent || []).map((d) => el("tr", { "data-delivery": d.job_id },
+      el("td", {}, fmt.time(d.created_at)), el("td", { title: d.job_id }, String(d.job_id).slice(0, 8)),
+      el("td", { className: `state state-${d.state}` }, d.state), el("td", {}, d.attempts ?? 0),
+      el("td", {}, d.last_status ?? "–"), el("td", {}, d.last_error || "–")));
+    replaceRows($("webhook-rows"), deliveries, 6, hooks.enabled === false ? "webhooks off" : "none");
+    $("webhook-counts").textContent = hooks.enabled === false ? "off (webhooks.secret_file is not set)"
+      : Object.entries(hooks.counts || {}).map(([k, v]) => `${k} ${v}`).join(" · ") || "no deliveries yet";
   }
 
   async function statusLoop() {
