@@ -224,6 +224,59 @@ class WebhookSettings(_Section):
         return self.secret_file is not None
 
 
+class ImageSettings(_Section):
+    """Where succeeded jobs' images go besides this host's disk: an S3-compatible bucket (docs/api.md).
+
+    The credentials are never here: ``s3_credentials_file`` names an AWS
+    shared-credentials file (mode 600 or 640, like the tokens file).
+    """
+
+    url: str | None = None  # s3://BUCKET[/PREFIX]; None: images stay on this host (or the fleet's store)
+    s3_endpoint: str | None = None  # None: AWS's own endpoint for s3_region
+    s3_credentials_file: str | None = None
+    s3_profile: str = Field("default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    s3_region: str = Field("us-east-1", min_length=1, max_length=32, pattern=r"^[a-z0-9-]+$")
+    # Presigned URLs (OpenAI response_format "url", native image links) stay valid this long (SigV4: at most 7 days).
+    url_ttl_s: int = Field(3600, ge=1, le=604_800)
+    check_interval_s: float = Field(5.0, gt=0, le=600)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme != "s3" or not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", parts.netloc or ""):
+            raise ValueError("use s3://BUCKET or s3://BUCKET/PREFIX (a bucket name: 3-63 of a-z 0-9 . -)")
+        if parts.query or parts.fragment or "//" in parts.path or ".." in parts.path.split("/"):
+            raise ValueError("the prefix must be plain path segments (no ?, #, // or ..)")
+        return v
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and (urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).hostname
+                              or urlsplit(v).username is not None):
+            raise ValueError("use http(s)://HOST[:PORT] without a user or password")
+        return v
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> ImageSettings:
+        if self.url is None and (self.s3_endpoint is not None or self.s3_credentials_file is not None):
+            raise ValueError("s3_endpoint and s3_credentials_file need url: s3://BUCKET[/PREFIX]")
+        return self
+
+    @property
+    def bucket(self) -> str:
+        """The bucket of ``url``."""
+        return urlsplit(self.url or "").netloc
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix of ``url`` ("" or "a/b", no slashes at the ends)."""
+        return urlsplit(self.url or "").path.strip("/")
+
+
 class AgentConfig(_Section):
     """Everything ``zitops agent`` needs, in one validated object."""
 
@@ -239,6 +292,7 @@ class AgentConfig(_Section):
     server: ServerSettings = ServerSettings()
     store: StoreSettings = StoreSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    images: ImageSettings = ImageSettings()
     log_format: Literal["auto", "json", "console"] = "auto"
     lora_dir: str | None = Field(None, description="Directory of LoRA *.safetensors files (docs/features.md); "
                                                    "None: no LoRAs.")

@@ -117,7 +117,9 @@ async def get_job(job_id: JobId, request: Request) -> dict[str, Any]:
     """A job's status (queued, running, succeeded, failed, cancelled), error, image links and stage timings."""
     record = job_for(request, job_id)
     timings = record.info.get("timings") if isinstance(record.info, dict) else None
-    return {**record.public(), "timings": timings if isinstance(timings, dict) else None}
+    links = context(request).service.image_links(record) if record.images else None
+    return {**record.public(), "timings": timings if isinstance(timings, dict) else None,
+            **({"images": links} if links is not None else {})}
 
 
 @router.get("/v1/jobs/{job_id}/images/{index}", name="native_image",

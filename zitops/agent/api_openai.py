@@ -165,7 +165,9 @@ async def create_images(body: ImageGenerationIn, request: Request) -> Response:
             "size": f"{record.request.width}x{record.request.height}"}
     if body.response_format == "url":
         root = base_url(request)
-        urls = [json.dumps(f"{root}/v1/jobs/{record.id}/images/{i}").encode() for i in range(len(record.images))]
+        links = ctx.service.image_links(record) or [f"{root}/v1/jobs/{record.id}/images/{i}"
+                                                     for i in range(len(record.images))]
+        urls = [json.dumps(link).encode() for link in links]
         drop_encoded(ctx.service, record)
         payload = json_splice("data", [[b'{"url":', url, revised] for url in urls], rest)
     else:

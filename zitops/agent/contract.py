@@ -89,6 +89,9 @@ class Service(Protocol):
     def image(self, job_id: str, index: int) -> tuple[str, bytes]:
         """(file name, bytes) of image ``index`` of any job of the fleet; raises NotFound."""
 
+    def image_links(self, record: JobRecord) -> list[str] | None:
+        """Presigned object-store URLs of a succeeded job's images; None: link the API's image routes."""
+
     def livez(self) -> bool:
         """True while the process runs (no GPU call)."""
 

@@ -25,12 +25,12 @@ from typing import Any
 from zitops.agent import reporting
 from zitops.agent.agent_log import AgentLog
 from zitops.agent.contract import JobRecord, JobStatus
-from zitops.agent.disk import FreeSpaceFloor, prune_outputs
+from zitops.agent.disk import FreeSpaceFloor
 from zitops.agent.failure_log import FailureLog, lost_kind
 from zitops.agent.fleet import Fleet
 from zitops.agent.fleet_store import shared
+from zitops.agent.image_home import ImageHome
 from zitops.agent.images import Encoder, keep_freed_memory
-from zitops.agent.job_files import expire_jobs, read_image
 from zitops.agent.loop_health import LoopHealth
 from zitops.agent.notify import SystemdNotify
 from zitops.agent.outcomes import Outcomes
@@ -94,12 +94,13 @@ class Dispatcher:
         self.fatal = asyncio.Event()  # set when the pool gives up on every slot: the agent exits (server.py)
         self.outcomes = Outcomes(self.store, self.metrics, self.log, self.failure_log, self.unsaved,
                                  finished=self._finished, forget=self._forget, requeue_first=self._queue_first)
+        self.images = ImageHome(config, self.store, self.output_dir, self.log, self.fleet)
         self.results = ResultWriter(self.output_dir, self.store, self.metrics, self.log, self.failure_log,
                                     self._finished, lambda job_id: job_id in self._waiters,
-                                    self.outcomes.store_failed,
-                                    upload=None if self.fleet is None else self.fleet.store.upload)
+                                    self.outcomes.store_failed, objects=self.images.objects,
+                                    upload=None if self.fleet is None or self.images.objects else self.fleet.store.upload)
         self.webhooks = open_webhooks(config.webhooks, store, self.metrics.webhooks, self.log, self.failure_log,
-                                      lambda job_id, n: [f"/v1/jobs/{job_id}/images/{i}" for i in range(n)])
+                                      self.images.hook_links)
         self.schedule = Schedule()
         self.progress = ProgressBoard()
         self.malloc_tuned = keep_freed_memory()
@@ -135,7 +136,7 @@ class Dispatcher:
         self._tick_task = asyncio.create_task(self._loop(), name="zitops-dispatcher")
         ttl = self.config.profile.queue.result_ttl_s
         rounds = [*self.pool.periodic(), Periodic("retention", min(max(ttl / 10.0, 1.0), 600.0), self.expire)]
-        rounds += self.fleet.start() if self.fleet is not None else []
+        rounds += (self.fleet.start() if self.fleet is not None else []) + self.images.rounds(self.results.objects_round)
         ping = self.notify.interval_s(self.config.profile.watchdog.interval_s)
         if ping is not None:
             rounds.append(Periodic("notify", ping, self.notify_tick, soon=True))
@@ -317,6 +318,7 @@ class Dispatcher:
         if self._draining:
             raise AgentUnavailable("the agent is draining (shutting down); retry on another instance or later")
         self.floor.check()
+        self.images.refuse_if_down()
         if self.pool.degraded and not any(s.serving for s in self.pool.slots):
             raise AgentUnavailable(f"no worker can run jobs: {self.pool.degraded}")
         depth = self.config.profile.queue.depth
@@ -386,22 +388,19 @@ class Dispatcher:
 
     def image(self, job_id: str, index: int) -> tuple[str, bytes]:
         """(file name, bytes) of image ``index`` of a succeeded job, or NotFound; any job of the fleet."""
-        return read_image(self.store, self.output_dir, job_id, index, self.fleet.image if self.fleet else None)
+        return self.images.read(job_id, index)
+
+    def image_links(self, record: JobRecord) -> list[str] | None:
+        """Presigned object-store URLs of a succeeded job's images; None: the API's own image routes."""
+        return self.images.links(record)
 
     def expire(self) -> int:
-        """Delete finished jobs (and their images) older than the result TTL, or past the fleet's bytes
-        cap; then the oldest local images past queue.max_output_bytes."""
-        removed = expire_jobs(self.store, self.output_dir, self.config.profile.queue.result_ttl_s,
-                              self.fleet.expire_bytes if self.fleet is not None else None)
-        pruned = prune_outputs(self.output_dir, self.config.profile.queue.max_output_bytes)
-        if removed or pruned:
-            self.log("info", "expired jobs removed", count=len(removed), images_over_byte_cap=len(pruned))
-        return len(removed)
+        """Delete expired jobs with their files and objects, then local images past the byte cap."""
+        return self.images.expire()
 
     def discard_images(self, job_id: str) -> None:
         """Delete a synchronous job's image files once its response holds them (kept only when asked)."""
-        for name in self.store.get(job_id).images:
-            (self.output_dir / name).unlink(missing_ok=True)
+        self.images.discard(job_id)
 
     # --- reports ---------------------------------------------------------------------
 
@@ -416,7 +415,7 @@ class Dispatcher:
     def readiness(self) -> tuple[bool, list[str]]:
         """(ready, reasons): a worker is loaded, the queue is below cap, heartbeats are fresh, the loop works."""
         ready, reasons = reporting.readiness(self.pool, self._view())
-        reasons += self.fleet.reasons() if self.fleet is not None else []
+        reasons += (self.fleet.reasons() if self.fleet is not None else []) + self.images.reasons()
         return not reasons, reasons
 
     def healthy(self) -> bool:
@@ -435,7 +434,7 @@ class Dispatcher:
         """The /status JSON."""
         return {**reporting.status(self.config, self.pool, self._view(), uptime_s=time.time() - self._started_at,
                                    recent_failures=self.failure_log.recent(10)),
-                "webhooks": self.webhooks.status()}
+                "webhooks": self.webhooks.status(), "object_store": self.images.state()}
 
     def metrics_text(self) -> str:
         """Prometheus text of the runtime's own registry."""

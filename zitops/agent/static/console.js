@@ -121,6 +121,11 @@
       ["uptime", fmt.duration(s.uptime_s ?? s.api_uptime_s)], ["NVML", s.nvml], ["auth", s.auth],
       ["version", s.version],
     ];
+    const os = s.object_store;
+    if (os && os.configured) {
+      items.push(["object store", `${os.url} · ${os.up ? "up" : `down: ${os.reason || "unknown"}`}` +
+        (os.checked_at ? ` · checked ${fmt.time(os.checked_at)}` : "")]);
+    } else if (os) items.push(["object store", "none (images on this host)"]);
     if (s.draining) items.push(["draining", "yes"]);
     if (s.degraded) items.push(["degraded", typeof s.degraded === "string" ? s.degraded : JSON.stringify(s.degraded)]);
     $("overview-list").replaceChildren(...items.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-field": k }, v ?? "–")]));
