@@ -79,6 +79,11 @@ class DeployRequest:
     store: str = "sqlite"
     store_password_file: Path | None = None
     replicas: int = 1  # the Kubernetes Deployment's pods (one GPU each)
+    # Images in S3-compatible object storage: s3://BUCKET[/PREFIX], its endpoint, and an AWS
+    # shared-credentials file (never rendered: the config names it; a pod reads the zitops-s3 Secret).
+    images: str | None = None
+    s3_endpoint: str | None = None
+    s3_credentials_file: Path | None = None
 
 
 @dataclass(frozen=True)
