@@ -41,7 +41,7 @@ from zitops.agent.http_errors import (
 from zitops.agent.http_metrics import CONTENT_TYPE, HttpMetrics
 from zitops.agent.middleware import EdgeMiddleware
 from zitops.agent.openapi import install as install_openapi
-from zitops.agent.tenants import caller, reason_codes, reduced_status
+from zitops.agent.tenants import caller, owner_hash, reason_codes, reduced_status
 from zitops.config import AgentConfig
 from zitops.errors import ConfigError, InvalidRequest, ZitopsError
 from zitops.failures import FailureStore, failures_payload
@@ -198,7 +198,7 @@ def image_paths(config: AgentConfig) -> frozenset[str]:
 
 
 def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
-               admin_tokens: frozenset[str] = frozenset()) -> FastAPI:
+               admin_tokens: frozenset[str] = frozenset(), priorities: dict[str, int] | None = None) -> FastAPI:
     """The agent's ASGI app around ``service``; ``tokens`` empty means no auth (everyone an admin)."""
     app = FastAPI(
         title="zitops agent",
@@ -209,7 +209,8 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
     )
     http_metrics = HttpMetrics()
     app.state.zitops = ApiContext(config=config, service=service, tokens=tokens,
-                                  metrics=http_metrics, started_at=time.time(), admin_tokens=admin_tokens)
+                                  metrics=http_metrics, started_at=time.time(), admin_tokens=admin_tokens,
+                                  priorities={owner_hash(t): p for t, p in (priorities or {}).items()})
     app.add_exception_handler(ZitopsError, zitops_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)

@@ -26,11 +26,12 @@ from zitops.agent import reporting
 from zitops.agent.agent_log import AgentLog
 from zitops.agent.contract import JobRecord, JobStatus
 from zitops.agent.disk import FreeSpaceFloor
-from zitops.agent.failure_log import FailureLog, lost_kind
+from zitops.agent.failure_log import FailureLog
 from zitops.agent.fleet import Fleet
 from zitops.agent.fleet_store import shared
 from zitops.agent.image_home import ImageHome
 from zitops.agent.images import Encoder, keep_freed_memory
+from zitops.agent.job_queue import JobQueue
 from zitops.agent.loop_health import LoopHealth
 from zitops.agent.notify import SystemdNotify
 from zitops.agent.outcomes import Outcomes
@@ -46,7 +47,7 @@ from zitops.agent.webhooks import open_webhooks
 from zitops.config import AgentConfig
 from zitops.engine.request import GenerationRequest
 from zitops.errors import AgentUnavailable, NotFound, QueueFull, StoreUnavailable
-from zitops.failures import Action, FailureStore
+from zitops.failures import FailureStore
 from zitops.gpu import worker_devices
 from zitops.sdnotify import Notifier
 from zitops.worker.protocol import (
@@ -104,7 +105,7 @@ class Dispatcher:
         self.schedule = Schedule()
         self.progress = ProgressBoard()
         self.malloc_tuned = keep_freed_memory()
-        self._queue: collections.deque[str] = collections.deque()
+        self._queue = JobQueue()  # waiting jobs: highest priority first, FIFO within a level
         self._waiters: dict[str, asyncio.Event] = {}
         self._draining = False
         self._closed = False
@@ -128,14 +129,15 @@ class Dispatcher:
     async def start(self) -> None:
         """Restore durable jobs, spawn workers, start the loop and the periodic rounds."""
         restored = self.store.recover()
-        self._queue.extend(restored if self.fleet is None else ())  # a fleet claims from the store
+        self._queue.restore([self.store.get(j) for j in restored] if self.fleet is None else [])  # a fleet claims
         if restored:
             self.log("info", "restored queued jobs", count=len(restored))
         self.pool.start()
         self.health.ticked()
         self._tick_task = asyncio.create_task(self._loop(), name="zitops-dispatcher")
         ttl = self.config.profile.queue.result_ttl_s
-        rounds = [*self.pool.periodic(), Periodic("retention", min(max(ttl / 10.0, 1.0), 600.0), self.expire)]
+        rounds = [*self.pool.periodic(), Periodic("retention", min(max(ttl / 10.0, 1.0), 600.0), self.expire),
+                  Periodic("deadlines", 1.0, self.fail_overdue)]
         rounds += (self.fleet.start() if self.fleet is not None else []) + self.images.rounds(self.results.objects_round)
         ping = self.notify.interval_s(self.config.profile.watchdog.interval_s)
         if ping is not None:
@@ -211,7 +213,8 @@ class Dispatcher:
                 job = Job(job_id=record.id, request=record.request.to_dict(), attempt=record.attempts)
                 if not self.pool.assign(slot, job):
                     self.store.requeue(record.id, record.error or "", uncount=True)
-                    self._queue.extendleft([record.id] if self.fleet is None else [])
+                    if self.fleet is None:
+                        self._queue.appendleft(record.id)
                     break
                 self._marks.setdefault(record.id, {})["handed"] = time.monotonic()
                 self.progress.started(record.id)
@@ -296,19 +299,9 @@ class Dispatcher:
 
     def on_event(self, event: dict[str, Any]) -> None:
         """Log and count a pool action."""
-        kind = event["kind"]
-        if kind == "exit":
+        if event["kind"] == "exit":
             self.fatal.set()
-        self.metrics.count_event(event)
-        level = "info" if kind in ("ready", "restart", "cache_clear", "handover", "retired") else "warning"
-        fields = {k: v for k, v in event.items() if k not in ("kind", "worker", "time")}
-        self.log(level, f"worker {kind}", worker_id=event.get("worker"), **fields)
-        if kind in ("crash", "hang") and event.get("job_id") is None:
-            # A retiring worker (overlapped recycle) is not restarted: its
-            # successor already serves, so the action taken was the recycle.
-            action: Action = "recycle" if event.get("overlap") else "restart"
-            self.failure_log.record(None, "WorkerLost", event["reason"], "", worker_id=event.get("worker"),
-                                    vram={}, action=action, kind=lost_kind(event["reason"]))
+        self.outcomes.pool_event(event)
 
     # --- Service -----------------------------------------------------------------
 
@@ -331,10 +324,16 @@ class Dispatcher:
         self.progress.queued(record.id, request.steps, owner)
         self._marks[record.id] = {"accepted": time.monotonic()}
         if self.fleet is None:  # (a fleet claims it from the store: admit() asked it to look)
-            self._queue.append(record.id)
+            self._queue.add(record)
         self.log("info", "job queued", job_id=record.id, queued=len(self._queue))
         self.dispatch()
         return self.store.get(record.id)
+
+    def fail_overdue(self) -> None:
+        """The deadline round: fail queued jobs still waiting past their max_queue_s."""
+        for job_id in self._queue.overdue(time.time()):
+            self._queue.remove(job_id)
+            self.outcomes.overdue(job_id)
 
     def _retry_after(self, waiting: int) -> int:
         return reporting.retry_after(list(self._seconds), self.pool, waiting)

@@ -135,7 +135,7 @@ async def _main(config: AgentConfig, config_path: str | Path | None, tokens: Tok
     for handled in HANDLED:
         loop.add_signal_handler(handled, signals.put_nowait, handled)
     dispatcher = Dispatcher(config, failures=failure_store(config))
-    app = create_app(config, dispatcher, tokens=tokens.all, admin_tokens=tokens.admins)
+    app = create_app(config, dispatcher, tokens=tokens.all, admin_tokens=tokens.admins, priorities=tokens.priorities)
     server = _Server(server_config(app, config.host, config.port, config.server, GRACEFUL_HTTP_S))
     fatal = asyncio.create_task(dispatcher.fatal.wait(), name="zitops-fatal")
     try:

@@ -29,6 +29,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.job_queue import priority_of
 from zitops.agent.pg_connect import Breaker, PgConnector, is_down
 from zitops.agent.pg_listen import PgListener
 from zitops.agent.pg_schema import migrate, query
@@ -265,7 +266,7 @@ class PgJobStore:
     def claim(self, agent_id: str, worker: str, limit: int = 1) -> list[JobRecord]:
         """Take up to ``limit`` of the oldest queued jobs as leases for ``agent_id``; oldest first."""
         rows = self._rows_lazy("claim_jobs", agent_id=agent_id, worker=worker, limit=limit, lease_s=self.lease_s)
-        return sorted((_record(r) for r in rows), key=lambda r: (r.created_at, r.id))
+        return sorted((_record(r) for r in rows), key=lambda r: (-priority_of(r.request.extra), r.created_at, r.id))
 
     def heartbeat(self, agent_id: str, ready: bool = True) -> list[str]:
         """Renew the agent's row and all its leases; return the ids of the jobs it still holds.
