@@ -43,6 +43,7 @@ from zitops.errors import (
     OutOfMemory,
     ZitopsError,
 )
+from zitops.worker.protocol import STEER_CANCEL
 
 SIDE_CAP = 8192
 """Hard schema ceilings, the highest values any config's limits may allow (zitops.config.Limits);
@@ -283,9 +284,7 @@ async def wait_final(service: Service, record: JobRecord, timeout_s: float,
         step = min(remaining, DISCONNECT_CHECK_S if request is not None else 30.0)
         record = await service.wait(record.id, step)
         if request is not None and not record.status.final and await request.is_disconnected():
-            if record.status is JobStatus.QUEUED:
-                with contextlib.suppress(Conflict, NotFound):
-                    await service.cancel(record.id)
+            abandon(context(request), record.id)
             raise ClientGone(f"job {record.id}: the client disconnected while it was {record.status.value}")
     if record.status is JobStatus.FAILED:
         error = record.error or "unknown error"
@@ -297,6 +296,33 @@ async def wait_final(service: Service, record: JobRecord, timeout_s: float,
     if record.status is JobStatus.CANCELLED:
         raise Conflict(f"job {record.id} was cancelled before it ran")
     return record
+
+
+_CANCELS: set[asyncio.Task[Any]] = set()
+"""Cancels of abandoned queued jobs in flight (a reference, so the loop does not drop them)."""
+
+
+def abandon(ctx: ApiContext, job_id: str) -> None:
+    """A synchronous request's client hung up: cancel its job, counted (queued: at once; running: at its next
+    step, and the worker moves on). Never raises: the client is gone, nobody hears an error."""
+    try:
+        record = ctx.service.get(job_id)
+    except ZitopsError:
+        return
+    if record.status.final:
+        return
+    ctx.metrics.client_gone.labels(record.status.value).inc()
+    if record.status is JobStatus.RUNNING:
+        ctx.service.steer(job_id, STEER_CANCEL)
+        return
+
+    async def cancel() -> None:
+        with contextlib.suppress(ZitopsError):
+            await ctx.service.cancel(job_id)
+
+    task = asyncio.get_running_loop().create_task(cancel(), name=f"zitops-abandon-{job_id}")
+    _CANCELS.add(task)
+    task.add_done_callback(_CANCELS.discard)
 
 
 def image_bytes(service: Service, record: JobRecord, index: int) -> tuple[str, bytes]:
