@@ -10,8 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from zitops import deploy
 from zitops.config import load_config
+from zitops.deployment import deploy
 from zitops.errors import RenderError, ZitopsError
 
 K8S_VERSION = "1.31.0"

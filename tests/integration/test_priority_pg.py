@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from zitops.agent.store_pg import PgJobStore
+from zitops.agent.storage.store_pg import PgJobStore
 from zitops.engine.request import GenerationRequest
 
 if TYPE_CHECKING:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from zitops.agent.jobs import JobStore
-from zitops.agent.webhook_ledger import SqliteLedger
+from zitops.agent.storage.jobs import JobStore
+from zitops.agent.storage.webhook_ledger import SqliteLedger
 from zitops.engine.request import GenerationRequest
 
 if TYPE_CHECKING:
@@ -43,8 +43,8 @@ def opened(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[
             store: Any = JobStore(tmp_path / "state")
             ledger: Any = SqliteLedger(store.path)
         else:
-            from zitops.agent.store_pg import PgJobStore
-            from zitops.agent.webhook_pg import PgLedger
+            from zitops.agent.storage.store_pg import PgJobStore
+            from zitops.agent.storage.webhook_pg import PgLedger
 
             db: PgDatabase = request.getfixturevalue("pg_db")
             store = PgJobStore(db.url, password_file=db.password_file, agent_id=f"agent-{len(made)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zitops.agent.contract import JobRecord, JobStatus
-from zitops.agent.job_queue import JobQueue, deadline_of, priority_of
+from zitops.agent.dispatch.job_queue import JobQueue, deadline_of, priority_of
 from zitops.engine.request import GenerationRequest
 
 

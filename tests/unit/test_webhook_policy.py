@@ -8,7 +8,7 @@ import base64
 import pytest
 import standardwebhooks
 
-from zitops.agent.webhook_policy import (
+from zitops.agent.dispatch.webhook_policy import (
     backoff_s,
     check_target,
     event_body,

@@ -13,6 +13,16 @@ from typing import Any, Protocol
 from zitops.agent.progress import ProgressBoard
 from zitops.engine.request import GenerationRequest
 
+PRIORITIES = (0, 1, 2)
+"""Job priorities: 0 low, 1 normal, 2 high (``request.extra["priority"]``; docs/api.md "Priorities")."""
+DEFAULT_PRIORITY = 1
+
+
+def priority_of(extra: dict[str, Any]) -> int:
+    """A stored request's priority (``extra["priority"]``), or the default."""
+    value = extra.get("priority")
+    return value if isinstance(value, int) and value in PRIORITIES else DEFAULT_PRIORITY
+
 
 class JobStatus(enum.StrEnum):
     """Lifecycle of a job; the last three are final."""
@@ -44,7 +54,7 @@ class JobRecord:
     images: tuple[str, ...] = ()  # file names under the output dir, chosen by the server
     worker: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
-    owner: str | None = None  # SHA-256 hex of the submitting token (zitops.agent.tenants); never shown
+    owner: str | None = None  # SHA-256 hex of the submitting token (zitops.agent.http.tenants); never shown
 
     def public(self) -> dict[str, Any]:
         """The JSON the API returns for ``GET /v1/jobs/{id}``."""

@@ -9,7 +9,7 @@ from typing import Any
 import click
 import httpx
 
-from zitops.agent.auth import read_client_token
+from zitops.agent.http.auth import read_client_token
 from zitops.commands.options import json_option, token_file_option, url_option
 from zitops.commands.terminal import printable
 from zitops.errors import AgentUnavailable, Unauthorized, ZitopsError

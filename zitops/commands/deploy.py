@@ -1,4 +1,4 @@
-"""``zitops deploy``: switches mapped onto :class:`zitops.deploy.DeployRequest`."""
+"""``zitops deploy``: switches mapped onto :class:`zitops.deployment.deploy.DeployRequest`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from zitops import deploy as core
 from zitops.commands.options import deploy_profile_option, model_option, set_option
+from zitops.deployment import deploy as core
 from zitops.errors import AgentUnavailable, RenderError
 from zitops.progress import Progress
 

@@ -1,4 +1,4 @@
-"""``zitops doctor``: switches mapped onto :class:`zitops.doctor.DoctorRequest`."""
+"""``zitops doctor``: switches mapped onto :class:`zitops.preflight.doctor.DoctorRequest`."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from zitops.commands.options import json_option
 def doctor(profile: str | None, model: str | None, port: int | None, config_path: str | None,
            target: str, out: Path, as_json: bool) -> None:
     """Check that this host can run a profile: GPU, model files, disk, port, directories, services."""
-    from zitops.doctor import DoctorRequest, run
+    from zitops.preflight.doctor import DoctorRequest, run
 
     report = run(DoctorRequest(profile=profile, model=model, port=port, config=config_path,
                                target=target, out=out))

@@ -14,7 +14,7 @@ from zitops.errors import AgentUnavailable
 
 def _from_config(config_path: str, since: float | None, limit: int) -> list[dict[str, Any]]:
     from zitops.config import load_config
-    from zitops.failures import FailureStore
+    from zitops.logbook.failures import FailureStore
 
     paths = load_config(config_path).paths.as_paths()
     store = FailureStore(paths["state_dir"], paths["log_dir"])
@@ -79,7 +79,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
 def failures(since: str | None, limit: int, as_json: bool, config_path: str | None, url: str,
              token_file: str | None) -> None:
     """List recorded job failures (newest first): from --config's store, or from the agent at --url."""
-    from zitops.failures import parse_since
+    from zitops.logbook.failures import parse_since
 
     since_ts = parse_since(since) if since else None
     if config_path is not None:
