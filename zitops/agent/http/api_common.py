@@ -21,8 +21,9 @@ from typing import Annotated, Any
 from fastapi import Request, Response
 from pydantic import BaseModel, ConfigDict, Strict, field_validator
 
-from zitops.agent.contract import DEFAULT_PRIORITY, JobRecord, JobStatus, Service
+from zitops.agent.contract import JobRecord, JobStatus, Service
 from zitops.agent.http.http_metrics import HttpMetrics
+from zitops.agent.http.queue_terms import queue_terms
 from zitops.agent.http.tenants import caller, token_cap, visible
 from zitops.budget import over_budget
 from zitops.config import AgentConfig
@@ -201,37 +202,6 @@ def build_request_as(names: dict[str, str], config: AgentConfig, prompt: str,
         if sep and field in names:
             raise InvalidRequest(f"{names[field]}:{rest}") from None
         raise
-
-
-PRIORITY_HEADER = "x-zitops-priority"
-DEADLINE_HEADER = "x-zitops-max-queue-s"
-MAX_QUEUE_CAP_S = 86_400
-
-
-def _header_int(request: Request, name: str, field_name: str, low: int, high: int) -> int | None:
-    raw = request.headers.get(name)
-    if raw is None:
-        return None
-    if not raw.strip().isdigit() or not low <= int(raw) <= high:
-        raise InvalidRequest(f"{field_name} (header {name}): {raw[:20]!r} is not a whole number in {low}..{high}")
-    return int(raw)
-
-
-def queue_terms(request: Request, priority: int | None, max_queue_s: int | None) -> dict[str, int]:
-    """The job's priority (asked for, else the token's default) and deadline, for ``request.extra``.
-
-    A body field wins over its header. Only admin tokens (or everyone, on an
-    agent without tokens) may ask for more than the token's default.
-    """
-    ctx, who = context(request), caller(request)
-    default = ctx.priorities.get(who.owner, DEFAULT_PRIORITY) if who.owner is not None else DEFAULT_PRIORITY
-    asked = priority if priority is not None else _header_int(request, PRIORITY_HEADER, "priority", 0, 2)
-    if asked is not None and asked > default and not who.admin:
-        raise InvalidRequest(f"priority: {asked} is above this token's default ({default}); only admin tokens "
-                             "may raise it (0 low, 1 normal, 2 high)")
-    deadline = max_queue_s if max_queue_s is not None else _header_int(
-        request, DEADLINE_HEADER, "max_queue_s", 1, MAX_QUEUE_CAP_S)
-    return {"priority": default if asked is None else asked, **({"max_queue_s": deadline} if deadline else {})}
 
 
 async def submit(request: Request, req: GenerationRequest, priority: int | None = None,
