@@ -59,3 +59,16 @@ def test_images_flags_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ZitopsError, match="images.url"):
         deploy.plan(deploy.DeployRequest(targets=("systemd",), out=tmp_path / "o", images="https://b/p",
                                          zitops_bin="/bin/true"))
+
+
+def test_webhook_settings_reach_the_config_through_set(tmp_path: Path) -> None:
+    plan = deploy.plan(deploy.DeployRequest(
+        targets=("systemd",), out=tmp_path / "o", zitops_bin="/bin/true",
+        overrides=("webhooks.secret_file=/etc/zitops/webhook-secret",
+                   "webhooks.allowed_hosts=hooks.example.com,http://10.0.0.9:8080", "webhooks.max_attempts=3")))
+    hooks = plan.config.webhooks
+    assert hooks.secret_file == "/etc/zitops/webhook-secret" and hooks.max_attempts == 3
+    assert hooks.allowed_hosts == ["hooks.example.com", "http://10.0.0.9:8080"]
+    with pytest.raises(ZitopsError, match="allowed_hosts"):
+        deploy.plan(deploy.DeployRequest(targets=("systemd",), out=tmp_path / "o", zitops_bin="/bin/true",
+                                         overrides=("webhooks.allowed_hosts=http://10.0.0.9",)))

@@ -45,7 +45,7 @@ K8S = {
     "prestop_s": 5,
 }
 # --set keys that configure the agent rather than the profile.
-CONFIG_KEYS = ("auth", "limits", "server", "store", "log_format")
+CONFIG_KEYS = ("auth", "limits", "server", "store", "log_format", "webhooks", "images")
 # A unix socket path must fit sun_path (108 bytes with the NUL) on Linux.
 MAX_SOCKET_PATH = 107
 STOP_MARGIN_S = 30
