@@ -163,7 +163,7 @@ def test_postgresql_restarted_mid_run_nothing_lost(tmp_path: Path, pg_cluster: P
             r = poll_until(lambda: _if_status(a.client.post("/v1/jobs", json={"prompt": "x"}), 503), 30)
             assert "job store" in r.json()["error"]["message"], r.text
             body = poll_until(lambda: _if_status(b.client.get("/readyz"), 503), 30).json()
-            assert any("job store unavailable" in reason for reason in body["reasons"]), body
+            assert any(reason.startswith("store unreachable: ") for reason in body["reasons"]), body
             poll_until(lambda: a.log_lines("job store down: outcome kept until it is back")
                        or b.log_lines("job store down: outcome kept until it is back"), 30)
         finally:

@@ -44,6 +44,6 @@ def test_deadlines_and_restore_from_records() -> None:
                _record("bad", 102.0, priority="x")])
     assert list(q) == ["new", "bad", "old"]  # a priority that is not 0..2 is the default, 1
     assert q.overdue(104.0) == [] and q.overdue(105.0) == ["old"]
-    q.remove("old")
+    assert q.take_overdue(105.0) == ["old"] and list(q) == ["new", "bad"]
     assert q.overdue(1e9) == []
     assert priority_of({}) == 1 and deadline_of({"max_queue_s": 3}, 10.0) == 13.0 and deadline_of({}, 1.0) is None

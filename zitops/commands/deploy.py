@@ -15,7 +15,10 @@ from zitops.progress import Progress
 @click.command()
 @deploy_profile_option
 @click.option("--target", type=click.Choice([*core.TARGETS, "all"]), default="all", show_default=True,
-              help="Which deployment to render; the agent files are always rendered.")
+              help="Which deployment to render (all: supervisor, systemd and k8s); the agent files are "
+                   "always rendered.")
+@click.option("--image", default=None, metavar="REF",
+              help="k8s and compose: the zitops image to run [default: zitops:<version>].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("deploy"),
               show_default=True, help="Directory that receives the whole deployment.")
 @model_option
@@ -47,11 +50,11 @@ from zitops.progress import Progress
 @click.option("--force", is_flag=True, help="Overwrite files that were edited since the last deploy.")
 def deploy(
     profile: str, target: str, out: Path, model: str, host: str, port: int, gpus: str,
-    overrides: tuple[str, ...], install: bool, root: Path | None, store: str, store_password_file: Path | None,
-    replicas: int, images: str | None, s3_endpoint: str | None, s3_credentials_file: Path | None,
-    lora_dir: Path | None, controlnet_dir: Path | None, start: bool, force: bool,
+    image: str | None, overrides: tuple[str, ...], install: bool, root: Path | None, store: str,
+    store_password_file: Path | None, replicas: int, images: str | None, s3_endpoint: str | None,
+    s3_credentials_file: Path | None, lora_dir: Path | None, controlnet_dir: Path | None, start: bool, force: bool,
 ) -> None:
-    """Render config, start script, Supervisor, systemd and Kubernetes files for a profile."""
+    """Render config, start script, Supervisor, systemd, Kubernetes or Compose files for a profile."""
     if root is not None and not install:
         raise RenderError("--root only applies together with --install")
     if start and (install or target not in ("supervisor", "all")):
@@ -66,11 +69,11 @@ def deploy(
         core.refuse_taken_port(host, port, out)
     request = core.DeployRequest(
         profile=profile,
-        targets=core.TARGETS if target == "all" else (target,),
+        targets=core.ALL_TARGETS if target == "all" else (target,),
         out=out, model=model, host=host, port=port, gpus=gpus, overrides=overrides,
         install=install, root=root or Path("/"), force=force, store=store,
         store_password_file=store_password_file, replicas=replicas, lora_dir=lora_dir,
-        controlnet_dir=controlnet_dir, images=images, s3_endpoint=s3_endpoint,
+        controlnet_dir=controlnet_dir, image=image, images=images, s3_endpoint=s3_endpoint,
         s3_credentials_file=s3_credentials_file,
     )
     plan = core.plan(request)

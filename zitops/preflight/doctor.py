@@ -123,7 +123,8 @@ def run(req: DoctorRequest) -> Report:
     setup = resolve(req)
     needs_gpu = not model_is_tiny(setup.model)
     probe = Probe()
-    checks: list[Check] = []
+    image = dc.check_image()
+    checks: list[Check] = [] if image is None else [image]
     checks.append(dc.check_torch(needs_gpu))
     checks.append(dc.check_nvml(setup, needs_gpu, probe))
     checks.extend(dc.check_gpus(setup, needs_gpu, probe, need_gib(setup.profile)))

@@ -136,7 +136,8 @@ class Dispatcher:
         self.health.ticked()
         self._tick_task = asyncio.create_task(self._loop(), name="zitops-dispatcher")
         ttl = self.config.profile.queue.result_ttl_s
-        rounds = [*self.pool.periodic(), Periodic("retention", min(max(ttl / 10.0, 1.0), 600.0), self.expire),
+        expire = self.expire if self.fleet is None else lambda: asyncio.to_thread(self.expire)
+        rounds = [*self.pool.periodic(), Periodic("retention", min(max(ttl / 10.0, 1.0), 600.0), expire),
                   Periodic("deadlines", 1.0, self.fail_overdue)]
         rounds += (self.fleet.start() if self.fleet is not None else []) + self.images.rounds(self.results.objects_round)
         ping = self.notify.interval_s(self.config.profile.watchdog.interval_s)
@@ -275,8 +276,9 @@ class Dispatcher:
         self.results.accept(slot.id, result, self._marks.get(result.job_id, {}))
 
     def encoded_images(self, job_id: str) -> tuple[bytes, ...] | None:
-        """A succeeded job's encoded images, once, if still in memory; None: read the files."""
-        return self.results.encoded_images(job_id)
+        """A succeeded job's encoded images, once, if still in memory and the job's own; None: read them."""
+        fresh = self.results.encoded_images(job_id)
+        return fresh if self.fleet is None or fresh is None else self.fleet.ours(job_id, fresh, self.store.get)
 
     def on_progress(self, slot: WorkerSlot, progress: Progress) -> None:
         """A running job finished a step."""
@@ -315,24 +317,24 @@ class Dispatcher:
         if self.pool.degraded and not any(s.serving for s in self.pool.slots):
             raise AgentUnavailable(f"no worker can run jobs: {self.pool.degraded}")
         depth = self.config.profile.queue.depth
-        if self.fleet is not None:
-            self.fleet.admit(self._retry_after)
+        if self.fleet is not None:  # the store's round trips run off the loop
+            record = await self.fleet.submit(request, owner, owner_cap, self._retry_after)
         elif len(self._queue) >= depth:
             raise QueueFull(f"queue full: {len(self._queue)} jobs waiting (cap {depth}); retry later",
                             retry_after_s=self._retry_after(len(self._queue)))
-        record = self.store.add(request, owner=owner, owner_cap=owner_cap)
+        else:
+            record = self.store.add(request, owner=owner, owner_cap=owner_cap)
         self.progress.queued(record.id, request.steps, owner)
         self._marks[record.id] = {"accepted": time.monotonic()}
         if self.fleet is None:  # (a fleet claims it from the store: admit() asked it to look)
             self._queue.add(record)
         self.log("info", "job queued", job_id=record.id, queued=len(self._queue))
         self.dispatch()
-        return self.store.get(record.id)
+        return self.store.get(record.id) if self.fleet is None else record
 
     def fail_overdue(self) -> None:
         """The deadline round: fail queued jobs still waiting past their max_queue_s."""
-        for job_id in self._queue.overdue(time.time()):
-            self._queue.remove(job_id)
+        for job_id in self._queue.take_overdue(time.time()):
             self.outcomes.overdue(job_id)
 
     def _retry_after(self, waiting: int) -> int:

@@ -37,12 +37,13 @@ class ImageHome:
         self._fleet_image: Callable[[str, int], tuple[str, bytes]] | None = fleet.image if fleet else None
         self._fleet_expire_bytes: Callable[[], list[JobRecord]] | None = fleet.expire_bytes if fleet else None
         self.check_interval_s = config.images.check_interval_s
+        self._agent_id = fleet.agent_id if fleet else None
 
     def read(self, job_id: str, index: int) -> tuple[str, bytes]:
         """(file name, bytes) of image ``index`` of a succeeded job, or NotFound; blocking (call off the loop)."""
         objects = self.objects
         if objects is None:
-            return read_image(self.store, self.output_dir, job_id, index, self._fleet_image)
+            return read_image(self.store, self.output_dir, job_id, index, self._fleet_image, self._agent_id)
 
         def from_bucket(job: str, i: int) -> tuple[str, bytes]:
             name = self.store.get(job).images[i]
@@ -51,7 +52,7 @@ class ImageHome:
             except ObjectStoreDown as exc:
                 raise AgentUnavailable(f"job {job}: image {i} is in the object store, which is down: {exc}") from None
 
-        return read_image(self.store, self.output_dir, job_id, index, from_bucket)
+        return read_image(self.store, self.output_dir, job_id, index, from_bucket, self._agent_id)
 
     def links(self, record: JobRecord) -> list[str] | None:
         """Presigned URLs of a succeeded job's images (valid images.url_ttl_s); None without an object store."""

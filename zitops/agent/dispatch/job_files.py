@@ -18,15 +18,22 @@ from zitops.errors import NotFound
 
 
 def read_image(store: Store, output_dir: Path, job_id: str, index: int,
-               fleet_image: Callable[[str, int], tuple[str, bytes]] | None) -> tuple[str, bytes]:
-    """(file name, bytes) of image ``index`` of a succeeded job, or NotFound saying why."""
+               fleet_image: Callable[[str, int], tuple[str, bytes]] | None,
+               agent_id: str | None = None) -> tuple[str, bytes]:
+    """(file name, bytes) of image ``index`` of a succeeded job, or NotFound saying why.
+
+    In a fleet (``agent_id``), this agent's file is the job's image only when
+    this agent ran the attempt that succeeded: a stale attempt it finished
+    after its lease moved on wrote a file of the same name that nobody must read.
+    """
     record = store.get(job_id)
     if record.status is not JobStatus.SUCCEEDED:
         raise NotFound(f"job {job_id}: is {record.status.value}; images exist only for succeeded jobs")
     if not 0 <= index < len(record.images):
         raise NotFound(f"job {job_id}: no image {index}; it has {len(record.images)} (0..{len(record.images) - 1})")
-    with contextlib.suppress(FileNotFoundError):
-        return record.images[index], (output_dir / record.images[index]).read_bytes()  # this agent wrote it
+    if agent_id is None or record.agent == agent_id:
+        with contextlib.suppress(FileNotFoundError):
+            return record.images[index], (output_dir / record.images[index]).read_bytes()  # this agent wrote it
     if fleet_image is not None:
         return fleet_image(job_id, index)
     raise NotFound(f"job {job_id}: image {index} has expired")

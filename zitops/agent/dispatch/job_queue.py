@@ -87,6 +87,13 @@ class JobQueue:
         self._deadline = {job_id: at for job_id, at in self._deadline.items() if job_id in queued}
         return [job_id for job_id, at in self._deadline.items() if at <= now]
 
+    def take_overdue(self, now: float) -> list[str]:
+        """Take out and return the queued jobs whose deadline has passed."""
+        late = self.overdue(now)
+        for job_id in late:
+            self.remove(job_id)
+        return late
+
     def depths(self) -> dict[int, int]:
         """Waiting jobs per priority level."""
         return {p: len(level) for p, level in self._levels.items()}
