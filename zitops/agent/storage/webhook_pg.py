@@ -4,7 +4,7 @@ The same ledger as :mod:`zitops.agent.storage.webhook_ledger`, shared by every
 agent: the agent that finishes a job opens and sends its delivery; retries
 and deliveries whose agent died are claimed by any agent with ``FOR UPDATE
 SKIP LOCKED`` and a claim that runs out. The table comes from migration
-``0003_webhooks.sql``; the queries from ``sql/webhooks.sql``.
+``0004_webhooks.sql``; the queries from ``sql/webhooks.sql``.
 """
 
 from __future__ import annotations
