@@ -168,6 +168,10 @@ class MemService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)
 
+    def image_links(self, record: JobRecord) -> list[str] | None:
+        """No object store: the API links its own image routes."""
+        return None
+
     def image(self, job_id: str, index: int) -> tuple[str, bytes]:
         """(name, bytes) of image ``index``; NotFound."""
         rec = self.get(job_id)

@@ -54,6 +54,9 @@ def test_page_loads_offline_shows_w0_profile_and_draws_the_chart(agent_url: str,
     row = page.wait_for_selector('#worker-rows tr[data-worker="w0"]')
     assert row.inner_text().startswith("w0")
     assert page.inner_text('dd[data-field="profile"]') == "designer"
+    # The webhook deliveries card and the object store's line (both off on this agent).
+    assert "webhooks.secret_file is not set" in page.inner_text("#webhook-counts")
+    assert page.inner_text('dd[data-field="object store"]').startswith("none")
     # The chart: a uPlot per device, drawn once samples have arrived.
     page.wait_for_selector('.chart:not([data-samples="0"]) canvas')
     canvas = page.query_selector(".chart canvas")

@@ -13,6 +13,16 @@ from typing import Any, Protocol
 from zitops.agent.progress import ProgressBoard
 from zitops.engine.request import GenerationRequest
 
+PRIORITIES = (0, 1, 2)
+"""Job priorities: 0 low, 1 normal, 2 high (``request.extra["priority"]``; docs/api.md "Priorities")."""
+DEFAULT_PRIORITY = 1
+
+
+def priority_of(extra: dict[str, Any]) -> int:
+    """A stored request's priority (``extra["priority"]``), or the default."""
+    value = extra.get("priority")
+    return value if isinstance(value, int) and value in PRIORITIES else DEFAULT_PRIORITY
+
 
 class JobStatus(enum.StrEnum):
     """Lifecycle of a job; the last three are final."""
@@ -89,6 +99,9 @@ class Service(Protocol):
 
     def image(self, job_id: str, index: int) -> tuple[str, bytes]:
         """(file name, bytes) of image ``index`` of any job of the fleet; raises NotFound."""
+
+    def image_links(self, record: JobRecord) -> list[str] | None:
+        """Presigned object-store URLs of a succeeded job's images; None: link the API's image routes."""
 
     def livez(self) -> bool:
         """True while the process runs (no GPU call)."""

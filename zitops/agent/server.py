@@ -138,7 +138,8 @@ async def _main(config: AgentConfig, config_path: str | Path | None, tokens: Tok
     store = open_store(config)
     tracer = make_tracer(config.tracing.endpoint, "zitops-agent")  # NO_TRACER unless tracing is asked for
     dispatcher = Dispatcher(config, store=store, failures=failure_store(config), traces=JobTraces(tracer))
-    app = create_app(config, dispatcher, tokens=tokens.all, admin_tokens=tokens.admins, tracer=tracer)
+    app = create_app(config, dispatcher, tokens=tokens.all, admin_tokens=tokens.admins,
+                     priorities=tokens.priorities, tracer=tracer)
     server = _Server(server_config(app, config.host, config.port, config.server, GRACEFUL_HTTP_S))
     try:
         return await _serve(config, config_path, dispatcher, server, sock, signals)

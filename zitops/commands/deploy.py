@@ -35,6 +35,11 @@ from zitops.progress import Progress
               help="The job store: each agent's own SQLite, or one PostgreSQL a fleet of agents shares.")
 @click.option("--store-password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The store password, one line (never in the URL, the config or a command line).")
+@click.option("--images", default=None, metavar="s3://BUCKET[/PREFIX]",
+              help="Keep succeeded jobs' images in S3-compatible object storage (pip install 'zitops[s3]').")
+@click.option("--s3-endpoint", default=None, metavar="URL", help="The object store's URL [default: AWS S3].")
+@click.option("--s3-credentials-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="AWS shared-credentials file for --images (never in the config, a unit or a command line).")
 @click.option("--replicas", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Kubernetes: the Deployment's pods, one GPU each (more than 1 needs --store postgresql://...).")
 @click.option("--lora-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -46,8 +51,8 @@ from zitops.progress import Progress
 def deploy(
     profile: str, target: str, out: Path, model: str, host: str, port: int, gpus: str,
     image: str | None, overrides: tuple[str, ...], install: bool, root: Path | None, store: str,
-    store_password_file: Path | None,
-    replicas: int, lora_dir: Path | None, controlnet_dir: Path | None, start: bool, force: bool,
+    store_password_file: Path | None, replicas: int, images: str | None, s3_endpoint: str | None,
+    s3_credentials_file: Path | None, lora_dir: Path | None, controlnet_dir: Path | None, start: bool, force: bool,
 ) -> None:
     """Render config, start script, Supervisor, systemd, Kubernetes or Compose files for a profile."""
     if root is not None and not install:
@@ -68,7 +73,8 @@ def deploy(
         out=out, model=model, host=host, port=port, gpus=gpus, overrides=overrides,
         install=install, root=root or Path("/"), force=force, store=store,
         store_password_file=store_password_file, replicas=replicas, lora_dir=lora_dir,
-        controlnet_dir=controlnet_dir, image=image,
+        controlnet_dir=controlnet_dir, image=image, images=images, s3_endpoint=s3_endpoint,
+        s3_credentials_file=s3_credentials_file,
     )
     plan = core.plan(request)
     result = core.apply(plan)

@@ -31,6 +31,7 @@ from zitops.deployment.deploy_fleet import (
     k8s_store,
     store_settings,
 )
+from zitops.deployment.deploy_images import image_settings, k8s_images, s3_context
 from zitops.deployment.deploy_types import (
     CONFIG_KEYS,
     FHS,
@@ -168,6 +169,7 @@ def plan(req: DeployRequest) -> Plan:
     profile = load_profile(tier.profile if tier is not None else req.profile, profile_sets)
     extra = _config_overrides(config_sets)
     store = {**store_settings(req), **extra.pop("store", {})}
+    images = {**image_settings(req), **extra.pop("images", {})}
     check_replicas(req)
     host = check_host(req.host)
     zitops_bin = req.zitops_bin or resolve_zitops_bin()
@@ -199,6 +201,7 @@ def plan(req: DeployRequest) -> Plan:
         "gpus": gpus,
         "paths": paths,
         **({"store": store} if store else {}),
+        **({"images": images} if images else {}),
         **extra,
     }
     config = config_from_mapping(config_data, "deploy options (--set)")
@@ -331,6 +334,7 @@ def _k8s(ctx: dict[str, Any], config: AgentConfig, model: str,
     })
     if config.store.shared:
         data["store"] = k8s_store(data["store"])
+    data["images"] = k8s_images(data.get("images") or {})
     k8s_config = config_from_mapping(data, "kubernetes config")
     env = {"HOME": paths["state_dir"], **cache_env(paths["cache_dir"])}
     kctx = {
@@ -346,6 +350,7 @@ def _k8s(ctx: dict[str, Any], config: AgentConfig, model: str,
             "disk": config.profile.disk.model_dump(),
         },
         **fleet_context(req),
+        "s3": s3_context(data["images"]),
     }
     files = [
         RenderedFile(f"k8s/{name}.yaml", render(f"k8s/{name}.yaml.j2", kctx))

@@ -47,7 +47,7 @@ K8S = {
     "prestop_s": 5,
 }
 # --set keys that configure the agent rather than the profile.
-CONFIG_KEYS = ("auth", "limits", "server", "store", "log_format", "tracing")
+CONFIG_KEYS = ("auth", "limits", "server", "store", "log_format", "tracing", "webhooks", "images")
 # A unix socket path must fit sun_path (108 bytes with the NUL) on Linux.
 MAX_SOCKET_PATH = 107
 STOP_MARGIN_S = 30
@@ -82,6 +82,11 @@ class DeployRequest:
     store_password_file: Path | None = None
     replicas: int = 1  # the Kubernetes Deployment's pods (one GPU each)
     image: str | None = None  # the container image k8s and compose run; None: zitops:<version>
+    # Images in S3-compatible object storage: s3://BUCKET[/PREFIX], its endpoint, and an AWS
+    # shared-credentials file (never rendered: the config names it; a pod reads the zitops-s3 Secret).
+    images: str | None = None
+    s3_endpoint: str | None = None
+    s3_credentials_file: Path | None = None
 
 
 @dataclass(frozen=True)

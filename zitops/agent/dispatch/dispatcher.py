@@ -22,14 +22,16 @@ from typing import Any
 
 from zitops.agent.contract import JobRecord, JobStatus
 from zitops.agent.dispatch import reporting
-from zitops.agent.dispatch.disk import FreeSpaceFloor, prune_outputs
+from zitops.agent.dispatch.disk import FreeSpaceFloor
 from zitops.agent.dispatch.fleet import Fleet
+from zitops.agent.dispatch.image_home import ImageHome
 from zitops.agent.dispatch.images import Encoder, keep_freed_memory
-from zitops.agent.dispatch.job_files import expire_jobs, read_image
+from zitops.agent.dispatch.job_queue import JobQueue
 from zitops.agent.dispatch.outcomes import Outcomes
 from zitops.agent.dispatch.results import ResultWriter
+from zitops.agent.dispatch.webhooks import open_webhooks
 from zitops.agent.ops.agent_log import AgentLog
-from zitops.agent.ops.failure_log import FailureLog, lost_kind
+from zitops.agent.ops.failure_log import FailureLog
 from zitops.agent.ops.job_traces import JobTraces
 from zitops.agent.ops.loop_health import LoopHealth
 from zitops.agent.ops.notify import SystemdNotify
@@ -45,7 +47,7 @@ from zitops.config import AgentConfig
 from zitops.engine.request import GenerationRequest
 from zitops.errors import AgentUnavailable, NotFound, QueueFull, StoreUnavailable
 from zitops.gpu import worker_devices
-from zitops.logbook.failures import Action, FailureStore
+from zitops.logbook.failures import FailureStore
 from zitops.sdnotify import Notifier
 from zitops.worker.protocol import (
     STEER_CANCEL,
@@ -94,14 +96,18 @@ class Dispatcher:
         self.outcomes = Outcomes(self.store, self.metrics, self.log, self.failure_log, self.unsaved,
                                  finished=self._finished, forget=self._forget,  # a fleet's queue is the store:
                                  requeue_first=self._queue_first if self.fleet is None else self.fleet.requeued)
+        self.images = ImageHome(config, self.store, self.output_dir, self.log, self.fleet)
         self.results = ResultWriter(self.output_dir, self.store, self.metrics, self.log, self.failure_log,
                                     self._finished, lambda job_id: job_id in self._waiters,
-                                    self.outcomes.store_failed,
-                                    upload=None if self.fleet is None else self.fleet.store.upload, traces=self.traces)
+                                    self.outcomes.store_failed, objects=self.images.objects,
+                                    upload=None if self.fleet is None or self.images.objects else self.fleet.store.upload,
+                                    traces=self.traces)
+        self.webhooks = open_webhooks(config.webhooks, store, self.metrics.webhooks, self.log, self.failure_log,
+                                      self.images.hook_links)
         self.schedule = Schedule()
         self.progress = ProgressBoard()
         self.malloc_tuned = keep_freed_memory()
-        self._queue: collections.deque[str] = collections.deque()
+        self._queue = JobQueue()  # waiting jobs: highest priority first, FIFO within a level
         self._waiters: dict[str, asyncio.Event] = {}
         self._draining = False
         self._closed = False
@@ -113,7 +119,7 @@ class Dispatcher:
 
     @property
     def encode(self) -> Encoder:
-        """The image encoder the result writer uses (a test seam: tests swap in a slow or failing one)."""
+        """The result writer's image encoder (a test seam: tests swap in a slow or failing one)."""
         return self.results.encode
 
     @encode.setter
@@ -125,7 +131,7 @@ class Dispatcher:
     async def start(self) -> None:
         """Restore durable jobs, spawn workers, start the loop and the periodic rounds."""
         restored = self.store.recover()
-        self._queue.extend(restored if self.fleet is None else ())  # a fleet claims from the store
+        self._queue.restore([self.store.get(j) for j in restored] if self.fleet is None else [])  # a fleet claims
         if restored:
             self.log("info", "restored queued jobs", count=len(restored))
         self.pool.start()
@@ -133,12 +139,14 @@ class Dispatcher:
         self._tick_task = asyncio.create_task(self._loop(), name="zitops-dispatcher")
         ttl = self.config.profile.queue.result_ttl_s
         expire = self.expire if self.fleet is None else lambda: asyncio.to_thread(self.expire)
-        rounds = [*self.pool.periodic(), Periodic("retention", min(max(ttl / 10.0, 1.0), 600.0), expire)]
-        rounds += self.fleet.start() if self.fleet is not None else []
+        rounds = [*self.pool.periodic(), Periodic("retention", min(max(ttl / 10.0, 1.0), 600.0), expire),
+                  Periodic("deadlines", 1.0, self.fail_overdue)]
+        rounds += (self.fleet.start() if self.fleet is not None else []) + self.images.rounds(self.results.objects_round)
         ping = self.notify.interval_s(self.config.profile.watchdog.interval_s)
         if ping is not None:
             rounds.append(Periodic("notify", ping, self.notify_tick, soon=True))
         self.schedule.start(rounds)
+        self.webhooks.start()
 
     async def _loop(self) -> None:
         while True:
@@ -183,6 +191,7 @@ class Dispatcher:
         self.schedule.stop()
         if self.fleet is not None:
             await self.fleet.close()
+        await self.webhooks.close()
         await self.pool.stop(self.config.profile.watchdog.kill_grace_s + 5.0 if stop_timeout_s is None
                              else stop_timeout_s)
         await self.results.settle(ENCODE_SETTLE_S)
@@ -207,7 +216,8 @@ class Dispatcher:
                 job = Job(record.id, record.request.to_dict(), record.attempts, self.traces.handed(record.id, slot.id))
                 if not self.pool.assign(slot, job):
                     self.store.requeue(record.id, record.error or "", uncount=True)
-                    self._queue.extendleft([record.id] if self.fleet is None else [])
+                    if self.fleet is None:
+                        self._queue.appendleft(record.id)
                     break
                 self._marks.setdefault(record.id, {})["handed"] = time.monotonic()
                 self.progress.started(record.id)
@@ -237,6 +247,7 @@ class Dispatcher:
         self.progress.finished(record.id, record.status.value, record.error,
                                stopped if isinstance(stopped, int) else None)
         self._forget(record.id, record.status.value)
+        self.webhooks.wake(record.id)
 
     def _forget(self, job_id: str, status: str | None = None) -> None:
         self._marks.pop(job_id, None)
@@ -292,19 +303,9 @@ class Dispatcher:
 
     def on_event(self, event: dict[str, Any]) -> None:
         """Log and count a pool action."""
-        kind = event["kind"]
-        if kind == "exit":
+        if event["kind"] == "exit":
             self.fatal.set()
-        self.metrics.count_event(event)
-        level = "info" if kind in ("ready", "restart", "cache_clear", "handover", "retired") else "warning"
-        fields = {k: v for k, v in event.items() if k not in ("kind", "worker", "time")}
-        self.log(level, f"worker {kind}", worker_id=event.get("worker"), **fields)
-        if kind in ("crash", "hang") and event.get("job_id") is None:
-            # A retiring worker (overlapped recycle) is not restarted: its
-            # successor already serves, so the action taken was the recycle.
-            action: Action = "recycle" if event.get("overlap") else "restart"
-            self.failure_log.record(None, "WorkerLost", event["reason"], "", worker_id=event.get("worker"),
-                                    vram={}, action=action, kind=lost_kind(event["reason"]))
+        self.outcomes.pool_event(event)
 
     # --- Service -----------------------------------------------------------------
 
@@ -314,6 +315,7 @@ class Dispatcher:
         if self._draining:
             raise AgentUnavailable("the agent is draining (shutting down); retry on another instance or later")
         self.floor.check()
+        self.images.refuse_if_down()
         if self.pool.degraded and not any(s.serving for s in self.pool.slots):
             raise AgentUnavailable(f"no worker can run jobs: {self.pool.degraded}")
         depth = self.config.profile.queue.depth
@@ -328,15 +330,18 @@ class Dispatcher:
         self.progress.queued(record.id, request.steps, owner)
         self._marks[record.id] = {"accepted": time.monotonic()}
         if self.fleet is None:  # (a fleet claims it from the store: admit() asked it to look)
-            self._queue.append(record.id)
+            self._queue.add(record)
         self.log("info", "job queued", job_id=record.id, queued=len(self._queue))
         self.dispatch()
         return self.store.get(record.id) if self.fleet is None else record
 
+    def fail_overdue(self) -> None:
+        """The deadline round: fail queued jobs still waiting past their max_queue_s."""
+        for job_id in self._queue.take_overdue(time.time()):
+            self.outcomes.overdue(job_id)
+
     def _retry_after(self, waiting: int) -> int:
-        mean = sum(self._seconds) / len(self._seconds) if self._seconds else 5.0
-        workers = max(1, sum(1 for s in self.pool.slots if s.serving))
-        return max(1, min(600, round(mean * (waiting + 1) / workers)))
+        return reporting.retry_after(list(self._seconds), self.pool, waiting)
 
     def steer(self, job_id: str, action: str) -> bool:
         """Send a running job's worker a Steer (cancel, interrupt, preview); False when no worker runs it."""
@@ -386,22 +391,19 @@ class Dispatcher:
 
     def image(self, job_id: str, index: int) -> tuple[str, bytes]:
         """(file name, bytes) of image ``index`` of a succeeded job, or NotFound; any job of the fleet."""
-        return read_image(self.store, self.output_dir, job_id, index, self.fleet)
+        return self.images.read(job_id, index)
+
+    def image_links(self, record: JobRecord) -> list[str] | None:
+        """Presigned object-store URLs of a succeeded job's images; None: the API's own image routes."""
+        return self.images.links(record)
 
     def expire(self) -> int:
-        """Delete finished jobs (and their images) older than the result TTL, or past the fleet's bytes
-        cap; then the oldest local images past queue.max_output_bytes."""
-        removed = expire_jobs(self.store, self.output_dir, self.config.profile.queue.result_ttl_s,
-                              self.fleet.expire_bytes if self.fleet is not None else None)
-        pruned = prune_outputs(self.output_dir, self.config.profile.queue.max_output_bytes)
-        if removed or pruned:
-            self.log("info", "expired jobs removed", count=len(removed), images_over_byte_cap=len(pruned))
-        return len(removed)
+        """Delete expired jobs with their files and objects, then local images past the byte cap."""
+        return self.images.expire()
 
     def discard_images(self, job_id: str) -> None:
         """Delete a synchronous job's image files once its response holds them (kept only when asked)."""
-        for name in self.store.get(job_id).images:
-            (self.output_dir / name).unlink(missing_ok=True)
+        self.images.discard(job_id)
 
     # --- reports ---------------------------------------------------------------------
 
@@ -416,7 +418,7 @@ class Dispatcher:
     def readiness(self) -> tuple[bool, list[str]]:
         """(ready, reasons): a worker is loaded, the queue is below cap, heartbeats are fresh, the loop works."""
         ready, reasons = reporting.readiness(self.pool, self._view())
-        reasons += self.fleet.reasons() if self.fleet is not None else []
+        reasons += (self.fleet.reasons() if self.fleet is not None else []) + self.images.reasons()
         return not reasons, reasons
 
     def healthy(self) -> bool:
@@ -433,8 +435,9 @@ class Dispatcher:
 
     def status(self) -> dict[str, Any]:
         """The /status JSON."""
-        return reporting.status(self.config, self.pool, self._view(), uptime_s=time.time() - self._started_at,
-                                recent_failures=self.failure_log.recent(10))
+        return {**reporting.status(self.config, self.pool, self._view(), uptime_s=time.time() - self._started_at,
+                                   recent_failures=self.failure_log.recent(10)),
+                "webhooks": self.webhooks.status(), "object_store": self.images.state()}
 
     def metrics_text(self) -> str:
         """Prometheus text of the runtime's own registry."""

@@ -9,7 +9,9 @@ The dispatcher owns the queue and the waiters; it hands in what to call.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Any
 
 from zitops.agent.contract import JobRecord, JobStatus
 from zitops.agent.ops.agent_log import AgentLog
@@ -59,6 +61,41 @@ class Outcomes:
         kind = "oom" if failure.exc_type == "OutOfMemory" else "job"
         self.failure_log.record(record, failure.exc_type, failure.message, failure.traceback, worker_id=slot.id,
                                 vram=failure.memory, action="fail", kind=kind)
+        self.finished(record)
+
+    def pool_event(self, event: dict[str, Any]) -> None:
+        """Log and count a pool action; a worker lost without a job is a failure record."""
+        kind = event["kind"]
+        self.metrics.count_event(event)
+        level = "info" if kind in ("ready", "restart", "cache_clear", "handover", "retired") else "warning"
+        fields = {k: v for k, v in event.items() if k not in ("kind", "worker", "time")}
+        self.log(level, f"worker {kind}", worker_id=event.get("worker"), **fields)
+        if kind in ("crash", "hang") and event.get("job_id") is None:
+            # A retiring worker (overlapped recycle) is not restarted: its
+            # successor already serves, so the action taken was the recycle.
+            action: Action = "recycle" if event.get("overlap") else "restart"
+            self.failure_log.record(None, "WorkerLost", event["reason"], "", worker_id=event.get("worker"),
+                                    vram={}, action=action, kind=lost_kind(event["reason"]))
+
+    def overdue(self, job_id: str) -> None:
+        """Fail a job still queued past its deadline (max_queue_s): saying why, counted, with a failure record."""
+        try:
+            record = self.store.get(job_id)
+            if record.status is not JobStatus.QUEUED:
+                return
+            waited = max(0.0, time.time() - record.created_at)
+            error = (f"max_queue_s: still queued after {waited:.0f} s, past its deadline of "
+                     f"{record.request.extra.get('max_queue_s')} s; not run")
+            record = self.store.fail(job_id, error)
+        except NotFound:
+            return
+        except StoreUnavailable as exc:
+            self.store_failed(job_id, "max_queue_s: still queued past its deadline; not run", exc)
+            return
+        self.metrics.jobs.labels("failed").inc()
+        self.log("warning", "job failed: queued past its deadline", job_id=job_id, error=error)
+        self.failure_log.record(record, "QueueDeadline", error, "", worker_id=None, vram={}, action="fail",
+                                kind="deadline")
         self.finished(record)
 
     def lost(self, slot: WorkerSlot, job_id: str, reason: str, retry: bool = True) -> None:

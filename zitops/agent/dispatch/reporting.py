@@ -123,3 +123,10 @@ def device_memory(pool: Pool) -> list[tuple[str, float, float]]:
         return [(str(g.index), g.used_mib, g.total_mib) for g in pool.vram.gpus]
     return [("cpu" if s.gpu is None else str(s.gpu), s.memory.device_used_mib, s.memory.device_total_mib)
             for s in pool.slots if s.memory is not None and s.memory.device_total_mib]
+
+
+def retry_after(seconds: list[float], pool: Pool, waiting: int) -> int:
+    """Retry-After for a full queue: the recent mean job time x the jobs ahead, over the serving workers."""
+    mean = sum(seconds) / len(seconds) if seconds else 5.0
+    workers = max(1, sum(1 for s in pool.slots if s.serving))
+    return max(1, min(600, round(mean * (waiting + 1) / workers)))

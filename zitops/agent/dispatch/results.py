@@ -16,10 +16,13 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from zitops.agent.contract import JobRecord
 from zitops.agent.dispatch.images import Encoder, encode_and_write
+from zitops.agent.dispatch.object_store import ObjectStore, ObjectStoreDown
 from zitops.agent.ops.agent_log import AgentLog
 from zitops.agent.ops.failure_log import FailureLog
 from zitops.agent.ops.job_traces import JobTraces
@@ -45,6 +48,15 @@ STAGES = ("queue", "engine", "transfer", "encode")
 """A job's timed stages (``info["timings"]``, ``zitops_job_stage_seconds``); see docs/api.md."""
 
 
+@dataclass(frozen=True)
+class Held:
+    """A finished job whose images wait on this host for the object store."""
+
+    worker_id: str
+    names: tuple[str, ...]
+    info: dict[str, Any]
+
+
 class ResultWriter:
     """Writes each Result's images, then marks its job succeeded (or failed, saying why)."""
 
@@ -52,7 +64,8 @@ class ResultWriter:
                  failures: FailureLog, finished: Callable[[JobRecord], None],
                  wanted: Callable[[str], bool],
                  store_failed: Callable[[str, str, StoreUnavailable], None] | None = None,
-                 upload: Uploader | None = None, traces: JobTraces | None = None) -> None:
+                 upload: Uploader | None = None, objects: ObjectStore | None = None,
+                 traces: JobTraces | None = None) -> None:
         self.output_dir = output_dir
         self.store = store
         self.metrics = metrics
@@ -63,6 +76,10 @@ class ResultWriter:
         self._store_failed = store_failed  # the store refused the outcome: fail the job in memory
         self._upload = upload  # fleet mode: put the images in the shared store, on the encode thread
         self.traces = traces if traces is not None else JobTraces()
+        self._objects = objects  # images.url: the job succeeds once its images are objects there
+        self.held: dict[str, Held] = {}
+        """Finished jobs whose images wait on this host for the object store to come back."""
+        self._round: asyncio.Task[None] | None = None
         self.encode: Encoder = encode_image
         """Test seam: tests swap in a slow or failing encoder; production never changes it."""
         self._threads = ThreadPoolExecutor(max_workers=ENCODE_THREADS, thread_name_prefix="zitops-encode")
@@ -134,14 +151,51 @@ class ResultWriter:
                 "worker": worker_id, "timings": timings}
         if self._upload is not None:
             info["upload_s"] = round(done - encoded, 4)
+        if self._objects is not None:
+            try:
+                await loop.run_in_executor(self._threads, self._objects.put, result.job_id, names, blobs)
+            except ObjectStoreDown as exc:  # the job stays running, its files here, until the store is back
+                self.held[result.job_id] = Held(worker_id, names, info)
+                self.log("warning", "object store down: images kept on this host until it is back",
+                         job_id=result.job_id, reason=str(exc))
+                return
+            info["object_s"] = round(time.monotonic() - done, 4)
         if self._wanted(result.job_id):
             self.keep_fresh(result.job_id, blobs)
-        with self.traces.span(result.job_id, "zitops.store.write", **{"zitops.status": "succeeded"}):
-            record = self.store.succeed(result.job_id, names, info)
+        self._succeed(result.job_id, worker_id, names, info)
+
+    def _succeed(self, job_id: str, worker_id: str, names: tuple[str, ...], info: dict[str, Any]) -> None:
+        with self.traces.span(job_id, "zitops.store.write", **{"zitops.status": "succeeded"}):
+            record = self.store.succeed(job_id, names, info)
         self.metrics.jobs.labels("succeeded").inc()
-        self.log("info", "job succeeded", job_id=result.job_id, worker_id=worker_id,
-                 seconds=round(result.seconds, 3), encode_s=round(encode_s, 4))
+        self.log("info", "job succeeded", job_id=job_id, worker_id=worker_id, seconds=info.get("seconds"),
+                 encode_s=info.get("encode_s"))
         self._finished(record)
+
+    def objects_round(self) -> None:
+        """The object store's round: probe it off the loop; once it answers, upload the held jobs and finish them."""
+        if self._objects is not None and (self._round is None or self._round.done()):
+            self._round = asyncio.get_running_loop().create_task(self._objects_round(self._objects),
+                                                                 name="zitops-objects")
+
+    async def _objects_round(self, objects: ObjectStore) -> None:
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(self._threads, objects.probe):
+            return
+        for job_id, held in list(self.held.items()):
+            try:
+                await loop.run_in_executor(self._threads, self._put_files, objects, job_id, held.names)
+            except ObjectStoreDown:
+                return  # down again: the next round tries again
+            except OSError as exc:  # a held file vanished: the job cannot succeed
+                del self.held[job_id]
+                self._finished(self.store.fail(job_id, f"images held for the object store were lost: {exc}"))
+                continue
+            del self.held[job_id]
+            self._succeed(job_id, held.worker_id, held.names, held.info)
+
+    def _put_files(self, objects: ObjectStore, job_id: str, names: tuple[str, ...]) -> None:
+        objects.put(job_id, names, tuple((self.output_dir / name).read_bytes() for name in names))
 
     def _timings(self, result: Result, received: float, encode_s: float, done: float,
                  marks: dict[str, float]) -> dict[str, float | None]:

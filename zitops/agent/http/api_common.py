@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Strict, field_validator
 
 from zitops.agent.contract import JobRecord, JobStatus, Service
 from zitops.agent.http.http_metrics import HttpMetrics
+from zitops.agent.http.queue_terms import queue_terms
 from zitops.agent.http.tenants import caller, token_cap, visible
 from zitops.budget import over_budget
 from zitops.config import AgentConfig
@@ -42,6 +43,7 @@ from zitops.errors import (
     OutOfMemory,
     ZitopsError,
 )
+from zitops.worker.protocol import STEER_CANCEL
 
 SIDE_CAP = 8192
 """Hard schema ceilings, the highest values any config's limits may allow (zitops.config.Limits);
@@ -66,6 +68,7 @@ class ApiContext:
     metrics: HttpMetrics
     started_at: float
     admin_tokens: frozenset[str] = frozenset()
+    priorities: dict[str, int] = field(default_factory=dict)  # token's SHA-256 -> its jobs' default priority
 
 
 def context(request: Request) -> ApiContext:
@@ -201,10 +204,12 @@ def build_request_as(names: dict[str, str], config: AgentConfig, prompt: str,
         raise
 
 
-async def submit(request: Request, req: GenerationRequest) -> JobRecord:
-    """Queue ``req`` for the calling token, within its share of the queue."""
+async def submit(request: Request, req: GenerationRequest, priority: int | None = None,
+                 max_queue_s: int | None = None) -> JobRecord:
+    """Queue ``req`` for the calling token, within its share of the queue, at its priority and deadline."""
     ctx = context(request)
     who = caller(request)
+    req = replace(req, extra={**req.extra, **queue_terms(request, priority, max_queue_s)})
     q = ctx.config.profile.queue
     cap = token_cap(q.depth, q.per_token_share, len(ctx.tokens)) if who.owner is not None else None
     return await ctx.service.submit(req, owner=who.owner, owner_cap=cap)
@@ -248,9 +253,7 @@ async def wait_final(service: Service, record: JobRecord, timeout_s: float,
         step = min(remaining, DISCONNECT_CHECK_S if request is not None else 30.0)
         record = await service.wait(record.id, step)
         if request is not None and not record.status.final and await request.is_disconnected():
-            if record.status is JobStatus.QUEUED:
-                with contextlib.suppress(Conflict, NotFound):
-                    await service.cancel(record.id)
+            abandon(context(request), record.id)
             raise ClientGone(f"job {record.id}: the client disconnected while it was {record.status.value}")
     if record.status is JobStatus.FAILED:
         error = record.error or "unknown error"
@@ -262,6 +265,33 @@ async def wait_final(service: Service, record: JobRecord, timeout_s: float,
     if record.status is JobStatus.CANCELLED:
         raise Conflict(f"job {record.id} was cancelled before it ran")
     return record
+
+
+_CANCELS: set[asyncio.Task[Any]] = set()
+"""Cancels of abandoned queued jobs in flight (a reference, so the loop does not drop them)."""
+
+
+def abandon(ctx: ApiContext, job_id: str) -> None:
+    """A synchronous request's client hung up: cancel its job, counted (queued: at once; running: at its next
+    step, and the worker moves on). Never raises: the client is gone, nobody hears an error."""
+    try:
+        record = ctx.service.get(job_id)
+    except ZitopsError:
+        return
+    if record.status.final:
+        return
+    ctx.metrics.client_gone.labels(record.status.value).inc()
+    if record.status is JobStatus.RUNNING:
+        ctx.service.steer(job_id, STEER_CANCEL)
+        return
+
+    async def cancel() -> None:
+        with contextlib.suppress(ZitopsError):
+            await ctx.service.cancel(job_id)
+
+    task = asyncio.get_running_loop().create_task(cancel(), name=f"zitops-abandon-{job_id}")
+    _CANCELS.add(task)
+    task.add_done_callback(_CANCELS.discard)
 
 
 def image_bytes(service: Service, record: JobRecord, index: int) -> tuple[str, bytes]:

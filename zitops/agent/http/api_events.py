@@ -13,7 +13,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -183,13 +183,23 @@ def partial_steps(steps: int, partial_images: int) -> tuple[int, ...]:
 
 
 def openai_stream(service: Service, record: JobRecord, *, prefix: str, quality: str,
-                  background: str) -> StreamingResponse:
+                  background: str, gone: Callable[[], None] | None = None) -> StreamingResponse:
     """OpenAI's image stream: ``<prefix>.partial_image`` events from previews, then ``<prefix>.completed`` per image."""
     req = record.request
     base = {"background": background, "output_format": req.output_format, "quality": quality,
             "size": f"{req.width}x{req.height}"}
 
     async def stream() -> AsyncIterator[bytes]:
+        ended = False
+        try:
+            async for chunk in frames():
+                yield chunk
+            ended = True
+        finally:
+            if not ended and gone is not None:  # the client hung up mid-stream (the response was cancelled)
+                gone()
+
+    async def frames() -> AsyncIterator[bytes]:
         index = 0
         async for event in job_events(service, record.id, previews=False):
             kind = event["event"]

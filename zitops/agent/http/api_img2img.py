@@ -24,6 +24,7 @@ from zitops.agent.http.api_common import (
     STEPS_CAP,
     Flag,
     Num,
+    abandon,
     build_request_as,
     context,
     images_json,
@@ -161,7 +162,7 @@ async def edits(
         req = replace(req, preview_at=partial_steps(req.steps, partial_images or 0))
         record = await submit(request, req)
         return openai_stream(ctx.service, record, prefix="image_edit",
-                             quality=STREAM_QUALITY.get(quality or "auto", "auto"), background=background or "auto")
+                             quality=STREAM_QUALITY.get(quality or "auto", "auto"), background=background or "auto", gone=lambda: abandon(ctx, record.id))
     record = await submit(request, req)
     record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
     respond_from = time.monotonic()

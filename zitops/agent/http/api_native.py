@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from zitops.agent.dispatch.webhooks import resolve_target
 from zitops.agent.http.api_common import (
     IMAGES_CAP,
     PROMPT_CAP,
@@ -70,6 +72,13 @@ class JobIn(Body):
                                 description="LoRAs from the LoRA directory (GET /sdapi/v1/loras), with weights.")
     control: ControlIn | None = Field(None, description="ControlNet (text-to-image only; needs a deployed "
                                                         "ControlNet, docs/features.md).")
+    priority: int | None = Field(None, ge=0, le=2, description="0 low, 1 normal, 2 high; default: the token's "
+                                 "(tokens file); only admin tokens may raise it (docs/api.md \"Priorities\").")
+    max_queue_s: int | None = Field(None, ge=1, le=86_400, description="Fail the job if it is still queued "
+                                    "this many seconds after it was accepted.")
+    webhook: str | None = Field(None, min_length=8, max_length=2048,
+                                description="https URL POSTed (Standard Webhooks, signed) when the job ends; its "
+                                            "host must be in webhooks.allowed_hosts (docs/api.md \"Webhooks\").")
 
 
 class JobAccepted(BaseModel):
@@ -85,7 +94,9 @@ class JobAccepted(BaseModel):
 async def submit_job(body: JobIn, request: Request, response: Response) -> dict[str, Any]:
     """Queue a job; 202 with its id, 429/503 with Retry-After when the queue (or this token's share) is full."""
     ctx = context(request)
-    overrides = body.model_dump(exclude={"prompt", "init_image", "mask", "loras", "control"}, exclude_none=True)
+    overrides = body.model_dump(exclude={"prompt", "init_image", "mask", "loras", "control", "webhook", "priority",
+                                         "max_queue_s"},
+                                exclude_none=True)
     overrides.update(lora_overrides(ctx.config, [(lo.name, lo.weight) for lo in body.loras]))
     if body.mask is not None and body.init_image is None:
         raise InvalidRequest("mask: needs an input image (init_image) to inpaint")
@@ -98,7 +109,9 @@ async def submit_job(body: JobIn, request: Request, response: Response) -> dict[
             raise InvalidRequest("control: ControlNet works on text-to-image only; send no init_image with it")
         overrides.update(await control_overrides(ctx.config, body.control.ask()))
     req = build_request(ctx.config, body.prompt, **overrides)
-    record = await submit(request, req)
+    if body.webhook is not None:  # checked and resolved once, before the job is stored with it
+        req = replace(req, extra={**req.extra, "webhook": await resolve_target(ctx.config.webhooks, body.webhook)})
+    record = await submit(request, req, body.priority, body.max_queue_s)
     url = f"/v1/jobs/{record.id}"
     response.headers["Location"] = url
     return {"id": record.id, "status": record.status.value, "url": url}
@@ -109,7 +122,9 @@ async def get_job(job_id: JobId, request: Request) -> dict[str, Any]:
     """A job's status (queued, running, succeeded, failed, cancelled), error, image links and stage timings."""
     record = job_for(request, job_id)
     timings = record.info.get("timings") if isinstance(record.info, dict) else None
-    return {**record.public(), "timings": timings if isinstance(timings, dict) else None}
+    links = context(request).service.image_links(record) if record.images else None
+    return {**record.public(), "timings": timings if isinstance(timings, dict) else None,
+            **({"images": links} if links is not None else {})}
 
 
 @router.get("/v1/jobs/{job_id}/images/{index}", name="native_image",

@@ -30,6 +30,7 @@ from zitops.agent.http.api_common import (
     TEXT_PATTERN,
     Body,
     Flag,
+    abandon,
     base_url,
     build_request_as,
     context,
@@ -156,7 +157,7 @@ async def create_images(body: ImageGenerationIn, request: Request) -> Response:
         req = replace(req, preview_at=partial_steps(req.steps, body.partial_images or 0))
         record = await submit(request, req)
         return openai_stream(ctx.service, record, prefix="image_generation", quality=STREAM_QUALITY.get(body.quality or "auto", "auto"),
-                             background=body.background or "auto")
+                             background=body.background or "auto", gone=lambda: abandon(ctx, record.id))
     record = await submit(request, req)
     record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
     respond_from = time.monotonic()
@@ -165,7 +166,9 @@ async def create_images(body: ImageGenerationIn, request: Request) -> Response:
             "size": f"{record.request.width}x{record.request.height}"}
     if body.response_format == "url":
         root = base_url(request)
-        urls = [json.dumps(f"{root}/v1/jobs/{record.id}/images/{i}").encode() for i in range(len(record.images))]
+        links = ctx.service.image_links(record) or [f"{root}/v1/jobs/{record.id}/images/{i}"
+                                                     for i in range(len(record.images))]
+        urls = [json.dumps(link).encode() for link in links]
         drop_encoded(ctx.service, record)
         payload = json_splice("data", [[b'{"url":', url, revised] for url in urls], rest)
     else:

@@ -41,7 +41,7 @@ from zitops.agent.http.http_errors import (
 from zitops.agent.http.http_metrics import CONTENT_TYPE, HttpMetrics
 from zitops.agent.http.middleware import EdgeMiddleware
 from zitops.agent.http.openapi import install as install_openapi
-from zitops.agent.http.tenants import caller, reason_codes, reduced_status
+from zitops.agent.http.tenants import caller, owner_hash, reason_codes, reduced_status
 from zitops.config import AgentConfig
 from zitops.errors import ConfigError, InvalidRequest, ZitopsError
 from zitops.logbook.failures import FailureStore, failures_payload
@@ -199,7 +199,8 @@ def image_paths(config: AgentConfig) -> frozenset[str]:
 
 
 def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
-               admin_tokens: frozenset[str] = frozenset(), tracer: Tracer = NO_TRACER) -> FastAPI:
+               admin_tokens: frozenset[str] = frozenset(), priorities: dict[str, int] | None = None,
+               tracer: Tracer = NO_TRACER) -> FastAPI:
     """The agent's ASGI app around ``service``; ``tokens`` empty means no auth (everyone an admin).
 
     With tracing on, each request gets a span (outermost, so it covers the edge's checks too).
@@ -213,7 +214,8 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
     )
     http_metrics = HttpMetrics()
     app.state.zitops = ApiContext(config=config, service=service, tokens=tokens,
-                                  metrics=http_metrics, started_at=time.time(), admin_tokens=admin_tokens)
+                                  metrics=http_metrics, started_at=time.time(), admin_tokens=admin_tokens,
+                                  priorities={owner_hash(t): p for t, p in (priorities or {}).items()})
     app.add_exception_handler(ZitopsError, zitops_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zitops.config import AgentConfig
@@ -21,12 +22,17 @@ ADMIN_PREFIX = "admin:"
 """A tokens-file line ``admin:<token>`` makes that token an admin (docs/api.md, "Tenants")."""
 
 
+PRIORITY_SUFFIX = re.compile(r"\s+priority=([0-9]+)\s*$")
+"""A tokens-file line may end in `` priority=N`` (0..2): that token's jobs' default priority (docs/api.md)."""
+
+
 @dataclass(frozen=True)
 class Tokens:
-    """The tokens file, read: every accepted token, and which of them are admins."""
+    """The tokens file, read: every accepted token, which of them are admins, and their default priorities."""
 
     all: frozenset[str] = frozenset()
     admins: frozenset[str] = frozenset()
+    priorities: dict[str, int] = field(default_factory=dict)
 
 
 def parse_tokens(text: str) -> list[str]:
@@ -38,7 +44,7 @@ def parse_token_lines(text: str) -> list[tuple[str, bool]]:
     """(token, is_admin) per token line of a tokens file."""
     out = []
     for line in text.splitlines():
-        token = line.strip()
+        token = PRIORITY_SUFFIX.sub("", line.strip())
         if token and not token.startswith("#"):
             admin = token.startswith(ADMIN_PREFIX)
             out.append((token.removeprefix(ADMIN_PREFIX).strip() if admin else token, admin))
@@ -94,7 +100,22 @@ def read_tokens(config: AgentConfig) -> Tokens:
                 f"auth.tokens_file: token #{i} in {path} is too short or contains spaces; "
                 f"use at least {MIN_TOKEN_CHARS} printable characters, e.g. `openssl rand -hex 24`"
             )
-    return Tokens(frozenset(tokens), frozenset(token for token, admin in lines if admin))
+    return Tokens(frozenset(tokens), frozenset(token for token, admin in lines if admin),
+                  token_priorities(text, path))
+
+
+def token_priorities(text: str, path: Path) -> dict[str, int]:
+    """token -> default priority, for the lines that end in `` priority=N``; ConfigError for N outside 0..2."""
+    found = {}
+    for i, line in enumerate(text.splitlines(), 1):
+        m = PRIORITY_SUFFIX.search(line.strip())
+        if m is None or line.strip().startswith("#"):
+            continue
+        if int(m.group(1)) not in (0, 1, 2):
+            raise ConfigError(f"auth.tokens_file: line {i} of {path}: priority={m.group(1)}; use 0, 1 or 2")
+        token = PRIORITY_SUFFIX.sub("", line.strip())
+        found[token.removeprefix(ADMIN_PREFIX).strip() if token.startswith(ADMIN_PREFIX) else token] = int(m.group(1))
+    return found
 
 
 def check_bind_policy(config: AgentConfig, tokens: frozenset[str]) -> None:

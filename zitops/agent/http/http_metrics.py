@@ -35,6 +35,12 @@ class HttpMetrics:
             ["route", "stage"], buckets=STAGE_BUCKETS, registry=self.registry,
         )
 
+        self.client_gone = Counter(
+            "zitops_client_gone_total", "Synchronous requests whose client hung up before the job ended, by the "
+            "job's state then (queued: cancelled at once; running: stopped at its next step).",
+            ["state"], registry=self.registry,
+        )
+
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Record one finished request. ``route`` is a template, never a raw path."""
         labels = (route, method, str(status))

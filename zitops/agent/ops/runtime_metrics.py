@@ -66,6 +66,8 @@ class RuntimeMetrics:
                               ["source"], registry=r)
         self.standby = Gauge("zitops_standby_workers", "Idle pre-imported standby spares", registry=r)
         self.ready = Gauge("zitops_ready", "1 while /readyz says ready, else 0", registry=r)
+        self.webhooks = Counter("zitops_webhook_deliveries", "Webhook delivery attempts by outcome "
+                                "(delivered, retried, gave_up)", ["outcome"], registry=r)
 
     def worker_started(self, worker_id: str, startup: dict[str, Any]) -> None:
         """Count a worker's start by its source and keep its start-up phases."""

@@ -32,12 +32,13 @@ WHERE id = %(id)s AND status = 'queued'
 RETURNING *;
 
 -- name: claim_jobs
--- The oldest queued jobs, as leases. SKIP LOCKED: concurrent claimers pass
+-- The queued jobs of the highest priority, oldest first, as leases (the
+-- order of jobs_queued_priority). SKIP LOCKED: concurrent claimers pass
 -- over each other's rows instead of waiting, so each job goes to one agent.
 WITH picked AS (
     SELECT id FROM zitops.jobs
     WHERE status = 'queued'
-    ORDER BY seq
+    ORDER BY coalesce((request -> 'extra' ->> 'priority')::integer, 1) DESC, seq
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )

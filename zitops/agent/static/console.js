@@ -121,6 +121,11 @@
       ["uptime", fmt.duration(s.uptime_s ?? s.api_uptime_s)], ["NVML", s.nvml], ["auth", s.auth],
       ["version", s.version],
     ];
+    const os = s.object_store;
+    if (os && os.configured) {
+      items.push(["object store", `${os.url} · ${os.up ? "up" : `down: ${os.reason || "unknown"}`}` +
+        (os.checked_at ? ` · checked ${fmt.time(os.checked_at)}` : "")]);
+    } else if (os) items.push(["object store", "none (images on this host)"]);
     if (s.draining) items.push(["draining", "yes"]);
     if (s.degraded) items.push(["degraded", typeof s.degraded === "string" ? s.degraded : JSON.stringify(s.degraded)]);
     $("overview-list").replaceChildren(...items.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-field": k }, v ?? "–")]));
@@ -154,6 +159,15 @@
         el("td", { title: f.prompt || "" }, prompt || "–"), el("td", {}, f.action || "–"));
     });
     replaceRows($("failure-rows"), failures, 7, "none");
+
+    const hooks = s.webhooks || { enabled: false };
+    const deliveries = (hooks.recent || []).map((d) => el("tr", { "data-delivery": d.job_id },
+      el("td", {}, fmt.time(d.created_at)), el("td", { title: d.job_id }, String(d.job_id).slice(0, 8)),
+      el("td", { className: `state state-${d.state}` }, d.state), el("td", {}, d.attempts ?? 0),
+      el("td", {}, d.last_status ?? "–"), el("td", {}, d.last_error || "–")));
+    replaceRows($("webhook-rows"), deliveries, 6, hooks.enabled === false ? "webhooks off" : "none");
+    $("webhook-counts").textContent = hooks.enabled === false ? "off (webhooks.secret_file is not set)"
+      : Object.entries(hooks.counts || {}).map(([k, v]) => `${k} ${v}`).join(" · ") || "no deliveries yet";
   }
 
   async function statusLoop() {

@@ -42,7 +42,7 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.contract import JobRecord, JobStatus, priority_of
 from zitops.agent.storage.pg_connect import STATEMENT_TIMEOUT_MS, Breaker, PgConnector, is_down
 from zitops.agent.storage.pg_listen import PgListener
 from zitops.agent.storage.pg_schema import migrate, query
@@ -362,7 +362,7 @@ class PgJobStore:
     def claim(self, agent_id: str, worker: str, limit: int = 1) -> list[JobRecord]:
         """Take up to ``limit`` of the oldest queued jobs as leases for ``agent_id``; oldest first."""
         rows = self._rows_lazy("claim_jobs", agent_id=agent_id, worker=worker, limit=limit, lease_s=self.lease_s)
-        return sorted((_record(r) for r in rows), key=lambda r: (r.created_at, r.id))
+        return sorted((_record(r) for r in rows), key=lambda r: (-priority_of(r.request.extra), r.created_at, r.id))
 
     @bounded()
     def heartbeat(self, agent_id: str, ready: bool = True, held: Sequence[str] | None = None) -> list[str]:
@@ -417,3 +417,9 @@ class PgJobStore:
     def expire_bytes(self, max_bytes: int) -> list[JobRecord]:
         """Delete the oldest final jobs until the rest's images fit in ``max_bytes``; return them."""
         return [_record(r) for r in self._rows("expire_bytes", max_bytes=max_bytes)]
+
+    def run(self, sql: str, **params: Any) -> list[DictRow]:
+        """One statement of another table's owner (the webhook ledger), in a short transaction; its rows."""
+        with self._conn() as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description is not None else []
