@@ -21,12 +21,15 @@ def warm(config_path: str | None, timeout_s: float, as_json: bool) -> None:
     Run it on the host (or image) the agent will run on, with the agent's
     config: the caches are per host and per torch/driver version.
     """
-    if not config_path:
-        raise ConfigError("--config FILE is required: the config.yaml that `zitops deploy` rendered")
-    from zitops.config import load_config
+    from zitops.commands.locate import announce, find_deployment
     from zitops.warm import warm as run_warm
 
-    report = run_warm(load_config(config_path), timeout_s)
+    found = find_deployment(config_path)
+    if found is None:
+        raise ConfigError("no deployment found: pass --config FILE (the config.yaml that `zitops deploy` "
+                          "rendered), set $ZITOPS_CONFIG, or run from the deployment's directory")
+    announce(found)
+    report = run_warm(found.config, timeout_s)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
