@@ -272,3 +272,19 @@ def check_fast_decode(setup: Setup) -> Check:
         return Check("fast decode", False, f"engine.tiny_vae_path: {config} is a {kind} with {channels} latent "
                      f"channels; Z-Image's VAE needs an AutoencoderTiny with {LATENT_CHANNELS} (TAEF1)", fix=fix)
     return Check("fast decode", True, f"TAEF1-style AutoencoderTiny at {config.parent}")
+
+
+def check_tokens(setup: Setup) -> Check | None:
+    """The tokens file passes the agent's own reading (mode, owner, token lengths); None without one."""
+    if not setup.tokens_file:
+        return None
+    from zitops.agent.auth import read_tokens_file
+    from zitops.errors import ConfigError
+
+    try:
+        tokens = read_tokens_file(Path(setup.tokens_file))
+    except ConfigError as exc:
+        return Check("tokens file", False, str(exc).removeprefix("auth.tokens_file: "),
+                     fix="fix the file as the detail says: the agent refuses to start with it")
+    return Check("tokens file", True, f"{setup.tokens_file}: {len(tokens.all)} token(s), "
+                 f"{len(tokens.admins)} admin")

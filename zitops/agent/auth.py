@@ -55,7 +55,11 @@ def read_tokens(config: AgentConfig) -> Tokens:
     name = config.auth.tokens_file
     if not name:
         return Tokens()
-    path = Path(name)
+    return read_tokens_file(Path(name))
+
+
+def read_tokens_file(path: Path) -> Tokens:
+    """One tokens file, checked as the agent checks it (doctor and deploy --start run this too)."""
     try:
         info = path.stat()
         mode = info.st_mode

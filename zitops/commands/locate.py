@@ -17,7 +17,6 @@ file when this user can read it (an admin line first).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import click
 
 from zitops.config import AgentConfig, load_config
 from zitops.errors import ConfigError
+from zitops.reach import agent_url, deployment_token
 
 ENV_CONFIG = "ZITOPS_CONFIG"
 SYSTEM_CONFIG = Path("/etc/zitops/config.yaml")
@@ -85,34 +85,6 @@ def announce(found: Deployment | None, via_url: str | None = None, fallback: str
     else:
         click.echo(f"no deployment found (--config, ${ENV_CONFIG}, ./config.yaml, ./deploy/config.yaml, "
                    f"{SYSTEM_CONFIG}); {fallback}", err=True)
-
-
-def agent_url(config: AgentConfig) -> str:
-    """The URL this host reaches the deployment's agent at (a wildcard bind means loopback)."""
-    host = config.host
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return f"http://{host}:{config.port}"
-    if ip.is_unspecified:
-        ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
-    shown = f"[{ip}]" if ip.version == 6 else str(ip)
-    return f"http://{shown}:{config.port}"
-
-
-def deployment_token(config: AgentConfig) -> str | None:
-    """The deployment's token for an operator: an admin token first; None when there is no readable file."""
-    from zitops.agent.auth import parse_token_lines
-
-    name = config.auth.tokens_file
-    if not name:
-        return None
-    try:
-        lines = parse_token_lines(Path(name).read_text("utf-8"))
-    except (OSError, UnicodeDecodeError):
-        return None
-    ordered = [token for token, admin in lines if admin] + [token for token, admin in lines if not admin]
-    return ordered[0] if ordered else None
 
 
 @dataclass(frozen=True)
