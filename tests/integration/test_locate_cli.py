@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,3 +83,47 @@ def test_zitops_config_beats_the_directory_and_url_wins(project: tuple[Path, Age
     # A named config that is missing is an error, never a fall-through to ./deploy.
     missing = zitops(root, "status", ZITOPS_CONFIG=str(tmp_path / "nope.yaml"))
     assert missing.returncode != 0 and "$ZITOPS_CONFIG" in missing.stderr and "nope.yaml" in missing.stderr
+
+
+def test_logs_merge_the_agent_and_worker_files_filter_and_follow(project: tuple[Path, AgentProcess]) -> None:
+    root, agent = project
+    everything = zitops(root, "logs")  # a pipe: JSON lines
+    assert everything.returncode == 0, everything.stderr
+    records = [json.loads(line) for line in everything.stdout.splitlines()]
+    processes = {str(r.get("process")) for r in records}
+    assert "agent" in processes and any(p.startswith("worker") for p in processes), processes
+    stamps = [r["timestamp"] for r in records if "timestamp" in r]
+    assert stamps == sorted(stamps)  # one stream, merged by time
+    errors = [json.loads(line) for line in zitops(root, "logs", "--level", "warning").stdout.splitlines()]
+    assert errors and all(r["level"] in ("warning", "error", "critical") for r in errors)
+    assert any(r.get("job_id") for r in errors)  # the failed job's error line
+    assert zitops(root, "logs", "--since", "2099-01-01T00:00:00").stdout == ""
+    pretty = zitops(root, "logs", "--level", "error", "--json", "-n", "1")
+    assert len(pretty.stdout.splitlines()) == 1
+    # --follow: a new line written after the command started shows up.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZITOPS_")}
+    proc = subprocess.Popen([sys.executable, "-c", CLI, "logs", "--follow", "-n", "0"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    # The follower may not be reading yet when a line is written: keep writing until one shows (bounded).
+    writer = threading.Thread(target=_markers, args=(root, proc), daemon=True)
+    killer = threading.Timer(30, proc.kill)
+    writer.start()
+    killer.start()
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "follow-marker" in first, first
+    finally:
+        killer.cancel()
+        proc.kill()
+        proc.wait(10)
+
+
+def _markers(root: Path, proc: subprocess.Popen[str]) -> None:
+    for _ in range(100):
+        if proc.poll() is not None:
+            return
+        with (root / "deploy" / "log_dir" / "zitops.log").open("a") as fh:
+            fh.write(json.dumps({"timestamp": "2100-01-01T00:00:00Z", "level": "info", "event": "follow-marker",
+                                 "process": "agent"}) + "\n")
+        time.sleep(0.2)
