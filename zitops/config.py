@@ -86,6 +86,9 @@ class ServerSettings(_Section):
     # Host header names accepted besides loopback names and ``host``
     # (DNS rebinding guard); "*.example.com" matches subdomains, "*" anything.
     allowed_hosts: list[str] = Field(default_factory=list)
+    # Addresses (or networks) of reverse proxies whose X-Forwarded-Proto/-For are believed
+    # (uvicorn's forwarded_allow_ips); empty: nobody's, so a client cannot make URLs https.
+    forwarded_allow_ips: list[str] = Field(default_factory=list)
     header_timeout_s: float = Field(10.0, gt=0, le=600)
     body_timeout_s: float = Field(60.0, gt=0, le=3_600)
     keep_alive_s: float = Field(5.0, gt=0, le=600)
@@ -106,6 +109,20 @@ class ServerSettings(_Section):
                     raise ValueError(f"{str(item)[:60]!r} is not a host name, an IP address, '*.domain' or '*'")
                 out.append(item.strip().lower().strip("[]"))
             return out
+        return v
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _proxies(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [part for part in (p.strip() for p in v.split(",")) if part]
+        if isinstance(v, list):
+            for item in v:
+                try:
+                    ipaddress.ip_network(str(item), strict=False)
+                except ValueError:
+                    raise ValueError(f"{str(item)[:60]!r} is not an IP address or network (no '*': name "
+                                     "the proxies)") from None
         return v
 
     @model_validator(mode="after")

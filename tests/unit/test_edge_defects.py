@@ -1,0 +1,102 @@
+"""Defects found by hostile use of the HTTP edge (issue 27), each pinned by a request over a real socket."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from tests.api_support import HTTP, MemService, free_port, make_config, serve
+from zitops.agent.hosts import HostPolicy, host_name
+from zitops.agent.http_server import server_config
+from zitops.config import ServerSettings
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("defects")
+    with serve(make_config(tmp), MemService(tmp / "out")) as base:
+        yield base
+
+
+def test_405_names_the_allowed_methods(url: str) -> None:
+    r = HTTP.request("DELETE", url + "/livez")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    assert r.json()["error"]["message"].endswith("allowed: GET, HEAD")
+    r = HTTP.get(url + "/v1/jobs")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+
+
+def _raw(port: int, host: str) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET /status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        head = b""
+        while b"\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return int(head.split()[1])
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{p}@evil.example", "localhost:{p}/evil", "localhost:1#x",
+                                  "127.0.0.1:99999", "127.0.0.1:", "evil.example"])
+def test_malformed_host_values_fail_the_host_check(url: str, host: str) -> None:
+    port = int(url.rsplit(":", 1)[1])
+    assert _raw(port, host.format(p=port)) in (400, 421)
+    assert _raw(port, f"127.0.0.1:{port}") == 200 and _raw(port, "[::1]") == 200
+
+
+def test_host_name_parses_only_well_formed_values() -> None:
+    assert host_name("LocalHost.:8080") == "localhost" and host_name("[::1]:7860") == "::1"
+    assert host_name("::1") == "::1"
+    for bad in ("127.0.0.1:1@evil", "localhost:1/x", "a b", "127.0.0.1:0", "127.0.0.1:65536", ""):
+        assert host_name(bad) == "", bad
+    # Even "allow anything" does not let a malformed value through.
+    assert not HostPolicy.from_settings("127.0.0.1", ["*"]).allows("localhost:1#x")
+
+
+def _scheme(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(f"{request.url.scheme} {request.client.host if request.client else '-'}")
+
+
+def _serve_echo(settings: ServerSettings) -> tuple[uvicorn.Server, threading.Thread, str]:
+    app = Starlette(routes=[Route("/", _scheme)])
+    port = free_port()
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, settings, 1.0))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    return server, thread, f"http://127.0.0.1:{port}/"
+
+
+@pytest.mark.parametrize(("trusted", "seen"), [([], "http 127.0.0.1"), (["127.0.0.1"], "https 203.0.113.9"),
+                                               (["10.0.0.0/8"], "http 127.0.0.1")])
+def test_forwarded_headers_are_believed_only_from_configured_proxies(trusted: list[str], seen: str) -> None:
+    server, thread, base = _serve_echo(ServerSettings(forwarded_allow_ips=trusted))
+    try:
+        r = httpx.get(base, headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}, timeout=10)
+        assert r.text == seen
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_forwarded_allow_ips_takes_addresses_only(tmp_path: Path) -> None:
+    from zitops.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="forwarded_allow_ips.*not an IP address"):
+        make_config(tmp_path, server={"forwarded_allow_ips": ["*"]})
