@@ -100,3 +100,38 @@ def test_forwarded_allow_ips_takes_addresses_only(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="forwarded_allow_ips.*not an IP address"):
         make_config(tmp_path, server={"forwarded_allow_ips": ["*"]})
+
+
+@pytest.mark.parametrize(("route", "body", "field"), [
+    ("/v1/jobs", {"prompt": "x", "steps": True}, "steps"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "steps": True}, "steps"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "seed": False}, "seed"),
+    ("/v1/images/generations", {"prompt": "x", "n": True}, "n"),
+])
+def test_booleans_are_not_integers(url: str, route: str, body: dict[str, object], field: str) -> None:
+    r = HTTP.post(url + route, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["message"].startswith(f"{field}: ") and "true or false" in r.text
+
+
+def test_a_4301_digit_integer_is_a_named_422(url: str) -> None:
+    r = HTTP.post(url + "/v1/jobs", content=b'{"prompt": "x", "steps": ' + b"9" * 4301 + b"}",
+                  headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    message = r.json()["error"]["message"]
+    assert message.startswith("steps: a number of 4301 digits") and "9999" not in message
+
+
+def test_deep_nesting_is_refused_before_any_work(url: str) -> None:
+    before = HTTP.get(url + "/status").json()["queue"]
+    deep: object = "x"
+    for _ in range(300):
+        deep = [deep]
+    r = HTTP.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", "comments": {"a": deep}})
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("comments.a.0.0."), r.text
+    assert "nested too deeply; at most 32 levels" in r.text
+    # Far deeper than the JSON parser's recursion limit: still one line, still 422.
+    r = HTTP.post(url + "/v1/jobs", content=b'{"prompt": "x", "c": ' + b"[" * 20000 + b"]" * 20000 + b"}",
+                  headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("body: nested too deeply"), r.text
+    assert HTTP.get(url + "/status").json()["queue"] == before  # nothing was queued

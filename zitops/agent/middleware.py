@@ -25,6 +25,7 @@ from zitops.agent.auth import match_token
 from zitops.agent.hosts import HostPolicy
 from zitops.agent.http_errors import error_response
 from zitops.agent.http_metrics import UNMATCHED, HttpMetrics
+from zitops.agent.json_guard import is_json, json_problem
 from zitops.agent.tenants import ANONYMOUS, CALLER_KEY, OPEN_CALLER, Caller, admin_only, owner_hash
 from zitops.logs import get_logger
 
@@ -166,6 +167,11 @@ class EdgeMiddleware:
             body = await self._read_body(receive, limit)
         except _TooLarge:
             await too_large(scope, receive, send)
+            return
+        problem = json_problem(body) if body and is_json(headers.get("content-type"), body) else None
+        if problem is not None:
+            await error_response(path, 422, f"{problem[0]}: {problem[1]}", param=problem[0],
+                                 code="invalid_json_shape")(scope, receive, send)
             return
         replayed = False
 
