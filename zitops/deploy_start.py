@@ -92,8 +92,9 @@ def start(p: Plan, timeout_s: float = 600.0, echo: Callable[[str], None] = print
         _ctl(p, "update")
         _ctl(p, "restart", "zitops", timeout=p.config.profile.queue.drain_timeout_s + STOP_MARGIN_S + 10)
     else:
+        # supervisord opens its own log before it applies the conf's umask=027: start it under that umask.
         run = subprocess.run([_tool("supervisord"), "-c", conf], capture_output=True, text=True,
-                             timeout=30, check=False)
+                             timeout=30, check=False, umask=0o027)
         if run.returncode != 0:
             last = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
             raise ZitopsError(f"supervisord -c {conf} failed: {last[0]}")

@@ -118,3 +118,6 @@ def test_doctor_on_the_running_deployment_passes_with_live_checks(
     assert checks["workers"]["ok"] and checks["workers"]["detail"].startswith("1 of 1 serving")
     assert checks["vram"]["detail"] == "n/a (CPU workers)"
     assert checks["recent failures"]["ok"]
+    # Every file the deployment made is 0640 or tighter: the config and supervisord's own log too.
+    for name in ("deploy/config.yaml", "deploy/logs/supervisord.log"):
+        assert (root / name).stat().st_mode & 0o777 == 0o640, name
