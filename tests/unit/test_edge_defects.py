@@ -135,3 +135,38 @@ def test_deep_nesting_is_refused_before_any_work(url: str) -> None:
                   headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and r.json()["error"]["message"].startswith("body: nested too deeply"), r.text
     assert HTTP.get(url + "/status").json()["queue"] == before  # nothing was queued
+
+
+TENANT, ADMIN = "tenant-token-0123456789abcdef", "admin-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def tenant_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """An agent with tenants, weights at an absolute path and an empty LoRA directory."""
+    tmp = tmp_path_factory.mktemp("tenants")
+    (tmp / "srv-models" / "Z-Image-Turbo").mkdir(parents=True)
+    (tmp / "lora-dir").mkdir()
+    config = make_config(tmp, model=str(tmp / "srv-models" / "Z-Image-Turbo"), lora_dir=str(tmp / "lora-dir"))
+    with serve(config, MemService(tmp / "out"), tokens=frozenset({TENANT, ADMIN}),
+               admin_tokens=frozenset({ADMIN})) as base:
+        yield base, tmp
+
+
+def _as(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_sd_models_shows_the_model_path_to_admins_only(tenant_url: tuple[str, Path]) -> None:
+    base, tmp = tenant_url
+    tenant = HTTP.get(base + "/sdapi/v1/sd-models", headers=_as(TENANT)).json()
+    assert tenant[0]["filename"] == "Z-Image-Turbo" and str(tmp) not in str(tenant)
+    admin = HTTP.get(base + "/sdapi/v1/sd-models", headers=_as(ADMIN)).json()
+    assert admin[0]["filename"] == str(tmp / "srv-models" / "Z-Image-Turbo")
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "nope"])
+def test_an_unknown_lora_never_shows_the_lora_directory(tenant_url: tuple[str, Path], name: str) -> None:
+    base, tmp = tenant_url
+    r = HTTP.post(base + "/v1/jobs", json={"prompt": "x", "loras": [{"name": name}]}, headers=_as(TENANT))
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("loras: "), r.text
+    assert str(tmp) not in r.text and "lora-dir" not in r.text
