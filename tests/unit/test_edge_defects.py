@@ -170,3 +170,32 @@ def test_an_unknown_lora_never_shows_the_lora_directory(tenant_url: tuple[str, P
     r = HTTP.post(base + "/v1/jobs", json={"prompt": "x", "loras": [{"name": name}]}, headers=_as(TENANT))
     assert r.status_code == 422 and r.json()["error"]["message"].startswith("loras: "), r.text
     assert str(tmp) not in r.text and "lora-dir" not in r.text
+
+
+def test_cross_site_state_changing_requests_are_refused(url: str) -> None:
+    port = url.rsplit(":", 1)[1]
+    evil = HTTP.post(url + "/sdapi/v1/interrupt", data={"x": "1"}, headers={"Origin": "https://evil.example"})
+    assert evil.status_code == 403 and "server.allowed_origins" in evil.json()["error"]["message"], evil.text
+    fetch = HTTP.post(url + "/v1/jobs", json={"prompt": "x"}, headers={"Sec-Fetch-Site": "cross-site"})
+    assert fetch.status_code == 403 and "Sec-Fetch-Site" in fetch.text
+    # The agent's own pages (the console), and clients that are not browsers, go on.
+    own = HTTP.post(url + "/sdapi/v1/interrupt", headers={"Origin": f"http://127.0.0.1:{port}",
+                                                          "Sec-Fetch-Site": "same-origin"})
+    assert own.status_code == 200, own.text
+    assert HTTP.post(url + "/sdapi/v1/interrupt").status_code == 200
+    # Reading is not state-changing.
+    assert HTTP.get(url + "/livez", headers={"Origin": "https://evil.example"}).status_code == 200
+
+
+def test_allowed_origins_let_a_named_site_in(tmp_path: Path) -> None:
+    from zitops.agent.cross_site import cross_site_refusal
+    from zitops.errors import ConfigError
+
+    config = make_config(tmp_path, server={"allowed_origins": ["https://App.Example.com"]})
+    allowed = frozenset(config.server.allowed_origins)
+    assert allowed == {"https://app.example.com"}
+    assert cross_site_refusal("POST", {"origin": "https://app.example.com", "host": "agent:7860"}, allowed) is None
+    assert cross_site_refusal("DELETE", {"origin": "https://other.example", "host": "agent:7860"}, allowed)
+    assert cross_site_refusal("POST", {"origin": "null", "host": "agent:7860"}, allowed)
+    with pytest.raises(ConfigError, match="allowed_origins.*not an origin"):
+        make_config(tmp_path, server={"allowed_origins": ["https://app.example.com/path"]})

@@ -227,6 +227,7 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
                        metrics=http_metrics, admin_tokens=admin_tokens & tokens,
                        hosts=HostPolicy.from_settings(config.host, config.server.allowed_hosts),
                        public_paths=console.public_paths(), image_paths=image_paths(config),
-                       max_image_body_bytes=config.limits.max_image_body_bytes)
+                       max_image_body_bytes=config.limits.max_image_body_bytes,
+                       allowed_origins=frozenset(config.server.allowed_origins))
     install_openapi(app, config.limits, config.lora_dir, controlnet=bool(config.controlnet_dir))
     return app

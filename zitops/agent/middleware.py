@@ -22,6 +22,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zitops.agent.auth import match_token
+from zitops.agent.cross_site import cross_site_refusal
 from zitops.agent.hosts import HostPolicy
 from zitops.agent.http_errors import error_response
 from zitops.agent.http_metrics import UNMATCHED, HttpMetrics
@@ -59,8 +60,10 @@ class EdgeMiddleware:
     def __init__(self, app: ASGIApp, *, tokens: frozenset[str], max_body_bytes: int,
                  metrics: HttpMetrics, admin_tokens: frozenset[str] = frozenset(),
                  hosts: HostPolicy | None = None, public_paths: frozenset[str] = frozenset(),
-                 image_paths: frozenset[str] = frozenset(), max_image_body_bytes: int = 0) -> None:
+                 image_paths: frozenset[str] = frozenset(), max_image_body_bytes: int = 0,
+                 allowed_origins: frozenset[str] = frozenset()) -> None:
         self.app = app
+        self.allowed_origins = allowed_origins  # other origins whose pages may POST (server.allowed_origins)
         self.public_paths = public_paths  # no token needed (they hold no data); Host still checked
         self.tokens = tokens
         self.admin_tokens = admin_tokens
@@ -137,6 +140,10 @@ class EdgeMiddleware:
                 "or add it to server.allowed_hosts",
                 param="Host", code="misdirected_request",
             )(scope, receive, send)
+            return
+        refusal = cross_site_refusal(scope.get("method", ""), headers, self.allowed_origins)
+        if refusal is not None:
+            await error_response(path, 403, refusal, param="Origin", code="cross_site")(scope, receive, send)
             return
         who = self._caller(headers)
         if not who.authenticated and path not in OPEN_PATHS and path not in self.public_paths:
