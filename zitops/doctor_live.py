@@ -56,7 +56,8 @@ def listener_pids(port: int) -> list[int]:
     return pids
 
 
-def _runs_config(pid: int, config_file: Path) -> bool:
+def runs_config(pid: int, config_file: Path) -> bool:
+    """True when process ``pid`` is `zitops agent --config` with this very config file."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
         cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
@@ -75,7 +76,7 @@ def own_agent(setup: Setup) -> int | None:
     if setup.config_file is None:
         return None
     for pid in listener_pids(setup.port):
-        if _runs_config(pid, setup.config_file):
+        if runs_config(pid, setup.config_file):
             return pid
     return None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -127,3 +128,36 @@ def _markers(root: Path, proc: subprocess.Popen[str]) -> None:
             fh.write(json.dumps({"timestamp": "2100-01-01T00:00:00Z", "level": "info", "event": "follow-marker",
                                  "process": "agent"}) + "\n")
         time.sleep(0.2)
+
+
+def test_reload_swaps_the_tokens_without_a_restart(project: tuple[Path, AgentProcess]) -> None:
+    root, agent = project
+    tokens = root / "deploy" / "tokens"
+    fresh = "locate-fresh-token-0123456789abcdef"
+    pid = agent.proc.pid
+    try:
+        tokens.write_text(f"admin:{fresh}\n")
+        done = zitops(root, "reload")
+        assert done.returncode == 0 and "sent SIGHUP to agent pid" in done.stdout, done.stderr
+        wait_until(lambda: httpx.get(agent.url + "/status", headers={"Authorization": f"Bearer {ADMIN}"},
+                                     timeout=10).status_code == 401, 30, what="the revoked token to stop working")
+        assert httpx.get(agent.url + "/status", headers={"Authorization": f"Bearer {fresh}"},
+                         timeout=10).status_code == 200
+        assert agent.proc.pid == pid and agent.proc.poll() is None  # no restart
+        log = (root / "deploy" / "log_dir" / "zitops.log").read_text()
+        line = next(json.loads(x) for x in log.splitlines() if '"tokens reloaded"' in x)
+        assert (line["tokens"], line["admins"]) == (1, 1)
+        assert fresh not in log and ADMIN not in log
+        # A bad edit (world-readable) is refused and the tokens in force stay.
+        tokens.chmod(0o644)
+        assert zitops(root, "reload").returncode == 0
+        wait_until(lambda: "keeping the current tokens" in (root / "deploy" / "log_dir" / "zitops.log").read_text(),
+                   30, what="the refusal to be logged")
+        assert httpx.get(agent.url + "/status", headers={"Authorization": f"Bearer {fresh}"},
+                         timeout=10).status_code == 200
+    finally:
+        tokens.write_text(f"admin:{ADMIN}\n")
+        tokens.chmod(0o600)
+        os.kill(pid, signal.SIGHUP)
+        wait_until(lambda: httpx.get(agent.url + "/status", headers={"Authorization": f"Bearer {ADMIN}"},
+                                     timeout=10).status_code == 200, 30, what="the admin token back")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,7 @@ from zitops.agent import (
     console,
 )
 from zitops.agent.api_common import ApiContext, Body, context
+from zitops.agent.auth import LiveTokens, Tokens
 from zitops.agent.contract import Service
 from zitops.agent.hosts import HostPolicy
 from zitops.agent.http_errors import (
@@ -223,11 +225,20 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
     app.include_router(console.router)
     # The console page and its assets hold no data: the edge lets them through without a token.
     app.add_middleware(console.PublicAssets)
-    app.add_middleware(EdgeMiddleware, tokens=tokens, max_body_bytes=config.limits.max_body_bytes,
-                       metrics=http_metrics, admin_tokens=admin_tokens & tokens,
+    live = LiveTokens(Tokens(tokens, admin_tokens & tokens))
+    app.state.zitops_tokens = live
+
+    app.add_middleware(EdgeMiddleware, tokens=live, max_body_bytes=config.limits.max_body_bytes,
+                       metrics=http_metrics,
                        hosts=HostPolicy.from_settings(config.host, config.server.allowed_hosts),
                        public_paths=console.public_paths(), image_paths=image_paths(config),
                        max_image_body_bytes=config.limits.max_image_body_bytes,
                        allowed_origins=frozenset(config.server.allowed_origins))
     install_openapi(app, config.limits, config.lora_dir, controlnet=bool(config.controlnet_dir))
     return app
+
+
+def reload_tokens(app: FastAPI, tokens: Tokens) -> None:
+    """Swap the tokens in force: the edge and the routes (per-token queue shares) both see the new set."""
+    app.state.zitops_tokens.current = tokens
+    app.state.zitops = replace(app.state.zitops, tokens=tokens.all, admin_tokens=tokens.admins & tokens.all)

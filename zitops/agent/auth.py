@@ -29,6 +29,17 @@ class Tokens:
     admins: frozenset[str] = frozenset()
 
 
+class LiveTokens:
+    """The tokens in force, swapped whole when the tokens file is reloaded (SIGHUP, ``zitops reload``).
+
+    One owner writes it (the server's signal loop); readers take ``current`` once
+    per request, so a request never sees half of an old set and half of a new one.
+    """
+
+    def __init__(self, tokens: Tokens) -> None:
+        self.current = tokens
+
+
 def parse_tokens(text: str) -> list[str]:
     """Tokens from a tokens file's text: one per line (``admin:`` stripped), blanks and ``#`` comments ignored."""
     return [token for token, _ in parse_token_lines(text)]

@@ -21,7 +21,7 @@ import structlog
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from zitops.agent.auth import match_token
+from zitops.agent.auth import LiveTokens, match_token
 from zitops.agent.cross_site import cross_site_refusal
 from zitops.agent.hosts import HostPolicy
 from zitops.agent.http_errors import error_response
@@ -57,16 +57,14 @@ class _Disconnected(Exception):
 class EdgeMiddleware:
     """Request id, headers, auth, body limit, metrics and the last-resort 500."""
 
-    def __init__(self, app: ASGIApp, *, tokens: frozenset[str], max_body_bytes: int,
-                 metrics: HttpMetrics, admin_tokens: frozenset[str] = frozenset(),
-                 hosts: HostPolicy | None = None, public_paths: frozenset[str] = frozenset(),
+    def __init__(self, app: ASGIApp, *, tokens: LiveTokens, max_body_bytes: int,
+                 metrics: HttpMetrics, hosts: HostPolicy | None = None, public_paths: frozenset[str] = frozenset(),
                  image_paths: frozenset[str] = frozenset(), max_image_body_bytes: int = 0,
                  allowed_origins: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.allowed_origins = allowed_origins  # other origins whose pages may POST (server.allowed_origins)
         self.public_paths = public_paths  # no token needed (they hold no data); Host still checked
-        self.tokens = tokens
-        self.admin_tokens = admin_tokens
+        self.tokens = tokens  # read per request: a reload swaps the set
         self.hosts = hosts
         self.max_body_bytes = max_body_bytes
         # Routes that take input images get their own, larger body limit (limits.max_image_body_bytes).
@@ -122,12 +120,13 @@ class EdgeMiddleware:
                 self.metrics.observe(route, method if method in _METHODS else "OTHER", status, elapsed)
 
     def _caller(self, headers: Headers) -> Caller:
-        if not self.tokens:
+        keys = self.tokens.current
+        if not keys.all:
             return OPEN_CALLER
-        token = match_token(headers.get("authorization"), self.tokens)
+        token = match_token(headers.get("authorization"), keys.all)
         if token is None:
             return ANONYMOUS
-        return Caller(owner=owner_hash(token), admin=token in self.admin_tokens)
+        return Caller(owner=owner_hash(token), admin=token in keys.admins)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, headers: Headers,
                       path: str, rid: str) -> None:
