@@ -199,3 +199,36 @@ def test_allowed_origins_let_a_named_site_in(tmp_path: Path) -> None:
     assert cross_site_refusal("POST", {"origin": "null", "host": "agent:7860"}, allowed)
     with pytest.raises(ConfigError, match="allowed_origins.*not an origin"):
         make_config(tmp_path, server={"allowed_origins": ["https://app.example.com/path"]})
+
+
+def _progressive_jpeg(extra_scans: int = 0) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        buf, "JPEG", progressive=True, quality=90)
+    data = buf.getvalue()
+    last = data.rindex(b"\xff\xda")
+    scan = data[last:-2]  # the last scan, up to EOI
+    return data[:-2] + scan * extra_scans + b"\xff\xd9"
+
+
+def test_a_jpeg_scan_bomb_is_refused_before_decoding(url: str) -> None:
+    import base64
+
+    from zitops.agent.image_input import MAX_JPEG_SCANS, jpeg_scans
+
+    normal = _progressive_jpeg()
+    assert 1 < jpeg_scans(normal) <= MAX_JPEG_SCANS
+    ok = HTTP.post(url + "/sdapi/v1/img2img", json={"prompt": "x", "init_images": [base64.b64encode(normal).decode()],
+                                                    "steps": 2})
+    assert ok.status_code == 200, ok.text
+    bomb = _progressive_jpeg(extra_scans=2000)
+    r = HTTP.post(url + "/sdapi/v1/img2img", json={"prompt": "x", "init_images": [base64.b64encode(bomb).decode()],
+                                                   "steps": 2})
+    assert r.status_code == 422, r.text
+    message = r.json()["error"]["message"]
+    assert message.startswith("init_images") and f"scans; at most {MAX_JPEG_SCANS} are decoded" in message
