@@ -33,8 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def one(model: str, device: str, cache_dir: str, bundle: str, mode: str, size: int, steps: int) -> dict:
     """One worker-like start in this process; returns its timings."""
     t0 = time.perf_counter()
-    from zitops.engine.compile_cache import configure_compile_cache, load_artifacts, save_artifacts
     from zitops.engine.diffusers_engine import DiffusersEngine
+    from zitops.engine.precision.compile_cache import (
+        configure_compile_cache,
+        load_artifacts,
+        save_artifacts,
+    )
     from zitops.engine.request import GenerationRequest
     from zitops.profile import load_profile
 

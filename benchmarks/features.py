@@ -137,8 +137,8 @@ def main() -> None:
     from dataclasses import replace
 
     from zitops.engine.diffusers_engine import DiffusersEngine
-    from zitops.engine.knobs import torch_dtype
     from zitops.engine.loader import FULL_RANDOM
+    from zitops.engine.precision.knobs import torch_dtype
     from zitops.engine.request import request_from_profile
     from zitops.profile import load_profile
 

@@ -60,7 +60,7 @@ def kernels() -> dict[str, Any]:
             out[name] = {"ms": round(ms, 3), "tflops": round(attn_flop / ms / 1e9, 1)}
         except RuntimeError as exc:
             out[name] = f"unusable: {str(exc).splitlines()[0][:120]}"
-    from zitops.engine.attention import load_flash3
+    from zitops.engine.precision.attention import load_flash3
 
     fn, source = load_flash3("cuda")
     out["flash3_source"] = source

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from zitops.engine.transfer import Stager
+from zitops.engine.precision.transfer import Stager
 
 
 def _timed(fn: Callable[[Any], Any], tensors: list[Any], device: Any) -> float:
@@ -62,7 +62,7 @@ def main() -> None:
     torch.cuda.empty_cache()
     result["parked_pageable_to_gbps"] = total / _timed(lambda t: t.to(device), parked, device) / 1e9
     result["parked_staged_gbps"] = total / _timed(stager.copy, parked, device) / 1e9
-    from zitops.engine.fp8 import _quantized
+    from zitops.engine.precision.fp8 import _quantized
 
     result["parked_quantize_gbps"] = total / _timed(lambda t: _quantized(t, device, stager), parked, device) / 1e9
     start = time.perf_counter()

@@ -144,7 +144,7 @@ def main() -> None:
          build_s=round(build_s, 2), peak_gib=peak_gib())
 
     # -- text encoder: 512 padding vs longest -------------------------------------------
-    from zitops.engine.accel import _encode_prompt_longest
+    from zitops.engine.precision.accel import _encode_prompt_longest
 
     with torch.no_grad():
         ms512, _ = gpu_time(lambda: pipe._encode_prompt(PROMPT, dev))

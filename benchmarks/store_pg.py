@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.pg_support import PgCluster  # noqa: E402
 from zitops.agent.contract import JobStatus  # noqa: E402
-from zitops.agent.jobs import JobStore  # noqa: E402
-from zitops.agent.store_pg import PgJobStore  # noqa: E402
+from zitops.agent.storage.jobs import JobStore  # noqa: E402
+from zitops.agent.storage.store_pg import PgJobStore  # noqa: E402
 from zitops.engine.request import GenerationRequest  # noqa: E402
 
 REQUEST = GenerationRequest(prompt="a red fox in the snow", seeds=(1,), width=1024, height=1024, steps=8)

@@ -23,10 +23,10 @@ import httpx
 import uvicorn
 from PIL import Image
 
-from zitops.agent.app import create_app
 from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.http.app import create_app
 from zitops.agent.progress import ProgressBoard
-from zitops.agent.vram_history import VramHistory
+from zitops.agent.workers.vram_history import VramHistory
 from zitops.config import AgentConfig, config_from_mapping
 from zitops.engine.request import GenerationRequest
 from zitops.errors import AgentUnavailable, Conflict, NotFound, QueueFull

@@ -122,7 +122,7 @@ class Runtime:
 
     def __init__(self, config: AgentConfig, notifier: Any = None, wait_ready: bool = True,
                  gpus: list[int | None] | None = None) -> None:
-        from zitops.agent.dispatcher import Dispatcher
+        from zitops.agent.dispatch.dispatcher import Dispatcher
 
         self.config = config
         self.lt = LoopThread()

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from zitops.agent.pg_listen import Notice
+from zitops.agent.storage.pg_listen import Notice
 
 T = TypeVar("T")
 
@@ -71,7 +71,7 @@ class Notices:
 
 def init_store_at_barrier(barrier: Any, url: str, password_file: str, agent_id: str, results: Any) -> None:
     """Child process: wait for the others, then open a PgJobStore on a (maybe empty) database."""
-    from zitops.agent.store_pg import PgJobStore
+    from zitops.agent.storage.store_pg import PgJobStore
     from zitops.engine.request import GenerationRequest
 
     barrier.wait(30)

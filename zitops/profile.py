@@ -91,7 +91,7 @@ class EngineSettings(_Section):
     vae_decode: Literal["full", "tiled", "fast"] = "full"
     tiny_vae_path: str | None = None
     offload: Literal["none", "model", "sequential", "group", "text_encoder"] = "none"
-    # offload "group" (zitops/engine/offload.py): the transformer's and text
+    # offload "group" (zitops/engine/precision/offload.py): the transformer's and text
     # encoder's blocks in groups of this many, in pinned host memory; with the
     # stream, the next group is copied while the current one computes.
     # "text_encoder" streams only the text encoder that way (one block per
@@ -102,7 +102,7 @@ class EngineSettings(_Section):
     offload_low_cpu_mem: bool = False
     compile: bool = False
     # The transformer's and text encoder's linears in float8 e4m3 with per-row
-    # scales (zitops/engine/fp8.py). true: fp8 GEMMs where the card has them
+    # scales (zitops/engine/precision/fp8.py). true: fp8 GEMMs where the card has them
     # (compute capability 8.9+), weight-only elsewhere (pre-Ada GPUs, the CPU);
     # "weight_only": e4m3 storage, bf16 matmuls, everywhere; "auto": fp8 GEMMs
     # where the card has them, the profile's precision elsewhere (for speed, not
@@ -173,7 +173,7 @@ class WatchdogSettings(_Section):
     overlap_recycle: bool = True
     # Keep one spare worker process per slot that has already imported torch
     # and diffusers (no CUDA, no model): a restart or recycle hands it the
-    # slot instead of paying a fresh interpreter's imports (zitops.agent.standby).
+    # slot instead of paying a fresh interpreter's imports (zitops.agent.workers.standby).
     standby_worker: bool = True
     # The spare also loads a local model onto the host (pageable, no CUDA) when
     # offload is "none" and MemAvailable is >= 1.5x the weights, so the start it
@@ -182,7 +182,7 @@ class WatchdogSettings(_Section):
     # A hot spare: a second worker per slot, loaded, warmed and idle, that takes
     # the slot at once when its worker dies, hangs or is recycled. "auto": on a
     # GPU with room for a second copy, never on the CPU; true: also on the CPU
-    # (zitops.agent.hot_spare, docs/runtime.md "Hot spares").
+    # (zitops.agent.workers.hot_spare, docs/runtime.md "Hot spares").
     hot_spare: Literal["auto"] | bool = "auto"
     restart_backoff_s: float = Field(1.0, ge=0, le=600)
     restart_backoff_max_s: float = Field(60.0, ge=0, le=3_600)

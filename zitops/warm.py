@@ -32,7 +32,7 @@ def warm(config: AgentConfig, timeout_s: float = 1800.0) -> dict[str, Any]:
 
     Raises EngineError when the child fails, dies or overruns ``timeout_s``.
     """
-    from zitops.agent.spawn import sigkill, start_child
+    from zitops.agent.workers.spawn import sigkill, start_child
     from zitops.worker.warm import warm_main
 
     cache = Path(config.paths.cache_dir)

@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent_support import ADMIN, ALICE, CLI, Agent, write_tokens  # noqa: E402
 from cli_support import fake_weights, run_cli  # noqa: E402
 
-from zitops import deploy  # noqa: E402
-from zitops.agent.jobs import JobStore  # noqa: E402
-from zitops.agent.tenants import owner_hash  # noqa: E402
+from zitops.agent.http.tenants import owner_hash  # noqa: E402
+from zitops.agent.storage.jobs import JobStore  # noqa: E402
+from zitops.deployment import deploy  # noqa: E402
 from zitops.engine.request import GenerationRequest  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def test_rendered_k8s_probes_pass_on_a_ready_agent_with_tokens(agent: Agent, tmp
 
 def test_deploy_start_waits_through_open_probes(agent: Agent) -> None:
     # deploy --start polls base_url + /livez and /readyz without a token.
-    from zitops.deploy_start import _get
+    from zitops.deployment.deploy_start import _get
 
     assert _get(agent.url + "/livez") == 200 and _get(agent.url + "/readyz") == 200
 

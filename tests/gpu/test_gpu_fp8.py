@@ -22,7 +22,7 @@ from tests.gpu_support import (
     release,
     small_request,
 )
-from zitops.engine.fp8 import fp8_supported, linear_class
+from zitops.engine.precision.fp8 import fp8_supported, linear_class
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(600)]
 torch = pytest.importorskip("torch")

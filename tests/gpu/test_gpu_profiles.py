@@ -25,9 +25,9 @@ from tests.gpu_support import (
     release,
     small_request,
 )
-from zitops.engine.fp8 import fp8_supported
-from zitops.engine.offload import describe as offload_layout
-from zitops.engine.offload import group_blocks
+from zitops.engine.precision.fp8 import fp8_supported
+from zitops.engine.precision.offload import describe as offload_layout
+from zitops.engine.precision.offload import group_blocks
 from zitops.engine.tiny import TINY_VAE_DIR
 from zitops.profile import list_builtin, load_profile
 
@@ -136,7 +136,7 @@ def test_fast_vae_decode_uses_the_tiny_autoencoder_on_the_gpu(tmp_path: Path) ->
     try:
         assert engine.effective["vae_decode"] == "fast"
         assert engine.tiny_vae is not None and on_device(engine.tiny_vae) == {"cuda"}
-        from zitops.engine.fp8 import fp8_supported
+        from zitops.engine.precision.fp8 import fp8_supported
 
         # ecommerce's engine.fp8 "auto": the fp8 path exactly where the card has fp8 GEMMs.
         assert (engine.effective.get("fp8", {}).get("mode") == "gemm") == fp8_supported(DEVICE)

@@ -34,7 +34,7 @@ the card's size less this, so the tier must fit what a real card of that size le
 
 def _tier_run(name: str, cap_gib: float, tmp: str) -> dict[str, Any]:
     """In a spawned process: set the tier up under its cap, generate one image, report what it saw."""
-    from zitops.engine.offload import describe
+    from zitops.engine.precision.offload import describe
 
     settings = load_profile(name).engine
     engine = DiffusersEngine(settings, FULL_RANDOM, state_dir=tmp, cache_dir=Path(tmp) / "cache",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.gpu_support import DEVICE
-from zitops.engine.transfer import Stager, module_to
+from zitops.engine.precision.transfer import Stager, module_to
 
 pytestmark = [pytest.mark.gpu]
 torch = pytest.importorskip("torch")

@@ -29,7 +29,7 @@ def test_wheel_ships_the_console_assets(tmp_path: Path) -> None:
     assert len(expected) > 10 and expected <= names, sorted(expected - names)
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(wheel).extractall(unpacked)
-    code = ("import zitops.agent.console as c; from pathlib import Path; "
+    code = ("import zitops.agent.http.console as c; from pathlib import Path; "
             f"assert Path(c.__file__).is_relative_to({str(unpacked)!r}), c.__file__; "
             "t = c._asset_table(c.STATIC_DIR); "
             "print(sorted(k for k in t if k.endswith(('.js', '.html')) or k == '/'))")

@@ -30,7 +30,7 @@ def _engine(tmp: Path, controlnet: Path, *, compiled: bool) -> DiffusersEngine:
 def test_compiled_control_blocks_give_the_eager_image(tmp_path: Path) -> None:
     from PIL import Image
 
-    from zitops.agent.image_input import to_png_b64
+    from zitops.agent.http.image_input import to_png_b64
 
     controlnet = make_controlnet(tmp_path / "cn")
     control = to_png_b64(Image.effect_noise((32, 32), 64).convert("RGB"), "RGB")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.cli_support import run_cli as run
-from zitops import deploy
 from zitops.config import load_config
+from zitops.deployment import deploy
 
 
 def actions(stdout: str) -> dict[str, str]:

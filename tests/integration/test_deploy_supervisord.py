@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from zitops import deploy
+from zitops.deployment import deploy
 from zitops.errors import ZitopsError
 from zitops.progress import Progress
 

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from supervisor.options import ServerOptions, UnhosedConfigParser
 
-from zitops import deploy
-from zitops.deploy_fleet import KEDA_QUERY
+from zitops.deployment import deploy
+from zitops.deployment.deploy_fleet import KEDA_QUERY
 from zitops.errors import RenderError, ZitopsError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -204,7 +204,7 @@ def test_wheel_ships_the_templates(tmp_path: Path) -> None:
     assert expected and expected <= names
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(wheel).extractall(unpacked)
-    code = ("import zitops, zitops.deploy as d; from pathlib import Path; "
+    code = ("import zitops, zitops.deployment.deploy as d; from pathlib import Path; "
             f"assert Path(zitops.__file__).is_relative_to({str(unpacked)!r}), zitops.__file__; "
             "p = d.plan(d.DeployRequest(out=Path('o'), zitops_bin='/usr/bin/true')); print(len(p.files))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,

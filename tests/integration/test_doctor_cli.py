@@ -92,7 +92,7 @@ def test_doctor_help_imports_no_gpu_stack() -> None:
 
 
 def test_hard_failures_for_deploy_name_the_model_path_and_the_port(tmp_path: Path) -> None:
-    from zitops.doctor import hard_failures
+    from zitops.preflight.doctor import hard_failures
 
     assert hard_failures(str(tiny_model_dir()), tmp_path, "127.0.0.1", free_port(), start=True) == []
     with socket.socket() as taken:

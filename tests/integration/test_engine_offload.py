@@ -17,7 +17,7 @@ import pytest
 
 from tests.engine_support import pixels, request, settings, tiny_model_dir
 from zitops.engine.diffusers_engine import DiffusersEngine
-from zitops.engine.offload import describe
+from zitops.engine.precision.offload import describe
 from zitops.errors import EngineError
 from zitops.profile import load_profile
 
@@ -39,8 +39,8 @@ def test_group_offload_on_the_cpu_is_ignored_with_a_note_and_generates(tmp_path:
 
 
 def _pipeline() -> Any:
-    from zitops.engine.accel import apply_levers
     from zitops.engine.loader import load_pipeline
+    from zitops.engine.precision.accel import apply_levers
 
     pipe = load_pipeline(tiny_model_dir(), torch.float32, torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -54,7 +54,7 @@ def _image(pipe: Any) -> Any:
 
 
 def test_group_hooks_stream_the_transformer_and_encoder_and_keep_the_image() -> None:
-    from zitops.engine.offload import levers_before_placement, place
+    from zitops.engine.precision.offload import levers_before_placement, place
 
     assert levers_before_placement("group") and not levers_before_placement("model")
     plain = _image(_pipeline())
@@ -66,7 +66,7 @@ def test_group_hooks_stream_the_transformer_and_encoder_and_keep_the_image() -> 
 
 
 def test_text_encoder_offload_streams_only_the_encoder_and_keeps_the_image() -> None:
-    from zitops.engine.offload import HOST_COMPONENTS, levers_before_placement, place
+    from zitops.engine.precision.offload import HOST_COMPONENTS, levers_before_placement, place
 
     assert levers_before_placement("text_encoder") and HOST_COMPONENTS["text_encoder"] == ("text_encoder",)
     plain = _image(_pipeline())
@@ -78,7 +78,7 @@ def test_text_encoder_offload_streams_only_the_encoder_and_keeps_the_image() -> 
 
 
 def test_a_stream_needs_cuda() -> None:
-    from zitops.engine.offload import place
+    from zitops.engine.precision.offload import place
 
     with pytest.raises(EngineError, match="engine.offload_stream needs a CUDA device, not cpu"):
         place(_pipeline(), "group", "cpu", settings(offload="group"))
@@ -86,8 +86,8 @@ def test_a_stream_needs_cuda() -> None:
 
 @pytest.mark.parametrize("offload", ["group", "text_encoder"])
 def test_group_hooks_carry_fp8_layers_and_keep_the_fp8_image(offload: str) -> None:
-    from zitops.engine import fp8
-    from zitops.engine.offload import HOST_COMPONENTS, place
+    from zitops.engine.precision import fp8
+    from zitops.engine.precision.offload import HOST_COMPONENTS, place
     from zitops.profile import FP8_KEEP_BF16
 
     def quantized() -> Any:

@@ -250,7 +250,7 @@ def test_full_architecture_refuses_the_cpu(tmp_path: Path) -> None:
 def test_img2img_and_inpaint_share_the_loaded_modules(engine: DiffusersEngine) -> None:
     from PIL import Image
 
-    from zitops.agent.image_input import to_png_b64
+    from zitops.agent.http.image_input import to_png_b64
 
     init = to_png_b64(Image.effect_noise((32, 32), 64).convert("RGB"), "RGB")
     mask = Image.new("L", (32, 32), 0)
@@ -276,7 +276,7 @@ def test_controlnet_loads_on_first_use_over_the_loaded_modules(tmp_path: Path) -
     from PIL import Image
 
     from tests.controlnet_support import make_controlnet
-    from zitops.agent.image_input import to_png_b64
+    from zitops.agent.http.image_input import to_png_b64
 
     eng = DiffusersEngine(settings(), str(tiny_model_dir()), state_dir=tmp_path, cache_dir=tmp_path / "cache",
                           controlnet_dir=make_controlnet(tmp_path / "cn"))

@@ -23,8 +23,8 @@ from click.testing import CliRunner
 
 from tests.fleet_support import FleetAgent
 from tests.store_support import poll_until
-from zitops import deploy
 from zitops.cli import cli
+from zitops.deployment import deploy
 
 if TYPE_CHECKING:
     from tests.pg_support import PgCluster, PgDatabase
@@ -178,8 +178,8 @@ def test_postgresql_restarted_mid_run_nothing_lost(tmp_path: Path, pg_cluster: P
 
 
 def test_the_keda_query_counts_the_fleets_waiting_and_running_jobs(pg_db: PgDatabase) -> None:
-    from zitops.agent.store_pg import PgJobStore
-    from zitops.deploy_fleet import KEDA_QUERY
+    from zitops.agent.storage.store_pg import PgJobStore
+    from zitops.deployment.deploy_fleet import KEDA_QUERY
     from zitops.engine.request import GenerationRequest
 
     store = PgJobStore(pg_db.url, password_file=pg_db.password_file, agent_id="keda-test")

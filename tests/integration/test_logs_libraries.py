@@ -1,4 +1,4 @@
-"""Real libraries through zitops.logs, each in a fresh interpreter (logging is process-global).
+"""Real libraries through zitops.logbook.logs, each in a fresh interpreter (logging is process-global).
 
 diffusers/transformers install their own stderr handler on import, uvicorn has its
 own access logger; these tests prove their records land in our files, at our
@@ -36,7 +36,7 @@ def test_worker_libraries_log_through_our_tiers(tmp_path: Path) -> None:
     script = """
         import logging, sys, warnings
         from pathlib import Path
-        from zitops import logs
+        from zitops.logbook import logs
         from zitops.profile import LogSettings
 
         logs.configure_logging(LogSettings(), log_dir=Path(sys.argv[1]), fmt="json",
@@ -85,7 +85,7 @@ def test_uvicorn_access_log_is_separate(tmp_path: Path) -> None:
         import sys, threading, time
         from pathlib import Path
         import httpx, uvicorn
-        from zitops import logs
+        from zitops.logbook import logs
         from zitops.profile import LogSettings
 
         logs.configure_logging(LogSettings(), log_dir=Path(sys.argv[1]), fmt="json", process="agent")

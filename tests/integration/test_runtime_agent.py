@@ -19,7 +19,7 @@ import yaml
 
 from tests.runtime_support import runtime_config, wait_until
 from zitops.agent.contract import JobStatus
-from zitops.agent.jobs import JobStore
+from zitops.agent.storage.jobs import JobStore
 from zitops.config import config_to_dict
 
 pytestmark = pytest.mark.slow

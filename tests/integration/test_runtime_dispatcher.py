@@ -21,7 +21,7 @@ from PIL import Image
 from tests.engine_support import png_text
 from tests.runtime_support import Runtime, request, runtime_config, wait_until
 from zitops.agent.contract import JobRecord, JobStatus
-from zitops.agent.jobs import JobStore
+from zitops.agent.storage.jobs import JobStore
 from zitops.errors import AgentUnavailable, Conflict, NotFound, QueueFull
 
 pytestmark = pytest.mark.slow

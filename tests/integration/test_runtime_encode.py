@@ -22,7 +22,7 @@ from tests.engine_support import png_text
 from tests.runtime_support import Runtime, request, runtime_config, wait_until
 from zitops.agent.contract import JobStatus
 from zitops.engine.output import encode_image
-from zitops.failures import FailureStore
+from zitops.logbook.failures import FailureStore
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from tests.runtime_support import (
 )
 from zitops.agent.contract import JobStatus
 from zitops.errors import AgentUnavailable
-from zitops.failures import FailureStore
+from zitops.logbook.failures import FailureStore
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from zitops.agent.contract import JobStatus
-from zitops.agent.jobs import JobStore
-from zitops.agent.store import Store
-from zitops.agent.store_pg import PgJobStore
+from zitops.agent.storage.jobs import JobStore
+from zitops.agent.storage.store import Store
+from zitops.agent.storage.store_pg import PgJobStore
 from zitops.engine.request import GenerationRequest
 from zitops.errors import Conflict, NotFound, QueueFull
 

@@ -17,8 +17,8 @@ import pytest
 
 from tests.store_support import Notices, init_store_at_barrier, poll_until
 from zitops.agent.contract import JobStatus
-from zitops.agent.pg_schema import migrate, migrations
-from zitops.agent.store_pg import PgJobStore
+from zitops.agent.storage.pg_schema import migrate, migrations
+from zitops.agent.storage.store_pg import PgJobStore
 from zitops.engine.request import GenerationRequest
 from zitops.errors import Conflict, NotFound, StoreUnavailable
 

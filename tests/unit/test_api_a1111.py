@@ -141,7 +141,7 @@ NEUTRAL_FULL_BODY: dict[str, Any] = {
 
 
 def test_the_whole_schema_at_neutral_defaults_is_accepted(svc_url: tuple[MemService, str]) -> None:
-    from zitops.agent.api_a1111 import Txt2ImgIn
+    from zitops.agent.http.api_a1111 import Txt2ImgIn
 
     forge_extras = {"hr_additional_modules", "hr_distilled_cfg"}
     assert set(NEUTRAL_FULL_BODY) == set(Txt2ImgIn.model_fields) - forge_extras

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from api_support import HTTP, MemService, make_config, serve  # noqa: E402
 
-from zitops.agent.auth import check_bind_policy, load_tokens, token_matches  # noqa: E402
+from zitops.agent.http.auth import check_bind_policy, load_tokens, token_matches  # noqa: E402
 from zitops.errors import ConfigError  # noqa: E402
 
 TOKEN = "s3cret-token-0123456789abcdef"
@@ -132,7 +132,7 @@ def test_anonymous_probes_get_codes_and_admins_the_reasons(tmp_path: Path) -> No
 
 
 def test_admin_lines_in_the_tokens_file(tmp_path: Path) -> None:
-    from zitops.agent.auth import read_client_token, read_tokens
+    from zitops.agent.http.auth import read_client_token, read_tokens
 
     p = _tokens_file(tmp_path, f"admin:{TOKEN}\nsecond-token-abcdefghij\n")
     tokens = read_tokens(make_config(tmp_path, auth={"tokens_file": str(p)}))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.api_support import HTTP, MemService, make_config, serve
-from zitops.failures import FailureStore
+from zitops.logbook.failures import FailureStore
 
 
 class ServiceWithFailures(MemService):

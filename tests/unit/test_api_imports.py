@@ -8,7 +8,7 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["zitops.agent.app", "zitops.commands.client"])
+@pytest.mark.parametrize("module", ["zitops.agent.http.app", "zitops.commands.client"])
 def test_api_modules_stay_torch_free(module: str) -> None:
     code = (f"import sys, {module}; heavy = [m for m in ('torch', 'diffusers', 'transformers', 'pynvml') "
             "if m in sys.modules]; print(','.join(heavy))")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.engine_support import tiny_model_dir
-from zitops.engine import accel
+from zitops.engine.precision import accel
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.api_support import HTTP, MemService, make_config, serve
-from zitops.agent.console import STATIC_DIR
-from zitops.agent.vram_history import VramHistory, samples_from
+from zitops.agent.http.console import STATIC_DIR
+from zitops.agent.workers.vram_history import VramHistory, samples_from
 
 TOKEN = "console-unit-token-0123456789"
 

@@ -15,9 +15,9 @@ from PIL import Image
 from tests.api_support import MemService, make_config, serve
 from tests.controlnet_support import make_controlnet
 from tests.runtime_support import runtime_config
-from zitops.agent.app import create_app
-from zitops.agent.canny import canny
-from zitops.deploy_plan import controlnet_dir
+from zitops.agent.http.app import create_app
+from zitops.agent.http.canny import canny
+from zitops.deployment.deploy_plan import controlnet_dir
 from zitops.errors import RenderError
 
 

@@ -17,8 +17,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from tests.api_support import HTTP, MemService, free_port, make_config, serve
-from zitops.agent.hosts import HostPolicy, host_name
-from zitops.agent.http_server import server_config
+from zitops.agent.http.hosts import HostPolicy, host_name
+from zitops.agent.http.http_server import server_config
 from zitops.config import ServerSettings
 
 
@@ -188,7 +188,7 @@ def test_cross_site_state_changing_requests_are_refused(url: str) -> None:
 
 
 def test_allowed_origins_let_a_named_site_in(tmp_path: Path) -> None:
-    from zitops.agent.cross_site import cross_site_refusal
+    from zitops.agent.http.cross_site import cross_site_refusal
     from zitops.errors import ConfigError
 
     config = make_config(tmp_path, server={"allowed_origins": ["https://App.Example.com"]})
@@ -219,7 +219,7 @@ def _progressive_jpeg(extra_scans: int = 0) -> bytes:
 def test_a_jpeg_scan_bomb_is_refused_before_decoding(url: str) -> None:
     import base64
 
-    from zitops.agent.image_input import MAX_JPEG_SCANS, jpeg_scans
+    from zitops.agent.http.image_input import MAX_JPEG_SCANS, jpeg_scans
 
     normal = _progressive_jpeg()
     assert 1 < jpeg_scans(normal) <= MAX_JPEG_SCANS

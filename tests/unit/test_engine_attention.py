@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.engine_support import tiny_model_dir
-from zitops.engine import accel, attention
+from zitops.engine.precision import accel, attention
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.engine_support import settings, tiny_model_dir
-from zitops.engine import fp8
+from zitops.engine.precision import fp8
 from zitops.errors import ProfileError
 from zitops.profile import FP8_KEEP_BF16, load_profile
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zitops.failures import FailureStore
+from zitops.logbook.failures import FailureStore
 
 
 def test_a_failure_record_keeps_image_sizes_and_hashes_not_pixels(tmp_path: Path) -> None:

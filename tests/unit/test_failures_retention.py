@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from zitops.failures import FailureStore
+from zitops.logbook.failures import FailureStore
 
 
 def _record(store: FailureStore, n: int, message: str = "boom") -> None:

@@ -1,4 +1,4 @@
-"""zitops.failures and ``zitops failures``: both sinks, queries, parsing, the CLI."""
+"""zitops.logbook.failures and ``zitops failures``: both sinks, queries, parsing, the CLI."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from zitops.cli import cli
 from zitops.config import config_from_mapping, config_to_dict
 from zitops.errors import AgentUnavailable, InvalidRequest, Unauthorized
-from zitops.failures import FailureRecord, FailureStore, failures_payload, parse_since
+from zitops.logbook.failures import FailureRecord, FailureStore, failures_payload, parse_since
 from zitops.profile import load_profile, profile_to_dict
 
 

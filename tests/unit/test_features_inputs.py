@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from tests.engine_support import agent_config
-from zitops.agent.image_input import checked_png, from_base64, open_image
+from zitops.agent.http.image_input import checked_png, from_base64, open_image
 from zitops.agent.progress import ProgressBoard
-from zitops.engine.lora_files import strip_prompt_loras
+from zitops.engine.features.lora_files import strip_prompt_loras
 from zitops.errors import InvalidRequest
 
 MIB = 2**20

@@ -16,10 +16,10 @@ import pytest
 
 from tests.nvml_support import RecordedNvml, Sample
 from tests.runtime_support import runtime_config
-from zitops.agent.api_inputs import lora_overrides
+from zitops.agent.http.api_inputs import lora_overrides
 from zitops.agent.server import settle_fp8
 from zitops.config import AgentConfig
-from zitops.engine.fp8 import mode_for, settle_auto
+from zitops.engine.precision.fp8 import mode_for, settle_auto
 from zitops.errors import InvalidRequest
 
 

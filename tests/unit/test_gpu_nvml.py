@@ -18,7 +18,7 @@ MIB = 1024 * 1024
 def test_imports_stay_light() -> None:
     """gpu, logs, failures, sdnotify and the failures command import no GPU stack at module level."""
     code = (
-        "import sys, zitops.gpu, zitops.logs, zitops.failures, zitops.sdnotify, zitops.commands.failures\n"
+        "import sys, zitops.gpu, zitops.logbook.logs, zitops.logbook.failures, zitops.sdnotify, zitops.commands.failures\n"
         "heavy = sorted(m for m in ('pynvml', 'torch', 'diffusers', 'transformers') if m in sys.modules)\n"
         "assert not heavy, heavy"
     )

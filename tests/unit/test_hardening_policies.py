@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from zitops.agent import watchdog as p
 from zitops.agent.contract import JobRecord, JobStatus
-from zitops.agent.disk import FreeSpaceFloor, over_budget
-from zitops.agent.store_errors import Unsaved, store_error
+from zitops.agent.dispatch.disk import FreeSpaceFloor, over_budget
+from zitops.agent.storage.store_errors import Unsaved, store_error
+from zitops.agent.workers import watchdog as p
 from zitops.engine.request import GenerationRequest
 from zitops.errors import DiskFull, StoreUnavailable
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zitops.agent.images import Pixels, to_pil
+from zitops.agent.dispatch.images import Pixels, to_pil
 from zitops.engine.output import encode_image
 from zitops.worker.protocol import RawImage
 

@@ -90,7 +90,7 @@ print(json.dumps(failures))
 
 def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
     modules = all_modules()
-    assert "zitops.deploy" in modules and "zitops.commands.deploy" in modules
+    assert "zitops.deployment.deploy" in modules and "zitops.commands.deploy" in modules
     proc = fresh(FORK_EACH, *modules, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -13,7 +14,7 @@ from zitops.config import config_to_dict
 from zitops.errors import ConfigError
 
 
-def write(path: Path, port: int, **over: object) -> Path:
+def write(path: Path, port: int, **over: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config_to_dict(runtime_config(path.parent, kind="faulty", port=port, **over))))
     return path

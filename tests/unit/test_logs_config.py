@@ -1,4 +1,4 @@
-"""zitops.logs: JSON lines, tiers, runtime levels, access log, redaction, rotation."""
+"""zitops.logbook.logs: JSON lines, tiers, runtime levels, access log, redaction, rotation."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 import structlog
 import yaml
 
-from zitops import log_levels, logs
 from zitops.config import config_from_mapping, config_to_dict
 from zitops.errors import ConfigError
+from zitops.logbook import log_levels, logs
 from zitops.profile import LogSettings, load_profile, profile_to_dict
 
 _TOUCHED = ("zitops", "diffusers", "transformers", "torch", "uvicorn.error", "uvicorn.access",

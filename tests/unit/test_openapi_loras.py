@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tests.api_support import MemService
 from tests.runtime_support import runtime_config
-from zitops.agent.app import create_app
+from zitops.agent.http.app import create_app
 
 
 def _lora_schema(app_schema: dict) -> tuple[dict, dict]:

@@ -14,8 +14,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli_support import fake_weights  # noqa: E402
 
-from zitops import deploy  # noqa: E402
 from zitops.config import load_config  # noqa: E402
+from zitops.deployment import deploy  # noqa: E402
 from zitops.errors import RenderError, ZitopsError  # noqa: E402
 from zitops.profile import BUILTIN_PROFILES  # noqa: E402
 from zitops.render import templates_dir  # noqa: E402
@@ -124,7 +124,7 @@ def test_reference_unit_matches_the_render() -> None:
     rendered = plan.file(f"systemd/{deploy.UNIT_NAME}").content
     reference = (REPO / "systemd" / deploy.UNIT_NAME).read_text()
     assert rendered == reference, (
-        "systemd/zitops-agent.service is stale; regenerate with: python -c \"from zitops import deploy as d; "
+        "systemd/zitops-agent.service is stale; regenerate with: python -c \"from zitops.deployment import deploy as d; "
         "print(d.plan(d.DeployRequest(targets=('systemd',), install=True, zitops_bin='/usr/local/bin/zitops'))"
         ".file('systemd/zitops-agent.service').content, end='')\" > systemd/zitops-agent.service"
     )

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.engine_support import png_text
-from zitops.agent.images import image_names, to_pil, write_images
+from zitops.agent.dispatch.images import image_names, to_pil, write_images
 from zitops.engine.output import encode_image
 from zitops.worker.process import raw_image
 

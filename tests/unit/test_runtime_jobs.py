@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from zitops.agent.contract import JobStatus
-from zitops.agent.jobs import DB_NAME, JobStore
+from zitops.agent.storage.jobs import DB_NAME, JobStore
 from zitops.engine.request import GenerationRequest
 from zitops.errors import Conflict, NotFound
 

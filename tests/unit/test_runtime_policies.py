@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from zitops.agent import watchdog as p
+from zitops.agent.workers import watchdog as p
 from zitops.profile import load_profile
 from zitops.worker import protocol
 

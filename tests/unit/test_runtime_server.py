@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.runtime_support import request, runtime_config
-from zitops.agent.images import write_images
+from zitops.agent.dispatch.images import write_images
 from zitops.agent.server import bind
 from zitops.cli import main
 from zitops.engine.factory import create_engine

@@ -9,8 +9,8 @@ import pytest
 import structlog
 
 from tests.engine_support import agent_config, pixels, request, settings, tiny_model_dir
-from zitops.agent import standby as agent_standby
-from zitops.agent.pool import Pool
+from zitops.agent.workers import standby as agent_standby
+from zitops.agent.workers.pool import Pool
 from zitops.config import config_from_mapping, config_to_dict
 from zitops.engine import phases
 from zitops.engine.loader import (

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from zitops.engine.compile_cache import ARTIFACTS_NAME, artifacts_path, load_artifacts
+from zitops.engine.precision.compile_cache import ARTIFACTS_NAME, artifacts_path, load_artifacts
 
 
 def test_bundle_lives_in_the_engine_cache_dir(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from psycopg_pool import PoolTimeout
 
-from zitops.agent.pg_connect import Breaker, PgConnector, is_down
-from zitops.agent.pg_schema import migrations, queries
+from zitops.agent.storage.pg_connect import Breaker, PgConnector, is_down
+from zitops.agent.storage.pg_schema import migrations, queries
 from zitops.errors import ConfigError, StoreUnavailable
 
 

@@ -10,9 +10,9 @@ import pytest
 
 from tests.cli_support import fake_weights, run_cli
 from tests.nvml_support import RecordedNvml, Sample
-from zitops import deploy
-from zitops.doctor import need_gib, resolve
-from zitops.doctor_model import DoctorRequest
+from zitops.deployment import deploy
+from zitops.preflight.doctor import need_gib, resolve
+from zitops.preflight.doctor_model import DoctorRequest
 from zitops.profile import load_profile
 from zitops.tiers import MIN_MIB, TIERS, Card, TierError, choose_tier, tier_for_mib
 
@@ -102,8 +102,8 @@ def test_doctor_profile_auto_checks_the_tier_of_the_card(tmp_path: Path, nvml: R
 
 
 def test_doctor_reports_the_tier_each_card_gets(tmp_path: Path) -> None:
-    from zitops.doctor_checks import check_tier
-    from zitops.doctor_model import GpuSeen, Probe
+    from zitops.preflight.doctor_checks import check_tier
+    from zitops.preflight.doctor_model import GpuSeen, Probe
 
     setup = resolve(DoctorRequest(profile="designer", model=str(fake_weights(tmp_path / "w")), out=tmp_path / "d"))
     small = check_tier(setup, True, Probe([GpuSeen(0, "NVIDIA GeForce RTX 3060", 12_288)], True))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zitops.agent.images import encode_and_write, keep_freed_memory, write_images
+from zitops.agent.dispatch.images import encode_and_write, keep_freed_memory, write_images
 from zitops.engine import png_fast
 from zitops.engine.faulty import synthetic_image
 from zitops.engine.output import encode_image

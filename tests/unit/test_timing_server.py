@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.runtime_support import runtime_config
-from zitops.agent.api_common import json_splice, server_timing, stage_timings
 from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.http.api_common import json_splice, server_timing, stage_timings
 from zitops.bench.agent_http import overhead_summary, parse_server_timing, percentile
 from zitops.bench.report import BenchReport, PathResult, ProfileRun, render_table
 from zitops.engine.request import GenerationRequest
@@ -80,8 +80,8 @@ def test_table_shows_paired_overhead_stages_and_the_labelled_cross_process_gap()
 
 
 def test_dispatcher_hands_a_waited_jobs_bytes_over_once_and_bounds_them(tmp_path: Path) -> None:
-    from zitops.agent import dispatcher as dmod
-    from zitops.agent import results
+    from zitops.agent.dispatch import dispatcher as dmod
+    from zitops.agent.dispatch import results
 
     d = dmod.Dispatcher(runtime_config(tmp_path), gpus=[None])
     try:

@@ -44,7 +44,7 @@ class JobRecord:
     images: tuple[str, ...] = ()  # file names under the output dir, chosen by the server
     worker: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
-    owner: str | None = None  # SHA-256 hex of the submitting token (zitops.agent.tenants); never shown
+    owner: str | None = None  # SHA-256 hex of the submitting token (zitops.agent.http.tenants); never shown
 
     def public(self) -> dict[str, Any]:
         """The JSON the API returns for ``GET /v1/jobs/{id}``."""

@@ -1,4 +1,4 @@
-"""``run(config)``: the agent process, wiring dispatcher, workers, watchdog and uvicorn.
+"""``run(config)``: the agent process and its composition root (store, dispatcher and pool, app, uvicorn).
 
 Signal handlers only queue the signal (uvicorn style); the main loop handles
 them one at a time: SIGTERM/SIGINT drain and exit 0, SIGHUP re-reads the log
@@ -18,13 +18,14 @@ from typing import Any
 
 import uvicorn
 
-from zitops.agent.auth import Tokens, check_bind_policy, read_tokens
-from zitops.agent.dispatcher import Dispatcher
-from zitops.agent.http_server import raise_open_files, server_config
+from zitops.agent.dispatch.dispatcher import Dispatcher
+from zitops.agent.http.auth import Tokens, check_bind_policy, read_tokens
+from zitops.agent.http.http_server import raise_open_files, server_config
+from zitops.agent.storage.store import open_store
 from zitops.config import AgentConfig
 from zitops.errors import ConfigError
-from zitops.failures import FailureStore
-from zitops.logs import configure_logging, get_logger, reload_levels
+from zitops.logbook.failures import FailureStore
+from zitops.logbook.logs import configure_logging, get_logger, reload_levels
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 UMASK = 0o027
@@ -92,10 +93,10 @@ def settle_fp8(config: AgentConfig) -> AgentConfig:
     """``engine.fp8: auto`` decided once for this host's workers, from NVML's compute capabilities.
 
     The edge refuses LoRAs when the layers are fp8; deciding here, with the
-    same rule the worker's engine applies (:func:`zitops.engine.fp8.settle_auto`),
+    same rule the worker's engine applies (:func:`zitops.engine.precision.fp8.settle_auto`),
     keeps a LoRA request from passing the edge and failing in the worker.
     """
-    from zitops.engine.fp8 import settle_auto
+    from zitops.engine.precision.fp8 import settle_auto
     from zitops.gpu import probe_gpus, worker_devices
 
     engine = config.profile.engine
@@ -129,15 +130,30 @@ def run(config: AgentConfig, config_path: str | Path | None = None) -> int:
 
 async def _main(config: AgentConfig, config_path: str | Path | None, tokens: Tokens,
                 sock: socket.socket) -> int:
-    from zitops.agent.app import create_app
+    """The composition root: the store, the dispatcher (which holds the worker pool), the app, the server."""
+    from zitops.agent.http.app import create_app
 
+    signals = _queue_signals()  # first: a SIGTERM while the store connects is handled once started
+    store = open_store(config)
+    dispatcher = Dispatcher(config, store=store, failures=failure_store(config))
+    app = create_app(config, dispatcher, tokens=tokens.all, admin_tokens=tokens.admins)
+    server = _Server(server_config(app, config.host, config.port, config.server, GRACEFUL_HTTP_S))
+    return await _serve(config, config_path, dispatcher, server, sock, signals)
+
+
+def _queue_signals() -> asyncio.Queue[int]:
+    """Handlers that only queue SIGTERM, SIGINT and SIGHUP, for the main loop (uvicorn style)."""
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[int] = asyncio.Queue()
     for handled in HANDLED:
         loop.add_signal_handler(handled, signals.put_nowait, handled)
-    dispatcher = Dispatcher(config, failures=failure_store(config))
-    app = create_app(config, dispatcher, tokens=tokens.all, admin_tokens=tokens.admins)
-    server = _Server(server_config(app, config.host, config.port, config.server, GRACEFUL_HTTP_S))
+    return signals
+
+
+async def _serve(config: AgentConfig, config_path: str | Path | None, dispatcher: Dispatcher,
+                 server: _Server, sock: socket.socket, signals: asyncio.Queue[int]) -> int:
+    """Start the parts, serve, and handle the queued signals until a drain or a fatal pool; the exit code."""
+    loop = asyncio.get_running_loop()
     fatal = asyncio.create_task(dispatcher.fatal.wait(), name="zitops-fatal")
     try:
         await dispatcher.start()
@@ -165,7 +181,7 @@ async def _main(config: AgentConfig, config_path: str | Path | None, tokens: Tok
             sig = getter.result()
             if sig == signal.SIGHUP:
                 handle_sighup(dispatcher, config_path)
-                reload_tokens_file(app, config)
+                reload_tokens_file(server.config.app, config)
                 continue
             log.info("signal received: draining", signal=signal.Signals(sig).name)
             summary = await dispatcher.drain()
@@ -182,7 +198,7 @@ async def _main(config: AgentConfig, config_path: str | Path | None, tokens: Tok
 
 def reload_tokens_file(app: Any, config: AgentConfig) -> None:
     """Re-read auth.tokens_file and swap the tokens in force; log the counts, never a token."""
-    from zitops.agent.app import reload_tokens
+    from zitops.agent.http.app import reload_tokens
 
     if not config.auth.tokens_file:
         return

@@ -56,7 +56,7 @@ class BenchOptions:
     compare: str | None = None
     """"bf16": also run the engine's request with fp8 off and report the deviation (checks.fp8_vs_bf16)."""
     # Simulate a smaller card: the in-process paths' allocator is capped at this
-    # many GiB once the weights are on the host (zitops.engine.offload.cap_memory).
+    # many GiB once the weights are on the host (zitops.engine.precision.offload.cap_memory).
     memory_cap_gib: float | None = None
     extra_meta: dict[str, Any] = field(default_factory=dict)
 
@@ -180,7 +180,7 @@ def run_profile(name: str, opts: BenchOptions, device: str, state_dir: Path, cac
         sweep_samplers,
     )
     from zitops.engine import phases as setup_phases
-    from zitops.engine.offload import uncap_memory
+    from zitops.engine.precision.offload import uncap_memory
 
     profile = bench_profile(load_profile(name, opts.overrides), opts)
     req = build_request(profile, opts)

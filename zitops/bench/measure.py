@@ -129,9 +129,9 @@ def build_plain_pipeline(plan: Plan) -> Any:
     """ZImagePipeline exactly as diffusers ships it, with the profile's dtype and offload."""
     import torch
 
-    from zitops.engine.knobs import torch_dtype as _dtype
     from zitops.engine.loader import FULL_RANDOM
     from zitops.engine.offline import force_offline
+    from zitops.engine.precision.knobs import torch_dtype as _dtype
 
     force_offline()
     s = plan.profile.engine
@@ -150,7 +150,7 @@ def build_plain_pipeline(plan: Plan) -> Any:
         from zitops.engine.loader import load_pipeline, resolve_model
 
         pipe = load_pipeline(resolve_model(plan.model, plan.state_dir), dtype, vae_dtype)
-    from zitops.engine.offload import cap_memory, place
+    from zitops.engine.precision.offload import cap_memory, place
 
     if plan.memory_cap_gib:
         # After the random build, as in the engine: the cap is the serving card's memory.

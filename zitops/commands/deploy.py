@@ -1,4 +1,4 @@
-"""``zitops deploy``: switches mapped onto :class:`zitops.deploy.DeployRequest`."""
+"""``zitops deploy``: switches mapped onto :class:`zitops.deployment.deploy.DeployRequest`."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ from pathlib import Path
 
 import click
 
-from zitops import deploy as core
 from zitops.commands.options import deploy_profile_option, model_option, set_option
+from zitops.deployment import deploy as core
 from zitops.errors import AgentUnavailable, RenderError
 from zitops.progress import Progress
 
 
 def _preflight(plan: core.Plan) -> None:
     """Doctor's config checks, before anything is written or started: a failure names each check."""
-    from zitops.doctor import preflight
-    from zitops.doctor_model import PreflightFailed
+    from zitops.preflight.doctor import preflight
+    from zitops.preflight.doctor_model import PreflightFailed
 
     failed = preflight(plan.config, plan.out / "config.yaml")
     if failed:

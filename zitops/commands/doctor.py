@@ -1,4 +1,4 @@
-"""``zitops doctor``: switches mapped onto :class:`zitops.doctor.DoctorRequest`."""
+"""``zitops doctor``: switches mapped onto :class:`zitops.preflight.doctor.DoctorRequest`."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def doctor(profile: str | None, model: str | None, port: int | None, config_path
            target: str, out: Path | None, as_json: bool) -> None:
     """Check that this host can run a profile: GPU, model files, disk, port, directories, services."""
     from zitops.commands.locate import announce, find_deployment
-    from zitops.doctor import DoctorRequest, run
+    from zitops.preflight.doctor import DoctorRequest, run
 
     if out is None:
         found = find_deployment(config_path)

@@ -15,7 +15,7 @@ from zitops.errors import AgentUnavailable
 
 
 def _from_config(config: AgentConfig, since: float | None, limit: int) -> list[dict[str, Any]]:
-    from zitops.failures import FailureStore
+    from zitops.logbook.failures import FailureStore
 
     paths = config.paths.as_paths()
     store = FailureStore(paths["state_dir"], paths["log_dir"])
@@ -81,9 +81,9 @@ def format_table(records: list[dict[str, Any]]) -> str:
 def failures(since: str | None, limit: int, as_json: bool, config_path: str | None, url: str | None,
              token_file: str | None) -> None:
     """List recorded job failures (newest first): from the deployment's store, or from the agent at --url."""
-    from zitops.agent.auth import read_client_token
+    from zitops.agent.http.auth import read_client_token
     from zitops.commands.locate import DEFAULT_URL
-    from zitops.failures import parse_since
+    from zitops.logbook.failures import parse_since
 
     since_ts = parse_since(since) if since else None
     found = find_deployment(config_path) if url is None or config_path else None

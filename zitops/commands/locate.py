@@ -26,7 +26,7 @@ import click
 
 from zitops.config import AgentConfig, load_config
 from zitops.errors import ConfigError
-from zitops.reach import agent_url, deployment_token
+from zitops.preflight.reach import agent_url, deployment_token
 
 ENV_CONFIG = "ZITOPS_CONFIG"
 SYSTEM_CONFIG = Path("/etc/zitops/config.yaml")
@@ -98,7 +98,7 @@ class Target:
 
 def resolve_target(url: str | None, config_path: str | None, token_file: str | None) -> Target:
     """The agent an HTTP command talks to: ``--url`` wins, else the found deployment, else 7860."""
-    from zitops.agent.auth import read_client_token
+    from zitops.agent.http.auth import read_client_token
 
     token = read_client_token(token_file)
     # With --url and no --config, no deployment is looked for: its token must not go to another host.

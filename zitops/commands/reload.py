@@ -17,7 +17,7 @@ def reload(config_path: str | None) -> None:
     """Send the deployment's agent SIGHUP: it reloads the tokens file (a revoked token stops working) and the
     log tiers. Run it as the agent's user or root."""
     from zitops.commands.locate import announce, find_deployment
-    from zitops.doctor_live import listener_pids, runs_config
+    from zitops.preflight.doctor_live import listener_pids, runs_config
 
     found = find_deployment(config_path)
     if found is None:

@@ -1,6 +1,6 @@
 """Fault drills: break a disposable local agent on purpose and time its recovery.
 
-A drill renders a throwaway deployment (``zitops.deploy.plan`` with the
+A drill renders a throwaway deployment (``zitops.deployment.deploy.plan`` with the
 fault-injecting engine and short watchdog thresholds, :mod:`.agent`), starts
 a real ``zitops agent`` subprocess on 127.0.0.1, submits a bounded number of
 jobs through the native HTTP API while watching /readyz, /status and

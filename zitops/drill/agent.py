@@ -35,7 +35,7 @@ def free_port() -> int:
 def build_deployment(out: Path, port: int, faults: dict[str, Any], sets: tuple[str, ...] = (),
                      profile: str = "designer") -> tuple[Path, AgentConfig]:
     """Render a loopback deployment into ``out`` with the fault engine; (config.yaml, config)."""
-    from zitops.deploy import DeployRequest, plan
+    from zitops.deployment.deploy import DeployRequest, plan
 
     p = plan(DeployRequest(profile=profile, targets=(), out=out, port=port, host="127.0.0.1",
                            gpus="auto", overrides=tuple(sets), zitops_bin=sys.executable))

@@ -44,7 +44,7 @@ def _after(events: list[dict[str, Any]], kind: str, since: float, worker: str | 
 
 
 TIMEOUT_FAILURE = "killed for passing its timeout, not retried"
-"""How a job killed for passing its timeout ends (zitops/agent/outcomes.py)."""
+"""How a job killed for passing its timeout ends (zitops/agent/dispatch/outcomes.py)."""
 
 
 def judge(report: DrillReport, plan: DrillPlan, done: Jobs, before: dict[str, Any], after: dict[str, Any],

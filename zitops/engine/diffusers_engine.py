@@ -13,16 +13,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zitops.engine.accel import apply_levers, enabled_levers, settle_after_warmup
 from zitops.engine.base import GenerationResult, MemoryStats, ProgressFn
-from zitops.engine.controlnet import control_kwargs
-from zitops.engine.fp8 import quantize_for_engine
-from zitops.engine.knobs import setup_attention, setup_compile, setup_vae, torch_dtype
+from zitops.engine.features.controlnet import control_kwargs
 from zitops.engine.loader import FULL_RANDOM, Preloaded, default_state_dir
 from zitops.engine.offline import force_offline
-from zitops.engine.offload import HOST_COMPONENTS, cap_memory, levers_before_placement, place
 from zitops.engine.oom import BatchOutOfMemory, generate_split_on_oom
 from zitops.engine.phases import phase
+from zitops.engine.precision.accel import apply_levers, enabled_levers, settle_after_warmup
+from zitops.engine.precision.fp8 import quantize_for_engine
+from zitops.engine.precision.knobs import setup_attention, setup_compile, setup_vae, torch_dtype
+from zitops.engine.precision.offload import (
+    HOST_COMPONENTS,
+    cap_memory,
+    levers_before_placement,
+    place,
+)
 from zitops.engine.request import GenerationRequest
 from zitops.engine.stepping import StepLog, latent_rgb, small_latents, step_callback
 from zitops.engine.tiny import TINY_NOTICE
@@ -75,11 +80,11 @@ class DiffusersEngine:
         self.notes: list[str] = []
         self.last_previews: list[Any] = []
         self.variants: dict[str, Any] = {}  # img2img / inpaint pipelines over the same modules
-        from zitops.engine.lora import LoraAdapters
+        from zitops.engine.features.lora import LoraAdapters
 
         self.loras = LoraAdapters(lora_dir)
         self.loras.hotswap_rank = self.settings.lora_hotswap_rank
-        from zitops.engine.controlnet import ControlNets
+        from zitops.engine.features.controlnet import ControlNets
 
         self.controlnets = ControlNets(controlnet_dir)  # loaded on the first control request
         # A standby spare's host copy of the pipeline (see preload): setup moves it instead of loading.
@@ -256,7 +261,7 @@ class DiffusersEngine:
         """All images of ``request`` in one pipeline call; raises BatchOutOfMemory if it does not fit."""
         import torch
 
-        from zitops.engine import img2img
+        from zitops.engine.features import img2img
         from zitops.engine.schedulers import make_scheduler
 
         self._check(request)

@@ -54,7 +54,7 @@ def encode_image(img: Any, fmt: str, params: Mapping[str, Any] | None = None) ->
         params["size"] = f"{img.size[0]}x{img.size[1]}"
     fmt = fmt.lower()
     if fmt != "png" and hasattr(img, "to_pil"):
-        img = img.to_pil()  # the agent's pixel view (zitops.agent.images.Pixels): PIL for these
+        img = img.to_pil()  # the agent's pixel view (zitops.agent.dispatch.images.Pixels): PIL for these
     buf = io.BytesIO()
     if fmt == "png":
         info = PngImagePlugin.PngInfo()

@@ -35,7 +35,7 @@ class GenerationRequest:
     profile: str = "designer"
     preview: bool = False
     # img2img and inpaint (docs/features.md): PNG bytes in base64, already bounded and
-    # re-encoded by the agent (zitops.agent.image_input), so the worker decodes trusted PNGs.
+    # re-encoded by the agent (zitops.agent.http.image_input), so the worker decodes trusted PNGs.
     init_image: str | None = None
     mask: str | None = None
     strength: float = 0.75

@@ -12,13 +12,13 @@ import os
 import time
 from typing import Any
 
-BASE_MODULES = ("zitops.config", "zitops.logs", "zitops.engine.factory", "zitops.engine.request")
+BASE_MODULES = ("zitops.config", "zitops.logbook.logs", "zitops.engine.factory", "zitops.engine.request")
 FAULTY_MODULES = ("numpy", "PIL.Image", "zitops.engine.faulty")
 # diffusers and transformers load lazily: naming a class imports its module.
 DIFFUSERS_MODULES = (
     "torch", "diffusers", "transformers", "diffusers:ZImagePipeline", "diffusers:ZImageTransformer2DModel",
     "diffusers:AutoencoderKL", "transformers:Qwen3Model", "transformers:Qwen2Tokenizer",
-    "zitops.engine.diffusers_engine", "zitops.engine.accel", "zitops.engine.full",
+    "zitops.engine.diffusers_engine", "zitops.engine.precision.accel", "zitops.engine.full",
 )
 # A leading "?" marks a module that may be absent (triton exists only on GPU hosts).
 COMPILE_MODULES = ("torch._dynamo", "torch._inductor.compile_fx", "?triton")

@@ -75,7 +75,7 @@ def _heartbeats(sender: _Sender, worker_id: str, state: _State, interval_s: floa
 
 
 def _configure_logging(config: Any, worker_id: str) -> Any:
-    from zitops.logs import configure_logging, get_logger
+    from zitops.logbook.logs import configure_logging, get_logger
 
     configure_logging(config.profile.logging, log_dir=Path(config.paths.log_dir), fmt=config.log_format,
                       process=f"worker-{worker_id}")
@@ -230,7 +230,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
         args=(sender, worker_id, state, config.profile.watchdog.heartbeat_interval_s),
     ).start()
     log = _configure_logging(config, worker_id)
-    from zitops.logs import job_context
+    from zitops.logbook.logs import job_context
 
     device = "cpu" if gpu is None else "cuda:0"
     imports_s = setup_s = 0.0

@@ -2,14 +2,14 @@
 
 A fresh interpreter spends seconds importing torch, diffusers and
 transformers before it can even start loading a model. The pool keeps one
-spare per slot (:mod:`zitops.agent.standby`) that has already paid that: it
+spare per slot (:mod:`zitops.agent.workers.standby`) that has already paid that: it
 sets the slot's device environment, imports the engine's modules, touches
 no device (no CUDA context, no model, no GPU memory) and blocks on its pipe.
 An ``Assign`` turns it into that slot's worker (:func:`worker_main`); a
 ``Shutdown``, or EOF when the agent is gone, ends it.
 
 When the pool asks (``watchdog.standby_preload``, a model on disk, offload
-"none", enough host memory: :mod:`zitops.agent.standby` decides), the spare
+"none", enough host memory: :mod:`zitops.agent.workers.standby` decides), the spare
 also loads the pipeline onto the host after its imports (pageable memory, no
 CUDA), so the start it serves only moves it to the device.
 

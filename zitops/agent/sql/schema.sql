@@ -1,5 +1,5 @@
 -- Bootstrap, run at every start under the schema advisory lock (see
--- zitops/agent/pg_schema.py): the zitops schema and its version table.
+-- zitops/agent/storage/pg_schema.py): the zitops schema and its version table.
 -- Everything else is created by the numbered files in migrations/, applied
 -- in order, each once; schema_version records which ran.
 CREATE SCHEMA IF NOT EXISTS zitops;

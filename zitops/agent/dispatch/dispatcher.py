@@ -1,0 +1,445 @@
+"""The dispatcher: jobs and their order; implements :class:`zitops.agent.contract.Service`.
+
+It owns the queue (the in-memory order of waiting jobs, restored from the
+store at start; on a shared store a :class:`~zitops.agent.dispatch.fleet.Fleet` claims
+instead), hands jobs to idle workers, and turns what the pool tells it
+(results, failures, lost jobs) into job states. It holds, on the agent's one
+event loop, the parts that do the rest: the :class:`~zitops.agent.storage.store.Store`,
+the :class:`~zitops.agent.workers.pool.Pool` (which alone owns processes and applies
+the watchdog), the :class:`~zitops.agent.dispatch.results.ResultWriter`, the runtime
+metrics, the failure log, the loop's health and sd_notify.
+
+Queue cap: ``profile.queue.depth`` counts jobs *waiting* (queued, not yet
+running); a submit beyond it raises QueueFull before anything is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.dispatch import reporting
+from zitops.agent.dispatch.disk import FreeSpaceFloor, prune_outputs
+from zitops.agent.dispatch.fleet import Fleet
+from zitops.agent.dispatch.images import Encoder, keep_freed_memory
+from zitops.agent.dispatch.job_files import expire_jobs, read_image
+from zitops.agent.dispatch.outcomes import Outcomes
+from zitops.agent.dispatch.results import ResultWriter
+from zitops.agent.ops.agent_log import AgentLog
+from zitops.agent.ops.failure_log import FailureLog, lost_kind
+from zitops.agent.ops.loop_health import LoopHealth
+from zitops.agent.ops.notify import SystemdNotify
+from zitops.agent.ops.runtime_metrics import Gauges, RuntimeMetrics
+from zitops.agent.ops.schedule import Periodic, Schedule
+from zitops.agent.progress import ProgressBoard
+from zitops.agent.storage.fleet_store import shared
+from zitops.agent.storage.store import Store, open_store
+from zitops.agent.storage.store_errors import Unsaved
+from zitops.agent.workers.pool import Pool
+from zitops.agent.workers.slots import WorkerSlot
+from zitops.config import AgentConfig
+from zitops.engine.request import GenerationRequest
+from zitops.errors import AgentUnavailable, NotFound, QueueFull, StoreUnavailable
+from zitops.gpu import worker_devices
+from zitops.logbook.failures import Action, FailureStore
+from zitops.sdnotify import Notifier
+from zitops.worker.protocol import (
+    STEER_CANCEL,
+    STEER_PREVIEW,
+    Failure,
+    Job,
+    MemoryReport,
+    Progress,
+    Result,
+    Steer,
+)
+
+TICK_S = 0.2
+"""The dispatcher loop's period; sd_notify pings stop when it stops ticking."""
+
+ENCODE_SETTLE_S = 2.0
+"""How long close() waits for encodes still pending (drain has already waited for them)."""
+
+
+class Dispatcher:
+    """Jobs in, workers out: the Service the HTTP layer talks to."""
+
+    def __init__(self, config: AgentConfig, *, notifier: Any = None, failures: FailureStore | None = None,
+                 gpus: list[int | None] | None = None, store: Store | None = None) -> None:
+        self.config = config
+        store = store if store is not None else open_store(config)
+        self.output_dir = Path(config.paths.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.log = AgentLog()
+        self.metrics = RuntimeMetrics(config.profile.queue.depth)
+        self.failures = failures if failures is not None else FailureStore(
+            Path(config.paths.state_dir), Path(config.paths.log_dir))
+        fleet_store = shared(store)
+        self.failure_log = FailureLog(self.failures, config.profile.name, self.log,
+                                      fleet_store.agent_id if fleet_store is not None else None)
+        self.fleet = None if fleet_store is None else Fleet(fleet_store, config, self.output_dir, self.log,
+            self.failure_log, self._wake, lambda: self._waiters, self.dispatch, lambda: self.readiness()[0])
+        self.store: Store = store if self.fleet is None else self.fleet.store
+        self.pool = Pool(config, gpus if gpus is not None else worker_devices(config.gpus), self)
+        self.notify = SystemdNotify(notifier if notifier is not None else Notifier(), self.log)
+        self.health = LoopHealth(self.log, self.failure_log)
+        self.unsaved = Unsaved()  # jobs failed in memory whose state the store refused (a full disk)
+        self.floor = FreeSpaceFloor([Path(config.paths.state_dir), self.output_dir], config.profile.disk.min_free_mib)
+        self.fatal = asyncio.Event()  # set when the pool gives up on every slot: the agent exits (server.py)
+        self.outcomes = Outcomes(self.store, self.metrics, self.log, self.failure_log, self.unsaved,
+                                 finished=self._finished, forget=self._forget, requeue_first=self._queue_first)
+        self.results = ResultWriter(self.output_dir, self.store, self.metrics, self.log, self.failure_log,
+                                    self._finished, lambda job_id: job_id in self._waiters,
+                                    self.outcomes.store_failed,
+                                    upload=None if self.fleet is None else self.fleet.store.upload)
+        self.schedule = Schedule()
+        self.progress = ProgressBoard()
+        self.malloc_tuned = keep_freed_memory()
+        self._queue: collections.deque[str] = collections.deque()
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._draining = False
+        self._closed = False
+        self._started_at = time.time()
+        self._tick_task: asyncio.Task[None] | None = None
+        self._seconds: collections.deque[float] = collections.deque(maxlen=50)
+        # Monotonic marks per job in this process (accepted, handed to a worker): the queue stage.
+        self._marks: dict[str, dict[str, float]] = {}
+
+    @property
+    def encode(self) -> Encoder:
+        """The image encoder the result writer uses (a test seam: tests swap in a slow or failing one)."""
+        return self.results.encode
+
+    @encode.setter
+    def encode(self, encoder: Encoder) -> None:
+        self.results.encode = encoder
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Restore durable jobs, spawn workers, start the loop and the periodic rounds."""
+        restored = self.store.recover()
+        self._queue.extend(restored if self.fleet is None else ())  # a fleet claims from the store
+        if restored:
+            self.log("info", "restored queued jobs", count=len(restored))
+        self.pool.start()
+        self.health.ticked()
+        self._tick_task = asyncio.create_task(self._loop(), name="zitops-dispatcher")
+        ttl = self.config.profile.queue.result_ttl_s
+        rounds = [*self.pool.periodic(), Periodic("retention", min(max(ttl / 10.0, 1.0), 600.0), self.expire)]
+        rounds += self.fleet.start() if self.fleet is not None else []
+        ping = self.notify.interval_s(self.config.profile.watchdog.interval_s)
+        if ping is not None:
+            rounds.append(Periodic("notify", ping, self.notify_tick, soon=True))
+        self.schedule.start(rounds)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                for record in self.unsaved.flush(self.store.fail):
+                    self.log("info", "job failure recorded after a store error", job_id=record.id)
+                self.dispatch()
+            except Exception as exc:  # recorded once per failing stretch; readiness and WATCHDOG=1 fail meanwhile
+                self.health.failed(exc)
+            else:
+                self.health.ticked()
+            await asyncio.sleep(TICK_S)
+
+    async def drain(self, timeout_s: float | None = None) -> dict[str, int]:
+        """Stop accepting, let running jobs finish (queued ones stay durable), stop workers."""
+        timeout = self.config.profile.queue.drain_timeout_s if timeout_s is None else timeout_s
+        self._draining = True
+        self.notify.stopping()
+        for job_id in self._queue:  # their synchronous waiters get a 503 now (see wait)
+            self._wake(job_id)
+        self.log("info", "draining", running=self.pool.running(), queued=len(self._queue))
+        deadline = time.monotonic() + timeout
+        # A finished job is not done until its images are written: wait for those too.
+        while (self.pool.running() or self.results.pending) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        left = self.pool.running() + len(self.results.pending)
+        if left:
+            self.log("warning", "drain timeout: jobs still running are requeued at next start", running=left)
+        # Jobs still running now stay "running" in the store and are requeued at the
+        # next start; the workers get only the kill grace to exit.
+        await self.close(close_store=False, stop_timeout_s=max(self.config.profile.watchdog.kill_grace_s, 1.0))
+        return {"running_left": left, "queued_left": len(self._queue)}
+
+    async def close(self, close_store: bool = True, stop_timeout_s: float | None = None) -> None:
+        """Stop the periodic rounds, the workers and the loop; close the store unless told not to."""
+        if self._closed:
+            if close_store:
+                self.store.close()
+            return
+        self._closed = True
+        self._draining = True
+        self.schedule.stop()
+        if self.fleet is not None:
+            await self.fleet.close()
+        await self.pool.stop(self.config.profile.watchdog.kill_grace_s + 5.0 if stop_timeout_s is None
+                             else stop_timeout_s)
+        await self.results.settle(ENCODE_SETTLE_S)
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+            self._tick_task = None
+        for ev in self._waiters.values():
+            ev.set()
+        if close_store:
+            self.store.close()
+
+    # --- dispatching -------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """The loop's step: hand waiting jobs, oldest first, to idle workers."""
+        if self._draining:
+            return
+        for slot in self.pool.slots:
+            while slot.idle and (record := self._next(slot.id)) is not None:
+                job = Job(job_id=record.id, request=record.request.to_dict(), attempt=record.attempts)
+                if not self.pool.assign(slot, job):
+                    self.store.requeue(record.id, record.error or "", uncount=True)
+                    self._queue.extendleft([record.id] if self.fleet is None else [])
+                    break
+                self._marks.setdefault(record.id, {})["handed"] = time.monotonic()
+                self.progress.started(record.id)
+                wanted = self.progress.get(record.id)
+                if wanted is not None and wanted.wants_preview:
+                    self.pool.send(slot, Steer(record.id, STEER_PREVIEW))
+                self.log("info", "job started", job_id=record.id, worker_id=slot.id, attempt=record.attempts)
+
+    def _next(self, worker: str) -> JobRecord | None:
+        """The next job started on ``worker``: this agent's queue, or a claim on the fleet's."""
+        if self.fleet is not None:
+            return self.fleet.claim(worker)
+        while self._queue:
+            job_id = self._queue.popleft()
+            try:
+                if self.store.get(job_id).status is JobStatus.QUEUED:  # else cancelled while waiting
+                    return self.store.start(job_id, worker)
+            except NotFound:
+                continue
+            except StoreUnavailable:  # it stays first in line, queued in the store; the loop records why
+                self._queue.appendleft(job_id)
+                raise
+        return None
+
+    def _finished(self, record: JobRecord) -> None:
+        stopped = record.info.get("interrupted_at_step") if isinstance(record.info, dict) else None
+        self.progress.finished(record.id, record.status.value, record.error,
+                               stopped if isinstance(stopped, int) else None)
+        self._marks.pop(record.id, None)
+        self._wake(record.id)
+
+    def _forget(self, job_id: str) -> None:
+        self._marks.pop(job_id, None)
+        self._wake(job_id)
+
+    def _queue_first(self, job_id: str) -> None:
+        self._queue.appendleft(job_id)
+
+    def _wake(self, job_id: str) -> None:
+        ev = self._waiters.pop(job_id, None)
+        if ev is not None:
+            ev.set()
+
+    # --- PoolListener ------------------------------------------------------------
+
+    def on_ready(self, slot: WorkerSlot) -> None:
+        """A worker is ready: READY=1 the first time, then dispatch."""
+        self.log("info", "worker ready", worker_id=slot.id, pid=slot.pid, incarnation=slot.incarnation)
+        if slot.startup:
+            self.metrics.worker_started(slot.id, slot.startup)
+        self.notify.ready(self.summary())
+        self.dispatch()
+
+    def on_result(self, slot: WorkerSlot, result: Result) -> None:
+        """Start writing a finished job's images; the worker is free for its next job meanwhile."""
+        self._seconds.append(result.seconds)
+        self.results.accept(slot.id, result, self._marks.get(result.job_id, {}))
+
+    def encoded_images(self, job_id: str) -> tuple[bytes, ...] | None:
+        """A succeeded job's encoded images, once, if still in memory; None: read the files."""
+        return self.results.encoded_images(job_id)
+
+    def on_progress(self, slot: WorkerSlot, progress: Progress) -> None:
+        """A running job finished a step."""
+        del slot
+        self.progress.step(progress.job_id, progress.step, progress.steps, progress.preview)
+
+    def on_failure(self, slot: WorkerSlot, failure: Failure) -> None:
+        """A job the engine failed, or stopped on a cancel (see :mod:`zitops.agent.dispatch.outcomes`)."""
+        self.outcomes.failed(slot, failure)
+
+    def on_job_lost(self, slot: WorkerSlot, job_id: str, reason: str, retry: bool = True) -> None:
+        """A job whose worker died: requeued once, failed the second time or at once when not ``retry``."""
+        self.outcomes.lost(slot, job_id, reason, retry)
+
+    def on_memory(self, slot: WorkerSlot, report: MemoryReport) -> None:
+        """Keep the worker's allocator gauges, then dispatch (the pool applied its memory policy)."""
+        self.metrics.allocated.labels(slot.id).set(report.allocated_mib)
+        self.metrics.reserved.labels(slot.id).set(report.reserved_mib)
+        self.dispatch()
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """Log and count a pool action."""
+        kind = event["kind"]
+        if kind == "exit":
+            self.fatal.set()
+        self.metrics.count_event(event)
+        level = "info" if kind in ("ready", "restart", "cache_clear", "handover", "retired") else "warning"
+        fields = {k: v for k, v in event.items() if k not in ("kind", "worker", "time")}
+        self.log(level, f"worker {kind}", worker_id=event.get("worker"), **fields)
+        if kind in ("crash", "hang") and event.get("job_id") is None:
+            # A retiring worker (overlapped recycle) is not restarted: its
+            # successor already serves, so the action taken was the recycle.
+            action: Action = "recycle" if event.get("overlap") else "restart"
+            self.failure_log.record(None, "WorkerLost", event["reason"], "", worker_id=event.get("worker"),
+                                    vram={}, action=action, kind=lost_kind(event["reason"]))
+
+    # --- Service -----------------------------------------------------------------
+
+    async def submit(self, request: GenerationRequest, owner: str | None = None,
+                     owner_cap: int | None = None) -> JobRecord:
+        """Store and enqueue; QueueFull or AgentUnavailable before anything is written."""
+        if self._draining:
+            raise AgentUnavailable("the agent is draining (shutting down); retry on another instance or later")
+        self.floor.check()
+        if self.pool.degraded and not any(s.serving for s in self.pool.slots):
+            raise AgentUnavailable(f"no worker can run jobs: {self.pool.degraded}")
+        depth = self.config.profile.queue.depth
+        if self.fleet is not None:
+            self.fleet.admit(self._retry_after)
+        elif len(self._queue) >= depth:
+            raise QueueFull(f"queue full: {len(self._queue)} jobs waiting (cap {depth}); retry later",
+                            retry_after_s=self._retry_after(len(self._queue)))
+        record = self.store.add(request, owner=owner, owner_cap=owner_cap)
+        self.progress.queued(record.id, request.steps, owner)
+        self._marks[record.id] = {"accepted": time.monotonic()}
+        if self.fleet is None:  # (a fleet claims it from the store: admit() asked it to look)
+            self._queue.append(record.id)
+        self.log("info", "job queued", job_id=record.id, queued=len(self._queue))
+        self.dispatch()
+        return self.store.get(record.id)
+
+    def _retry_after(self, waiting: int) -> int:
+        mean = sum(self._seconds) / len(self._seconds) if self._seconds else 5.0
+        workers = max(1, sum(1 for s in self.pool.slots if s.serving))
+        return max(1, min(600, round(mean * (waiting + 1) / workers)))
+
+    def steer(self, job_id: str, action: str) -> bool:
+        """Send a running job's worker a Steer (cancel, interrupt, preview); False when no worker runs it."""
+        slot = next((s for s in self.pool.workers() if s.job_id == job_id), None)
+        return slot is not None and self.pool.send(slot, Steer(job_id, action))
+
+    def get(self, job_id: str) -> JobRecord:
+        """The job's record (failed, when its failure is not in the store yet), or NotFound."""
+        return self.unsaved.overlay(self.store.get(job_id))
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued job, or stop a running one between two steps; Conflict when it is final."""
+        if self.store.get(job_id).status is JobStatus.RUNNING and self.steer(job_id, STEER_CANCEL):
+            # The worker stops at its next step; the job ends cancelled (or finished, if it was done).
+            return await self.wait(job_id, self.config.profile.queue.job_timeout_s)
+        record = self.store.cancel(job_id)
+        with contextlib.suppress(ValueError):
+            self._queue.remove(job_id)
+        self.metrics.jobs.labels("cancelled").inc()
+        self._finished(record)
+        return record
+
+    async def wait(self, job_id: str, timeout_s: float) -> JobRecord:
+        """Wait until the job is final or the timeout passes; returns the latest record.
+
+        While draining, a job that will not run before exit raises AgentUnavailable
+        at once, so synchronous clients get a 503 instead of a dropped connection.
+        """
+        self.unsaved.check(job_id)
+        record = self._unless_stranded(self._look(job_id))
+        if record.status.final or timeout_s <= 0:
+            return record
+        ev = self._waiters.setdefault(job_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ev.wait(), timeout_s)
+        self.unsaved.check(job_id)  # the store refused its outcome: a fast 503/507 with the reason
+        return self._unless_stranded(self._look(job_id))
+
+    def _look(self, job_id: str) -> JobRecord:
+        return self.get(job_id) if self.fleet is None else self.fleet.waited(job_id, self.get)
+
+    def _unless_stranded(self, record: JobRecord) -> JobRecord:
+        if not record.status.final and (
+                self._closed or (self._draining and record.status is JobStatus.QUEUED)):
+            raise AgentUnavailable(f"the agent is shutting down; job {record.id} stays queued and runs "
+                                   f"after the restart: poll GET /v1/jobs/{record.id}")
+        return record
+
+    def image(self, job_id: str, index: int) -> tuple[str, bytes]:
+        """(file name, bytes) of image ``index`` of a succeeded job, or NotFound; any job of the fleet."""
+        return read_image(self.store, self.output_dir, job_id, index, self.fleet.image if self.fleet else None)
+
+    def expire(self) -> int:
+        """Delete finished jobs (and their images) older than the result TTL, or past the fleet's bytes
+        cap; then the oldest local images past queue.max_output_bytes."""
+        removed = expire_jobs(self.store, self.output_dir, self.config.profile.queue.result_ttl_s,
+                              self.fleet.expire_bytes if self.fleet is not None else None)
+        pruned = prune_outputs(self.output_dir, self.config.profile.queue.max_output_bytes)
+        if removed or pruned:
+            self.log("info", "expired jobs removed", count=len(removed), images_over_byte_cap=len(pruned))
+        return len(removed)
+
+    def discard_images(self, job_id: str) -> None:
+        """Delete a synchronous job's image files once its response holds them (kept only when asked)."""
+        for name in self.store.get(job_id).images:
+            (self.output_dir / name).unlink(missing_ok=True)
+
+    # --- reports ---------------------------------------------------------------------
+
+    def _view(self) -> reporting.QueueView:
+        return reporting.QueueView(len(self._queue), self.config.profile.queue.depth, self.pool.running(),
+                                   self._draining, tuple(self.health.reasons()))
+
+    def livez(self) -> bool:
+        """The process is up and will not exit for the flap limit (no GPU call, no I/O)."""
+        return self.pool.fatal is None
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """(ready, reasons): a worker is loaded, the queue is below cap, heartbeats are fresh, the loop works."""
+        ready, reasons = reporting.readiness(self.pool, self._view())
+        reasons += self.fleet.reasons() if self.fleet is not None else []
+        return not reasons, reasons
+
+    def healthy(self) -> bool:
+        """True while the dispatcher loop works and live workers heartbeat (gates WATCHDOG=1)."""
+        return not reporting.unhealthy(self.pool, self._view())
+
+    def summary(self) -> str:
+        """One line for STATUS= and logs."""
+        return reporting.summary(self.pool, self._view())
+
+    def vram_history(self) -> dict[str, Any]:
+        """The last hour of VRAM samples per device, kept by the pool's memory check."""
+        return self.pool.vram_history.snapshot()
+
+    def status(self) -> dict[str, Any]:
+        """The /status JSON."""
+        return reporting.status(self.config, self.pool, self._view(), uptime_s=time.time() - self._started_at,
+                                recent_failures=self.failure_log.recent(10))
+
+    def metrics_text(self) -> str:
+        """Prometheus text of the runtime's own registry."""
+        return self.metrics.render(Gauges(queued=len(self._queue), running=self.pool.running(),
+                                          workers_ready=sum(1 for s in self.pool.slots if s.serving),
+                                          standby=len(self.pool.standby.spares),
+                                          devices=reporting.device_memory(self.pool))
+                                  ) + (self.fleet.metrics_text() if self.fleet is not None else "")
+
+    def notify_tick(self) -> None:
+        """The sd_notify round: WATCHDOG=1 only while healthy; STATUS= every time."""
+        self.notify.tick(self.healthy(), self.summary())

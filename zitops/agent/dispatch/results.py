@@ -1,0 +1,176 @@
+"""Finished jobs' images: encoded and written off the event loop, then the job succeeds.
+
+A worker's Result carries raw pixels. :class:`ResultWriter` encodes and
+writes them on a thread pool (:mod:`zitops.agent.dispatch.images`) while the worker,
+already free, runs its next job; the job turns ``succeeded`` in the store
+only once every file is in place. Until then it stays ``running``, so an
+agent that dies mid-encode requeues it at the next start. The encoded bytes
+of a job someone waits on are kept (bounded) for its synchronous route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from zitops.agent.contract import JobRecord
+from zitops.agent.dispatch.images import Encoder, encode_and_write
+from zitops.agent.ops.agent_log import AgentLog
+from zitops.agent.ops.failure_log import FailureLog
+from zitops.agent.ops.runtime_metrics import RuntimeMetrics
+from zitops.agent.storage.store import Store
+from zitops.engine.output import encode_image
+from zitops.errors import StoreUnavailable
+from zitops.worker.protocol import Result
+
+ENCODE_THREADS = 2
+"""Jobs encoded at once; each PNG already deflates its strips on threads of its own."""
+
+FRESH_JOBS = 8
+"""Encoded images kept in memory for synchronous waiters, newest jobs; older ones are read from disk."""
+
+FRESH_BYTES = 256 * 1024 * 1024
+"""The most bytes those kept images may take together."""
+
+Uploader = Callable[[str, tuple[str, ...], tuple[bytes, ...]], None]
+"""Puts a job's encoded images (names, bytes) where every agent can read them; runs on the encode pool."""
+
+STAGES = ("queue", "engine", "transfer", "encode")
+"""A job's timed stages (``info["timings"]``, ``zitops_job_stage_seconds``); see docs/api.md."""
+
+
+class ResultWriter:
+    """Writes each Result's images, then marks its job succeeded (or failed, saying why)."""
+
+    def __init__(self, output_dir: Path, store: Store, metrics: RuntimeMetrics, log: AgentLog,
+                 failures: FailureLog, finished: Callable[[JobRecord], None],
+                 wanted: Callable[[str], bool],
+                 store_failed: Callable[[str, str, StoreUnavailable], None] | None = None,
+                 upload: Uploader | None = None) -> None:
+        self.output_dir = output_dir
+        self.store = store
+        self.metrics = metrics
+        self.log = log
+        self.failures = failures
+        self._finished = finished  # the job is final: wake its waiters
+        self._wanted = wanted  # someone waits on the job: keep its bytes
+        self._store_failed = store_failed  # the store refused the outcome: fail the job in memory
+        self._upload = upload  # fleet mode: put the images in the shared store, on the encode thread
+        self.encode: Encoder = encode_image
+        """Test seam: tests swap in a slow or failing encoder; production never changes it."""
+        self._threads = ThreadPoolExecutor(max_workers=ENCODE_THREADS, thread_name_prefix="zitops-encode")
+        self.pending: dict[str, asyncio.Task[None]] = {}
+        self._fresh: collections.OrderedDict[str, tuple[bytes, ...]] = collections.OrderedDict()
+
+    def accept(self, worker_id: str, result: Result, marks: dict[str, float]) -> None:
+        """Start writing a finished job's images; ``marks`` are its monotonic accepted/handed times."""
+        received = time.monotonic()
+        self.metrics.job_seconds.observe(result.seconds)
+        task = asyncio.get_running_loop().create_task(self._write(worker_id, result, received, dict(marks)),
+                                                      name=f"zitops-encode-{result.job_id}")
+        self.pending[result.job_id] = task
+        self.metrics.encodes_pending.set(len(self.pending))
+        task.add_done_callback(lambda _t: self._done(result.job_id))
+
+    def _done(self, job_id: str) -> None:
+        self.pending.pop(job_id, None)
+        self.metrics.encodes_pending.set(len(self.pending))
+
+    async def _write(self, worker_id: str, result: Result, received: float, marks: dict[str, float]) -> None:
+        """Write the images, then record the outcome; a store that refuses it (full disk) never strands the job."""
+        try:
+            await self._write_and_record(worker_id, result, received, marks)
+        except StoreUnavailable as exc:
+            if self._store_failed is None:
+                raise
+            self._store_failed(result.job_id, f"finished on {worker_id}, but its outcome was not stored", exc)
+
+    async def _write_and_record(self, worker_id: str, result: Result, received: float,
+                                marks: dict[str, float]) -> None:
+        """Encode and write on the thread pool; then the job succeeds, or fails saying why."""
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        try:
+            names, blobs = await loop.run_in_executor(self._threads, encode_and_write, self.output_dir,
+                                                      result.job_id, result.images, result.output_format,
+                                                      self.encode)
+        except Exception as exc:  # the job fails; the worker, already on its next job, is fine
+            error = f"writing images to {self.output_dir} failed: {type(exc).__name__}: {exc}"
+            try:
+                record = self.store.fail(result.job_id, error)
+            except StoreUnavailable as store_exc:  # the same full disk, most likely: keep the real cause
+                if self._store_failed is None:
+                    raise
+                self._store_failed(result.job_id, error, store_exc)
+                return
+            self.metrics.jobs.labels("failed").inc()
+            self.log("warning", "job failed", job_id=result.job_id, worker_id=worker_id, error=error)
+            self.failures.record(record, type(exc).__name__, error, traceback.format_exc(), worker_id=worker_id,
+                                 vram={}, action="fail")
+            self._finished(record)
+            return
+        encoded = time.monotonic()
+        if self._upload is not None:
+            # A shared store's image upload is a network round trip per job: on
+            # the pool, so the event loop never waits on it; before succeed, so
+            # the images exist when the fleet hears "done". The uploader never
+            # raises: a refused upload is retried by succeed (fleet_store.py).
+            await loop.run_in_executor(self._threads, self._upload, result.job_id, names, blobs)
+        done = time.monotonic()
+        encode_s = encoded - started
+        self.metrics.encode_seconds.observe(encode_s)
+        timings = self._timings(result, received, encode_s, done, marks)
+        info = {**result.info, "seconds": round(result.seconds, 3), "encode_s": round(encode_s, 4),
+                "worker": worker_id, "timings": timings}
+        if self._upload is not None:
+            info["upload_s"] = round(done - encoded, 4)
+        if self._wanted(result.job_id):
+            self.keep_fresh(result.job_id, blobs)
+        record = self.store.succeed(result.job_id, names, info)
+        self.metrics.jobs.labels("succeeded").inc()
+        self.log("info", "job succeeded", job_id=result.job_id, worker_id=worker_id,
+                 seconds=round(result.seconds, 3), encode_s=round(encode_s, 4))
+        self._finished(record)
+
+    def _timings(self, result: Result, received: float, encode_s: float, done: float,
+                 marks: dict[str, float]) -> dict[str, float | None]:
+        """The job's stages in seconds; None where this agent process did not see the stage begin."""
+        accepted, handed = marks.get("accepted"), marks.get("handed")
+        # engine_done_at is the worker's time.monotonic(): CLOCK_MONOTONIC is one
+        # clock for the whole host on Linux, so the difference is the hand-over.
+        transfer = received - result.engine_done_at if result.engine_done_at else None
+        stages: dict[str, float | None] = {
+            "queue": handed - accepted if accepted is not None and handed is not None else None,
+            "engine": result.engine_s or None,
+            "transfer": max(0.0, transfer) if transfer is not None else None,
+            "encode": encode_s,
+        }
+        for stage, seconds in stages.items():
+            if seconds is not None:
+                self.metrics.stage_seconds.labels(stage).observe(seconds)
+        stages["done"] = done - accepted if accepted is not None else None
+        return {k: None if v is None else round(v, 6) for k, v in stages.items()}
+
+    def keep_fresh(self, job_id: str, blobs: tuple[bytes, ...]) -> None:
+        """Keep a waited-for job's encoded images for its synchronous route (bounded; oldest go first)."""
+        self._fresh[job_id] = blobs
+        while len(self._fresh) > FRESH_JOBS or (
+                len(self._fresh) > 1 and sum(len(b) for bs in self._fresh.values() for b in bs) > FRESH_BYTES):
+            self._fresh.popitem(last=False)
+
+    def encoded_images(self, job_id: str) -> tuple[bytes, ...] | None:
+        """A succeeded job's encoded images, once, if still in memory; None: read the files."""
+        return self._fresh.pop(job_id, None)
+
+    async def settle(self, timeout_s: float) -> None:
+        """Let pending writes finish; any still going after ``timeout_s`` leave their job running."""
+        if self.pending:
+            _, pending = await asyncio.wait(list(self.pending.values()), timeout=timeout_s)
+            for task in pending:
+                task.cancel()  # the job stays "running" in the store and is requeued at the next start
+        self._threads.shutdown(wait=False)

@@ -1,0 +1,418 @@
+"""What the three API routers share: the app's context and the job plumbing.
+
+Building a request always goes through the profile's defaults and the
+configured limits, so the native, OpenAI and A1111 routes enforce the same
+rules with the same messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, get_args
+
+from fastapi import Request, Response
+from pydantic import BaseModel, ConfigDict, Strict, ValidationInfo, field_validator
+
+from zitops.agent.contract import JobRecord, JobStatus, Service
+from zitops.agent.http.http_metrics import HttpMetrics
+from zitops.agent.http.tenants import caller, token_cap, visible
+from zitops.budget import over_budget
+from zitops.config import AgentConfig
+from zitops.engine.request import (
+    MAX_SEED,
+    GenerationRequest,
+    request_from_profile,
+    validate_request,
+)
+from zitops.errors import (
+    AgentUnavailable,
+    Conflict,
+    DiskFull,
+    EngineError,
+    InvalidRequest,
+    NotFound,
+    OutOfMemory,
+    ZitopsError,
+)
+
+SIDE_CAP = 8192
+"""Hard schema ceilings, the highest values any config's limits may allow (zitops.config.Limits);
+the published OpenAPI states the running agent's own, tighter limits (zitops.agent.http.openapi)."""
+STEPS_CAP = 1000
+IMAGES_CAP = 64
+PROMPT_CAP = 100_000
+SEED_CAP = 2**32 - 1
+NAME_CAP = 200
+"""Longest sampler, schedule, model or other name field."""
+
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    """Everything a route needs, stored once on ``app.state.zitops``."""
+
+    config: AgentConfig
+    service: Service
+    tokens: frozenset[str]
+    metrics: HttpMetrics
+    started_at: float
+    admin_tokens: frozenset[str] = frozenset()
+
+
+def context(request: Request) -> ApiContext:
+    """The ApiContext of the app serving ``request``."""
+    ctx: ApiContext = request.app.state.zitops
+    return ctx
+
+
+def text_problem(value: Any) -> str | None:
+    """Why ``value`` (a string, or strings nested in lists and dicts) is not valid UTF-8 text, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (f"not valid UTF-8 text: lone surrogate U+{ord(value[exc.start]):04X} at character "
+                    f"{exc.start}; send text, not half of a UTF-16 pair")
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = text_problem(key) or text_problem(item)
+            if problem:
+                return problem
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            problem = text_problem(item)
+            if problem:
+                return problem
+    return None
+
+
+def no_bool_for_int(value: Any) -> Any:
+    """Refuse a JSON boolean where the schema says integer (pydantic would take it as 1 or 0)."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not true or false")
+    return value
+
+
+def _has(annotation: Any, kind: type) -> bool:
+    if annotation is kind:
+        return True
+    return any(_has(arg, kind) for arg in get_args(annotation))
+
+
+@functools.cache
+def _int_only_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Fields whose type admits an int and no bool."""
+    return frozenset(name for name, f in model.model_fields.items()
+                     if _has(f.annotation, int) and not _has(f.annotation, bool))
+
+
+class Body(BaseModel):
+    """A request body: unknown fields refused, every string valid UTF-8 text.
+
+    JSON may spell half of a UTF-16 surrogate pair (``"\\ud800"``); Python
+    decodes it to a string that cannot be encoded again, which would fail
+    much later (logging, SQLite, the response), so it is refused at the edge.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_int(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode takes true/false as 1/0 for an int field; the schema says integer.
+        # A field typed ``Flag | int`` (A1111's inpaint_full_res, which webuiapi sends as a boolean) keeps it.
+        if isinstance(value, bool) and info.field_name in _int_only_fields(cls):
+            raise ValueError("must be an integer, not true or false")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _utf8(cls, value: Any) -> Any:
+        problem = text_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+Num = Annotated[float, Strict()]
+"""A JSON number: never a string or a boolean coerced into one (the schema says number)."""
+Flag = Annotated[bool, Strict()]
+"""A JSON boolean: never "true", 0 or 1 coerced into one."""
+
+
+PROMPT_PATTERN = r"^[^\u0000]*\S[^\u0000]*$"
+"""A prompt: not blank, no NUL (validate_request refuses both)."""
+TEXT_PATTERN = r"^[^\u0000]*$"
+"""Free text that reaches the engine: no NUL."""
+
+
+def only(*values: Any) -> Callable[[dict[str, Any]], None]:
+    """``json_schema_extra`` that publishes a field as exactly ``values``.
+
+    For fields a client may send only at neutral values: the model still
+    accepts the rest, so the route can answer with a message naming the field
+    and what to send, while the schema says what will be accepted.
+    """
+    def apply(schema: dict[str, Any]) -> None:
+        keep: dict[str, Any] = {k: schema[k] for k in ("title", "description", "default") if k in schema}
+        schema.clear()
+        schema.update(keep)
+        schema["enum"] = list(values)
+
+    return apply
+
+
+def build_request(config: AgentConfig, prompt: str, **overrides: Any) -> GenerationRequest:
+    """Profile defaults + overrides, checked against ``config.limits`` and the cost budget; raises InvalidRequest."""
+    limits = config.limits
+    for name, value in (("prompt", prompt), ("negative_prompt", overrides.get("negative_prompt"))):
+        problem = text_problem(value)
+        if problem:
+            raise InvalidRequest(f"{name}: {problem}")
+    negative = overrides.get("negative_prompt")
+    if isinstance(negative, str) and len(negative) > limits.max_prompt_chars:
+        raise InvalidRequest(
+            f"negative_prompt: {len(negative)} characters, at most {limits.max_prompt_chars} allowed"
+        )
+    if len(prompt) > limits.max_prompt_chars:
+        # Checked before templating too, so the message counts what the client sent.
+        raise InvalidRequest(f"prompt: {len(prompt)} characters, at most {limits.max_prompt_chars} allowed")
+    seed = overrides.get("seed")
+    top_seed = MAX_SEED - (limits.max_images - 1)  # image i uses seed + i, each within 32 bits
+    if isinstance(seed, int) and not -1 <= seed <= top_seed:
+        raise InvalidRequest(f"seed: {seed} is out of range; allowed -1 (random) or 0..{top_seed}")
+    batch = overrides.get("batch")
+    if batch is not None and not 1 <= batch <= limits.max_images:
+        raise InvalidRequest(f"batch: {batch} images is out of range; allowed 1..{limits.max_images}")
+    req = request_from_profile(config.profile, prompt, **overrides)
+    # The client's prompt was measured above; the profile's template text is
+    # the operator's and must not eat into the client's allowance.
+    templated_limit = limits.max_prompt_chars + len(config.profile.generation.prompt_template)
+    req = validate_request(
+        req, max_side=limits.max_side, min_side=limits.min_side, max_steps=limits.max_steps,
+        max_images=limits.max_images, max_prompt_chars=templated_limit,
+    )
+    g = config.profile.generation
+    why = over_budget(req.width, req.height, req.steps, req.batch, req.sampler,
+                      seconds_per_megapixel_step=g.seconds_per_megapixel_step,
+                      max_job_seconds=g.max_job_seconds, job_timeout_s=config.profile.queue.job_timeout_s)
+    if why:
+        raise InvalidRequest(f"cost: {why}")
+    return req
+
+
+def build_request_as(names: dict[str, str], config: AgentConfig, prompt: str,
+                     **overrides: Any) -> GenerationRequest:
+    """build_request, with error messages naming the client's field (``{"batch": "n"}``)."""
+    try:
+        return build_request(config, prompt, **overrides)
+    except InvalidRequest as exc:
+        field, sep, rest = str(exc).partition(":")
+        if sep and field in names:
+            raise InvalidRequest(f"{names[field]}:{rest}") from None
+        raise
+
+
+async def submit(request: Request, req: GenerationRequest) -> JobRecord:
+    """Queue ``req`` for the calling token, within its share of the queue."""
+    ctx = context(request)
+    who = caller(request)
+    q = ctx.config.profile.queue
+    cap = token_cap(q.depth, q.per_token_share, len(ctx.tokens)) if who.owner is not None else None
+    return await ctx.service.submit(req, owner=who.owner, owner_cap=cap)
+
+
+def job_for(request: Request, job_id: str) -> JobRecord:
+    """The job ``job_id`` if the caller may see it; NotFound otherwise (also for another token's job)."""
+    return visible(caller(request), context(request).service.get(job_id))
+
+
+def sync_timeout_s(config: AgentConfig) -> float:
+    """How long a synchronous route waits for its job: a full queue ahead of it, each at its timeout."""
+    q = config.profile.queue
+    return q.job_timeout_s * (q.depth + 1)
+
+
+class ClientGone(ZitopsError):
+    """The client of a synchronous request hung up before its job ended."""
+
+    http_status = 499
+
+
+DISCONNECT_CHECK_S = 1.0
+
+
+async def wait_final(service: Service, record: JobRecord, timeout_s: float,
+                     request: Request | None = None) -> JobRecord:
+    """Wait for a job to end; raise the error a synchronous client should see if it did not succeed.
+
+    With ``request``, a client that hangs up while its job is still queued
+    gets the job cancelled, so abandoned work never reaches a GPU.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not record.status.final:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AgentUnavailable(
+                f"job {record.id} is still {record.status.value} after {math.ceil(timeout_s)} s; "
+                f"poll GET /v1/jobs/{record.id}"
+            )
+        step = min(remaining, DISCONNECT_CHECK_S if request is not None else 30.0)
+        record = await service.wait(record.id, step)
+        if request is not None and not record.status.final and await request.is_disconnected():
+            if record.status is JobStatus.QUEUED:
+                with contextlib.suppress(Conflict, NotFound):
+                    await service.cancel(record.id)
+            raise ClientGone(f"job {record.id}: the client disconnected while it was {record.status.value}")
+    if record.status is JobStatus.FAILED:
+        error = record.error or "unknown error"
+        if "out of memory" in error.lower() or "outofmemory" in error.lower():
+            raise OutOfMemory(f"job {record.id} failed: {error}")
+        if "no space left on device" in error.lower():
+            raise DiskFull(f"job {record.id} failed: {error}")
+        raise EngineError(f"job {record.id} failed: {error}")
+    if record.status is JobStatus.CANCELLED:
+        raise Conflict(f"job {record.id} was cancelled before it ran")
+    return record
+
+
+def image_bytes(service: Service, record: JobRecord, index: int) -> tuple[str, bytes]:
+    """(file name, bytes) of image ``index`` of a succeeded job; NotFound with a clear reason otherwise.
+
+    Blocking (a file or the fleet's store): call it off the event loop.
+    """
+    if record.status is not JobStatus.SUCCEEDED:
+        raise NotFound(
+            f"job {record.id} is {record.status.value}; its images exist once it has succeeded"
+        )
+    if not 0 <= index < len(record.images):
+        raise NotFound(f"image {index}: job {record.id} has images 0..{len(record.images) - 1}")
+    try:
+        return service.image(record.id, index)
+    except NotFound:
+        raise NotFound(f"image {index} of job {record.id} has expired (results are kept for a limited time)"
+                       ) from None
+
+
+def media_type(name: str) -> str:
+    """Content type from the file name's suffix (the server chose the name)."""
+    return MEDIA_TYPES.get(Path(name).suffix.lower().lstrip("."), "application/octet-stream")
+
+
+def images_now(service: Service, record: JobRecord) -> list[bytes]:
+    # The dispatcher hands a waited-for job's encoded bytes over once, so the
+    # response never reads back the file it just wrote; any other Service,
+    # or an evicted entry, falls back to the files.
+    fresh: Callable[[str], tuple[bytes, ...] | None] | None = getattr(service, "encoded_images", None)
+    blobs = fresh(record.id) if fresh is not None else None
+    if blobs is not None and len(blobs) == len(record.images):
+        return list(blobs)
+    return [image_bytes(service, record, i)[1] for i in range(len(record.images))]
+
+
+Fragments = Callable[[bytes], list[bytes]]
+"""One list item's JSON as fragments around an image's base64 (e.g. ``[b'"', b64, b'"']``)."""
+
+
+def discard_files(service: Service, record: JobRecord) -> None:
+    """Delete a synchronous job's image files: its response carries them (disk budget, docs/runtime.md)."""
+    discard: Callable[[str], None] | None = getattr(service, "discard_images", None)
+    if discard is not None:
+        with contextlib.suppress(ZitopsError, OSError):  # best effort: retention deletes them later anyway
+            discard(record.id)
+
+
+def drop_encoded(service: Service, record: JobRecord) -> None:
+    """Free a job's in-memory images when the response does not carry them (url, send_images false)."""
+    fresh: Callable[[str], tuple[bytes, ...] | None] | None = getattr(service, "encoded_images", None)
+    if fresh is not None:
+        fresh(record.id)
+
+
+async def images_json(service: Service, record: JobRecord, key: str, item: Fragments,
+                      rest: dict[str, Any]) -> bytes:
+    """``{key: [item(base64 of each image)...], **rest}`` as JSON bytes, built off the event loop.
+
+    base64 is JSON-safe as it is, so the large strings are written once, into
+    the body, and never escaped, validated or re-encoded by a JSON encoder.
+    """
+    def build() -> bytes:
+        return json_splice(key, [item(base64.b64encode(blob)) for blob in images_now(service, record)], rest)
+
+    return await asyncio.to_thread(build)
+
+
+def json_splice(key: str, items: list[list[bytes]], rest: dict[str, Any]) -> bytes:
+    """``{"key": [items...], **rest}`` as JSON bytes; each item is JSON fragments, joined as they are.
+
+    One join, so each large fragment is copied once (a 4 MB copy costs
+    milliseconds, most of it page faults).
+    """
+    parts = [b"{", json.dumps(key).encode(), b":["]
+    for n, fragments in enumerate(items):
+        if n:
+            parts.append(b",")
+        parts += fragments
+    tail = json.dumps(rest, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    parts += [b"],", tail[1:]] if rest else [b"]}"]
+    return b"".join(parts)
+
+
+# --- per-request stage timings (Server-Timing) ------------------------------------
+
+STARTED_KEY = "zitops_started"
+"""``scope["state"]`` key: the edge middleware's time.monotonic() when the request came in."""
+
+TIMING_STAGES = ("queue", "engine", "transfer", "encode", "respond", "total")
+"""The stages a synchronous route reports, in Server-Timing order (docs/api.md)."""
+
+
+def request_started(request: Request) -> float:
+    """When the request came in (the edge middleware's mark), else now."""
+    state = request.scope.get("state") or {}
+    started = state.get(STARTED_KEY)
+    return float(started) if isinstance(started, (int, float)) else time.monotonic()
+
+
+def stage_timings(record: JobRecord, started: float, respond_from: float) -> dict[str, float]:
+    """Seconds per stage for a finished synchronous request: the job's stages, then respond and total."""
+    job = record.info.get("timings") if isinstance(record.info, dict) else None
+    stages: dict[str, float] = {}
+    for name in ("queue", "engine", "transfer", "encode"):
+        value = job.get(name) if isinstance(job, dict) else None
+        if isinstance(value, (int, float)):
+            stages[name] = float(value)
+    now = time.monotonic()
+    stages["respond"] = now - respond_from
+    stages["total"] = now - started
+    return stages
+
+
+def server_timing(stages: dict[str, float]) -> str:
+    """A ``Server-Timing`` header value: ``queue;dur=0.4, engine;dur=871.2, ...`` in milliseconds."""
+    return ", ".join(f"{name};dur={seconds * 1000.0:.1f}" for name, seconds in stages.items())
+
+
+def timed_json(ctx: ApiContext, route: str, record: JobRecord, body: bytes, started: float,
+               respond_from: float) -> Response:
+    """The JSON response of a synchronous route, with its Server-Timing header and stage metrics."""
+    stages = stage_timings(record, started, respond_from)
+    ctx.metrics.observe_stages(route, stages)
+    return Response(body, media_type="application/json", headers={"Server-Timing": server_timing(stages)})
+
+
+def base_url(request: Request) -> str:
+    """Absolute base URL the client used, for links in responses."""
+    return str(request.base_url).rstrip("/")
+

@@ -1,0 +1,266 @@
+"""The dispatcher's view of a shared (PostgreSQL) job store: fenced outcomes and the outbox.
+
+:class:`FleetStore` implements :class:`zitops.agent.storage.store.Store` over a
+:class:`SharedStore` for the dispatcher and the result writer, which stay as
+they are for SQLite. What it adds, for a store other agents share and that
+may be down:
+
+- The job's encoded images go into the store first (any agent serves them):
+  ``upload``, on the result writer's encode thread, off the event loop; then
+  ``succeed`` marks it succeeded, and the fleet's ``done`` notice wakes
+  waiters on every agent. An upload the store refused is done again by
+  ``succeed`` (from the files), so the order holds on every path.
+- An outcome the store refuses with Conflict (the job's lease expired and it
+  was requeued or taken by another agent) is dropped with a warning: the
+  other run's result is the one kept.
+- An outcome that cannot be written while the store is down waits in a
+  bounded outbox, in order, and is written when the store is back. The
+  dispatcher gets the record as this agent decided it meanwhile.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.ops.agent_log import AgentLog
+from zitops.agent.storage.store import Store
+from zitops.engine.request import GenerationRequest
+from zitops.errors import Conflict, NotFound, StoreUnavailable
+
+OUTBOX_MAX = 1024
+"""Outcomes kept while the store is down. Past it the oldest is dropped: its
+job's lease expires and another agent runs it again (nothing accepted is lost).
+Entries hold no image bytes: those stay in this agent's output files."""
+
+
+class FleetCountsLike(Protocol):
+    """The fleet's load as the store reports it."""
+
+    queued: int
+    running: int
+    ready_agents: int
+    image_bytes: int
+
+
+class NoticeLike(Protocol):
+    """One LISTEN/NOTIFY wake-up (see zitops.agent.storage.pg_listen.Notice)."""
+
+    kind: str
+    job_id: str
+    status: str
+
+
+class SharedStore(Store, Protocol):
+    """A job store many agents share (zitops.agent.storage.store_pg.PgJobStore): leases, fleet counts, images."""
+
+    agent_id: str
+    lease_s: float
+
+    def claim(self, agent_id: str, worker: str, limit: int = 1) -> list[JobRecord]:
+        """Take up to ``limit`` of the oldest queued jobs as leases; oldest first."""
+
+    def heartbeat(self, agent_id: str, ready: bool = True) -> list[str]:
+        """Renew this agent's row and leases; the ids it still holds."""
+
+    def reap_expired(self) -> list[JobRecord]:
+        """Requeue (or fail at the cap) running jobs whose lease expired; return them."""
+
+    def fleet_counts(self) -> FleetCountsLike:
+        """Queued and running jobs, ready agents, stored image bytes."""
+
+    def put_images(self, job_id: str, images: Sequence[tuple[str, bytes]]) -> int:
+        """Store a job's encoded images; their total bytes."""
+
+    def get_image(self, job_id: str, index: int) -> tuple[str, bytes]:
+        """Image ``index`` as (name, bytes), or NotFound."""
+
+    def expire_bytes(self, max_bytes: int) -> list[JobRecord]:
+        """Delete the oldest final jobs until the rest's images fit; return them."""
+
+    def available(self) -> tuple[bool, str | None]:
+        """(True, None), or (False, why) while the store is known down."""
+
+    def listener(self, retry_s: float = 1.0) -> AsyncIterator[NoticeLike]:
+        """Wake-ups: queued, done, resync."""
+
+
+def shared(store: Store) -> SharedStore | None:
+    """``store`` as a shared store, or None for one agent's own (SQLite)."""
+    return store if callable(getattr(store, "claim", None)) else None  # type: ignore[return-value]
+
+
+@dataclasses.dataclass
+class Pending:
+    """One outcome waiting for the store: what to write, and the record it will produce."""
+
+    job_id: str
+    action: str
+    write: Callable[[], JobRecord]
+
+
+class FleetStore:
+    """The Store the dispatcher holds in fleet mode (see the module docstring)."""
+
+    def __init__(self, shared_store: SharedStore, output_dir: Path, log: AgentLog,
+                 written: Callable[[JobRecord], None]) -> None:
+        self.shared = shared_store
+        self.output_dir = output_dir
+        self.log = log
+        self._written = written  # an outbox entry reached the store: wake its waiters
+        self.held: dict[str, JobRecord] = {}
+        """Jobs this agent claimed and has not finished: the records it answers with while the store is down."""
+        self.outbox: collections.deque[Pending] = collections.deque()
+        self.dropped = 0
+        self._uploaded: dict[str, NotFound | None] = {}
+        """Jobs whose ``upload`` reached the store: None, or the NotFound it answered (the job is gone).
+        Written on an encode thread before the loop's ``succeed`` reads it; a dict's
+        single set and pop are atomic, so it needs no lock."""
+
+    # --- reads and plain writes go straight to the store -------------------------------
+
+    def add(self, request: GenerationRequest, owner: str | None = None,
+            owner_cap: int | None = None) -> JobRecord:
+        """Insert a queued job (the fleet is notified)."""
+        return self.shared.add(request, owner=owner, owner_cap=owner_cap)
+
+    def get(self, job_id: str) -> JobRecord:
+        """The stored job; while the store is down, the record of a job this agent holds."""
+        try:
+            return self.shared.get(job_id)
+        except StoreUnavailable:
+            if job_id in self.held:
+                return self.held[job_id]
+            raise
+
+    def start(self, job_id: str, worker: str) -> JobRecord:
+        """Start one given queued job (the claim path uses ``claim``)."""
+        return self._hold(self.shared.start(job_id, worker))
+
+    def claim(self, worker: str) -> JobRecord | None:
+        """The oldest queued job as this agent's lease, or None."""
+        claimed = self.shared.claim(self.shared.agent_id, worker, 1)
+        return self._hold(claimed[0]) if claimed else None
+
+    def _hold(self, record: JobRecord) -> JobRecord:
+        self.held[record.id] = record
+        return record
+
+    def cancel(self, job_id: str, *, running: bool = False) -> JobRecord:
+        """Cancel a queued job of the fleet (with ``running``: one this agent's worker stopped)."""
+        return self.shared.cancel(job_id, running=running)
+
+    def recover(self) -> list[str]:
+        """Requeue only this agent's running jobs (other agents' leases are theirs)."""
+        return self.shared.recover()
+
+    def count(self, status: JobStatus) -> int:
+        """Fleet-wide count."""
+        return self.shared.count(status)
+
+    def expire(self, older_than: float) -> list[JobRecord]:
+        """Delete final jobs of the fleet that finished before ``older_than``."""
+        return self.shared.expire(older_than)
+
+    def close(self) -> None:
+        """Close the store's pool."""
+        self.shared.close()
+
+    # --- outcomes: fenced, and parked while the store is down ------------------------
+
+    def upload(self, job_id: str, names: tuple[str, ...], blobs: tuple[bytes, ...]) -> None:
+        """Put a finished job's encoded images in the store; runs on an encode thread, never raises."""
+        try:
+            self.shared.put_images(job_id, list(zip(names, blobs, strict=True)))
+        except NotFound as exc:
+            self._uploaded[job_id] = exc  # succeed drops the outcome as for any NotFound
+        except StoreUnavailable:
+            pass  # succeed parks the outcome; its write uploads from the files once the store is back
+        else:
+            self._uploaded[job_id] = None
+
+    def succeed(self, job_id: str, images: tuple[str, ...], info: dict[str, Any]) -> JobRecord:
+        """Mark the job succeeded, after its images are in the store (``upload``, else here)."""
+        def write() -> JobRecord:
+            if job_id in self._uploaded:
+                refused = self._uploaded.pop(job_id)
+                if refused is not None:
+                    raise refused
+            else:
+                blobs = [(name, (self.output_dir / name).read_bytes()) for name in images]
+                self.shared.put_images(job_id, blobs)
+            return self.shared.succeed(job_id, images, info)
+
+        return self._outcome(job_id, "succeed", write, status=JobStatus.SUCCEEDED, images=images, info=info,
+                             finished_at=time.time())
+
+    def fail(self, job_id: str, error: str) -> JobRecord:
+        """Mark the job failed."""
+        return self._outcome(job_id, "fail", lambda: self.shared.fail(job_id, error), status=JobStatus.FAILED,
+                             error=error, finished_at=time.time())
+
+    def requeue(self, job_id: str, error: str, uncount: bool = False) -> JobRecord:
+        """Put the job back in the fleet's queue."""
+        return self._outcome(job_id, "requeue", lambda: self.shared.requeue(job_id, error, uncount),
+                             status=JobStatus.QUEUED, error=error)
+
+    def _outcome(self, job_id: str, action: str, write: Callable[[], JobRecord], **decided: Any) -> JobRecord:
+        if not self.outbox:
+            try:
+                return self._written_now(job_id, action, write)
+            except StoreUnavailable as exc:
+                self.log("warning", "job store down: outcome kept until it is back", job_id=job_id,
+                         action=action, error=str(exc))
+        self._park(Pending(job_id, action, write))
+        held = self.held.get(job_id)
+        if held is None:
+            raise StoreUnavailable(f"job {job_id}: the job store is down; its {action} is kept until it is back")
+        return dataclasses.replace(held, **decided)
+
+    def _written_now(self, job_id: str, action: str, write: Callable[[], JobRecord]) -> JobRecord:
+        try:
+            record = write()
+        except (Conflict, NotFound) as exc:
+            # Reaped while we ran it (a stall past the lease, or the store lost
+            # our claim): the job belongs to the queue or another agent now.
+            self.held.pop(job_id, None)
+            self.log("warning", f"job {action} dropped: its lease moved on", job_id=job_id, error=str(exc))
+            try:
+                return self.shared.get(job_id)
+            except NotFound:
+                raise exc from None
+        self.held.pop(job_id, None)
+        return record
+
+    def _park(self, pending: Pending) -> None:
+        self.outbox.append(pending)
+        while len(self.outbox) > OUTBOX_MAX:
+            lost = self.outbox.popleft()
+            self.held.pop(lost.job_id, None)
+            self.dropped += 1
+            self.log("error", "outbox full: outcome dropped; the job's lease expires and it runs again",
+                     job_id=lost.job_id, action=lost.action)
+
+    def flush(self) -> int:
+        """Write parked outcomes in order while the store answers; how many were written."""
+        done = 0
+        while self.outbox:
+            pending = self.outbox[0]
+            try:
+                record = self._written_now(pending.job_id, pending.action, pending.write)
+            except StoreUnavailable:
+                break
+            except (Conflict, NotFound):
+                record = None
+            self.outbox.popleft()
+            done += 1
+            if record is not None:
+                self._written(record)
+        if done:
+            self.log("info", "job store back: kept outcomes written", count=done, left=len(self.outbox))
+        return done
