@@ -87,6 +87,14 @@ scenario_lane_leak() { # the GPU lane's real leak drill, alone on the card: NVML
   timeout 280 python3 -m pytest -o addopts=-ra -m gpu tests/gpu/test_gpu_leak_drill.py -v -rs -s -p no:cacheprovider 2>&1 \
     | tee -a "$OUT/gpu-lane.log" | tail -15
 }
+scenario_scaleup() { # a second agent at t=0 against a 100-job queue: imported compile bundle, one agent, cold (issue 26)
+  timeout 560 python3 benchmarks/scaleup.py --arch full --profile designer --jobs 100 --scenarios imported,one,cold \
+    --workdir /tmp/zscale --out "$OUT/scaleup.json" 2>&1 | quiet | tail -30
+}
+scenario_lane_compile_bundle() { # the GPU lane's compile bundle test: an imported bundle compiles nothing (issue 26)
+  timeout 280 python3 -m pytest -o addopts=-ra -m gpu tests/gpu/test_gpu_compile_bundle.py -v -rs -s -p no:cacheprovider 2>&1 \
+    | tee -a "$OUT/gpu-lane.log" | tail -15
+}
 scenario_designer_samplers() { # designer with every sampler (A)
   bench designer-samplers 280 --arch full --profile designer --runs 5 --sampler-sweep all --cache-dir /tmp/zcache
 }

@@ -36,7 +36,11 @@ class FleetAgent:
     """One agent of the fleet: the fault engine's synthetic pixels, the shared store (or SQLite)."""
 
     def __init__(self, tmp: Path, db: PgDatabase | None, *, tokens: bool = False, job_seconds: float = 0.05,
-                 lease_s: float = 30.0, sets: tuple[str, ...] = ()) -> None:
+                 lease_s: float = 30.0, sets: tuple[str, ...] = (), prefix: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None, faults: dict[str, Any] | None = None) -> None:
+        """``prefix``: argv the agent runs under (``ip netns exec NS``); ``env``: added to its environment;
+        ``faults``: more fault-engine settings (``pixels``: two agents with different looks make different
+        bytes for one job; ``crash_on_job``...)."""
         tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
         self.port = free_port()
@@ -47,7 +51,8 @@ class FleetAgent:
             "model": "tiny",
             "port": self.port,
             "paths": {k: str(tmp / k) for k in ("state_dir", "log_dir", "output_dir", "cache_dir")},
-            "engine": {"kind": "faulty", "faults": {"inner": "synthetic", "job_seconds": job_seconds}},
+            "engine": {"kind": "faulty", "faults": {"inner": "synthetic", "job_seconds": job_seconds,
+                                                       **(faults or {})}},
             "log_format": "json",
         }
         if db is not None:  # None: the agent's own SQLite, to compare against
@@ -64,8 +69,9 @@ class FleetAgent:
         self.config_path.write_text(yaml.safe_dump(config_to_dict(config_from_mapping(data))))
         self.out = open(tmp / "agent.out", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from zitops.cli import main; main()", "agent", "--config", str(self.config_path)],
-            stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True,
+            [*prefix, sys.executable, "-c", "from zitops.cli import main; main()", "agent", "--config",
+             str(self.config_path)],
+            stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
         )
         self.client = httpx.Client(base_url=self.url, headers=self.headers, timeout=30)
 

@@ -67,7 +67,9 @@ class PgDatabase:
 class PgCluster:
     """initdb'd data directory and a running postmaster; ``stop``/``start`` for outage tests."""
 
-    def __init__(self) -> None:
+    def __init__(self, listen: tuple[str, ...] = (), hba: tuple[str, ...] = ()) -> None:
+        """``listen``: addresses besides 127.0.0.1 (a veth's); ``hba``: networks allowed to log in from them."""
+        self.listen, self.hba = listen, hba
         initdb, pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
         if initdb is None or pg_ctl is None:
             pytest.fail(INSTALL_HINT, pytrace=False)
@@ -96,10 +98,12 @@ class PgCluster:
             # The tests (root) read the password; the file stays 0600.
             shutil.chown(self.password_file, "root")
         with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
+            conf.write(f"listen_addresses = '{','.join(('127.0.0.1', *self.listen))}'\nport = {self.port}\n"
                        f"unix_socket_directories = '{self.root}'\n"
                        "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                        "max_connections = 100\n")
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            hba.writelines(f"host all all {net} scram-sha-256\n" for net in self.hba)
         self.start()
 
     def _run(self, *argv: str) -> None:
@@ -117,9 +121,9 @@ class PgCluster:
         """Stop the server (``fast``: disconnect clients, roll back open transactions)."""
         self._run(self._pg_ctl, "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
 
-    def url(self, dbname: str, user: str = SUPERUSER) -> str:
+    def url(self, dbname: str, user: str = SUPERUSER, host: str = "127.0.0.1") -> str:
         """The store URL of a database (password in ``password_file``)."""
-        return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
+        return f"postgresql://{user}@{host}:{self.port}/{dbname}"
 
     def admin(self) -> psycopg.Connection[tuple[object, ...]]:
         """An autocommit superuser connection to ``postgres``."""

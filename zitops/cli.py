@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("zitops.commands.generate", "generate", "Generate images once, without an agent."),
     "agent": ("zitops.commands.agent", "agent", "Run the resident agent (HTTP API + workers)."),
     "status": ("zitops.commands.client", "status", "Show a running agent's status."),
-    "health": ("zitops.commands.client", "health", "Exit 0 only when the agent is ready."),
+    "health": ("zitops.commands.client", "health", "Exit 0 only when the agent is ready (--live: serving)."),
     "failures": ("zitops.commands.failures", "failures", "List recorded job failures."),
     "logs": ("zitops.commands.logs", "logs", "Show the deployment's agent and worker logs (--follow, --level, --since)."),
     "reload": ("zitops.commands.reload", "reload", "Make the deployment's agent reload its tokens file and log tiers."),
@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("zitops.commands.bench", "bench", "Benchmark diffusers vs the zitops engine vs the agent."),
     "warm": ("zitops.commands.warm", "warm", "Precompile into a deployment's compile cache before its first start."),
     "doctor": ("zitops.commands.doctor", "doctor", "Check that this host can run a profile (preflight)."),
+    "container-run": ("zitops.commands.container", "container_run",
+                      "The image's default command: the mounted config, else the tiny model."),
 }
 
 

@@ -30,10 +30,13 @@ class Paths(_Section):
     log_dir: str
     output_dir: str
     cache_dir: str
+    # Compile bundles shared by a fleet (a volume every agent mounts; docs/runtime.md "Compile once per
+    # fleet"): `zitops warm` writes the bundle for its key here, every worker loads it. None: <cache_dir>/bundles.
+    compile_bundle_dir: str | None = None
 
     def as_paths(self) -> dict[str, Path]:
-        """The four directories as Path objects."""
-        return {k: Path(v) for k, v in self.model_dump().items()}
+        """The directories that are set, as Path objects."""
+        return {k: Path(v) for k, v in self.model_dump().items() if v is not None}
 
 
 class AuthSettings(_Section):
@@ -228,6 +231,14 @@ class StoreSettings(_Section):
         return self.url not in (None, "sqlite") or self.url_file is not None
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry traces (docs/observability.md): off unless this or the standard OTEL_* variables say so."""
+
+    # An OTLP/HTTP collector's base URL (spans go to <endpoint>/v1/traces); None: the
+    # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT variables decide, and without them tracing is off.
+    endpoint: str | None = Field(None, min_length=1, max_length=2000, pattern=r"^https?://\S+$")
+
+
 class AgentConfig(_Section):
     """Everything ``zitops agent`` needs, in one validated object."""
 
@@ -242,6 +253,7 @@ class AgentConfig(_Section):
     limits: Limits = Limits()
     server: ServerSettings = ServerSettings()
     store: StoreSettings = StoreSettings()
+    tracing: TracingSettings = TracingSettings()
     log_format: Literal["auto", "json", "console"] = "auto"
     lora_dir: str | None = Field(None, description="Directory of LoRA *.safetensors files (docs/features.md); "
                                                    "None: no LoRAs.")

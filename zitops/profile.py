@@ -101,6 +101,9 @@ class EngineSettings(_Section):
     # Pin host memory per copy instead of once up front: less host RAM, slower.
     offload_low_cpu_mem: bool = False
     compile: bool = False
+    # Compile on a CPU device too (compile is for GPUs: on the CPU it costs more start-up than it
+    # saves, but a CPU-only host can still share and load the fleet's compile bundle).
+    compile_on_cpu: bool = False
     # The transformer's and text encoder's linears in float8 e4m3 with per-row
     # scales (zitops/engine/precision/fp8.py). true: fp8 GEMMs where the card has them
     # (compute capability 8.9+), weight-only elsewhere (pre-Ada GPUs, the CPU);

@@ -27,11 +27,18 @@ def cache_size(path: Path) -> dict[str, Any]:
     return {"files": len(files), "mib": round(sum(p.stat().st_size for p in files) / MIB, 1)}
 
 
-def warm(config: AgentConfig, timeout_s: float = 1800.0) -> dict[str, Any]:
+def warm(config: AgentConfig, timeout_s: float = 1800.0, *, import_path: str | Path | None = None,
+         export_path: str | Path | None = None) -> dict[str, Any]:
     """Set up and warm the deployment's engine once in a child process; the child's report plus cache sizes.
 
-    Raises EngineError when the child fails, dies or overruns ``timeout_s``.
+    ``import_path``: a compile bundle (``--export`` of another host) loaded
+    before the warm-up, which then compiles nothing when its key matches.
+    ``export_path``: where to copy the bundle this run leaves in the
+    deployment's shared bundle directory. Raises EngineError when the child
+    fails, dies or overruns ``timeout_s``; a bundle for another key is not.
     """
+    if import_path is not None and not Path(import_path).is_file():
+        raise EngineError(f"warm --import {import_path}: no such file (a bundle from `zitops warm --export FILE`)")
     from zitops.agent.workers.spawn import sigkill, start_child
     from zitops.worker.warm import warm_main
 
@@ -39,7 +46,8 @@ def warm(config: AgentConfig, timeout_s: float = 1800.0) -> dict[str, Any]:
     before = cache_size(cache)
     started = time.monotonic()
     proc, conn = start_child(multiprocessing.get_context("spawn"), warm_main, "zitops-warm",
-                             (config_to_dict(config),))
+                             (config_to_dict(config), None if import_path is None else str(Path(import_path).absolute()),
+                              None if export_path is None else str(Path(export_path).absolute())))
     try:
         if not conn.poll(timeout_s):
             raise EngineError(f"warm: the engine did not finish set-up and warm-up within {timeout_s:g} s "

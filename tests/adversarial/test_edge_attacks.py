@@ -125,6 +125,15 @@ def test_foreign_host_is_421(agent: Agent, host: str) -> None:
         assert _error(r).startswith("Host:") and "server.allowed_hosts" in _error(r)
 
 
+def test_metrics_answer_a_scrape_by_pod_ip_only_with_a_token(agent: Agent) -> None:
+    # Prometheus scrapes a pod at its IP: no allowed_hosts entry can name it; the token guards /metrics.
+    pod = {"Host": "10.42.0.17:7860"}
+    r = agent.client.get("/metrics", headers={**auth(ALICE), **pod})
+    assert r.status_code == 200 and "zitops_queue_cap" in r.text
+    assert agent.client.get("/metrics", headers=pod).status_code == 401
+    assert agent.client.get("/status", headers={**auth(ADMIN), **pod}).status_code == 421
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "LOCALHOST.", "[::1]", "zitops.internal",
                                   "a.proxy.example:443"])
 def test_loopback_and_allowed_hosts_are_served(agent: Agent, host: str) -> None:

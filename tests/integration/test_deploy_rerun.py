@@ -36,7 +36,7 @@ def test_first_run_writes_everything_with_a_manifest(capsys: pytest.CaptureFixtu
     code, stdout, err = run(capsys, "deploy", "--profile", "ecommerce", "--target", "all", "--out", str(out))
     assert code == 0, err
     written = actions(stdout)
-    assert set(written.values()) == {"created"} and len(written) == 8
+    assert set(written.values()) == {"created"} and len(written) == 15
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["files"]) == set(written)
     for rel, entry in manifest["files"].items():
@@ -44,7 +44,7 @@ def test_first_run_writes_everything_with_a_manifest(capsys: pytest.CaptureFixtu
     assert (out / "start.sh").stat().st_mode & 0o777 == 0o755
     for d in ("state", "logs", "outputs", "cache"):
         assert (out / d).is_dir()
-    assert "supervisord -c" in stdout and "kubectl apply -f" in stdout
+    assert "supervisord -c" in stdout and "kubectl apply -k" in stdout and "monitoring (prometheus-operator" in stdout
 
 
 def test_rerun_is_byte_identical_and_reports_changes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ def test_install_into_a_staging_root(capsys: pytest.CaptureFixture[str], tmp_pat
     lines = [line.strip() for line in stdout.splitlines()]
     assert f"systemd: systemctl daemon-reload && systemctl enable --now {deploy.UNIT_NAME}" in lines
     assert "supervisor: supervisorctl reread && supervisorctl update" in lines
-    assert f"kubernetes: kubectl apply -f {out / 'k8s'}" in lines
+    assert f"kubernetes: kubectl apply -k {out / 'k8s'}" in lines
     # A re-run changes nothing; an admin's edit of an installed file is kept.
     code, stdout, _ = run(capsys, *argv)
     assert set(actions(stdout).values()) == {"unchanged"}

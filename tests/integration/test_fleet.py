@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 from tests.fleet_support import FleetAgent
 from tests.store_support import poll_until
+from zitops.agent.storage.pg_schema import migrations
 from zitops.cli import cli
 from zitops.deployment import deploy
 
@@ -65,7 +66,7 @@ def test_any_agent_serves_any_job_and_the_k8s_probe_passes(tmp_path: Path, pg_db
         b.wait_ready()
         with pg_db.connect() as conn:
             versions = [r[0] for r in conn.execute("SELECT version FROM zitops.schema_version ORDER BY 1")]
-        assert versions == sorted(set(versions)) and versions, versions
+        assert versions == [mig.version for mig in migrations()], versions  # every shipped one, once
 
         # Accepted by A; polled, fetched and cancelled through B.
         job = a.submit(seed=5, n=2)
@@ -163,7 +164,7 @@ def test_postgresql_restarted_mid_run_nothing_lost(tmp_path: Path, pg_cluster: P
             r = poll_until(lambda: _if_status(a.client.post("/v1/jobs", json={"prompt": "x"}), 503), 30)
             assert "job store" in r.json()["error"]["message"], r.text
             body = poll_until(lambda: _if_status(b.client.get("/readyz"), 503), 30).json()
-            assert any("job store unavailable" in reason for reason in body["reasons"]), body
+            assert any(reason.startswith("store unreachable: ") for reason in body["reasons"]), body
             poll_until(lambda: a.log_lines("job store down: outcome kept until it is back")
                        or b.log_lines("job store down: outcome kept until it is back"), 30)
         finally:
@@ -174,7 +175,11 @@ def test_postgresql_restarted_mid_run_nothing_lost(tmp_path: Path, pg_cluster: P
         after = b.submit()
         poll_until(lambda: status_of(a, after) == "succeeded", 60)
         done = [rec["job_id"] for agent in (a, b) for rec in agent.log_lines("job succeeded")]
-        assert sorted(set(done)) == sorted([*jobs, sync_job[1], after])
+        assert sorted(done) == sorted([*jobs, sync_job[1], after]), done  # each once: none lost, none twice
+        # And none reached a worker twice. (The table's attempts may say 2: a claim that committed
+        # while its caller had given up on the store is reaped and claimed again; it never ran.)
+        started = [rec["job_id"] for agent in (a, b) for rec in agent.log_lines("job started")]
+        assert sorted(started) == sorted([*jobs, sync_job[1], after]), started
 
 
 def test_the_keda_query_counts_the_fleets_waiting_and_running_jobs(pg_db: PgDatabase) -> None:

@@ -173,18 +173,22 @@ def test_notify_wakes_a_listener_on_another_agent(agents: Any) -> None:
 def test_images_round_trip_byte_exact_through_another_agent(agents: Any) -> None:
     a, b = agents("a"), agents("b")
     job = a.add(_req())
+    [held] = a.claim("a", "w0")
     big, small = os.urandom(3_000_000), bytes(range(256)) * 3
-    assert a.put_images(job.id, [(f"{job.id}-0.png", big), (f"{job.id}-1.png", small)]) == len(big) + len(small)
+    names = (f"{job.id}-0.png", f"{job.id}-1.png")
+    assert a.put_images(job.id, list(zip(names, (big, small), strict=True)), attempt=held.attempts) \
+        == len(big) + len(small)
+    # The same attempt stored again (a retried upload) replaces its own rows.
+    assert a.put_images(job.id, list(zip(names, (big, small), strict=True)), attempt=held.attempts) \
+        == len(big) + len(small)
+    a.succeed(job.id, names, {}, attempt=held.attempts)
     assert b.get_image(job.id, 0) == (f"{job.id}-0.png", big)
     assert b.get_image(job.id, 1) == (f"{job.id}-1.png", small)
-    # A second attempt's images replace the first's.
-    assert a.put_images(job.id, [(f"{job.id}-0.png", small)]) == len(small)
-    assert b.get_image(job.id, 0)[1] == small
-    with pytest.raises(NotFound, match="no stored image 1"):
-        b.get_image(job.id, 1)
+    with pytest.raises(NotFound, match="no stored image 2"):
+        b.get_image(job.id, 2)
     with pytest.raises(NotFound, match="no such job"):
         a.put_images("nope", [("x.png", b"x")])
-    assert b.fleet_counts().image_bytes == len(small)
+    assert b.fleet_counts().image_bytes == len(big) + len(small)
 
 
 def test_retention_by_bytes_drops_oldest_final_jobs(agents: Any) -> None:
@@ -197,14 +201,14 @@ def test_retention_by_bytes_drops_oldest_final_jobs(agents: Any) -> None:
         a.succeed(job.id, (f"{job.id}-0.png",), {})
         done.append(job.id)
     waiting = a.add(_req(9))
-    a.put_images(waiting.id, [("partial.png", b"p" * 5000)])  # not final: never trimmed
+    a.put_images(waiting.id, [("partial.png", b"p" * 5000)])  # not final: never trimmed, not counted
     removed = a.expire_bytes(2500)
     assert sorted(r.id for r in removed) == sorted(done[:2])
     with pytest.raises(NotFound):
         a.get_image(done[0], 0)
     assert a.get_image(done[2], 0)[1] == bytes([2]) * 1000
     assert a.get(waiting.id).status is JobStatus.QUEUED
-    assert a.fleet_counts().image_bytes == 2000 + 5000
+    assert a.fleet_counts().image_bytes == 2000  # published images only
     assert a.expire_bytes(2000) == []
 
 

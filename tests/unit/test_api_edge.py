@@ -136,6 +136,8 @@ def test_metrics_concatenate_http_and_runtime(svc_url: tuple[MemService, str]) -
     assert "zitops_queue_depth" in text
     # Route templates, never raw paths with ids.
     assert 'route="/v1/jobs/{job_id}"' in text
+    # Without tokens the Host check still guards /metrics (only a token lets a pod-IP scrape through).
+    assert HTTP.get(url + "/metrics", headers={"Host": "10.42.0.17:7860"}).status_code == 421
 
 
 def test_log_levels(svc_url: tuple[MemService, str]) -> None:

@@ -51,6 +51,10 @@ def test_every_profile_renders_every_target(tmp_path: Path, profile: str) -> Non
     assert {f.path for f in plan.files} == {
         "config.yaml", "start.sh", "supervisor/zitops.conf", "supervisord.conf",
         f"systemd/{deploy.UNIT_NAME}", "k8s/configmap.yaml", "k8s/service.yaml", "k8s/deployment.yaml",
+        "k8s/kustomization.yaml",
+        "observability/zitops-rules.yaml", "observability/zitops-dashboard.json",
+        "k8s/monitoring/prometheusrule.yaml", "k8s/monitoring/dashboard-configmap.yaml",
+        "k8s/monitoring/servicemonitor.yaml", "k8s/monitoring/kustomization.yaml",
     }
     for f in plan.files:
         assert f.content.endswith("\n") and not f.content.endswith("\n\n"), f.path

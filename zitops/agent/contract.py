@@ -45,6 +45,7 @@ class JobRecord:
     worker: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
     owner: str | None = None  # SHA-256 hex of the submitting token (zitops.agent.http.tenants); never shown
+    agent: str | None = None  # fleet mode: the agent that holds (or finished) its latest attempt; never shown
 
     def public(self) -> dict[str, Any]:
         """The JSON the API returns for ``GET /v1/jobs/{id}``."""

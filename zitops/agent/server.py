@@ -21,11 +21,13 @@ import uvicorn
 from zitops.agent.dispatch.dispatcher import Dispatcher
 from zitops.agent.http.auth import Tokens, check_bind_policy, read_tokens
 from zitops.agent.http.http_server import raise_open_files, server_config
+from zitops.agent.ops.job_traces import JobTraces
 from zitops.agent.storage.store import open_store
 from zitops.config import AgentConfig
 from zitops.errors import ConfigError
 from zitops.logbook.failures import FailureStore
 from zitops.logbook.logs import configure_logging, get_logger, reload_levels
+from zitops.tracing import make_tracer
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 UMASK = 0o027
@@ -135,10 +137,14 @@ async def _main(config: AgentConfig, config_path: str | Path | None, tokens: Tok
 
     signals = _queue_signals()  # first: a SIGTERM while the store connects is handled once started
     store = open_store(config)
-    dispatcher = Dispatcher(config, store=store, failures=failure_store(config))
-    app = create_app(config, dispatcher, tokens=tokens.all, admin_tokens=tokens.admins)
+    tracer = make_tracer(config.tracing.endpoint, "zitops-agent")  # NO_TRACER unless tracing is asked for
+    dispatcher = Dispatcher(config, store=store, failures=failure_store(config), traces=JobTraces(tracer))
+    app = create_app(config, dispatcher, tokens=tokens.all, admin_tokens=tokens.admins, tracer=tracer)
     server = _Server(server_config(app, config.host, config.port, config.server, GRACEFUL_HTTP_S))
-    return await _serve(config, config_path, dispatcher, server, sock, signals)
+    try:
+        return await _serve(config, config_path, dispatcher, server, sock, signals)
+    finally:
+        tracer.shutdown()  # its owner: after the dispatcher closed, so the last jobs' spans go out
 
 
 def _queue_signals() -> asyncio.Queue[int]:

@@ -133,13 +133,14 @@ def status(config_path: str | None, url: str | None, as_json: bool, token_file: 
 @config_option
 @url_option
 @token_file_option
-def health(config_path: str | None, url: str | None, token_file: str | None) -> None:
-    """Exit 0 only when the agent answers /readyz with 200."""
-    response = fetch(resolve_target(url, config_path, token_file), "/readyz")
+@click.option("--live", is_flag=True, help="Ask /livez (the process serves) instead of /readyz (it takes jobs).")
+def health(config_path: str | None, url: str | None, token_file: str | None, live: bool) -> None:
+    """Exit 0 only when the agent answers /readyz (or, with --live, /livez) with 200."""
+    response = fetch(resolve_target(url, config_path, token_file), "/livez" if live else "/readyz")
     data = _json(response)
     if response.status_code == 200:
-        click.echo("ready")
+        click.echo("live" if live else "ready")
         return
     reasons = data.get("reasons") if isinstance(data, dict) else None
     raise AgentUnavailable(printable(
-        f"not ready ({response.status_code}): {'; '.join(map(str, reasons or [])) or 'no reason given'}"))
+        f"not {'live' if live else 'ready'} ({response.status_code}): {'; '.join(map(str, reasons or [])) or 'no reason given'}"))

@@ -26,7 +26,10 @@ def _preflight(plan: core.Plan) -> None:
 @click.command()
 @deploy_profile_option
 @click.option("--target", type=click.Choice([*core.TARGETS, "all"]), default="all", show_default=True,
-              help="Which deployment to render; the agent files are always rendered.")
+              help="Which deployment to render (all: supervisor, systemd and k8s); the agent files are "
+                   "always rendered.")
+@click.option("--image", default=None, metavar="REF",
+              help="k8s and compose: the zitops image to run [default: zitops:<version>].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("deploy"),
               show_default=True, help="Directory that receives the whole deployment.")
 @model_option
@@ -53,10 +56,11 @@ def _preflight(plan: core.Plan) -> None:
 @click.option("--force", is_flag=True, help="Overwrite files that were edited since the last deploy.")
 def deploy(
     profile: str, target: str, out: Path, model: str, host: str, port: int, gpus: str,
-    overrides: tuple[str, ...], install: bool, root: Path | None, store: str, store_password_file: Path | None,
+    image: str | None, overrides: tuple[str, ...], install: bool, root: Path | None, store: str,
+    store_password_file: Path | None,
     replicas: int, lora_dir: Path | None, controlnet_dir: Path | None, start: bool, force: bool,
 ) -> None:
-    """Render config, start script, Supervisor, systemd and Kubernetes files for a profile."""
+    """Render config, start script, Supervisor, systemd, Kubernetes or Compose files for a profile."""
     if root is not None and not install:
         raise RenderError("--root only applies together with --install")
     if start and (install or target not in ("supervisor", "all")):
@@ -71,11 +75,11 @@ def deploy(
         core.refuse_taken_port(host, port, out)
     request = core.DeployRequest(
         profile=profile,
-        targets=core.TARGETS if target == "all" else (target,),
+        targets=core.ALL_TARGETS if target == "all" else (target,),
         out=out, model=model, host=host, port=port, gpus=gpus, overrides=overrides,
         install=install, root=root or Path("/"), force=force, store=store,
         store_password_file=store_password_file, replicas=replicas, lora_dir=lora_dir,
-        controlnet_dir=controlnet_dir,
+        controlnet_dir=controlnet_dir, image=image,
     )
     plan = core.plan(request)
     if start:

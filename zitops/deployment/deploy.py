@@ -20,6 +20,7 @@ from zitops.deployment.deploy_plan import (
 )
 from zitops.deployment.deploy_start import agent_available, refuse_taken_port, start
 from zitops.deployment.deploy_types import (
+    ALL_TARGETS,
     FHS,
     FHS_PATHS,
     K8S,
@@ -36,7 +37,7 @@ from zitops.deployment.deploy_types import (
 from zitops.deployment.deploy_write import apply, next_steps
 
 __all__ = [
-    "FHS", "FHS_PATHS", "K8S", "MANIFEST", "SERVICE_USER", "TARGETS", "UNIT_NAME", "Change", "DeployRequest",
+    "ALL_TARGETS", "FHS", "FHS_PATHS", "K8S", "MANIFEST", "SERVICE_USER", "TARGETS", "UNIT_NAME", "Change", "DeployRequest",
     "Plan", "RenderedFile", "Result", "agent_available", "apply", "cache_env", "check_host", "next_steps",
     "parse_gpus", "plan", "refuse_taken_port", "resolve_zitops_bin", "service_hosts", "start",
 ]

@@ -17,6 +17,8 @@ from zitops.errors import RenderError
 from zitops.render import check_value, render
 
 STORE_SECRET = "zitops-store"
+STORE_SECRET_FILE = "k8s/store-secret.yaml"
+"""A template the operator fills: kustomization.yaml does not list it (applying it empty would clear the password)."""
 STORE_DIR = "/etc/zitops/store"  # the Secret's mount: files url and password
 
 KEDA_QUERY = "SELECT count(*) FROM zitops.jobs WHERE status IN ('queued', 'running')"

@@ -22,7 +22,9 @@ import yaml
 
 from zitops import __version__
 from zitops.config import AgentConfig, config_from_mapping, config_to_dict
+from zitops.deployment.deploy_compose import compose_files, image_ref
 from zitops.deployment.deploy_fleet import (
+    STORE_SECRET_FILE,
     check_replicas,
     fleet_context,
     k8s_fleet_files,
@@ -50,6 +52,7 @@ from zitops.deployment.deploy_types import (
 )
 from zitops.engine.loader import FULL_RANDOM, TINY, check_model
 from zitops.errors import RenderError
+from zitops.observe import files as observe_files
 from zitops.preflight.doctor import tier_of_host
 from zitops.profile import load_profile, parse_override, profile_to_dict
 from zitops.render import check_value, render
@@ -183,6 +186,7 @@ def plan(req: DeployRequest) -> Plan:
         config_file = str(out / "config.yaml")
         start_sh = str(out / "start.sh")
 
+    paths.update(extra.pop("paths", {}))  # --set paths.compile_bundle_dir=/shared/bundles
     lora_dir = req.lora_dir.expanduser().absolute() if req.lora_dir is not None else (
         Path(paths["state_dir"]) / "loras" if req.install else out / "loras")
     config_data = {
@@ -277,6 +281,11 @@ def plan(req: DeployRequest) -> Plan:
     if "k8s" in req.targets:
         k8s_config, k8s_files = _k8s(ctx, config, model, req)
         files.extend(k8s_files)
+    if "compose" in req.targets:
+        files.extend(compose_files(ctx, config, model, req, gpus))
+    monitoring = observe_files.plain_files(profile)
+    monitoring += observe_files.k8s_files(profile) if "k8s" in req.targets else []
+    files.extend(RenderedFile(path, text) for path, text in monitoring)
     _validate(files, config, k8s_config)
     runtime = [] if req.install else [Path(d) for d in paths.values()]
     if "supervisor" in req.targets:
@@ -331,7 +340,7 @@ def _k8s(ctx: dict[str, Any], config: AgentConfig, model: str,
         "k8s_config": config_to_dict(k8s_config),
         "k8s": {
             **K8S,
-            "image": f"zitops:{__version__}",
+            "image": image_ref(req),
             "config_file": f"{K8S['config_dir']}/config.yaml",
             "paths": paths,
             "env": env,
@@ -346,7 +355,16 @@ def _k8s(ctx: dict[str, Any], config: AgentConfig, model: str,
     ]
     if config.store.shared:
         files += k8s_fleet_files(kctx, req)
-    return k8s_config, files
+    return k8s_config, [*files, kustomization(files)]
+
+
+def kustomization(files: list[RenderedFile]) -> RenderedFile:
+    """k8s/kustomization.yaml listing every manifest the k8s target rendered (but the Secret to fill)."""
+    resources = [f.path.removeprefix("k8s/") for f in files
+                 if f.path.startswith("k8s/") and f.path != STORE_SECRET_FILE]
+    return RenderedFile("k8s/kustomization.yaml", render("k8s/kustomization.yaml.j2", {
+        "resources": resources, "store_secret": STORE_SECRET_FILE.removeprefix("k8s/")
+        if any(f.path == STORE_SECRET_FILE for f in files) else None}))
 
 
 def _validate(files: list[RenderedFile], config: AgentConfig, k8s_config: AgentConfig | None) -> None:

@@ -14,7 +14,9 @@ from zitops.config import AgentConfig
 from zitops.profile import Profile
 from zitops.tiers import TierChoice
 
-TARGETS = ("supervisor", "systemd", "k8s")
+TARGETS = ("supervisor", "systemd", "k8s", "compose")
+ALL_TARGETS = ("supervisor", "systemd", "k8s")
+"""``--target all``: this host and a cluster. Compose is asked for by name (it probes the GPUs)."""
 MANIFEST = "manifest.json"
 UNIT_NAME = "zitops-agent.service"
 SERVICE_USER = "zitops"
@@ -45,7 +47,7 @@ K8S = {
     "prestop_s": 5,
 }
 # --set keys that configure the agent rather than the profile.
-CONFIG_KEYS = ("auth", "limits", "server", "store", "log_format")
+CONFIG_KEYS = ("auth", "limits", "server", "store", "log_format", "tracing")
 # A unix socket path must fit sun_path (108 bytes with the NUL) on Linux.
 MAX_SOCKET_PATH = 107
 STOP_MARGIN_S = 30
@@ -60,7 +62,7 @@ class DeployRequest:
     """What the user asked for: the CLI maps its switches onto this, one to one."""
 
     profile: str = "designer"
-    targets: tuple[str, ...] = TARGETS
+    targets: tuple[str, ...] = ALL_TARGETS
     out: Path = Path("deploy")
     model: str = "tiny"
     host: str = "127.0.0.1"
@@ -79,6 +81,7 @@ class DeployRequest:
     store: str = "sqlite"
     store_password_file: Path | None = None
     replicas: int = 1  # the Kubernetes Deployment's pods (one GPU each)
+    image: str | None = None  # the container image k8s and compose run; None: zitops:<version>
 
 
 @dataclass(frozen=True)

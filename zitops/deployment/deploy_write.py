@@ -30,6 +30,9 @@ from zitops.deployment.deploy_types import (
 )
 from zitops.errors import RenderError
 
+MONITORING_STEP = ("monitoring (prometheus-operator, Grafana sidecar): kubectl apply -k {} "
+                   "(docs/observability.md)")
+
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -169,9 +172,14 @@ def next_steps(p: Plan) -> list[str]:
             steps.append("systemd: re-run as root with --install to place the unit and config")
         if "k8s" in targets:
             if p.config.store.shared:
-                steps.append(f"kubernetes: fill the store password in {q(str(p.out / 'k8s' / 'store-secret.yaml'))}")
+                secret = q(str(p.out / 'k8s' / 'store-secret.yaml'))
+                steps.append(f"kubernetes: fill the store password in {secret}, then kubectl apply -f {secret}")
             steps.append("kubernetes: kubectl create secret generic zitops-tokens --from-file=tokens=TOKENS_FILE "
-                         f"&& kubectl apply -f {q(str(p.out / 'k8s'))}")
+                         f"&& kubectl apply -k {q(str(p.out / 'k8s'))}")
+            steps.append(MONITORING_STEP.format(q(str(p.out / "k8s" / "monitoring"))))
+        if "compose" in targets:
+            steps.append(f"compose: create secrets/tokens and secrets/store-password in {q(str(p.out / 'compose'))} "
+                         "(its compose.yaml says how), then docker compose up -d there")
         return steps
     root = Path(os.path.abspath(p.request.root))
     if root != Path("/"):
@@ -194,6 +202,7 @@ def next_steps(p: Plan) -> list[str]:
         steps.append("supervisor: supervisorctl reread && supervisorctl update")
     if "k8s" in targets:
         steps.append("kubernetes: kubectl create secret generic zitops-tokens --from-file=tokens=TOKENS_FILE")
-        steps.append(f"kubernetes: kubectl apply -f {q(str(p.out / 'k8s'))}")
+        steps.append(f"kubernetes: kubectl apply -k {q(str(p.out / 'k8s'))}")
+        steps.append(MONITORING_STEP.format(q(str(p.out / "k8s" / "monitoring"))))
     return steps
 

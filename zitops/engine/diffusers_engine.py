@@ -70,7 +70,7 @@ class DiffusersEngine:
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
         self.cache_dir = Path(cache_dir) if cache_dir else self.state_dir / "cache"
         # torch.compile on a CPU demo costs more than it saves; tests opt in.
-        self.compile_on_cpu = compile_on_cpu
+        self.compile_on_cpu = compile_on_cpu or self.settings.compile_on_cpu
         self.device = "cpu"
         self.pipe: Any = None
         self.tiny_vae: Any = None

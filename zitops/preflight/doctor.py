@@ -42,7 +42,7 @@ def resolve(req: DoctorRequest) -> Setup:
         raise ZitopsError(f"--target {req.target!r}: use one of {', '.join(TARGETS)}")
     config: AgentConfig | None = load_config(req.config) if req.config else None
     if config is not None:
-        paths = {k: Path(v) for k, v in config.paths.model_dump().items()}
+        paths = config.paths.as_paths()
         host, gpus, source = config.host, config.gpus, f"config {req.config}"
         tokens_file, config_file = config.auth.tokens_file, Path(req.config or "").absolute()
     else:
@@ -125,7 +125,8 @@ def run(req: DoctorRequest) -> Report:
     setup = resolve(req)
     needs_gpu = not model_is_tiny(setup.model)
     probe = Probe()
-    checks: list[Check] = []
+    image = dc.check_image()
+    checks: list[Check] = [] if image is None else [image]
     checks.append(dc.check_torch(needs_gpu))
     checks.append(dc.check_nvml(setup, needs_gpu, probe))
     checks.extend(dc.check_gpus(setup, needs_gpu, probe, need_gib(setup.profile)))

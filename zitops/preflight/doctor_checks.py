@@ -288,3 +288,23 @@ def check_tokens(setup: Setup) -> Check | None:
                      fix="fix the file as the detail says: the agent refuses to start with it")
     return Check("tokens file", True, f"{setup.tokens_file}: {len(tokens.all)} token(s), "
                  f"{len(tokens.admins)} admin")
+
+
+def check_image() -> Check | None:
+    """Inside the zitops image: its version and revision (the build's record); None elsewhere."""
+    from zitops import __version__
+    from zitops.errors import ConfigError
+    from zitops.preflight.image import IMAGE_INFO, image_info
+
+    try:
+        info = image_info()
+    except ConfigError as exc:
+        return Check("image", False, str(exc), fix="rebuild the image from the Containerfile")
+    if info is None:
+        return None
+    detail = (f"zitops {info['version']}, revision {info['revision']}, source {info['source']}, "
+              f"base {info['base']}; SBOM {info['sbom']}")
+    if info["version"] != __version__:
+        return Check("image", False, f"{detail}; but the installed zitops is {__version__}",
+                     fix=f"rebuild the image with --build-arg VERSION={__version__} ({IMAGE_INFO})")
+    return Check("image", True, detail)

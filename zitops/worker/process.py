@@ -128,6 +128,15 @@ def run_job(engine: Any, job: Job, steering: JobSteering | None = None) -> Resul
                   engine_s=engine_done_at - started, engine_done_at=engine_done_at)
 
 
+def span_attributes(job: Job, config: Any) -> dict[str, Any]:
+    """The generate span's attributes: size, steps, sampler, images, profile, precision."""
+    r = job.request
+    return {"zitops.job_id": job.job_id, "zitops.width": r.get("width"), "zitops.height": r.get("height"),
+            "zitops.steps": r.get("steps"), "zitops.sampler": r.get("sampler"),
+            "zitops.images": len(r.get("seeds") or ()) or 1, "zitops.profile": config.profile.name,
+            "zitops.precision": config.profile.engine.precision, "zitops.attempt": job.attempt}
+
+
 def plain(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` as plain JSON types.
 
@@ -231,22 +240,38 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
     ).start()
     log = _configure_logging(config, worker_id)
     from zitops.logbook.logs import job_context
+    from zitops.tracing import make_tracer
+
+    # Joins each job's trace (Job.trace); the SDK flushes at exit. Off: nothing of OpenTelemetry is imported.
+    tracer = make_tracer(config.tracing.endpoint, "zitops-worker")
 
     device = "cpu" if gpu is None else "cuda:0"
     imports_s = setup_s = 0.0
+    from zitops.worker.prefetch import start_prefetch
+
+    prefetch = start_prefetch(config.model) if preloaded is None else None  # the disk works while we import
     try:
         imports_s = preimport(engine_modules(config_data))  # timed apart from the model load
         imported = time.time()
         started = time.perf_counter()
         from zitops.engine import phases
         from zitops.engine.factory import create_engine
+        from zitops.worker.bundle import import_bundle
 
+        with phases.phase("compile_bundle"):  # the fleet's compiled code, before anything compiles
+            bundle = import_bundle(config, device)
         engine = create_engine(config, incarnation=incarnation, preloaded=preloaded)
         engine.setup(device)
         setup_s = time.perf_counter() - started
         if standby is not None and preloaded is not None:
             standby["preloaded"] = preloaded.used
         warmed = _warm_up(engine, config, device)
+        if prefetch is not None:
+            warmed["prefetch"] = prefetch
+        if bundle is not None:
+            from zitops.engine.precision.compile_bundle import compile_counters
+
+            warmed["compile_bundle"] = {**bundle, "counters": compile_counters()}
     except BaseException as exc:  # report why, then die: the pool decides what next
         sender.send(Failure(job_id=None, exc_type=type(exc).__name__, message=str(exc),
                             traceback=traceback.format_exc()))
@@ -283,15 +308,19 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
             sender.send(_report(engine, worker_id, state.jobs_done, "clear_cache"))
         elif isinstance(msg, Job):
             state.job_id = msg.job_id
+            span = tracer.start("zitops.generate", parent=msg.trace or None,
+                                attributes=span_attributes(msg, config) if tracer.enabled else None)
             try:
-                with job_context(job_id=msg.job_id, worker_id=worker_id):
+                with job_context(job_id=msg.job_id, worker_id=worker_id, **tracer.log_fields(span)):
                     log.info("job started", attempt=msg.attempt)
                     result = run_job(engine, msg, JobSteering(conn, sender.send, msg.job_id, pending))
             except Exception as exc:  # the agent records it; the worker carries on
                 sender.send(Failure(job_id=msg.job_id, exc_type=type(exc).__name__,
                                     message=str(exc), traceback=traceback.format_exc(),
                                     memory=_memory(engine)))
+                tracer.end(span, attributes={"error.type": type(exc).__name__})
             else:
+                tracer.end(span)
                 sender.send(result)
             state.jobs_done += 1
             state.job_id = None

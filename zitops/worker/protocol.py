@@ -23,6 +23,7 @@ class Job:
     job_id: str
     request: dict[str, Any]  # GenerationRequest.to_dict()
     attempt: int = 1
+    trace: dict[str, str] = field(default_factory=dict)  # W3C traceparent of the job's span; {} untraced
 
 
 @dataclass(frozen=True)

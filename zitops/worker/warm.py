@@ -14,12 +14,19 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-NOT_COMPILED = ("nothing to precompile: the engine compiles only on a CUDA device with engine.compile on; "
-                "the warm-up was skipped")
+NOT_COMPILED = ("nothing to precompile: the engine compiles only with engine.compile on, on a CUDA device "
+                "(or the CPU with engine.compile_on_cpu); the warm-up was skipped")
 
 
-def warm_main(conn: Connection, config_data: dict[str, Any]) -> None:
-    """Entry point of the spawned process: one report dict (or an ``error`` one) down ``conn``, then exit."""
+def warm_main(conn: Connection, config_data: dict[str, Any], import_path: str | None = None,
+              export_path: str | None = None) -> None:
+    """Entry point of the spawned process: one report dict (or an ``error`` one) down ``conn``, then exit.
+
+    ``import_path`` is a bundle loaded before anything compiles (a mismatch
+    is reported and the warm-up compiles); after the warm-up, what was
+    compiled or loaded is saved as the key's bundle in the shared directory,
+    and copied to ``export_path`` when given.
+    """
     from zitops.worker.lifeline import die_with_parent
 
     die_with_parent()
@@ -36,7 +43,9 @@ def warm_main(conn: Connection, config_data: dict[str, Any]) -> None:
         report["imports_s"] = round(preimport(engine_modules(config_data)), 3)
         from zitops.engine.factory import create_engine
         from zitops.worker import warmup
+        from zitops.worker.bundle import export_bundle, import_bundle
 
+        report["compile_bundle"] = import_bundle(config, report["device"], import_path)
         engine = create_engine(config)
         started = time.perf_counter()
         engine.setup(report["device"])
@@ -46,6 +55,10 @@ def warm_main(conn: Connection, config_data: dict[str, Any]) -> None:
             # Whatever engine.warmup says: filling the caches is this command's whole point.
             plan = warmup.warmup_plan(config.profile, config.limits.min_side, config.limits.max_side)
             report.update(warmup.run_warmup(engine, config.profile, plan))
+            from zitops.engine.precision.compile_bundle import compile_counters
+
+            report["counters"] = compile_counters()
+            report["exported"] = export_bundle(config, report["device"], export_path)
         else:
             report["warmup"] = NOT_COMPILED
     except BaseException as exc:  # the parent reports it as one line

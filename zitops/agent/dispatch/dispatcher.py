@@ -1,16 +1,14 @@
 """The dispatcher: jobs and their order; implements :class:`zitops.agent.contract.Service`.
 
-It owns the queue (the in-memory order of waiting jobs, restored from the
-store at start; on a shared store a :class:`~zitops.agent.dispatch.fleet.Fleet` claims
-instead), hands jobs to idle workers, and turns what the pool tells it
-(results, failures, lost jobs) into job states. It holds, on the agent's one
-event loop, the parts that do the rest: the :class:`~zitops.agent.storage.store.Store`,
-the :class:`~zitops.agent.workers.pool.Pool` (which alone owns processes and applies
-the watchdog), the :class:`~zitops.agent.dispatch.results.ResultWriter`, the runtime
-metrics, the failure log, the loop's health and sd_notify.
+It owns the queue (the in-memory order of waiting jobs, restored from the store at start; on a shared store a
+:class:`~zitops.agent.dispatch.fleet.Fleet` claims instead), hands jobs to idle workers, and turns what the pool tells
+it (results, failures, lost jobs) into job states. It holds, on the agent's one event loop, the parts that do the
+rest: the :class:`~zitops.agent.storage.store.Store`, the :class:`~zitops.agent.workers.pool.Pool` (which alone owns
+processes and applies the watchdog), the :class:`~zitops.agent.dispatch.results.ResultWriter`, the runtime metrics,
+the failure log, the loop's health and sd_notify.
 
-Queue cap: ``profile.queue.depth`` counts jobs *waiting* (queued, not yet
-running); a submit beyond it raises QueueFull before anything is written.
+Queue cap: ``profile.queue.depth`` counts jobs *waiting* (queued, not yet running); a submit beyond it raises
+QueueFull before anything is written.
 """
 
 from __future__ import annotations
@@ -32,6 +30,7 @@ from zitops.agent.dispatch.outcomes import Outcomes
 from zitops.agent.dispatch.results import ResultWriter
 from zitops.agent.ops.agent_log import AgentLog
 from zitops.agent.ops.failure_log import FailureLog, lost_kind
+from zitops.agent.ops.job_traces import JobTraces
 from zitops.agent.ops.loop_health import LoopHealth
 from zitops.agent.ops.notify import SystemdNotify
 from zitops.agent.ops.runtime_metrics import Gauges, RuntimeMetrics
@@ -70,12 +69,13 @@ class Dispatcher:
     """Jobs in, workers out: the Service the HTTP layer talks to."""
 
     def __init__(self, config: AgentConfig, *, notifier: Any = None, failures: FailureStore | None = None,
-                 gpus: list[int | None] | None = None, store: Store | None = None) -> None:
+                 gpus: list[int | None] | None = None, store: Store | None = None, traces: JobTraces | None = None) -> None:
         self.config = config
         store = store if store is not None else open_store(config)
         self.output_dir = Path(config.paths.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.log = AgentLog()
+        self.traces = traces if traces is not None else JobTraces()  # the composition root's, when tracing is on
+        self.log = AgentLog(trace_of=self.traces.trace_id)
         self.metrics = RuntimeMetrics(config.profile.queue.depth)
         self.failures = failures if failures is not None else FailureStore(
             Path(config.paths.state_dir), Path(config.paths.log_dir))
@@ -92,11 +92,12 @@ class Dispatcher:
         self.floor = FreeSpaceFloor([Path(config.paths.state_dir), self.output_dir], config.profile.disk.min_free_mib)
         self.fatal = asyncio.Event()  # set when the pool gives up on every slot: the agent exits (server.py)
         self.outcomes = Outcomes(self.store, self.metrics, self.log, self.failure_log, self.unsaved,
-                                 finished=self._finished, forget=self._forget, requeue_first=self._queue_first)
+                                 finished=self._finished, forget=self._forget,  # a fleet's queue is the store:
+                                 requeue_first=self._queue_first if self.fleet is None else self.fleet.requeued)
         self.results = ResultWriter(self.output_dir, self.store, self.metrics, self.log, self.failure_log,
                                     self._finished, lambda job_id: job_id in self._waiters,
                                     self.outcomes.store_failed,
-                                    upload=None if self.fleet is None else self.fleet.store.upload)
+                                    upload=None if self.fleet is None else self.fleet.store.upload, traces=self.traces)
         self.schedule = Schedule()
         self.progress = ProgressBoard()
         self.malloc_tuned = keep_freed_memory()
@@ -131,7 +132,8 @@ class Dispatcher:
         self.health.ticked()
         self._tick_task = asyncio.create_task(self._loop(), name="zitops-dispatcher")
         ttl = self.config.profile.queue.result_ttl_s
-        rounds = [*self.pool.periodic(), Periodic("retention", min(max(ttl / 10.0, 1.0), 600.0), self.expire)]
+        expire = self.expire if self.fleet is None else lambda: asyncio.to_thread(self.expire)
+        rounds = [*self.pool.periodic(), Periodic("retention", min(max(ttl / 10.0, 1.0), 600.0), expire)]
         rounds += self.fleet.start() if self.fleet is not None else []
         ping = self.notify.interval_s(self.config.profile.watchdog.interval_s)
         if ping is not None:
@@ -202,7 +204,7 @@ class Dispatcher:
             return
         for slot in self.pool.slots:
             while slot.idle and (record := self._next(slot.id)) is not None:
-                job = Job(job_id=record.id, request=record.request.to_dict(), attempt=record.attempts)
+                job = Job(record.id, record.request.to_dict(), record.attempts, self.traces.handed(record.id, slot.id))
                 if not self.pool.assign(slot, job):
                     self.store.requeue(record.id, record.error or "", uncount=True)
                     self._queue.extendleft([record.id] if self.fleet is None else [])
@@ -234,11 +236,11 @@ class Dispatcher:
         stopped = record.info.get("interrupted_at_step") if isinstance(record.info, dict) else None
         self.progress.finished(record.id, record.status.value, record.error,
                                stopped if isinstance(stopped, int) else None)
-        self._marks.pop(record.id, None)
-        self._wake(record.id)
+        self._forget(record.id, record.status.value)
 
-    def _forget(self, job_id: str) -> None:
+    def _forget(self, job_id: str, status: str | None = None) -> None:
         self._marks.pop(job_id, None)
+        self.traces.finished(job_id, status)
         self._wake(job_id)
 
     def _queue_first(self, job_id: str) -> None:
@@ -265,8 +267,9 @@ class Dispatcher:
         self.results.accept(slot.id, result, self._marks.get(result.job_id, {}))
 
     def encoded_images(self, job_id: str) -> tuple[bytes, ...] | None:
-        """A succeeded job's encoded images, once, if still in memory; None: read the files."""
-        return self.results.encoded_images(job_id)
+        """A succeeded job's encoded images, once, if still in memory and the job's own; None: read them."""
+        fresh = self.results.encoded_images(job_id)
+        return fresh if self.fleet is None or fresh is None else self.fleet.ours(job_id, fresh, self.store.get)
 
     def on_progress(self, slot: WorkerSlot, progress: Progress) -> None:
         """A running job finished a step."""
@@ -314,19 +317,21 @@ class Dispatcher:
         if self.pool.degraded and not any(s.serving for s in self.pool.slots):
             raise AgentUnavailable(f"no worker can run jobs: {self.pool.degraded}")
         depth = self.config.profile.queue.depth
-        if self.fleet is not None:
-            self.fleet.admit(self._retry_after)
+        if self.fleet is not None:  # the store's round trips run off the loop
+            record = await self.fleet.submit(request, owner, owner_cap, self._retry_after)
         elif len(self._queue) >= depth:
             raise QueueFull(f"queue full: {len(self._queue)} jobs waiting (cap {depth}); retry later",
                             retry_after_s=self._retry_after(len(self._queue)))
-        record = self.store.add(request, owner=owner, owner_cap=owner_cap)
+        else:
+            record = self.store.add(request, owner=owner, owner_cap=owner_cap)
+        self.traces.submitted(record.id, record.request.to_dict())
         self.progress.queued(record.id, request.steps, owner)
         self._marks[record.id] = {"accepted": time.monotonic()}
         if self.fleet is None:  # (a fleet claims it from the store: admit() asked it to look)
             self._queue.append(record.id)
         self.log("info", "job queued", job_id=record.id, queued=len(self._queue))
         self.dispatch()
-        return self.store.get(record.id)
+        return self.store.get(record.id) if self.fleet is None else record
 
     def _retry_after(self, waiting: int) -> int:
         mean = sum(self._seconds) / len(self._seconds) if self._seconds else 5.0
@@ -374,15 +379,14 @@ class Dispatcher:
         return self.get(job_id) if self.fleet is None else self.fleet.waited(job_id, self.get)
 
     def _unless_stranded(self, record: JobRecord) -> JobRecord:
-        if not record.status.final and (
-                self._closed or (self._draining and record.status is JobStatus.QUEUED)):
+        if not record.status.final and (self._closed or (self._draining and record.status is JobStatus.QUEUED)):
             raise AgentUnavailable(f"the agent is shutting down; job {record.id} stays queued and runs "
                                    f"after the restart: poll GET /v1/jobs/{record.id}")
         return record
 
     def image(self, job_id: str, index: int) -> tuple[str, bytes]:
         """(file name, bytes) of image ``index`` of a succeeded job, or NotFound; any job of the fleet."""
-        return read_image(self.store, self.output_dir, job_id, index, self.fleet.image if self.fleet else None)
+        return read_image(self.store, self.output_dir, job_id, index, self.fleet)
 
     def expire(self) -> int:
         """Delete finished jobs (and their images) older than the result TTL, or past the fleet's bytes
@@ -436,7 +440,7 @@ class Dispatcher:
         """Prometheus text of the runtime's own registry."""
         return self.metrics.render(Gauges(queued=len(self._queue), running=self.pool.running(),
                                           workers_ready=sum(1 for s in self.pool.slots if s.serving),
-                                          standby=len(self.pool.standby.spares),
+                                          standby=len(self.pool.standby.spares), ready=self.readiness()[0],
                                           devices=reporting.device_memory(self.pool))
                                   ) + (self.fleet.metrics_text() if self.fleet is not None else "")
 

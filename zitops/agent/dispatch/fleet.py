@@ -13,12 +13,21 @@ its row, which counts it among the ready agents), the reaper every
 :data:`REAP_S` (jobs of dead agents back to the queue, with failure records),
 the outbox flush and the safety poll. ``done`` notices wake synchronous
 waiters on this agent whichever agent ran the job. docs/fleet.md has the design.
+
+The event loop never waits on the store in the claim path and the rounds:
+claims, heartbeats, the reaper, the outbox flush and the admission's counts
+run on threads (:meth:`Fleet._off_loop`), and the loop applies their results.
+While the store is unreachable the agent stays live and says so: readiness
+names the reason, submits get a 503 at once, finished jobs wait in the
+outbox, and one warning is logged when the store is lost and one when it is back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -28,6 +37,7 @@ from zitops.agent.ops.failure_log import FailureLog
 from zitops.agent.ops.schedule import Periodic
 from zitops.agent.storage.fleet_store import FleetCountsLike, FleetStore, SharedStore
 from zitops.config import AgentConfig
+from zitops.engine.request import GenerationRequest
 from zitops.errors import AgentUnavailable, DiskFull, QueueFull, StoreUnavailable
 
 REAP_S = 1.0
@@ -66,28 +76,76 @@ class Fleet:
         self.agent_id = shared_store.agent_id
         self.counts: FleetCountsLike | None = None
         self._wanted = True
+        self._wants = 0  # want() calls so far: a claim that found nothing clears _wanted only if none came meanwhile
+        self._claimed: collections.deque[JobRecord] = collections.deque()  # claimed off the loop, not yet handed
+        self._claiming: asyncio.Task[None] | None = None
+        self._telling: asyncio.Task[None] | None = None  # a heartbeat that tells a readiness change
+        self._flushing: asyncio.Task[int] | None = None
         self._reported: bool | None = None  # readiness as the last heartbeat told it
         self._listener: asyncio.Task[None] | None = None
+        self._outage = False  # a heartbeat failed (or the store was lost) and none succeeded since
+        self._reap_after = 0.0  # monotonic: no reaping before it (one lease after an outage ended)
+        shared_store.watch(self._store_changed)
+
+    def _store_changed(self, reason: str | None) -> None:
+        """The one warning when the store is lost, and the one when it is back (any thread)."""
+        if reason is None:
+            self.log("warning", "job store back: admitting jobs again")
+        else:
+            self._outage = True
+            self.log("warning", "job store lost: new jobs are refused (503); running jobs finish into the "
+                     "outbox", reason=reason)
+
+    @staticmethod
+    async def _off_loop(fn: Callable[..., object], *args: object) -> object:
+        """``fn(*args)`` on a thread: a store call's deadline is waited for there, never on the loop."""
+        return await asyncio.to_thread(fn, *args)
 
     # --- the claim path ------------------------------------------------------------
+
+    def requeued(self, job_id: str) -> None:
+        """A job this agent put back in the fleet's queue (its worker died): claim again, from the store."""
+        del job_id
+        self.want()
 
     def want(self) -> None:
         """There may be queued jobs: the next dispatch claims."""
         self._wanted = True
+        self._wants += 1
 
     def claim(self, worker: str) -> JobRecord | None:
-        """The oldest queued job of the fleet as this agent's lease for ``worker``, or None."""
-        if self._ready() is not self._reported:
-            self.heartbeat()  # the fleet counts ready agents for its depth: tell it at once, not next round
-        if not self._wanted:
-            return None
+        """A job this agent claimed for ``worker``'s turn, or None (a claim is then started off the loop)."""
+        loop = asyncio.get_running_loop()
+        if self._ready() is not self._reported and self._telling is None:
+            # The fleet counts ready agents for its depth: tell it at once, not next round.
+            self._telling = loop.create_task(self._tell_readiness(), name="zitops-fleet-tell")
+        if self._claimed:
+            return self._claimed.popleft()
+        if self._wanted and self._claiming is None and self.shared.available()[0]:
+            self._claiming = loop.create_task(self._claim(worker), name="zitops-fleet-claim")
+        return None
+
+    async def _tell_readiness(self) -> None:
         try:
-            record = self.store.claim(worker)
-        except StoreUnavailable:
-            return None  # readiness says why; the listener's resync wakes us when it is back
+            await self.heartbeat()
+        finally:
+            self._telling = None
+
+    async def _claim(self, worker: str) -> None:
+        wants = self._wants
+        try:
+            record = await self._off_loop(self.store.claim, worker)
+        except StoreUnavailable:  # readiness says why; the listener's resync wakes us when it is back
+            return
+        finally:
+            self._claiming = None
         if record is None:
-            self._wanted = False
-        return record
+            if wants == self._wants:
+                self._wanted = False
+            return
+        assert isinstance(record, JobRecord)
+        self._claimed.append(record)
+        self._dispatch()
 
     async def _listen(self) -> None:
         async for notice in self.shared.listener(retry_s=1.0):
@@ -99,7 +157,7 @@ class Fleet:
                 continue
             self.want()
             if notice.kind == "resync":  # notices may have been lost: look at the store once
-                self.flush()
+                await self.flush()
                 self._wake_waiters()
             self._dispatch()
 
@@ -137,32 +195,51 @@ class Fleet:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
-        self.flush()
+        for task in (self._claiming, self._telling, self._flushing):
+            if task is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await task
+        await self.flush()
         with contextlib.suppress(StoreUnavailable):
-            self.shared.heartbeat(self.agent_id, ready=False)
+            await self._off_loop(self.shared.heartbeat, self.agent_id, False, list(self.store.held))
 
-    def heartbeat(self) -> None:
+    async def heartbeat(self) -> None:
         """Renew this agent's leases and its row; note jobs it runs whose lease was taken away."""
         ready = self._ready()
+        # Only jobs held before the heartbeat was sent can be missing from its answer:
+        # a claim that commits while it is in flight is not a lost lease.
+        before = {job_id for job_id, record in self.store.held.items() if record.status is JobStatus.RUNNING}
         try:
-            held = set(self.shared.heartbeat(self.agent_id, ready=ready))
+            rows = await self._off_loop(self.shared.heartbeat, self.agent_id, ready, sorted(before))
         except StoreUnavailable:
+            self._outage = True
             return
+        assert isinstance(rows, list)
+        if self._outage:  # every owner gets a full lease to renew before this agent reaps anything
+            self._outage, self._reap_after = False, time.monotonic() + self.shared.lease_s
+        held = set(rows)
         self._reported = ready
-        lost = [job_id for job_id, record in self.store.held.items()
-                if record.status is JobStatus.RUNNING and job_id not in held
+        lost = [job_id for job_id in before if job_id in self.store.held and job_id not in held
                 and not any(p.job_id == job_id for p in self.store.outbox)]
         for job_id in lost:
             self.store.held.pop(job_id, None)
             self.log("warning", "lease lost: the job was reaped while this agent ran it; its result "
                      "will be dropped", job_id=job_id)
 
-    def reap(self) -> list[JobRecord]:
-        """Requeue (or fail at the cap) the jobs of agents whose leases expired; record each."""
+    async def reap(self) -> list[JobRecord]:
+        """Requeue (or fail at the cap) the jobs of agents whose leases expired; record each.
+
+        Not while this agent's store is out, nor within one lease after (see heartbeat): an outage
+        that stopped every owner's heartbeats (a network cut, a PgBouncer restart, a failover)
+        must not turn into reaping jobs whose owners are alive and about to renew.
+        """
+        if self._outage or time.monotonic() < self._reap_after:
+            return []
         try:
-            reaped = self.shared.reap_expired()
+            reaped = await self._off_loop(self.shared.reap_expired)
         except StoreUnavailable:
             return []
+        assert isinstance(reaped, list)
         for record in reaped:
             failed = record.status is JobStatus.FAILED
             reason = record.error or "lease expired"
@@ -175,19 +252,38 @@ class Fleet:
             self._dispatch()
         return reaped
 
-    def flush(self) -> None:
-        """Write outcomes kept while the store was down."""
+    async def flush(self) -> None:
+        """Write outcomes kept while the store was down (one flush at a time, off the loop)."""
+        if self._flushing is not None:
+            await asyncio.shield(self._flushing)
+            return
         if self.store.outbox:
-            self.store.flush()
+            self._flushing = asyncio.get_running_loop().create_task(self.store.flush(self._off_loop))
+            try:
+                await asyncio.shield(self._flushing)
+            finally:
+                self._flushing = None
 
     # --- admission, images, retention, reports -------------------------------------------
 
-    def admit(self, retry_after: Callable[[int], int]) -> None:
-        """QueueFull when the fleet's waiting jobs reach its depth; StoreUnavailable while it is down.
+    async def submit(self, request: GenerationRequest, owner: str | None, owner_cap: int | None,
+                     retry_after: Callable[[int], int]) -> JobRecord:
+        """Admit and add a job, off the loop; a 503 at once while the store is known unreachable."""
+        up, why = self.shared.available()
+        if not up:
+            raise StoreUnavailable(f"store unreachable: {why}; the job was not accepted, retry later")
+        counts = await self._off_loop(self.shared.fleet_counts)
+        self.admit(counts, retry_after)  # type: ignore[arg-type]
+        record = await self._off_loop(self.store.add, request, owner, owner_cap)
+        assert isinstance(record, JobRecord)
+        return record
+
+    def admit(self, counts: FleetCountsLike, retry_after: Callable[[int], int]) -> None:
+        """QueueFull when the fleet's waiting jobs reach its depth.
 
         Admitted, the job is about to be added: the next dispatch claims.
         """
-        counts = self.counts = self.shared.fleet_counts()
+        self.counts = counts
         per_agent = self.config.profile.queue.depth
         cap = self.config.store.fleet_depth or per_agent * max(1, counts.ready_agents)
         if counts.queued >= cap:
@@ -208,6 +304,10 @@ class Fleet:
             raise AgentUnavailable(f"job {job_id} is kept, but {exc}; poll GET /v1/jobs/{job_id} "
                                    "once the job store is back") from exc
 
+    def ours(self, job_id: str, fresh: tuple[bytes, ...], read: Callable[[str], JobRecord]) -> tuple[bytes, ...] | None:
+        """``fresh`` when this agent ran the attempt that succeeded; None (read the store) after a stale run."""
+        return fresh if read(job_id).agent == self.agent_id else None
+
     def image(self, job_id: str, index: int) -> tuple[str, bytes]:
         """Image ``index`` of a job of the fleet, from the store."""
         return self.shared.get_image(job_id, index)
@@ -220,7 +320,7 @@ class Fleet:
     def reasons(self) -> list[str]:
         """Readiness reasons of the fleet's side: the store is down."""
         up, why = self.shared.available()
-        return [] if up else [f"job store unavailable: {why}"]
+        return [] if up else [f"store unreachable: {why}"]
 
     def metrics_text(self) -> str:
         """Prometheus text: the fleet's queued and running jobs, ready agents, image bytes, store up."""

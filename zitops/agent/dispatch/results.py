@@ -22,6 +22,7 @@ from zitops.agent.contract import JobRecord
 from zitops.agent.dispatch.images import Encoder, encode_and_write
 from zitops.agent.ops.agent_log import AgentLog
 from zitops.agent.ops.failure_log import FailureLog
+from zitops.agent.ops.job_traces import JobTraces
 from zitops.agent.ops.runtime_metrics import RuntimeMetrics
 from zitops.agent.storage.store import Store
 from zitops.engine.output import encode_image
@@ -51,7 +52,7 @@ class ResultWriter:
                  failures: FailureLog, finished: Callable[[JobRecord], None],
                  wanted: Callable[[str], bool],
                  store_failed: Callable[[str, str, StoreUnavailable], None] | None = None,
-                 upload: Uploader | None = None) -> None:
+                 upload: Uploader | None = None, traces: JobTraces | None = None) -> None:
         self.output_dir = output_dir
         self.store = store
         self.metrics = metrics
@@ -61,6 +62,7 @@ class ResultWriter:
         self._wanted = wanted  # someone waits on the job: keep its bytes
         self._store_failed = store_failed  # the store refused the outcome: fail the job in memory
         self._upload = upload  # fleet mode: put the images in the shared store, on the encode thread
+        self.traces = traces if traces is not None else JobTraces()
         self.encode: Encoder = encode_image
         """Test seam: tests swap in a slow or failing encoder; production never changes it."""
         self._threads = ThreadPoolExecutor(max_workers=ENCODE_THREADS, thread_name_prefix="zitops-encode")
@@ -96,9 +98,11 @@ class ResultWriter:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         try:
-            names, blobs = await loop.run_in_executor(self._threads, encode_and_write, self.output_dir,
-                                                      result.job_id, result.images, result.output_format,
-                                                      self.encode)
+            with self.traces.span(result.job_id, "zitops.encode", **{"zitops.images": len(result.images),
+                                                                     "zitops.format": result.output_format}):
+                names, blobs = await loop.run_in_executor(self._threads, encode_and_write, self.output_dir,
+                                                          result.job_id, result.images, result.output_format,
+                                                          self.encode)
         except Exception as exc:  # the job fails; the worker, already on its next job, is fine
             error = f"writing images to {self.output_dir} failed: {type(exc).__name__}: {exc}"
             try:
@@ -120,7 +124,8 @@ class ResultWriter:
             # the pool, so the event loop never waits on it; before succeed, so
             # the images exist when the fleet hears "done". The uploader never
             # raises: a refused upload is retried by succeed (fleet_store.py).
-            await loop.run_in_executor(self._threads, self._upload, result.job_id, names, blobs)
+            with self.traces.span(result.job_id, "zitops.object_store.write"):
+                await loop.run_in_executor(self._threads, self._upload, result.job_id, names, blobs)
         done = time.monotonic()
         encode_s = encoded - started
         self.metrics.encode_seconds.observe(encode_s)
@@ -131,7 +136,8 @@ class ResultWriter:
             info["upload_s"] = round(done - encoded, 4)
         if self._wanted(result.job_id):
             self.keep_fresh(result.job_id, blobs)
-        record = self.store.succeed(result.job_id, names, info)
+        with self.traces.span(result.job_id, "zitops.store.write", **{"zitops.status": "succeeded"}):
+            record = self.store.succeed(result.job_id, names, info)
         self.metrics.jobs.labels("succeeded").inc()
         self.log("info", "job succeeded", job_id=result.job_id, worker_id=worker_id,
                  seconds=round(result.seconds, 3), encode_s=round(encode_s, 4))

@@ -48,6 +48,7 @@ from zitops.config import AgentConfig
 from zitops.errors import ConfigError, InvalidRequest, ZitopsError
 from zitops.logbook.failures import FailureStore, failures_payload
 from zitops.logbook.logs import set_levels
+from zitops.tracing import NO_TRACER, Tracer
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOGGER_NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$"
@@ -200,8 +201,11 @@ def image_paths(config: AgentConfig) -> frozenset[str]:
 
 
 def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
-               admin_tokens: frozenset[str] = frozenset()) -> FastAPI:
-    """The agent's ASGI app around ``service``; ``tokens`` empty means no auth (everyone an admin)."""
+               admin_tokens: frozenset[str] = frozenset(), tracer: Tracer = NO_TRACER) -> FastAPI:
+    """The agent's ASGI app around ``service``; ``tokens`` empty means no auth (everyone an admin).
+
+    With tracing on, each request gets a span (outermost, so it covers the edge's checks too).
+    """
     app = FastAPI(
         title="zitops agent",
         version=__version__,
@@ -234,6 +238,10 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
                        public_paths=console.public_paths(), image_paths=image_paths(config),
                        max_image_body_bytes=config.limits.max_image_body_bytes,
                        allowed_origins=frozenset(config.server.allowed_origins))
+    if tracer.enabled:
+        from zitops.agent.http.trace_edge import TraceMiddleware
+
+        app.add_middleware(TraceMiddleware, tracer=tracer)
     install_openapi(app, config.limits, config.lora_dir, controlnet=bool(config.controlnet_dir))
     return app
 

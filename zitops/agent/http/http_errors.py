@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from zitops.errors import AgentUnavailable, QueueFull, ZitopsError
+from zitops.errors import AgentUnavailable, QueueFull, StoreUnavailable, ZitopsError
 
 DEFAULT_RETRY_AFTER_S = 5
 
@@ -111,8 +111,8 @@ def error_response(path: str, status: int, message: str, *, headers: dict[str, s
 
 
 def retry_headers(exc: ZitopsError) -> dict[str, str] | None:
-    """Retry-After for refusals a client should retry (queue full, agent unavailable)."""
-    if isinstance(exc, (QueueFull, AgentUnavailable)):
+    """Retry-After for refusals a client should retry (queue full, agent or job store unavailable)."""
+    if isinstance(exc, (QueueFull, AgentUnavailable, StoreUnavailable)):
         return {"Retry-After": str(int(getattr(exc, "retry_after_s", DEFAULT_RETRY_AFTER_S)))}
     return None
 

@@ -42,6 +42,7 @@ log = get_logger("zitops.agent.http")
 SECURITY_HEADERS = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
 OPEN_PATHS = frozenset({"/livez", "/readyz"})
 """The probes: no token, no Host check; they reveal only live/ready and coarse reason codes."""
+METRICS_PATH = "/metrics"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -138,7 +139,10 @@ class EdgeMiddleware:
     async def _handle(self, scope: Scope, receive: Receive, send: Send, headers: Headers,
                       path: str, rid: str) -> None:
         host = headers.get("host")
-        if self.hosts is not None and path not in OPEN_PATHS and not self.hosts.allows(host):
+        # Prometheus scrapes a pod by its IP, which no allowed_hosts entry can name ahead of time; where
+        # tokens exist they guard /metrics, and a DNS-rebinding page cannot hold one.
+        scrape = path == METRICS_PATH and bool(self.tokens)
+        if self.hosts is not None and path not in OPEN_PATHS and not scrape and not self.hosts.allows(host):
             shown = "".join(c if c.isprintable() else "?" for c in (host or ""))[:80]
             await error_response(
                 path, 421,

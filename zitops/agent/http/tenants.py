@@ -90,7 +90,7 @@ REASON_CODES = (
     ("heartbeat", "heartbeat_stale"),
     ("stalled", "loop_stalled"),
     ("no worker", "no_worker_ready"),
-    ("job store unavailable", "store_unavailable"),
+    ("store unreachable", "store_unavailable"),
 )
 """Substring of a readiness reason -> the coarse code an unauthenticated probe sees."""
 

@@ -22,6 +22,7 @@ class Gauges:
     running: int
     workers_ready: int
     standby: int
+    ready: bool
     devices: list[tuple[str, float, float]]  # (label, used MiB, total MiB)
 
 
@@ -64,6 +65,7 @@ class RuntimeMetrics:
         self.starts = Counter("zitops_worker_starts", "Workers ready, by how they started (spawn or standby)",
                               ["source"], registry=r)
         self.standby = Gauge("zitops_standby_workers", "Idle pre-imported standby spares", registry=r)
+        self.ready = Gauge("zitops_ready", "1 while /readyz says ready, else 0", registry=r)
 
     def worker_started(self, worker_id: str, startup: dict[str, Any]) -> None:
         """Count a worker's start by its source and keep its start-up phases."""
@@ -95,6 +97,7 @@ class RuntimeMetrics:
         self.jobs_running.set(gauges.running)
         self.workers_ready.set(gauges.workers_ready)
         self.standby.set(gauges.standby)
+        self.ready.set(1 if gauges.ready else 0)
         for label, used, total in gauges.devices:
             self.gpu_used.labels(label).set(used)
             self.gpu_total.labels(label).set(total)

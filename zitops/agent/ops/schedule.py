@@ -2,12 +2,15 @@
 
 Each owner hands over its own rounds as :class:`Periodic` values: the pool
 its watchdog rounds (liveness, memory), the dispatcher its retention and
-sd_notify rounds. Every round runs on the event loop, one at a time.
+sd_notify rounds. Every round runs on the event loop, one at a time; a round
+whose ``run()`` returns an awaitable (one that waits on the job store off the
+loop) is awaited, so it never overlaps itself.
 """
 
 from __future__ import annotations
 
 import datetime
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +56,9 @@ class Schedule:
 
 def _on_loop(run: Callable[[], object]) -> Callable[[], Any]:
     async def job() -> None:
-        run()
+        result = run()
+        if inspect.isawaitable(result):
+            await result
 
     job.__name__ = job.__qualname__ = getattr(run, "__name__", "round")
     return job

@@ -1,8 +1,15 @@
 -- Every query of the PostgreSQL job store, loaded by name (pg_schema.query).
 -- A block starts with "-- name: <name>"; the comment lines after it say what
--- it does. Parameters are psycopg's %(name)s. A job may change only while it
--- is queued or running on the calling agent (the "fence"): an agent whose
--- lease expired and moved to another agent cannot overwrite the new run.
+-- it does. Parameters are psycopg's %(name)s.
+--
+-- The fence: an agent writes a job's outcome (images, succeed, fail,
+-- requeue, cancel of a running job) with the attempt it holds, and the
+-- statement itself changes the row only while the job is running on that
+-- agent at that attempt. A stale agent (its lease expired and the job was
+-- requeued, or another agent runs attempt N+1) changes nothing: no check
+-- and write in two steps that a reaper could slip between. With attempt
+-- NULL (a caller that does not track attempts: the store contract tests)
+-- the older, weaker fence holds: queued, or running on the calling agent.
 
 -- name: add_job
 -- A new queued job (the insert trigger notifies zitops_queued). With a cap,
@@ -46,21 +53,43 @@ RETURNING j.*;
 UPDATE zitops.jobs
 SET status = 'queued', worker = NULL, lease_until = NULL, error = %(error)s,
     attempts = attempts - %(uncount)s
-WHERE id = %(id)s AND (status = 'queued' OR (status = 'running' AND agent_id = %(agent_id)s))
+WHERE id = %(id)s AND (CASE WHEN %(attempt)s::integer IS NULL
+            THEN status = 'queued' OR (status = 'running' AND agent_id = %(agent_id)s)
+            ELSE status = 'running' AND agent_id = %(agent_id)s AND attempts = %(attempt)s END)
 RETURNING *;
 
 -- name: succeed_job
-UPDATE zitops.jobs
-SET status = 'succeeded', finished_at = now(), images = %(images)s, info = %(info)s,
-    error = NULL, lease_until = NULL
-WHERE id = %(id)s AND (status = 'queued' OR (status = 'running' AND agent_id = %(agent_id)s))
-RETURNING *;
+-- Publishes the attempt's images (put_images) with the job: readers see
+-- them from this commit on, and every other attempt's are deleted with it.
+WITH done AS (
+    UPDATE zitops.jobs AS j
+    SET status = 'succeeded', finished_at = now(), images = %(images)s, info = %(info)s,
+        error = NULL, lease_until = NULL, image_attempt = j.attempts,
+        image_bytes = (SELECT coalesce(sum(octet_length(i.data)), 0) FROM zitops.job_images AS i
+                       WHERE i.job_id = j.id AND i.attempt = j.attempts)
+    WHERE id = %(id)s AND (CASE WHEN %(attempt)s::integer IS NULL
+            THEN status = 'queued' OR (status = 'running' AND agent_id = %(agent_id)s)
+            ELSE status = 'running' AND agent_id = %(agent_id)s AND attempts = %(attempt)s END)
+    RETURNING j.*
+), gone AS (
+    DELETE FROM zitops.job_images AS i USING done
+    WHERE i.job_id = done.id AND i.attempt <> done.image_attempt
+)
+SELECT * FROM done;
 
 -- name: fail_job
-UPDATE zitops.jobs
-SET status = 'failed', finished_at = now(), error = %(error)s, lease_until = NULL
-WHERE id = %(id)s AND (status = 'queued' OR (status = 'running' AND agent_id = %(agent_id)s))
-RETURNING *;
+-- A failed job shows no images: any attempt's stored ones go with it.
+WITH done AS (
+    UPDATE zitops.jobs
+    SET status = 'failed', finished_at = now(), error = %(error)s, lease_until = NULL
+    WHERE id = %(id)s AND (CASE WHEN %(attempt)s::integer IS NULL
+            THEN status = 'queued' OR (status = 'running' AND agent_id = %(agent_id)s)
+            ELSE status = 'running' AND agent_id = %(agent_id)s AND attempts = %(attempt)s END)
+    RETURNING *
+), gone AS (
+    DELETE FROM zitops.job_images AS i USING done WHERE i.job_id = done.id
+)
+SELECT * FROM done;
 
 -- name: cancel_job
 UPDATE zitops.jobs
@@ -69,10 +98,17 @@ WHERE id = %(id)s AND status = 'queued'
 RETURNING *;
 
 -- name: recover_jobs
--- After this agent restarted: the jobs it was running go back to the queue.
+-- After this agent restarted: the jobs it was running go back to the queue,
+-- or fail once they used max_attempts (a job that kills its agent must not
+-- run forever because the agent comes back under the same id).
 UPDATE zitops.jobs
-SET status = 'queued', worker = NULL, lease_until = NULL,
-    error = 'requeued: the agent stopped while this job was running (agent ' || %(agent_id)s::text || ')'
+SET status = CASE WHEN attempts >= %(max_attempts)s THEN 'failed' ELSE 'queued' END,
+    finished_at = CASE WHEN attempts >= %(max_attempts)s THEN now() END,
+    worker = NULL, lease_until = NULL,
+    error = CASE WHEN attempts >= %(max_attempts)s
+        THEN format('agent %%s stopped while running this job, attempt %%s of %%s: failed at its restart',
+                    %(agent_id)s::text, attempts, %(max_attempts)s::integer)
+        ELSE 'requeued: the agent stopped while this job was running (agent ' || %(agent_id)s::text || ')' END
 WHERE status = 'running' AND agent_id = %(agent_id)s;
 
 -- name: queued_ids
@@ -100,8 +136,11 @@ WHERE j.id = sized.id AND sized.kept > %(max_bytes)s
 RETURNING j.*;
 
 -- name: heartbeat
--- Renew the agent's row and every lease it holds, in one statement (a
--- data-modifying WITH runs even though nothing reads it).
+-- Renew the agent's row and the leases it holds, in one statement (a
+-- data-modifying WITH runs even though nothing reads it). With held (the
+-- ids the agent runs or keeps an outcome of), only those: a row the agent
+-- does not hold in memory (a claim whose reply was lost, a forgotten job)
+-- is not renewed, so its lease expires and the reaper requeues it.
 WITH agent AS (
     INSERT INTO zitops.agents AS a (agent_id, heartbeat_at, ready)
     VALUES (%(agent_id)s, now(), %(ready)s)
@@ -110,6 +149,7 @@ WITH agent AS (
 UPDATE zitops.jobs
 SET lease_until = now() + make_interval(secs => %(lease_s)s)
 WHERE status = 'running' AND agent_id = %(agent_id)s
+  AND (%(held)s::text[] IS NULL OR id = ANY(%(held)s::text[]))
 RETURNING id;
 
 -- name: reap_expired
@@ -149,31 +189,41 @@ SELECT
       WHERE ready AND heartbeat_at > now() - make_interval(secs => %(lease_s)s)) AS ready_agents,
     (SELECT coalesce(sum(image_bytes), 0) FROM zitops.jobs) AS image_bytes;
 
--- name: delete_images
-DELETE FROM zitops.job_images WHERE job_id = %(id)s;
-
 -- name: put_images
--- A job's encoded images (replacing any earlier attempt's), and their total size.
+-- A job's encoded images for the attempt the caller holds, behind the fence
+-- (no row back: refused). They stay invisible until succeed_job publishes
+-- that attempt; a retry of the same attempt replaces its own rows only.
+-- The job's row is locked meanwhile, so a reap or another agent's succeed
+-- waits for this statement instead of slipping between check and insert.
 -- %(data)b: the images travel in binary, 3x faster than psycopg's default
 -- text (hex) form for an array of bytes.
-WITH put AS (
-    INSERT INTO zitops.job_images (job_id, idx, name, data)
-    SELECT %(id)s, (u.i - 1)::integer, u.name, u.data
-    FROM unnest(%(names)s::text[], %(data)b::bytea[]) WITH ORDINALITY AS u(name, data, i)
+WITH job AS (
+    SELECT id, coalesce(%(attempt)s::integer, attempts) AS attempt FROM zitops.jobs
+    WHERE id = %(id)s AND (CASE WHEN %(attempt)s::integer IS NULL
+            THEN status = 'queued' OR (status = 'running' AND agent_id = %(agent_id)s)
+            ELSE status = 'running' AND agent_id = %(agent_id)s AND attempts = %(attempt)s END)
+    FOR UPDATE
+), put AS (
+    INSERT INTO zitops.job_images (job_id, attempt, idx, name, data)
+    SELECT job.id, job.attempt, (u.i - 1)::integer, u.name, u.data
+    FROM job, unnest(%(names)s::text[], %(data)b::bytea[]) WITH ORDINALITY AS u(name, data, i)
+    ON CONFLICT (job_id, attempt, idx) DO UPDATE SET name = EXCLUDED.name, data = EXCLUDED.data
     RETURNING octet_length(data) AS n
 )
-UPDATE zitops.jobs
-SET image_bytes = (SELECT coalesce(sum(n), 0) FROM put)
-WHERE id = %(id)s
-RETURNING image_bytes;
+SELECT job.attempt, (SELECT coalesce(sum(n), 0) FROM put) AS image_bytes FROM job;
 
 -- name: get_image
--- Run with binary results (store_pg.get_image), so the bytes come back unencoded.
-SELECT name, data FROM zitops.job_images WHERE job_id = %(id)s AND idx = %(idx)s;
+-- The images of the attempt that succeeded, only once it has. Run with
+-- binary results (store_pg.get_image), so the bytes come back unencoded.
+SELECT i.name, i.data
+FROM zitops.job_images AS i JOIN zitops.jobs AS j ON j.id = i.job_id AND i.attempt = j.image_attempt
+WHERE j.id = %(id)s AND i.idx = %(idx)s AND j.status = 'succeeded';
 
 -- name: cancel_running_job
--- A running job its worker stopped between two steps (DELETE of a running job).
+-- A running job its worker stopped between two steps (DELETE of a running job),
+-- fenced like every outcome when the caller gives its attempt.
 UPDATE zitops.jobs
 SET status = 'cancelled', finished_at = now()
 WHERE id = %(id)s AND status = 'running'
+  AND (%(attempt)s::integer IS NULL OR (agent_id = %(agent_id)s AND attempts = %(attempt)s))
 RETURNING *;

@@ -10,6 +10,10 @@ may be down:
   ``succeed`` marks it succeeded, and the fleet's ``done`` notice wakes
   waiters on every agent. An upload the store refused is done again by
   ``succeed`` (from the files), so the order holds on every path.
+- Every write for a job carries the attempt this agent holds (the record it
+  claimed): the store changes nothing unless that is the job's current
+  attempt, in the same statement. A job this agent no longer holds (its
+  lease was found lost) writes with attempt -1, which nothing matches.
 - An outcome the store refuses with Conflict (the job's lease expired and it
   was requeued or taken by another agent) is dropped with a warning: the
   other run's result is the one kept.
@@ -23,7 +27,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -65,8 +69,8 @@ class SharedStore(Store, Protocol):
     def claim(self, agent_id: str, worker: str, limit: int = 1) -> list[JobRecord]:
         """Take up to ``limit`` of the oldest queued jobs as leases; oldest first."""
 
-    def heartbeat(self, agent_id: str, ready: bool = True) -> list[str]:
-        """Renew this agent's row and leases; the ids it still holds."""
+    def heartbeat(self, agent_id: str, ready: bool = True, held: Sequence[str] | None = None) -> list[str]:
+        """Renew this agent's row and the leases of ``held``; the ids renewed."""
 
     def reap_expired(self) -> list[JobRecord]:
         """Requeue (or fail at the cap) running jobs whose lease expired; return them."""
@@ -74,8 +78,21 @@ class SharedStore(Store, Protocol):
     def fleet_counts(self) -> FleetCountsLike:
         """Queued and running jobs, ready agents, stored image bytes."""
 
-    def put_images(self, job_id: str, images: Sequence[tuple[str, bytes]]) -> int:
-        """Store a job's encoded images; their total bytes."""
+    def put_images(self, job_id: str, images: Sequence[tuple[str, bytes]], *, attempt: int | None = None) -> int:
+        """Store the images of the attempt this agent holds (published by ``succeed``); their total bytes."""
+
+    def succeed(self, job_id: str, images: tuple[str, ...], info: dict[str, Any], *,
+                attempt: int | None = None) -> JobRecord:
+        """Record a finished job at ``attempt`` (fenced)."""
+
+    def fail(self, job_id: str, error: str, *, attempt: int | None = None) -> JobRecord:
+        """Record a failed job at ``attempt`` (fenced)."""
+
+    def requeue(self, job_id: str, error: str, uncount: bool = False, *, attempt: int | None = None) -> JobRecord:
+        """Put a running job at ``attempt`` back in the queue (fenced)."""
+
+    def cancel(self, job_id: str, *, running: bool = False, attempt: int | None = None) -> JobRecord:
+        """Cancel a queued job, or a running one at ``attempt`` (fenced)."""
 
     def get_image(self, job_id: str, index: int) -> tuple[str, bytes]:
         """Image ``index`` as (name, bytes), or NotFound."""
@@ -85,6 +102,9 @@ class SharedStore(Store, Protocol):
 
     def available(self) -> tuple[bool, str | None]:
         """(True, None), or (False, why) while the store is known down."""
+
+    def watch(self, on_change: Callable[[str | None], None]) -> None:
+        """``on_change(reason)`` once when the store is lost, ``on_change(None)`` once when it is back."""
 
     def listener(self, retry_s: float = 1.0) -> AsyncIterator[NoticeLike]:
         """Wake-ups: queued, done, resync."""
@@ -117,7 +137,7 @@ class FleetStore:
         """Jobs this agent claimed and has not finished: the records it answers with while the store is down."""
         self.outbox: collections.deque[Pending] = collections.deque()
         self.dropped = 0
-        self._uploaded: dict[str, NotFound | None] = {}
+        self._uploaded: dict[str, NotFound | Conflict | None] = {}
         """Jobs whose ``upload`` reached the store: None, or the NotFound it answered (the job is gone).
         Written on an encode thread before the loop's ``succeed`` reads it; a dict's
         single set and pop are atomic, so it needs no lock."""
@@ -151,9 +171,18 @@ class FleetStore:
         self.held[record.id] = record
         return record
 
+    def attempt(self, job_id: str) -> int:
+        """The attempt this agent holds of ``job_id``; -1 (refused by every fenced write) when none."""
+        held = self.held.get(job_id)
+        return held.attempts if held is not None else -1
+
     def cancel(self, job_id: str, *, running: bool = False) -> JobRecord:
-        """Cancel a queued job of the fleet (with ``running``: one this agent's worker stopped)."""
-        return self.shared.cancel(job_id, running=running)
+        """Cancel a queued job of the fleet (with ``running``: one this agent's worker stopped, fenced)."""
+        if not running:
+            return self.shared.cancel(job_id)
+        record = self.shared.cancel(job_id, running=True, attempt=self.attempt(job_id))
+        self.held.pop(job_id, None)
+        return record
 
     def recover(self) -> list[str]:
         """Requeue only this agent's running jobs (other agents' leases are theirs)."""
@@ -176,8 +205,8 @@ class FleetStore:
     def upload(self, job_id: str, names: tuple[str, ...], blobs: tuple[bytes, ...]) -> None:
         """Put a finished job's encoded images in the store; runs on an encode thread, never raises."""
         try:
-            self.shared.put_images(job_id, list(zip(names, blobs, strict=True)))
-        except NotFound as exc:
+            self.shared.put_images(job_id, list(zip(names, blobs, strict=True)), attempt=self.attempt(job_id))
+        except (NotFound, Conflict) as exc:
             self._uploaded[job_id] = exc  # succeed drops the outcome as for any NotFound
         except StoreUnavailable:
             pass  # succeed parks the outcome; its write uploads from the files once the store is back
@@ -186,6 +215,8 @@ class FleetStore:
 
     def succeed(self, job_id: str, images: tuple[str, ...], info: dict[str, Any]) -> JobRecord:
         """Mark the job succeeded, after its images are in the store (``upload``, else here)."""
+        attempt = self.attempt(job_id)
+
         def write() -> JobRecord:
             if job_id in self._uploaded:
                 refused = self._uploaded.pop(job_id)
@@ -193,20 +224,23 @@ class FleetStore:
                     raise refused
             else:
                 blobs = [(name, (self.output_dir / name).read_bytes()) for name in images]
-                self.shared.put_images(job_id, blobs)
-            return self.shared.succeed(job_id, images, info)
+                self.shared.put_images(job_id, blobs, attempt=attempt)
+            return self.shared.succeed(job_id, images, info, attempt=attempt)
 
         return self._outcome(job_id, "succeed", write, status=JobStatus.SUCCEEDED, images=images, info=info,
                              finished_at=time.time())
 
     def fail(self, job_id: str, error: str) -> JobRecord:
         """Mark the job failed."""
-        return self._outcome(job_id, "fail", lambda: self.shared.fail(job_id, error), status=JobStatus.FAILED,
+        attempt = self.attempt(job_id)
+        return self._outcome(job_id, "fail", lambda: self.shared.fail(job_id, error, attempt=attempt),
+                             status=JobStatus.FAILED,
                              error=error, finished_at=time.time())
 
     def requeue(self, job_id: str, error: str, uncount: bool = False) -> JobRecord:
         """Put the job back in the fleet's queue."""
-        return self._outcome(job_id, "requeue", lambda: self.shared.requeue(job_id, error, uncount),
+        attempt = self.attempt(job_id)
+        return self._outcome(job_id, "requeue", lambda: self.shared.requeue(job_id, error, uncount, attempt=attempt),
                              status=JobStatus.QUEUED, error=error)
 
     def _outcome(self, job_id: str, action: str, write: Callable[[], JobRecord], **decided: Any) -> JobRecord:
@@ -224,17 +258,25 @@ class FleetStore:
 
     def _written_now(self, job_id: str, action: str, write: Callable[[], JobRecord]) -> JobRecord:
         try:
+            record = self._attempt(job_id, action, write)
+        except (Conflict, NotFound):
+            self.held.pop(job_id, None)
+            raise
+        self.held.pop(job_id, None)  # StoreUnavailable keeps it held: the caller parks the outcome
+        return record
+
+    def _attempt(self, job_id: str, action: str, write: Callable[[], JobRecord]) -> JobRecord:
+        """``write()``; on a refusal (the lease moved on) the job's current record. Any thread."""
+        try:
             record = write()
         except (Conflict, NotFound) as exc:
             # Reaped while we ran it (a stall past the lease, or the store lost
             # our claim): the job belongs to the queue or another agent now.
-            self.held.pop(job_id, None)
             self.log("warning", f"job {action} dropped: its lease moved on", job_id=job_id, error=str(exc))
             try:
                 return self.shared.get(job_id)
             except NotFound:
                 raise exc from None
-        self.held.pop(job_id, None)
         return record
 
     def _park(self, pending: Pending) -> None:
@@ -246,20 +288,22 @@ class FleetStore:
             self.log("error", "outbox full: outcome dropped; the job's lease expires and it runs again",
                      job_id=lost.job_id, action=lost.action)
 
-    def flush(self) -> int:
-        """Write parked outcomes in order while the store answers; how many were written."""
+    async def flush(self, off_loop: Callable[..., Awaitable[object]]) -> int:
+        """Write parked outcomes in order while the store answers, each off the loop; how many were written."""
         done = 0
         while self.outbox:
             pending = self.outbox[0]
             try:
-                record = self._written_now(pending.job_id, pending.action, pending.write)
+                record = await off_loop(self._attempt, pending.job_id, pending.action, pending.write)
             except StoreUnavailable:
                 break
             except (Conflict, NotFound):
                 record = None
-            self.outbox.popleft()
+            if self.outbox and self.outbox[0] is pending:  # (an overflow may have dropped it meanwhile)
+                self.outbox.popleft()
+            self.held.pop(pending.job_id, None)
             done += 1
-            if record is not None:
+            if isinstance(record, JobRecord):
                 self._written(record)
         if done:
             self.log("info", "job store back: kept outcomes written", count=done, left=len(self.outbox))

@@ -31,8 +31,14 @@ from zitops.errors import ConfigError, StoreUnavailable
 # intervention (admin or crash shutdown, cannot connect now), 53 insufficient
 # resources (too many connections, disk full).
 _DOWN_STATES = ("08", "57P", "53")
-# A dead peer (host gone, no RST) is noticed in ~10 + 3 * 5 s instead of the kernel's hours.
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+# A dead peer (host gone, a partition that drops packets, no RST) is noticed in seconds instead of
+# the kernel's hours: an idle connection (LISTEN) after ~5 + 3 * 2 s of unanswered keepalives, one
+# with unacknowledged data (a query sent into the void) after tcp_user_timeout.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+              "tcp_user_timeout": 8_000}
+
+STATEMENT_TIMEOUT_MS = 10_000
+"""The server cancels any statement of the store after this long (a lock wait, a stalled disk)."""
 
 
 def is_down(exc: BaseException) -> bool:
@@ -72,7 +78,9 @@ class PgConnector:
     def connect_kwargs(self) -> dict[str, Any]:
         """libpq parameters for one connection attempt: the password, read now, and timeouts."""
         kwargs: dict[str, Any] = {"connect_timeout": max(1, round(self.connect_timeout_s)),
-                                  "application_name": "zitops", **KEEPALIVES}
+                                  "application_name": "zitops", **KEEPALIVES,
+                                  "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
+                                             f"-c idle_in_transaction_session_timeout={STATEMENT_TIMEOUT_MS}"}
         if self.password_file is not None:
             try:
                 secret = self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
@@ -140,6 +148,7 @@ class Breaker:
                  on_trip: Callable[[], None] | None = None) -> None:
         self._probe = probe
         self._on_trip = on_trip
+        self._on_change: Callable[[str | None], None] | None = None
         self._interval_s = interval_s
         self._lock = threading.Lock()
         self._reason: str | None = None
@@ -157,13 +166,25 @@ class Breaker:
         if reason is not None:
             raise StoreUnavailable(reason)
 
+    def watch(self, on_change: Callable[[str | None], None]) -> None:
+        """Call ``on_change(reason)`` once when the store is lost and ``on_change(None)`` once when it is back."""
+        self._on_change = on_change
+
     def trip(self, reason: str) -> None:
         """Mark the store down and start probing for its return."""
         with self._lock:
+            lost = self._reason is None
             self._reason = reason
             if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(target=self._run, name="zitops-store-probe", daemon=True)
                 self._thread.start()
+        if lost:
+            self._changed(reason)
+
+    def _changed(self, reason: str | None) -> None:
+        if self._on_change is not None:
+            with contextlib.suppress(Exception):  # a log line must not break the store
+                self._on_change(reason)
 
     def close(self) -> None:
         """Stop probing."""
@@ -186,6 +207,7 @@ class Breaker:
             with self._lock:
                 self._reason = None
                 self._thread = None
+            self._changed(None)
             return
 
 

@@ -9,19 +9,33 @@ images kept in PostgreSQL so any agent serves any job. Every query is in
 Every method is one short transaction on a pooled connection and raises
 :class:`StoreUnavailable` (never a driver exception) while the server cannot
 be used; the pool reconnects by itself when it is back.
+
+No caller waits on the network unbounded: every method runs on the store's
+own threads and its caller waits at most a client-side deadline
+(:data:`LOOP_DEADLINE_S` on an event loop's thread, :data:`DEADLINE_S`
+elsewhere, :data:`BLOB_DEADLINE_S` for image bytes and bulk deletes). A
+missed deadline marks the store unreachable at once, so every later call
+fails fast until the breaker's probe reconnects; the thread left behind is
+freed by the connection's own bounds (tcp_user_timeout, statement_timeout,
+see pg_connect.py). A partition that drops packets costs a caller one
+deadline, never the event loop's life.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
 import json
 import socket
+import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 from psycopg.rows import DictRow
@@ -29,11 +43,52 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from zitops.agent.contract import JobRecord, JobStatus
-from zitops.agent.storage.pg_connect import Breaker, PgConnector, is_down
+from zitops.agent.storage.pg_connect import STATEMENT_TIMEOUT_MS, Breaker, PgConnector, is_down
 from zitops.agent.storage.pg_listen import PgListener
 from zitops.agent.storage.pg_schema import migrate, query
 from zitops.engine.request import GenerationRequest
-from zitops.errors import Conflict, NotFound, QueueFull, ZitopsError
+from zitops.errors import Conflict, NotFound, QueueFull, StoreUnavailable, ZitopsError
+
+LOOP_DEADLINE_S = 1.5
+"""The longest an event loop's thread waits for one store call: /livez answers within ~2 s even
+while a partition swallows the store's packets (the first missed deadline trips the breaker)."""
+
+DEADLINE_S = 3.0
+"""The longest any other thread waits for one short store call."""
+
+BLOB_DEADLINE_S = STATEMENT_TIMEOUT_MS / 1000 + 2.0
+"""The longest a caller waits for image bytes or a bulk delete (the server's statement_timeout, plus slack)."""
+
+_STORE_THREAD = threading.local()
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def bounded(blob: bool = False) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Run a PgJobStore method on the store's threads; its caller waits at most a deadline."""
+    def wrap(method: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(method)
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            if getattr(_STORE_THREAD, "inside", False):  # a method calling another: already bounded
+                return method(*args, **kwargs)
+            store = args[0]
+            assert isinstance(store, PgJobStore)
+            return store._bounded(functools.partial(method, *args, **kwargs), method.__name__, blob)
+        return call
+    return wrap
+
+
+def _inside(fn: Callable[[], R]) -> R:
+    _STORE_THREAD.inside = True
+    return fn()
 
 
 @dataclass(frozen=True)
@@ -61,6 +116,7 @@ def _record(row: DictRow) -> JobRecord:
         created_at=row["created_at"].timestamp(), started_at=_epoch(row["started_at"]),
         finished_at=_epoch(row["finished_at"]), error=row["error"], attempts=row["attempts"],
         images=tuple(row["images"]), worker=row["worker"], info=row["info"], owner=row["owner"],
+        agent=row["agent_id"],
     )
 
 
@@ -87,6 +143,9 @@ class PgJobStore:
         self.max_attempts = max_attempts
         self._pool_size, self._timeout_s = pool_size, timeout_s
         self._breaker = Breaker(self._reopen, probe_interval_s, on_trip=self._close_pool)
+        # More threads than connections: a few may sit on a dead socket until its timeouts free them.
+        self._io = concurrent.futures.ThreadPoolExecutor(max_workers=pool_size * 4,
+                                                         thread_name_prefix="zitops-store")
         self._pool = self._open_pool()
         try:
             with self._pool.connection() as conn:
@@ -96,6 +155,24 @@ class PgJobStore:
             raise self.connector.unavailable(exc) from exc
 
     # --- plumbing -----------------------------------------------------------------
+
+    def watch(self, on_change: Callable[[str | None], None]) -> None:
+        """``on_change(reason)`` once when the store becomes unreachable, ``on_change(None)`` when it is back."""
+        self._breaker.watch(on_change)
+
+    def _bounded(self, fn: Callable[[], R], name: str, blob: bool) -> R:
+        self._breaker.check()
+        try:
+            future = self._io.submit(_inside, fn)
+        except RuntimeError:  # closed
+            raise StoreUnavailable(f"job store {self.connector.display}: closed") from None
+        deadline = BLOB_DEADLINE_S if blob else LOOP_DEADLINE_S if _on_event_loop() else DEADLINE_S
+        try:
+            return future.result(timeout=deadline)
+        except concurrent.futures.TimeoutError:
+            reason = f"job store {self.connector.display}: no answer to {name} within {deadline:g} s"
+            self._breaker.trip(reason)
+            raise StoreUnavailable(reason) from None
 
     def _open_pool(self) -> ConnectionPool[psycopg.Connection[DictRow]]:
         pool = self.connector.pool(max_size=self._pool_size, timeout_s=self._timeout_s)
@@ -162,17 +239,19 @@ class PgJobStore:
         rows = self._rows(name, **params)
         return rows[0] if rows else None
 
-    def _changed(self, row: DictRow | None, job_id: str, action: str) -> JobRecord:
+    def _changed(self, row: DictRow | None, job_id: str, action: str, attempt: int | None = None) -> JobRecord:
         """The updated record, or why the fenced update changed nothing."""
         if row is not None:
             return _record(row)
         current = self._row("get_job", id=job_id)
         if current is None:
             raise NotFound(f"job {job_id}: no such job (unknown id, or expired and removed)")
+        held = "" if attempt is None else f" (this agent holds attempt {attempt})"
         if current["status"] == JobStatus.RUNNING.value:
             raise Conflict(f"job {job_id}: is running on agent {current['agent_id']} (attempt "
-                           f"{current['attempts']}); this agent cannot {action} it (its lease moved on)")
-        raise Conflict(f"job {job_id}: is {current['status']}; cannot {action} it")
+                           f"{current['attempts']}); this agent cannot {action} it{held}: its lease moved on")
+        raise Conflict(f"job {job_id}: is {current['status']} (attempt {current['attempts']}); "
+                       f"this agent cannot {action} it{held}")
 
     def available(self) -> tuple[bool, str | None]:
         """(True, None) while the store answers; (False, reason) while it is known down."""
@@ -182,6 +261,7 @@ class PgJobStore:
     def close(self) -> None:
         """Close the pool (again is harmless)."""
         self._breaker.close()
+        self._io.shutdown(wait=False, cancel_futures=True)
         self._pool.close()
 
     def listener(self, retry_s: float = 1.0) -> PgListener:
@@ -190,6 +270,7 @@ class PgJobStore:
 
     # --- JobStore's methods ----------------------------------------------------------
 
+    @bounded()
     def add(self, request: GenerationRequest, owner: str | None = None,
             owner_cap: int | None = None) -> JobRecord:
         """Store a new queued job of ``owner`` and return it (the fleet is notified).
@@ -204,6 +285,7 @@ class PgJobStore:
                             "share of the queue; retry when one has started")
         return _record(row)
 
+    @bounded()
     def get(self, job_id: str) -> JobRecord:
         """The job, or NotFound."""
         row = self._row("get_job", id=job_id)
@@ -211,77 +293,96 @@ class PgJobStore:
             raise NotFound(f"job {job_id}: no such job (unknown id, or expired and removed)")
         return _record(row)
 
+    @bounded()
     def start(self, job_id: str, worker: str) -> JobRecord:
         """Start a queued job on ``worker`` of this agent: count the attempt and take a lease."""
         row = self._row("start_job", id=job_id, worker=worker, agent_id=self.agent_id, lease_s=self.lease_s)
         return self._changed(row, job_id, "start")
 
-    def requeue(self, job_id: str, error: str, uncount: bool = False) -> JobRecord:
+    @bounded()
+    def requeue(self, job_id: str, error: str, uncount: bool = False, *, attempt: int | None = None) -> JobRecord:
         """Put a running job back in the queue (its worker died); keep why.
 
         ``uncount`` takes back the attempt when the job never reached a worker.
+        ``attempt`` (here and in every outcome): the attempt this agent holds;
+        the write changes nothing unless it is the job's current one (sql/queries.sql's fence).
         """
         row = self._row("requeue_job", id=job_id, error=error or None, uncount=1 if uncount else 0,
-                        agent_id=self.agent_id)
-        return self._changed(row, job_id, "requeue")
+                        agent_id=self.agent_id, attempt=attempt)
+        return self._changed(row, job_id, "requeue", attempt)
 
-    def succeed(self, job_id: str, images: tuple[str, ...], info: dict[str, Any]) -> JobRecord:
-        """Record a finished job's images (names; the bytes go through ``put_images`` first)."""
+    @bounded()
+    def succeed(self, job_id: str, images: tuple[str, ...], info: dict[str, Any], *,
+                attempt: int | None = None) -> JobRecord:
+        """Record a finished job and publish its attempt's images (the bytes go through ``put_images`` first)."""
         row = self._row("succeed_job", id=job_id, images=Jsonb(list(images)), info=_info_json(info),
-                        agent_id=self.agent_id)
-        return self._changed(row, job_id, "succeed")
+                        agent_id=self.agent_id, attempt=attempt)
+        return self._changed(row, job_id, "succeed", attempt)
 
-    def fail(self, job_id: str, error: str) -> JobRecord:
+    @bounded()
+    def fail(self, job_id: str, error: str, *, attempt: int | None = None) -> JobRecord:
         """Record a failed job and why."""
-        row = self._row("fail_job", id=job_id, error=error, agent_id=self.agent_id)
-        return self._changed(row, job_id, "fail")
+        row = self._row("fail_job", id=job_id, error=error, agent_id=self.agent_id, attempt=attempt)
+        return self._changed(row, job_id, "fail", attempt)
 
-    def cancel(self, job_id: str, *, running: bool = False) -> JobRecord:
+    @bounded()
+    def cancel(self, job_id: str, *, running: bool = False, attempt: int | None = None) -> JobRecord:
         """Cancel a queued job (with ``running``: a running one, which its worker stopped); Conflict otherwise."""
-        row = self._row("cancel_running_job" if running else "cancel_job", id=job_id)
+        row = self._row("cancel_running_job" if running else "cancel_job", id=job_id, agent_id=self.agent_id,
+                        attempt=attempt)
         if row is not None:
             return _record(row)
+        if running and attempt is not None:
+            return self._changed(None, job_id, "cancel", attempt)
         record = self.get(job_id)
         raise Conflict(f"job {job_id}: is {record.status.value}; only queued jobs can be cancelled")
 
+    @bounded()
     def recover(self) -> list[str]:
         """After a restart: this agent's running jobs go back to queued; return all queued ids, oldest first."""
         with self._conn() as conn, conn.transaction():
-            conn.execute(query("recover_jobs"), {"agent_id": self.agent_id})
+            conn.execute(query("recover_jobs"), {"agent_id": self.agent_id, "max_attempts": self.max_attempts})
             rows = conn.execute(query("queued_ids")).fetchall()
         return [r["id"] for r in rows]
 
+    @bounded()
     def count(self, status: JobStatus) -> int:
         """How many jobs of the fleet have ``status``."""
         row = self._row("count_jobs", status=status.value)
         return int(row["n"]) if row else 0
 
+    @bounded(blob=True)
     def expire(self, older_than: float) -> list[JobRecord]:
         """Delete final jobs (and their images) that finished before ``older_than``; return them."""
         return [_record(r) for r in self._rows("expire_jobs", older_than=older_than)]
 
     # --- fleet operations ----------------------------------------------------------
 
+    @bounded()
     def claim(self, agent_id: str, worker: str, limit: int = 1) -> list[JobRecord]:
         """Take up to ``limit`` of the oldest queued jobs as leases for ``agent_id``; oldest first."""
         rows = self._rows_lazy("claim_jobs", agent_id=agent_id, worker=worker, limit=limit, lease_s=self.lease_s)
         return sorted((_record(r) for r in rows), key=lambda r: (r.created_at, r.id))
 
-    def heartbeat(self, agent_id: str, ready: bool = True) -> list[str]:
-        """Renew the agent's row and all its leases; return the ids of the jobs it still holds.
+    @bounded()
+    def heartbeat(self, agent_id: str, ready: bool = True, held: Sequence[str] | None = None) -> list[str]:
+        """Renew the agent's row and its leases (with ``held``: only those); return the ids renewed.
 
         A job the agent thinks it runs but that is missing here was reaped: its
         lease expired and it belongs to the queue (or another agent) now.
         """
-        rows = self._rows_lazy("heartbeat", agent_id=agent_id, ready=ready, lease_s=self.lease_s)
+        rows = self._rows_lazy("heartbeat", agent_id=agent_id, ready=ready, lease_s=self.lease_s,
+                               held=None if held is None else list(held))
         return [r["id"] for r in rows]
 
+    @bounded()
     def reap_expired(self) -> list[JobRecord]:
         """Requeue running jobs whose lease expired, or fail those at the attempt cap; return them."""
         rows = self._rows("reap_expired", lease_s=self.lease_s, max_attempts=self.max_attempts,
                           agent_id=self.agent_id)
         return [_record(r) for r in rows]
 
+    @bounded()
     def fleet_counts(self) -> FleetCounts:
         """Queued and running jobs, ready agents and stored image bytes, fleet-wide."""
         row = self._row("fleet_counts", lease_s=self.lease_s)
@@ -289,20 +390,20 @@ class PgJobStore:
         return FleetCounts(queued=int(row["queued"]), running=int(row["running"]),
                            ready_agents=int(row["ready_agents"]), image_bytes=int(row["image_bytes"]))
 
-    def put_images(self, job_id: str, images: Sequence[tuple[str, bytes]]) -> int:
-        """Store a job's encoded images as (name, bytes), replacing earlier ones; return their total bytes."""
-        names = [name for name, _ in images]
-        data = [blob for _, blob in images]
-        with self._conn() as conn, conn.transaction():
-            conn.execute(query("delete_images"), {"id": job_id})
-            try:
-                row = conn.execute(query("put_images"), {"id": job_id, "names": names, "data": data}).fetchone()
-            except psycopg.errors.ForeignKeyViolation:
-                row = None
-            if row is None:  # raised inside the block: the transaction rolls back
-                raise NotFound(f"job {job_id}: no such job (unknown id, or expired and removed)")
+    @bounded(blob=True)
+    def put_images(self, job_id: str, images: Sequence[tuple[str, bytes]], *, attempt: int | None = None) -> int:
+        """Store the images (name, bytes) of the attempt this agent holds, unpublished; their total bytes.
+
+        Conflict or NotFound (nothing stored) when the job is not running here at ``attempt``.
+        """
+        row = self._row("put_images", id=job_id, names=[name for name, _ in images],
+                        data=[blob for _, blob in images], agent_id=self.agent_id, attempt=attempt)
+        if row is None:
+            self._changed(None, job_id, "store images of", attempt)
+        assert row is not None
         return int(row["image_bytes"])
 
+    @bounded(blob=True)
     def get_image(self, job_id: str, index: int) -> tuple[str, bytes]:
         """Image ``index`` of a job as (name, bytes), or NotFound."""
         rows = self._rows("get_image", binary=True, id=job_id, idx=index)
@@ -312,6 +413,7 @@ class PgJobStore:
                            "or expired and removed)")
         return row["name"], bytes(row["data"])
 
+    @bounded(blob=True)
     def expire_bytes(self, max_bytes: int) -> list[JobRecord]:
         """Delete the oldest final jobs until the rest's images fit in ``max_bytes``; return them."""
         return [_record(r) for r in self._rows("expire_bytes", max_bytes=max_bytes)]

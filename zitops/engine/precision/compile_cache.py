@@ -60,27 +60,41 @@ def load_artifacts(path: str | Path) -> dict[str, int] | None:
         blob = path.read_bytes()
     except OSError:
         return None
+    return load_blob(blob, str(path))
+
+
+def load_blob(blob: bytes, name: str) -> dict[str, int] | None:
+    """Load torch's cache-artifact blob into the local caches; entries per kind, or None when torch refused it."""
     import torch
 
     try:
         info = torch.compiler.load_cache_artifacts(blob)
     except Exception as exc:  # a bundle from another torch: compile as if it were absent
-        log.warning("compile cache bundle %s not loaded: %s: %s", path, type(exc).__name__, exc)
+        log.warning("compile cache bundle %s not loaded: %s: %s", name, type(exc).__name__, exc)
         return None
     if info is None:  # torch logs why (e.g. a checksum mismatch) and loads nothing
-        log.warning("compile cache bundle %s not loaded: torch rejected it", path)
+        log.warning("compile cache bundle %s not loaded: torch rejected it", name)
         return None
     return _info(info)
 
 
-def save_artifacts(path: str | Path) -> dict[str, int] | None:
-    """Save what this process compiled as a bundle (atomically); None when there was nothing to save."""
+def save_blob() -> tuple[bytes, dict[str, int]] | None:
+    """What this process compiled (or loaded from caches) as torch's blob and entries per kind; None if nothing."""
     import torch
 
     result = torch.compiler.save_cache_artifacts()
     if result is None:
         return None
     blob, info = result
+    return blob, _info(info)
+
+
+def save_artifacts(path: str | Path) -> dict[str, int] | None:
+    """Save what this process compiled as a bundle (atomically); None when there was nothing to save."""
+    saved = save_blob()
+    if saved is None:
+        return None
+    blob, info = saved
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".artifacts-", dir=path.parent)
@@ -91,4 +105,4 @@ def save_artifacts(path: str | Path) -> dict[str, int] | None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return {**_info(info), "bytes": len(blob)}
+    return {**info, "bytes": len(blob)}
