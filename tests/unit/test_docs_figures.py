@@ -1,7 +1,7 @@
 """Every measured figure in README.md and docs/*.md traces to a recorded file, or says what it is.
 
 A figure is a number with a measurement unit (s/image, img/min, GiB, jobs/s,
-ms). It passes when a number in ``examples/benchmarks/`` or ``docs/gpu-lane/``
+ms). It passes when a number in ``examples/benchmarks/``, ``docs/gpu-lane/`` or ``benchmarks/results/``
 rounds to it (MiB/1024 for GiB, s*1000 for ms), or when its line says it is
 ``arithmetic``, a ``target`` or ``unrecorded``. ``UNSOURCED`` lists the figures
 found without a source when this check was added (issue 27): the list may only
@@ -32,7 +32,7 @@ UNSOURCED = {
 def _recorded() -> dict[int, set[str]]:
     """Every number in the recorded files, rounded to 0..3 decimals, also as GiB from MiB and ms from s."""
     out: dict[int, set[str]] = {d: set() for d in range(4)}
-    for folder in ("examples/benchmarks", "docs/gpu-lane"):
+    for folder in ("examples/benchmarks", "docs/gpu-lane", "benchmarks/results"):
         for path in (ROOT / folder).rglob("*"):
             if not path.is_file():
                 continue
