@@ -52,9 +52,19 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _unexpected.append(f"{report.nodeid}: {reason}")
 
 
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    """A module skipped whole at collection (a module-level ``pytest.importorskip``) counts like a test's skip."""
+    if not report.skipped:
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if not _allowed(report.nodeid, reason):
+        _unexpected.append(f"{report.nodeid}: {reason} (the whole module, at collection)")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Turn an unexpected skip into a failed run."""
-    if _unexpected and exitstatus == pytest.ExitCode.OK:
+    if _unexpected and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("zitops.commands.client", "status", "Show a running agent's status."),
     "health": ("zitops.commands.client", "health", "Exit 0 only when the agent is ready (--live: serving)."),
     "failures": ("zitops.commands.failures", "failures", "List recorded job failures."),
+    "logs": ("zitops.commands.logs", "logs", "Show the deployment's agent and worker logs (--follow, --level, --since)."),
+    "reload": ("zitops.commands.reload", "reload", "Make the deployment's agent reload its tokens file and log tiers."),
     "drill": ("zitops.commands.drill", "drill", "Run a fault drill against a disposable agent."),
     "bench": ("zitops.commands.bench", "bench", "Benchmark diffusers vs the zitops engine vs the agent."),
     "warm": ("zitops.commands.warm", "warm", "Precompile into a deployment's compile cache before its first start."),

@@ -83,12 +83,32 @@ _HOST_ENTRY = re.compile(r"(\*|(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0
                          r"|\[?[0-9a-f:.]+\]?)")
 
 
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of an origin or URL, lowercased; None when it is not one."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+
 class ServerSettings(_Section):
     """The HTTP server's own limits: Host names, client deadlines, connection caps (docs/api.md)."""
 
     # Host header names accepted besides loopback names and ``host``
     # (DNS rebinding guard); "*.example.com" matches subdomains, "*" anything.
     allowed_hosts: list[str] = Field(default_factory=list)
+    # Addresses (or networks) of reverse proxies whose X-Forwarded-Proto/-For are believed
+    # (uvicorn's forwarded_allow_ips); empty: nobody's, so a client cannot make URLs https.
+    forwarded_allow_ips: list[str] = Field(default_factory=list)
+    # Origins (scheme://host[:port]) of other sites whose pages may send state-changing
+    # requests (POST, DELETE...); the agent's own origin always may. Others get a 403.
+    allowed_origins: list[str] = Field(default_factory=list)
     header_timeout_s: float = Field(10.0, gt=0, le=600)
     body_timeout_s: float = Field(60.0, gt=0, le=3_600)
     keep_alive_s: float = Field(5.0, gt=0, le=600)
@@ -108,6 +128,36 @@ class ServerSettings(_Section):
                 if not isinstance(item, str) or not _HOST_ENTRY.fullmatch(item.strip().lower()):
                     raise ValueError(f"{str(item)[:60]!r} is not a host name, an IP address, '*.domain' or '*'")
                 out.append(item.strip().lower().strip("[]"))
+            return out
+        return v
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _proxies(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [part for part in (p.strip() for p in v.split(",")) if part]
+        if isinstance(v, list):
+            for item in v:
+                try:
+                    ipaddress.ip_network(str(item), strict=False)
+                except ValueError:
+                    raise ValueError(f"{str(item)[:60]!r} is not an IP address or network (no '*': name "
+                                     "the proxies)") from None
+        return v
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [part for part in (p.strip() for p in v.split(",")) if part]
+        if isinstance(v, list):
+            out = []
+            for item in v:
+                seen = origin_of(str(item))
+                if seen is None or str(item).strip().rstrip("/").lower() != seen:
+                    raise ValueError(f"{str(item)[:60]!r} is not an origin: use scheme://host[:port], "
+                                     "e.g. https://app.example.com")
+                out.append(seen)
             return out
         return v
 

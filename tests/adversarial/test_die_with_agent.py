@@ -51,3 +51,27 @@ def test_kill_9_of_the_agent_takes_its_worker_and_spare_along(tmp_path: Path) ->
         assert not left, f"still running {took:.1f}s after kill -9 of the agent: {left}"
     finally:
         agent.stop()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_kill_9_of_the_agent_takes_a_worker_busy_in_a_hung_job(tmp_path: Path) -> None:
+    # An idle worker leaves on its pipe's EOF anyway; one stuck inside a job reads no pipe. Here it still
+    # goes without PR_SET_PDEATHSIG (checked: its heartbeat thread's write hits the broken pipe), so this
+    # proves the guarantee for a busy worker, not the prctl itself; a hang that holds the GIL would.
+    agent = Agent(tmp_path, sets=["queue.job_timeout_s=300", "watchdog.heartbeat_timeout_s=300"],
+                  extra={"engine": {"kind": "faulty", "faults": {"inner": "synthetic", "hang_on_job": 1,
+                                                                  "every_incarnation": True}}})
+    try:
+        agent.wait_ready()
+        job = agent.client.post("/v1/jobs", json={"prompt": "hangs"}, headers=auth(ALICE)).json()["id"]
+        busy = wait_for(lambda: [w["pid"] for w in status(agent)["workers"] if w.get("current_job") == job
+                                 and w["state"] == "busy"], 60, "the worker to be busy in the hung job", agent)
+        os.kill(agent.proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        agent.proc.wait(10)
+        while any(_alive(p) for p in busy) and time.monotonic() - killed < GONE_WITHIN_S:
+            time.sleep(0.01)
+        left = [p for p in busy if _alive(p)]
+        assert not left, f"the hung worker still runs {time.monotonic() - killed:.1f}s after kill -9: {left}"
+    finally:
+        agent.stop()

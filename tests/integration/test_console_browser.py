@@ -70,6 +70,9 @@ def test_page_loads_offline_shows_w0_profile_and_draws_the_chart(agent_url: str,
         const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i]) n++; return n; }""")
     assert inked > 0, "the chart's canvas is blank"
+    # "VRAM, last hour": the time axis spans the last hour, not years around a few samples.
+    span = int(page.get_attribute(".chart", "data-x-span-s") or 0)
+    assert 3590 <= span <= 3610, span
     assert outside.seen and not outside.left, f"requests left the agent: {outside.left}"
     assert any(u.endswith("/v1/vram/history") for u in outside.seen)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,9 @@ def test_warm_sets_the_engine_up_in_a_child_and_reports_the_cache(tmp_path: Path
 
 def test_warm_without_a_config_is_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", "import sys; from zitops.cli import main; sys.exit(main())",
-                           "warm"], capture_output=True, text=True, timeout=60, check=False)
+                           "warm"], capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+                          env={k: v for k, v in os.environ.items() if k != "ZITOPS_CONFIG"})
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[0] == ("error: --config FILE is required: the config.yaml that "
-                                                   "`zitops deploy` rendered")
+    assert proc.stderr.strip().splitlines()[0] == ("error: no deployment found: pass --config FILE (the config.yaml "
+                                                   "that `zitops deploy` rendered), set $ZITOPS_CONFIG, or run from "
+                                                   "the deployment's directory")

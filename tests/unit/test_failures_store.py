@@ -150,25 +150,25 @@ def test_cli_reads_the_store_from_a_config(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     result = CliRunner().invoke(cli, ["failures", "--config", str(cfg)])
     assert result.exit_code == 0, result.output
-    rows = result.output.splitlines()
+    rows = result.stdout.splitlines()
     assert rows[0].startswith("TIME") and "EXC_TYPE" in rows[0]
     assert "job-2" in rows[1] and "OutOfMemory" in rows[1] and "job-1" in rows[2]
     assert "first second line" in rows[2], "a message must stay on its row"
 
     result = CliRunner().invoke(cli, ["failures", "--config", str(cfg), "--json", "--limit", "1"])
     assert result.exit_code == 0
-    (line,) = result.output.splitlines()
+    (line,) = result.stdout.splitlines()
     assert json.loads(line)["job_id"] == "job-2"
 
 
 def test_cli_since_filters_and_empty_store(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     result = CliRunner().invoke(cli, ["failures", "--config", str(cfg), "--since", "1h"])
-    assert result.exit_code == 0 and result.output.strip() == "no failures recorded"
+    assert result.exit_code == 0 and result.stdout.strip() == "no failures recorded"
     _record(FailureStore(tmp_path / "state", tmp_path / "logs"), 7)
     future = "2999-01-01T00:00:00Z"
     result = CliRunner().invoke(cli, ["failures", "--config", str(cfg), "--since", future, "--json"])
-    assert result.exit_code == 0 and result.output == ""
+    assert result.exit_code == 0 and result.stdout == ""
     result = CliRunner().invoke(cli, ["failures", "--config", str(cfg), "--since", "soon"])
     assert isinstance(result.exception, InvalidRequest)
 

@@ -14,6 +14,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -187,6 +188,7 @@ async def _serve(config: AgentConfig, config_path: str | Path | None, dispatcher
             sig = getter.result()
             if sig == signal.SIGHUP:
                 handle_sighup(dispatcher, config_path)
+                reload_tokens_file(server.config.app, config)
                 continue
             log.info("signal received: draining", signal=signal.Signals(sig).name)
             summary = await dispatcher.drain()
@@ -199,6 +201,21 @@ async def _serve(config: AgentConfig, config_path: str | Path | None, dispatcher
         for handled in HANDLED:
             loop.remove_signal_handler(handled)
         await dispatcher.close()
+
+
+def reload_tokens_file(app: Any, config: AgentConfig) -> None:
+    """Re-read auth.tokens_file and swap the tokens in force; log the counts, never a token."""
+    from zitops.agent.http.app import reload_tokens
+
+    if not config.auth.tokens_file:
+        return
+    try:
+        tokens = read_tokens(config)
+    except ConfigError as exc:  # a bad edit keeps the tokens in force
+        log.error("SIGHUP: the tokens file was refused; keeping the current tokens", error=str(exc))
+        return
+    reload_tokens(app, tokens)
+    log.warning("tokens reloaded", tokens=len(tokens.all), admins=len(tokens.admins))
 
 
 def handle_sighup(dispatcher: Dispatcher, config_path: str | Path | None) -> None:

@@ -9,22 +9,21 @@ from typing import Any
 import click
 import httpx
 
-from zitops.agent.http.auth import read_client_token
-from zitops.commands.options import json_option, token_file_option, url_option
+from zitops.commands.locate import Target, resolve_target
+from zitops.commands.options import config_option, json_option, token_file_option, url_option
 from zitops.commands.terminal import printable
 from zitops.errors import AgentUnavailable, Unauthorized, ZitopsError
 
 TIMEOUT_S = 10.0
 
 
-def fetch(url: str, path: str, token_file: str | None,
-          params: dict[str, Any] | None = None) -> httpx.Response:
-    """GET ``url + path`` with the bearer token if one is given; one-line errors for the usual failures."""
-    token = read_client_token(token_file)
+def fetch(agent: Target, path: str, params: dict[str, Any] | None = None,
+          method: str = "GET") -> httpx.Response:
+    """``method url + path`` with the bearer token if one is known; one-line errors for the usual failures."""
+    url, token = agent.url, agent.token
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    target = url.rstrip("/") + path
     try:
-        response = httpx.get(target, params=params, headers=headers, timeout=TIMEOUT_S)
+        response = httpx.request(method, url + path, params=params, headers=headers, timeout=TIMEOUT_S)
     except httpx.ConnectError:
         raise AgentUnavailable(f"cannot connect to the agent at {url}: connection refused or host unreachable; is it running?") from None
     except httpx.TimeoutException:
@@ -33,7 +32,8 @@ def fetch(url: str, path: str, token_file: str | None,
         raise AgentUnavailable(f"cannot talk to the agent at {url}: {type(exc).__name__}") from None
     if response.status_code == 401:
         raise Unauthorized(
-            f"the agent at {url} wants a bearer token: pass --token-file FILE or set ZITOPS_TOKEN"
+            f"the agent at {url} wants a bearer token: pass --token-file FILE, set ZITOPS_TOKEN, or run as a "
+            "user who can read the deployment's tokens file"
             if not token else f"the agent at {url} rejected the token"
         )
     return response
@@ -113,12 +113,15 @@ def _status_lines(data: dict[str, Any]) -> list[str]:
 
 
 @click.command()
+@config_option
 @url_option
 @json_option
 @token_file_option
-def status(url: str, as_json: bool, token_file: str | None) -> None:
+def status(config_path: str | None, url: str | None, as_json: bool, token_file: str | None) -> None:
     """Show a running agent's workers, queue and recent failures."""
-    response = fetch(url, "/status", token_file)
+    agent = resolve_target(url, config_path, token_file)
+    url = agent.url
+    response = fetch(agent, "/status")
     data = _json(response)
     if response.status_code != 200:
         message = data.get("error", {}).get("message") if isinstance(data, dict) else None
@@ -127,12 +130,13 @@ def status(url: str, as_json: bool, token_file: str | None) -> None:
 
 
 @click.command()
+@config_option
 @url_option
 @token_file_option
 @click.option("--live", is_flag=True, help="Ask /livez (the process serves) instead of /readyz (it takes jobs).")
-def health(url: str, token_file: str | None, live: bool) -> None:
+def health(config_path: str | None, url: str | None, token_file: str | None, live: bool) -> None:
     """Exit 0 only when the agent answers /readyz (or, with --live, /livez) with 200."""
-    response = fetch(url, "/livez" if live else "/readyz", token_file)
+    response = fetch(resolve_target(url, config_path, token_file), "/livez" if live else "/readyz")
     data = _json(response)
     if response.status_code == 200:
         click.echo("live" if live else "ready")

@@ -12,6 +12,17 @@ from zitops.errors import AgentUnavailable, RenderError
 from zitops.progress import Progress
 
 
+def _preflight(plan: core.Plan) -> None:
+    """Doctor's config checks, before anything is written or started: a failure names each check."""
+    from zitops.preflight.doctor import preflight
+    from zitops.preflight.doctor_model import PreflightFailed
+
+    failed = preflight(plan.config, plan.out / "config.yaml")
+    if failed:
+        parts = "; ".join(f"{c.name}: {c.detail}" + (f" (fix: {c.fix})" if c.fix else "") for c in failed)
+        raise PreflightFailed(f"--start refused before anything started: {parts}")
+
+
 @click.command()
 @deploy_profile_option
 @click.option("--target", type=click.Choice([*core.TARGETS, "all"]), default="all", show_default=True,
@@ -77,6 +88,8 @@ def deploy(
         s3_credentials_file=s3_credentials_file,
     )
     plan = core.plan(request)
+    if start:
+        _preflight(plan)
     result = core.apply(plan)
     if plan.tier is not None:
         click.echo(f"profile auto: {plan.tier.profile} ({plan.tier.reason})")
@@ -84,8 +97,11 @@ def deploy(
     for change in result.changes:
         note = "  (left in place: no longer rendered)" if change.action == "stale" else ""
         click.echo(f"  {change.action:<11} {change.path}{note}")
-    click.echo("next:")
-    for step in result.next_steps:
+    # With --start, supervisord's start and stop lines are not next steps: the start is done below.
+    steps = [s for s in result.next_steps if not (start and s.startswith(("start:", "stop:")))]
+    if steps:
+        click.echo("next:")
+    for step in steps:
         click.echo(f"  {step}")
     if start:
         with Progress() as progress:

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
-from zitops.commands.options import json_option
+from zitops.commands.options import config_option, json_option
 from zitops.drill import MAX_JOBS, exit_on_signal, format_report, plan_drill, run_drill
+
+
+@contextlib.contextmanager
+def _deployment_profile(config_path: str | None) -> Iterator[str]:
+    """The found deployment's profile as a YAML file for the drill (it may be a custom one), or designer."""
+    import yaml
+
+    from zitops.commands.locate import announce, find_deployment
+
+    found = find_deployment(config_path)
+    announce(found, fallback="drilling the designer profile")
+    if found is None:
+        yield "designer"
+        return
+    with tempfile.TemporaryDirectory(prefix="zitops-drill-profile-") as tmp:
+        path = Path(tmp) / f"{found.config.profile.name}.yaml"
+        path.write_text(yaml.safe_dump(found.config.profile.model_dump(mode="json"), sort_keys=False), "utf-8")
+        yield str(path)
 
 
 @click.command("drill")
@@ -24,8 +45,10 @@ from zitops.drill import MAX_JOBS, exit_on_signal, format_report, plan_drill, ru
 @click.option("--real", is_flag=True,
               help="leak only: the real diffusers engine (tiny model) keeps real memory per job; on a GPU "
                    "NVML's high-water rule must catch it (docs/drills.md).")
+@config_option
 @json_option
-def drill(kind: str, jobs: int | None, keep: Path | None, timeout_s: float, real: bool, as_json: bool) -> None:
+def drill(kind: str, jobs: int | None, keep: Path | None, timeout_s: float, real: bool, config_path: str | None,
+          as_json: bool) -> None:
     """Break a disposable agent on purpose and time its recovery.
 
     KIND is one of leak, crash, hang, oom, kill. Exit 0 only when every
@@ -36,7 +59,8 @@ def drill(kind: str, jobs: int | None, keep: Path | None, timeout_s: float, real
     # reach it: the drill exits through its teardown instead.
     signal.signal(signal.SIGTERM, exit_on_signal)
     signal.signal(signal.SIGINT, exit_on_signal)
-    report = run_drill(kind, jobs=jobs, keep=keep, timeout_s=timeout_s, real=real)
+    with _deployment_profile(config_path) as profile:
+        report = run_drill(kind, jobs=jobs, keep=keep, timeout_s=timeout_s, real=real, profile=profile)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:

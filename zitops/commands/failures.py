@@ -7,28 +7,30 @@ from typing import Any
 
 import click
 
+from zitops.commands.locate import Target, announce, find_deployment
 from zitops.commands.options import config_option, json_option, token_file_option, url_option
 from zitops.commands.terminal import json_line, printable
+from zitops.config import AgentConfig
 from zitops.errors import AgentUnavailable
 
 
-def _from_config(config_path: str, since: float | None, limit: int) -> list[dict[str, Any]]:
-    from zitops.config import load_config
+def _from_config(config: AgentConfig, since: float | None, limit: int) -> list[dict[str, Any]]:
     from zitops.logbook.failures import FailureStore
 
-    paths = load_config(config_path).paths.as_paths()
+    paths = config.paths.as_paths()
     store = FailureStore(paths["state_dir"], paths["log_dir"])
     return [r.to_dict() for r in store.list(since=since, limit=limit)]
 
 
-def _from_url(url: str, since: float | None, limit: int, token_file: str | None) -> list[dict[str, Any]]:
+def _from_url(agent: Target, since: float | None, limit: int) -> list[dict[str, Any]]:
     from zitops.commands.client import fetch
 
+    url = agent.url
     params: dict[str, Any] = {"limit": limit}
     if since is not None:
         params["since"] = f"{since:.6f}"  # the API takes epoch seconds with at most 6 decimals
     endpoint = url.rstrip("/") + "/v1/failures"
-    resp = fetch(url, "/v1/failures", token_file, params=params)
+    resp = fetch(agent, "/v1/failures", params=params)
     if resp.status_code != 200:
         raise AgentUnavailable(f"{endpoint}: HTTP {resp.status_code}: {_error_text(resp.text)}")
     try:
@@ -76,16 +78,21 @@ def format_table(records: list[dict[str, Any]]) -> str:
 @config_option
 @url_option
 @token_file_option
-def failures(since: str | None, limit: int, as_json: bool, config_path: str | None, url: str,
+def failures(since: str | None, limit: int, as_json: bool, config_path: str | None, url: str | None,
              token_file: str | None) -> None:
-    """List recorded job failures (newest first): from --config's store, or from the agent at --url."""
+    """List recorded job failures (newest first): from the deployment's store, or from the agent at --url."""
+    from zitops.agent.http.auth import read_client_token
+    from zitops.commands.locate import DEFAULT_URL
     from zitops.logbook.failures import parse_since
 
     since_ts = parse_since(since) if since else None
-    if config_path is not None:
-        records = _from_config(config_path, since_ts, limit)
+    found = find_deployment(config_path) if url is None or config_path else None
+    if found is not None:
+        announce(found)
+        records = _from_config(found.config, since_ts, limit)
     else:
-        records = _from_url(url, since_ts, limit, token_file)
+        announce(None, url)
+        records = _from_url(Target(url or DEFAULT_URL, read_client_token(token_file), None), since_ts, limit)
     if as_json:
         for rec in records:
             click.echo(json_line(rec))

@@ -23,13 +23,17 @@ model_option = click.option(
 )
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
-    help="The agent's config.yaml (as rendered by zitops deploy).",
+    help="The deployment's config.yaml (as rendered by zitops deploy). Default: $ZITOPS_CONFIG, "
+         "./config.yaml, ./deploy/config.yaml, then /etc/zitops/config.yaml.",
 )
 url_option = click.option(
-    "--url", default="http://127.0.0.1:7860", show_default=True, help="Base URL of a running agent.",
+    "--url", default=None,
+    help="Base URL of a running agent (wins over the deployment's). Default: the found deployment's "
+         "host and port, else http://127.0.0.1:7860.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 token_file_option = click.option(
     "--token-file", type=click.Path(dir_okay=False), default=None,
-    help="File holding the agent's bearer token (first token line). Default: $ZITOPS_TOKEN if set.",
+    help="File holding the agent's bearer token (first token line). Default: $ZITOPS_TOKEN, "
+         "else the deployment's tokens file when readable.",
 )

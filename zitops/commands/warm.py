@@ -30,12 +30,15 @@ def warm(config_path: str | None, timeout_s: float, import_path: str | None, exp
     compile once per fleet. The bundle is keyed by torch/diffusers versions,
     the GPU's compute capability, the engine knobs and shapes.
     """
-    if not config_path:
-        raise ConfigError("--config FILE is required: the config.yaml that `zitops deploy` rendered")
-    from zitops.config import load_config
+    from zitops.commands.locate import announce, find_deployment
     from zitops.warm import warm as run_warm
 
-    report = run_warm(load_config(config_path), timeout_s, import_path=import_path, export_path=export_path)
+    found = find_deployment(config_path)
+    if found is None:
+        raise ConfigError("no deployment found: pass --config FILE (the config.yaml that `zitops deploy` "
+                          "rendered), set $ZITOPS_CONFIG, or run from the deployment's directory")
+    announce(found)
+    report = run_warm(found.config, timeout_s, import_path=import_path, export_path=export_path)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -267,7 +267,9 @@ def plan(req: DeployRequest) -> Plan:
         return final if req.install else None
 
     files = [
-        RenderedFile("config.yaml", render("agent/config.yaml.j2", ctx), 0o644,
+        # 0640 like the other files; installed under /etc it stays 0644 (root-owned, no secrets in it:
+        # tokens live in their own file) so that the service user, outside root's group, can read it.
+        RenderedFile("config.yaml", render("agent/config.yaml.j2", ctx), 0o644 if req.install else 0o640,
                      place(config_file)),
         RenderedFile("start.sh", render("agent/start.sh.j2", ctx), 0o755, place(start_sh)),
     ]

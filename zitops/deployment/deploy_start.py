@@ -85,17 +85,33 @@ def start(p: Plan, timeout_s: float = 600.0, echo: Callable[[str], None] = print
     conf = str(p.supervisord_conf)
     if not p.supervisord_conf.exists():
         raise ZitopsError(f"{conf} is missing: --start needs the supervisor target")
-    if _ctl(p, "pid").returncode == 0:
+    started_here = _ctl(p, "pid").returncode != 0
+    if not started_here:
         echo("supervisord is already running for this deployment: restarting the agent")
         _ctl(p, "reread")
         _ctl(p, "update")
         _ctl(p, "restart", "zitops", timeout=p.config.profile.queue.drain_timeout_s + STOP_MARGIN_S + 10)
     else:
+        # supervisord opens its own log before it applies the conf's umask=027: start it under that umask.
         run = subprocess.run([_tool("supervisord"), "-c", conf], capture_output=True, text=True,
-                             timeout=30, check=False)
+                             timeout=30, check=False, umask=0o027)
         if run.returncode != 0:
             last = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
             raise ZitopsError(f"supervisord -c {conf} failed: {last[0]}")
+    try:
+        _wait(p, timeout_s, echo, progress)
+    except AgentUnavailable as exc:
+        if not started_here:
+            raise
+        # This command started supervisord: a failed start leaves nothing running.
+        _ctl(p, "shutdown", timeout=p.config.profile.queue.drain_timeout_s + STOP_MARGIN_S + 10)
+        raise AgentUnavailable(f"{exc}; supervisord was stopped, nothing is left running") from None
+    return p.base_url
+
+
+def _wait(p: Plan, timeout_s: float, echo: Callable[[str], None], progress: Progress | None) -> None:
+    """Poll /livez then /readyz until 200; AgentUnavailable when the agent gives up or time runs out."""
+    conf = str(p.supervisord_conf)
     deadline = time.monotonic() + timeout_s
     if progress is not None:
         progress.phase(f"waiting for {p.base_url} to be live and ready", total=2, unit="probe")
@@ -109,13 +125,13 @@ def start(p: Plan, timeout_s: float = 600.0, echo: Callable[[str], None] = print
                 progress.state(f"{path}: agent {state[1]}")
             if len(state) > 1 and state[1] in ("FATAL", "EXITED", "BACKOFF"):
                 raise AgentUnavailable(
-                    f"the agent is {state[1]}; see {p.config.paths.log_dir}/supervisor-stdout.log, "
-                    f"and stop supervisord with: supervisorctl -c {shlex.quote(conf)} shutdown"
+                    f"the agent is {state[1]}; see {p.config.paths.log_dir}/supervisor-stdout.log "
+                    "(zitops logs --level error)"
                 )
             if time.monotonic() > deadline:
                 raise AgentUnavailable(
-                    f"{url} did not answer 200 within {timeout_s:.0f} s; see "
-                    f"{p.config.paths.log_dir}; stop with: supervisorctl -c {shlex.quote(conf)} shutdown"
+                    f"{url} did not answer 200 within {timeout_s:.0f} s; see {p.config.paths.log_dir} "
+                    f"(supervisorctl -c {shlex.quote(conf)} status)"
                 )
             time.sleep(0.5)
         if progress is not None:
@@ -123,4 +139,3 @@ def start(p: Plan, timeout_s: float = 600.0, echo: Callable[[str], None] = print
             progress.state(f"{path}: 200")
     if progress is not None:
         progress.close()
-    return p.base_url

@@ -130,8 +130,10 @@ def _wait_back_to(agent: AgentProcess, baseline: float, slack: float, deadline: 
 
 
 def run_drill(kind: str, jobs: int | None = None, keep: Path | None = None, timeout_s: float = 120.0,
-              real: bool = False) -> DrillReport:
+              real: bool = False, profile: str = "designer") -> DrillReport:
     """Run drill ``kind`` end to end and return its report (the agent is always torn down).
+
+    ``profile``: the disposable agent's profile (a built-in name or a YAML file), e.g. the deployment's.
 
     ``real`` (leak only): the diffusers engine keeps real memory per job (docs/drills.md "The real leak").
     """
@@ -152,7 +154,7 @@ def run_drill(kind: str, jobs: int | None = None, keep: Path | None = None, time
     watcher: ReadyzWatcher | None = None
     try:
         port = free_port()
-        config_path, config = build_deployment(out, port, plan.faults, plan.sets)
+        config_path, config = build_deployment(out, port, plan.faults, plan.sets, profile=profile)
         with _spawning():
             agent = AgentProcess(config_path, port, out / "agent.out")
         report.url, report.agent_pid = agent.url, agent.pid

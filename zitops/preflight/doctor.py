@@ -44,10 +44,12 @@ def resolve(req: DoctorRequest) -> Setup:
     if config is not None:
         paths = config.paths.as_paths()
         host, gpus, source = config.host, config.gpus, f"config {req.config}"
+        tokens_file, config_file = config.auth.tokens_file, Path(req.config or "").absolute()
     else:
         out = req.out.expanduser().absolute()
         paths = {k: out / v for k, v in OUT_LAYOUT.items()}
         host, gpus, source = "127.0.0.1", "auto", f"the layout of zitops deploy --out {out}"
+        tokens_file, config_file = None, None
     model = req.model or (config.model if config is not None else "tiny")
     port = req.port or (config.port if config is not None else 7860)
     if req.profile == AUTO_PROFILE:
@@ -57,7 +59,7 @@ def resolve(req: DoctorRequest) -> Setup:
         profile = load_profile(req.profile or "designer")
     else:
         profile = config.profile
-    return Setup(profile, model, host, port, gpus, paths, req.target, source)
+    return Setup(profile, model, host, port, gpus, paths, req.target, source, tokens_file, config_file)
 
 
 def tier_of_host(model: str, gpus: list[int] | str) -> TierChoice:
@@ -130,13 +132,63 @@ def run(req: DoctorRequest) -> Report:
     checks.extend(dc.check_gpus(setup, needs_gpu, probe, need_gib(setup.profile)))
     checks.append(dc.check_tier(setup, needs_gpu, probe))
     checks.append(check_model(setup.model, setup.paths["state_dir"]))
+    checks.extend(_tokens(setup))
     checks.extend(dc.check_dirs(setup))
     checks.extend(dc.check_disk(setup))
-    checks.append(dc.check_port(setup.host, setup.port))
+    port, own_pid = port_check(setup)
+    checks.append(port)
     checks.append(dc.check_service_manager(setup))
     checks.append(dc.check_compile_cache(setup))
     checks.append(dc.check_fast_decode(setup))
+    if own_pid is not None:
+        checks.extend(_live(setup))
     return Report(setup, tuple(checks))
+
+
+def _tokens(setup: Setup) -> list[Check]:
+    from zitops.preflight.doctor_checks import check_tokens
+
+    found = check_tokens(setup)
+    return [] if found is None else [found]
+
+
+def port_check(setup: Setup) -> tuple[Check, int | None]:
+    """The port is free, or held by this deployment's own agent (then its pid, for the live checks)."""
+    from zitops.preflight.doctor_checks import check_port
+    from zitops.preflight.doctor_live import own_agent
+
+    found = check_port(setup.host, setup.port)
+    if found.ok:
+        return found, None
+    pid = own_agent(setup)
+    if pid is None:
+        return found, None
+    return Check("port", True, f"{setup.host}:{setup.port} is held by this deployment's own agent (pid {pid})"), pid
+
+
+def _live(setup: Setup) -> list[Check]:
+    from zitops.preflight.doctor_live import live_checks
+    from zitops.preflight.reach import agent_url, deployment_token
+
+    assert setup.config_file is not None  # own_agent found it
+    config = load_config(setup.config_file)
+    return live_checks(setup, agent_url(config), deployment_token(config), need_gib(setup.profile))
+
+
+def preflight(config: AgentConfig, config_file: Path) -> list[Check]:
+    """What ``deploy --start`` checks before it writes or starts anything; the failed ones.
+
+    The tokens file (as the agent reads it), the model, the directories, and the
+    port unless this deployment's own agent holds it (``--start`` restarts it in place).
+    """
+    from zitops.preflight import doctor_checks as dc
+
+    paths = {k: Path(v) for k, v in config.paths.model_dump().items()}
+    setup = Setup(config.profile, config.model, config.host, config.port, config.gpus, paths, "supervisor",
+                  f"config {config_file}", config.auth.tokens_file, config_file.absolute())
+    checks = [*_tokens(setup), check_model(setup.model, setup.paths["state_dir"]), *dc.check_dirs(setup),
+              port_check(setup)[0]]
+    return [c for c in checks if not c.ok]
 
 
 def hard_failures(model: str, state_dir: Path, host: str, port: int, *, start: bool) -> list[Check]:

@@ -274,6 +274,22 @@ def check_fast_decode(setup: Setup) -> Check:
     return Check("fast decode", True, f"TAEF1-style AutoencoderTiny at {config.parent}")
 
 
+def check_tokens(setup: Setup) -> Check | None:
+    """The tokens file passes the agent's own reading (mode, owner, token lengths); None without one."""
+    if not setup.tokens_file:
+        return None
+    from zitops.errors import ConfigError
+    from zitops.tokens_file import read_tokens_file
+
+    try:
+        tokens = read_tokens_file(Path(setup.tokens_file))
+    except ConfigError as exc:
+        return Check("tokens file", False, str(exc).removeprefix("auth.tokens_file: "),
+                     fix="fix the file as the detail says: the agent refuses to start with it")
+    return Check("tokens file", True, f"{setup.tokens_file}: {len(tokens.all)} token(s), "
+                 f"{len(tokens.admins)} admin")
+
+
 def check_image() -> Check | None:
     """Inside the zitops image: its version and revision (the build's record); None elsewhere."""
     from zitops import __version__

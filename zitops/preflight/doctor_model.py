@@ -68,6 +68,8 @@ class Setup:
     paths: dict[str, Path]
     target: str
     source: str
+    tokens_file: str | None = None  # the config's auth.tokens_file
+    config_file: Path | None = None  # the config.yaml checked, if any: its running agent is "its own"
 
 
 @dataclass(frozen=True)

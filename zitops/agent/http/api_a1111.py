@@ -46,6 +46,7 @@ from zitops.agent.http.api_common import (
 from zitops.agent.http.api_control import a1111_control, control_overrides, other_scripts
 from zitops.agent.http.api_inputs import lora_overrides
 from zitops.agent.http.http_errors import EDGE_CODES, ERROR_RESPONSES, responses
+from zitops.agent.http.tenants import caller
 from zitops.config import AgentConfig
 from zitops.engine.features.lora_files import strip_prompt_loras
 from zitops.engine.samplers import (
@@ -363,10 +364,12 @@ async def schedulers() -> list[dict[str, Any]]:
 
 @router.get("/sdapi/v1/sd-models")
 async def sd_models(request: Request) -> list[dict[str, Any]]:
-    """The one model this agent serves."""
+    """The one model this agent serves; its path on the host only for an admin."""
     model = context(request).config.model
     title = model_title(model)
-    return [{"title": title, "model_name": title, "hash": None, "sha256": None, "filename": model, "config": None}]
+    filename = model if caller(request).admin or "/" not in model else model.rstrip("/").rsplit("/", 1)[-1]
+    return [{"title": title, "model_name": title, "hash": None, "sha256": None, "filename": filename,
+             "config": None}]
 
 
 @router.get("/sdapi/v1/options")

@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from fastapi import Request, Response
-from pydantic import BaseModel, ConfigDict, Strict, field_validator
+from pydantic import BaseModel, ConfigDict, Strict, ValidationInfo, field_validator
 
 from zitops.agent.contract import JobRecord, JobStatus, Service
 from zitops.agent.http.http_metrics import HttpMetrics
@@ -106,6 +107,19 @@ def no_bool_for_int(value: Any) -> Any:
     return value
 
 
+def _has(annotation: Any, kind: type) -> bool:
+    if annotation is kind:
+        return True
+    return any(_has(arg, kind) for arg in get_args(annotation))
+
+
+@functools.cache
+def _int_only_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Fields whose type admits an int and no bool."""
+    return frozenset(name for name, f in model.model_fields.items()
+                     if _has(f.annotation, int) and not _has(f.annotation, bool))
+
+
 class Body(BaseModel):
     """A request body: unknown fields refused, every string valid UTF-8 text.
 
@@ -115,6 +129,15 @@ class Body(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_int(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode takes true/false as 1/0 for an int field; the schema says integer.
+        # A field typed ``Flag | int`` (A1111's inpaint_full_res, which webuiapi sends as a boolean) keeps it.
+        if isinstance(value, bool) and info.field_name in _int_only_fields(cls):
+            raise ValueError("must be an integer, not true or false")
+        return value
 
     @field_validator("*", mode="after")
     @classmethod

@@ -10,7 +10,6 @@ their neutral values are accepted, and the rest are refused by name.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +18,7 @@ from fastapi import APIRouter, Request
 from pydantic import Field, ValidationError
 
 from zitops.agent.http.api_common import NAME_CAP, Body, Flag, Num, context
-from zitops.agent.http.image_input import from_base64, open_image, to_png_b64
+from zitops.agent.http.image_input import decode_off_loop, from_base64, open_image, to_png_b64
 from zitops.config import AgentConfig
 from zitops.engine.features.controlnet import NO_CONTROLNET
 from zitops.engine.request import CONTROL_TYPES, MAX_CONTROL_STRENGTH
@@ -201,7 +200,7 @@ async def control_overrides(config: AgentConfig, ask: ControlAsk | None) -> dict
     if not (Path(config.controlnet_dir) / "config.json").is_file():
         raise InvalidRequest(f"control: the ControlNet directory {config.controlnet_dir} has no config.json "
                              "(a diffusers-format ControlNet is needed); ask the operator")
-    png = await asyncio.to_thread(_control_png, config, ask)
+    png = await decode_off_loop(ask.field, _control_png, config, ask)
     return {"control_image": png, "control_type": ask.type, "control_strength": ask.strength,
             "control_resize": ask.resize}
 

@@ -6,13 +6,12 @@ and input images with the same rules and messages.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from pydantic import Field
 
 from zitops.agent.http.api_common import NAME_CAP, Body, Num
-from zitops.agent.http.image_input import checked_png, default_size
+from zitops.agent.http.image_input import checked_png, decode_off_loop, default_size
 from zitops.config import AgentConfig
 from zitops.engine.features.lora_files import FP8_REFUSAL, check_loras
 from zitops.errors import InvalidRequest
@@ -39,13 +38,14 @@ async def image_overrides(config: AgentConfig, init: bytes, mask: bytes | None, 
                           alpha_mask: bool = False) -> dict[str, Any]:
     """``init_image``/``mask`` (checked, re-encoded PNG) plus a default size from the input image.
 
-    Decoding runs on a thread: a large image takes tens of milliseconds the event loop must not wait.
+    Decoding runs on the bounded decode pool with a time budget (image_input.decode_off_loop):
+    a large image takes tens of milliseconds the event loop must not wait.
     """
-    init_png, size = await asyncio.to_thread(checked_png, config, names[0], init, "RGB")
+    init_png, size = await decode_off_loop(names[0], checked_png, config, names[0], init, "RGB")
     out: dict[str, Any] = {"init_image": init_png, "default_size": default_size(size, config)}
     if mask is not None:
-        out["mask"], _ = await asyncio.to_thread(checked_png, config, names[1], mask, "L", invert=invert,
-                                                 alpha_mask=alpha_mask)
+        out["mask"], _ = await decode_off_loop(names[1], checked_png, config, names[1], mask, "L", invert=invert,
+                                               alpha_mask=alpha_mask)
     return out
 
 

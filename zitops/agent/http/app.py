@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,6 +31,7 @@ from zitops.agent.http import (
     console,
 )
 from zitops.agent.http.api_common import ApiContext, Body, context
+from zitops.agent.http.auth import LiveTokens, Tokens
 from zitops.agent.http.hosts import HostPolicy
 from zitops.agent.http.http_errors import (
     EDGE_CODES,
@@ -229,14 +231,24 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
     app.include_router(console.router)
     # The console page and its assets hold no data: the edge lets them through without a token.
     app.add_middleware(console.PublicAssets)
-    app.add_middleware(EdgeMiddleware, tokens=tokens, max_body_bytes=config.limits.max_body_bytes,
-                       metrics=http_metrics, admin_tokens=admin_tokens & tokens,
+    live = LiveTokens(Tokens(tokens, admin_tokens & tokens))
+    app.state.zitops_tokens = live
+
+    app.add_middleware(EdgeMiddleware, tokens=live, max_body_bytes=config.limits.max_body_bytes,
+                       metrics=http_metrics,
                        hosts=HostPolicy.from_settings(config.host, config.server.allowed_hosts),
                        public_paths=console.public_paths(), image_paths=image_paths(config),
-                       max_image_body_bytes=config.limits.max_image_body_bytes)
+                       max_image_body_bytes=config.limits.max_image_body_bytes,
+                       allowed_origins=frozenset(config.server.allowed_origins))
     if tracer.enabled:
         from zitops.agent.http.trace_edge import TraceMiddleware
 
         app.add_middleware(TraceMiddleware, tracer=tracer)
     install_openapi(app, config.limits, config.lora_dir, controlnet=bool(config.controlnet_dir))
     return app
+
+
+def reload_tokens(app: FastAPI, tokens: Tokens) -> None:
+    """Swap the tokens in force: the edge and the routes (per-token queue shares) both see the new set."""
+    app.state.zitops_tokens.current = tokens
+    app.state.zitops = replace(app.state.zitops, tokens=tokens.all, admin_tokens=tokens.admins & tokens.all)

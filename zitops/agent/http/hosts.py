@@ -9,21 +9,34 @@ and gives everything else a 421. Pure functions; the edge middleware applies the
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
 
 
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9_.-]+))(?::(?P<port>[0-9]{1,5}))?")
+"""RFC 9110 ``Host``: a name or an IP literal, then at most a port; nothing else (no userinfo, path or fragment)."""
+
+
 def host_name(header: str) -> str:
-    """The name in a Host header, lowercased, without port, brackets or a trailing dot."""
+    """The name in a Host header, lowercased, without port, brackets or a trailing dot; "" when malformed.
+
+    ``127.0.0.1:7860@evil.example``, ``localhost:7860/evil``, ``localhost:1#x`` and
+    ``127.0.0.1:99999`` are malformed: they must not pass as their loopback prefix.
+    """
     text = header.strip().lower()
-    if text.startswith("["):
-        name, _, _ = text[1:].partition("]")
-        return name
-    if text.count(":") == 1:
-        text = text.partition(":")[0]
-    return text.rstrip(".")
+    found = _HOST.fullmatch(text)
+    if found is None:
+        try:  # a bare IPv6 address, without brackets or port
+            return str(ipaddress.IPv6Address(text))
+        except ValueError:
+            return ""
+    if found["port"] is not None and not 0 < int(found["port"]) <= 65535:
+        return ""
+    return found["v6"] or found["name"].rstrip(".")
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,9 @@ class HostPolicy:
 
     def allows(self, header: str | None) -> bool:
         """True when a request with this Host header may be served (no header: not from a browser)."""
-        if header is None or self.anything:
+        if header is None:
             return True
         name = host_name(header)
-        return name in self.names or any(name.endswith(s) for s in self.suffixes)
+        if not name:
+            return False
+        return self.anything or name in self.names or any(name.endswith(s) for s in self.suffixes)

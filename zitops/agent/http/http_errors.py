@@ -8,6 +8,7 @@ three APIs. A1111 clients additionally get ``detail`` (FastAPI's key).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fastapi import Request
@@ -193,12 +194,22 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     return error_response(request.url.path, 422, message, param=field, code="invalid_request")
 
 
+def _leaf_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    # FastAPI >= 0.16x keeps an included router as one wrapper route: its own routes sit inside it.
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _leaf_routes(inner.routes)
+        else:
+            yield route
+
+
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this path (Starlette's own Allow names only the first route's)."""
     from starlette.routing import Match
 
     methods: set[str] = set()
-    for route in request.app.router.routes:
+    for route in _leaf_routes(request.app.router.routes):
         match, _ = route.matches({**request.scope, "method": "GET"})
         if match is not Match.NONE:
             methods |= set(getattr(route, "methods", None) or ())

@@ -105,11 +105,17 @@ def protocol_class(settings: ServerSettings) -> type[DeadlineH11Protocol]:
 
 def server_config(app: Any, host: str, port: int, settings: ServerSettings,
                   graceful_s: float) -> uvicorn.Config:
-    """The uvicorn Config of the agent: deadlines, connection cap, keep-alive."""
+    """The uvicorn Config of the agent: deadlines, connection cap, keep-alive, trusted proxies.
+
+    X-Forwarded-Proto/For are read only from ``server.forwarded_allow_ips``; with none
+    configured they are ignored (uvicorn's own default trusts 127.0.0.1, i.e. any local client).
+    """
+    trusted = list(settings.forwarded_allow_ips)
     return uvicorn.Config(
         app, host=host, port=port, log_config=None, lifespan="on", http=protocol_class(settings),
         timeout_graceful_shutdown=int(graceful_s), limit_concurrency=settings.limit_concurrency,
         backlog=settings.backlog, timeout_keep_alive=int(max(1, round(settings.keep_alive_s))),
+        proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
     )
 
 

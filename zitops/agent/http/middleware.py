@@ -21,10 +21,12 @@ import structlog
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from zitops.agent.http.auth import match_token
+from zitops.agent.http.auth import LiveTokens, match_token
+from zitops.agent.http.cross_site import cross_site_refusal
 from zitops.agent.http.hosts import HostPolicy
 from zitops.agent.http.http_errors import error_response
 from zitops.agent.http.http_metrics import UNMATCHED, HttpMetrics
+from zitops.agent.http.json_guard import is_json, json_problem
 from zitops.agent.http.tenants import (
     ANONYMOUS,
     CALLER_KEY,
@@ -63,14 +65,14 @@ class _Disconnected(Exception):
 class EdgeMiddleware:
     """Request id, headers, auth, body limit, metrics and the last-resort 500."""
 
-    def __init__(self, app: ASGIApp, *, tokens: frozenset[str], max_body_bytes: int,
-                 metrics: HttpMetrics, admin_tokens: frozenset[str] = frozenset(),
-                 hosts: HostPolicy | None = None, public_paths: frozenset[str] = frozenset(),
-                 image_paths: frozenset[str] = frozenset(), max_image_body_bytes: int = 0) -> None:
+    def __init__(self, app: ASGIApp, *, tokens: LiveTokens, max_body_bytes: int,
+                 metrics: HttpMetrics, hosts: HostPolicy | None = None, public_paths: frozenset[str] = frozenset(),
+                 image_paths: frozenset[str] = frozenset(), max_image_body_bytes: int = 0,
+                 allowed_origins: frozenset[str] = frozenset()) -> None:
         self.app = app
+        self.allowed_origins = allowed_origins  # other origins whose pages may POST (server.allowed_origins)
         self.public_paths = public_paths  # no token needed (they hold no data); Host still checked
-        self.tokens = tokens
-        self.admin_tokens = admin_tokens
+        self.tokens = tokens  # read per request: a reload swaps the set
         self.hosts = hosts
         self.max_body_bytes = max_body_bytes
         # Routes that take input images get their own, larger body limit (limits.max_image_body_bytes).
@@ -126,12 +128,13 @@ class EdgeMiddleware:
                 self.metrics.observe(route, method if method in _METHODS else "OTHER", status, elapsed)
 
     def _caller(self, headers: Headers) -> Caller:
-        if not self.tokens:
+        keys = self.tokens.current
+        if not keys.all:
             return OPEN_CALLER
-        token = match_token(headers.get("authorization"), self.tokens)
+        token = match_token(headers.get("authorization"), keys.all)
         if token is None:
             return ANONYMOUS
-        return Caller(owner=owner_hash(token), admin=token in self.admin_tokens)
+        return Caller(owner=owner_hash(token), admin=token in keys.admins)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, headers: Headers,
                       path: str, rid: str) -> None:
@@ -147,6 +150,10 @@ class EdgeMiddleware:
                 "or add it to server.allowed_hosts",
                 param="Host", code="misdirected_request",
             )(scope, receive, send)
+            return
+        refusal = cross_site_refusal(scope.get("method", ""), headers, self.allowed_origins)
+        if refusal is not None:
+            await error_response(path, 403, refusal, param="Origin", code="cross_site")(scope, receive, send)
             return
         who = self._caller(headers)
         if not who.authenticated and path not in OPEN_PATHS and path not in self.public_paths:
@@ -177,6 +184,11 @@ class EdgeMiddleware:
             body = await self._read_body(receive, limit)
         except _TooLarge:
             await too_large(scope, receive, send)
+            return
+        problem = json_problem(body) if body and is_json(headers.get("content-type"), body) else None
+        if problem is not None:
+            await error_response(path, 422, f"{problem[0]}: {problem[1]}", param=problem[0],
+                                 code="invalid_json_shape")(scope, receive, send)
             return
         replayed = False
 

@@ -133,7 +133,8 @@
     const workers = (s.workers || []).map((w) => {
       const v = w.vram || {};
       const used = v.nvml_used_mib ?? v.device_used_mib;
-      const vram = `${fmt.mib(v.allocated_mib)} alloc / ${fmt.mib(v.reserved_mib)} reserved / ${fmt.mib(used)} of ${fmt.mib(v.device_total_mib)}${v.simulated ? " (simulated)" : ""}`;
+      const cpu = w.gpu == null && !v.simulated && !v.device_total_mib;
+      const vram = cpu ? "n/a (CPU)" : `${fmt.mib(v.allocated_mib)} alloc / ${fmt.mib(v.reserved_mib)} reserved / ${fmt.mib(used)} of ${fmt.mib(v.device_total_mib)}${v.simulated ? " (simulated)" : ""}`;
       const jobs = `${w.jobs_done ?? 0} (${w.jobs_total ?? 0} total)` +
         (w.current_job ? `, running ${String(w.current_job).slice(0, 8)}` : "");
       return el("tr", { "data-worker": w.id },
@@ -194,8 +195,12 @@
     const opts = {
       width: chartWidth(), height: 200,
       // From 0 to just above the data, not to the card's total: a slow leak must show as a slope.
-      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max * 1.15, 1)] } },
+      // The last hour, whatever the number of samples: uPlot's auto range around one sample spans years.
+      scales: { x: { time: true, range: () => { const now = Date.now() / 1000; return [now - 3600, now]; } }, y: { range: (u, min, max) => [0, Math.max(max * 1.15, 1)] } },
       axes: [{}, { label: "MiB", size: 60 }],
+      hooks: { setScale: [(u, key) => {
+        if (key === "x") box.dataset.xSpanS = String(Math.round(u.scales.x.max - u.scales.x.min));
+      }] },
       series: [
         {},
         { label: "torch allocated", stroke: COLORS.allocated, width: 2 },

@@ -134,6 +134,8 @@ class LoraAdapters:
                 self.hot = None  # a failed swap may have left the slot half written: reload it next time
                 with contextlib.suppress(Exception):
                     pipe.delete_adapters(adapter)
-            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            # The library's text may spell the file's absolute path: the caller sees the file name only.
+            text = str(exc).replace(str(path.parent) + "/", "").replace(str(path.parent), "<lora_dir>")
+            first = text.splitlines()[0][:200] if text else ""
             raise InvalidRequest(f"loras: {name!r} could not be loaded ({path.name}): "
                                  f"{type(exc).__name__}: {first}") from None

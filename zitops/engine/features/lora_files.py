@@ -66,7 +66,8 @@ def check_loras(wanted: list[tuple[str, float]], lora_dir: str | Path | None,
     seen: dict[str, float] = {}
     for name, weight in wanted:
         if name not in known:
-            have = ", ".join(known) or f"none (put .safetensors files in {lora_dir or 'the LoRA directory'})"
+            # Never the directory's path: the caller may be any tenant (the operator knows where lora_dir is).
+            have = ", ".join(known) or "none (the operator puts .safetensors files in the deployment's lora_dir)"
             raise InvalidRequest(f"{field}: unknown LoRA {name[:128]!r}; available: {have}"[:400])
         if name in seen:
             raise InvalidRequest(f"{field}: LoRA {name!r} is given twice")
