@@ -5,10 +5,8 @@ It owns the queue (the in-memory order of waiting jobs, restored from the store 
 it (results, failures, lost jobs) into job states. It holds, on the agent's one event loop, the parts that do the
 rest: the :class:`~zitops.agent.storage.store.Store`, the :class:`~zitops.agent.workers.pool.Pool` (which alone owns
 processes and applies the watchdog), the :class:`~zitops.agent.dispatch.results.ResultWriter`, the runtime metrics,
-the failure log, the loop's health and sd_notify.
-
-Queue cap: ``profile.queue.depth`` counts jobs *waiting* (queued, not yet running); a submit beyond it raises
-QueueFull before anything is written.
+the failure log, the loop's health and sd_notify. Queue cap: ``profile.queue.depth`` counts jobs *waiting*
+(queued, not yet running); a submit beyond it raises QueueFull before anything is written.
 """
 
 from __future__ import annotations
