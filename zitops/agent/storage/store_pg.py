@@ -196,6 +196,14 @@ class PgJobStore:
         # The probe after an outage: a fresh pool connects at once, where the
         # old one would wait out its reconnect backoff (up to minutes).
         pool = self._open_pool()
+        try:
+            # "Back" means every connection is up: calls that arrive together after a heal
+            # would otherwise wait on the pool's growth and, on a starved host, trip again.
+            pool.resize(self._pool_size, self._pool_size)
+            pool.wait(timeout=self._timeout_s * 2)
+        except Exception:
+            pool.close()
+            raise  # still not reachable as a whole: the breaker probes again
         old, self._pool = self._pool, pool
         old.close(timeout=0)
         if self._breaker.stopped:  # close() ran meanwhile
