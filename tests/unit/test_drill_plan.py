@@ -58,7 +58,7 @@ def test_build_deployment_renders_a_loopback_fault_config(tmp_path: Path) -> Non
     assert config.engine.faults.inner == "synthetic"
     assert config.host == "127.0.0.1" and config.port == 45678
     assert config.profile.queue.job_timeout_s == 3
-    assert all(Path(p).is_dir() and Path(p).is_relative_to(tmp_path) for p in config.paths.model_dump().values())
+    assert all(Path(p).is_dir() and Path(p).is_relative_to(tmp_path) for p in config.paths.as_paths().values())
 
 
 def test_down_spells_count_only_outages_after_first_ready() -> None:

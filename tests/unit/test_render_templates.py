@@ -73,7 +73,7 @@ def test_config_yaml_loads_with_the_agents_loader(tmp_path: Path) -> None:
     assert config.profile.name == "poster" and config.port == 9000 and config.gpus == [0, 1]
     assert config.model == weights
     out = str(tmp_path / "deploy")
-    assert config.paths.model_dump() == {
+    assert config.paths.model_dump(exclude_none=True) == {
         "state_dir": f"{out}/state", "log_dir": f"{out}/logs",
         "output_dir": f"{out}/outputs", "cache_dir": f"{out}/cache",
     }

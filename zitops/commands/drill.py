@@ -14,6 +14,7 @@ import click
 
 from zitops.commands.options import config_option, json_option
 from zitops.drill import MAX_JOBS, exit_on_signal, format_report, plan_drill, run_drill
+from zitops.errors import InvalidRequest
 
 
 @contextlib.contextmanager
@@ -55,6 +56,8 @@ def drill(kind: str, jobs: int | None, keep: Path | None, timeout_s: float, real
     expectation held, including jobs lost = 0.
     """
     plan_drill(kind, jobs, real=real)  # a bad KIND, --jobs or --real fails here, in one line, before anything starts
+    if timeout_s <= 0:  # (as early: before the deployment lookup says which profile it drills)
+        raise InvalidRequest(f"--timeout {timeout_s:g}: give a positive number of seconds")
     # The agent runs in its own session, so a signal to the drill does not
     # reach it: the drill exits through its teardown instead.
     signal.signal(signal.SIGTERM, exit_on_signal)

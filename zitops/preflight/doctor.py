@@ -183,7 +183,7 @@ def preflight(config: AgentConfig, config_file: Path) -> list[Check]:
     """
     from zitops.preflight import doctor_checks as dc
 
-    paths = {k: Path(v) for k, v in config.paths.model_dump().items()}
+    paths = config.paths.as_paths()
     setup = Setup(config.profile, config.model, config.host, config.port, config.gpus, paths, "supervisor",
                   f"config {config_file}", config.auth.tokens_file, config_file.absolute())
     checks = [*_tokens(setup), check_model(setup.model, setup.paths["state_dir"]), *dc.check_dirs(setup),

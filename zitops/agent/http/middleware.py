@@ -141,7 +141,7 @@ class EdgeMiddleware:
         host = headers.get("host")
         # Prometheus scrapes a pod by its IP, which no allowed_hosts entry can name ahead of time; where
         # tokens exist they guard /metrics, and a DNS-rebinding page cannot hold one.
-        scrape = path == METRICS_PATH and bool(self.tokens)
+        scrape = path == METRICS_PATH and bool(self.tokens.current.all)
         if self.hosts is not None and path not in OPEN_PATHS and not scrape and not self.hosts.allows(host):
             shown = "".join(c if c.isprintable() else "?" for c in (host or ""))[:80]
             await error_response(

@@ -212,8 +212,9 @@ class PgJobStore:
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[DictRow]]:
         self._breaker.check()
+        pool = self._pool
         try:
-            with self._pool.connection() as conn:
+            with pool.connection() as conn:
                 yield conn
         except ZitopsError:
             raise
@@ -221,7 +222,8 @@ class PgJobStore:
             if not (isinstance(exc, psycopg.Error) or is_down(exc)):
                 raise
             error = self.connector.unavailable(exc)
-            if is_down(exc):
+            # A call begun on the pool that an outage's probe has since replaced says nothing of the new one.
+            if is_down(exc) and pool is self._pool:
                 self._breaker.trip(str(error))
             raise error from exc
 
