@@ -1,16 +1,17 @@
 """Cancel on disconnect: a synchronous request whose client hangs up stops its job between steps.
 
 The real agent runs the real tiny pipeline, at a size and step count that
-keep each job on its worker for seconds, so it is surely running when the
-client goes. The client is plain httpx with a read
-timeout: it closes the connection mid-request, as a browser tab or a killed
-script does. The job must end cancelled before its last step, the metric
-counts it, and the worker's next job runs. An async job is not touched.
+keep each job on its worker for seconds. The client is a plain socket: it
+sends the request, waits until the agent reports the job running (an event,
+not a clock), then closes the connection mid-request, as a browser tab or a
+killed script does. The job must end cancelled before its last step, the
+metric counts it, and the worker's next job runs. An async job is not touched.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +24,7 @@ from zitops.profile import load_profile
 
 pytestmark = pytest.mark.slow
 
-STEPS = 40
+STEPS = 50  # the profile's ceiling: seconds per job on the tiny model
 SIDE = 512
 
 
@@ -65,11 +66,14 @@ def newest_job(agent: AgentProcess) -> str | None:
 ])
 def test_a_client_that_hangs_up_cancels_its_running_job(agent: AgentProcess, path: str, body: dict[str, Any]) -> None:
     before, last = gone_count(agent, "running"), newest_job(agent)
-    with (pytest.raises(httpx.ReadTimeout), httpx.Client(timeout=httpx.Timeout(10, read=3.0)) as client,
-          client.stream("POST", agent.url + path, json=body) as answer):
-        for _ in answer.iter_bytes():
-            pass
-    job_id = wait_until(lambda: (j := newest_job(agent)) != last and j, 30, what="the job's id")
+    payload = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", agent.port), timeout=10) as conn:
+        conn.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{agent.port}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        job_id = wait_until(lambda: (j := newest_job(agent)) != last and j, 30, what="the job's id")
+        wait_until(lambda: httpx.get(f"{agent.url}/v1/jobs/{job_id}", timeout=10).json()["status"] == "running",
+                   30, what="the job to run")
+    # the socket is closed here, with the job still on its worker
     job = wait_until(lambda: (j := httpx.get(f"{agent.url}/v1/jobs/{job_id}", timeout=10).json())["status"]
                      in ("cancelled", "succeeded", "failed") and j, 30, what="the abandoned job to end")
     assert job["status"] == "cancelled", job  # a running job ends cancelled only by stopping at a step
