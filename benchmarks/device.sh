@@ -91,6 +91,10 @@ scenario_scaleup() { # a second agent at t=0 against a 100-job queue: imported c
   timeout 560 python3 benchmarks/scaleup.py --arch full --profile designer --jobs 100 --scenarios imported,one,cold \
     --workdir /tmp/zscale --out "$OUT/scaleup.json" 2>&1 | quiet | tail -30
 }
+scenario_scaleup_alone() { # zitops warm --export on cold caches, then a new agent alone with the bundle: start to ready, first request (issue 26)
+  timeout "${ALONE_LIMIT:-400}" python3 benchmarks/scaleup.py --arch full --profile designer --jobs 6 --scenarios alone \
+    --workdir /tmp/zscale --ready-timeout 300 --out "$OUT/scaleup-alone.json" 2>&1 | quiet | tail -30
+}
 scenario_lane_compile_bundle() { # the GPU lane's compile bundle test: an imported bundle compiles nothing (issue 26)
   timeout 280 python3 -m pytest -o addopts=-ra -m gpu tests/gpu/test_gpu_compile_bundle.py -v -rs -s -p no:cacheprovider 2>&1 \
     | tee -a "$OUT/gpu-lane.log" | tail -15

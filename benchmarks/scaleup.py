@@ -14,7 +14,11 @@ jobs at t=0:
 - ``one``: A drains the queue alone;
 - ``imported``: agent B starts at t=0 with an empty compile cache directory
   and the fleet's bundle in its ``paths.compile_bundle_dir`` (the volume);
-- ``cold``: agent B starts at t=0 with nothing (an empty cache, no bundle).
+- ``cold``: agent B starts at t=0 with nothing (an empty cache, no bundle);
+- ``alone`` (run instead of the others, without agent A: the cheapest GPU
+  call): agent B starts on the card alone with an empty cache and the bundle,
+  then serves ``--jobs`` requests one at a time: start to /readyz, its
+  start-up phases, and its first request against its steady ones.
 
 The queue is the benchmark's own (the SQLite-free path): each agent takes a
 job whenever it has fewer than ``--depth`` in flight, as agents claiming from
@@ -146,6 +150,23 @@ def run_queue(a_url: str, size: str, jobs: int, depth: int, b: dict[str, Any] | 
     return out
 
 
+def run_alone(config: Path, port: int, size: str, jobs: int, ready_timeout_s: float) -> dict[str, Any]:
+    """Agent B alone on an empty cache with the bundle: start to /readyz, then ``jobs`` requests one at a time."""
+    import httpx
+
+    from zitops.bench.agent_http import running_agent
+
+    t0 = time.perf_counter()
+    with running_agent(config, port, ready_timeout_s=ready_timeout_s) as (url, _):
+        out: dict[str, Any] = {"b_ready_s": round(time.perf_counter() - t0, 2), "b_startup": _status_startup(url)}
+        with httpx.Client(timeout=900) as client:
+            seconds = [round(_post(client, url, size, n), 3) for n in range(max(jobs, 2))]
+    out["first_request_s"], out["requests_s"] = seconds[0], seconds
+    out["steady_median_s"] = round(statistics.median(seconds[1:]), 3)
+    out["first_over_steady"] = round(seconds[0] / out["steady_median_s"], 2)
+    return out
+
+
 def _post_first(url: str, size: str) -> float:
     import httpx
 
@@ -190,6 +211,13 @@ def main() -> None:
     result["warm_export"] = _warm_export(a_config, work / "fleet.zcc", args.ready_timeout)
     print(json.dumps({"warm_export": {k: v for k, v in result["warm_export"].items() if k != "warmup"}}), flush=True)
     save()
+    if args.scenarios == "alone":
+        b_port = free_port()
+        result["scenarios"]["alone"] = run_alone(_config(profile, model, work / "b-alone", b_port, bundles),
+                                                 b_port, size, args.jobs, args.ready_timeout)
+        print(json.dumps(result["scenarios"]["alone"]), flush=True)
+        save()
+        return
     with running_agent(a_config, a_port, ready_timeout_s=args.ready_timeout) as (a_url, a_ready_s):
         result["a_ready_s"] = round(a_ready_s, 2)
         result["a_startup"] = _status_startup(a_url)
