@@ -94,6 +94,8 @@ class Summary:
     duplicated: int
     rerun: int
     reads: int
+    restarts: int
+    attempts: dict[int, int]
     violations: list[str] = field(default_factory=list)
 
 
@@ -137,6 +139,8 @@ class HistoryRun:
         self.faults_done: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._killed: set[int] = set()
+        self.restarts = 0
         self.start = time.monotonic()
         self.nets: list[NetNs] = []
         self.agents: list[FleetAgent] = []
@@ -245,9 +249,13 @@ class HistoryRun:
         assert self.cluster is not None and self.db is not None
         agent, ns = self.agents[fault.agent], self.nets[fault.agent]
         if fault.kind == "kill_agent":
-            agent.kill9()
+            with self._lock:
+                self._killed.add(fault.agent)
+                agent.kill9()
             time.sleep(self.rng.uniform(0.5, self.lease_s))  # down for a while: its leases may expire
-            agent.restart()
+            with self._lock:
+                agent.restart()
+                self._killed.discard(fault.agent)
         elif fault.kind == "terminate_backends":
             self.cluster.terminate(self.db.name)
         elif fault.kind == "restart_store":
@@ -259,6 +267,15 @@ class HistoryRun:
             time.sleep(self.rng.uniform(1.0, self.lease_s * 2))  # past the lease sometimes: b reaps a's jobs
             ns.heal()
         self.faults_done[fault.kind] += 1
+
+    def _supervisor(self) -> None:
+        """systemd's Restart=always: an agent that exited (it cannot start while the store is down) starts again."""
+        while not self._stop.wait(0.5):
+            with self._lock:
+                for i, agent in enumerate(self.agents):
+                    if i not in self._killed and agent.proc.poll() is not None:
+                        agent.restart()
+                        self.restarts += 1
 
     def _faulter(self) -> None:
         for fault in self.plan:
@@ -272,13 +289,13 @@ class HistoryRun:
         """Load and faults, then wait until every accepted job is final (bounded), then check."""
         self.start = time.monotonic()
         threads = [threading.Thread(target=t, daemon=True) for t in (self._submitter, self._reader, self._faulter,
-                                                                       self._recorder)]
+                                                                       self._recorder, self._supervisor)]
         for t in threads:
             t.start()
         threads[0].join(self.span_s + 120)
         threads[2].join(self.span_s + 120)
         for agent in self.agents:  # every agent back: the lease reaper and the restarts have run
-            agent.wait_ready()
+            poll_ready(agent)
         deadline = time.monotonic() + settle_s
         while time.monotonic() < deadline and not self._all_final():
             time.sleep(0.5)
@@ -333,7 +350,8 @@ class HistoryRun:
             lost=sum(1 for j in accepted if rows.get(j, {}).get("status") not in TERMINAL),
             duplicated=sum(1 for v in violations if v.startswith(("ran ", "left a terminal"))),
             rerun=sum(1 for j in accepted if starts[j] > 1),
-            reads=sum(1 for c in self.calls if c.op == "image" and c.status == 200),
+            reads=sum(1 for c in self.calls if c.op == "image" and c.status == 200), restarts=self.restarts,
+            attempts=dict(sorted(Counter(int(rows[j]["attempts"]) for j in accepted if j in rows).items())),
             violations=violations,
         )
 
@@ -342,6 +360,15 @@ class HistoryRun:
         path.write_text(json.dumps({"seed": self.seed, "plan": [asdict(f) for f in self.plan],
                                     "calls": [asdict(c) for c in self.calls], "snapshots": self.snapshots},
                                    indent=1))
+
+
+def poll_ready(agent: FleetAgent, timeout_s: float = 120) -> None:
+    """Wait until ``agent`` answers /readyz 200 (the supervisor restarts it meanwhile if it exits)."""
+    deadline = time.monotonic() + timeout_s
+    while not agent.ready():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"agent {agent.agent_id} not ready within {timeout_s} s:\n{agent.output()}")
+        time.sleep(0.2)
 
 
 def check(calls: list[Call], snapshots: dict[str, list[tuple[str, int, str | None]]],
