@@ -150,6 +150,46 @@ class PgCluster:
         (self.data / "postmaster.pid").unlink(missing_ok=True)
         (self.root / f".s.PGSQL.{self.port}.lock").unlink(missing_ok=True)
 
+    def standby(self) -> PgCluster:
+        """A streaming replica of this cluster (pg_basebackup -R), started on a port of its own.
+
+        It replays the primary's WAL; name it in ``synchronous_standby_names`` (its cluster_name is
+        ``standby``) for synchronous replication. ``promote`` and ``move_to`` make it the new primary.
+        """
+        replica = PgCluster.__new__(PgCluster)
+        replica.listen, replica.hba, replica.conf = self.listen, self.hba, self.conf
+        replica._initdb, replica._pg_ctl, replica._as_postgres = self._initdb, self._pg_ctl, self._as_postgres
+        replica.root = Path(tempfile.mkdtemp(prefix="zitops-pg-"))
+        replica.root.chmod(0o755)
+        replica.data, replica.port, replica.password_file = replica.root / "data", free_port(), self.password_file
+        try:
+            if self._as_postgres:
+                shutil.chown(replica.root, SUPERUSER)
+            basebackup = pg_bin("pg_basebackup")
+            assert basebackup is not None, INSTALL_HINT
+            replica._run(basebackup, "-D", str(replica.data), "-R", "-X", "stream", "-c", "fast",
+                         "-h", str(self.root), "-p", str(self.port), "-U", SUPERUSER)
+            with (replica.data / "postgresql.conf").open("a") as conf:
+                conf.write(f"port = {replica.port}\nunix_socket_directories = '{replica.root}'\n"
+                           "cluster_name = 'standby'\n")
+            replica.start()
+        except BaseException:
+            replica.remove()
+            raise
+        return replica
+
+    def promote(self) -> None:
+        """End recovery on a standby: it becomes a primary and takes writes."""
+        self._run(self._pg_ctl, "-D", str(self.data), "-w", "-t", "60", "promote")
+
+    def move_to(self, port: int) -> None:
+        """Restart on ``port`` (the address clients know: a DNS name or a VIP moved to this server)."""
+        self.stop()
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"port = {port}\n")
+        self.port = port
+        self.start()
+
     def terminate(self, dbname: str) -> int:
         """pg_terminate_backend on every connection to ``dbname``; how many were cut."""
         with self.admin() as conn:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from tests.fleet_support import FleetAgent
@@ -199,4 +200,48 @@ def test_the_databases_disk_fills_then_space_comes_back(fleet: Fleet) -> None:
         poll_until(lambda: all(a.ready() for a in fleet.agents), 30)
         n = len(running.accepted)
         poll_until(lambda: len(running.accepted) >= n + 5, 30)
+    all_back_and_nothing_lost(fleet, running.accepted, running.refused)
+
+
+@pytest.fixture
+def replicated(tmp_path: Path) -> Iterator[tuple[Fleet, PgCluster]]:
+    """A primary with a synchronous streaming replica, and two agents on the primary's address."""
+    primary = PgCluster(conf=("synchronous_commit = on",))
+    replica: PgCluster | None = None
+    agents: list[FleetAgent] = []
+    try:
+        db = primary.create_db()
+        replica = primary.standby()
+        with primary.admin() as conn:  # a commit waits for the replica: a 202 survives the failover
+            conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'standby'")
+            conn.execute("SELECT pg_reload_conf()")
+            poll_until(lambda: conn.execute("SELECT sync_state FROM pg_stat_replication").fetchone()
+                       == ("sync",), 30)
+        agents = [FleetAgent(tmp_path / name, db, job_seconds=0.2) for name in "ab"]
+        for agent in agents:
+            agent.wait_ready()
+        yield Fleet(primary, db, tmp_path, agents), replica
+    finally:
+        for agent in agents:
+            agent.stop()
+        primary.remove()
+        if replica is not None:
+            replica.remove()
+
+
+def test_failover_to_a_promoted_replica_at_the_same_address(replicated: tuple[Fleet, PgCluster]) -> None:
+    fleet, replica = replicated
+    port = fleet.cluster.port
+    with load(fleet) as running:
+        poll_until(lambda: len(running.accepted) >= 10, 30)
+        fleet.cluster.kill9()  # the primary's host is gone
+        for agent in fleet.agents:
+            refused_with_reason(agent, "unavailable")
+        replica.promote()
+        replica.move_to(port)  # the DNS name (here: the address) now leads to the new primary
+        poll_until(lambda: all(a.ready() for a in fleet.agents), 30)
+        poll_until(lambda: len(running.accepted) >= 15, 30)
+    with psycopg.connect(fleet.db.url, password=fleet.db.password_file.read_text().strip()) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)  # the replica answers now
+        assert conn.info.port == port
     all_back_and_nothing_lost(fleet, running.accepted, running.refused)
