@@ -32,6 +32,11 @@ SETS = ["generation.width=64", "generation.height=64", "generation.steps=2", "qu
         "queue.job_timeout_s=60", "queue.drain_timeout_s=5", "watchdog.heartbeat_interval_s=0.5"]
 
 
+def not_ok(r: httpx.Response, ok: int) -> httpx.Response | None:
+    """``r`` unless its status is ``ok`` (for poll_until: wait for a refusal and keep it)."""
+    return r if r.status_code != ok else None
+
+
 class FleetAgent:
     """One agent of the fleet: the fault engine's synthetic pixels, the shared store (or SQLite)."""
 

@@ -29,6 +29,7 @@ The seed is printed with every failure; the same seed gives the same schedule.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import io
@@ -200,15 +201,19 @@ class HistoryRun:
 
     def _submitter(self) -> None:
         rng = random.Random(self.seed + 1)
-        for n in range(self.jobs):
-            if self._stop.wait(max(0.0, self.start + n * self.submit_every_s - time.monotonic())):
-                return
-            seed, prompt = rng.randrange(1 << 30), f"history {n}"
-            r = self._call(rng.randrange(len(self.agents)), "submit", "POST", "/v1/jobs",
-                           json={"prompt": prompt, "seed": seed})
-            if r is not None and r.status_code == 202:
-                with self._lock:
-                    self.prompts[str(r.json()["id"])] = (seed, prompt)
+        # Several clients: a call into a partition (3 s to time out) does not hold back the next submits.
+        with concurrent.futures.ThreadPoolExecutor(4) as clients:
+            for n in range(self.jobs):
+                if self._stop.wait(max(0.0, self.start + n * self.submit_every_s - time.monotonic())):
+                    return
+                clients.submit(self._submit, rng.randrange(len(self.agents)), rng.randrange(1 << 30),
+                               f"history {n}")
+
+    def _submit(self, agent: int, seed: int, prompt: str) -> None:
+        r = self._call(agent, "submit", "POST", "/v1/jobs", json={"prompt": prompt, "seed": seed})
+        if r is not None and r.status_code == 202:
+            with self._lock:
+                self.prompts[str(r.json()["id"])] = (seed, prompt)
 
     def _reader(self) -> None:
         rng = random.Random(self.seed + 2)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.fleet_support import FleetAgent
+from tests.fleet_support import FleetAgent, not_ok
 from tests.history_support import expected_pixels, pixels_of
 from tests.netns_support import NetNs
 from tests.pg_support import PgCluster, PgDatabase
@@ -108,7 +108,7 @@ def test_a_cut_from_the_store_only_is_reaped_by_b_and_its_late_result_refused(pa
     pair.nets[0].cut_port("DROP", pair.cluster.port, server="root")
     cut_at = time.monotonic()
     # a notices within a bound, says why, refuses new jobs, and stays live for the clients it still reaches.
-    ready = poll_until(lambda: (r := pair.a.client.get("/readyz", timeout=3)).status_code != 200 and r, 20)
+    ready = poll_until(lambda: not_ok(pair.a.client.get("/readyz", timeout=3), 200), 20)
     noticed_s = time.monotonic() - cut_at
     assert "store_unavailable" in ready.json()["reasons"], ready.text  # the code a non-admin probe gets
     assert pair.a.client.get("/livez", timeout=3).status_code == 200

@@ -27,7 +27,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.fleet_support import FleetAgent
+from tests.fleet_support import FleetAgent, not_ok
 from tests.pg_support import PgCluster, PgDatabase
 from tests.store_support import poll_until
 
@@ -116,10 +116,9 @@ def load(fleet: Fleet) -> Iterator[Load]:
 def refused_with_reason(agent: FleetAgent, *words: str) -> str:
     """While the store cannot take jobs: /livez 200, /readyz non-200 naming the store, a submit 503 with why."""
     assert agent.client.get("/livez", timeout=2).status_code == 200, agent.output()
-    ready = poll_until(lambda: (r := agent.client.get("/readyz", timeout=2)).status_code != 200 and r, 20)
+    ready = poll_until(lambda: not_ok(agent.client.get("/readyz", timeout=2), 200), 20)
     assert any(reason.startswith("store unreachable: ") for reason in ready.json()["reasons"]), ready.text
-    r = poll_until(lambda: (r := agent.client.post("/v1/jobs", json={"prompt": "refused"}, timeout=5))
-                   .status_code != 202 and r, 20)
+    r = poll_until(lambda: not_ok(agent.client.post("/v1/jobs", json={"prompt": "refused"}, timeout=5), 202), 20)
     message = r.json()["error"]["message"]
     assert r.status_code == 503 and r.headers.get("retry-after", "").isdigit(), (r.status_code, r.text)
     assert "store" in message and all(w in message for w in words), message
@@ -237,8 +236,19 @@ def test_failover_to_a_promoted_replica_at_the_same_address(replicated: tuple[Fl
         fleet.cluster.kill9()  # the primary's host is gone
         for agent in fleet.agents:
             refused_with_reason(agent, "unavailable")
+        # The DNS name (here: the address) leads to the replica before it is promoted: it takes
+        # connections but no writes, so the store stays unavailable rather than ready and refusing.
+        replica.move_to(port)
+        with psycopg.connect(fleet.db.url, password=fleet.db.password_file.read_text().strip()) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+        for agent in fleet.agents:
+            refused_with_reason(agent, "unavailable")
+        # Stays so: five of the breaker's probe rounds (1 s each) find the replica and keep it out.
+        until = time.monotonic() + 5
+        while time.monotonic() < until:
+            assert not any(a.ready() for a in fleet.agents), "ready on a replica that refuses every write"
+            time.sleep(0.2)
         replica.promote()
-        replica.move_to(port)  # the DNS name (here: the address) now leads to the new primary
         poll_until(lambda: all(a.ready() for a in fleet.agents), 30)
         poll_until(lambda: len(running.accepted) >= 15, 30)
     with psycopg.connect(fleet.db.url, password=fleet.db.password_file.read_text().strip()) as conn:

@@ -24,7 +24,7 @@ SEED = int(os.environ.get("ZITOPS_HISTORY_SEED", "24"))
 
 
 def test_a_seeded_fault_schedule_keeps_every_accepted_job_once(tmp_path: Path) -> None:
-    with history_run(tmp_path, seed=SEED, jobs=40, faults=4, submit_every_s=0.25) as run:
+    with history_run(tmp_path, seed=SEED, jobs=40, faults=4, submit_every_s=0.25, job_seconds=0.6) as run:
         summary = run.run()
         run.dump(tmp_path / "history.json")
     print(summary)  # shown with -s
