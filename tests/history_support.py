@@ -97,6 +97,7 @@ class Summary:
     reads: int
     restarts: int
     attempts: dict[int, int]
+    failures: list[str]
     violations: list[str] = field(default_factory=list)
 
 
@@ -314,7 +315,7 @@ class HistoryRun:
         assert self.db is not None
         with psycopg.connect(self.db.url, password=self.db.password_file.read_text().strip(), autocommit=True,
                              row_factory=psycopg.rows.dict_row) as conn:
-            rows = conn.execute("SELECT id, status, attempts, agent_id, image_attempt, request FROM zitops.jobs").fetchall()
+            rows = conn.execute("SELECT id, status, attempts, agent_id, image_attempt, error FROM zitops.jobs").fetchall()
             images = conn.execute("SELECT i.job_id, i.data FROM zitops.job_images i JOIN zitops.jobs j "
                                   "ON j.id = i.job_id AND i.attempt = j.image_attempt WHERE i.idx = 0").fetchall()
         out = {str(r["id"]): dict(r) for r in rows}
@@ -356,6 +357,7 @@ class HistoryRun:
             duplicated=sum(1 for v in violations if v.startswith(("ran ", "left a terminal"))),
             rerun=sum(1 for j in accepted if starts[j] > 1),
             reads=sum(1 for c in self.calls if c.op == "image" and c.status == 200), restarts=self.restarts,
+            failures=[str(rows[j]["error"]) for j in accepted if rows.get(j, {}).get("status") == "failed"],
             attempts=dict(sorted(Counter(int(rows[j]["attempts"]) for j in accepted if j in rows).items())),
             violations=violations,
         )
