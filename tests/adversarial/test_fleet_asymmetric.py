@@ -88,11 +88,19 @@ def status(agent: FleetAgent, job: str) -> dict[str, object] | None:
     return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
 
 
-def running_on_a(pair: Pair) -> str:
-    """A job a accepted and runs (a claims the jobs it accepts first)."""
-    job = pair.a.submit(seed=11)
-    poll_until(lambda: (s := status(pair.a, job)) is not None and s["status"] == "running", 30)
-    return job
+def running_on_a(pair: Pair) -> tuple[str, int]:
+    """A job that a runs, and its seed. a claims the jobs it accepts first, but on a loaded host
+    b's claim can win the 50 ms grace: then b runs it in 0.2 s and a gets the next one."""
+    def claimed(job: str) -> tuple[str, int, str] | None:
+        got = row(pair, job)
+        return got if got[0] != "queued" else None
+
+    for seed in range(11, 21):
+        job = pair.a.submit(seed=seed)
+        got = poll_until(lambda: claimed(job), 30, 0.05)  # noqa: B023 - called before the loop moves on
+        if got[0] == "running" and got[2] == pair.a.agent_id:
+            return job, seed
+    raise AssertionError("b claimed ten jobs in a row that a accepted")
 
 
 def row(pair: Pair, job: str) -> tuple[str, int, str]:
@@ -104,7 +112,7 @@ def row(pair: Pair, job: str) -> tuple[str, int, str]:
 
 
 def test_a_cut_from_the_store_only_is_reaped_by_b_and_its_late_result_refused(pair: Pair) -> None:
-    job = running_on_a(pair)
+    job, seed = running_on_a(pair)
     pair.nets[0].cut_port("DROP", pair.cluster.port, server="root")
     cut_at = time.monotonic()
     # a notices within a bound, says why, refuses new jobs, and stays live for the clients it still reaches.
@@ -124,30 +132,29 @@ def test_a_cut_from_the_store_only_is_reaped_by_b_and_its_late_result_refused(pa
     poll_until(lambda: "zitops_store_outbox 0" in pair.a.client.get("/metrics", timeout=5).text, 20, 0.2)
     poll_until(lambda: pair.a.log_lines("job succeed dropped: its lease moved on"), 10)
     assert row(pair, job) == ("succeeded", 2, pair.b.agent_id)  # the fence kept b's result
-    want = expected_pixels(11, "a fox", "blobs", 64)  # b's look, not a's noise
+    want = expected_pixels(seed, "a fox", "blobs", 64)  # b's look, not a's noise
     for agent in (pair.a, pair.b):
         assert pixels_of(agent.client.get(f"/v1/jobs/{job}/images/0").content) == want, agent.agent_id
     # a rejoins by itself: it accepts and runs a job again.
-    again = running_on_a(pair)
-    assert row(pair, again)[2] == pair.a.agent_id
+    running_on_a(pair)
     print({"cut to /readyz false s": round(noticed_s, 1), "cut to b's result s": round(reaped_s, 1)})
 
 
 def test_a_cut_from_the_clients_only_keeps_its_leases_and_its_work(pair: Pair) -> None:
-    job = running_on_a(pair)
+    job, seed = running_on_a(pair)
     pair.nets[0].cut_port("DROP", pair.a.port, server="ns")
     with pytest.raises(httpx.HTTPError):
         pair.a.client.get("/livez", timeout=2)
     # Inside its namespace a is healthy and ready: it reaches its store, and cannot see the cut.
     assert pair.nets[0].http("GET", f"{pair.a.url}/readyz", timeout_s=3).status == 200
     # Jobs submitted to b meanwhile run on the fleet, some on a (it still claims), all served by b.
-    more = [pair.b.submit(seed=20 + i) for i in range(4)]
+    more = [pair.b.submit(seed=30 + i) for i in range(4)]
     poll_until(lambda: all((s := status(pair.b, j)) is not None and s["status"] == "succeeded"
                            for j in [job, *more]), 60, 0.2)
     # a's heartbeats went on through the cut: its job was never reaped, one attempt, a's own pixels.
     assert row(pair, job) == ("succeeded", 1, pair.a.agent_id)
     assert pixels_of(pair.b.client.get(f"/v1/jobs/{job}/images/0").content) == \
-        expected_pixels(11, "a fox", "noise", 64)
+        expected_pixels(seed, "a fox", "noise", 64)
     assert not pair.b.log_lines("job requeued"), "b reaped a job of an agent that was alive"
     pair.nets[0].heal()
     poll_until(lambda: pair.a.ready(), 20)
