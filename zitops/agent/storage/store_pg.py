@@ -393,6 +393,11 @@ class PgJobStore:
         return [_record(r) for r in rows]
 
     @bounded()
+    def fail_overdue(self) -> list[JobRecord]:
+        """Fail the fleet's queued jobs past their max_queue_s (the server's clock), each by one agent; return them."""
+        return [_record(r) for r in self._rows("fail_overdue")]
+
+    @bounded()
     def fleet_counts(self) -> FleetCounts:
         """Queued and running jobs, ready agents and stored image bytes, fleet-wide."""
         row = self._row("fleet_counts", lease_s=self.lease_s)

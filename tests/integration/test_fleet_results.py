@@ -1,0 +1,157 @@
+"""A fleet's results where operators want them: two real agents on one real PostgreSQL (tests/pg_support.py).
+
+The agents keep images in a real SeaweedFS (tests/s3_support.py), send
+webhooks to a real receiver on 127.0.0.1 that fails each first delivery
+(signatures checked with PyPI's ``standardwebhooks``), and fail queued jobs
+past their ``max_queue_s`` in SQL, on the database's clock, once for the
+fleet. The fault engine makes jobs of a known length. One database, one
+SeaweedFS, one receiver and the two agents serve the whole module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import psycopg
+import pytest
+import standardwebhooks
+
+from tests.fleet_support import FleetAgent
+from tests.runtime_support import wait_until
+from tests.webhook_support import SECRET, Receiver, secret_file, serve
+
+if TYPE_CHECKING:
+    from tests.pg_support import PgCluster, PgDatabase
+    from tests.s3_support import Weed
+
+pytestmark = pytest.mark.slow
+pytest_plugins = ["tests.pg_support", "tests.s3_support"]  # pg_cluster; weed (bucket zitops-images)
+
+BUCKET, PREFIX = "zitops-images", "fleet"
+JOB_S = 1.0
+"""Each job's length on the fault engine: long enough to keep both agents busy behind a few blockers."""
+
+
+@dataclass
+class Fleet:
+    """The module's servers: the agents, their database, the object store and the webhook receiver."""
+
+    agents: list[FleetAgent]
+    db: PgDatabase
+    weed: Weed
+    receiver: Receiver
+    hook: str
+
+
+@pytest.fixture(scope="module")
+def fleet(pg_cluster: PgCluster, weed: Weed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    tmp = tmp_path_factory.mktemp("fleet-results")
+    db = pg_cluster.create_db()
+    receiver = Receiver()
+    server, port = serve(receiver)
+    agents: list[FleetAgent] = []
+    try:
+        for name in ("a", "b"):
+            (tmp / name).mkdir()
+            config: dict[str, Any] = {
+                "images": {"url": f"s3://{BUCKET}/{PREFIX}", "s3_endpoint": weed.endpoint, "url_ttl_s": 600,
+                           "s3_credentials_file": str(weed.credentials_file(tmp / name / "s3-credentials")),
+                           "check_interval_s": 0.5},
+                "webhooks": {"secret_file": str(secret_file(tmp / name / "webhook.secret")),
+                             "allowed_hosts": [f"http://127.0.0.1:{port}"], "backoff_s": 0.3,
+                             "backoff_max_s": 2.0, "max_attempts": 4},
+            }
+            agents.append(FleetAgent(tmp / name, db, job_seconds=JOB_S, config=config))
+        for agent in agents:
+            agent.wait_ready()
+        yield Fleet(agents, db, weed, receiver, f"http://127.0.0.1:{port}/hooks/zitops")
+    finally:
+        for agent in agents:
+            agent.stop()
+        server.shutdown()
+        with contextlib.suppress(psycopg.OperationalError):
+            pg_cluster.drop_db(db.name)
+
+
+def final(agent: FleetAgent, job_id: str, timeout_s: float = 90) -> dict[str, Any]:
+    job: dict[str, Any] = wait_until(lambda: (j := agent.job(job_id))["status"] in ("succeeded", "failed", "cancelled")
+                                     and j, timeout_s, what=f"job {job_id} to end")
+    return job
+
+
+def row(db: PgDatabase, sql: str, *params: Any) -> tuple[Any, ...]:
+    with db.connect() as conn:
+        got = conn.execute(sql, params).fetchone()
+    assert got is not None
+    return tuple(got)
+
+
+def test_a_job_done_on_one_agent_is_one_signed_webhook_objects_in_s3_and_served_by_the_other(fleet: Fleet) -> None:
+    job_id = fleet.agents[0].submit(webhook=fleet.hook)
+    job = final(fleet.agents[0], job_id)
+    assert job["status"] == "succeeded", job
+    (ran_on,) = row(fleet.db, "SELECT agent_id FROM zitops.jobs WHERE id = %s", job_id)
+    other = next(a for a in fleet.agents if a.agent_id != ran_on)
+
+    # The objects exist (boto3 reads them), and the store keeps their keys, not their bytes.
+    s3 = fleet.weed.client()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/{job_id}/")["Contents"]]
+    assert len(keys) == 1 and keys[0].endswith(".png")
+    stored = s3.get_object(Bucket=BUCKET, Key=keys[0])["Body"].read()
+    assert stored[:8] == b"\x89PNG\r\n\x1a\n"
+    assert row(fleet.db, "SELECT count(*) FROM zitops.job_images WHERE job_id = %s", job_id) == (0,)
+    assert row(fleet.db, "SELECT image_bytes FROM zitops.jobs WHERE id = %s", job_id) == (0,)
+
+    # The agent that did not run the job serves its bytes and presigned links to the same object.
+    served = other.client.get(f"/v1/jobs/{job_id}/images/0")
+    assert served.status_code == 200 and served.content == stored
+    (link,) = other.job(job_id)["images"]
+    assert link.startswith(f"{fleet.weed.endpoint}/{BUCKET}/{PREFIX}/{job_id}/")
+    assert httpx.get(link, timeout=10).content == stored
+
+    # One delivery for the fleet: the first attempt answered 500, the retry 204, then nothing more.
+    hooks = wait_until(lambda: [d for d in other.client.get("/status").json()["webhooks"]["recent"]
+                                if d["job_id"] == job_id and d["state"] == "delivered"], 60,
+                       what="the fleet's ledger to say delivered")
+    assert hooks[0]["attempts"] == 2
+    got = fleet.receiver.deliveries(job_id)
+    assert [status for status, _, _ in got] == [500, 204]
+    verifier = standardwebhooks.Webhook(SECRET)
+    for _, headers, body in got:
+        event = verifier.verify(body, headers)  # raises on a bad signature or a stale timestamp
+        assert headers["webhook-id"] == f"msg_{job_id}"
+        assert event["type"] == "job.succeeded" and event["data"]["id"] == job_id
+        (hooked,) = event["data"]["images"]  # a presigned URL of the object, not an agent's path
+        assert hooked.startswith(f"{fleet.weed.endpoint}/{BUCKET}/{PREFIX}/{job_id}/")
+        assert httpx.get(hooked, timeout=10).content == stored
+    # The agent that finished the job sent the first attempt; the retry went to whichever agent claimed it.
+    def by(event: str) -> list[str]:
+        return [a.agent_id for a in fleet.agents for r in a.log_lines(event) if r.get("job_id") == job_id]
+
+    assert by("webhook attempt failed; retrying") == [ran_on]
+    assert len(by("webhook delivered")) == 1
+
+
+def test_a_job_queued_past_its_deadline_fails_once_for_the_fleet_with_a_record(fleet: Fleet) -> None:
+    a, b = fleet.agents
+    # Six high-priority blockers keep both agents' workers busy for ~3 job lengths; the late job waits behind.
+    blockers = [(a if i % 2 else b).submit(priority=2) for i in range(6)]
+    late = a.submit(priority=0, max_queue_s=1)
+    failed = final(b, late, 30)  # visible from either agent
+    assert failed["status"] == "failed" and failed["started_at"] is None and failed["attempts"] == 0
+    assert failed["error"].startswith("max_queue_s: still queued after ") and "past its deadline of 1 s" in \
+        failed["error"]
+    # Every blocker ends after the late job failed: by then each agent ran its deadline round several times.
+    for job_id in blockers:
+        assert final(a, job_id)["status"] == "succeeded"
+    records = [r for agent in fleet.agents for r in agent.client.get("/v1/failures").json()["failures"]
+               if r["job_id"] == late]
+    assert len(records) == 1 and records[0]["kind"] == "deadline", records
+    assert "max_queue_s" in records[0]["message"]
+    logged = [r for agent in fleet.agents for r in agent.log_lines("job failed: queued past its deadline")
+              if r.get("job_id") == late]
+    assert len(logged) == 1
