@@ -128,7 +128,7 @@ class Dispatcher:
 
     async def start(self) -> None:
         """Restore durable jobs, spawn workers, start the loop and the periodic rounds."""
-        restored = self.store.recover()
+        restored = self.results.recover(self.fleet.agent_id if self.fleet is not None else None)  # held stay
         self._queue.restore([self.store.get(j) for j in restored] if self.fleet is None else [])  # a fleet claims
         if restored:
             self.log("info", "restored queued jobs", count=len(restored))

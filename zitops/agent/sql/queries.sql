@@ -128,7 +128,8 @@ RETURNING *;
 -- name: recover_jobs
 -- After this agent restarted: the jobs it was running go back to the queue,
 -- or fail once they used max_attempts (a job that kills its agent must not
--- run forever because the agent comes back under the same id).
+-- run forever because the agent comes back under the same id). Not those in
+-- keep: finished jobs whose images wait on the agent's host for the object store.
 UPDATE zitops.jobs
 SET status = CASE WHEN attempts >= %(max_attempts)s THEN 'failed' ELSE 'queued' END,
     finished_at = CASE WHEN attempts >= %(max_attempts)s THEN now() END,
@@ -137,7 +138,7 @@ SET status = CASE WHEN attempts >= %(max_attempts)s THEN 'failed' ELSE 'queued' 
         THEN format('agent %%s stopped while running this job, attempt %%s of %%s: failed at its restart',
                     %(agent_id)s::text, attempts, %(max_attempts)s::integer)
         ELSE 'requeued: the agent stopped while this job was running (agent ' || %(agent_id)s::text || ')' END
-WHERE status = 'running' AND agent_id = %(agent_id)s;
+WHERE status = 'running' AND agent_id = %(agent_id)s AND NOT (id = ANY(%(keep)s::text[]));
 
 -- name: queued_ids
 SELECT id FROM zitops.jobs WHERE status = 'queued' ORDER BY seq;

@@ -26,9 +26,10 @@ may be down:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -190,9 +191,16 @@ class FleetStore:
         self.held.pop(job_id, None)
         return record
 
-    def recover(self) -> list[str]:
-        """Requeue only this agent's running jobs (other agents' leases are theirs)."""
-        return self.shared.recover()
+    def recover(self, keep: Collection[str] = ()) -> list[str]:
+        """Requeue only this agent's running jobs (other agents' leases are theirs) but ``keep``: those it
+        finished whose images wait on its host; it holds them again, so its heartbeats renew their leases."""
+        queued = self.shared.recover(keep)
+        for job_id in keep:
+            with contextlib.suppress(NotFound):
+                record = self.shared.get(job_id)
+                if record.status is JobStatus.RUNNING and record.agent == self.shared.agent_id:
+                    self._hold(record)
+        return queued
 
     def count(self, status: JobStatus) -> int:
         """Fleet-wide count."""
