@@ -5,7 +5,8 @@ webhooks to a real receiver on 127.0.0.1 that fails each first delivery
 (signatures checked with PyPI's ``standardwebhooks``), and fail queued jobs
 past their ``max_queue_s`` in SQL, on the database's clock, once for the
 fleet. The fault engine makes jobs of a known length. One database, one
-SeaweedFS, one receiver and the two agents serve the whole module.
+SeaweedFS, one receiver and the two agents serve the whole module; the
+console's test drives Debian's Chromium through playwright.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import psycopg
 import pytest
 import standardwebhooks
 
+from tests.console_support import Outside, browser
 from tests.fleet_support import FleetAgent
 from tests.runtime_support import wait_until
 from tests.webhook_support import SECRET, Receiver, secret_file, serve
@@ -155,3 +157,32 @@ def test_a_job_queued_past_its_deadline_fails_once_for_the_fleet_with_a_record(f
     logged = [r for agent in fleet.agents for r in agent.log_lines("job failed: queued past its deadline")
               if r.get("job_id") == late]
     assert len(logged) == 1
+
+
+def test_the_console_shows_the_fleets_deliveries_and_the_object_stores_state(fleet: Fleet) -> None:
+    """Debian's Chromium (tests/console_support.py) on the agent that did not take the job, waiting on the page."""
+    job_id = fleet.agents[0].submit(webhook=fleet.hook)
+    url = fleet.agents[1].url
+    with browser() as context:
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        outside = Outside(url)
+        outside.attach(page)
+        page.goto(url + "/")
+        row = page.wait_for_selector(f'#webhook-rows tr[data-delivery="{job_id}"] td.state-delivered')
+        assert row.inner_text() == "delivered"
+        cells = [c.inner_text() for c in page.query_selector_all(f'#webhook-rows tr[data-delivery="{job_id}"] td')]
+        assert cells[3:5] == ["2", "204"]  # attempts, the last answer
+        assert "delivered" in page.inner_text("#webhook-counts")
+        store = 'dd[data-field="object store"]'
+        assert page.inner_text(store).startswith(f"s3://{BUCKET}/{PREFIX} · up")
+        fleet.weed.stop()
+        try:
+            page.wait_for_function(f"() => document.querySelector('{store}').textContent.includes('down: ')")
+            assert "head_bucket failed" in page.inner_text(store)
+        finally:
+            fleet.weed.start()
+        page.wait_for_function(f"() => document.querySelector('{store}').textContent.includes(' · up')")
+        assert outside.seen and not outside.left, f"requests left the agent: {outside.left}"
+    for agent in fleet.agents:  # the fleet takes work again
+        wait_until(agent.ready, 60, what=f"{agent.agent_id} ready again")
