@@ -394,8 +394,8 @@ class Dispatcher:
         return self.images.links(record)
 
     def expire(self) -> int:
-        """Delete expired jobs with their files and objects, then local images past the byte cap."""
-        return self.images.expire()
+        """Delete expired jobs with their files and objects, then local images past the byte cap (not held ones)."""
+        return self.images.expire(keep=self.results.held_names())
 
     def discard_images(self, job_id: str) -> None:
         """Delete a synchronous job's image files once its response holds them (kept only when asked)."""

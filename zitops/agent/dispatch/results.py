@@ -193,6 +193,10 @@ class ResultWriter:
             self._succeed(job_id, held.worker_id, held.names, held.info)
             self.journal.drop(job_id)
 
+    def held_names(self) -> frozenset[str]:
+        """The image files of the held jobs: their only copy until the object store is back (any thread)."""
+        return frozenset(name for held in list(self.held.values()) for name in held.names)
+
     def recover(self, agent_id: str | None = None) -> list[str]:
         """At start: the store's ``recover`` (running jobs back to the queue; the queued ids), except the jobs
         held for the object store before a restart, which stay running and are held again when they are still
