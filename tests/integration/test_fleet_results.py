@@ -43,6 +43,7 @@ class Fleet:
     """The module's servers: the agents, their database, the object store and the webhook receiver."""
 
     agents: list[FleetAgent]
+    configs: list[dict[str, Any]]
     db: PgDatabase
     weed: Weed
     receiver: Receiver
@@ -56,6 +57,7 @@ def fleet(pg_cluster: PgCluster, weed: Weed, tmp_path_factory: pytest.TempPathFa
     receiver = Receiver()
     server, port = serve(receiver)
     agents: list[FleetAgent] = []
+    configs: list[dict[str, Any]] = []
     try:
         for name in ("a", "b"):
             (tmp / name).mkdir()
@@ -67,10 +69,11 @@ def fleet(pg_cluster: PgCluster, weed: Weed, tmp_path_factory: pytest.TempPathFa
                              "allowed_hosts": [f"http://127.0.0.1:{port}"], "backoff_s": 0.3,
                              "backoff_max_s": 2.0, "max_attempts": 4},
             }
+            configs.append(config)
             agents.append(FleetAgent(tmp / name, db, job_seconds=JOB_S, config=config))
         for agent in agents:
             agent.wait_ready()
-        yield Fleet(agents, db, weed, receiver, f"http://127.0.0.1:{port}/hooks/zitops")
+        yield Fleet(agents, configs, db, weed, receiver, f"http://127.0.0.1:{port}/hooks/zitops")
     finally:
         for agent in agents:
             agent.stop()
@@ -185,4 +188,32 @@ def test_the_console_shows_the_fleets_deliveries_and_the_object_stores_state(fle
         page.wait_for_function(f"() => document.querySelector('{store}').textContent.includes(' · up')")
         assert outside.seen and not outside.left, f"requests left the agent: {outside.left}"
     for agent in fleet.agents:  # the fleet takes work again
+        wait_until(agent.ready, 60, what=f"{agent.agent_id} ready again")
+
+
+def test_an_agent_restarted_during_an_outage_keeps_its_held_job_and_it_runs_once(fleet: Fleet) -> None:
+    job_id = fleet.agents[0].submit(prompt="held over a restart")
+    wait_until(lambda: fleet.agents[0].job(job_id)["status"] == "running", 60, what="the job to start")
+    (ran_on,) = row(fleet.db, "SELECT agent_id FROM zitops.jobs WHERE id = %s", job_id)
+    i = next(n for n, a in enumerate(fleet.agents) if a.agent_id == ran_on)
+    fleet.weed.stop()
+    try:
+        wait_until(lambda: any(r.get("job_id") == job_id for r in fleet.agents[i].log_lines(
+            "object store down: images kept on this host until it is back")), 60, what="the images to be held")
+        old = fleet.agents[i]
+        old.stop()  # restarted within its lease, under the same agent id, the store still down
+        fleet.agents[i] = FleetAgent(old.tmp, fleet.db, job_seconds=JOB_S, config=fleet.configs[i])
+        wait_until(lambda: any(r.get("job_id") == job_id for r in fleet.agents[i].log_lines(
+            "held job restored: its images wait on this host for the object store")), 120,
+            what="the restarted agent to hold the job again")
+        assert fleet.agents[i - 1].job(job_id)["status"] == "running"
+    finally:
+        fleet.weed.start()
+    job = final(fleet.agents[i - 1], job_id)
+    assert job["status"] == "succeeded" and job["attempts"] == 1, job
+    started = [r for a in fleet.agents for r in a.log_lines("job started") if r.get("job_id") == job_id]
+    assert len(started) == 1, started  # once, on the agent that was restarted
+    keys = [o["Key"] for o in fleet.weed.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/{job_id}/")["Contents"]]
+    assert len(keys) == 1
+    for agent in fleet.agents:
         wait_until(agent.ready, 60, what=f"{agent.agent_id} ready again")
