@@ -36,6 +36,7 @@ from zitops.logbook.logs import get_logger
 from zitops.worker.process import SETUP_FAILED_EXIT, worker_main
 from zitops.worker.protocol import (
     Failure,
+    GateWait,
     Heartbeat,
     Job,
     MemoryReport,
@@ -104,7 +105,7 @@ class Pool(WatchdogRounds):
         if self._stopping or self._loop is None:
             return False
         slot.incarnation = self._incarnations[slot.id] = self._incarnations.get(slot.id, -1) + 1
-        started = self.standby.assign(slot.id, slot.gpu, slot.incarnation)
+        started = self.standby.assign(slot.id, slot.gpu, slot.incarnation, slot.gate)
         slot.standby_pid = started[0].pid if started is not None else None
         started = started or self._spawn_process(slot)
         if started is None:
@@ -119,7 +120,8 @@ class Pool(WatchdogRounds):
         """A fresh spawned worker process; None (slot marked dead) when it could not start."""
         try:
             return start_child(self._ctx, worker_main, f"zitops-worker-{slot.id}",
-                               (slot.id, slot.gpu, slot.incarnation, self._config_data, time.time()))
+                               (slot.id, slot.gpu, slot.incarnation, self._config_data, time.time(), None, None,
+                                slot.gate))
         except OSError as exc:  # out of fds or memory: count it as a death, retry with backoff
             log.error("cannot start a worker process", worker_id=slot.id, error=str(exc))
             slot.state, slot.last_exit = "dead", f"spawn failed: {exc}"
@@ -186,6 +188,8 @@ class Pool(WatchdogRounds):
             self._on_memory(slot, msg)
         elif isinstance(msg, Progress):
             self.listener.on_progress(slot, msg)
+        elif isinstance(msg, GateWait) and self.hot.owns(slot):
+            self.hot.on_gate(slot, msg)
 
     def _on_ready(self, slot: WorkerSlot, msg: Ready, now: float) -> None:
         slot.last_heartbeat = now
@@ -209,6 +213,7 @@ class Pool(WatchdogRounds):
             slot.down_since = slot.down_reason = None
         self.listener.on_ready(slot)
         self._ensure_hot(slot)
+        self.hot.slot_changed(slot)
 
     def _on_memory(self, slot: WorkerSlot, msg: MemoryReport) -> None:
         slot.memory = msg
@@ -228,6 +233,8 @@ class Pool(WatchdogRounds):
             slot.baseline_mib, slot.leak_streak = verdict.baseline_mib, verdict.leak_streak
             self.apply(verdict.actions)
         self.listener.on_memory(slot, msg)
+        if msg.after == "job" and any(s is slot for s in self.slots):  # after the next job was handed out, if any
+            self.hot.slot_changed(slot)
 
     # --- exits, restarts ---------------------------------------------------------
 
@@ -298,6 +305,7 @@ class Pool(WatchdogRounds):
                            permanent=False)
             return
         slot.state = "dead"
+        self.hot.slot_changed(slot)  # nothing serves: a building spare may go on
         self.restart(slot, kind, delay=policy.backoff_delay(recent, self.wd.restart_backoff_s,
                                                               self.wd.restart_backoff_max_s))
 
@@ -330,6 +338,7 @@ class Pool(WatchdogRounds):
         if not slot.idle or not self.send(slot, job):
             return False
         slot.state, slot.job_id, slot.job_started = "busy", job.job_id, time.monotonic()
+        self.hot.slot_changed(slot)  # a building spare stops at its next step
         return True
 
     def running(self) -> int:

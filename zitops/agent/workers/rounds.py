@@ -59,7 +59,8 @@ class WatchdogRounds:
         self.apply(policy.liveness_policy(live, self.wd.heartbeat_timeout_s, self.config.profile.queue.job_timeout_s))
         what = {"starting": "worker", "warming": "successor", hot.STARTING: "hot spare"}
         starting = [policy.Starting(s.pid, what[s.state], now, s.spawned_at)
-                    for s in self.workers() if s.pid is not None and s.state in what]
+                    for s in self.workers() if s.pid is not None and s.state in what
+                    and s.paused_since is None]  # a spare waiting at its build gate is not stuck
         self.apply(policy.startup_policy(starting + self.standby.starting(now), self.wd.startup_timeout_s))
 
     def check_memory(self) -> None:

@@ -231,14 +231,18 @@ class Standby:
         self.used += 1
         return spare
 
-    def assign(self, slot_id: str, gpu: int | None, incarnation: int) -> tuple[BaseProcess, Connection] | None:
-        """Turn the slot's live spare into its worker (an Assign); None when there is none, or it just died."""
+    def assign(self, slot_id: str, gpu: int | None, incarnation: int,
+               gate: bool | None = None) -> tuple[BaseProcess, Connection] | None:
+        """Turn the slot's live spare into its worker (an Assign); None when there is none, or it just died.
+
+        ``gate``: a gated hot spare's gate as it starts (None: not gated).
+        """
         spare = self.take(slot_id, gpu)
         if spare is None:
             return None
         try:
             spare.conn.send(Assign(worker_id=slot_id, gpu=gpu, incarnation=incarnation,
-                                   config_data=self._config_data, sent_at=time.time()))
+                                   config_data=self._config_data, sent_at=time.time(), gate=gate))
         except (BrokenPipeError, OSError):  # it died just now: start cold instead
             spare.process.kill()
             spare.process.join(1.0)
