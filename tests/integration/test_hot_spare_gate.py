@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from tests.runtime_support import REAL_ENGINE_SETS, Runtime, pid_alive, request, runtime_config, wait_until
+from tests.runtime_support import (
+    REAL_ENGINE_SETS,
+    Runtime,
+    pid_alive,
+    request,
+    runtime_config,
+    wait_until,
+)
 from zitops.agent.contract import JobStatus
 
 pytestmark = pytest.mark.slow
@@ -41,7 +48,9 @@ def test_the_spare_waits_while_a_job_runs_builds_once_idle_and_takes_over_a_kill
         (start,) = wait_until(lambda: rt.events("hot_spare_start"), 30, what="the hot spare's start")
         assert start["gated"] is True
         (w0,) = [w["pid"] for w in rt.status()["workers"] if w["state"] == "ready"]
-        # The spare is still importing (seconds) when the job is handed over: it meets a closed gate.
+        # The slot idle past the grace: the spare may build. It is still importing (seconds) when the job
+        # is handed over, which closes its gate: it stops at its next piece of work.
+        wait_until(lambda: rt.status()["hot_spare"]["spares"][0]["gate"] == "open", 30, what="an open gate")
         os.kill(w0, signal.SIGSTOP)
         stopped = w0
         rec = rt.submit(request(seed=3))

@@ -258,7 +258,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
 
     prefetch = start_prefetch(config.model) if preloaded is None else None  # the disk works while we import
     try:
-        imports_s = preimport(engine_modules(config_data))  # timed apart from the model load
+        imports_s = preimport(engine_modules(config_data, gpu is not None))  # timed apart from the load
         imported = time.time()
         started = time.perf_counter()
         from zitops.engine import phases
