@@ -95,6 +95,17 @@ scenario_scaleup_alone() { # zitops warm --export on cold caches, then a new age
   timeout "${ALONE_LIMIT:-400}" python3 benchmarks/scaleup.py --arch full --profile designer --jobs 6 --scenarios alone \
     --workdir /tmp/zscale --ready-timeout 300 --out "$OUT/scaleup-alone.json" 2>&1 | quiet | tail -30
 }
+scenario_spare_load() { # p50/p90/p99 under 12 clients while a hot spare builds: spare_build always, then idle (issue 26)
+  # ~280 s on an H100 with /tmp/zcache warm (after designer or restart-hot); a cold cache adds the compile.
+  timeout "${SPARE_LIMIT:-300}" python3 benchmarks/spare_load.py --arch full --profile designer --clients 12 \
+    --policies "${SPARE_POLICIES:-always:60,idle:25}" --spare-timeout 60 --cache-dir /tmp/zcache \
+    --out "$OUT/spare-load.json" 2>&1 | quiet | tail -12
+}
+scenario_first_trace() { # torch.profiler of the 1st and 2nd request after the warm-up, designer bf16: top differing ops (issue 26)
+  # ~150 s on an H100 with /tmp/zcache warm; the traces (gzipped) land in $OUT/first-trace/.
+  timeout "${TRACE_LIMIT:-200}" python3 benchmarks/first_size.py --arch full --plan new --trace-first \
+    --cache-dir /tmp/zcache --trace-dir "$OUT/first-trace" --out "$OUT/first-trace.json" 2>&1 | quiet | tail -32
+}
 scenario_lane_compile_bundle() { # the GPU lane's compile bundle test: an imported bundle compiles nothing (issue 26)
   timeout 280 python3 -m pytest -o addopts=-ra -m gpu tests/gpu/test_gpu_compile_bundle.py -v -rs -s -p no:cacheprovider 2>&1 \
     | tee -a "$OUT/gpu-lane.log" | tail -15

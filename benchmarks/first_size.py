@@ -12,6 +12,13 @@ graph cache hit). Then the other cuDNN setting for ``--flip-sizes`` (new
 sizes, twice each, plus the profile's size once), a prompt long enough for a
 new text bucket, and a torch.profiler table of the first and second request
 at ``--profile-size``. Random weights: speed only, never image quality.
+
+``--trace-first`` instead profiles, right after the warm-up (the worker's
+state at Ready), the first and the second request at the profile's own size,
+as a job runs them (a step hook like the worker's, no syncs between steps),
+and prints the ops whose self CPU and self CUDA times differ most between
+the two, with dynamo's counters for each; ``--trace-dir`` keeps both
+chrome traces (gzipped).
 """
 
 from __future__ import annotations
@@ -103,6 +110,9 @@ def main() -> None:
     ap.add_argument("--profile-size", default="1280x768", help="empty: no torch.profiler run")
     ap.add_argument("--out", required=True)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--trace-first", action="store_true",
+                    help="only profile the 1st and 2nd request at the profile's size after the warm-up")
+    ap.add_argument("--trace-dir", default="", help="with --trace-first: write the chrome traces here (gzipped)")
     ap.add_argument("--no-pgo", action="store_true",
                     help="ignore dynamo's saved automatic-dynamic profile: compile static first, as a cold cache does")
     args = ap.parse_args()
@@ -129,8 +139,8 @@ def main() -> None:
     plan = warmup_plan(profile, 64, 2048)
 
     class _GenerateOnly:  # the old warm-up: no after-warm-up step
-        def generate(self, request: Any) -> Any:
-            return engine.generate(request)
+        def generate(self, request: Any, progress: Any = None) -> Any:
+            return engine.generate(request, progress)
 
     warm = run_warmup(engine if args.plan == "new" else _GenerateOnly(), profile,
                       plan if args.plan == "new" else plan[:2])
@@ -140,6 +150,10 @@ def main() -> None:
                               "pgo": not args.no_pgo, "imports_s": round(imports_s, 2), "setup_s": round(setup_s, 2),
                               "warmup": warm, "cudnn_benchmark_after_warmup": torch.backends.cudnn.benchmark,
                               "requests": []}
+    if args.trace_first:
+        result["trace_first"] = trace_first(engine, profile, device, args.trace_dir)
+        Path(args.out).write_text(json.dumps(result, indent=1), "utf-8")
+        return
     clock = PhaseClock(engine)
     seen: set[str] = set()
 
@@ -173,6 +187,80 @@ def main() -> None:
     if args.profile_size:
         result["profiler"] = _profiled(one, args.profile_size, device)
     Path(args.out).write_text(json.dumps(result, indent=1), "utf-8")
+
+
+class _JobHook:
+    """The worker's step hook, less its pipe: asked for previews and stops each step, as a job's is."""
+
+    def __call__(self, step: int, total: int) -> None:
+        """A job's Progress would be sent here."""
+
+    def wants_preview(self, step: int) -> bool:
+        """No preview was asked for."""
+        return False
+
+    def preview(self, step: int, image: Any) -> None:
+        """Never called without a wish for one."""
+
+    def stop(self) -> str | None:
+        """No Steer came."""
+        return None
+
+
+def trace_first(engine: Any, profile: Any, device: str, trace_dir: str, top: int = 25) -> dict[str, Any]:
+    """Profile the 1st and 2nd request at the profile's size after the warm-up; the ops that differ most."""
+    import gzip
+    import shutil
+
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from zitops.engine.request import request_from_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device != "cpu" else [])
+    g = profile.generation
+    runs: dict[str, Any] = {}
+    ops: dict[str, dict[str, dict[str, float]]] = {}
+    for nth, seed in (("first", 11), ("second", 12)):
+        request = request_from_profile(profile, "a red fox in fresh snow", seed=seed, batch=g.batch,
+                                       width=g.width, height=g.height)
+        before = _counters()
+        with torch_profile(activities=activities) as prof:
+            t0 = time.perf_counter()
+            res = engine.generate(request, _JobHook())
+            res.images[0].tobytes()  # the worker hands raw pixels to the agent
+            if device != "cpu":
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - t0
+        runs[nth] = {"wall_s": round(wall, 4), "engine_s": round(res.seconds, 4),
+                     "counters": _delta(before, _counters())}
+        ops[nth] = {e.key[:100]: {"calls": e.count, "cpu_ms": e.self_cpu_time_total / 1000,
+                                  "cuda_ms": getattr(e, "self_device_time_total", 0.0) / 1000}
+                    for e in prof.key_averages()}
+        if trace_dir:
+            Path(trace_dir).mkdir(parents=True, exist_ok=True)
+            raw = Path(trace_dir) / f"first-trace-{nth}.json"
+            prof.export_chrome_trace(str(raw))
+            with raw.open("rb") as src, gzip.open(f"{raw}.gz", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            raw.unlink()
+        print(json.dumps({nth: runs[nth]}), flush=True)
+    diff: list[dict[str, Any]] = []
+    for key in set(ops["first"]) | set(ops["second"]):
+        a, b = ops["first"].get(key, {}), ops["second"].get(key, {})
+        row: dict[str, Any] = {"op": key, "calls": [a.get("calls", 0), b.get("calls", 0)],
+               "cpu_ms": [round(a.get("cpu_ms", 0.0), 2), round(b.get("cpu_ms", 0.0), 2)],
+               "cuda_ms": [round(a.get("cuda_ms", 0.0), 2), round(b.get("cuda_ms", 0.0), 2)]}
+        row["extra_ms"] = round(max(row["cpu_ms"][0] - row["cpu_ms"][1], row["cuda_ms"][0] - row["cuda_ms"][1]), 2)
+        diff.append(row)
+    diff.sort(key=lambda r: r["extra_ms"], reverse=True)
+    runs["first_over_second"] = round(runs["first"]["wall_s"] / runs["second"]["wall_s"], 3)
+    runs["top_differing_ops"] = diff[:top]
+    for row in diff[:top]:
+        print(f"{row['extra_ms']:>9.2f} ms  calls {row['calls']}  cpu {row['cpu_ms']}  cuda {row['cuda_ms']}  "
+              f"{row['op']}", flush=True)
+    return runs
 
 
 def _profiled(one: Any, size: str, device: str) -> dict[str, Any]:

@@ -187,6 +187,10 @@ class WatchdogSettings(_Section):
     # GPU with room for a second copy, never on the CPU; true: also on the CPU
     # (zitops.agent.workers.hot_spare, docs/runtime.md "Hot spares").
     hot_spare: Literal["auto"] | bool = "auto"
+    # When a hot spare builds (load, compile, warm-up) on the serving GPU: "idle" only while the
+    # slot's worker is idle (it pauses between steps when a job comes), "always" beside jobs.
+    # "idle" is the default pending the GPU measurement (benchmarks/device.sh spare-load; issue 26).
+    spare_build: Literal["idle", "always"] = "idle"
     restart_backoff_s: float = Field(1.0, ge=0, le=600)
     restart_backoff_max_s: float = Field(60.0, ge=0, le=3_600)
     flap_limit: int = Field(5, ge=1, le=1_000)

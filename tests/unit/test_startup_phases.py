@@ -59,6 +59,14 @@ def test_spare_imports_follow_the_engine_kind() -> None:
     assert "torch" in engine_modules(_config_data("faulty", inner="diffusers"))
 
 
+def test_a_cpu_worker_imports_the_compiler_only_when_it_will_compile() -> None:
+    # The engine compiles on the CPU only with engine.compile_on_cpu: inductor's imports are seconds spent for nothing.
+    compiled = _config_data("diffusers", compile_=True)
+    assert not set(COMPILE_MODULES) & set(engine_modules(compiled, on_gpu=False))
+    compiled["profile"]["engine"]["compile_on_cpu"] = True
+    assert set(COMPILE_MODULES) <= set(engine_modules(compiled, on_gpu=False))
+
+
 def test_optional_modules_may_be_missing_required_ones_may_not() -> None:
     from zitops.worker.preimport import preimport
 

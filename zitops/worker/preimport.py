@@ -24,8 +24,13 @@ DIFFUSERS_MODULES = (
 COMPILE_MODULES = ("torch._dynamo", "torch._inductor.compile_fx", "?triton")
 
 
-def engine_modules(config_data: dict[str, Any]) -> list[str]:
-    """What the configured engine will import: ``module`` or ``module:attribute`` names."""
+def engine_modules(config_data: dict[str, Any], on_gpu: bool = True) -> list[str]:
+    """What the configured engine will import on a GPU (``on_gpu``) or the CPU: ``module`` or ``module:attribute``.
+
+    Only what the profile uses: inductor and triton (seconds of imports) only
+    when the engine will compile, i.e. ``engine.compile`` on a GPU, or with
+    ``engine.compile_on_cpu`` on the CPU (the engine skips compiling there otherwise).
+    """
     engine = config_data.get("engine") or {}
     kind = engine.get("kind", "diffusers")
     inner = (engine.get("faults") or {}).get("inner")
@@ -34,7 +39,8 @@ def engine_modules(config_data: dict[str, Any]) -> list[str]:
         names += FAULTY_MODULES
     if kind != "faulty" or inner == "diffusers":
         names += DIFFUSERS_MODULES
-        if ((config_data.get("profile") or {}).get("engine") or {}).get("compile"):
+        knobs = (config_data.get("profile") or {}).get("engine") or {}
+        if knobs.get("compile") and (on_gpu or knobs.get("compile_on_cpu")):
             names += COMPILE_MODULES
     return names
 

@@ -19,10 +19,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zitops.worker.gate import BuildGate, BuildStopped
 from zitops.worker.protocol import (
     ClearCache,
     Failure,
     FromWorker,
+    Gate,
     Heartbeat,
     Job,
     MemoryReport,
@@ -166,7 +168,7 @@ def _report(engine: Any, worker_id: str, jobs_done: int, after: str) -> MemoryRe
 NO_WARMUP = "none: Ready comes before any generation; the first job pays compile and warm-up"
 
 
-def _warm_up(engine: Any, config: Any, device: str) -> dict[str, Any]:
+def _warm_up(engine: Any, config: Any, device: str, gate: BuildGate | None = None) -> dict[str, Any]:
     """Run the profile's warm-up when ``engine.warmup`` wants it; the start-up report's part."""
     from zitops.worker import warmup
 
@@ -174,7 +176,7 @@ def _warm_up(engine: Any, config: Any, device: str) -> dict[str, Any]:
     if not warmup.wanted(config.profile.engine.warmup, on_cuda=device != "cpu", compiled=compiled):
         return {}
     return warmup.run_warmup(engine, config.profile, warmup.warmup_plan(config.profile, config.limits.min_side,
-                                                                     config.limits.max_side))
+                                                                     config.limits.max_side), gate)
 
 
 def startup_phases(*, spawned_at: float | None, entered: float, imported: float, imports_s: float,
@@ -210,10 +212,13 @@ def startup_phases(*, spawned_at: float | None, entered: float, imported: float,
 
 def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: int,
                 config_data: dict[str, Any], spawned_at: float | None = None,
-                standby: dict[str, Any] | None = None, preloaded: Preloaded | None = None) -> None:
+                standby: dict[str, Any] | None = None, preloaded: Preloaded | None = None,
+                gate: bool | None = None) -> None:
     """Entry point of a spawned worker (or an assigned standby spare); returns only to exit 0 after Shutdown.
 
     ``preloaded`` is a spare's host copy of the pipeline, which the engine's setup uses instead of loading.
+    ``gate`` (a hot spare that builds only while its slot is idle): the gate's state as it starts; it
+    then waits at the pool's gate before its set-up and its warm-up's work (:mod:`zitops.worker.gate`).
     """
     entered = time.time()
     from zitops.worker.lifeline import die_with_parent
@@ -247,11 +252,13 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
 
     device = "cpu" if gpu is None else "cuda:0"
     imports_s = setup_s = 0.0
+    pending: list[ToWorker] = []  # read by a job's step callback or the build gate, for this loop
+    build_gate = BuildGate(conn, sender.send, gate, pending, log) if gate is not None else None
     from zitops.worker.prefetch import start_prefetch
 
     prefetch = start_prefetch(config.model) if preloaded is None else None  # the disk works while we import
     try:
-        imports_s = preimport(engine_modules(config_data))  # timed apart from the model load
+        imports_s = preimport(engine_modules(config_data, gpu is not None))  # timed apart from the load
         imported = time.time()
         started = time.perf_counter()
         from zitops.engine import phases
@@ -261,17 +268,21 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
         with phases.phase("compile_bundle"):  # the fleet's compiled code, before anything compiles
             bundle = import_bundle(config, device)
         engine = create_engine(config, incarnation=incarnation, preloaded=preloaded)
+        if build_gate is not None:
+            build_gate.wait()  # the load onto the GPU is build work too
         engine.setup(device)
         setup_s = time.perf_counter() - started
         if standby is not None and preloaded is not None:
             standby["preloaded"] = preloaded.used
-        warmed = _warm_up(engine, config, device)
+        warmed = _warm_up(engine, config, device, build_gate)
         if prefetch is not None:
             warmed["prefetch"] = prefetch
         if bundle is not None:
             from zitops.engine.precision.compile_bundle import compile_counters
 
             warmed["compile_bundle"] = {**bundle, "counters": compile_counters()}
+    except BuildStopped:
+        return  # a Shutdown while the spare was still building
     except BaseException as exc:  # report why, then die: the pool decides what next
         sender.send(Failure(job_id=None, exc_type=type(exc).__name__, message=str(exc),
                             traceback=traceback.format_exc()))
@@ -286,18 +297,19 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
     startup = startup_phases(spawned_at=spawned_at, entered=entered, imported=imported, imports_s=imports_s,
                              setup_s=setup_s, marks=phases.take(), ready=time.time(), standby=standby)
     startup.update(warmed)
+    if build_gate is not None:
+        startup["build_gate"] = {"pauses": build_gate.pauses, "pieces": build_gate.done}
     log.info("worker startup", **startup)
     sender.send(Ready(worker_id=worker_id, pid=os.getpid(), incarnation=incarnation,
                       device=device, setup_s=setup_s, describe=describe, startup=startup))
     sender.send(_report(engine, worker_id, 0, "ready"))
-    pending: list[ToWorker] = []  # read by a job's step callback, for this loop (zitops.worker.steering)
     while True:
         try:
             msg = pending.pop(0) if pending else conn.recv()
         except (EOFError, OSError):
             return  # the agent is gone: nobody wants our results
-        if isinstance(msg, Steer):
-            continue  # for a job that already ended
+        if isinstance(msg, Steer | Gate):
+            continue  # for a job that already ended; a spare's gate once it is built
         if isinstance(msg, Shutdown):
             return
         if isinstance(msg, ClearCache):

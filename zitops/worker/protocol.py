@@ -1,9 +1,11 @@
 """The messages between the agent and a worker process.
 
 Small frozen dataclasses, pickled over a ``multiprocessing`` Pipe. The agent
-sends Job, Steer, ClearCache and Shutdown, and Assign to a standby spare; the
-worker sends Ready, Heartbeat, Progress, Result, Failure and MemoryReport (a
-spare: SpareReady, then SparePreloaded when it preloads the model). Nothing here imports torch.
+sends Job, Steer, ClearCache and Shutdown, Assign to a standby spare and Gate
+to a hot spare that builds only while its slot is idle; the worker sends Ready,
+Heartbeat, Progress, Result, Failure and MemoryReport (a standby spare:
+SpareReady, then SparePreloaded when it preloads the model; a gated hot spare:
+GateWait when it pauses at a closed gate and when it goes on). Nothing here imports torch.
 
 A ``Result`` carries raw pixels, not files: the agent encodes and writes them
 on a thread pool while the worker already runs its next job, so PNG encoding
@@ -60,6 +62,7 @@ class Assign:
     incarnation: int
     config_data: dict[str, Any]
     sent_at: float  # time.time() in the agent, for the start-up phases
+    gate: bool | None = None  # a gated hot spare's gate as it starts (see Gate); None: not gated
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,26 @@ class SparePreloaded:
     pid: int
     seconds: float | None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Gate:
+    """To a hot spare still building: it may start its next piece of set-up or warm-up work (or not).
+
+    The spare reads it before its engine set-up, before each warm-up generation
+    and between the denoising steps of one; the pool sends it when its policy's
+    answer changes (:mod:`zitops.agent.workers.spare_gate`).
+    """
+
+    open: bool
+
+
+@dataclass(frozen=True)
+class GateWait:
+    """From a gated hot spare: it stopped at a closed gate (``paused``), or goes on after one."""
+
+    paused: bool
+    done: int  # pieces of build work finished so far (set-up, warm-up steps), for /status and the order of events
 
 
 @dataclass(frozen=True)
@@ -175,8 +198,8 @@ class Progress:
     preview: bytes | None = None
 
 
-ToWorker = Job | ClearCache | Shutdown | Assign | Steer
+ToWorker = Job | ClearCache | Shutdown | Assign | Steer | Gate
 """Messages the agent sends."""
 
-FromWorker = Ready | Heartbeat | MemoryReport | Result | Failure | SpareReady | SparePreloaded | Progress
+FromWorker = Ready | Heartbeat | MemoryReport | Result | Failure | SpareReady | SparePreloaded | Progress | GateWait
 """Messages a worker sends."""

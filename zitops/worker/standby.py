@@ -108,4 +108,4 @@ def standby_main(conn: Connection, gpu: int | None, modules: list[str],
     if handle is not None:
         standby["preload_s"] = handle.seconds
     worker_main(conn, msg.worker_id, msg.gpu, msg.incarnation, msg.config_data, spawned_at=msg.sent_at,
-                standby=standby, preloaded=handle)
+                standby=standby, preloaded=handle, gate=msg.gate)

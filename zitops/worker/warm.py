@@ -40,7 +40,7 @@ def warm_main(conn: Connection, config_data: dict[str, Any], import_path: str | 
     device_environment(gpu)  # before torch: this process sees exactly one GPU, or none
     report: dict[str, Any] = {"pid": os.getpid(), "device": "cpu" if gpu is None else "cuda:0", "gpu": gpu}
     try:
-        report["imports_s"] = round(preimport(engine_modules(config_data)), 3)
+        report["imports_s"] = round(preimport(engine_modules(config_data, gpu is not None)), 3)
         from zitops.engine.factory import create_engine
         from zitops.worker import warmup
         from zitops.worker.bundle import export_bundle, import_bundle

@@ -26,6 +26,7 @@ profile; running it is :func:`run_warmup`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,8 +49,18 @@ class WarmupRun:
 class Engine(Protocol):
     """What the warm-up needs of an engine."""
 
-    def generate(self, request: Any) -> Any:
-        """Generate a request's images."""
+    def generate(self, request: Any, progress: Callable[[int, int], None] | None = None) -> Any:
+        """Generate a request's images (``progress`` after each denoising step)."""
+
+
+class Gate(Protocol):
+    """A gated hot spare's gate (:class:`zitops.worker.gate.BuildGate`): wait before work while it is closed."""
+
+    def wait(self) -> None:
+        """Return once the spare may do its next piece of work."""
+
+    def step(self, step: int, total: int) -> None:
+        """The gate between two denoising steps."""
 
 
 def wanted(setting: str | bool, *, on_cuda: bool, compiled: bool) -> bool:
@@ -79,8 +90,13 @@ def warmup_plan(profile: Profile, min_side: int, max_side: int) -> tuple[WarmupR
     return tuple(runs)
 
 
-def run_warmup(engine: Engine, profile: Profile, plan: tuple[WarmupRun, ...]) -> dict[str, Any]:
-    """Run ``plan``; returns the report for ``startup`` (seconds per run and in all)."""
+def run_warmup(engine: Engine, profile: Profile, plan: tuple[WarmupRun, ...],
+               gate: Gate | None = None) -> dict[str, Any]:
+    """Run ``plan``; returns the report for ``startup`` (seconds per run and in all).
+
+    ``gate`` (a hot spare that builds only while its slot is idle) is waited at
+    before each run, between its steps and before the after-warm-up step.
+    """
     from zitops.engine.request import request_from_profile
 
     started = time.perf_counter()
@@ -89,13 +105,19 @@ def run_warmup(engine: Engine, profile: Profile, plan: tuple[WarmupRun, ...]) ->
         t0 = time.perf_counter()
         request = request_from_profile(profile, WARMUP_PROMPT, seed=0, batch=run.batch, width=run.width,
                                        height=run.height)
-        engine.generate(request)
+        if gate is None:
+            engine.generate(request)
+        else:
+            gate.wait()
+            engine.generate(request, gate.step)
         runs.append({"batch": run.batch, "width": run.width, "height": run.height,
                      "steps": request.steps, "seconds": round(time.perf_counter() - t0, 3)})
     report: dict[str, Any] = {"warmup": runs}
     # Optional: the fault engine has nothing to prepare beyond generating.
     after = getattr(engine, "after_warmup", None)
     if after is not None:
+        if gate is not None:
+            gate.wait()
         report["after_warmup"] = after()
     report["warmup_s"] = round(time.perf_counter() - started, 3)
     return report

@@ -7,7 +7,7 @@ with a warm successor when a second copy fits (:mod:`~zitops.agent.workers.overl
 when it keeps one, takes over at once instead (:mod:`~zitops.agent.workers.hot_spare`). A new worker starts in a
 pre-imported standby spare when the slot has one (:mod:`~zitops.agent.workers.standby`). What to do is the
 watchdog's (:mod:`~zitops.agent.workers.watchdog`, pure policy): the pool hands it observations and applies the
-actions it returns. Every action is kept as an event for /status and told to the listener.
+actions it returns (its rounds: :mod:`~zitops.agent.workers.rounds`). Every action is kept as an event for /status and told to the listener.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import collections
 import contextlib
 import multiprocessing
 import time
-from collections.abc import Iterable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -25,9 +24,10 @@ from typing import Any
 from zitops.agent.ops.schedule import Periodic
 from zitops.agent.workers import hot_spare as hot
 from zitops.agent.workers import watchdog as policy
-from zitops.agent.workers.overlap import OVERLAP_POLICIES, Overlap
-from zitops.agent.workers.slots import LIVE_STATES, PoolListener, WorkerSlot, observe
-from zitops.agent.workers.spawn import exit_text, sigkill, start_child, stop_children
+from zitops.agent.workers.overlap import Overlap
+from zitops.agent.workers.rounds import WatchdogRounds
+from zitops.agent.workers.slots import PoolListener, WorkerSlot
+from zitops.agent.workers.spawn import exit_text, start_child, stop_children
 from zitops.agent.workers.standby import Standby
 from zitops.agent.workers.vram import Reader, Vram
 from zitops.agent.workers.vram_history import VramHistory
@@ -35,8 +35,8 @@ from zitops.config import AgentConfig, config_to_dict
 from zitops.logbook.logs import get_logger
 from zitops.worker.process import SETUP_FAILED_EXIT, worker_main
 from zitops.worker.protocol import (
-    ClearCache,
     Failure,
+    GateWait,
     Heartbeat,
     Job,
     MemoryReport,
@@ -53,7 +53,7 @@ EVENT_HISTORY = 200
 log = get_logger("zitops.agent.pool")
 
 
-class Pool:
+class Pool(WatchdogRounds):
     """Spawned workers on the agent's event loop."""
 
     def __init__(self, config: AgentConfig, gpus: list[int | None], listener: PoolListener,
@@ -105,7 +105,7 @@ class Pool:
         if self._stopping or self._loop is None:
             return False
         slot.incarnation = self._incarnations[slot.id] = self._incarnations.get(slot.id, -1) + 1
-        started = self.standby.assign(slot.id, slot.gpu, slot.incarnation)
+        started = self.standby.assign(slot.id, slot.gpu, slot.incarnation, slot.gate)
         slot.standby_pid = started[0].pid if started is not None else None
         started = started or self._spawn_process(slot)
         if started is None:
@@ -120,7 +120,8 @@ class Pool:
         """A fresh spawned worker process; None (slot marked dead) when it could not start."""
         try:
             return start_child(self._ctx, worker_main, f"zitops-worker-{slot.id}",
-                               (slot.id, slot.gpu, slot.incarnation, self._config_data, time.time()))
+                               (slot.id, slot.gpu, slot.incarnation, self._config_data, time.time(), None, None,
+                                slot.gate))
         except OSError as exc:  # out of fds or memory: count it as a death, retry with backoff
             log.error("cannot start a worker process", worker_id=slot.id, error=str(exc))
             slot.state, slot.last_exit = "dead", f"spawn failed: {exc}"
@@ -187,6 +188,8 @@ class Pool:
             self._on_memory(slot, msg)
         elif isinstance(msg, Progress):
             self.listener.on_progress(slot, msg)
+        elif isinstance(msg, GateWait) and self.hot.owns(slot):
+            self.hot.on_gate(slot, msg)
 
     def _on_ready(self, slot: WorkerSlot, msg: Ready, now: float) -> None:
         slot.last_heartbeat = now
@@ -210,6 +213,7 @@ class Pool:
             slot.down_since = slot.down_reason = None
         self.listener.on_ready(slot)
         self._ensure_hot(slot)
+        self.hot.slot_changed(slot)
 
     def _on_memory(self, slot: WorkerSlot, msg: MemoryReport) -> None:
         slot.memory = msg
@@ -229,6 +233,8 @@ class Pool:
             slot.baseline_mib, slot.leak_streak = verdict.baseline_mib, verdict.leak_streak
             self.apply(verdict.actions)
         self.listener.on_memory(slot, msg)
+        if msg.after == "job" and any(s is slot for s in self.slots):  # after the next job was handed out, if any
+            self.hot.slot_changed(slot)
 
     # --- exits, restarts ---------------------------------------------------------
 
@@ -299,6 +305,7 @@ class Pool:
                            permanent=False)
             return
         slot.state = "dead"
+        self.hot.slot_changed(slot)  # nothing serves: a building spare may go on
         self.restart(slot, kind, delay=policy.backoff_delay(recent, self.wd.restart_backoff_s,
                                                               self.wd.restart_backoff_max_s))
 
@@ -324,102 +331,6 @@ class Pool:
         self.event("restart", slot, reason, delay_s=round(delay, 3))
         slot.timers.append(self._loop.call_later(delay, self._spawn, slot))
 
-    # --- the watchdog: observe, ask the policy, apply ----------------------------------
-
-    def check_liveness(self) -> None:
-        """Kill every live worker that stopped heartbeating or overran its job timeout, and every stuck set-up."""
-        now = time.monotonic()
-        live = [observe(s, now) for s in self.workers()
-                if s.process is not None and s.pid is not None and s.state in LIVE_STATES]
-        self.apply(policy.liveness_policy(live, self.wd.heartbeat_timeout_s, self.config.profile.queue.job_timeout_s))
-        what = {"starting": "worker", "warming": "successor", hot.STARTING: "hot spare"}
-        starting = [policy.Starting(s.pid, what[s.state], now, s.spawned_at)
-                    for s in self.workers() if s.pid is not None and s.state in what]
-        self.apply(policy.startup_policy(starting + self.standby.starting(now), self.wd.startup_timeout_s))
-
-    def check_memory(self) -> None:
-        """Read GPU memory (NVML, or the workers' own reports) and apply the memory policy."""
-        failed = self.vram.refresh([s.gpu for s in self.slots if s.gpu is not None])
-        if failed is not None:
-            self.event("nvml", None, failed)
-        self.vram_history.record(self.vram.gpus, self.slots)
-        by_index = self.vram.by_index()
-        overlapped = {w.gpu for w in self.overlap.workers() if w.gpu is not None}
-        now = time.monotonic()
-        seen = []
-        for s in self.slots:
-            if s.serving and s.pid is not None:
-                gpu = by_index.get(s.gpu) if s.gpu is not None else None
-                if gpu is not None:
-                    s.nvml_used_mib = gpu.by_pid.get(s.pid)
-                seen.append(observe(s, now, gpu, s.gpu in overlapped))
-        self.apply(policy.memory_policy(seen, self.wd))
-        for s in list(self.slots):  # a spare that failed, or did not fit before, is retried here
-            self._ensure_hot(s)
-
-    def apply(self, actions: Iterable[policy.Action]) -> None:
-        """Carry out the watchdog's actions on the workers they name (by pid)."""
-        for action in actions:
-            slot = next((s for s in self.workers() if s.pid == action.pid and s.process is not None), None)
-            if slot is None:
-                if isinstance(action, policy.KillWorker):  # a standby spare stuck in its imports or preload
-                    self.standby.kill(action.pid, action.reason)
-                continue
-            if isinstance(action, policy.KillWorker):
-                self.kill(slot, action.reason, action.fail_job)
-            elif isinstance(action, policy.RecycleWorker):
-                self.recycle(slot, action.reason, kind=action.kind)
-            else:
-                self.clear_cache(slot)
-
-    def kill(self, slot: WorkerSlot, reason: str, fail_job: bool = False) -> None:
-        """SIGTERM a hung worker, then SIGKILL after the grace period; it is replaced on exit.
-
-        ``fail_job``: its job passed its timeout, so that job fails instead of being requeued.
-        """
-        if slot.process is None or slot.kill_reason is not None or self._loop is None:
-            return
-        slot.kill_reason, slot.kill_fails_job = reason, fail_job
-        slot.down_since, slot.down_reason = time.monotonic(), f"killed: {reason}"
-        self.event("kill", slot, reason, job_id=slot.job_id)
-        proc = slot.process
-        proc.terminate()
-        slot.timers.append(self._loop.call_later(self.wd.kill_grace_s, sigkill, proc))
-
-    def recycle(self, slot: WorkerSlot, reason: str, kind: str = "recycle", overlap: bool = True) -> None:
-        """Replace a worker: warm a successor first when a second copy fits, else finish, exit, restart."""
-        if (not slot.serving or slot.kill_reason is not None
-                or slot.id in self.overlap.warming):  # at most one successor per slot
-            return
-        if (spare := self.hot.take_ready(slot.id)) is not None:
-            self.overlap.adopt(slot, spare, reason, kind)
-            self._ensure_hot(spare)
-            return
-        if (overlap and self.wd.overlap_recycle and kind in OVERLAP_POLICIES and self._room(slot)
-                and self.overlap.start(slot, reason, kind)):
-            return
-        slot.state = "recycling"
-        slot.down_since, slot.down_reason = time.monotonic(), f"recycled: {reason}"
-        self.event("recycle", slot, reason, policy=kind, overlap=False, jobs_done=slot.jobs_done,
-                   allocated_mib=slot.memory.allocated_mib if slot.memory else None)
-        self.send(slot, Shutdown(reason))
-
-    def _room(self, slot: WorkerSlot, setting: str | bool = True) -> bool:
-        free = self.vram.free_mib(slot.gpu) if slot.gpu is not None else None
-        return policy.hot_spare_wanted(setting, slot.gpu is not None, free, slot.nvml_used_mib)
-
-    def _ensure_hot(self, slot: WorkerSlot) -> None:
-        self.hot.ensure(slot, not self._stopping and self._room(slot, self.wd.hot_spare), time.monotonic())
-
-    def clear_cache(self, slot: WorkerSlot) -> None:
-        """Ask an idle worker to return cached allocator blocks, at most once between jobs."""
-        # What one clear cannot free (fragmented blocks) a second one will not
-        # free either, so wait for the next job before trying again.
-        if (slot.idle and slot.clearing is None and slot.memory is not None
-                and slot.cleared_after != slot.jobs_done and self.send(slot, ClearCache())):
-            slot.clearing = slot.memory.reserved_mib
-            slot.cleared_after = slot.jobs_done
-
     # --- for the dispatcher ---------------------------------------------------------------
 
     def assign(self, slot: WorkerSlot, job: Job) -> bool:
@@ -427,6 +338,7 @@ class Pool:
         if not slot.idle or not self.send(slot, job):
             return False
         slot.state, slot.job_id, slot.job_started = "busy", job.job_id, time.monotonic()
+        self.hot.slot_changed(slot)  # a building spare stops at its next step
         return True
 
     def running(self) -> int:

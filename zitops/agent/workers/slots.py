@@ -64,6 +64,8 @@ class WorkerSlot:
     last_exit: str | None = None
     startup: dict[str, Any] | None = None  # the start-up phases of this incarnation's Ready
     standby_pid: int | None = None  # set when this incarnation runs in a standby spare
+    gate: bool | None = None  # a gated hot spare: its build gate as last sent (None: not gated)
+    paused_since: float | None = None  # monotonic; a gated spare waiting at its closed gate
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
     def begin(self, process: BaseProcess, conn: Connection, now: float) -> None:

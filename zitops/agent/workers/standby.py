@@ -128,7 +128,6 @@ class Standby:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self.enabled = self.wd.standby_worker
-        self.modules = engine_modules(config_data)
         self.spares: dict[str, Spare] = {}
         self.used = 0  # starts served by a spare
         self.off: dict[str, str] = {}  # slot id -> why its spares are no longer replaced
@@ -166,7 +165,7 @@ class Standby:
         plan = self._preload_plan()
         try:
             proc, parent = start_child(self._ctx, standby_main, f"zitops-standby-{slot_id}",
-                                       (gpu, self.modules, plan.config_data))
+                                       (gpu, engine_modules(self._config_data, gpu is not None), plan.config_data))
         except OSError as exc:  # out of fds or memory: the slot just starts cold next time
             log.warning("cannot start a standby spare", worker_id=slot_id, error=str(exc))
             return
@@ -231,14 +230,18 @@ class Standby:
         self.used += 1
         return spare
 
-    def assign(self, slot_id: str, gpu: int | None, incarnation: int) -> tuple[BaseProcess, Connection] | None:
-        """Turn the slot's live spare into its worker (an Assign); None when there is none, or it just died."""
+    def assign(self, slot_id: str, gpu: int | None, incarnation: int,
+               gate: bool | None = None) -> tuple[BaseProcess, Connection] | None:
+        """Turn the slot's live spare into its worker (an Assign); None when there is none, or it just died.
+
+        ``gate``: a gated hot spare's gate as it starts (None: not gated).
+        """
         spare = self.take(slot_id, gpu)
         if spare is None:
             return None
         try:
             spare.conn.send(Assign(worker_id=slot_id, gpu=gpu, incarnation=incarnation,
-                                   config_data=self._config_data, sent_at=time.time()))
+                                   config_data=self._config_data, sent_at=time.time(), gate=gate))
         except (BrokenPipeError, OSError):  # it died just now: start cold instead
             spare.process.kill()
             spare.process.join(1.0)
