@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from zitops.agent.cost import estimate
 from zitops.agent.dispatch.webhooks import resolve_target
 from zitops.agent.http.api_common import (
     IMAGES_CAP,
@@ -87,6 +88,10 @@ class JobAccepted(BaseModel):
     id: str
     status: str
     url: str
+    estimate_s: int
+    """The job's own run time by the cost check (its queue wait comes on top)."""
+    estimate_basis: str
+    """Where the cost check's rate comes from: the profile's GPU calibration, or this CPU's measured pace."""
 
 
 @router.post("/v1/jobs", status_code=202, response_model=JobAccepted,
@@ -114,7 +119,9 @@ async def submit_job(body: JobIn, request: Request, response: Response) -> dict[
     record = await submit(request, req, body.priority, body.max_queue_s)
     url = f"/v1/jobs/{record.id}"
     response.headers["Location"] = url
-    return {"id": record.id, "status": record.status.value, "url": url}
+    seconds, basis = estimate(ctx.config, ctx.service, req)
+    return {"id": record.id, "status": record.status.value, "url": url, "estimate_s": seconds,
+            "estimate_basis": basis}
 
 
 @router.get("/v1/jobs/{job_id}", responses=responses(404))
