@@ -241,3 +241,42 @@ def test_files_and_directories_ignore_the_callers_umask(agent: Agent) -> None:
             assert mode & 0o027 == 0, (path, oct(mode))  # never group-writable, nothing for others
             seen["files"] += 1
     assert seen["dirs"] >= 4 and seen["files"] >= 3, seen
+
+
+def _scan_bomb(scans: int) -> bytes:
+    """A progressive 2048x2048 JPEG whose last scan repeats ``scans`` times (2,000: about 45 s to decode)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (2048, 2048), (120, 80, 40)).save(buf, "JPEG", progressive=True, quality=90)
+    data = buf.getvalue()
+    scan = data[data.rindex(b"\xff\xda"):-2]
+    return data[:-2] + scan * scans + b"\xff\xd9"
+
+
+def test_a_jpeg_scan_bomb_from_one_tenant_does_not_stall_another_tenants_image_get(agent: Agent) -> None:
+    import base64
+    import threading
+
+    job = _post(agent, "/v1/jobs", {"prompt": "bob's picture"}, BOB).json()["id"]
+    assert agent.wait_job(job, BOB)["status"] == "succeeded"
+    bomb = base64.b64encode(_scan_bomb(2000)).decode()
+    answers: list[httpx.Response] = []
+
+    def upload() -> None:
+        answers.append(httpx.post(agent.url + "/sdapi/v1/img2img", json={"prompt": "x", "init_images": [bomb]},
+                                  headers=auth(ALICE), timeout=120))
+
+    uploads = [threading.Thread(target=upload) for _ in range(6)]
+    for t in uploads:
+        t.start()
+    # Before the fix the six decodes held the pool that serves image GETs for minutes; the client's
+    # timeout only bounds the wait.
+    got = httpx.get(f"{agent.url}/v1/jobs/{job}/images/0", headers=auth(BOB), timeout=15)
+    assert got.status_code == 200 and got.content[:4] == b"\x89PNG", got.text[:200]
+    for t in uploads:
+        t.join(150)
+    assert len(answers) == 6 and {a.status_code for a in answers} <= {422, 429}, [a.text[:200] for a in answers]
+    assert any("scans; at most" in a.json()["error"]["message"] for a in answers if a.status_code == 422)

@@ -108,11 +108,11 @@ async def submit_job(body: JobIn, request: Request, response: Response) -> dict[
     if body.init_image is not None:
         init = from_base64("init_image", body.init_image)
         mask = from_base64("mask", body.mask) if body.mask is not None else None
-        overrides = sized({**overrides, **await image_overrides(ctx.config, init, mask)})
+        overrides = sized({**overrides, **await image_overrides(ctx.config, init, mask, request=request)})
     if body.control is not None:
         if body.init_image is not None:
             raise InvalidRequest("control: ControlNet works on text-to-image only; send no init_image with it")
-        overrides.update(await control_overrides(ctx.config, body.control.ask()))
+        overrides.update(await control_overrides(ctx.config, body.control.ask(), request))
     req = build_request(ctx.config, body.prompt, **overrides)
     if body.webhook is not None:  # checked and resolved once, before the job is stored with it
         req = replace(req, extra={**req.extra, "webhook": await resolve_target(ctx.config.webhooks, body.webhook)})
