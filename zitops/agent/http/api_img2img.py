@@ -56,7 +56,7 @@ text-only bodies keep the small limits.max_body_bytes; native img2img needs that
 class Img2ImgIn(Txt2ImgIn):
     """A1111's StableDiffusionImg2ImgProcessingAPI: txt2img's fields plus the input image and inpaint options."""
 
-    init_images: list[str] = Field(min_length=1, max_length=IMAGES_CAP,
+    init_images: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=IMAGES_CAP,
                                    description="One base64 PNG, JPEG or WebP image (a data: URL prefix is allowed).")
     mask: str | None = Field(None, description="Inpaint mask, base64; white repaints (see inpainting_mask_invert).")
     denoising_strength: Num | None = Field(0.75, gt=0, le=1, allow_inf_nan=False)

@@ -63,9 +63,9 @@ class JobIn(Body):
     batch: int | None = Field(None, ge=1, le=IMAGES_CAP, validation_alias=AliasChoices("batch", "n"),
                               description="Number of images, 1..limits.max_images (alias: n).")
     output_format: Literal["png", "jpeg", "webp"] | None = None
-    init_image: str | None = Field(None, description="img2img: a base64 PNG, JPEG or WebP image "
+    init_image: str | None = Field(None, min_length=1, description="img2img: a base64 PNG, JPEG or WebP image "
                                                      "(limits.max_image_body_bytes, limits.max_image_pixels).")
-    mask: str | None = Field(None, description="Inpaint (with init_image): base64 mask, white repaints.")
+    mask: str | None = Field(None, min_length=1, description="Inpaint (with init_image): base64 mask, white repaints.")
     strength: Num | None = Field(None, gt=0, le=1, allow_inf_nan=False,
                                  description="img2img/inpaint: how much to change, 0..1 (default 0.75).")
     mask_blur: int | None = Field(None, ge=0, le=64)
