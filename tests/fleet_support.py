@@ -37,10 +37,11 @@ class FleetAgent:
 
     def __init__(self, tmp: Path, db: PgDatabase | None, *, tokens: bool = False, job_seconds: float = 0.05,
                  lease_s: float = 30.0, sets: tuple[str, ...] = (), prefix: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None, faults: dict[str, Any] | None = None) -> None:
+                 env: dict[str, str] | None = None, faults: dict[str, Any] | None = None,
+                 config: dict[str, Any] | None = None) -> None:
         """``prefix``: argv the agent runs under (``ip netns exec NS``); ``env``: added to its environment;
         ``faults``: more fault-engine settings (``pixels``: two agents with different looks make different
-        bytes for one job; ``crash_on_job``...)."""
+        bytes for one job; ``crash_on_job``...); ``config``: more config sections (``images``, ``webhooks``)."""
         tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
         self.port = free_port()
@@ -54,6 +55,7 @@ class FleetAgent:
             "engine": {"kind": "faulty", "faults": {"inner": "synthetic", "job_seconds": job_seconds,
                                                        **(faults or {})}},
             "log_format": "json",
+            **(config or {}),
         }
         if db is not None:  # None: the agent's own SQLite, to compare against
             data["store"] = {"url": db.url, "password_file": str(db.password_file), "lease_s": lease_s,
