@@ -66,8 +66,14 @@ def pixels(image: Any) -> Any:
     return np.asarray(image.convert("RGB")).astype(np.int16)
 
 
+def _no_tensors(size: int) -> bytes:
+    """A ``size``-byte safetensors file holding no tensors: its 8-byte header length, ``{}``, padding."""
+    return (2).to_bytes(8, "little") + b"{}" + b" " * (size - 10)
+
+
 def fake_model(root: Path, *, sharded: bool = False) -> Path:
-    """A complete-looking diffusers layout (empty weight files: check_model reads no tensors)."""
+    """A complete-looking diffusers layout: weight files of a valid safetensors header and no tensors
+    (check_model reads headers only), 10 bytes each, the transformer's 100."""
     root.mkdir(parents=True)
     index: dict[str, Any] = {"_class_name": "ZImagePipeline"}
     for comp, cls in (("scheduler", "FlowMatchEulerDiscreteScheduler"), ("text_encoder", "Qwen3Model"),
@@ -80,7 +86,7 @@ def fake_model(root: Path, *, sharded: bool = False) -> Path:
     (root / "tokenizer" / "tokenizer.json").write_text("{}")
     for comp in ("text_encoder", "vae"):
         (root / comp / "config.json").write_text("{}")
-        (root / comp / "model.safetensors").write_bytes(b"x" * 10)
+        (root / comp / "model.safetensors").write_bytes(_no_tensors(10))
     tr = root / "transformer"
     (tr / "config.json").write_text("{}")
     if sharded:
@@ -88,9 +94,9 @@ def fake_model(root: Path, *, sharded: bool = False) -> Path:
                   "b": "diffusion_pytorch_model-00002-of-00002.safetensors"}
         (tr / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
         for name in shards.values():
-            (tr / name).write_bytes(b"y" * 100)
+            (tr / name).write_bytes(_no_tensors(100))
     else:
-        (tr / "diffusion_pytorch_model.safetensors").write_bytes(b"y" * 100)
+        (tr / "diffusion_pytorch_model.safetensors").write_bytes(_no_tensors(100))
     return root
 
 

@@ -66,6 +66,9 @@ class FaultSettings(_Section):
     leak_from_job: int = Field(1, ge=1)
     crash_on_job: int | None = Field(None, ge=1)
     hang_on_job: int | None = Field(None, ge=1)
+    # The hang sits in native code holding the GIL, as a stuck CUDA call or C extension does: the worker's
+    # heartbeat thread stops too, and nothing in the worker notices that its agent is gone.
+    hang_holds_gil: bool = False
     oom_above_batch: int | None = Field(None, ge=0)
     raise_on_job: int | None = Field(None, ge=1)
     job_seconds: float = Field(0.05, ge=0, le=600)  # synthetic: each job's length; inner: the least a job takes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -55,12 +56,15 @@ def test_kill_9_of_the_agent_takes_its_worker_and_spare_along(tmp_path: Path) ->
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
 def test_kill_9_of_the_agent_takes_a_worker_busy_in_a_hung_job(tmp_path: Path) -> None:
-    # An idle worker leaves on its pipe's EOF anyway; one stuck inside a job reads no pipe. Here it still
-    # goes without PR_SET_PDEATHSIG (checked: its heartbeat thread's write hits the broken pipe), so this
-    # proves the guarantee for a busy worker, not the prctl itself; a hang that holds the GIL would.
+    # An idle worker leaves on its pipe's EOF anyway, and a hung one whose heartbeat thread still runs leaves
+    # when that thread's write hits the broken pipe. A hang in native code that holds the GIL (a stuck CUDA
+    # call) runs no Python at all: only the kernel's PR_SET_PDEATHSIG can end it. With the prctl off
+    # (zitops/worker/lifeline.py) this worker lives on, and the test fails.
     agent = Agent(tmp_path, sets=["queue.job_timeout_s=300", "watchdog.heartbeat_timeout_s=300"],
                   extra={"engine": {"kind": "faulty", "faults": {"inner": "synthetic", "hang_on_job": 1,
+                                                                  "hang_holds_gil": True,
                                                                   "every_incarnation": True}}})
+    busy: list[int] = []
     try:
         agent.wait_ready()
         job = agent.client.post("/v1/jobs", json={"prompt": "hangs"}, headers=auth(ALICE)).json()["id"]
@@ -75,3 +79,6 @@ def test_kill_9_of_the_agent_takes_a_worker_busy_in_a_hung_job(tmp_path: Path) -
         assert not left, f"the hung worker still runs {time.monotonic() - killed:.1f}s after kill -9: {left}"
     finally:
         agent.stop()
+        for pid in busy:  # a worker that outlived its agent (the failure above) is ours to end
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -8,7 +8,6 @@ on the page (selectors, functions), never a sleep.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,10 +101,6 @@ def test_generate_renders_an_image_and_escapes_api_text(agent_url: str, page: An
     assert "seed 7" in page.inner_text("#job-caption")
     assert page.evaluate("() => window.__pwned") is None
     assert not outside.left, f"requests left the agent: {outside.left}"
-    shot = os.environ.get("ZITOPS_CONSOLE_SCREENSHOT")
-    if shot:  # refresh docs/console.png: ZITOPS_CONSOLE_SCREENSHOT=docs/console.png pytest ...
-        page.wait_for_selector('.chart:not([data-samples="0"]) canvas')
-        page.screenshot(path=shot, full_page=True)
 
 
 def test_docs_and_redoc_render_from_vendored_assets(agent_url: str, page: Any) -> None:

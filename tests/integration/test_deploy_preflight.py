@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine_support import tiny_model_dir
 from tests.runtime_support import link_tiny_model
 
 CLI = "import sys; from zitops.cli import main; sys.exit(main())"
@@ -83,6 +85,45 @@ def test_doctor_names_a_bad_tokens_file(tmp_path: Path) -> None:
     checks = {c["name"]: c for c in json.loads(zitops(tmp_path, "doctor", "--json").stdout)["checks"]}
     assert checks["tokens file"] == {"name": "tokens file", "ok": True,
                                      "detail": f"{secret}: 1 token(s), 0 admin"}
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Path:
+    return tiny_model_dir()
+
+
+def _truncate(path: Path) -> None:
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("damage", "named"), [
+    (lambda m: (m / "transformer" / "diffusion_pytorch_model.safetensors").unlink(),
+     "transformer/diffusion_pytorch_model.safetensors"),
+    (lambda m: _truncate(m / "text_encoder" / "model.safetensors"), "text_encoder/model.safetensors (truncated"),
+])
+def test_incomplete_model_files_are_refused_before_anything_starts(tmp_path: Path, tiny: Path, damage: object,
+                                                                    named: str) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny, model)
+    damage(model)  # type: ignore[operator]
+    out = tmp_path / "deploy"
+    try:
+        run = zitops(tmp_path, "deploy", "--out", str(out), "--port", str(free_port()), "--start", "--model",
+                     str(model), "--target", "supervisor", *(f"--set={s}" for s in FAST), timeout=60)
+    finally:  # a check that let it through started supervisord: stop it
+        if (out / "supervisord.conf").exists():
+            subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(out / "supervisord.conf"),
+                            "shutdown"], capture_output=True, timeout=60, check=False)
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0] and str(model) in lines[0], run.stderr
+    assert not out.exists(), sorted(p.name for p in out.iterdir())  # nothing written, nothing started
+    doctor = zitops(tmp_path, "doctor", "--json", "--model", str(model), "--port", str(free_port()))
+    assert doctor.returncode != 0
+    check = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}["model"]
+    assert check["ok"] is False and named in check["detail"], check
 
 
 @pytest.fixture

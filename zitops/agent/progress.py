@@ -18,6 +18,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from zitops.agent.pace import Pace, StepClock
+from zitops.budget import work_per_step
+
 KEEP_JOBS = 512
 """Jobs whose progress the board remembers (running ones are never dropped)."""
 FEED_DEPTH = 64
@@ -67,8 +70,12 @@ class JobProgress:
 class ProgressBoard:
     """The latest progress of recent jobs, and per-job feeds of events."""
 
-    def __init__(self, keep: int = KEEP_JOBS) -> None:
+    def __init__(self, keep: int = KEEP_JOBS, cpu_only: bool = False) -> None:
         self.keep = keep
+        self.cpu_only = cpu_only
+        """Every worker of this agent runs on a CPU (the cost check's rate is then measured, not calibrated)."""
+        self.pace = Pace()
+        self._clocks: dict[str, StepClock] = {}
         self.jobs: collections.OrderedDict[str, JobProgress] = collections.OrderedDict()
         self._feeds: dict[str, list[asyncio.Queue[dict[str, Any]]]] = {}
 
@@ -82,16 +89,22 @@ class ProgressBoard:
         self._forget()
         self._publish(self.jobs[job_id], "queued")
 
-    def started(self, job_id: str) -> None:
-        """A worker took the job."""
+    def started(self, job_id: str, request: Any = None, on_cpu: bool = False) -> None:
+        """A worker took the job (``request``: its GenerationRequest, whose steps time this host's pace)."""
         job = self._job(job_id)
         job.state, job.started, job.step = "running", time.monotonic(), 0
+        if request is not None:
+            work = work_per_step(request.width, request.height, request.batch, request.sampler)
+            self._clocks[job_id] = StepClock(work, on_cpu)
         self._publish(job, "started")
 
     def step(self, job_id: str, step: int, steps: int, preview: bytes | None) -> None:
         """A worker finished a step (the steps count is the pipeline's, e.g. fewer for img2img)."""
         job = self._job(job_id)
         job.state, job.step, job.steps = "running", step, steps
+        clock = self._clocks.get(job_id)
+        if clock is not None:
+            clock.step(step)
         if preview is not None:
             job.preview, job.preview_step = preview, step
         self._publish(job, "step", preview)
@@ -103,6 +116,9 @@ class ProgressBoard:
         ``stopped_at``: the step an interrupted job stopped after.
         """
         job = self._job(job_id)
+        clock = self._clocks.pop(job_id, None)
+        if clock is not None and status == "succeeded":
+            self.pace.add(clock)
         job.state = FINAL_EVENTS.get(status, status)
         job.error = error if status == "failed" else None
         if status == "succeeded":

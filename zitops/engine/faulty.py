@@ -15,6 +15,7 @@ reports the real allocator (the real leak drill).
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import os
@@ -103,9 +104,12 @@ class FaultyEngine:
                 logging.shutdown()
                 os._exit(CRASH_EXIT_CODE)
             if f.hang_on_job == job:
-                log.error("fault: hanging on job %d", job)
+                log.error("fault: hanging on job %d%s", job, " holding the GIL" if f.hang_holds_gil else "")
                 while True:  # a hang: the job never finishes; only a kill ends it
-                    time.sleep(3600)
+                    if f.hang_holds_gil:  # PyDLL keeps the GIL across the call: no other thread runs
+                        ctypes.PyDLL(None).sleep(3600)
+                    else:
+                        time.sleep(3600)
             if f.raise_on_job == job:
                 raise EngineError(f"injected failure on job {job} (fault engine)")
         result = generate_split_on_oom(self, request, progress)

@@ -69,8 +69,46 @@ class ModelCheck:
         return f"{self.path}: complete, {self.size_bytes / 2**20:.1f} MiB{kind}"
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """Why a ``.safetensors`` file cannot load (empty, truncated, a bad header); None when its header adds up.
+
+    Reads the header only (8 bytes of length, then JSON): a download cut short
+    is found here, not minutes later when the worker loads it.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return "empty" if size == 0 else f"truncated ({size} bytes)"
+            length = int.from_bytes(head, "little")
+            if length > size - 8:
+                return f"truncated ({size} bytes, its header alone says {length + 8})"
+            header = json.loads(f.read(length))
+    except (OSError, ValueError) as exc:
+        return f"unreadable header ({type(exc).__name__})"
+    if not isinstance(header, dict):
+        return "unreadable header (not a JSON object)"
+    ends = [t["data_offsets"][1] for k, t in header.items()
+            if k != "__metadata__" and isinstance(t, dict) and isinstance(t.get("data_offsets"), list)
+            and len(t["data_offsets"]) == 2 and isinstance(t["data_offsets"][1], int)]
+    needed = 8 + length + max(ends, default=0)
+    return f"truncated ({size} of {needed} bytes)" if needed > size else None
+
+
+def _file_problems(comp_dir: Path, names: list[str]) -> list[str]:
+    """``comp/name (why)`` for each present safetensors file that would not load."""
+    out = []
+    for name in names:
+        path = comp_dir / name
+        why = safetensors_problem(path) if name.endswith(".safetensors") and path.is_file() else None
+        if why:
+            out.append(f"{comp_dir.name}/{name} ({why})")
+    return out
+
+
 def _component_weights(comp_dir: Path) -> tuple[list[str], int]:
-    """(missing files, bytes present) for one model component directory."""
+    """(missing or broken files, bytes present) for one model component directory."""
     if not (comp_dir / "config.json").is_file():
         return [f"{comp_dir.name}/config.json"], 0
     for name in _INDEX_NAMES:
@@ -82,10 +120,10 @@ def _component_weights(comp_dir: Path) -> tuple[list[str], int]:
                 return [f"{comp_dir.name}/{name} (unreadable)"], 0
             missing = [f"{comp_dir.name}/{s}" for s in shards if not (comp_dir / s).is_file()]
             size = sum((comp_dir / s).stat().st_size for s in shards if (comp_dir / s).is_file())
-            return missing, size
+            return missing + _file_problems(comp_dir, shards), size
     for name in _WEIGHT_NAMES:
         if (comp_dir / name).is_file():
-            return [], (comp_dir / name).stat().st_size
+            return _file_problems(comp_dir, [name]), (comp_dir / name).stat().st_size
     return [f"{comp_dir.name}/{_WEIGHT_NAMES[0]} (or a sharded index)"], 0
 
 

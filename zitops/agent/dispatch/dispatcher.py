@@ -104,7 +104,7 @@ class Dispatcher:
         self.webhooks = open_webhooks(config.webhooks, store, self.metrics.webhooks, self.log, self.failure_log,
                                       self.images.hook_links)
         self.schedule = Schedule()
-        self.progress = ProgressBoard()
+        self.progress = ProgressBoard(cpu_only=all(s.gpu is None for s in self.pool.slots))
         self.malloc_tuned = keep_freed_memory()
         self._waiters: dict[str, asyncio.Event] = {}
         self._draining = False
@@ -218,7 +218,7 @@ class Dispatcher:
                         self._queue.appendleft(record.id)
                     break
                 self._marks.setdefault(record.id, {})["handed"] = time.monotonic()
-                self.progress.started(record.id)
+                self.progress.started(record.id, record.request, slot.gpu is None)
                 wanted = self.progress.get(record.id)
                 if wanted is not None and wanted.wants_preview:
                     self.pool.send(slot, Steer(record.id, STEER_PREVIEW))

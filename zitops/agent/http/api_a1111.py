@@ -320,7 +320,7 @@ async def txt2img(body: Txt2ImgIn, request: Request) -> Response:
     """
     config = context(request).config
     prompt, overrides = a1111_overrides(body, config)
-    overrides.update(await control_overrides(config, a1111_control(body.alwayson_scripts)))
+    overrides.update(await control_overrides(config, a1111_control(body.alwayson_scripts), request))
     return await a1111_run(body, request, prompt, overrides, TXT2IMG)
 
 

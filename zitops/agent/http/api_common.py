@@ -23,10 +23,10 @@ from fastapi import Request, Response
 from pydantic import BaseModel, ConfigDict, Strict, ValidationInfo, field_validator
 
 from zitops.agent.contract import JobRecord, JobStatus, Service
+from zitops.agent.cost import check_cost
 from zitops.agent.http.http_metrics import HttpMetrics
 from zitops.agent.http.queue_terms import queue_terms
 from zitops.agent.http.tenants import caller, token_cap, visible
-from zitops.budget import over_budget
 from zitops.config import AgentConfig
 from zitops.engine.request import (
     MAX_SEED,
@@ -177,7 +177,7 @@ def only(*values: Any) -> Callable[[dict[str, Any]], None]:
 
 
 def build_request(config: AgentConfig, prompt: str, **overrides: Any) -> GenerationRequest:
-    """Profile defaults + overrides, checked against ``config.limits`` and the cost budget; raises InvalidRequest."""
+    """Profile defaults + overrides, checked against ``config.limits``; raises InvalidRequest (the cost: submit)."""
     limits = config.limits
     for name, value in (("prompt", prompt), ("negative_prompt", overrides.get("negative_prompt"))):
         problem = text_problem(value)
@@ -206,12 +206,6 @@ def build_request(config: AgentConfig, prompt: str, **overrides: Any) -> Generat
         req, max_side=limits.max_side, min_side=limits.min_side, max_steps=limits.max_steps,
         max_images=limits.max_images, max_prompt_chars=templated_limit,
     )
-    g = config.profile.generation
-    why = over_budget(req.width, req.height, req.steps, req.batch, req.sampler,
-                      seconds_per_megapixel_step=g.seconds_per_megapixel_step,
-                      max_job_seconds=g.max_job_seconds, job_timeout_s=config.profile.queue.job_timeout_s)
-    if why:
-        raise InvalidRequest(f"cost: {why}")
     return req
 
 
@@ -229,8 +223,9 @@ def build_request_as(names: dict[str, str], config: AgentConfig, prompt: str,
 
 async def submit(request: Request, req: GenerationRequest, priority: int | None = None,
                  max_queue_s: int | None = None) -> JobRecord:
-    """Queue ``req`` for the calling token, within its share of the queue, at its priority and deadline."""
+    """Queue ``req`` for the calling token, within its budget and share of the queue, at its priority and deadline."""
     ctx = context(request)
+    check_cost(ctx.config, ctx.service, req)  # the budget, at the rate this agent's workers run at
     who = caller(request)
     req = replace(req, extra={**req.extra, **queue_terms(request, priority, max_queue_s)})
     q = ctx.config.profile.queue

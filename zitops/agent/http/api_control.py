@@ -188,7 +188,8 @@ def _control_png(config: AgentConfig, ask: ControlAsk) -> str:
     return to_png_b64(image, "RGB")
 
 
-async def control_overrides(config: AgentConfig, ask: ControlAsk | None) -> dict[str, Any]:
+async def control_overrides(config: AgentConfig, ask: ControlAsk | None,
+                            request: Request | None = None) -> dict[str, Any]:
     """``control_*`` request fields for ``ask`` (none without one); a 422 when no ControlNet is deployed.
 
     Decoding and canny run on a thread: a large image takes time the event loop must not wait.
@@ -200,7 +201,7 @@ async def control_overrides(config: AgentConfig, ask: ControlAsk | None) -> dict
     if not (Path(config.controlnet_dir) / "config.json").is_file():
         raise InvalidRequest(f"control: the ControlNet directory {config.controlnet_dir} has no config.json "
                              "(a diffusers-format ControlNet is needed); ask the operator")
-    png = await decode_off_loop(ask.field, _control_png, config, ask)
+    png = await decode_off_loop(ask.field, _control_png, config, ask, request=request)
     return {"control_image": png, "control_type": ask.type, "control_strength": ask.strength,
             "control_resize": ask.resize}
 

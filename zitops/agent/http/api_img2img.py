@@ -56,7 +56,7 @@ text-only bodies keep the small limits.max_body_bytes; native img2img needs that
 class Img2ImgIn(Txt2ImgIn):
     """A1111's StableDiffusionImg2ImgProcessingAPI: txt2img's fields plus the input image and inpaint options."""
 
-    init_images: list[str] = Field(min_length=1, max_length=IMAGES_CAP,
+    init_images: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=IMAGES_CAP,
                                    description="One base64 PNG, JPEG or WebP image (a data: URL prefix is allowed).")
     mask: str | None = Field(None, description="Inpaint mask, base64; white repaints (see inpainting_mask_invert).")
     denoising_strength: Num | None = Field(0.75, gt=0, le=1, allow_inf_nan=False)
@@ -104,7 +104,7 @@ async def img2img(body: Img2ImgIn, request: Request) -> Response:
     init = from_base64("init_images", body.init_images[0])
     mask = from_base64("mask", body.mask) if body.mask else None
     images = await image_overrides(ctx.config, init, mask, names=("init_images", "mask"),
-                                   invert=bool(body.inpainting_mask_invert))
+                                   invert=bool(body.inpainting_mask_invert), request=request)
     blur = body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x, body.mask_blur_y)
     overrides.update(sized({**overrides, **images}), strength=body.denoising_strength or 0.75, mask_blur=blur,
                      inpaint_fill="fill" if body.inpainting_fill == 0 else "original",
@@ -149,7 +149,7 @@ async def edits(
     init = await image[0].read(cap + 1)
     mask_bytes = await mask.read(cap + 1) if mask is not None else None
     overrides: dict[str, Any] = await image_overrides(ctx.config, init, mask_bytes, names=("image", "mask"),
-                                                      alpha_mask=True)
+                                                      alpha_mask=True, request=request)
     width, height = parse_size(size)
     overrides.update(width=width, height=height, batch=n, seed=seed, steps=steps,
                      output_format=output_format or "png", strength=strength if strength is not None else

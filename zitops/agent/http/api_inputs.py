@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Request
 from pydantic import Field
 
 from zitops.agent.http.api_common import NAME_CAP, Body, Num
@@ -35,17 +36,18 @@ def lora_overrides(config: AgentConfig, wanted: list[tuple[str, float]], field: 
 
 async def image_overrides(config: AgentConfig, init: bytes, mask: bytes | None, *,
                           names: tuple[str, str] = ("init_image", "mask"), invert: bool = False,
-                          alpha_mask: bool = False) -> dict[str, Any]:
+                          alpha_mask: bool = False, request: Request | None = None) -> dict[str, Any]:
     """``init_image``/``mask`` (checked, re-encoded PNG) plus a default size from the input image.
 
     Decoding runs on the bounded decode pool with a time budget (image_input.decode_off_loop):
     a large image takes tens of milliseconds the event loop must not wait.
     """
-    init_png, size = await decode_off_loop(names[0], checked_png, config, names[0], init, "RGB")
+    init_png, size = await decode_off_loop(names[0], checked_png, config, names[0], init, "RGB",
+                                             request=request)
     out: dict[str, Any] = {"init_image": init_png, "default_size": default_size(size, config)}
     if mask is not None:
         out["mask"], _ = await decode_off_loop(names[1], checked_png, config, names[1], mask, "L", invert=invert,
-                                               alpha_mask=alpha_mask)
+                                               alpha_mask=alpha_mask, request=request)
     return out
 
 

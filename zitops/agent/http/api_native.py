@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from zitops.agent.cost import estimate
 from zitops.agent.dispatch.webhooks import resolve_target
 from zitops.agent.http.api_common import (
     IMAGES_CAP,
@@ -62,9 +63,9 @@ class JobIn(Body):
     batch: int | None = Field(None, ge=1, le=IMAGES_CAP, validation_alias=AliasChoices("batch", "n"),
                               description="Number of images, 1..limits.max_images (alias: n).")
     output_format: Literal["png", "jpeg", "webp"] | None = None
-    init_image: str | None = Field(None, description="img2img: a base64 PNG, JPEG or WebP image "
+    init_image: str | None = Field(None, min_length=1, description="img2img: a base64 PNG, JPEG or WebP image "
                                                      "(limits.max_image_body_bytes, limits.max_image_pixels).")
-    mask: str | None = Field(None, description="Inpaint (with init_image): base64 mask, white repaints.")
+    mask: str | None = Field(None, min_length=1, description="Inpaint (with init_image): base64 mask, white repaints.")
     strength: Num | None = Field(None, gt=0, le=1, allow_inf_nan=False,
                                  description="img2img/inpaint: how much to change, 0..1 (default 0.75).")
     mask_blur: int | None = Field(None, ge=0, le=64)
@@ -87,6 +88,10 @@ class JobAccepted(BaseModel):
     id: str
     status: str
     url: str
+    estimate_s: int
+    """The job's own run time by the cost check (its queue wait comes on top)."""
+    estimate_basis: str
+    """Where the cost check's rate comes from: the profile's GPU calibration, or this CPU's measured pace."""
 
 
 @router.post("/v1/jobs", status_code=202, response_model=JobAccepted,
@@ -103,18 +108,20 @@ async def submit_job(body: JobIn, request: Request, response: Response) -> dict[
     if body.init_image is not None:
         init = from_base64("init_image", body.init_image)
         mask = from_base64("mask", body.mask) if body.mask is not None else None
-        overrides = sized({**overrides, **await image_overrides(ctx.config, init, mask)})
+        overrides = sized({**overrides, **await image_overrides(ctx.config, init, mask, request=request)})
     if body.control is not None:
         if body.init_image is not None:
             raise InvalidRequest("control: ControlNet works on text-to-image only; send no init_image with it")
-        overrides.update(await control_overrides(ctx.config, body.control.ask()))
+        overrides.update(await control_overrides(ctx.config, body.control.ask(), request))
     req = build_request(ctx.config, body.prompt, **overrides)
     if body.webhook is not None:  # checked and resolved once, before the job is stored with it
         req = replace(req, extra={**req.extra, "webhook": await resolve_target(ctx.config.webhooks, body.webhook)})
     record = await submit(request, req, body.priority, body.max_queue_s)
     url = f"/v1/jobs/{record.id}"
     response.headers["Location"] = url
-    return {"id": record.id, "status": record.status.value, "url": url}
+    seconds, basis = estimate(ctx.config, ctx.service, req)
+    return {"id": record.id, "status": record.status.value, "url": url, "estimate_s": seconds,
+            "estimate_basis": basis}
 
 
 @router.get("/v1/jobs/{job_id}", responses=responses(404))

@@ -20,8 +20,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from fastapi import Request
+
+from zitops.agent.http.api_common import ClientGone
+from zitops.agent.http.tenants import caller
 from zitops.config import AgentConfig
-from zitops.errors import InvalidRequest
+from zitops.errors import InvalidRequest, QueueFull
 
 FORMATS = {"PNG": b"\x89PNG\r\n\x1a\n", "JPEG": b"\xff\xd8\xff"}
 """Signatures; WebP is RIFF....WEBP, checked apart."""
@@ -34,20 +38,56 @@ re-walks the whole image, so 20,000 repeated scans in a 1 MB file took 25 s to d
 DECODE_WORKERS = 2
 DECODE_BUDGET_S = 10.0
 """Seconds one input image may take to decode before its request is refused (the pool stays bounded)."""
+DECODE_PER_TOKEN = 1
+"""Decodes one token may have on the pool at once, while tokens exist: one tenant's images never hold
+every decode thread, so another tenant's decode always has one (a second upload waits its turn: a 429)."""
+DISCONNECT_CHECK_S = 0.25
 _DECODE_POOL = ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="zitops-decode")
 """Input images decode here, not on asyncio's default pool, which also serves image GETs and responses:
 a slow decode can delay only other decodes."""
+_DECODING: dict[str, int] = {}
+"""Decodes on the pool (running or waiting for a thread) per token's SHA-256, until the thread is done."""
 
 
-async def decode_off_loop(field: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``fn(*args, **kwargs)`` on the decode pool, within :data:`DECODE_BUDGET_S`; InvalidRequest past it."""
+async def decode_off_loop(field: str, fn: Callable[..., T], *args: Any, request: Request | None = None,
+                          **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` on the decode pool, within :data:`DECODE_BUDGET_S` and the caller's share.
+
+    With ``request``: a token with :data:`DECODE_PER_TOKEN` decodes still on the pool gets a 429, and a
+    client that hangs up stops waiting (a decode not yet started never runs; one running ends within
+    the byte, pixel and scan caps, and its token's count drops only then).
+    """
+    owner = caller(request).owner if request is not None else None
+    if owner is not None and _DECODING.get(owner, 0) >= DECODE_PER_TOKEN:
+        raise QueueFull(f"{field}: this token already has {DECODE_PER_TOKEN} image(s) decoding, its share of "
+                        "the decode pool; retry when that request has its answer", retry_after_s=1)
     loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(_DECODE_POOL, lambda: fn(*args, **kwargs))
-    try:
-        return await asyncio.wait_for(future, DECODE_BUDGET_S)
-    except TimeoutError:
-        raise InvalidRequest(f"{field}: took more than {DECODE_BUDGET_S:g} s to decode; send a simpler image "
-                             "(a baseline JPEG, a PNG or a WebP)") from None
+    work = _DECODE_POOL.submit(fn, *args, **kwargs)
+    if owner is not None:  # counted until the thread is done with it, not until this request stops waiting
+        _DECODING[owner] = _DECODING.get(owner, 0) + 1
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(_release, owner))
+    future = asyncio.wrap_future(work)
+    deadline = loop.time() + DECODE_BUDGET_S
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            work.cancel()
+            raise InvalidRequest(f"{field}: took more than {DECODE_BUDGET_S:g} s to decode; send a simpler "
+                                 "image (a baseline JPEG, a PNG or a WebP)")
+        done, _ = await asyncio.wait({future}, timeout=min(remaining, DISCONNECT_CHECK_S))
+        if done:
+            return future.result()
+        if request is not None and await request.is_disconnected():
+            work.cancel()
+            raise ClientGone(f"{field}: the client disconnected while its image was decoding")
+
+
+def _release(owner: str) -> None:
+    left = _DECODING.get(owner, 0) - 1
+    if left > 0:
+        _DECODING[owner] = left
+    else:
+        _DECODING.pop(owner, None)
 
 
 def jpeg_scans(data: bytes) -> int:
