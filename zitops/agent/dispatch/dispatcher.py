@@ -88,12 +88,13 @@ class Dispatcher:
         self.pool = Pool(config, gpus if gpus is not None else worker_devices(config.gpus), self)
         self.notify = SystemdNotify(notifier if notifier is not None else Notifier(), self.log)
         self.health = LoopHealth(self.log, self.failure_log)
+        self._queue = JobQueue()  # waiting jobs: highest priority first, FIFO within a level
         self.unsaved = Unsaved()  # jobs failed in memory whose state the store refused (a full disk)
         self.floor = FreeSpaceFloor([Path(config.paths.state_dir), self.output_dir], config.profile.disk.min_free_mib)
         self.fatal = asyncio.Event()  # set when the pool gives up on every slot: the agent exits (server.py)
         self.outcomes = Outcomes(self.store, self.metrics, self.log, self.failure_log, self.unsaved,
                                  finished=self._finished, forget=self._forget,  # a fleet's queue is the store:
-                                 requeue_first=self._queue_first if self.fleet is None else self.fleet.requeued)
+                                 requeue_first=self._queue.appendleft if self.fleet is None else self.fleet.requeued)
         self.images = ImageHome(config, self.store, self.output_dir, self.log, self.fleet)
         self.results = ResultWriter(self.output_dir, self.store, self.metrics, self.log, self.failure_log,
                                     self._finished, lambda job_id: job_id in self._waiters,
@@ -105,7 +106,6 @@ class Dispatcher:
         self.schedule = Schedule()
         self.progress = ProgressBoard()
         self.malloc_tuned = keep_freed_memory()
-        self._queue = JobQueue()  # waiting jobs: highest priority first, FIFO within a level
         self._waiters: dict[str, asyncio.Event] = {}
         self._draining = False
         self._closed = False
@@ -193,11 +193,11 @@ class Dispatcher:
         await self.pool.stop(self.config.profile.watchdog.kill_grace_s + 5.0 if stop_timeout_s is None
                              else stop_timeout_s)
         await self.results.settle(ENCODE_SETTLE_S)
-        if self._tick_task is not None:
-            self._tick_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick_task
+        if (task := self._tick_task) is not None:
             self._tick_task = None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for ev in self._waiters.values():
             ev.set()
         if close_store:
@@ -212,12 +212,13 @@ class Dispatcher:
         for slot in self.pool.slots:
             while slot.idle and (record := self._next(slot.id)) is not None:
                 job = Job(record.id, record.request.to_dict(), record.attempts, self.traces.handed(record.id, slot.id))
+                handed = time.monotonic()  # before the send: the worker may start before it returns
                 if not self.pool.assign(slot, job):
                     self.store.requeue(record.id, record.error or "", uncount=True)
                     if self.fleet is None:
                         self._queue.appendleft(record.id)
                     break
-                self._marks.setdefault(record.id, {})["handed"] = time.monotonic()
+                self._marks.setdefault(record.id, {})["handed"] = handed
                 self.progress.started(record.id)
                 wanted = self.progress.get(record.id)
                 if wanted is not None and wanted.wants_preview:
@@ -252,12 +253,8 @@ class Dispatcher:
         self.traces.finished(job_id, status)
         self._wake(job_id)
 
-    def _queue_first(self, job_id: str) -> None:
-        self._queue.appendleft(job_id)
-
     def _wake(self, job_id: str) -> None:
-        ev = self._waiters.pop(job_id, None)
-        if ev is not None:
+        if (ev := self._waiters.pop(job_id, None)) is not None:
             ev.set()
 
     # --- PoolListener ------------------------------------------------------------
@@ -280,9 +277,12 @@ class Dispatcher:
         fresh = self.results.encoded_images(job_id)
         return fresh if self.fleet is None or fresh is None else self.fleet.ours(job_id, fresh, self.store.get)
 
+    def stage_marks(self, job_id: str) -> dict[str, float] | None:
+        """A job's monotonic stage marks in this process, once, if a synchronous route waits on it here."""
+        return self.results.stage_marks(job_id)
+
     def on_progress(self, slot: WorkerSlot, progress: Progress) -> None:
-        """A running job finished a step."""
-        del slot
+        """A running job finished a step (on any slot)."""
         self.progress.step(progress.job_id, progress.step, progress.steps, progress.preview)
 
     def on_failure(self, slot: WorkerSlot, failure: Failure) -> None:
