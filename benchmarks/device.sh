@@ -247,6 +247,11 @@ scenario_goodput() { # completed requests/s meeting p95 <= 2x single latency at 
     --per-client 2 --label goodput --json "$OUT/goodput.json" 2>&1 | quiet | tail -12
 }
 
+scenario_worker_profile() { # the worker's engine call against the in-process engine, torch.profiler traces of each (issue 29)
+  timeout 420 python3 benchmarks/worker_profile.py --model full-random --profile designer --cache-dir /tmp/zcache \
+    --runs 5 --warmup 2 --out "$OUT" 2>&1 | quiet | tail -12
+}
+
 scenarios() { declare -F | sed -n 's/^declare -f scenario_//p' | tr _ -; }
 
 if [ $# -eq 0 ] || [ "$1" = "list" ]; then

@@ -250,7 +250,7 @@ class Soak:
     def series(self) -> dict[str, Any]:
         """The memory and resource series now (after a job)."""
         st = self.client.get("/status").json()
-        w = next((w for w in st.get("workers") or [] if w.get("pid")), {})
+        w: dict[str, Any] = next((w for w in st.get("workers") or [] if w.get("pid")), {})
         vram = w.get("vram") or {}
         agent, worker = proc_stats(self.agent.pid), proc_stats(w.get("pid"))
         store = sum(p.stat().st_size for p in self.store_dir.rglob("jobs.sqlite3*") if p.is_file())
@@ -285,7 +285,7 @@ def run_call(args: argparse.Namespace, state: dict[str, Any]) -> None:
     config_path, port = deploy(workdir, args.model, args.profile, sets, args.leak_mib)
     loras = [] if args.leak_mib or not args.lora_every else make_loras(workdir / "loras", args.model)
     agent = AgentProcess(config_path, port, workdir / "agent.out")
-    call = {"started": time.time(), "jobs": 0, "ready_s": None}
+    call: dict[str, Any] = {"started": time.time(), "jobs": 0, "ready_s": None}
     state["calls"].append(call)
     stop_at = time.monotonic() + args.minutes * 60.0
     try:
@@ -300,7 +300,7 @@ def run_call(args: argparse.Namespace, state: dict[str, Any]) -> None:
             recoveries = series.pop("recoveries")
             sample.update(series, t=round(t_base + time.monotonic() - t0, 2), call=len(state["calls"]))
             state["samples"].append(sample)
-            call["jobs"] += 1
+            call["jobs"] = int(call["jobs"] or 0) + 1
             leak = next((e for e in recoveries if e.get("policy") == "leak"), None)
             if args.leak_mib and leak:
                 state["leak"] = {**leak, "after_jobs": job}

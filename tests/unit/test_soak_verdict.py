@@ -68,7 +68,6 @@ def test_a_count_series_has_its_own_limit() -> None:
 
 
 def test_the_plot_is_a_png_when_matplotlib_is_there(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     samples = _samples()
     samples[30]["killed"] = 1234
     assert plot(samples, tmp_path / "soak.png", "test")

@@ -239,7 +239,7 @@ class ResultWriter:
         return self._fresh.pop(job_id, None)
 
     def stage_marks(self, job_id: str) -> dict[str, float] | None:
-        """A waited-for job's time.monotonic() marks in this process, once (zitops.agent.http.timing)."""
+        """A waited-for job's time.monotonic() marks in this process, once (zitops.agent.http.http_metrics)."""
         return self._marks.pop(job_id, None)
 
     async def settle(self, timeout_s: float) -> None:

@@ -23,18 +23,18 @@ from fastapi import Request, Response
 from pydantic import BaseModel, ConfigDict, Strict, ValidationInfo, field_validator
 
 from zitops.agent.contract import JobRecord, JobStatus, Service
-from zitops.agent.http.http_metrics import HttpMetrics
-from zitops.agent.http.queue_terms import queue_terms
-from zitops.agent.http.tenants import caller, token_cap, visible
-from zitops.agent.http.timing import (  # noqa: F401 (re-exported: the routes import them from here)
+from zitops.agent.http.http_metrics import (  # noqa: F401 (re-exported: the routes import them from here)
     STARTED_KEY,
     TIMING_STAGES,
+    HttpMetrics,
     SplicedResponse,
     job_marks,
     request_started,
     server_timing,
     stage_timings,
 )
+from zitops.agent.http.queue_terms import queue_terms
+from zitops.agent.http.tenants import caller, token_cap, visible
 from zitops.budget import over_budget
 from zitops.config import AgentConfig
 from zitops.engine.request import (
@@ -385,7 +385,7 @@ async def images_json(service: Service, record: JobRecord, key: str, item: Fragm
 
     base64 is JSON-safe as it is, so the large strings are written once, into
     the body, and never escaped, validated or re-encoded by a JSON encoder;
-    the fragments are sent as they are (timing.SplicedResponse), never joined.
+    the fragments are sent as they are (http_metrics.SplicedResponse), never joined.
     """
     def build() -> list[bytes]:
         return json_fragments(key, [item(base64.b64encode(blob)) for blob in images_now(service, record)], rest)
