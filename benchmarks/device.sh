@@ -230,6 +230,9 @@ scenario_features() { # progress and preview (latent, VAE) cost per image, Contr
 scenario_http_overhead() { # the agent alone (fault engine, noise 1024x1024 PNG) on this host's CPU: every stage, overhead (issue 29)
   timeout 150 python3 benchmarks/http_overhead.py --runs 40 --json "$OUT/http-overhead.json" 2>&1 | quiet | tail -16
 }
+scenario_pixel_transfer() { # a worker's 1024x1024 pixels to the agent: pickled over the pipe against /dev/shm (issue 29)
+  timeout 120 python3 benchmarks/pixel_transfer.py --runs 40 --json "$OUT/pixel-transfer.json" 2>&1 | quiet | tail -4
+}
 scenario_soak() { # real-size soak, full-random, mixed traffic; about 8 min a call, resumable: rerun to extend (issue 29)
   # The same /tmp/zsoak (deployment, job store, samples, compile cache) on every call while the machine is
   # held; the verdict, JSON and plot in $OUT cover every call so far. SOAK_RESET=1 starts over.

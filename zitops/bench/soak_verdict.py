@@ -117,16 +117,19 @@ def plot(samples: list[dict[str, Any]], path: Path, title: str) -> bool:
     rows = (len(keys) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 2.6 * rows), squeeze=False)
     kills = [s["job"] for s in samples if s.get("killed")]
+    calls = [b["job"] for a, b in zip(samples, samples[1:], strict=False) if a.get("call") != b.get("call")]
     for ax, key in zip(axes.flat, keys, strict=False):
         pts = [(s["job"], s[key]) for s in samples if isinstance(s.get(key), (int, float))]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.8)
         for k in kills:
             ax.axvline(k, color="red", lw=0.4, alpha=0.5)
+        for k in calls:
+            ax.axvline(k, color="gray", lw=0.6, ls="--", alpha=0.7)
         ax.set_title(key, fontsize=9)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    fig.suptitle(title + " (red lines: kill -9 of the worker)", fontsize=10)
+    fig.suptitle(title + " (red: kill -9 of the worker; dashed: a new call, the agent restarted)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
