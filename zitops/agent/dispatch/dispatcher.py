@@ -101,6 +101,8 @@ class Dispatcher:
                                     self.outcomes.store_failed, objects=self.images.objects,
                                     upload=None if self.fleet is None or self.images.objects else self.fleet.store.upload,
                                     traces=self.traces)
+        # A waited-for job's monotonic stage marks in this process, once (Server-Timing; http_metrics).
+        self.stage_marks = self.results.stage_marks
         self.webhooks = open_webhooks(config.webhooks, store, self.metrics.webhooks, self.log, self.failure_log,
                                       self.images.hook_links)
         self.schedule = Schedule()
@@ -128,7 +130,7 @@ class Dispatcher:
 
     async def start(self) -> None:
         """Restore durable jobs, spawn workers, start the loop and the periodic rounds."""
-        restored = self.store.recover()
+        restored = self.results.recover(self.fleet.agent_id if self.fleet is not None else None)  # held stay
         self._queue.restore([self.store.get(j) for j in restored] if self.fleet is None else [])  # a fleet claims
         if restored:
             self.log("info", "restored queued jobs", count=len(restored))
@@ -277,10 +279,6 @@ class Dispatcher:
         fresh = self.results.encoded_images(job_id)
         return fresh if self.fleet is None or fresh is None else self.fleet.ours(job_id, fresh, self.store.get)
 
-    def stage_marks(self, job_id: str) -> dict[str, float] | None:
-        """A job's monotonic stage marks in this process, once, if a synchronous route waits on it here."""
-        return self.results.stage_marks(job_id)
-
     def on_progress(self, slot: WorkerSlot, progress: Progress) -> None:
         """A running job finished a step (on any slot)."""
         self.progress.step(progress.job_id, progress.step, progress.steps, progress.preview)
@@ -333,10 +331,11 @@ class Dispatcher:
         self.dispatch()
         return self.store.get(record.id) if self.fleet is None else record
 
-    def fail_overdue(self) -> None:
-        """The deadline round: fail queued jobs still waiting past their max_queue_s."""
-        for job_id in self._queue.take_overdue(time.time()):
-            self.outcomes.overdue(job_id)
+    async def fail_overdue(self) -> None:
+        """The deadline round: fail queued jobs still waiting past their max_queue_s (a fleet's: in SQL, once)."""
+        late = await self.fleet.overdue() if self.fleet is not None else self._queue.take_overdue(time.time())
+        for job in late:
+            self.outcomes.overdue(job)
 
     def _retry_after(self, waiting: int) -> int:
         return reporting.retry_after(list(self._seconds), self.pool, waiting)
@@ -396,8 +395,8 @@ class Dispatcher:
         return self.images.links(record)
 
     def expire(self) -> int:
-        """Delete expired jobs with their files and objects, then local images past the byte cap."""
-        return self.images.expire()
+        """Delete expired jobs with their files and objects, then local images past the byte cap (not held ones)."""
+        return self.images.expire(keep=self.results.held_names())
 
     def discard_images(self, job_id: str) -> None:
         """Delete a synchronous job's image files once its response holds them (kept only when asked)."""
