@@ -238,6 +238,34 @@ scenario_features() { # progress and preview (latent, VAE) cost per image, Contr
   timeout 500 python3 benchmarks/features.py --profile designer --runs 2 --out "$OUT/features.json" 2>&1 | quiet | tee "$OUT/features.log"
 }
 
+scenario_http_overhead() { # the agent alone (fault engine, noise 1024x1024 PNG) on this host's CPU: every stage, overhead (issue 29)
+  timeout 150 python3 benchmarks/http_overhead.py --runs 40 --json "$OUT/http-overhead.json" 2>&1 | quiet | tail -16
+}
+scenario_pixel_transfer() { # a worker's 1024x1024 pixels to the agent: pickled over the pipe against /dev/shm (issue 29)
+  timeout 120 python3 benchmarks/pixel_transfer.py --runs 40 --json "$OUT/pixel-transfer.json" 2>&1 | quiet | tail -4
+}
+scenario_soak() { # real-size soak, full-random, mixed traffic; about 8 min a call, resumable: rerun to extend (issue 29)
+  # The same /tmp/zsoak (deployment, job store, samples, compile cache) on every call while the machine is
+  # held; the verdict, JSON and plot in $OUT cover every call so far. SOAK_RESET=1 starts over.
+  timeout 480 python3 benchmarks/soak.py --model full-random --profile designer --workdir /tmp/zsoak \
+    ${SOAK_RESET:+--reset} --minutes "${SOAK_MINUTES:-7.2}" --steps 8 --warmup-jobs 40 --label soak \
+    --out-dir "$OUT" 2>&1 | quiet | tail -40
+}
+scenario_soak_leak() { # the soak's negative control: faults.leak_memory real, 1 GiB a job; the watchdog must recycle (issue 29)
+  timeout 300 python3 benchmarks/soak.py --model full-random --profile designer --workdir /tmp/zsoak-leak --reset \
+    --leak-mib 1024 --minutes 4 --steps 8 --kill-every 0 --lora-every 0 --label soak-leak --out-dir "$OUT" \
+    2>&1 | quiet | tail -20
+}
+scenario_goodput() { # completed requests/s meeting p95 <= 2x single latency at 1, 4, 12, 32 clients, designer (issue 29)
+  timeout 480 python3 benchmarks/goodput.py --model full-random --profile designer --cache-dir /tmp/zcache \
+    --per-client 2 --label goodput --json "$OUT/goodput.json" 2>&1 | quiet | tail -12
+}
+
+scenario_worker_profile() { # the worker's engine call against the in-process engine, torch.profiler traces of each (issue 29)
+  timeout 420 python3 benchmarks/worker_profile.py --model full-random --profile designer --cache-dir /tmp/zcache \
+    --runs 5 --warmup 2 --out "$OUT" 2>&1 | quiet | tail -12
+}
+
 scenarios() { declare -F | sed -n 's/^declare -f scenario_//p' | tr _ -; }
 
 if [ $# -eq 0 ] || [ "$1" = "list" ]; then

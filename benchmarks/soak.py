@@ -1,219 +1,395 @@
-"""Soak benchmark: is a worker's memory flat over a long run, and is a leak caught?
+"""Soak: does memory stay flat over a long run of mixed traffic on the real engine, and is a leak caught?
 
-Not part of CI. Run it by hand (it takes ``--minutes`` plus up to
-``--control-minutes``):
+A real ``zitops agent`` (a loopback deployment in ``--workdir``, the real
+engine: ``--model tiny`` on a CPU for a smoke, ``full-random`` for real-size
+random weights on a GPU) serves, one request at a time, a random mix:
+txt2img at random sizes from the A1111 size list with every sampler, native
+and A1111 routes, img2img and inpaint, OpenAI streaming with partial images
+(previews), cancels (queued and running), a switch between two random-weight
+LoRA files every ``--lora-every`` jobs, and a ``kill -9`` of the worker
+every ``--kill-every`` jobs (its job must still succeed).
 
-    python benchmarks/soak.py --minutes 10 [--json soak.json]
+After every job it records the agent's and the worker's RSS, open file
+descriptors and threads, the worker's allocator (allocated, reserved), NVML's
+used memory, and the job store's size on disk. The verdict
+(zitops.bench.soak_verdict): after warm-up, growth under 100 MB per memory
+series, no job lost, p99 latency drift within 10 % from the first quarter to
+the last.
 
-1. **Soak.** A real ``zitops agent`` (disposable deployment, loopback, the
-   fault engine with no fault armed: synthetic pixels, no leak) runs jobs one
-   after another. After each job it samples, from /status, each worker's
-   allocated and reserved MiB (the same reporting path the real engine uses)
-   and, from /proc, the worker's and the agent's resident set size. It prints
-   a table over time and a verdict: after warm-up, allocated memory must be
-   flat (max drift within ``--tolerance-mib``) and no worker recycled.
-2. **Negative control.** The same agent setup with an engine that leaks
-   ``--leak-mib`` per job and the profile's default leak policy. The leak
-   must be caught: a ``recycle`` event with policy ``leak`` must appear.
+**Resumable.** Each call runs for ``--minutes`` (8 on the device, whose
+calls are limited) against the same deployment, job store and sample file in
+``--workdir``; the verdict and the plot always cover every call so far.
+``--reset`` starts over.
 
-Exit code 0 only when both verdicts hold.
+**Negative control.** ``--leak-mib N`` runs the same deployment with the
+fault engine around the real pipeline (``faults.leak_memory: real``): each
+job keeps N MiB more on the device. It passes when the watchdog recycles the
+worker for the leak, which the script reads from /status and reports.
+
+    python benchmarks/soak.py --model tiny --minutes 2 --size-scale 0.125 --kill-every 25 --lora-every 10
+    python benchmarks/soak.py --model full-random --minutes 7.5 --workdir /tmp/zsoak      (GPU)
+    python benchmarks/soak.py --model full-random --leak-mib 512 --workdir /tmp/zsoak-leak  (GPU control)
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import json
-import shutil
+import os
+import random
+import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from zitops.drill import AgentProcess, build_deployment, free_port
+import httpx
 
-SETS = ("generation.width=64", "generation.height=64", "generation.steps=2", "queue.drain_timeout_s=10")
+from zitops.bench.soak_verdict import plot, verdict
+from zitops.config import config_from_mapping, config_to_dict
+from zitops.drill import AgentProcess, free_port
+from zitops.engine.request import IMG2IMG_SAMPLERS
+from zitops.engine.samplers import SAMPLER_INFO
+from zitops.profile import SAMPLERS
+
+A1111_SIZES = ((512, 512), (768, 768), (1024, 1024), (512, 768), (768, 512), (832, 1216), (1216, 832),
+               (896, 1152), (1152, 896), (768, 1344), (1344, 768), (640, 1536), (1536, 640))
+"""A1111's common sizes: SD 1.5's and SDXL's aspect-ratio buckets (width, height)."""
+
+KINDS = (("txt2img", 30), ("a1111", 15), ("img2img", 12), ("inpaint", 10), ("stream", 13), ("cancel", 10),
+         ("openai", 10))
+"""Job kinds and their weights; a kill -9 job comes every --kill-every jobs on top."""
+
+FINAL = ("succeeded", "failed", "cancelled")
 
 
-def rss_mib(pid: int | None) -> float | None:
-    """Resident set size of ``pid`` in MiB, from /proc (None when it is gone)."""
+def proc_stats(pid: int | None) -> dict[str, float | None]:
+    """RSS (MiB), threads and open fds of ``pid`` from /proc; Nones when it is gone."""
+    out: dict[str, float | None] = {"rss_mib": None, "threads": None, "fds": None}
     if not pid:
-        return None
+        return out
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
+                out["rss_mib"] = int(line.split()[1]) / 1024.0
+            elif line.startswith("Threads:"):
+                out["threads"] = int(line.split()[1])
+        out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
-        return None
-    return None
-
-
-def run_one(agent: AgentProcess, seed: int, timeout_s: float = 60.0) -> dict[str, Any]:
-    """Submit one job and wait until it is final; its record."""
-    code, data, retry = agent.submit({"prompt": "soak", "seed": seed, "width": 64, "height": 64, "steps": 2})
-    if code != 202:
-        return {"status": f"refused HTTP {code}", "error": str(data)}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        record = agent.job(data["id"])
-        if record["status"] in ("succeeded", "failed", "cancelled"):
-            return record
-        time.sleep(0.01)
-    return {"status": "timeout", "error": f"not final after {timeout_s:g}s"}
-
-
-def fit(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of ys over xs (0 for fewer than two points)."""
-    n = len(xs)
-    if n < 2:
-        return 0.0
-    mx, my = sum(xs) / n, sum(ys) / n
-    den = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
-
-
-def soak_phase(out: Path, minutes: float, faults: dict[str, Any], stop_on_leak: bool, label: str) -> dict[str, Any]:
-    """Run jobs for ``minutes`` against a fresh agent; every sample, failures and recovery events."""
-    port = free_port()
-    config_path, _ = build_deployment(out, port, faults, SETS)
-    agent = AgentProcess(config_path, port, out / "agent.out")
-    samples: list[dict[str, Any]] = []
-    torch_in_agent = False
-    failures: list[str] = []
-    events: list[dict[str, Any]] = []
-    try:
-        agent.wait_ready(60.0)
-        start = time.monotonic()
-        deadline = start + minutes * 60.0
-        next_note = start + 60.0
-        seed = 0
-        while time.monotonic() < deadline:
-            record = run_one(agent, seed)
-            seed += 1
-            if record["status"] != "succeeded":
-                failures.append(f"{record['status']}: {record.get('error')}")
-            st = agent.status()
-            t = time.monotonic() - start
-            for w in st["workers"]:
-                samples.append({"t": round(t, 2), "job": seed, "worker": w["id"], "incarnation": w["incarnation"],
-                                "pid": w["pid"], "allocated_mib": w["vram"]["allocated_mib"],
-                                "reserved_mib": w["vram"]["reserved_mib"], "worker_rss_mib": rss_mib(w["pid"]),
-                                "agent_rss_mib": rss_mib(agent.pid)})
-            events = [e for e in st.get("recoveries", []) if e["kind"] in ("recycle", "crash", "kill", "flap_limit")]
-            if stop_on_leak and any(e.get("policy") == "leak" for e in events):
-                break
-            if time.monotonic() >= next_note:
-                s = samples[-1]
-                print(f"[{label}] {t / 60:5.1f} min  {seed} jobs  allocated {s['allocated_mib']} MiB  "
-                      f"worker RSS {s['worker_rss_mib']:.1f} MiB", flush=True)
-                next_note += 60.0
-        # The agent must never load torch (only workers do); a torch object
-        # pickled into a worker message would load it on unpickling.
-        torch_in_agent = "libtorch" in Path(f"/proc/{agent.pid}/maps").read_text()
-    finally:
-        agent.stop()
-    return {"samples": samples, "failures": failures, "events": events, "jobs": seed,
-            "torch_in_agent": torch_in_agent,
-            "seconds": round(samples[-1]["t"], 1) if samples else 0.0}
-
-
-def table(samples: list[dict[str, Any]], rows: int) -> list[str]:
-    """Samples grouped into ``rows`` time buckets."""
-    if not samples:
-        return ["(no samples)"]
-    end = samples[-1]["t"] or 1.0
-    lines = [f"{'until':>8} {'jobs':>6} {'alloc min':>10} {'alloc max':>10} {'reserved':>9} "
-             f"{'worker RSS':>11} {'agent RSS':>10} {'incarn.':>7}"]
-    for i in range(rows):
-        lo, hi = end * i / rows, end * (i + 1) / rows
-        bucket = [s for s in samples if lo < s["t"] <= hi or (i == 0 and s["t"] == 0)]
-        if not bucket:
-            continue
-        alloc = [s["allocated_mib"] for s in bucket if s["allocated_mib"] is not None]
-        last = bucket[-1]
-        lines.append(f"{hi / 60:7.1f}m {last['job']:>6} {min(alloc):>10.1f} {max(alloc):>10.1f} "
-                     f"{max(s['reserved_mib'] or 0 for s in bucket):>9.1f} {last['worker_rss_mib'] or 0:>11.1f} "
-                     f"{last['agent_rss_mib'] or 0:>10.1f} {last['incarnation']:>7}")
-    return lines
-
-
-def verdict(samples: list[dict[str, Any]], warmup_fraction: float, tolerance_mib: float,
-            rss_tolerance_mib: float) -> dict[str, Any]:
-    """Slope and drift after warm-up, for allocated MiB and the worker's RSS."""
-    end = samples[-1]["t"] if samples else 0.0
-    warm = [s for s in samples if s["t"] >= end * warmup_fraction and s["job"] > 10]
-    out: dict[str, Any] = {"warmup_s": round(end * warmup_fraction, 1), "samples_after_warmup": len(warm)}
-    for key, tol in (("allocated_mib", tolerance_mib), ("worker_rss_mib", rss_tolerance_mib),
-                     ("agent_rss_mib", None)):
-        pts = [(s["t"], s[key]) for s in warm if s[key] is not None]
-        if not pts:
-            continue
-        ys = [y for _, y in pts]
-        slope_h = fit([x for x, _ in pts], ys) * 3600.0
-        drift = max(ys) - min(ys)
-        out[key] = {"first": round(ys[0], 1), "last": round(ys[-1], 1), "min": round(min(ys), 1),
-                    "max": round(max(ys), 1), "max_drift_mib": round(drift, 2),
-                    "slope_mib_per_hour": round(slope_h, 2)}
-        if tol is not None:
-            out[key]["flat"] = drift <= tol
-            out[key]["tolerance_mib"] = tol
+        pass
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the soak and the negative control; print the tables and verdicts."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--minutes", type=float, default=10.0, help="soak length (default 10)")
-    ap.add_argument("--control-minutes", type=float, default=3.0, help="most time for the leak to be caught")
-    ap.add_argument("--job-seconds", type=float, default=0.2, help="fault engine time per job")
-    ap.add_argument("--inner", choices=("synthetic", "diffusers"), default="synthetic",
-                    help="what makes the pixels: seeded noise, or the real tiny diffusers pipeline")
-    ap.add_argument("--leak-mib", type=float, default=64.0, help="the control's leak per job")
-    ap.add_argument("--warmup", type=float, default=0.1, help="fraction of the soak that counts as warm-up")
-    ap.add_argument("--tolerance-mib", type=float, default=1.0, help="most allocated drift after warm-up")
-    ap.add_argument("--rss-tolerance-mib", type=float, default=32.0, help="most worker RSS drift after warm-up")
-    ap.add_argument("--rows", type=int, default=10, help="table rows")
-    ap.add_argument("--json", type=Path, default=None, help="also write every sample and verdict here")
-    args = ap.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="zitops-soak-"))
-    try:
-        print(f"soak: {args.minutes:g} min, leak-free fault engine ({args.inner} pixels), "
-              f"job_seconds {args.job_seconds:g}", flush=True)
-        clean = soak_phase(root / "clean", args.minutes, {"job_seconds": args.job_seconds, "inner": args.inner},
-                           False, "soak")
-        print(f"control: leaking {args.leak_mib:g} MiB per job, default leak policy", flush=True)
-        control = soak_phase(root / "control", args.control_minutes,
-                             {"job_seconds": args.job_seconds, "inner": args.inner,
-                              "leak_mib_per_job": args.leak_mib}, True, "control")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    v = verdict(clean["samples"], args.warmup, args.tolerance_mib, args.rss_tolerance_mib)
-    clean_ok = (bool(v.get("allocated_mib", {}).get("flat")) and not clean["events"] and not clean["failures"])
-    leak = next((e for e in control["events"] if e.get("policy") == "leak"), None)
-    print()
-    print(f"soak: {clean['jobs']} jobs in {clean['seconds'] / 60:.1f} min, {len(clean['failures'])} failed, "
-          f"{len(clean['events'])} recoveries")
-    for line in table(clean["samples"], args.rows):
-        print("  " + line)
-    for key in ("allocated_mib", "worker_rss_mib", "agent_rss_mib"):
-        if key in v:
-            d = v[key]
-            flat = "" if "flat" not in d else ("  FLAT" if d["flat"] else "  NOT FLAT")
-            print(f"  {key:<15} {d['first']} -> {d['last']} (min {d['min']}, max {d['max']}), "
-                  f"max drift {d['max_drift_mib']} MiB, slope {d['slope_mib_per_hour']} MiB/h{flat}")
-    print(f"  agent process loaded torch: {'YES (it must not)' if clean['torch_in_agent'] else 'no'}")
-    print(f"  verdict: {'PASS: allocated memory is flat after warm-up' if clean_ok else 'FAIL'}")
-    print(f"control: {control['jobs']} jobs in {control['seconds']:.1f} s")
-    if leak:
-        print(f"  verdict: PASS: leak caught after {leak.get('jobs_done')} jobs "
-              f"(allocated {leak.get('allocated_mib')} MiB): {leak['reason']}")
+def make_loras(lora_dir: Path, model: str) -> list[str]:
+    """Two random-weight LoRA files (kohya format) shaped for ``model``'s transformer; their names."""
+    import torch
+    from diffusers import ZImageTransformer2DModel
+
+    from zitops.engine.full import FULL_TRANSFORMER
+    from zitops.engine.tiny import TINY_TRANSFORMER
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from features import make_lora  # benchmarks/features.py
+
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        transformer = ZImageTransformer2DModel(**(TINY_TRANSFORMER if model == "tiny" else FULL_TRANSFORMER))
+    for seed, name in ((1, "soak_a"), (2, "soak_b")):
+        if not (lora_dir / f"{name}.safetensors").is_file():
+            make_lora(transformer, lora_dir / f"{name}.safetensors", seed, rank=8)
+    return ["soak_a", "soak_b"]
+
+
+def deploy(workdir: Path, model: str, profile: str, sets: list[str], leak_mib: float) -> tuple[Path, int]:
+    """The soak's deployment in ``workdir`` (kept across calls): (config.yaml, port)."""
+    from zitops.deployment.deploy import DeployRequest, plan
+
+    path = workdir / "deploy" / "config.yaml"
+    if path.is_file():
+        return path, int(config_from_mapping(__import__("yaml").safe_load(path.read_text()), "soak").port)
+    port = free_port()
+    out = workdir / "deploy"
+    p = plan(DeployRequest(profile=profile, targets=(), out=out, port=port, host="127.0.0.1", gpus="auto",
+                           model=model, overrides=tuple(sets), zitops_bin=sys.executable))
+    data = config_to_dict(p.config)
+    data.update(model=model, log_format="json", lora_dir=str(workdir / "loras"))
+    if leak_mib:
+        data["engine"] = {"kind": "faulty", "faults": {"inner": "diffusers", "leak_mib_per_job": leak_mib,
+                                                       "leak_memory": "real", "every_incarnation": True}}
+    config = config_from_mapping(data, "soak config")
+    for d in p.runtime_dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    path.write_text("# zitops soak: a disposable deployment (benchmarks/soak.py)\n"
+                    + yaml.safe_dump(config_to_dict(config), sort_keys=False), "utf-8")
+    return path, port
+
+
+def noise_png(width: int, height: int, rng: random.Random, mask: bool = False) -> str:
+    """A base64 PNG: random pixels, or (mask) a white rectangle on black."""
+    from PIL import Image, ImageDraw
+
+    if mask:
+        img = Image.new("L", (width, height), 0)
+        ImageDraw.Draw(img).rectangle((width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=255)
     else:
-        print("  verdict: FAIL: no leak recycle within the control's time")
-    if args.json is not None:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "clean": clean,
-                                         "control": control, "verdict": v, "clean_ok": clean_ok,
-                                         "leak_caught": leak}, indent=1))
-    return 0 if clean_ok and leak else 1
+        img = Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+class Soak:
+    """One call of a (resumable) soak: the agent, the client, the samples so far."""
+
+    def __init__(self, args: argparse.Namespace, state: dict[str, Any], agent: AgentProcess, loras: list[str]) -> None:
+        self.args, self.state, self.agent, self.loras = args, state, agent, loras
+        self.rng = random.Random(args.seed + len(state["samples"]))
+        self.client = httpx.Client(base_url=agent.url, timeout=args.job_timeout)
+        self.store_dir = Path(args.workdir) / "deploy"
+
+    def size(self) -> tuple[int, int]:
+        w, h = self.rng.choice(A1111_SIZES)
+        scale = self.args.size_scale
+        return max(64, round(w * scale / 16) * 16), max(64, round(h * scale / 16) * 16)
+
+    def lora(self, job: int) -> list[dict[str, Any]]:
+        return [{"name": self.loras[(job // self.args.lora_every) % len(self.loras)], "weight": 0.8}] \
+            if self.loras else []
+
+    def wait(self, job_id: str, deadline: float) -> dict[str, Any]:
+        while time.monotonic() < deadline:
+            r = self.client.get(f"/v1/jobs/{job_id}")
+            if r.status_code == 404:
+                return {"status": "missing"}
+            rec = r.json()
+            if rec["status"] in FINAL:
+                return dict(rec)
+            time.sleep(0.01)
+        return {"status": "timeout"}
+
+    def worker_pid(self) -> int | None:
+        workers = self.client.get("/status").json().get("workers") or []
+        return next((w["pid"] for w in workers if w.get("pid") and w.get("state") in ("ready", "busy")), None)
+
+    def run_one(self, job: int) -> dict[str, Any]:
+        """One job of a random kind (or the kill -9 job); its sample without the series."""
+        kill = self.args.kill_every and job % self.args.kill_every == 0
+        kind = "kill" if kill else self.rng.choices([k for k, _ in KINDS], [w for _, w in KINDS])[0]
+        width, height = self.size()
+        steps = self.rng.choice(self.args.steps)
+        sampler = self.rng.choice(IMG2IMG_SAMPLERS if kind in ("img2img", "inpaint") else SAMPLERS)
+        body: dict[str, Any] = {"prompt": f"soak {job}", "seed": job, "width": width, "height": height,
+                                "steps": steps, "sampler": sampler}
+        sample: dict[str, Any] = {"job": job, "kind": kind, "width": width, "height": height, "steps": steps,
+                                  "sampler": sampler, "mpx_steps": width * height / 1e6 * steps}
+        t0 = time.monotonic()
+        deadline = t0 + self.args.job_timeout
+        status = "failed"
+        if kind in ("txt2img", "img2img", "inpaint", "cancel", "kill"):
+            if kind != "cancel":
+                body["loras"] = self.lora(job)
+            if kind in ("img2img", "inpaint"):
+                body["init_image"] = noise_png(width, height, self.rng)
+                body["strength"] = 0.6
+                if kind == "inpaint":
+                    body["mask"] = noise_png(width, height, self.rng, mask=True)
+            r = self.client.post("/v1/jobs", json=body)
+            if r.status_code != 202:
+                return {**sample, "status": "refused", "error": r.text[:300], "latency_s": None}
+            job_id = r.json()["id"]
+            if kind == "cancel":
+                if self.rng.random() < 0.5:  # let it start first: a running job stops at its next step
+                    while self.client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued" \
+                            and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                self.client.delete(f"/v1/jobs/{job_id}")
+            if kind == "kill":
+                while self.client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued" \
+                        and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                pid = self.worker_pid()
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+                    sample["killed"] = pid
+            rec = self.wait(job_id, deadline)
+            status = rec["status"]
+            if kind == "cancel" and status in ("cancelled", "succeeded"):
+                status = "cancelled" if status == "cancelled" else "succeeded"
+            sample["error"] = rec.get("error")
+        elif kind == "a1111":
+            display = self.rng.choice(SAMPLER_INFO)["name"]
+            sample["sampler"] = display
+            tag = f" <lora:{self.lora(job)[0]['name']}:0.8>" if self.loras else ""
+            r = self.client.post("/sdapi/v1/txt2img", json={"prompt": f"soak {job}{tag}", "seed": job, "width": width,
+                                                            "height": height, "steps": steps, "sampler_name": display})
+            status = "succeeded" if r.status_code == 200 and r.json().get("images") else "failed"
+            sample["error"] = None if status == "succeeded" else r.text[:300]
+        else:  # OpenAI: plain, or streamed with previews as partial images
+            req = {"prompt": f"soak {job}", "size": f"{width}x{height}", "seed": job, "steps": steps,
+                   "response_format": "b64_json"}
+            if kind == "stream":
+                events: list[str] = []
+                with self.client.stream("POST", "/v1/images/generations",
+                                        json={**req, "stream": True, "partial_images": 2}) as r:
+                    events = [line[7:] for line in r.iter_lines() if line.startswith("event: ")]
+                sample["events"] = len(events)
+                status = "succeeded" if any(e.endswith("completed") for e in events) else "failed"
+                sample["error"] = None if status == "succeeded" else f"events: {events[-3:]}"
+            else:
+                r = self.client.post("/v1/images/generations", json=req)
+                status = "succeeded" if r.status_code == 200 else "failed"
+                sample["error"] = None if status == "succeeded" else r.text[:300]
+        sample["latency_s"] = round(time.monotonic() - t0, 4)
+        sample["status"] = status
+        return sample
+
+    def series(self) -> dict[str, Any]:
+        """The memory and resource series now (after a job)."""
+        st = self.client.get("/status").json()
+        w: dict[str, Any] = next((w for w in st.get("workers") or [] if w.get("pid")), {})
+        vram = w.get("vram") or {}
+        agent, worker = proc_stats(self.agent.pid), proc_stats(w.get("pid"))
+        store = sum(p.stat().st_size for p in self.store_dir.rglob("jobs.sqlite3*") if p.is_file())
+        return {"agent_rss_mib": agent["rss_mib"], "worker_rss_mib": worker["rss_mib"],
+                "agent_fds": agent["fds"], "worker_fds": worker["fds"], "agent_threads": agent["threads"],
+                "worker_threads": worker["threads"], "allocated_mib": vram.get("allocated_mib"),
+                "reserved_mib": vram.get("reserved_mib"), "nvml_used_mib": vram.get("device_used_mib"),
+                "store_mib": round(store / 2**20, 3), "worker_pid": w.get("pid"),
+                "recoveries": [e for e in st.get("recoveries", []) if e.get("kind") in ("recycle", "crash", "kill")]}
+
+
+def load_state(workdir: Path, reset: bool) -> dict[str, Any]:
+    """The run so far (samples, calls), or a new one."""
+    path = workdir / "soak-state.json"
+    if reset or not path.is_file():
+        return {"samples": [], "calls": [], "elapsed_s": 0.0, "leak": None}
+    state: dict[str, Any] = json.loads(path.read_text())
+    return state
+
+
+def save_state(workdir: Path, state: dict[str, Any]) -> None:
+    """Write the state (temp file, then rename: a call cut short never leaves half a file)."""
+    tmp = workdir / "soak-state.json.tmp"
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, workdir / "soak-state.json")
+
+
+def run_call(args: argparse.Namespace, state: dict[str, Any]) -> None:
+    """Start the agent on the kept deployment, run jobs until the call's time is up, stop it."""
+    workdir = Path(args.workdir)
+    sets = [f"queue.job_timeout_s={int(args.job_timeout)}", "queue.drain_timeout_s=20", *args.set]
+    config_path, port = deploy(workdir, args.model, args.profile, sets, args.leak_mib)
+    loras = [] if args.leak_mib or not args.lora_every else make_loras(workdir / "loras", args.model)
+    agent = AgentProcess(config_path, port, workdir / "agent.out")
+    call: dict[str, Any] = {"started": time.time(), "jobs": 0, "ready_s": None}
+    state["calls"].append(call)
+    stop_at = time.monotonic() + args.minutes * 60.0
+    try:
+        call["ready_s"] = round(agent.wait_ready(args.ready_timeout), 2)
+        soak = Soak(args, state, agent, loras)
+        t_base = state["elapsed_s"]
+        t0 = time.monotonic()
+        while time.monotonic() < stop_at:
+            job = len(state["samples"]) + 1
+            sample = soak.run_one(job)
+            series = soak.series()
+            recoveries = series.pop("recoveries")
+            sample.update(series, t=round(t_base + time.monotonic() - t0, 2), call=len(state["calls"]))
+            state["samples"].append(sample)
+            call["jobs"] = int(call["jobs"] or 0) + 1
+            leak = next((e for e in recoveries if e.get("policy") == "leak"), None)
+            if args.leak_mib and leak:
+                state["leak"] = {**leak, "after_jobs": job}
+                break
+            if job % 25 == 0:
+                print(f"[soak] job {job}  t {sample['t']:.0f} s  agent RSS {sample['agent_rss_mib']:.0f} MiB  "
+                      f"worker RSS {sample['worker_rss_mib'] or 0:.0f} MiB  allocated {sample['allocated_mib']}  "
+                      f"last {sample['kind']} {sample['status']} {sample['latency_s']:.2f} s", flush=True)
+                save_state(workdir, state)
+        state["elapsed_s"] = t_base + time.monotonic() - t0
+        call["torch_in_agent"] = "libtorch" in Path(f"/proc/{agent.pid}/maps").read_text()
+    finally:
+        call["stopped"] = time.time()
+        agent.stop()
+        save_state(workdir, state)
+
+
+def report(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, Any]:
+    """Verdict, JSON and plot over every call so far; printed."""
+    samples = state["samples"]
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.leak_mib:
+        caught = state.get("leak")
+        result: dict[str, Any] = {"control": "faults.leak_memory: real", "leak_mib_per_job": args.leak_mib,
+                                  "jobs": len(samples), "caught": caught, "pass": caught is not None}
+        print(f"control: {len(samples)} jobs, leaking {args.leak_mib:g} MiB per job: "
+              + (f"PASS: the watchdog recycled the worker for the leak after {caught['after_jobs']} jobs "
+                 f"({caught.get('reason')})" if caught else "FAIL: no leak recycle"))
+    else:
+        result = verdict(samples, args.warmup_jobs)
+        for key, g in result["series"].items():
+            print(f"  {key:<15} {g['first_quarter_median']:>10} -> {g['last_quarter_median']:>10}  "
+                  f"growth {g['growth']:>8} (limit {g['limit']})  {'ok' if g['ok'] else 'GROWS'}")
+        lat = result["latency"] or {}
+        print(f"  p99 s/(Mpx*step) {lat.get('p99_s_per_mpx_step_first')} -> {lat.get('p99_s_per_mpx_step_last')}"
+              f"  drift {lat.get('drift')} (limit {lat.get('limit')}); raw p99 {lat.get('p99_s_first')} s -> "
+              f"{lat.get('p99_s_last')} s")
+        kinds: dict[str, int] = {}
+        for s in samples:
+            kinds[s["kind"]] = kinds.get(s["kind"], 0) + 1
+        print(f"soak: {len(samples)} jobs over {len(state['calls'])} call(s), {state['elapsed_s'] / 60:.1f} min; "
+              f"kinds {kinds}; lost {len(result['lost'])}, failed {len(result['failed'])}, kills "
+              f"{sum(1 for s in samples if s.get('killed'))}: {'PASS' if result['pass'] else 'FAIL'}")
+    result.update(label=args.label, model=args.model, profile=args.profile, calls=state["calls"],
+                  elapsed_s=round(state["elapsed_s"], 1), args={k: str(v) for k, v in vars(args).items()})
+    (out / f"{args.label}.json").write_text(json.dumps({**result, "samples": samples}, indent=1) + "\n")
+    if plot(samples, out / f"{args.label}.png", f"{args.label}: {args.model}, {len(samples)} jobs"):
+        print(f"plot: {out / (args.label + '.png')}")
+    else:
+        print("plot: matplotlib is not installed; JSON only")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One call of the soak (or its negative control); exit 0 when the verdict over every call so far passes."""
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--workdir", default="/tmp/zsoak", help="deployment, job store and samples, kept across calls")
+    ap.add_argument("--reset", action="store_true", help="start a new run in --workdir")
+    ap.add_argument("--minutes", type=float, default=8.0, help="this call's length")
+    ap.add_argument("--model", default="tiny", help="tiny (CPU smoke) or full-random (GPU, real size)")
+    ap.add_argument("--profile", default="designer")
+    ap.add_argument("--set", action="append", default=[], help="profile override KEY=VALUE (repeatable)")
+    ap.add_argument("--size-scale", type=float, default=1.0, help="scale the A1111 sizes (0.125 for the CPU)")
+    ap.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=[8], help="e.g. 4,8")
+    ap.add_argument("--kill-every", type=int, default=200)
+    ap.add_argument("--lora-every", type=int, default=50, help="switch the LoRA every N jobs (0: no LoRA)")
+    ap.add_argument("--warmup-jobs", type=int, default=20)
+    ap.add_argument("--job-timeout", type=float, default=300.0)
+    ap.add_argument("--ready-timeout", type=float, default=300.0)
+    ap.add_argument("--leak-mib", type=float, default=0.0, help="negative control: leak this much per job")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--label", default="soak")
+    ap.add_argument("--out-dir", default=os.environ.get("OUT", "bench-out"))
+    args = ap.parse_args(argv)
+    workdir = Path(args.workdir)
+    if args.reset and workdir.exists():
+        import shutil
+
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = load_state(workdir, args.reset)
+    # The device's timeout sends SIGTERM: stop the agent and keep the samples (finally blocks run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        run_call(args, state)
+    finally:
+        result = report(args, state)
+    return 0 if result["pass"] else 1
 
 
 if __name__ == "__main__":

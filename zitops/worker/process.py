@@ -101,12 +101,19 @@ def _generate(engine: Any, request: Any, steering: JobSteering | None) -> Any:
             steering.flush()  # the step events (previews encoded on a thread) go before the Result
 
 
-def raw_image(image: Any, params: dict[str, Any]) -> RawImage:
-    """A PIL image as raw pixels for the agent to encode (modes other than L/RGB/RGBA become RGB)."""
+def raw_image(image: Any, params: dict[str, Any], via_shm: bool = False) -> RawImage:
+    """A PIL image as raw pixels for the agent to encode (modes other than L/RGB/RGBA become RGB).
+
+    ``via_shm`` (a worker whose parent is the agent): the pixels go into a /dev/shm file the agent takes.
+    """
+    from zitops.worker import pixel_shm
+
     if image.mode not in ("L", "RGB", "RGBA"):
         image = image.convert("RGB")
-    return RawImage(mode=image.mode, width=image.size[0], height=image.size[1], data=image.tobytes(),
-                    params=plain(params))
+    data = image.tobytes()
+    name = pixel_shm.put(data) if via_shm else None  # None: no usable /dev/shm; the pixels go through the pipe
+    return RawImage(mode=image.mode, width=image.size[0], height=image.size[1], data=b"" if name else data,
+                    params=plain(params), shm=name, nbytes=len(data))
 
 
 def run_job(engine: Any, job: Job, steering: JobSteering | None = None) -> Result:
@@ -121,13 +128,13 @@ def run_job(engine: Any, job: Job, steering: JobSteering | None = None) -> Resul
     result = _generate(engine, request, steering)
     engine_done_at = time.monotonic()
     info = {"job_id": job.job_id, **dict(result.info)}
-    images = tuple(raw_image(image, {**info, "seed": result.seeds[n] if n < len(result.seeds) else None})
+    images = tuple(raw_image(image, {**info, "seed": result.seeds[n] if n < len(result.seeds) else None}, True)
                    for n, image in enumerate(result.images))
     seconds = time.monotonic() - started
     return Result(job_id=job.job_id, images=images, seconds=seconds, output_format=request.output_format,
                   info=plain({**dict(result.info), "seeds": list(result.seeds),
                               "engine_seconds": result.seconds, "memory": _memory(engine)}),
-                  engine_s=engine_done_at - started, engine_done_at=engine_done_at)
+                  engine_s=engine_done_at - started, engine_done_at=engine_done_at, engine_started_at=started)
 
 
 def span_attributes(job: Job, config: Any) -> dict[str, Any]:
@@ -224,6 +231,9 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
     from zitops.worker.lifeline import die_with_parent
 
     die_with_parent()  # first: the agent may be killed at any moment from here on
+    from zitops.worker.pixel_shm import sweep
+
+    sweep(os.getppid())  # pixel files a killed predecessor (or a dead agent) left in /dev/shm
     from zitops.worker.preimport import device_environment, engine_modules, preimport
 
     # Before any import of torch: this process sees exactly one GPU, or none.

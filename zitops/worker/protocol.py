@@ -14,6 +14,7 @@ stays off the GPU's critical path (issue 7).
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,13 +129,19 @@ class MemoryReport:
 
 @dataclass(frozen=True)
 class RawImage:
-    """One image's pixels as ``PIL.Image.tobytes()`` gives them, plus its PNG text params."""
+    """One image's pixels as ``PIL.Image.tobytes()`` gives them, plus its PNG text params.
+
+    The pixels travel in ``data``, or (``data`` empty) in the shared-memory file ``shm`` of
+    ``nbytes`` bytes (zitops.worker.pixel_shm); the agent maps that file in place of ``data``.
+    """
 
     mode: str  # a PIL mode: "RGB", "RGBA" or "L"
     width: int
     height: int
-    data: bytes
+    data: bytes | mmap.mmap  # an mmap only in the agent, once it attached the shm file
     params: dict[str, Any] = field(default_factory=dict)  # plain JSON types (see process.plain)
+    shm: str | None = None
+    nbytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -151,6 +158,7 @@ class Result:
     # monotonic receive time to get the transfer stage; it never steps with NTP.
     engine_s: float = 0.0
     engine_done_at: float = 0.0
+    engine_started_at: float = 0.0  # when the worker began the job's engine call (same clock)
 
 
 @dataclass(frozen=True)

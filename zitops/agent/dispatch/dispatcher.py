@@ -101,6 +101,8 @@ class Dispatcher:
                                     self.outcomes.store_failed, objects=self.images.objects,
                                     upload=None if self.fleet is None or self.images.objects else self.fleet.store.upload,
                                     traces=self.traces)
+        # A waited-for job's monotonic stage marks in this process, once (Server-Timing; http_metrics).
+        self.stage_marks = self.results.stage_marks
         self.webhooks = open_webhooks(config.webhooks, store, self.metrics.webhooks, self.log, self.failure_log,
                                       self.images.hook_links)
         self.schedule = Schedule()
@@ -193,11 +195,11 @@ class Dispatcher:
         await self.pool.stop(self.config.profile.watchdog.kill_grace_s + 5.0 if stop_timeout_s is None
                              else stop_timeout_s)
         await self.results.settle(ENCODE_SETTLE_S)
-        if self._tick_task is not None:
-            self._tick_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick_task
+        if (task := self._tick_task) is not None:
             self._tick_task = None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for ev in self._waiters.values():
             ev.set()
         if close_store:
@@ -212,12 +214,13 @@ class Dispatcher:
         for slot in self.pool.slots:
             while slot.idle and (record := self._next(slot.id)) is not None:
                 job = Job(record.id, record.request.to_dict(), record.attempts, self.traces.handed(record.id, slot.id))
+                handed = time.monotonic()  # before the send: the worker may start before it returns
                 if not self.pool.assign(slot, job):
                     self.store.requeue(record.id, record.error or "", uncount=True)
                     if self.fleet is None:
                         self._queue.appendleft(record.id)
                     break
-                self._marks.setdefault(record.id, {})["handed"] = time.monotonic()
+                self._marks.setdefault(record.id, {})["handed"] = handed
                 self.progress.started(record.id, record.request, slot.gpu is None)
                 wanted = self.progress.get(record.id)
                 if wanted is not None and wanted.wants_preview:
@@ -253,8 +256,7 @@ class Dispatcher:
         self._wake(job_id)
 
     def _wake(self, job_id: str) -> None:
-        ev = self._waiters.pop(job_id, None)
-        if ev is not None:
+        if (ev := self._waiters.pop(job_id, None)) is not None:
             ev.set()
 
     # --- PoolListener ------------------------------------------------------------
@@ -278,8 +280,7 @@ class Dispatcher:
         return fresh if self.fleet is None or fresh is None else self.fleet.ours(job_id, fresh, self.store.get)
 
     def on_progress(self, slot: WorkerSlot, progress: Progress) -> None:
-        """A running job finished a step."""
-        del slot
+        """A running job finished a step (on any slot)."""
         self.progress.step(progress.job_id, progress.step, progress.steps, progress.preview)
 
     def on_failure(self, slot: WorkerSlot, failure: Failure) -> None:

@@ -12,9 +12,11 @@ import ctypes
 import os
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from zitops.worker import pixel_shm
 from zitops.worker.protocol import RawImage
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -52,6 +54,21 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_ABOVE_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
 
 
+def attach_pixels(images: tuple[RawImage, ...]) -> tuple[RawImage, ...]:
+    """Each image's pixels in memory: a shared-memory file is mapped (and unlinked) in place of ``data``.
+
+    Cheap (open, mmap, unlink; no copy), so it runs as the Result arrives: from then on no sweep
+    can take the file. An image whose file is gone keeps ``shm`` set and fails its encode.
+    """
+    out = []
+    for raw in images:
+        if raw.shm is not None:
+            with contextlib.suppress(OSError):
+                raw = replace(raw, data=pixel_shm.attach(raw.shm, raw.nbytes), shm=None)
+        out.append(raw)
+    return tuple(out)
+
+
 def image_names(job_id: str, count: int, fmt: str) -> tuple[str, ...]:
     """The server-chosen file names of a job's images: ``<job_id>-<n>.<ext>``."""
     ext = EXTENSIONS.get(fmt, fmt)
@@ -62,7 +79,7 @@ def to_pil(raw: RawImage) -> Any:
     """The PIL image of raw pixels from a worker."""
     from PIL import Image
 
-    return Image.frombytes(raw.mode, (raw.width, raw.height), raw.data)
+    return Image.frombytes(raw.mode, (raw.width, raw.height), memoryview(raw.data))
 
 
 class Pixels:
@@ -117,6 +134,8 @@ def encode_and_write(output_dir: Path, job_id: str, images: tuple[RawImage, ...]
     blobs: list[bytes] = []
     try:
         for raw, name in zip(images, names, strict=True):
+            if raw.shm is not None:
+                raise OSError(f"the pixels of {name} were lost in transfer (shared-memory file {raw.shm} gone)")
             path = output_dir / name
             tmp = path.with_name(f".{name}.tmp")
             try:

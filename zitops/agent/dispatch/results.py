@@ -16,12 +16,13 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from zitops.agent.contract import JobRecord, JobStatus
 from zitops.agent.dispatch.held import Held, HeldJournal
-from zitops.agent.dispatch.images import Encoder, encode_and_write
+from zitops.agent.dispatch.images import Encoder, attach_pixels, encode_and_write
 from zitops.agent.dispatch.object_store import ObjectStore, ObjectStoreDown
 from zitops.agent.ops.agent_log import AgentLog
 from zitops.agent.ops.failure_log import FailureLog
@@ -44,7 +45,7 @@ FRESH_BYTES = 256 * 1024 * 1024
 Uploader = Callable[[str, tuple[str, ...], tuple[bytes, ...]], None]
 """Puts a job's encoded images (names, bytes) where every agent can read them; runs on the encode pool."""
 
-STAGES = ("queue", "engine", "transfer", "encode")
+STAGES = ("queue", "start", "engine", "transfer", "encode")
 """A job's timed stages (``info["timings"]``, ``zitops_job_stage_seconds``); see docs/api.md."""
 
 
@@ -77,9 +78,11 @@ class ResultWriter:
         self._threads = ThreadPoolExecutor(max_workers=ENCODE_THREADS, thread_name_prefix="zitops-encode")
         self.pending: dict[str, asyncio.Task[None]] = {}
         self._fresh: collections.OrderedDict[str, tuple[bytes, ...]] = collections.OrderedDict()
+        self._marks: collections.OrderedDict[str, dict[str, float]] = collections.OrderedDict()
 
     def accept(self, worker_id: str, result: Result, marks: dict[str, float]) -> None:
         """Start writing a finished job's images; ``marks`` are its monotonic accepted/handed times."""
+        result = replace(result, images=attach_pixels(result.images))
         received = time.monotonic()
         self.metrics.job_seconds.observe(result.seconds)
         task = asyncio.get_running_loop().create_task(self._write(worker_id, result, received, dict(marks)),
@@ -139,6 +142,8 @@ class ResultWriter:
         encode_s = encoded - started
         self.metrics.encode_seconds.observe(encode_s)
         timings = self._timings(result, received, encode_s, done, marks)
+        marks.update(engine_started=result.engine_started_at, engine_done=result.engine_done_at, received=received,
+                     encoded=done)
         info = {**result.info, "seconds": round(result.seconds, 3), "encode_s": round(encode_s, 4),
                 "worker": worker_id, "timings": timings}
         if self._upload is not None:
@@ -159,11 +164,16 @@ class ResultWriter:
             info["object_s"] = round(time.monotonic() - done, 4)
         if self._wanted(result.job_id):
             self.keep_fresh(result.job_id, blobs)
-        self._succeed(result.job_id, worker_id, names, info)
+        self._succeed(result.job_id, worker_id, names, info, marks)
 
-    def _succeed(self, job_id: str, worker_id: str, names: tuple[str, ...], info: dict[str, Any]) -> None:
+    def _succeed(self, job_id: str, worker_id: str, names: tuple[str, ...], info: dict[str, Any],
+                 marks: dict[str, float] | None = None) -> None:
         with self.traces.span(job_id, "zitops.store.write", **{"zitops.status": "succeeded"}):
             record = self.store.succeed(job_id, names, info)
+        if marks is not None and self._wanted(job_id):  # for its synchronous route's Server-Timing
+            self._marks[job_id] = {**marks, "stored": time.monotonic()}
+            while len(self._marks) > FRESH_JOBS:
+                self._marks.popitem(last=False)
         self.metrics.jobs.labels("succeeded").inc()
         self.log("info", "job succeeded", job_id=job_id, worker_id=worker_id, seconds=info.get("seconds"),
                  encode_s=info.get("encode_s"))
@@ -228,8 +238,10 @@ class ResultWriter:
         # engine_done_at is the worker's time.monotonic(): CLOCK_MONOTONIC is one
         # clock for the whole host on Linux, so the difference is the hand-over.
         transfer = received - result.engine_done_at if result.engine_done_at else None
+        started = result.engine_started_at
         stages: dict[str, float | None] = {
             "queue": handed - accepted if accepted is not None and handed is not None else None,
+            "start": max(0.0, started - handed) if started and handed is not None else None,
             "engine": result.engine_s or None,
             "transfer": max(0.0, transfer) if transfer is not None else None,
             "encode": encode_s,
@@ -250,6 +262,10 @@ class ResultWriter:
     def encoded_images(self, job_id: str) -> tuple[bytes, ...] | None:
         """A succeeded job's encoded images, once, if still in memory; None: read the files."""
         return self._fresh.pop(job_id, None)
+
+    def stage_marks(self, job_id: str) -> dict[str, float] | None:
+        """A waited-for job's time.monotonic() marks in this process, once (zitops.agent.http.http_metrics)."""
+        return self._marks.pop(job_id, None)
 
     async def settle(self, timeout_s: float) -> None:
         """Let pending writes finish; any still going after ``timeout_s`` leave their job running."""

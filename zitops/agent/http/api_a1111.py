@@ -35,7 +35,7 @@ from zitops.agent.http.api_common import (
     discard_files,
     drop_encoded,
     images_json,
-    json_splice,
+    json_fragments,
     only,
     request_started,
     submit,
@@ -339,7 +339,7 @@ async def a1111_run(body: Txt2ImgIn, request: Request, prompt: str, overrides: d
         payload = await images_json(ctx.service, record, "images", lambda b64: [b'"', b64, b'"'], rest)
     else:
         drop_encoded(ctx.service, record)
-        payload = json_splice("images", [], rest)
+        payload = json_fragments("images", [], rest)
     if not body.save_images:  # A1111's own meaning: keep files on disk only when asked
         discard_files(ctx.service, record)
     return timed_json(ctx, route, record, payload, started, respond_from)

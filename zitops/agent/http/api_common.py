@@ -24,7 +24,16 @@ from pydantic import BaseModel, ConfigDict, Strict, ValidationInfo, field_valida
 
 from zitops.agent.contract import JobRecord, JobStatus, Service
 from zitops.agent.cost import check_cost
-from zitops.agent.http.http_metrics import HttpMetrics
+from zitops.agent.http.http_metrics import (  # noqa: F401 (re-exported: the routes import them from here)
+    STARTED_KEY,
+    TIMING_STAGES,
+    HttpMetrics,
+    SplicedResponse,
+    job_marks,
+    request_started,
+    server_timing,
+    stage_timings,
+)
 from zitops.agent.http.queue_terms import queue_terms
 from zitops.agent.http.tenants import caller, token_cap, visible
 from zitops.config import AgentConfig
@@ -366,24 +375,26 @@ def drop_encoded(service: Service, record: JobRecord) -> None:
 
 
 async def images_json(service: Service, record: JobRecord, key: str, item: Fragments,
-                      rest: dict[str, Any]) -> bytes:
-    """``{key: [item(base64 of each image)...], **rest}`` as JSON bytes, built off the event loop.
+                      rest: dict[str, Any]) -> list[bytes]:
+    """``{key: [item(base64 of each image)...], **rest}`` as JSON fragments, built off the event loop.
 
     base64 is JSON-safe as it is, so the large strings are written once, into
-    the body, and never escaped, validated or re-encoded by a JSON encoder.
+    the body, and never escaped, validated or re-encoded by a JSON encoder;
+    the fragments are sent as they are (http_metrics.SplicedResponse), never joined.
     """
-    def build() -> bytes:
-        return json_splice(key, [item(base64.b64encode(blob)) for blob in images_now(service, record)], rest)
+    def build() -> list[bytes]:
+        return json_fragments(key, [item(base64.b64encode(blob)) for blob in images_now(service, record)], rest)
 
     return await asyncio.to_thread(build)
 
 
 def json_splice(key: str, items: list[list[bytes]], rest: dict[str, Any]) -> bytes:
-    """``{"key": [items...], **rest}`` as JSON bytes; each item is JSON fragments, joined as they are.
+    """``{"key": [items...], **rest}`` as JSON bytes (json_fragments, joined)."""
+    return b"".join(json_fragments(key, items, rest))
 
-    One join, so each large fragment is copied once (a 4 MB copy costs
-    milliseconds, most of it page faults).
-    """
+
+def json_fragments(key: str, items: list[list[bytes]], rest: dict[str, Any]) -> list[bytes]:
+    """``{"key": [items...], **rest}`` as JSON fragments in order; each item's fragments kept as they are."""
     parts = [b"{", json.dumps(key).encode(), b":["]
     for n, fragments in enumerate(items):
         if n:
@@ -391,50 +402,15 @@ def json_splice(key: str, items: list[list[bytes]], rest: dict[str, Any]) -> byt
         parts += fragments
     tail = json.dumps(rest, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     parts += [b"],", tail[1:]] if rest else [b"]}"]
-    return b"".join(parts)
+    return parts
 
 
-# --- per-request stage timings (Server-Timing) ------------------------------------
-
-STARTED_KEY = "zitops_started"
-"""``scope["state"]`` key: the edge middleware's time.monotonic() when the request came in."""
-
-TIMING_STAGES = ("queue", "engine", "transfer", "encode", "respond", "total")
-"""The stages a synchronous route reports, in Server-Timing order (docs/api.md)."""
-
-
-def request_started(request: Request) -> float:
-    """When the request came in (the edge middleware's mark), else now."""
-    state = request.scope.get("state") or {}
-    started = state.get(STARTED_KEY)
-    return float(started) if isinstance(started, (int, float)) else time.monotonic()
-
-
-def stage_timings(record: JobRecord, started: float, respond_from: float) -> dict[str, float]:
-    """Seconds per stage for a finished synchronous request: the job's stages, then respond and total."""
-    job = record.info.get("timings") if isinstance(record.info, dict) else None
-    stages: dict[str, float] = {}
-    for name in ("queue", "engine", "transfer", "encode"):
-        value = job.get(name) if isinstance(job, dict) else None
-        if isinstance(value, (int, float)):
-            stages[name] = float(value)
-    now = time.monotonic()
-    stages["respond"] = now - respond_from
-    stages["total"] = now - started
-    return stages
-
-
-def server_timing(stages: dict[str, float]) -> str:
-    """A ``Server-Timing`` header value: ``queue;dur=0.4, engine;dur=871.2, ...`` in milliseconds."""
-    return ", ".join(f"{name};dur={seconds * 1000.0:.1f}" for name, seconds in stages.items())
-
-
-def timed_json(ctx: ApiContext, route: str, record: JobRecord, body: bytes, started: float,
+def timed_json(ctx: ApiContext, route: str, record: JobRecord, body: bytes | list[bytes], started: float,
                respond_from: float) -> Response:
     """The JSON response of a synchronous route, with its Server-Timing header and stage metrics."""
-    stages = stage_timings(record, started, respond_from)
+    stages = stage_timings(record, started, respond_from, job_marks(ctx.service, record))
     ctx.metrics.observe_stages(route, stages)
-    return Response(body, media_type="application/json", headers={"Server-Timing": server_timing(stages)})
+    return SplicedResponse([body] if isinstance(body, bytes) else body, {"Server-Timing": server_timing(stages)})
 
 
 def base_url(request: Request) -> str:

@@ -28,7 +28,7 @@ from zitops.agent.http.api_common import (
     build_request_as,
     context,
     images_json,
-    json_splice,
+    json_fragments,
     only,
     request_started,
     submit,
@@ -172,7 +172,7 @@ async def edits(
         root = str(request.base_url).rstrip("/")
         items = [[b'{"url":', json.dumps(f"{root}/v1/jobs/{record.id}/images/{i}").encode(), b"}"]
                  for i in range(len(record.images))]
-        payload = json_splice("data", items, rest)
+        payload = json_fragments("data", items, rest)
     else:
         payload = await images_json(ctx.service, record, "data", lambda b64: [b'{"b64_json":"', b64, b'"}'], rest)
     return timed_json(ctx, EDITS, record, payload, started, respond_from)

@@ -37,7 +37,7 @@ from zitops.agent.http.api_common import (
     discard_files,
     drop_encoded,
     images_json,
-    json_splice,
+    json_fragments,
     no_bool_for_int,
     only,
     request_started,
@@ -170,7 +170,7 @@ async def create_images(body: ImageGenerationIn, request: Request) -> Response:
                                                      for i in range(len(record.images))]
         urls = [json.dumps(link).encode() for link in links]
         drop_encoded(ctx.service, record)
-        payload = json_splice("data", [[b'{"url":', url, revised] for url in urls], rest)
+        payload = json_fragments("data", [[b'{"url":', url, revised] for url in urls], rest)
     else:
         payload = await images_json(ctx.service, record, "data", lambda b64: [b'{"b64_json":"', b64, b'"', revised],
                                       rest)

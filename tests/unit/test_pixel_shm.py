@@ -1,0 +1,84 @@
+"""Pixels from a worker through /dev/shm: written once, mapped by the agent, never left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zitops.agent.dispatch.images import Pixels, attach_pixels, to_pil, write_images
+from zitops.engine.output import encode_image
+from zitops.worker import pixel_shm
+from zitops.worker.process import raw_image
+
+
+def _image() -> Image.Image:
+    rng = np.random.default_rng(1)
+    return Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_worker_image_goes_through_shared_memory_and_the_agent_unlinks_it(tmp_path: Path) -> None:
+    img = _image()
+    raw = raw_image(img, {"seed": 1}, via_shm=True)
+    assert raw.data == b"" and raw.shm is not None and raw.nbytes == 48 * 64 * 3
+    assert (pixel_shm.SHM_DIR / raw.shm).is_file()
+    (attached,) = attach_pixels((raw,))
+    assert attached.shm is None and not (pixel_shm.SHM_DIR / raw.shm).exists()  # unlinked as it was mapped
+    assert to_pil(attached).tobytes() == img.tobytes()
+    assert np.asarray(Pixels(attached)).tobytes() == img.tobytes()
+    names = write_images(tmp_path, "j1", (attached,), "png", encode_image)
+    with Image.open(tmp_path / names[0]) as back:
+        assert back.tobytes() == img.tobytes()
+
+
+def test_without_shared_memory_the_pixels_travel_inline(tmp_path: Path) -> None:
+    assert pixel_shm.put(b"abc", tmp_path / "missing") is None  # no such tmpfs: the caller sends them inline
+    raw = raw_image(_image(), {}, via_shm=False)
+    assert raw.shm is None and len(raw.data) == raw.nbytes
+
+
+def test_pixels_lost_in_transfer_fail_the_job_with_a_reason(tmp_path: Path) -> None:
+    raw = raw_image(_image(), {}, via_shm=True)
+    assert raw.shm is not None
+    (pixel_shm.SHM_DIR / raw.shm).unlink()  # swept, say, before the agent read the Result
+    (lost,) = attach_pixels((raw,))
+    assert lost.shm == raw.shm
+    with pytest.raises(OSError, match="lost in transfer"):
+        write_images(tmp_path, "j2", (lost,), "png", encode_image)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_attach_refuses_a_short_file_or_a_foreign_name(tmp_path: Path) -> None:
+    name = pixel_shm.put(b"x" * 10, tmp_path)
+    assert name is not None
+    with pytest.raises(OSError, match="10 bytes, 12 expected"):
+        pixel_shm.attach(name, 12, tmp_path)
+    with pytest.raises(OSError, match="not a pixel file"):
+        pixel_shm.attach("../etc/passwd", 1, tmp_path)
+
+
+def test_sweep_removes_files_of_gone_workers_and_gone_agents_only(tmp_path: Path) -> None:
+    me, dead = os.getpid(), _dead_pid()
+    names = {
+        "gone_worker": f"{pixel_shm.PREFIX}-{me}-{dead}-0",  # this agent's worker, killed: swept
+        "live_worker": f"{pixel_shm.PREFIX}-{me}-{me}-1",  # a live process: kept
+        "gone_agent": f"{pixel_shm.PREFIX}-{dead}-{me}-2",  # another agent that is gone: swept
+        "live_agent": f"{pixel_shm.PREFIX}-{os.getppid()}-{dead}-3",  # another live agent's: not ours to judge
+        "other": "something-else",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"p")
+    assert pixel_shm.sweep(me, tmp_path) == 2
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {names["live_worker"], names["live_agent"], names["other"]}

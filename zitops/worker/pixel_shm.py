@@ -1,0 +1,113 @@
+"""A worker's raw pixels reach the agent through shared memory (``/dev/shm``), not through the pipe.
+
+Pickled into a Result, a 1024x1024 image is 3 MB that is copied into the
+pickle, pushed through the pipe in 64 KiB pieces while the agent's event
+loop reads it (the loop is blocked until the last piece is in), and copied
+again when unpickled. Here the worker writes the pixels once into a file on
+tmpfs and sends its name; the agent maps it (no copy), unlinks it at once
+(the mapping lives on), and the encoder reads the pixels from the mapping.
+
+Who removes what: the agent unlinks a file as it attaches it
+(:func:`attach`). A worker killed between writing a file and the agent
+reading its Result leaves the file behind; the next worker of the same agent
+sweeps the files of workers that are gone, and of agents that are gone
+(:func:`sweep`), when it starts. Where ``/dev/shm`` is missing, too small or
+full (a container's default 64 MB), :func:`put` answers None and the pixels
+travel inline in the Result as before. Standard library only: both sides
+import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import mmap
+import os
+from pathlib import Path
+
+SHM_DIR = Path("/dev/shm")
+"""Where the pixel files live (tmpfs on Linux)."""
+
+PREFIX = "zitops-px"
+"""File names: ``zitops-px-<agent pid>-<worker pid>-<n>``."""
+
+HEADROOM = 4
+"""Write a file only while tmpfs has this many times its size free (others share /dev/shm)."""
+
+_counter = itertools.count()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def put(data: bytes, directory: Path = SHM_DIR) -> str | None:
+    """Write ``data`` to a new pixel file; its name, or None (send the pixels inline instead)."""
+    if not data:
+        return None
+    try:
+        st = os.statvfs(directory)
+        if st.f_bavail * st.f_frsize < HEADROOM * len(data):
+            return None
+    except OSError:
+        return None
+    name = f"{PREFIX}-{os.getppid()}-{os.getpid()}-{next(_counter)}"
+    path = directory / name
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:  # ENOSPC: the pixels go inline; nothing half-written stays behind
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return None
+    finally:
+        os.close(fd)
+    return name
+
+
+def attach(name: str, size: int, directory: Path = SHM_DIR) -> mmap.mmap:
+    """Map a pixel file read-only and unlink it; the pixels stay readable until the map is closed.
+
+    Raises OSError when the file is gone or shorter than ``size``.
+    """
+    if os.sep in name or not name.startswith(PREFIX + "-"):
+        raise OSError(f"not a pixel file name: {name!r}")
+    path = directory / name
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.unlink(path)
+        if os.fstat(fd).st_size < size:
+            raise OSError(f"pixel file {name} holds {os.fstat(fd).st_size} bytes, {size} expected")
+        return mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else mmap.mmap(-1, 1)
+    finally:
+        os.close(fd)
+
+
+def sweep(agent_pid: int, directory: Path = SHM_DIR) -> int:
+    """Remove pixel files of gone workers of ``agent_pid`` and of gone agents; how many were removed."""
+    removed = 0
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return 0
+    for path in entries:
+        parts = path.name.removeprefix(PREFIX + "-").split("-")
+        if not path.name.startswith(PREFIX + "-") or len(parts) != 3 or not all(p.isdigit() for p in parts):
+            continue
+        agent, worker = int(parts[0]), int(parts[1])
+        if (agent == agent_pid and not _alive(worker)) or (agent != agent_pid and not _alive(agent)):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
