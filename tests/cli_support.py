@@ -36,5 +36,5 @@ def fake_weights(root: Path) -> Path:
     for comp, weights in (("text_encoder", "model.safetensors"), ("transformer", "diffusion_pytorch_model.safetensors"),
                           ("vae", "diffusion_pytorch_model.safetensors")):
         (root / comp / "config.json").write_text("{}")
-        (root / comp / weights).write_bytes(b"\0" * 16)
+        (root / comp / weights).write_bytes((2).to_bytes(8, "little") + b"{}" + b" " * 6)  # a valid empty header
     return root

@@ -35,7 +35,7 @@ def pick_rate(calibrated: float, cpu_only: bool, measured: tuple[float, int] | N
         return rate, f"measured on this host's CPU over its last {jobs} job{'s' if jobs != 1 else ''}"
     if cpu_only:
         return calibrated, ("the profile's GPU calibration (generation.seconds_per_megapixel_step); this host "
-                            "runs on a CPU and has not measured a job yet, so the wait may be far longer")
+                            "runs on a CPU and has not measured a job of this size yet, so the wait may be far longer")
     return calibrated, "the profile's GPU calibration (generation.seconds_per_megapixel_step)"
 
 

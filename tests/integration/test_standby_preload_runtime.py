@@ -68,13 +68,15 @@ def test_a_crash_restart_takes_the_spares_preloaded_pipeline_and_draws_the_same_
         assert spare["preload"]["state"] == "loaded" and spare["preload"]["seconds"] > 0
         assert spare["preload"]["reason"] is None and spare["rss_mib"] > 0
         # From here a load from disk cannot work: the restarted worker can only run on the
-        # pipeline the spare already holds (the file still exists, so the model still checks out).
+        # pipeline the spare already holds (its header is intact, so the model still checks out).
         # Swapped by rename, never rewritten in place: loaded safetensors weights can be mapped
         # from the file, and an in-place write would change the spare's copy too.
         good = weights.with_name("good.safetensors")
         os.replace(weights, good)
         spoiled = weights.with_name("spoiled.tmp")
-        spoiled.write_bytes(b"\0" * good.stat().st_size)
+        head = good.read_bytes()[:8]
+        keep = 8 + int.from_bytes(head, "little")  # the header stays valid (the model check reads it); the weights are zeros
+        spoiled.write_bytes(good.read_bytes()[:keep] + b"\0" * (good.stat().st_size - keep))
         os.replace(spoiled, weights)
         os.kill(first["pid"], signal.SIGKILL)
         startup = _restarted_from(rt, first["pid"], spare["pid"])["startup"]

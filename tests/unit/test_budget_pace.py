@@ -29,7 +29,18 @@ def test_a_cpu_host_uses_the_median_of_its_own_jobs_and_a_gpu_host_its_calibrati
     assert pick_rate(0.1, cpu_only=False, measured=(6.0, 3))[0] == 0.1
     rate, basis = pick_rate(0.1, cpu_only=True, measured=(6.0, 3))
     assert rate == 6.0 and basis == "measured on this host's CPU over its last 3 jobs"
-    assert "has not measured a job yet" in pick_rate(0.1, cpu_only=True, measured=None)[1]
+    assert "has not measured a job of this size yet" in pick_rate(0.1, cpu_only=True, measured=None)[1]
+
+
+def test_a_small_jobs_pace_is_not_carried_to_a_request_far_larger() -> None:
+    # Every step costs something whatever its size: a 64x64 job's rate per megapixel-step, carried to
+    # 1024x1024 (256 times the work), refused requests that take seconds on the tiny model.
+    pace = Pace()
+    pace.add(_clock(0.004, True, (1, 0.0), (2, 0.5)))
+    assert pace.cpu(0.004) == (125.0, 1) and pace.cpu(0.016) == (125.0, 1)  # within REACH (4x) of it
+    assert pace.cpu(1.0) is None  # not measured at this size: the estimate says so
+    pace.add(_clock(1.0, True, (1, 0.0), (2, 2.0)))
+    assert pace.cpu(1.0) == (2.0, 1)  # only the comparable job counts
 
 
 def test_the_seed_request_at_a_cpu_pace_is_over_budget_and_says_why() -> None:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.runtime_support import request, runtime_config
-from zitops.agent.dispatch.images import write_images
+from zitops.agent.dispatch.images import attach_pixels, write_images
 from zitops.agent.server import bind
 from zitops.cli import main
 from zitops.engine.factory import create_engine
@@ -44,7 +44,8 @@ def test_run_job_returns_pixels_the_agent_writes_under_server_names(tmp_path: Pa
     result = run_job(engine, Job("abc123", request(batch=2, output_format="webp").to_dict()))
     assert result.output_format == "webp" and [(r.width, r.height) for r in result.images] == [(64, 64)] * 2
     assert [r.params["seed"] for r in result.images] == [1, 2]
-    names = write_images(out, result.job_id, result.images, result.output_format, encode_image)
+    images = attach_pixels(result.images)  # as the agent does when the Result arrives (pixels via /dev/shm)
+    names = write_images(out, result.job_id, images, result.output_format, encode_image)
     assert names == ("abc123-0.webp", "abc123-1.webp")
     assert sorted(p.name for p in out.iterdir()) == ["abc123-0.webp", "abc123-1.webp"]  # no temp files left
     with Image.open(out / "abc123-1.webp") as img:

@@ -13,21 +13,22 @@ from __future__ import annotations
 import math
 
 from zitops.agent.contract import Service
-from zitops.budget import estimate_seconds, over_budget, pick_rate
+from zitops.budget import estimate_seconds, over_budget, pick_rate, work_per_step
 from zitops.config import AgentConfig
 from zitops.engine.request import GenerationRequest
 from zitops.errors import InvalidRequest
 
 
-def rate(config: AgentConfig, service: Service) -> tuple[float, str]:
-    """(seconds per megapixel-step, its basis) for this agent now."""
+def rate(config: AgentConfig, service: Service, req: GenerationRequest) -> tuple[float, str]:
+    """(seconds per megapixel-step, its basis) for ``req`` on this agent now."""
     board = service.progress
-    return pick_rate(config.profile.generation.seconds_per_megapixel_step, board.cpu_only, board.pace.cpu())
+    work = work_per_step(req.width, req.height, req.batch, req.sampler)
+    return pick_rate(config.profile.generation.seconds_per_megapixel_step, board.cpu_only, board.pace.cpu(work))
 
 
 def check_cost(config: AgentConfig, service: Service, req: GenerationRequest) -> None:
     """Raise InvalidRequest ("cost: ...") when ``req`` is estimated past the profile's budget."""
-    per_step, basis = rate(config, service)
+    per_step, basis = rate(config, service, req)
     why = over_budget(req.width, req.height, req.steps, req.batch, req.sampler,
                       seconds_per_megapixel_step=per_step, max_job_seconds=config.profile.generation.max_job_seconds,
                       job_timeout_s=config.profile.queue.job_timeout_s, basis=basis)
@@ -37,5 +38,5 @@ def check_cost(config: AgentConfig, service: Service, req: GenerationRequest) ->
 
 def estimate(config: AgentConfig, service: Service, req: GenerationRequest) -> tuple[int, str]:
     """(estimated run seconds, rounded up; the rate's basis) of an admitted request, for its 202."""
-    per_step, basis = rate(config, service)
+    per_step, basis = rate(config, service, req)
     return math.ceil(estimate_seconds(req.width, req.height, req.steps, req.batch, req.sampler, per_step)), basis

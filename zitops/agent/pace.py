@@ -22,6 +22,11 @@ from dataclasses import dataclass
 
 KEEP = 8
 """Recent jobs whose pace counts (the median of them)."""
+REACH = 4.0
+"""How far up a measured job's pace is carried: to requests of at most this many times its work per step.
+A small job's rate per megapixel-step is inflated by what every step costs whatever its size, so carried
+to a request 256 times larger (64x64 to 1024x1024) it refused jobs that take seconds; past this reach the
+host has not measured the request's size yet, and the estimate says so."""
 
 
 @dataclass
@@ -55,16 +60,18 @@ class Pace:
     """The median rate of the last :data:`KEEP` jobs that ran on a CPU."""
 
     def __init__(self, keep: int = KEEP) -> None:
-        self._cpu: collections.deque[float] = collections.deque(maxlen=keep)
+        self._cpu: collections.deque[tuple[float, float]] = collections.deque(maxlen=keep)  # (rate, work)
 
     def add(self, clock: StepClock) -> None:
         """A job succeeded: keep its rate when it ran on a CPU and took two steps or more."""
         rate = clock.rate()
         if clock.on_cpu and rate is not None:
-            self._cpu.append(rate)
+            self._cpu.append((rate, clock.work))
 
-    def cpu(self) -> tuple[float, int] | None:
-        """(seconds per megapixel-step, jobs measured) on this host's CPU; None before a measurement."""
-        if not self._cpu:
+    def cpu(self, work: float = 0.0) -> tuple[float, int] | None:
+        """(seconds per megapixel-step, jobs measured) on this host's CPU for a request of ``work`` per step:
+        the jobs within :data:`REACH` of it count; None before such a measurement."""
+        rates = [rate for rate, measured in self._cpu if measured * REACH >= work]
+        if not rates:
             return None
-        return statistics.median(self._cpu), len(self._cpu)
+        return statistics.median(rates), len(rates)
