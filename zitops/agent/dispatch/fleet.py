@@ -217,12 +217,8 @@ class Fleet:
         assert isinstance(rows, list)
         if self._outage:  # every owner gets a full lease to renew before this agent reaps anything
             self._outage, self._reap_after = False, time.monotonic() + self.shared.lease_s
-        held = set(rows)
         self._reported = ready
-        lost = [job_id for job_id in before if job_id in self.store.held and job_id not in held
-                and not any(p.job_id == job_id for p in self.store.outbox)]
-        for job_id in lost:
-            self.store.held.pop(job_id, None)
+        for job_id in self.store.lost(before, rows):
             self.log("warning", "lease lost: the job was reaped while this agent ran it; its result "
                      "will be dropped", job_id=job_id)
 
