@@ -6,6 +6,8 @@ Two stores on one database stand for two agents (as in test_store_pg.py).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +21,7 @@ from zitops.agent.storage.fleet_store import FleetStore
 from zitops.agent.storage.store_errors import Unsaved
 from zitops.agent.storage.store_pg import PgJobStore
 from zitops.engine.request import GenerationRequest
-from zitops.errors import Conflict, StoreUnavailable
+from zitops.errors import Conflict, QueueFull, StoreUnavailable
 
 if TYPE_CHECKING:
     from tests.pg_support import PgCluster, PgDatabase
@@ -148,3 +150,25 @@ def _down(store: PgJobStore) -> bool:
     except StoreUnavailable:
         return True
     return False
+
+
+def test_the_per_token_cap_holds_under_concurrent_submits(agents: Any) -> None:
+    # Four agents, sixteen submitters of one token released together, rounds against a cap of 2.
+    # Under READ COMMITTED each insert counted the token's waiting jobs without the others' rows.
+    stores = [agents(name, pool_size=4) for name in "abcd"]
+    gate = threading.Barrier(16)
+
+    def submit(i: int) -> bool:
+        gate.wait(10)
+        try:
+            stores[i % 4].add(_req(i), owner=f"tenant{i // 16}", owner_cap=2)
+        except QueueFull:
+            return False
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        accepted = [sum(pool.map(submit, range(r * 16, r * 16 + 16))) for r in range(ROUNDS)]
+    assert accepted == [2] * ROUNDS and stores[0].count(JobStatus.QUEUED) == 2 * ROUNDS
+
+
+ROUNDS = 5

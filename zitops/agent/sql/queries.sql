@@ -11,9 +11,18 @@
 -- NULL (a caller that does not track attempts: the store contract tests)
 -- the older, weaker fence holds: queued, or running on the calling agent.
 
+-- name: lock_owner
+-- Serializes the submits of one owner for the rest of the transaction, so
+-- add_job's count of its waiting jobs is exact: under READ COMMITTED two
+-- concurrent inserts each counted without the other's row (cap 2, 7
+-- accepted). key1 is the store's namespace; owners whose names hash alike
+-- only wait for each other.
+SELECT pg_advisory_xact_lock(%(namespace)s, hashtext(%(owner)s));
+
 -- name: add_job
 -- A new queued job (the insert trigger notifies zitops_queued). With a cap,
--- nothing is inserted when the owner already has that many jobs waiting.
+-- nothing is inserted when the owner already has that many jobs waiting
+-- (run after lock_owner, in its transaction).
 INSERT INTO zitops.jobs (id, status, request, owner)
 SELECT %(id)s, 'queued', %(request)s, %(owner)s
 WHERE %(owner_cap)s::integer IS NULL OR %(owner)s::text IS NULL

@@ -59,6 +59,9 @@ DEADLINE_S = 3.0
 BLOB_DEADLINE_S = STATEMENT_TIMEOUT_MS / 1000 + 2.0
 """The longest a caller waits for image bytes or a bulk delete (the server's statement_timeout, plus slack)."""
 
+OWNER_LOCK = 0x7A17_0002
+"""``pg_advisory_xact_lock``'s first key for one owner's submits (the second is a hash of the owner)."""
+
 _STORE_THREAD = threading.local()
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -288,8 +291,11 @@ class PgJobStore:
         With ``owner_cap``: QueueFull, and nothing stored, when that owner
         already has that many jobs waiting (queue.per_token_share).
         """
-        row = self._row("add_job", id=uuid.uuid4().hex, request=Jsonb(request.to_dict()),
-                        owner=owner, owner_cap=owner_cap)
+        with self._conn() as conn, conn.transaction():
+            if owner is not None and owner_cap is not None:
+                conn.execute(query("lock_owner"), {"namespace": OWNER_LOCK, "owner": owner})
+            row = conn.execute(query("add_job"), {"id": uuid.uuid4().hex, "request": Jsonb(request.to_dict()),
+                                                  "owner": owner, "owner_cap": owner_cap}).fetchone()
         if row is None:
             raise QueueFull(f"queue.per_token_share: this token already has {owner_cap} jobs waiting, its "
                             "share of the queue; retry when one has started")
