@@ -128,9 +128,12 @@ SELECT id FROM zitops.jobs WHERE status = 'queued' ORDER BY seq;
 SELECT count(*) AS n FROM zitops.jobs WHERE status = %(status)s;
 
 -- name: expire_jobs
--- Final jobs that finished before a time; their images go with them (cascade).
+-- Final jobs that finished more than max_age_s ago, on the server's clock
+-- (finished_at is the server's now()): an agent's skewed clock never
+-- shortens retention. Their images go with them (cascade).
 DELETE FROM zitops.jobs
-WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < to_timestamp(%(older_than)s)
+WHERE status IN ('succeeded', 'failed', 'cancelled')
+  AND finished_at < now() - make_interval(secs => %(max_age_s)s)
 RETURNING *;
 
 -- name: expire_bytes

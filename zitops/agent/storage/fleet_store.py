@@ -214,9 +214,9 @@ class FleetStore:
         """Fleet-wide count."""
         return self.shared.count(status)
 
-    def expire(self, older_than: float) -> list[JobRecord]:
-        """Delete final jobs of the fleet that finished before ``older_than``."""
-        return self.shared.expire(older_than)
+    def expire(self, max_age_s: float) -> list[JobRecord]:
+        """Delete final jobs of the fleet that finished more than ``max_age_s`` ago by the database's clock."""
+        return self.shared.expire(max_age_s)
 
     def close(self) -> None:
         """Close the store's pool."""

@@ -211,9 +211,10 @@ class JobStore:
         return int(row[0])
 
     @_guarded
-    def expire(self, older_than: float) -> list[JobRecord]:
-        """Delete final jobs that finished before ``older_than``; return them (for their files)."""
+    def expire(self, max_age_s: float) -> list[JobRecord]:
+        """Delete final jobs that finished more than ``max_age_s`` ago (this agent's clock wrote them); return them."""
         final = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+        older_than = time.time() - max_age_s
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?, ?) AND finished_at < ?",

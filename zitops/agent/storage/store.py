@@ -51,8 +51,9 @@ class Store(Protocol):
     def count(self, status: JobStatus) -> int:
         """How many jobs have ``status``."""
 
-    def expire(self, older_than: float) -> list[JobRecord]:
-        """Delete final jobs that finished before ``older_than``; return them (for their files)."""
+    def expire(self, max_age_s: float) -> list[JobRecord]:
+        """Delete final jobs that finished more than ``max_age_s`` ago by the clock that wrote their
+        ``finished_at`` (the store's own: the database's in a fleet); return them (for their files)."""
 
     def close(self) -> None:
         """Release the connection (again is harmless)."""

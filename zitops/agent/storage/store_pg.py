@@ -368,9 +368,9 @@ class PgJobStore:
         return int(row["n"]) if row else 0
 
     @bounded(blob=True)
-    def expire(self, older_than: float) -> list[JobRecord]:
-        """Delete final jobs (and their images) that finished before ``older_than``; return them."""
-        return [_record(r) for r in self._rows("expire_jobs", older_than=older_than)]
+    def expire(self, max_age_s: float) -> list[JobRecord]:
+        """Delete final jobs (and their images) that finished more than ``max_age_s`` ago by the server's clock."""
+        return [_record(r) for r in self._rows("expire_jobs", max_age_s=max_age_s)]
 
     # --- fleet operations ----------------------------------------------------------
 
