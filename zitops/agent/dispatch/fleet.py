@@ -263,14 +263,14 @@ class Fleet:
     # --- admission, images, retention, reports -------------------------------------------
 
     async def submit(self, request: GenerationRequest, owner: str | None, owner_cap: int | None,
-                     retry_after: Callable[[int], int]) -> JobRecord:
+                     retry_after: Callable[[int], int], job_id: str | None = None) -> JobRecord:
         """Admit and add a job, off the loop; a 503 at once while the store is known unreachable."""
         up, why = self.shared.available()
         if not up:
             raise StoreUnavailable(f"store unreachable: {why}; the job was not accepted, retry later")
         counts = await self._off_loop(self.shared.fleet_counts)
         self.admit(counts, retry_after)  # type: ignore[arg-type]
-        record = await self._off_loop(self.store.add, request, owner, owner_cap)
+        record = await self._off_loop(self.store.add, request, owner, owner_cap, job_id)
         assert isinstance(record, JobRecord)
         return record
 

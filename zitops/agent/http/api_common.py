@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Strict, ValidationInfo, field_valida
 
 from zitops.agent.contract import JobRecord, JobStatus, Service
 from zitops.agent.http.http_metrics import HttpMetrics
+from zitops.agent.http.idempotency import may_retry, submit_once
 from zitops.agent.http.queue_terms import queue_terms
 from zitops.agent.http.tenants import caller, token_cap, visible
 from zitops.budget import over_budget
@@ -229,13 +230,13 @@ def build_request_as(names: dict[str, str], config: AgentConfig, prompt: str,
 
 async def submit(request: Request, req: GenerationRequest, priority: int | None = None,
                  max_queue_s: int | None = None) -> JobRecord:
-    """Queue ``req`` for the calling token, within its share of the queue, at its priority and deadline."""
+    """Queue ``req`` for the calling token, in its share of the queue, at its priority; once per Idempotency-Key."""
     ctx = context(request)
     who = caller(request)
     req = replace(req, extra={**req.extra, **queue_terms(request, priority, max_queue_s)})
     q = ctx.config.profile.queue
     cap = token_cap(q.depth, q.per_token_share, len(ctx.tokens)) if who.owner is not None else None
-    return await ctx.service.submit(req, owner=who.owner, owner_cap=cap)
+    return await submit_once(request, ctx.service, req, who.owner, cap)
 
 
 def job_for(request: Request, job_id: str) -> JobRecord:
@@ -356,9 +357,9 @@ Fragments = Callable[[bytes], list[bytes]]
 
 
 def discard_files(service: Service, record: JobRecord) -> None:
-    """Delete a synchronous job's image files: its response carries them (disk budget, docs/runtime.md)."""
+    """Delete a synchronous job's image files: its response carries them (unless a keyed retry may ask again)."""
     discard: Callable[[str], None] | None = getattr(service, "discard_images", None)
-    if discard is not None:
+    if discard is not None and not may_retry(record):
         with contextlib.suppress(ZitopsError, OSError):  # best effort: retention deletes them later anyway
             discard(record.id)
 

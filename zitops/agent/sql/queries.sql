@@ -22,11 +22,13 @@ SELECT pg_advisory_xact_lock(%(namespace)s, hashtext(%(owner)s));
 -- name: add_job
 -- A new queued job (the insert trigger notifies zitops_queued). With a cap,
 -- nothing is inserted when the owner already has that many jobs waiting
--- (run after lock_owner, in its transaction).
+-- (run after lock_owner, in its transaction). An id that is taken (an
+-- Idempotency-Key's job, stored by an earlier request) inserts nothing.
 INSERT INTO zitops.jobs (id, status, request, owner)
 SELECT %(id)s, 'queued', %(request)s, %(owner)s
 WHERE %(owner_cap)s::integer IS NULL OR %(owner)s::text IS NULL
    OR (SELECT count(*) FROM zitops.jobs WHERE owner = %(owner)s AND status = 'queued') < %(owner_cap)s
+ON CONFLICT (id) DO NOTHING
 RETURNING *;
 
 -- name: get_job

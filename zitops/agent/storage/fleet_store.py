@@ -154,9 +154,9 @@ class FleetStore:
     # --- reads and plain writes go straight to the store -------------------------------
 
     def add(self, request: GenerationRequest, owner: str | None = None,
-            owner_cap: int | None = None) -> JobRecord:
-        """Insert a queued job (the fleet is notified)."""
-        return self.shared.add(request, owner=owner, owner_cap=owner_cap)
+            owner_cap: int | None = None, job_id: str | None = None) -> JobRecord:
+        """Insert a queued job (the fleet is notified); with ``job_id``, the job of that id if it exists."""
+        return self.shared.add(request, owner=owner, owner_cap=owner_cap, job_id=job_id)
 
     def get(self, job_id: str) -> JobRecord:
         """The stored job; while the store is down, the record of a job this agent holds."""

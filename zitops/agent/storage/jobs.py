@@ -101,14 +101,17 @@ class JobStore:
 
     @_guarded
     def add(self, request: GenerationRequest, owner: str | None = None,
-            owner_cap: int | None = None) -> JobRecord:
+            owner_cap: int | None = None, job_id: str | None = None) -> JobRecord:
         """Store a new queued job of ``owner`` and return it.
 
         With ``owner_cap``: QueueFull, and nothing stored, when that owner
-        already has that many jobs waiting (queue.per_token_share).
+        already has that many jobs waiting (queue.per_token_share). With
+        ``job_id``: the job of that id when it is stored already.
         """
-        job_id = uuid.uuid4().hex
         with self._lock:
+            if job_id is not None and self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():
+                return self._one(job_id)
+            job_id = job_id or uuid.uuid4().hex
             if owner is not None and owner_cap is not None:
                 waiting = int(self._db.execute(
                     "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status = ?",

@@ -24,8 +24,12 @@ class Store(Protocol):
     """Durable jobs: every method is one short transaction and returns the record as stored."""
 
     def add(self, request: GenerationRequest, owner: str | None = None,
-            owner_cap: int | None = None) -> JobRecord:
-        """Store a new queued job of ``owner``; QueueFull when that owner has ``owner_cap`` waiting."""
+            owner_cap: int | None = None, job_id: str | None = None) -> JobRecord:
+        """Store a new queued job of ``owner``; QueueFull when that owner has ``owner_cap`` waiting.
+
+        ``job_id`` (an Idempotency-Key's job): the new job's id, and when a job of that id is
+        stored already, that job, unchanged (the caller checks it is the same request).
+        """
 
     def get(self, job_id: str) -> JobRecord:
         """The job, or NotFound."""

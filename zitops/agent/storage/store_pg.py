@@ -285,17 +285,20 @@ class PgJobStore:
 
     @bounded()
     def add(self, request: GenerationRequest, owner: str | None = None,
-            owner_cap: int | None = None) -> JobRecord:
+            owner_cap: int | None = None, job_id: str | None = None) -> JobRecord:
         """Store a new queued job of ``owner`` and return it (the fleet is notified).
 
         With ``owner_cap``: QueueFull, and nothing stored, when that owner
-        already has that many jobs waiting (queue.per_token_share).
+        already has that many jobs waiting (queue.per_token_share). With
+        ``job_id``: the job of that id when it is stored already (any agent's).
         """
         with self._conn() as conn, conn.transaction():
             if owner is not None and owner_cap is not None:
                 conn.execute(query("lock_owner"), {"namespace": OWNER_LOCK, "owner": owner})
-            row = conn.execute(query("add_job"), {"id": uuid.uuid4().hex, "request": Jsonb(request.to_dict()),
-                                                  "owner": owner, "owner_cap": owner_cap}).fetchone()
+            row = conn.execute(query("add_job"), {"id": job_id or uuid.uuid4().hex, "owner": owner,
+                                                  "request": Jsonb(request.to_dict()), "owner_cap": owner_cap}).fetchone()
+            if row is None and job_id is not None:
+                row = conn.execute(query("get_job"), {"id": job_id}).fetchone()
         if row is None:
             raise QueueFull(f"queue.per_token_share: this token already has {owner_cap} jobs waiting, its "
                             "share of the queue; retry when one has started")
