@@ -5,12 +5,14 @@ Each test failed before the header was read (a retry made a second job).
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.fleet_support import FleetAgent
 from tests.store_support import poll_until
@@ -59,6 +61,18 @@ def test_a_retry_with_the_same_key_gets_the_same_job_sqlite(tmp_path: Path) -> N
         sync = {"prompt": "a hen", "seed": 3, "steps": 2, "width": 64, "height": 64}
         first_sync = a1111_job(post(a, "render-1", sync, "/sdapi/v1/txt2img"))
         assert a1111_job(post(a, "render-1", sync, "/sdapi/v1/txt2img")) == first_sync
+        # A multipart route (OpenAI edits): its form is compared field by field.
+        png = io.BytesIO()
+        Image.new("RGB", (64, 64), "red").save(png, "PNG")
+
+        def edit(prompt: str) -> httpx.Response:
+            return a.client.post("/v1/images/edits", headers={"Idempotency-Key": "edit-1"},
+                                 files={"image": ("in.png", png.getvalue(), "image/png")},
+                                 data={"prompt": prompt, "response_format": "url"})
+
+        urls = [edit("a red fox").json()["data"][0]["url"] for _ in range(2)]
+        assert urls[0] == urls[1], urls
+        assert edit("a blue fox").status_code == 422
     finally:
         a.stop()
 

@@ -24,8 +24,7 @@ from pydantic import BaseModel, ConfigDict, Strict, ValidationInfo, field_valida
 
 from zitops.agent.contract import JobRecord, JobStatus, Service
 from zitops.agent.http.http_metrics import HttpMetrics
-from zitops.agent.http.idempotency import may_retry, submit_once
-from zitops.agent.http.queue_terms import queue_terms
+from zitops.agent.http.queue_terms import may_retry, queue_terms, submit_once
 from zitops.agent.http.tenants import caller, token_cap, visible
 from zitops.budget import over_budget
 from zitops.config import AgentConfig
