@@ -32,19 +32,26 @@ SETS = ["generation.width=64", "generation.height=64", "generation.steps=2", "qu
         "queue.job_timeout_s=60", "queue.drain_timeout_s=5", "watchdog.heartbeat_interval_s=0.5"]
 
 
+def not_ok(r: httpx.Response, ok: int) -> httpx.Response | None:
+    """``r`` unless its status is ``ok`` (for poll_until: wait for a refusal and keep it)."""
+    return r if r.status_code != ok else None
+
+
 class FleetAgent:
     """One agent of the fleet: the fault engine's synthetic pixels, the shared store (or SQLite)."""
 
     def __init__(self, tmp: Path, db: PgDatabase | None, *, tokens: bool = False, job_seconds: float = 0.05,
                  lease_s: float = 30.0, sets: tuple[str, ...] = (), prefix: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None, faults: dict[str, Any] | None = None) -> None:
+                 env: dict[str, str] | None = None, faults: dict[str, Any] | None = None,
+                 host: str | None = None, config: dict[str, Any] | None = None) -> None:
         """``prefix``: argv the agent runs under (``ip netns exec NS``); ``env``: added to its environment;
+        ``host``: the address it binds (a namespace's veth address, for clients outside it);
         ``faults``: more fault-engine settings (``pixels``: two agents with different looks make different
-        bytes for one job; ``crash_on_job``...)."""
+        bytes for one job; ``crash_on_job``...); ``config``: more config sections (``images``, ``webhooks``)."""
         tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host or '127.0.0.1'}:{self.port}"
         self.agent_id = f"agent-{tmp.name}"
         data: dict[str, Any] = {
             "profile": load_profile("designer", [*SETS, *sets]).model_dump(mode="json"),
@@ -54,7 +61,10 @@ class FleetAgent:
             "engine": {"kind": "faulty", "faults": {"inner": "synthetic", "job_seconds": job_seconds,
                                                        **(faults or {})}},
             "log_format": "json",
+            **(config or {}),
         }
+        if host is not None:
+            data["host"] = host
         if db is not None:  # None: the agent's own SQLite, to compare against
             data["store"] = {"url": db.url, "password_file": str(db.password_file), "lease_s": lease_s,
                              "agent_id": self.agent_id}
@@ -67,13 +77,21 @@ class FleetAgent:
             self.headers = {"Authorization": f"Bearer {TOKEN}"}
         self.config_path = tmp / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config_to_dict(config_from_mapping(data))))
-        self.out = open(tmp / "agent.out", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-c", "from zitops.cli import main; main()", "agent", "--config",
-             str(self.config_path)],
-            stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
-        )
+        self._argv = [*prefix, sys.executable, "-c", "from zitops.cli import main; main()", "agent", "--config",
+                      str(self.config_path)]
+        self._env = {**os.environ, **(env or {})}
+        self.out = open(tmp / "agent.out", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = self._spawn()
         self.client = httpx.Client(base_url=self.url, headers=self.headers, timeout=30)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self._argv, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=self._env)
+
+    def restart(self) -> None:
+        """Start the agent again after :meth:`kill9`: same id, port, directories and config."""
+        assert self.proc.poll() is not None, "restart() after kill9()"
+        self.proc = self._spawn()
 
     def output(self) -> str:
         """The agent's stdout and stderr so far (for failure messages)."""

@@ -133,6 +133,20 @@ class NetNs:
             _run("iptables", "-w", "5", "-I", *rule)
             self.rules.append(rule)
 
+    def cut_port(self, mode: Cut, port: int, server: Literal["root", "ns"]) -> None:
+        """Cut only TCP connections to ``port`` on the ``server`` side (an asymmetric partition).
+
+        ``server="root"``: the namespace cannot reach a server of the root namespace (PostgreSQL) on
+        ``port``; ``server="ns"``: nobody outside reaches the namespace's server (the agent) on ``port``.
+        Everything else on the pair still flows.
+        """
+        target = ["REJECT", "--reject-with", "tcp-reset"] if mode == "REJECT" else ["DROP"]
+        towards, back = ("--dport", "--sport") if server == "root" else ("--sport", "--dport")
+        for rule in (("INPUT", "-i", self.host_if, "-p", "tcp", towards, str(port), "-j", *target),
+                     ("OUTPUT", "-o", self.host_if, "-p", "tcp", back, str(port), "-j", *target)):
+            _run("iptables", "-w", "5", "-I", *rule)
+            self.rules.append(rule)
+
     def heal(self) -> None:
         """Delete every rule :meth:`cut` added."""
         while self.rules:

@@ -17,9 +17,11 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,9 +69,10 @@ class PgDatabase:
 class PgCluster:
     """initdb'd data directory and a running postmaster; ``stop``/``start`` for outage tests."""
 
-    def __init__(self, listen: tuple[str, ...] = (), hba: tuple[str, ...] = ()) -> None:
-        """``listen``: addresses besides 127.0.0.1 (a veth's); ``hba``: networks allowed to log in from them."""
-        self.listen, self.hba = listen, hba
+    def __init__(self, listen: tuple[str, ...] = (), hba: tuple[str, ...] = (), conf: tuple[str, ...] = ()) -> None:
+        """``listen``: addresses besides 127.0.0.1 (a veth's); ``hba``: networks allowed to log in from them;
+        ``conf``: postgresql.conf lines that override the defaults (``synchronous_commit = on`` for crash tests)."""
+        self.listen, self.hba, self.conf = listen, hba, conf
         initdb, pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
         if initdb is None or pg_ctl is None:
             pytest.fail(INSTALL_HINT, pytrace=False)
@@ -102,6 +105,7 @@ class PgCluster:
                        f"unix_socket_directories = '{self.root}'\n"
                        "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                        "max_connections = 100\n")
+            conf.writelines(f"{line}\n" for line in self.conf)
         with (self.data / "pg_hba.conf").open("a") as hba:
             hba.writelines(f"host all all {net} scram-sha-256\n" for net in self.hba)
         self.start()
@@ -121,6 +125,78 @@ class PgCluster:
         """Stop the server (``fast``: disconnect clients, roll back open transactions)."""
         self._run(self._pg_ctl, "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
 
+    def kill9(self) -> None:
+        """SIGKILL the postmaster and every server process (an OOM kill, a crashed container); ``start`` recovers."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        victims = [pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    victims.append(int(stat.parent.name))
+        for victim in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        for victim in victims:  # gone (or a zombie of pg_ctl's, reaped by init) before the restart
+            for _ in range(200):
+                try:
+                    os.kill(victim, 0)
+                except ProcessLookupError:
+                    break
+                if Path(f"/proc/{victim}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+                time.sleep(0.05)
+        # A zombie nobody reaped yet still answers kill(pid, 0), and the new postmaster would take it for a
+        # live one; a restarted container (a fresh PID namespace) never sees the old lock either.
+        (self.data / "postmaster.pid").unlink(missing_ok=True)
+        (self.root / f".s.PGSQL.{self.port}.lock").unlink(missing_ok=True)
+
+    def standby(self) -> PgCluster:
+        """A streaming replica of this cluster (pg_basebackup -R), started on a port of its own.
+
+        It replays the primary's WAL; name it in ``synchronous_standby_names`` (its cluster_name is
+        ``standby``) for synchronous replication. ``promote`` and ``move_to`` make it the new primary.
+        """
+        replica = PgCluster.__new__(PgCluster)
+        replica.listen, replica.hba, replica.conf = self.listen, self.hba, self.conf
+        replica._initdb, replica._pg_ctl, replica._as_postgres = self._initdb, self._pg_ctl, self._as_postgres
+        replica.root = Path(tempfile.mkdtemp(prefix="zitops-pg-"))
+        replica.root.chmod(0o755)
+        replica.data, replica.port, replica.password_file = replica.root / "data", free_port(), self.password_file
+        try:
+            if self._as_postgres:
+                shutil.chown(replica.root, SUPERUSER)
+            basebackup = pg_bin("pg_basebackup")
+            assert basebackup is not None, INSTALL_HINT
+            replica._run(basebackup, "-D", str(replica.data), "-R", "-X", "stream", "-c", "fast",
+                         "-h", str(self.root), "-p", str(self.port), "-U", SUPERUSER)
+            with (replica.data / "postgresql.conf").open("a") as conf:
+                conf.write(f"port = {replica.port}\nunix_socket_directories = '{replica.root}'\n"
+                           "cluster_name = 'standby'\n")
+            replica.start()
+        except BaseException:
+            replica.remove()
+            raise
+        return replica
+
+    def promote(self) -> None:
+        """End recovery on a standby: it becomes a primary and takes writes."""
+        self._run(self._pg_ctl, "-D", str(self.data), "-w", "-t", "60", "promote")
+
+    def move_to(self, port: int) -> None:
+        """Restart on ``port`` (the address clients know: a DNS name or a VIP moved to this server)."""
+        self.stop()
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"port = {port}\n")
+        self.port = port
+        self.start()
+
+    def terminate(self, dbname: str) -> int:
+        """pg_terminate_backend on every connection to ``dbname``; how many were cut."""
+        with self.admin() as conn:
+            row = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                               "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)).fetchone()
+        return int(row[0]) if row else 0  # type: ignore[call-overload]
+
     def url(self, dbname: str, user: str = SUPERUSER, host: str = "127.0.0.1") -> str:
         """The store URL of a database (password in ``password_file``)."""
         return f"postgresql://{user}@{host}:{self.port}/{dbname}"
@@ -130,17 +206,24 @@ class PgCluster:
         return psycopg.connect(self.url("postgres"), password=self.password_file.read_text().strip(),
                                autocommit=True)
 
-    def create_db(self) -> PgDatabase:
-        """A new empty database."""
+    def create_db(self, tablespace: Path | None = None) -> PgDatabase:
+        """A new empty database (with ``tablespace``: every table of it in that directory, e.g. a small tmpfs)."""
         name = f"t_{uuid.uuid4().hex[:12]}"
         with self.admin() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            if tablespace is None:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            else:
+                if self._as_postgres:
+                    shutil.chown(tablespace, SUPERUSER)
+                conn.execute(f"CREATE TABLESPACE \"{name}\" LOCATION '{tablespace}'")
+                conn.execute(f'CREATE DATABASE "{name}" TABLESPACE "{name}"')
         return PgDatabase(self.url(name), self.password_file, name)
 
     def drop_db(self, name: str) -> None:
         """Drop a database, disconnecting whoever is still on it."""
         with self.admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'DROP TABLESPACE IF EXISTS "{name}"')
 
     def remove(self) -> None:
         """Stop the server and delete everything."""

@@ -9,6 +9,7 @@ still queued past its ``max_queue_s`` fails saying why, with a failure record.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,3 +93,25 @@ def test_a_job_queued_past_its_deadline_fails_with_a_reason_and_a_record(agent: 
     assert "max_queue_s" in failed["error"]
     records = httpx.get(agent.url + "/v1/failures", headers=agent.headers, timeout=10).json()["failures"]
     assert any(r["kind"] == "deadline" and r["job_id"] == late for r in records)
+
+
+def test_a_reload_applies_the_tokens_files_new_default_priorities(agent: AgentProcess) -> None:
+    """SIGHUP (what ``zitops reload`` sends) re-reads the priorities with the tokens: no restart needed."""
+    tokens = agent.tmp / "tokens"
+    pid = agent.proc.pid
+    try:
+        tokens.write_text(f"admin:{ADMIN}\n{BATCH} priority=2\n{USER} priority=0\n")
+        agent.proc.send_signal(signal.SIGHUP)
+        # BATCH may now ask for 2 (its new default): refused before the reload, accepted after it.
+        wait_until(lambda: post(agent, BATCH, {"priority": 2, "max_queue_s": 1}).status_code == 202, 30,
+                   what="the reloaded default to let BATCH ask for priority 2")
+        lowered = post(agent, USER, {"max_queue_s": 1})
+        assert lowered.status_code == 202, lowered.text
+        assert job(agent, lowered.json()["id"])["params"]["extra"]["priority"] == 0
+        assert post(agent, USER, {"priority": 1}).status_code == 422  # above its new default
+        assert agent.proc.pid == pid and agent.proc.poll() is None  # no restart
+    finally:
+        tokens.write_text(f"admin:{ADMIN}\n{BATCH} priority=0\n{USER}\n")
+        agent.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: post(agent, BATCH, {"priority": 1}).status_code == 422, 30,
+                   what="the original priorities back")

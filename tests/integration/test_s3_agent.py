@@ -10,6 +10,7 @@ and when the store is back the job succeeds, with no agent restart.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,6 +121,46 @@ def test_an_outage_holds_images_refuses_work_and_heals_without_a_restart(weed: W
         assert agent.proc.pid == pid and agent.proc.poll() is None
         state = httpx.get(agent.url + "/status", timeout=10).json()["object_store"]
         assert state["configured"] and state["up"]
+    finally:
+        agent.stop()
+        if weed.proc is None:
+            weed.start()
+
+
+def readyz(agent: AgentProcess) -> str:
+    """/readyz's answer, or "" while the agent does not listen yet."""
+    with contextlib.suppress(httpx.TransportError):
+        return httpx.get(agent.url + "/readyz", timeout=10).text
+    return ""
+
+
+def test_a_restart_during_an_outage_uploads_the_held_images_without_running_the_job_again(
+        weed: Weed, tmp_path: Path) -> None:
+    data = agent_data(tmp_path, weed, "restart", faults={"job_seconds": 3.0})
+    agent = AgentProcess(tmp_path, data)
+    try:
+        agent.wait_ready()
+        job_id = httpx.post(agent.url + "/v1/jobs", json={"prompt": "held over a restart"}, timeout=30).json()["id"]
+        wait_until(lambda: httpx.get(f"{agent.url}/v1/jobs/{job_id}", timeout=10).json()["status"] == "running",
+                   60, what="the job to start")
+        weed.stop()
+        wait_until(lambda: "images kept on this host" in (tmp_path / "agent.out").read_text("utf-8", "replace"),
+                   60, what="the finished job's images to be held")
+        held = {p.name: p.read_bytes() for p in (tmp_path / "output_dir").glob(f"{job_id}*")}
+        assert len(held) == 1
+        agent.stop()  # the store is still down: the job is finished, its images only on this host
+        agent = AgentProcess(tmp_path, data)
+        wait_until(lambda: "object_store_down" in readyz(agent), 120,
+                   what="the restarted agent to answer, the object store still down")
+        assert httpx.get(f"{agent.url}/v1/jobs/{job_id}", timeout=10).json()["status"] == "running"
+        weed.start()
+        job = finished(agent, job_id, 90)
+        assert job["status"] == "succeeded" and job["attempts"] == 1, job
+        (key,) = [o["Key"] for o in weed.client().list_objects_v2(Bucket=BUCKET, Prefix=f"restart/{job_id}/")["Contents"]]
+        assert {key.rsplit("/", 1)[-1]: weed.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()} == held
+        log = (tmp_path / "log_dir" / "zitops.log").read_text("utf-8", "replace").splitlines()
+        started = [line for line in log if '"job started"' in line and job_id in line]
+        assert len(started) == 1, started  # ran once, before the restart
     finally:
         agent.stop()
         if weed.proc is None:

@@ -112,6 +112,18 @@ def test_recover_after_crash_requeues_running_in_creation_order(opener: Opener) 
     assert again.get(ids[3]).status is JobStatus.FAILED
 
 
+def test_recover_keeps_running_the_jobs_whose_images_wait_for_the_object_store(opener: Opener) -> None:
+    store = opener()
+    ids = [store.add(_req(seed=i)).id for i in range(3)]
+    for job_id in ids:
+        store.start(job_id, "w0")
+    again = opener()
+    assert again.recover(keep=[ids[1], "gone"]) == [ids[0], ids[2]]  # unknown ids in keep are harmless
+    kept = again.get(ids[1])
+    assert kept.status is JobStatus.RUNNING and kept.attempts == 1 and kept.error is None
+    assert again.succeed(ids[1], ("x.png",), {}).status is JobStatus.SUCCEEDED  # then finished, not rerun
+
+
 def test_expire_removes_only_old_final_jobs(opener: Opener) -> None:
     store = opener()
     done = store.add(_req())

@@ -8,13 +8,7 @@ the same state directory.
 
 from __future__ import annotations
 
-import base64
-import json
-import os
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,57 +18,17 @@ import standardwebhooks
 
 from tests.agent_process_support import AgentProcess
 from tests.runtime_support import REAL_ENGINE_SETS, link_tiny_model, wait_until
+from tests.webhook_support import SECRET, Receiver, secret_file, serve
 from zitops.profile import load_profile
 
 pytestmark = pytest.mark.slow
 
-SECRET = "whsec_" + base64.b64encode(b"zitops-webhook-test-key-0123456789").decode()
 SETS = ["generation.width=64", "generation.height=64", "generation.steps=2", "queue.drain_timeout_s=10"]
-
-
-@dataclass
-class Receiver:
-    """A webhook receiver: answers 500 to the first delivery of each message id (and to every one
-    while ``down``), 204 after; keeps every request it got."""
-
-    down: bool = False
-    got: list[tuple[int, dict[str, str], bytes]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def deliveries(self, job_id: str) -> list[tuple[int, dict[str, str], bytes]]:
-        """(answered status, headers, body) of each request about ``job_id``, in order."""
-        with self.lock:
-            return [g for g in self.got if json.loads(g[2])["data"]["id"] == job_id]
-
-
-def serve(receiver: Receiver) -> tuple[ThreadingHTTPServer, int]:
-    """The receiver on a free 127.0.0.1 port, in a thread."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            body = self.rfile.read(int(self.headers["content-length"]))
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            with receiver.lock:
-                seen = any(h.get("webhook-id") == headers.get("webhook-id") for _, h, _ in receiver.got)
-                status = 500 if receiver.down or not seen else 204
-                receiver.got.append((status, headers, body))
-            self.send_response(status)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, server.server_address[1]
 
 
 def agent_data(tmp: Path, port: int, **webhooks: Any) -> dict[str, Any]:
     """The agent's config: the real tiny pipeline, webhooks signed with SECRET, the receiver allowed."""
-    secret = tmp / "webhook.secret"
-    secret.write_text(SECRET + "\n")
-    os.chmod(secret, 0o600)
+    secret = secret_file(tmp / "webhook.secret")
     link_tiny_model(tmp / "state_dir")
     return {
         "profile": load_profile("designer", SETS + REAL_ENGINE_SETS).model_dump(mode="json"),

@@ -138,3 +138,14 @@ def test_admin_lines_in_the_tokens_file(tmp_path: Path) -> None:
     tokens = read_tokens(make_config(tmp_path, auth={"tokens_file": str(p)}))
     assert tokens.all == frozenset({TOKEN, "second-token-abcdefghij"}) and tokens.admins == frozenset({TOKEN})
     assert read_client_token(str(p)) == TOKEN  # a client may read the same file
+
+
+def test_a_store_outage_named_after_the_heartbeat_call_reads_store_unavailable_to_a_probe() -> None:
+    # The store's reason names the call that missed its deadline (heartbeat, claim...): a probe without an
+    # admin token must still see the store code, not the workers' heartbeat_stale (found by
+    # tests/adversarial/test_fleet_asymmetric.py).
+    from zitops.agent.http.tenants import reason_codes
+
+    reason = ("store unreachable: job store postgresql://z@10.0.0.1:5432/z: no answer to heartbeat within 3 s")
+    assert reason_codes([reason]) == ["store_unavailable"]
+    assert reason_codes(["worker 0: no heartbeat for 12.0s"]) == ["heartbeat_stale"]

@@ -4,13 +4,14 @@ errors, when the agent exits, the output byte cap, store error mapping, the free
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from zitops.agent.contract import JobRecord, JobStatus
-from zitops.agent.dispatch.disk import FreeSpaceFloor, over_budget
+from zitops.agent.dispatch.disk import FreeSpaceFloor, over_budget, prune_outputs
 from zitops.agent.storage.store_errors import Unsaved, store_error
 from zitops.agent.workers import watchdog as p
 from zitops.engine.request import GenerationRequest
@@ -55,6 +56,18 @@ def test_over_budget_deletes_oldest_first_until_the_rest_fits() -> None:
     assert over_budget(files, 1200) == []
     assert over_budget(files, 800) == ["a"]
     assert over_budget(files, 100) == ["a", "b", "c"]
+
+
+def test_the_output_cap_never_prunes_images_held_for_the_object_store(tmp_path: Path) -> None:
+    for i, name in enumerate(("held-0.png", "old-0.png", "new-0.png")):
+        (tmp_path / name).write_bytes(b"x" * 400)
+        os.utime(tmp_path / name, (1000.0 + i, 1000.0 + i))
+    (tmp_path / ".held").mkdir()  # the held jobs' journal: a directory, never pruned
+    # 1200 bytes on disk, a cap of 800: the oldest file that is not held goes, and the held one counts.
+    assert prune_outputs(tmp_path, 800, keep={"held-0.png"}) == ["old-0.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".held", "held-0.png", "new-0.png"]
+    assert prune_outputs(tmp_path, 0, keep={"held-0.png"}) == ["new-0.png"]
+    assert (tmp_path / "held-0.png").is_file()
 
 
 def test_store_errors_map_disk_full_to_507_and_the_rest_to_503() -> None:

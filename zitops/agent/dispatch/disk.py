@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from zitops.errors import DiskFull
@@ -40,8 +40,11 @@ def over_budget(files: Iterable[tuple[str, float, int]], max_bytes: int) -> list
     return doomed
 
 
-def prune_outputs(output_dir: Path, max_bytes: int) -> list[str]:
-    """Delete the oldest files under ``output_dir`` past ``max_bytes`` in all; return their names."""
+def prune_outputs(output_dir: Path, max_bytes: int, keep: Collection[str] = frozenset()) -> list[str]:
+    """Delete the oldest files under ``output_dir`` past ``max_bytes`` in all; return their names.
+
+    ``keep``: files never deleted (images held for the object store: they are the only copy); they still count.
+    """
     files: list[tuple[str, float, int]] = []
     with os.scandir(output_dir) as entries:
         for e in entries:
@@ -51,7 +54,8 @@ def prune_outputs(output_dir: Path, max_bytes: int) -> list[str]:
                     files.append((e.name, st.st_mtime, st.st_size))
             except OSError:  # deleted meanwhile
                 continue
-    doomed = over_budget(files, max_bytes)
+    kept = sum(size for name, _, size in files if name in keep)
+    doomed = over_budget([f for f in files if f[0] not in keep], max_bytes - kept)
     for name in doomed:
         (output_dir / name).unlink(missing_ok=True)
     return doomed

@@ -88,12 +88,13 @@ class Dispatcher:
         self.pool = Pool(config, gpus if gpus is not None else worker_devices(config.gpus), self)
         self.notify = SystemdNotify(notifier if notifier is not None else Notifier(), self.log)
         self.health = LoopHealth(self.log, self.failure_log)
+        self._queue = JobQueue()  # waiting jobs: highest priority first, FIFO within a level
         self.unsaved = Unsaved()  # jobs failed in memory whose state the store refused (a full disk)
         self.floor = FreeSpaceFloor([Path(config.paths.state_dir), self.output_dir], config.profile.disk.min_free_mib)
         self.fatal = asyncio.Event()  # set when the pool gives up on every slot: the agent exits (server.py)
         self.outcomes = Outcomes(self.store, self.metrics, self.log, self.failure_log, self.unsaved,
                                  finished=self._finished, forget=self._forget,  # a fleet's queue is the store:
-                                 requeue_first=self._queue_first if self.fleet is None else self.fleet.requeued)
+                                 requeue_first=self._queue.appendleft if self.fleet is None else self.fleet.requeued)
         self.images = ImageHome(config, self.store, self.output_dir, self.log, self.fleet)
         self.results = ResultWriter(self.output_dir, self.store, self.metrics, self.log, self.failure_log,
                                     self._finished, lambda job_id: job_id in self._waiters,
@@ -105,7 +106,6 @@ class Dispatcher:
         self.schedule = Schedule()
         self.progress = ProgressBoard()
         self.malloc_tuned = keep_freed_memory()
-        self._queue = JobQueue()  # waiting jobs: highest priority first, FIFO within a level
         self._waiters: dict[str, asyncio.Event] = {}
         self._draining = False
         self._closed = False
@@ -128,7 +128,7 @@ class Dispatcher:
 
     async def start(self) -> None:
         """Restore durable jobs, spawn workers, start the loop and the periodic rounds."""
-        restored = self.store.recover()
+        restored = self.results.recover(self.fleet.agent_id if self.fleet is not None else None)  # held stay
         self._queue.restore([self.store.get(j) for j in restored] if self.fleet is None else [])  # a fleet claims
         if restored:
             self.log("info", "restored queued jobs", count=len(restored))
@@ -252,9 +252,6 @@ class Dispatcher:
         self.traces.finished(job_id, status)
         self._wake(job_id)
 
-    def _queue_first(self, job_id: str) -> None:
-        self._queue.appendleft(job_id)
-
     def _wake(self, job_id: str) -> None:
         ev = self._waiters.pop(job_id, None)
         if ev is not None:
@@ -333,10 +330,11 @@ class Dispatcher:
         self.dispatch()
         return self.store.get(record.id) if self.fleet is None else record
 
-    def fail_overdue(self) -> None:
-        """The deadline round: fail queued jobs still waiting past their max_queue_s."""
-        for job_id in self._queue.take_overdue(time.time()):
-            self.outcomes.overdue(job_id)
+    async def fail_overdue(self) -> None:
+        """The deadline round: fail queued jobs still waiting past their max_queue_s (a fleet's: in SQL, once)."""
+        late = await self.fleet.overdue() if self.fleet is not None else self._queue.take_overdue(time.time())
+        for job in late:
+            self.outcomes.overdue(job)
 
     def _retry_after(self, waiting: int) -> int:
         return reporting.retry_after(list(self._seconds), self.pool, waiting)
@@ -396,8 +394,8 @@ class Dispatcher:
         return self.images.links(record)
 
     def expire(self) -> int:
-        """Delete expired jobs with their files and objects, then local images past the byte cap."""
-        return self.images.expire()
+        """Delete expired jobs with their files and objects, then local images past the byte cap (not held ones)."""
+        return self.images.expire(keep=self.results.held_names())
 
     def discard_images(self, job_id: str) -> None:
         """Delete a synchronous job's image files once its response holds them (kept only when asked)."""

@@ -71,7 +71,8 @@ class Fleet:
         self._waited = waited  # the ids someone on this agent waits for
         self._dispatch = dispatch
         self._ready = ready
-        self.store = FleetStore(shared_store, output_dir, log, lambda record: wake(record.id))
+        self.store = FleetStore(shared_store, output_dir, log, lambda record: wake(record.id),
+                                keeps_images=config.images.url is None)  # else the objects hold the bytes
         """The Store the dispatcher and the result writer use."""
         self.agent_id = shared_store.agent_id
         self.counts: FleetCountsLike | None = None
@@ -247,6 +248,15 @@ class Fleet:
             self.want()
             self._dispatch()
         return reaped
+
+    async def overdue(self) -> list[JobRecord]:
+        """The fleet's queued jobs past their max_queue_s, failed now in SQL by this agent (each by one agent)."""
+        try:
+            late = await self._off_loop(self.shared.fail_overdue)
+        except StoreUnavailable:  # the next round, on any agent, fails them
+            return []
+        assert isinstance(late, list)
+        return late
 
     async def flush(self) -> None:
         """Write outcomes kept while the store was down (one flush at a time, off the loop)."""

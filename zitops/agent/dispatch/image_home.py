@@ -9,7 +9,7 @@ whether the object store stops the agent from taking jobs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +83,9 @@ class ImageHome:
         """The object store's state for /status and the console ({"configured": false} without one)."""
         return {"configured": False} if self.objects is None else {"configured": True, **self.objects.state()}
 
-    def expire(self) -> int:
+    def expire(self, keep: Collection[str] = frozenset()) -> int:
         """Delete finished jobs older than the result TTL (or past the fleet's bytes cap) with their files and
-        objects; then the oldest local images past queue.max_output_bytes."""
+        objects; then the oldest local images past queue.max_output_bytes, but never the files in ``keep``."""
         removed = expire_jobs(self.store, self.output_dir, self.queue.result_ttl_s, self._fleet_expire_bytes)
         left = 0
         for record in removed:
@@ -94,7 +94,7 @@ class ImageHome:
                     self.objects.delete_job(record.id, record.images)
             except ObjectStoreDown:  # the objects stay (logged): the job's rows and files are gone
                 left += 1
-        pruned = prune_outputs(self.output_dir, self.queue.max_output_bytes)
+        pruned = prune_outputs(self.output_dir, self.queue.max_output_bytes, keep)
         if removed or pruned:
             self.log("info", "expired jobs removed", count=len(removed), images_over_byte_cap=len(pruned),
                      objects_left=left)

@@ -77,23 +77,27 @@ class Outcomes:
             self.failure_log.record(None, "WorkerLost", event["reason"], "", worker_id=event.get("worker"),
                                     vram={}, action=action, kind=lost_kind(event["reason"]))
 
-    def overdue(self, job_id: str) -> None:
-        """Fail a job still queued past its deadline (max_queue_s): saying why, counted, with a failure record."""
+    def overdue(self, job: str | JobRecord) -> None:
+        """Fail a job still queued past its deadline (max_queue_s): saying why, counted, with a failure record.
+
+        ``job``: this agent's job id, or the record of a fleet's job the store already failed (fail_overdue).
+        """
         try:
-            record = self.store.get(job_id)
-            if record.status is not JobStatus.QUEUED:
-                return
-            waited = max(0.0, time.time() - record.created_at)
-            error = (f"max_queue_s: still queued after {waited:.0f} s, past its deadline of "
-                     f"{record.request.extra.get('max_queue_s')} s; not run")
-            record = self.store.fail(job_id, error)
+            record = self.store.get(job) if isinstance(job, str) else job
+            if isinstance(job, str):
+                if record.status is not JobStatus.QUEUED:
+                    return
+                waited = max(0.0, time.time() - record.created_at)
+                record = self.store.fail(job, f"max_queue_s: still queued after {waited:.0f} s, past its deadline "
+                                              f"of {record.request.extra.get('max_queue_s')} s; not run")
         except NotFound:
             return
         except StoreUnavailable as exc:
-            self.store_failed(job_id, "max_queue_s: still queued past its deadline; not run", exc)
+            self.store_failed(str(job), "max_queue_s: still queued past its deadline; not run", exc)
             return
+        error = record.error or "max_queue_s"
         self.metrics.jobs.labels("failed").inc()
-        self.log("warning", "job failed: queued past its deadline", job_id=job_id, error=error)
+        self.log("warning", "job failed: queued past its deadline", job_id=record.id, error=error)
         self.failure_log.record(record, "QueueDeadline", error, "", worker_id=None, vram={}, action="fail",
                                 kind="deadline")
         self.finished(record)

@@ -16,11 +16,11 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zitops.agent.contract import JobRecord
+from zitops.agent.contract import JobRecord, JobStatus
+from zitops.agent.dispatch.held import Held, HeldJournal
 from zitops.agent.dispatch.images import Encoder, encode_and_write
 from zitops.agent.dispatch.object_store import ObjectStore, ObjectStoreDown
 from zitops.agent.ops.agent_log import AgentLog
@@ -29,7 +29,7 @@ from zitops.agent.ops.job_traces import JobTraces
 from zitops.agent.ops.runtime_metrics import RuntimeMetrics
 from zitops.agent.storage.store import Store
 from zitops.engine.output import encode_image
-from zitops.errors import StoreUnavailable
+from zitops.errors import NotFound, StoreUnavailable
 from zitops.worker.protocol import Result
 
 ENCODE_THREADS = 2
@@ -46,15 +46,6 @@ Uploader = Callable[[str, tuple[str, ...], tuple[bytes, ...]], None]
 
 STAGES = ("queue", "engine", "transfer", "encode")
 """A job's timed stages (``info["timings"]``, ``zitops_job_stage_seconds``); see docs/api.md."""
-
-
-@dataclass(frozen=True)
-class Held:
-    """A finished job whose images wait on this host for the object store."""
-
-    worker_id: str
-    names: tuple[str, ...]
-    info: dict[str, Any]
 
 
 class ResultWriter:
@@ -79,6 +70,7 @@ class ResultWriter:
         self._objects = objects  # images.url: the job succeeds once its images are objects there
         self.held: dict[str, Held] = {}
         """Finished jobs whose images wait on this host for the object store to come back."""
+        self.journal = HeldJournal(output_dir / ".held")  # the same, on disk: a restart does not run them again
         self._round: asyncio.Task[None] | None = None
         self.encode: Encoder = encode_image
         """Test seam: tests swap in a slow or failing encoder; production never changes it."""
@@ -155,9 +147,14 @@ class ResultWriter:
             try:
                 await loop.run_in_executor(self._threads, self._objects.put, result.job_id, names, blobs)
             except ObjectStoreDown as exc:  # the job stays running, its files here, until the store is back
-                self.held[result.job_id] = Held(worker_id, names, info)
+                held = self.held[result.job_id] = Held(worker_id, names, info)
                 self.log("warning", "object store down: images kept on this host until it is back",
                          job_id=result.job_id, reason=str(exc))
+                try:
+                    await loop.run_in_executor(self._threads, self.journal.save, result.job_id, held)
+                except OSError as journal_exc:  # held in memory still; only a restart would run it again
+                    self.log("error", "held job not written to disk; a restart before the object store is back "
+                             "runs it again", job_id=result.job_id, error=str(journal_exc))
                 return
             info["object_s"] = round(time.monotonic() - done, 4)
         if self._wanted(result.job_id):
@@ -190,9 +187,36 @@ class ResultWriter:
             except OSError as exc:  # a held file vanished: the job cannot succeed
                 del self.held[job_id]
                 self._finished(self.store.fail(job_id, f"images held for the object store were lost: {exc}"))
+                self.journal.drop(job_id)
                 continue
             del self.held[job_id]
             self._succeed(job_id, held.worker_id, held.names, held.info)
+            self.journal.drop(job_id)
+
+    def held_names(self) -> frozenset[str]:
+        """The image files of the held jobs: their only copy until the object store is back (any thread)."""
+        return frozenset(name for held in list(self.held.values()) for name in held.names)
+
+    def recover(self, agent_id: str | None = None) -> list[str]:
+        """At start: the store's ``recover`` (running jobs back to the queue; the queued ids), except the jobs
+        held for the object store before a restart, which stay running and are held again when they are still
+        this agent's (``agent_id``: the fleet's name for it); the object store's round then uploads them."""
+        entries, bad = self.journal.load()
+        if bad:
+            self.log("warning", "unreadable held-job entries removed; their jobs run again", entries=bad)
+        queued = self.store.recover(keep=tuple(entries))
+        for job_id, held in entries.items():
+            try:
+                record = self.store.get(job_id)
+            except NotFound:
+                record = None
+            if record is not None and record.status is JobStatus.RUNNING and record.agent == agent_id:
+                self.held[job_id] = held
+                self.log("info", "held job restored: its images wait on this host for the object store",
+                         job_id=job_id)
+            else:  # finished meanwhile, or another agent's now: its entry and files say nothing any more
+                self.journal.drop(job_id)
+        return queued
 
     def _put_files(self, objects: ObjectStore, job_id: str, names: tuple[str, ...]) -> None:
         objects.put(job_id, names, tuple((self.output_dir / name).read_bytes() for name in names))

@@ -217,7 +217,7 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
     http_metrics = HttpMetrics()
     app.state.zitops = ApiContext(config=config, service=service, tokens=tokens,
                                   metrics=http_metrics, started_at=time.time(), admin_tokens=admin_tokens,
-                                  priorities={owner_hash(t): p for t, p in (priorities or {}).items()})
+                                  priorities=owner_priorities(priorities or {}))
     app.add_exception_handler(ZitopsError, zitops_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
@@ -248,7 +248,14 @@ def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
     return app
 
 
+def owner_priorities(priorities: dict[str, int]) -> dict[str, int]:
+    """token -> default priority, keyed as the routes know a caller (its token's SHA-256, never the token)."""
+    return {owner_hash(t): p for t, p in priorities.items()}
+
+
 def reload_tokens(app: FastAPI, tokens: Tokens) -> None:
-    """Swap the tokens in force: the edge and the routes (per-token queue shares) both see the new set."""
+    """Swap the tokens in force: the edge and the routes (per-token queue shares, default priorities) all see the
+    new file."""
     app.state.zitops_tokens.current = tokens
-    app.state.zitops = replace(app.state.zitops, tokens=tokens.all, admin_tokens=tokens.admins & tokens.all)
+    app.state.zitops = replace(app.state.zitops, tokens=tokens.all, admin_tokens=tokens.admins & tokens.all,
+                               priorities=owner_priorities(tokens.priorities))

@@ -81,6 +81,8 @@ def token_cap(depth: int, share: float, tokens: int) -> int | None:
 
 
 REASON_CODES = (
+    # First: the store's reason names the call that missed its deadline ("no answer to heartbeat").
+    ("store unreachable", "store_unavailable"),
     ("draining", "draining"),
     ("setup failed", "setup_failed"),
     ("flap limit", "degraded"),
@@ -90,7 +92,6 @@ REASON_CODES = (
     ("heartbeat", "heartbeat_stale"),
     ("stalled", "loop_stalled"),
     ("no worker", "no_worker_ready"),
-    ("store unreachable", "store_unavailable"),
 )
 """Substring of a readiness reason -> the coarse code an unauthenticated probe sees."""
 

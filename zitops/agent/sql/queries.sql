@@ -49,6 +49,10 @@ RETURNING *;
 WITH picked AS (
     SELECT id FROM zitops.jobs
     WHERE status = 'queued'
+      -- never start a job past its max_queue_s (fail_overdue fails it within a second)
+      AND NOT coalesce(created_at + make_interval(secs => CASE
+              WHEN jsonb_typeof(request -> 'extra' -> 'max_queue_s') = 'number'
+              THEN (request -> 'extra' ->> 'max_queue_s')::double precision END) <= now(), false)
     ORDER BY coalesce((request -> 'extra' ->> 'priority')::integer, 1) DESC, seq
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -58,6 +62,29 @@ SET status = 'running', started_at = now(), worker = %(worker)s, agent_id = %(ag
     attempts = j.attempts + 1, lease_until = now() + make_interval(secs => %(lease_s)s)
 FROM picked
 WHERE j.id = picked.id
+RETURNING j.*;
+
+-- name: fail_overdue
+-- Queued jobs still waiting max_queue_s (request -> 'extra') after they were
+-- accepted, on the server's clock, fail saying why (docs/api.md "Priorities").
+-- Each fails once for the fleet, however many agents run this round at the
+-- same moment: a row another agent (or a claim) has locked is skipped, and
+-- one whose status changed meanwhile no longer matches.
+WITH late AS (
+    SELECT id FROM zitops.jobs
+    WHERE status = 'queued'
+      AND created_at + make_interval(secs => CASE
+              WHEN jsonb_typeof(request -> 'extra' -> 'max_queue_s') = 'number'
+              THEN (request -> 'extra' ->> 'max_queue_s')::double precision END) <= now()
+    ORDER BY seq
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE zitops.jobs AS j
+SET status = 'failed', finished_at = now(), lease_until = NULL,
+    error = format('max_queue_s: still queued after %%s s, past its deadline of %%s s; not run',
+                   round(extract(epoch FROM now() - j.created_at))::bigint, j.request -> 'extra' ->> 'max_queue_s')
+FROM late
+WHERE j.id = late.id
 RETURNING j.*;
 
 -- name: requeue_job
@@ -112,7 +139,8 @@ RETURNING *;
 -- name: recover_jobs
 -- After this agent restarted: the jobs it was running go back to the queue,
 -- or fail once they used max_attempts (a job that kills its agent must not
--- run forever because the agent comes back under the same id).
+-- run forever because the agent comes back under the same id). Not those in
+-- keep: finished jobs whose images wait on the agent's host for the object store.
 UPDATE zitops.jobs
 SET status = CASE WHEN attempts >= %(max_attempts)s THEN 'failed' ELSE 'queued' END,
     finished_at = CASE WHEN attempts >= %(max_attempts)s THEN now() END,
@@ -121,7 +149,7 @@ SET status = CASE WHEN attempts >= %(max_attempts)s THEN 'failed' ELSE 'queued' 
         THEN format('agent %%s stopped while running this job, attempt %%s of %%s: failed at its restart',
                     %(agent_id)s::text, attempts, %(max_attempts)s::integer)
         ELSE 'requeued: the agent stopped while this job was running (agent ' || %(agent_id)s::text || ')' END
-WHERE status = 'running' AND agent_id = %(agent_id)s;
+WHERE status = 'running' AND agent_id = %(agent_id)s AND NOT (id = ANY(%(keep)s::text[]));
 
 -- name: queued_ids
 SELECT id FROM zitops.jobs WHERE status = 'queued' ORDER BY seq;

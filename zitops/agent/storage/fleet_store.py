@@ -5,7 +5,8 @@
 they are for SQLite. What it adds, for a store other agents share and that
 may be down:
 
-- The job's encoded images go into the store first (any agent serves them):
+- The job's encoded images go into the store first (any agent serves them;
+  with an object store they are objects there instead, and the store keeps their names):
   ``upload``, on the result writer's encode thread, off the event loop; then
   ``succeed`` marks it succeeded, and the fleet's ``done`` notice wakes
   waiters on every agent. An upload the store refused is done again by
@@ -32,9 +33,10 @@ may be down:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -84,6 +86,9 @@ class SharedStore(Store, Protocol):
 
     def fleet_counts(self) -> FleetCountsLike:
         """Queued and running jobs, ready agents, stored image bytes."""
+
+    def fail_overdue(self) -> list[JobRecord]:
+        """Fail queued jobs past their max_queue_s; the ones this call failed (no other agent's)."""
 
     def put_images(self, job_id: str, images: Sequence[tuple[str, bytes]], *, attempt: int | None = None) -> int:
         """Store the images of the attempt this agent holds (published by ``succeed``); their total bytes."""
@@ -136,9 +141,11 @@ class FleetStore:
     """The Store the dispatcher holds in fleet mode (see the module docstring)."""
 
     def __init__(self, shared_store: SharedStore, output_dir: Path, log: AgentLog,
-                 written: Callable[[JobRecord], None]) -> None:
+                 written: Callable[[JobRecord], None], *, keeps_images: bool = True) -> None:
         self.shared = shared_store
         self.output_dir = output_dir
+        self.keeps_images = keeps_images
+        """False with an object store (images.url): the jobs' rows keep the objects' names, never their bytes."""
         self.log = log
         self._written = written  # an outbox entry reached the store: wake its waiters
         self.held: dict[str, JobRecord] = {}
@@ -206,9 +213,16 @@ class FleetStore:
         self.held.pop(job_id, None)
         return record
 
-    def recover(self) -> list[str]:
-        """Requeue only this agent's running jobs (other agents' leases are theirs)."""
-        return self.shared.recover()
+    def recover(self, keep: Collection[str] = ()) -> list[str]:
+        """Requeue only this agent's running jobs (other agents' leases are theirs) but ``keep``: those it
+        finished whose images wait on its host; it holds them again, so its heartbeats renew their leases."""
+        queued = self.shared.recover(keep)
+        for job_id in keep:
+            with contextlib.suppress(NotFound):
+                record = self.shared.get(job_id)
+                if record.status is JobStatus.RUNNING and record.agent == self.shared.agent_id:
+                    self._hold(record)
+        return queued
 
     def count(self, status: JobStatus) -> int:
         """Fleet-wide count."""
@@ -244,7 +258,7 @@ class FleetStore:
                 refused = self._uploaded.pop(job_id)
                 if refused is not None:
                     raise refused
-            else:
+            elif self.keeps_images:
                 blobs = [(name, (self.output_dir / name).read_bytes()) for name in images]
                 self.shared.put_images(job_id, blobs, attempt=attempt)
             return self.shared.succeed(job_id, images, info, attempt=attempt)

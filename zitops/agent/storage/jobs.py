@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -193,13 +194,16 @@ class JobStore:
             return record
 
     @_guarded
-    def recover(self) -> list[str]:
-        """After a restart: running jobs go back to queued; return all queued ids, oldest first."""
+    def recover(self, keep: Collection[str] = ()) -> list[str]:
+        """After a restart: running jobs go back to queued, except ``keep`` (finished jobs whose images wait on
+        this host for the object store); return all queued ids, oldest first."""
+        kept = tuple(keep)
         with self._lock:
             self._db.execute(
                 "UPDATE jobs SET status = ?, worker = NULL, "
-                "error = 'requeued: the agent stopped while this job was running' WHERE status = ?",
-                (JobStatus.QUEUED.value, JobStatus.RUNNING.value),
+                "error = 'requeued: the agent stopped while this job was running' WHERE status = ?"
+                + (f" AND id NOT IN ({', '.join('?' * len(kept))})" if kept else ""),
+                (JobStatus.QUEUED.value, JobStatus.RUNNING.value, *kept),
             )
             rows = self._db.execute(
                 "SELECT id FROM jobs WHERE status = ? ORDER BY seq", (JobStatus.QUEUED.value,)

@@ -36,6 +36,10 @@ _DOWN_STATES = ("08", "57P", "53")
 # with unacknowledged data (a query sent into the void) after tcp_user_timeout.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
               "tcp_user_timeout": 8_000}
+# After a failover the store's DNS name may lead to a server still in recovery (a replica not yet
+# promoted, or the old primary come back as one): it takes connections but refuses every write, and
+# the breaker's probe would call the store back while every submit fails. libpq skips such a server.
+WRITABLE = {"target_session_attrs": "read-write"}
 
 STATEMENT_TIMEOUT_MS = 10_000
 """The server cancels any statement of the store after this long (a lock wait, a stalled disk)."""
@@ -78,7 +82,7 @@ class PgConnector:
     def connect_kwargs(self) -> dict[str, Any]:
         """libpq parameters for one connection attempt: the password, read now, and timeouts."""
         kwargs: dict[str, Any] = {"connect_timeout": max(1, round(self.connect_timeout_s)),
-                                  "application_name": "zitops", **KEEPALIVES,
+                                  "application_name": "zitops", **KEEPALIVES, **WRITABLE,
                                   "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
                                              f"-c idle_in_transaction_session_timeout={STATEMENT_TIMEOUT_MS}"}
         if self.password_file is not None:

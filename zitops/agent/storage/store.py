@@ -10,6 +10,7 @@ and :func:`open_store` picks it from the config.
 from __future__ import annotations
 
 import socket
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,8 +50,9 @@ class Store(Protocol):
     def cancel(self, job_id: str, *, running: bool = False) -> JobRecord:
         """Cancel a queued job (with ``running``: a running one, which its worker stopped); Conflict otherwise."""
 
-    def recover(self) -> list[str]:
-        """After a restart: running jobs go back to queued; return all queued ids, oldest first."""
+    def recover(self, keep: Collection[str] = ()) -> list[str]:
+        """After a restart: running jobs go back to queued, except ``keep`` (finished jobs whose images wait on
+        this host for the object store); return all queued ids, oldest first."""
 
     def count(self, status: JobStatus) -> int:
         """How many jobs have ``status``."""

@@ -30,7 +30,7 @@ import json
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -357,10 +357,11 @@ class PgJobStore:
         raise Conflict(f"job {job_id}: is {record.status.value}; only queued jobs can be cancelled")
 
     @bounded()
-    def recover(self) -> list[str]:
-        """After a restart: this agent's running jobs go back to queued; return all queued ids, oldest first."""
+    def recover(self, keep: Collection[str] = ()) -> list[str]:
+        """After a restart: this agent's running jobs but ``keep`` go back to queued; all queued ids, oldest first."""
         with self._conn() as conn, conn.transaction():
-            conn.execute(query("recover_jobs"), {"agent_id": self.agent_id, "max_attempts": self.max_attempts})
+            conn.execute(query("recover_jobs"), {"agent_id": self.agent_id, "max_attempts": self.max_attempts,
+                                                 "keep": list(keep)})
             rows = conn.execute(query("queued_ids")).fetchall()
         return [r["id"] for r in rows]
 
@@ -400,6 +401,11 @@ class PgJobStore:
         rows = self._rows("reap_expired", lease_s=self.lease_s, max_attempts=self.max_attempts,
                           agent_id=self.agent_id)
         return [_record(r) for r in rows]
+
+    @bounded()
+    def fail_overdue(self) -> list[JobRecord]:
+        """Fail the fleet's queued jobs past their max_queue_s (the server's clock), each by one agent; return them."""
+        return [_record(r) for r in self._rows("fail_overdue")]
 
     @bounded()
     def fleet_counts(self) -> FleetCounts:
