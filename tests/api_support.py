@@ -117,8 +117,10 @@ class MemService:
         return names
 
     async def submit(self, request: GenerationRequest, owner: str | None = None,
-                     owner_cap: int | None = None) -> JobRecord:
+                     owner_cap: int | None = None, job_id: str | None = None) -> JobRecord:
         """Store and enqueue; QueueFull at depth or at the owner's cap, AgentUnavailable while draining."""
+        if job_id is not None and job_id in self.jobs:  # an Idempotency-Key's job, stored already
+            return self.jobs[job_id]
         self._ensure_worker()
         if self.draining:
             raise AgentUnavailable("draining: the agent is shutting down")
@@ -128,7 +130,7 @@ class MemService:
                 sum(1 for j in self.queue if self.jobs[j].owner == owner) >= owner_cap:
             raise QueueFull(f"queue.per_token_share: this token already has {owner_cap} jobs waiting",
                             retry_after_s=3)
-        rec = JobRecord(id=uuid.uuid4().hex, status=JobStatus.QUEUED, request=request, created_at=time.time(),
+        rec = JobRecord(id=job_id or uuid.uuid4().hex, status=JobStatus.QUEUED, request=request, created_at=time.time(),
                         owner=owner)
         self.jobs[rec.id] = rec
         self.queue.append(rec.id)

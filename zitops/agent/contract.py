@@ -78,11 +78,12 @@ class Service(Protocol):
     progress: ProgressBoard  # running jobs' steps and previews, and their event feeds
 
     async def submit(self, request: GenerationRequest, owner: str | None = None,
-                     owner_cap: int | None = None) -> JobRecord:
+                     owner_cap: int | None = None, job_id: str | None = None) -> JobRecord:
         """Store and enqueue; raises QueueFull (before any work) or AgentUnavailable.
 
         ``owner`` tags the job with its tenant; with ``owner_cap``, QueueFull
-        once that owner already has that many jobs waiting.
+        once that owner already has that many jobs waiting. ``job_id``: the
+        new job's id; a job of that id already stored is returned instead.
         """
 
     def get(self, job_id: str) -> JobRecord:

@@ -306,7 +306,7 @@ class Dispatcher:
     # --- Service -----------------------------------------------------------------
 
     async def submit(self, request: GenerationRequest, owner: str | None = None,
-                     owner_cap: int | None = None) -> JobRecord:
+                     owner_cap: int | None = None, job_id: str | None = None) -> JobRecord:
         """Store and enqueue; QueueFull or AgentUnavailable before anything is written."""
         if self._draining:
             raise AgentUnavailable("the agent is draining (shutting down); retry on another instance or later")
@@ -316,12 +316,12 @@ class Dispatcher:
             raise AgentUnavailable(f"no worker can run jobs: {self.pool.degraded}")
         depth = self.config.profile.queue.depth
         if self.fleet is not None:  # the store's round trips run off the loop
-            record = await self.fleet.submit(request, owner, owner_cap, self._retry_after)
+            record = await self.fleet.submit(request, owner, owner_cap, self._retry_after, job_id)
         elif len(self._queue) >= depth:
             raise QueueFull(f"queue full: {len(self._queue)} jobs waiting (cap {depth}); retry later",
                             retry_after_s=self._retry_after(len(self._queue)))
         else:
-            record = self.store.add(request, owner=owner, owner_cap=owner_cap)
+            record = self.store.add(request, owner=owner, owner_cap=owner_cap, job_id=job_id)
         self.traces.submitted(record.id, record.request.to_dict())
         self.progress.queued(record.id, request.steps, owner)
         self._marks[record.id] = {"accepted": time.monotonic()}

@@ -218,12 +218,8 @@ class Fleet:
         assert isinstance(rows, list)
         if self._outage:  # every owner gets a full lease to renew before this agent reaps anything
             self._outage, self._reap_after = False, time.monotonic() + self.shared.lease_s
-        held = set(rows)
         self._reported = ready
-        lost = [job_id for job_id in before if job_id in self.store.held and job_id not in held
-                and not any(p.job_id == job_id for p in self.store.outbox)]
-        for job_id in lost:
-            self.store.held.pop(job_id, None)
+        for job_id in self.store.lost(before, rows):
             self.log("warning", "lease lost: the job was reaped while this agent ran it; its result "
                      "will be dropped", job_id=job_id)
 
@@ -277,14 +273,14 @@ class Fleet:
     # --- admission, images, retention, reports -------------------------------------------
 
     async def submit(self, request: GenerationRequest, owner: str | None, owner_cap: int | None,
-                     retry_after: Callable[[int], int]) -> JobRecord:
+                     retry_after: Callable[[int], int], job_id: str | None = None) -> JobRecord:
         """Admit and add a job, off the loop; a 503 at once while the store is known unreachable."""
         up, why = self.shared.available()
         if not up:
             raise StoreUnavailable(f"store unreachable: {why}; the job was not accepted, retry later")
         counts = await self._off_loop(self.shared.fleet_counts)
         self.admit(counts, retry_after)  # type: ignore[arg-type]
-        record = await self._off_loop(self.store.add, request, owner, owner_cap)
+        record = await self._off_loop(self.store.add, request, owner, owner_cap, job_id)
         assert isinstance(record, JobRecord)
         return record
 

@@ -8,7 +8,6 @@ another agent ran from there (``fleet_image``).
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def read_image(store: Store, output_dir: Path, job_id: str, index: int,
 def expire_jobs(store: Store, output_dir: Path, ttl_s: float,
                 over_bytes: Callable[[], list[JobRecord]] | None) -> list[JobRecord]:
     """Delete final jobs older than ``ttl_s`` (and those ``over_bytes`` trims), with this agent's files."""
-    removed = store.expire(time.time() - ttl_s) + (over_bytes() if over_bytes is not None else [])
+    removed = store.expire(ttl_s) + (over_bytes() if over_bytes is not None else [])
     for record in removed:
         for name in record.images:
             (output_dir / name).unlink(missing_ok=True)

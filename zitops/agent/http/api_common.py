@@ -34,7 +34,7 @@ from zitops.agent.http.http_metrics import (  # noqa: F401 (re-exported: the rou
     server_timing,
     stage_timings,
 )
-from zitops.agent.http.queue_terms import queue_terms
+from zitops.agent.http.queue_terms import may_retry, queue_terms, submit_once
 from zitops.agent.http.tenants import caller, token_cap, visible
 from zitops.config import AgentConfig
 from zitops.engine.request import (
@@ -232,14 +232,15 @@ def build_request_as(names: dict[str, str], config: AgentConfig, prompt: str,
 
 async def submit(request: Request, req: GenerationRequest, priority: int | None = None,
                  max_queue_s: int | None = None) -> JobRecord:
-    """Queue ``req`` for the calling token, within its budget and share of the queue, at its priority and deadline."""
+    """Queue ``req`` for the calling token, within its budget and share of the queue, at its priority and deadline;
+    once per Idempotency-Key."""
     ctx = context(request)
     check_cost(ctx.config, ctx.service, req)  # the budget, at the rate this agent's workers run at
     who = caller(request)
     req = replace(req, extra={**req.extra, **queue_terms(request, priority, max_queue_s)})
     q = ctx.config.profile.queue
     cap = token_cap(q.depth, q.per_token_share, len(ctx.tokens)) if who.owner is not None else None
-    return await ctx.service.submit(req, owner=who.owner, owner_cap=cap)
+    return await submit_once(request, ctx.service, req, who.owner, cap)
 
 
 def job_for(request: Request, job_id: str) -> JobRecord:
@@ -360,9 +361,9 @@ Fragments = Callable[[bytes], list[bytes]]
 
 
 def discard_files(service: Service, record: JobRecord) -> None:
-    """Delete a synchronous job's image files: its response carries them (disk budget, docs/runtime.md)."""
+    """Delete a synchronous job's image files: its response carries them (unless a keyed retry may ask again)."""
     discard: Callable[[str], None] | None = getattr(service, "discard_images", None)
-    if discard is not None:
+    if discard is not None and not may_retry(record):
         with contextlib.suppress(ZitopsError, OSError):  # best effort: retention deletes them later anyway
             discard(record.id)
 

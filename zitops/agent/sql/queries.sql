@@ -11,13 +11,24 @@
 -- NULL (a caller that does not track attempts: the store contract tests)
 -- the older, weaker fence holds: queued, or running on the calling agent.
 
+-- name: lock_owner
+-- Serializes the submits of one owner for the rest of the transaction, so
+-- add_job's count of its waiting jobs is exact: under READ COMMITTED two
+-- concurrent inserts each counted without the other's row (cap 2, 7
+-- accepted). key1 is the store's namespace; owners whose names hash alike
+-- only wait for each other.
+SELECT pg_advisory_xact_lock(%(namespace)s, hashtext(%(owner)s));
+
 -- name: add_job
 -- A new queued job (the insert trigger notifies zitops_queued). With a cap,
--- nothing is inserted when the owner already has that many jobs waiting.
+-- nothing is inserted when the owner already has that many jobs waiting
+-- (run after lock_owner, in its transaction). An id that is taken (an
+-- Idempotency-Key's job, stored by an earlier request) inserts nothing.
 INSERT INTO zitops.jobs (id, status, request, owner)
 SELECT %(id)s, 'queued', %(request)s, %(owner)s
 WHERE %(owner_cap)s::integer IS NULL OR %(owner)s::text IS NULL
    OR (SELECT count(*) FROM zitops.jobs WHERE owner = %(owner)s AND status = 'queued') < %(owner_cap)s
+ON CONFLICT (id) DO NOTHING
 RETURNING *;
 
 -- name: get_job
@@ -147,9 +158,12 @@ SELECT id FROM zitops.jobs WHERE status = 'queued' ORDER BY seq;
 SELECT count(*) AS n FROM zitops.jobs WHERE status = %(status)s;
 
 -- name: expire_jobs
--- Final jobs that finished before a time; their images go with them (cascade).
+-- Final jobs that finished more than max_age_s ago, on the server's clock
+-- (finished_at is the server's now()): an agent's skewed clock never
+-- shortens retention. Their images go with them (cascade).
 DELETE FROM zitops.jobs
-WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < to_timestamp(%(older_than)s)
+WHERE status IN ('succeeded', 'failed', 'cancelled')
+  AND finished_at < now() - make_interval(secs => %(max_age_s)s)
 RETURNING *;
 
 -- name: expire_bytes

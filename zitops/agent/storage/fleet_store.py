@@ -20,7 +20,14 @@ may be down:
   other run's result is the one kept.
 - An outcome that cannot be written while the store is down waits in a
   bounded outbox, in order, and is written when the store is back. The
-  dispatcher gets the record as this agent decided it meanwhile.
+  dispatcher gets the record as this agent decided it meanwhile. Entries are
+  keyed by job and attempt: a later outcome of the same attempt replaces the
+  earlier one, so one job holds at most one entry per attempt it ran, and a
+  replay is idempotent (the fence refuses a write its attempt already made).
+  A job this agent no longer holds is never parked: the fence would refuse
+  its write forever (audit finding 2: a lost lease's ``fail``, retried every
+  tick, filled the bound and pushed out other jobs' outcomes).
+- The outbox lives in memory only (docs/fleet.md says why that is enough).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import collections
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,8 +47,8 @@ from zitops.engine.request import GenerationRequest
 from zitops.errors import Conflict, NotFound, StoreUnavailable
 
 OUTBOX_MAX = 1024
-"""Outcomes kept while the store is down. Past it the oldest is dropped: its
-job's lease expires and another agent runs it again (nothing accepted is lost).
+"""Outcomes kept while the store is down (one per job and attempt). Past it the oldest is dropped:
+its job's lease expires and another agent runs it again (nothing accepted is lost).
 Entries hold no image bytes: those stay in this agent's output files."""
 
 
@@ -122,9 +129,10 @@ def shared(store: Store) -> SharedStore | None:
 
 @dataclasses.dataclass
 class Pending:
-    """One outcome waiting for the store: what to write, and the record it will produce."""
+    """One outcome waiting for the store: the job, the attempt it was decided for, what to write."""
 
     job_id: str
+    attempt: int
     action: str
     write: Callable[[], JobRecord]
 
@@ -142,7 +150,8 @@ class FleetStore:
         self._written = written  # an outbox entry reached the store: wake its waiters
         self.held: dict[str, JobRecord] = {}
         """Jobs this agent claimed and has not finished: the records it answers with while the store is down."""
-        self.outbox: collections.deque[Pending] = collections.deque()
+        self.outbox: collections.OrderedDict[tuple[str, int], Pending] = collections.OrderedDict()
+        """Outcomes waiting for the store, oldest first, one per (job, attempt)."""
         self.dropped = 0
         self._uploaded: dict[str, NotFound | Conflict | None] = {}
         """Jobs whose ``upload`` reached the store: None, or the NotFound it answered (the job is gone).
@@ -152,9 +161,9 @@ class FleetStore:
     # --- reads and plain writes go straight to the store -------------------------------
 
     def add(self, request: GenerationRequest, owner: str | None = None,
-            owner_cap: int | None = None) -> JobRecord:
-        """Insert a queued job (the fleet is notified)."""
-        return self.shared.add(request, owner=owner, owner_cap=owner_cap)
+            owner_cap: int | None = None, job_id: str | None = None) -> JobRecord:
+        """Insert a queued job (the fleet is notified); with ``job_id``, the job of that id if it exists."""
+        return self.shared.add(request, owner=owner, owner_cap=owner_cap, job_id=job_id)
 
     def get(self, job_id: str) -> JobRecord:
         """The stored job; while the store is down, the record of a job this agent holds."""
@@ -177,6 +186,19 @@ class FleetStore:
     def _hold(self, record: JobRecord) -> JobRecord:
         self.held[record.id] = record
         return record
+
+    def lost(self, asked: Iterable[str], renewed: Iterable[str]) -> list[str]:
+        """Forget the jobs of ``asked`` (held when a heartbeat was sent) that it did not renew: their lease moved on.
+
+        A job with a kept outcome is not lost: its lease lapses while the store is down, and the
+        fence decides once the outcome is written.
+        """
+        kept = {job_id for job_id, _ in self.outbox}
+        fresh = set(renewed)
+        gone = [job_id for job_id in asked if job_id in self.held and job_id not in fresh and job_id not in kept]
+        for job_id in gone:
+            self.held.pop(job_id, None)
+        return gone
 
     def attempt(self, job_id: str) -> int:
         """The attempt this agent holds of ``job_id``; -1 (refused by every fenced write) when none."""
@@ -206,9 +228,9 @@ class FleetStore:
         """Fleet-wide count."""
         return self.shared.count(status)
 
-    def expire(self, older_than: float) -> list[JobRecord]:
-        """Delete final jobs of the fleet that finished before ``older_than``."""
-        return self.shared.expire(older_than)
+    def expire(self, max_age_s: float) -> list[JobRecord]:
+        """Delete final jobs of the fleet that finished more than ``max_age_s`` ago by the database's clock."""
+        return self.shared.expire(max_age_s)
 
     def close(self) -> None:
         """Close the store's pool."""
@@ -241,33 +263,37 @@ class FleetStore:
                 self.shared.put_images(job_id, blobs, attempt=attempt)
             return self.shared.succeed(job_id, images, info, attempt=attempt)
 
-        return self._outcome(job_id, "succeed", write, status=JobStatus.SUCCEEDED, images=images, info=info,
-                             finished_at=time.time())
+        return self._outcome(job_id, attempt, "succeed", write, status=JobStatus.SUCCEEDED, images=images,
+                             info=info, finished_at=time.time())
 
     def fail(self, job_id: str, error: str) -> JobRecord:
         """Mark the job failed."""
         attempt = self.attempt(job_id)
-        return self._outcome(job_id, "fail", lambda: self.shared.fail(job_id, error, attempt=attempt),
+        return self._outcome(job_id, attempt, "fail", lambda: self.shared.fail(job_id, error, attempt=attempt),
                              status=JobStatus.FAILED,
                              error=error, finished_at=time.time())
 
     def requeue(self, job_id: str, error: str, uncount: bool = False) -> JobRecord:
         """Put the job back in the fleet's queue."""
         attempt = self.attempt(job_id)
-        return self._outcome(job_id, "requeue", lambda: self.shared.requeue(job_id, error, uncount, attempt=attempt),
+        return self._outcome(job_id, attempt, "requeue",
+                             lambda: self.shared.requeue(job_id, error, uncount, attempt=attempt),
                              status=JobStatus.QUEUED, error=error)
 
-    def _outcome(self, job_id: str, action: str, write: Callable[[], JobRecord], **decided: Any) -> JobRecord:
+    def _outcome(self, job_id: str, attempt: int, action: str, write: Callable[[], JobRecord],
+                 **decided: Any) -> JobRecord:
+        held = self.held.get(job_id)
+        if held is None:
+            # Not held (its lease was found lost): the fence refuses this write whenever it
+            # runs, so it is only tried now, for the job's current record, and never parked.
+            return self._written_now(job_id, action, write)
         if not self.outbox:
             try:
                 return self._written_now(job_id, action, write)
             except StoreUnavailable as exc:
                 self.log("warning", "job store down: outcome kept until it is back", job_id=job_id,
                          action=action, error=str(exc))
-        self._park(Pending(job_id, action, write))
-        held = self.held.get(job_id)
-        if held is None:
-            raise StoreUnavailable(f"job {job_id}: the job store is down; its {action} is kept until it is back")
+        self._park(Pending(job_id, attempt, action, write))
         return dataclasses.replace(held, **decided)
 
     def _written_now(self, job_id: str, action: str, write: Callable[[], JobRecord]) -> JobRecord:
@@ -294,9 +320,11 @@ class FleetStore:
         return record
 
     def _park(self, pending: Pending) -> None:
-        self.outbox.append(pending)
+        key = (pending.job_id, pending.attempt)
+        self.outbox.pop(key, None)  # the later outcome of the same attempt replaces the earlier
+        self.outbox[key] = pending
         while len(self.outbox) > OUTBOX_MAX:
-            lost = self.outbox.popleft()
+            _, lost = self.outbox.popitem(last=False)
             self.held.pop(lost.job_id, None)
             self.dropped += 1
             self.log("error", "outbox full: outcome dropped; the job's lease expires and it runs again",
@@ -306,15 +334,15 @@ class FleetStore:
         """Write parked outcomes in order while the store answers, each off the loop; how many were written."""
         done = 0
         while self.outbox:
-            pending = self.outbox[0]
+            key, pending = next(iter(self.outbox.items()))
             try:
                 record = await off_loop(self._attempt, pending.job_id, pending.action, pending.write)
             except StoreUnavailable:
                 break
             except (Conflict, NotFound):
                 record = None
-            if self.outbox and self.outbox[0] is pending:  # (an overflow may have dropped it meanwhile)
-                self.outbox.popleft()
+            if self.outbox.get(key) is pending:  # (an overflow or a later outcome may have replaced it meanwhile)
+                del self.outbox[key]
             self.held.pop(pending.job_id, None)
             done += 1
             if isinstance(record, JobRecord):

@@ -102,14 +102,17 @@ class JobStore:
 
     @_guarded
     def add(self, request: GenerationRequest, owner: str | None = None,
-            owner_cap: int | None = None) -> JobRecord:
+            owner_cap: int | None = None, job_id: str | None = None) -> JobRecord:
         """Store a new queued job of ``owner`` and return it.
 
         With ``owner_cap``: QueueFull, and nothing stored, when that owner
-        already has that many jobs waiting (queue.per_token_share).
+        already has that many jobs waiting (queue.per_token_share). With
+        ``job_id``: the job of that id when it is stored already.
         """
-        job_id = uuid.uuid4().hex
         with self._lock:
+            if job_id is not None and self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():
+                return self._one(job_id)
+            job_id = job_id or uuid.uuid4().hex
             if owner is not None and owner_cap is not None:
                 waiting = int(self._db.execute(
                     "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status = ?",
@@ -215,9 +218,10 @@ class JobStore:
         return int(row[0])
 
     @_guarded
-    def expire(self, older_than: float) -> list[JobRecord]:
-        """Delete final jobs that finished before ``older_than``; return them (for their files)."""
+    def expire(self, max_age_s: float) -> list[JobRecord]:
+        """Delete final jobs that finished more than ``max_age_s`` ago (this agent's clock wrote them); return them."""
         final = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+        older_than = time.time() - max_age_s
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?, ?) AND finished_at < ?",

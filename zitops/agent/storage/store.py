@@ -25,8 +25,12 @@ class Store(Protocol):
     """Durable jobs: every method is one short transaction and returns the record as stored."""
 
     def add(self, request: GenerationRequest, owner: str | None = None,
-            owner_cap: int | None = None) -> JobRecord:
-        """Store a new queued job of ``owner``; QueueFull when that owner has ``owner_cap`` waiting."""
+            owner_cap: int | None = None, job_id: str | None = None) -> JobRecord:
+        """Store a new queued job of ``owner``; QueueFull when that owner has ``owner_cap`` waiting.
+
+        ``job_id`` (an Idempotency-Key's job): the new job's id, and when a job of that id is
+        stored already, that job, unchanged (the caller checks it is the same request).
+        """
 
     def get(self, job_id: str) -> JobRecord:
         """The job, or NotFound."""
@@ -53,8 +57,9 @@ class Store(Protocol):
     def count(self, status: JobStatus) -> int:
         """How many jobs have ``status``."""
 
-    def expire(self, older_than: float) -> list[JobRecord]:
-        """Delete final jobs that finished before ``older_than``; return them (for their files)."""
+    def expire(self, max_age_s: float) -> list[JobRecord]:
+        """Delete final jobs that finished more than ``max_age_s`` ago by the clock that wrote their
+        ``finished_at`` (the store's own: the database's in a fleet); return them (for their files)."""
 
     def close(self) -> None:
         """Release the connection (again is harmless)."""

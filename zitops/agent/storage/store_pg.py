@@ -59,6 +59,9 @@ DEADLINE_S = 3.0
 BLOB_DEADLINE_S = STATEMENT_TIMEOUT_MS / 1000 + 2.0
 """The longest a caller waits for image bytes or a bulk delete (the server's statement_timeout, plus slack)."""
 
+OWNER_LOCK = 0x7A17_0002
+"""``pg_advisory_xact_lock``'s first key for one owner's submits (the second is a hash of the owner)."""
+
 _STORE_THREAD = threading.local()
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -282,14 +285,20 @@ class PgJobStore:
 
     @bounded()
     def add(self, request: GenerationRequest, owner: str | None = None,
-            owner_cap: int | None = None) -> JobRecord:
+            owner_cap: int | None = None, job_id: str | None = None) -> JobRecord:
         """Store a new queued job of ``owner`` and return it (the fleet is notified).
 
         With ``owner_cap``: QueueFull, and nothing stored, when that owner
-        already has that many jobs waiting (queue.per_token_share).
+        already has that many jobs waiting (queue.per_token_share). With
+        ``job_id``: the job of that id when it is stored already (any agent's).
         """
-        row = self._row("add_job", id=uuid.uuid4().hex, request=Jsonb(request.to_dict()),
-                        owner=owner, owner_cap=owner_cap)
+        with self._conn() as conn, conn.transaction():
+            if owner is not None and owner_cap is not None:
+                conn.execute(query("lock_owner"), {"namespace": OWNER_LOCK, "owner": owner})
+            row = conn.execute(query("add_job"), {"id": job_id or uuid.uuid4().hex, "owner": owner,
+                                                  "request": Jsonb(request.to_dict()), "owner_cap": owner_cap}).fetchone()
+            if row is None and job_id is not None:
+                row = conn.execute(query("get_job"), {"id": job_id}).fetchone()
         if row is None:
             raise QueueFull(f"queue.per_token_share: this token already has {owner_cap} jobs waiting, its "
                             "share of the queue; retry when one has started")
@@ -363,9 +372,9 @@ class PgJobStore:
         return int(row["n"]) if row else 0
 
     @bounded(blob=True)
-    def expire(self, older_than: float) -> list[JobRecord]:
-        """Delete final jobs (and their images) that finished before ``older_than``; return them."""
-        return [_record(r) for r in self._rows("expire_jobs", older_than=older_than)]
+    def expire(self, max_age_s: float) -> list[JobRecord]:
+        """Delete final jobs (and their images) that finished more than ``max_age_s`` ago by the server's clock."""
+        return [_record(r) for r in self._rows("expire_jobs", max_age_s=max_age_s)]
 
     # --- fleet operations ----------------------------------------------------------
 
