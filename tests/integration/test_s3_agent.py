@@ -165,3 +165,20 @@ def test_a_restart_during_an_outage_uploads_the_held_images_without_running_the_
         agent.stop()
         if weed.proc is None:
             weed.start()
+
+
+def test_objects_are_keyed_by_attempt_so_a_stale_run_never_replaces_the_winners(weed: Weed,
+                                                                                 tmp_path: Path) -> None:
+    """A run whose lease moved on writes under its own attempt; readers take the succeeded record's attempt;
+    retention removes every attempt's objects under the job's prefix."""
+    from zitops.agent.dispatch.object_store import ObjectStore
+    from zitops.config import ImageSettings
+
+    store = ObjectStore(ImageSettings(url=f"s3://{BUCKET}/fence", s3_endpoint=weed.endpoint,
+                                      s3_credentials_file=str(weed.credentials_file(tmp_path / "creds"))))
+    store.put("job1", 2, ("job1-0.png",), (b"WINNER",))  # attempt 2 won and succeeded
+    store.put("job1", 1, ("job1-0.png",), (b"STALE-A",))  # attempt 1's late write, after the reap
+    assert store.get("job1", 2, "job1-0.png") == b"WINNER"
+    assert httpx.get(store.presign("job1", 2, "job1-0.png"), timeout=10).content == b"WINNER"
+    store.delete_job("job1")
+    assert "Contents" not in weed.client().list_objects_v2(Bucket=BUCKET, Prefix="fence/job1/")

@@ -100,7 +100,7 @@ class Dispatcher:
                                     self._finished, lambda job_id: job_id in self._waiters,
                                     self.outcomes.store_failed, objects=self.images.objects,
                                     upload=None if self.fleet is None or self.images.objects else self.fleet.store.upload,
-                                    traces=self.traces)
+                                    traces=self.traces, attempt_of=self.fleet.store.attempt if self.fleet else None)
         # A waited-for job's monotonic stage marks in this process, once (Server-Timing; http_metrics).
         self.stage_marks = self.results.stage_marks
         self.webhooks = open_webhooks(config.webhooks, store, self.metrics.webhooks, self.log, self.failure_log,

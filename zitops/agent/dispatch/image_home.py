@@ -46,9 +46,10 @@ class ImageHome:
             return read_image(self.store, self.output_dir, job_id, index, self._fleet_image, self._agent_id)
 
         def from_bucket(job: str, i: int) -> tuple[str, bytes]:
-            name = self.store.get(job).images[i]
+            record = self.store.get(job)
+            name = record.images[i]
             try:
-                return name, objects.get(job, name)
+                return name, objects.get(job, record.attempts, name)
             except ObjectStoreDown as exc:
                 raise AgentUnavailable(f"job {job}: image {i} is in the object store, which is down: {exc}") from None
 
@@ -58,7 +59,7 @@ class ImageHome:
         """Presigned URLs of a succeeded job's images (valid images.url_ttl_s); None without an object store."""
         if self.objects is None:
             return None
-        return [self.objects.presign(record.id, name) for name in record.images]
+        return [self.objects.presign(record.id, record.attempts, name) for name in record.images]
 
     def hook_links(self, job_id: str, count: int) -> list[str]:
         """The image links a webhook carries: presigned URLs with an object store, else the API's paths."""
@@ -91,7 +92,7 @@ class ImageHome:
         for record in removed:
             try:
                 if self.objects is not None:
-                    self.objects.delete_job(record.id, record.images)
+                    self.objects.delete_job(record.id)
             except ObjectStoreDown:  # the objects stay (logged): the job's rows and files are gone
                 left += 1
         pruned = prune_outputs(self.output_dir, self.queue.max_output_bytes, keep)

@@ -3,7 +3,11 @@
 boto3 because it is AWS's own maintained client, speaks SigV4 to every
 S3-compatible server (SeaweedFS, MinIO, Ceph RGW, R2), presigns URLs
 without a round trip and reads the AWS shared-credentials file format
-operators already have. Objects are ``PREFIX/<job id>/<file name>``.
+operators already have. Objects are ``PREFIX/<job id>/a<attempt>/<file
+name>``: the attempt that wrote them, so an agent whose lease moved on (a
+stale attempt) can never overwrite the objects of the run that won; readers
+take the attempt of the succeeded record, and retention deletes everything
+under ``PREFIX/<job id>/`` (a stale attempt's orphans too).
 
 :class:`ObjectStore` owns the client and the store's state (up, or down and
 why). Every call blocks: callers run them off the event loop (the result
@@ -104,40 +108,43 @@ class ObjectStore:
 
     # --- objects ---------------------------------------------------------------
 
-    def key(self, job_id: str, name: str) -> str:
-        """The object key of a job's image file."""
-        return "/".join(p for p in (self.prefix, job_id, name) if p)
+    def key(self, job_id: str, attempt: int, name: str) -> str:
+        """The object key of an image file that attempt ``attempt`` of a job wrote."""
+        return "/".join(p for p in (self.prefix, job_id, f"a{attempt}", name) if p)
 
-    def put(self, job_id: str, names: tuple[str, ...], blobs: tuple[bytes, ...]) -> None:
-        """Write a job's images (all of them, or ObjectStoreDown)."""
+    def put(self, job_id: str, attempt: int, names: tuple[str, ...], blobs: tuple[bytes, ...]) -> None:
+        """Write the images of one attempt of a job (all of them, or ObjectStoreDown)."""
         for name, blob in zip(names, blobs, strict=True):
             kind = CONTENT_TYPES.get(name.rsplit(".", 1)[-1], "application/octet-stream")
             try:
-                self._client.put_object(Bucket=self.bucket, Key=self.key(job_id, name), Body=blob, ContentType=kind)
+                self._client.put_object(Bucket=self.bucket, Key=self.key(job_id, attempt, name), Body=blob,
+                                        ContentType=kind)
             except Exception as exc:
                 raise self._failed("put_object", exc) from exc
 
-    def get(self, job_id: str, name: str) -> bytes:
+    def get(self, job_id: str, attempt: int, name: str) -> bytes:
         """One image's bytes, or ObjectStoreDown."""
         try:
-            body: bytes = self._client.get_object(Bucket=self.bucket, Key=self.key(job_id, name))["Body"].read()
+            body: bytes = self._client.get_object(Bucket=self.bucket,
+                                                  Key=self.key(job_id, attempt, name))["Body"].read()
         except Exception as exc:
             raise self._failed("get_object", exc) from exc
         return body
 
-    def presign(self, job_id: str, name: str) -> str:
+    def presign(self, job_id: str, attempt: int, name: str) -> str:
         """A GET URL of one image, valid for images.url_ttl_s (signed locally: no round trip)."""
         url: str = self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self.key(job_id, name)},
+            "get_object", Params={"Bucket": self.bucket, "Key": self.key(job_id, attempt, name)},
             ExpiresIn=self.settings.url_ttl_s)
         return url
 
-    def delete_job(self, job_id: str, names: tuple[str, ...]) -> None:
-        """Remove a job's images (retention); ObjectStoreDown when the store refuses."""
-        if not names:
-            return
+    def delete_job(self, job_id: str) -> None:
+        """Remove every object under the job's prefix, every attempt's (retention); ObjectStoreDown on refusal."""
+        prefix = "/".join(p for p in (self.prefix, job_id) if p) + "/"
         try:
-            self._client.delete_objects(Bucket=self.bucket, Delete={
-                "Objects": [{"Key": self.key(job_id, n)} for n in names], "Quiet": True})
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if keys:
+                    self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
         except Exception as exc:
             raise self._failed("delete_objects", exc) from exc

@@ -57,8 +57,9 @@ class ResultWriter:
                  wanted: Callable[[str], bool],
                  store_failed: Callable[[str, str, StoreUnavailable], None] | None = None,
                  upload: Uploader | None = None, objects: ObjectStore | None = None,
-                 traces: JobTraces | None = None) -> None:
+                 traces: JobTraces | None = None, attempt_of: Callable[[str], int] | None = None) -> None:
         self.output_dir = output_dir
+        self._attempt_of = attempt_of  # fleet mode: the attempt this agent holds (-1 once its lease moved on)
         self.store = store
         self.metrics = metrics
         self.log = log
@@ -150,7 +151,7 @@ class ResultWriter:
             info["upload_s"] = round(done - encoded, 4)
         if self._objects is not None:
             try:
-                await loop.run_in_executor(self._threads, self._objects.put, result.job_id, names, blobs)
+                await loop.run_in_executor(self._threads, self._put, self._objects, result.job_id, names, blobs)
             except ObjectStoreDown as exc:  # the job stays running, its files here, until the store is back
                 held = self.held[result.job_id] = Held(worker_id, names, info)
                 self.log("warning", "object store down: images kept on this host until it is back",
@@ -229,7 +230,17 @@ class ResultWriter:
         return queued
 
     def _put_files(self, objects: ObjectStore, job_id: str, names: tuple[str, ...]) -> None:
-        objects.put(job_id, names, tuple((self.output_dir / name).read_bytes() for name in names))
+        self._put(objects, job_id, names, tuple((self.output_dir / name).read_bytes() for name in names))
+
+    def _put(self, objects: ObjectStore, job_id: str, names: tuple[str, ...], blobs: tuple[bytes, ...]) -> None:
+        """Write the images under the attempt this agent holds; none when it holds none (a stale run: its
+        succeed is refused by the store's fence, and its objects must never replace the winner's)."""
+        if self._attempt_of is not None:
+            attempt = self._attempt_of(job_id)
+        else:  # one agent: the job's own record
+            attempt = self.store.get(job_id).attempts
+        if attempt >= 0:
+            objects.put(job_id, attempt, names, blobs)
 
     def _timings(self, result: Result, received: float, encode_s: float, done: float,
                  marks: dict[str, float]) -> dict[str, float | None]:
