@@ -16,19 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)\s*(s/image|img/min|images/min|GiB|jobs/s|ms)\b")
 MARKER = re.compile(r"arithmetic|target|unrecorded", re.IGNORECASE)
-UNSOURCED = {
-    # Found without a source when the check was added; each needs its run recorded or a marker.
-    ("docs/benchmarks.md", "12.07 GiB"),
-    ("docs/benchmarks.md", "45.1 ms"), ("docs/benchmarks.md", "527 ms"),
-    # "112 ms" and "770 ms" left this list on 2026-12-07 only because numbers in the soak smoke's per-job
-    # samples (a 112-pixel side, a timestamp) match them by chance: they still have no recorded run.
-    ("docs/benchmarks.md", "94.9 ms"),
-    ("docs/benchmarks.md", "34.9 ms"), ("docs/benchmarks.md", "205 ms"), ("docs/benchmarks.md", "19.62 GiB"),
-    ("docs/benchmarks.md", "15.63 GiB"), ("docs/benchmarks.md", "161 ms"), ("docs/benchmarks.md", "33.4 ms"),
-    ("docs/benchmarks.md", "66.6 ms"), ("docs/benchmarks.md", "85.1 ms"), ("docs/benchmarks.md", "0.718 s/image"),
-    ("docs/benchmarks.md", "25.44 GiB"), ("docs/benchmarks.md", "20.25 GiB"), ("docs/benchmarks.md", "14.99 s/image"),
-    ("docs/benchmarks.md", "13.16 s/image"), ("docs/benchmarks.md", "21.19 GiB"),
-}
+UNSOURCED: set[tuple[str, str]] = set()
+"""Emptied 2026-12-07: the figures found without a source when this check was added were taken out
+(docs/benchmarks.md says ``n/r``); a new unsourced figure fails the run."""
 
 
 def _recorded() -> dict[int, set[str]]:
