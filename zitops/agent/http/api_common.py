@@ -235,12 +235,12 @@ async def submit(request: Request, req: GenerationRequest, priority: int | None 
     """Queue ``req`` for the calling token, within its budget and share of the queue, at its priority and deadline;
     once per Idempotency-Key."""
     ctx = context(request)
-    check_cost(ctx.config, ctx.service, req)  # the budget, at the rate this agent's workers run at
     who = caller(request)
     req = replace(req, extra={**req.extra, **queue_terms(request, priority, max_queue_s)})
     q = ctx.config.profile.queue
     cap = token_cap(q.depth, q.per_token_share, len(ctx.tokens)) if who.owner is not None else None
-    return await submit_once(request, ctx.service, req, who.owner, cap)
+    # the budget, at the rate this agent's workers run at; checked for a new job, not for a keyed retry
+    return await submit_once(request, ctx.service, req, who.owner, cap, lambda: check_cost(ctx.config, ctx.service, req))
 
 
 def job_for(request: Request, job_id: str) -> JobRecord:

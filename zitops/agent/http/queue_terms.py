@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -125,14 +126,19 @@ def may_retry(record: JobRecord) -> bool:
 
 
 async def submit_once(request: Request, service: Service, req: GenerationRequest, owner: str | None,
-                      owner_cap: int | None) -> JobRecord:
-    """``service.submit``, or with an Idempotency-Key the job that key already made."""
+                      owner_cap: int | None, admit: Callable[[], None] = lambda: None) -> JobRecord:
+    """``service.submit``, or with an Idempotency-Key the job that key already made.
+
+    ``admit`` (the cost check) raises for a new job only: a retry gets its job whatever the estimate is now.
+    """
     key = await Idempotent.of(request, owner)
     if key is None:
+        admit()
         return await service.submit(req, owner=owner, owner_cap=owner_cap)
     earlier = key.earlier(service)
     if earlier is not None:
         return earlier
+    admit()
     # A concurrent retry may have stored the job meanwhile: the store returns that one.
     return key.same(await service.submit(key.mark(req), owner=owner, owner_cap=owner_cap, job_id=key.job_id))
 
