@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from zitops.bench.agent_http import free_port, stop_agent  # noqa: E402
 from zitops.config import config_from_mapping, config_to_dict  # noqa: E402
 from zitops.profile import load_profile  # noqa: E402
 
@@ -43,13 +42,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WAIT_S = 300
 CLI = "import sys; from zitops.cli import main; sys.exit(main())"
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait(predicate: Any, what: str, proc: subprocess.Popen[bytes], log: Path) -> Any:
@@ -134,14 +126,7 @@ def main() -> None:
                     sys.exit(f"console_screenshot: the job {done['status']}: {done.get('error')}")
             shoot(url, args.out, args.chromium)
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+            stop_agent(proc)
     print(f"console_screenshot: {args.out} ({args.out.stat().st_size} bytes) from {url}")
 
 

@@ -147,10 +147,11 @@ def running_agent(config_path: Path, port: int, *, ready_timeout_s: float,
                                        f"last log lines: {' | '.join(tail) or '(none)'}")
             yield url, time.perf_counter() - t0
         finally:
-            _stop(proc)
+            stop_agent(proc)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_agent(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the agent (it stops its workers); SIGKILL its process group if it outlives the grace."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
