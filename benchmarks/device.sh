@@ -244,16 +244,18 @@ scenario_http_overhead() { # the agent alone (fault engine, noise 1024x1024 PNG)
 scenario_pixel_transfer() { # a worker's 1024x1024 pixels to the agent: pickled over the pipe against /dev/shm (issue 29)
   timeout 120 python3 benchmarks/pixel_transfer.py --runs 40 --json "$OUT/pixel-transfer.json" 2>&1 | quiet | tail -4
 }
+# SOAK_CACHE=/tmp/zcache (after designer) skips the soaks' own compile; SOAK_/LEAK_LIMIT and _MINUTES fit a call.
 scenario_soak() { # real-size soak, full-random, mixed traffic; about 8 min a call, resumable: rerun to extend (issue 29)
   # The same /tmp/zsoak (deployment, job store, samples, compile cache) on every call while the machine is
   # held; the verdict, JSON and plot in $OUT cover every call so far. SOAK_RESET=1 starts over.
-  timeout 480 python3 benchmarks/soak.py --model full-random --profile designer --workdir /tmp/zsoak \
-    ${SOAK_RESET:+--reset} --minutes "${SOAK_MINUTES:-7.2}" --steps 8 --warmup-jobs 40 --label soak \
-    --out-dir "$OUT" 2>&1 | quiet | tail -40
+  timeout "${SOAK_LIMIT:-480}" python3 benchmarks/soak.py --model full-random --profile designer --workdir /tmp/zsoak \
+    ${SOAK_RESET:+--reset} ${SOAK_CACHE:+--cache-dir "$SOAK_CACHE"} --minutes "${SOAK_MINUTES:-7.2}" --steps 8 \
+    --warmup-jobs "${SOAK_WARMUP:-40}" --label soak --out-dir "$OUT" 2>&1 | quiet | tail -40
 }
 scenario_soak_leak() { # the soak's negative control: faults.leak_memory real, 1 GiB a job; the watchdog must recycle (issue 29)
-  timeout 300 python3 benchmarks/soak.py --model full-random --profile designer --workdir /tmp/zsoak-leak --reset \
-    --leak-mib 1024 --minutes 4 --steps 8 --kill-every 0 --lora-every 0 --label soak-leak --out-dir "$OUT" \
+  timeout "${LEAK_LIMIT:-300}" python3 benchmarks/soak.py --model full-random --profile designer --workdir /tmp/zsoak-leak \
+    --reset ${SOAK_CACHE:+--cache-dir "$SOAK_CACHE"} --leak-mib 1024 --minutes "${LEAK_MINUTES:-4}" --steps 8 \
+    --kill-every 0 --lora-every 0 --label soak-leak --out-dir "$OUT" \
     2>&1 | quiet | tail -20
 }
 scenario_goodput() { # completed requests/s meeting p95 <= 2x single latency at 1, 4, 12, 32 clients, designer (issue 29)

@@ -102,7 +102,8 @@ def make_loras(lora_dir: Path, model: str) -> list[str]:
     return ["soak_a", "soak_b"]
 
 
-def deploy(workdir: Path, model: str, profile: str, sets: list[str], leak_mib: float) -> tuple[Path, int]:
+def deploy(workdir: Path, model: str, profile: str, sets: list[str], leak_mib: float,
+           cache_dir: str | None = None) -> tuple[Path, int]:
     """The soak's deployment in ``workdir`` (kept across calls): (config.yaml, port)."""
     from zitops.deployment.deploy import DeployRequest, plan
 
@@ -115,6 +116,8 @@ def deploy(workdir: Path, model: str, profile: str, sets: list[str], leak_mib: f
                            model=model, overrides=tuple(sets), zitops_bin=sys.executable))
     data = config_to_dict(p.config)
     data.update(model=model, log_format="json", lora_dir=str(workdir / "loras"))
+    if cache_dir:  # a compile cache another run warmed (the device call's designer bench)
+        data["cache_dir"] = cache_dir
     if leak_mib:
         data["engine"] = {"kind": "faulty", "faults": {"inner": "diffusers", "leak_mib_per_job": leak_mib,
                                                        "leak_memory": "real", "every_incarnation": True}}
@@ -282,7 +285,7 @@ def run_call(args: argparse.Namespace, state: dict[str, Any]) -> None:
     """Start the agent on the kept deployment, run jobs until the call's time is up, stop it."""
     workdir = Path(args.workdir)
     sets = [f"queue.job_timeout_s={int(args.job_timeout)}", "queue.drain_timeout_s=20", *args.set]
-    config_path, port = deploy(workdir, args.model, args.profile, sets, args.leak_mib)
+    config_path, port = deploy(workdir, args.model, args.profile, sets, args.leak_mib, args.cache_dir)
     loras = [] if args.leak_mib or not args.lora_every else make_loras(workdir / "loras", args.model)
     agent = AgentProcess(config_path, port, workdir / "agent.out")
     call: dict[str, Any] = {"started": time.time(), "jobs": 0, "ready_s": None}
@@ -360,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--workdir", default="/tmp/zsoak", help="deployment, job store and samples, kept across calls")
     ap.add_argument("--reset", action="store_true", help="start a new run in --workdir")
+    ap.add_argument("--cache-dir", default=None, help="compile cache (default: the deployment's own)")
     ap.add_argument("--minutes", type=float, default=8.0, help="this call's length")
     ap.add_argument("--model", default="tiny", help="tiny (CPU smoke) or full-random (GPU, real size)")
     ap.add_argument("--profile", default="designer")
