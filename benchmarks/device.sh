@@ -270,6 +270,11 @@ scenario_worker_profile() { # the worker's engine call against the in-process en
     --runs 5 --warmup 2 --out "$OUT" 2>&1 | quiet | tail -12
 }
 
+scenario_parallel() { # NEEDS 2 GPUs (nvidia-h100-x2 / h200-x2): designer bf16 1024² engine, 1 GPU vs ulysses 2 vs ring 2, same pixels (issue 30)
+  timeout "${PARALLEL_LIMIT:-560}" python3 benchmarks/parallel.py --model full-random --profile designer \
+    --kinds 1 ulysses2 ring2 --cache-dir /tmp/zcache-parallel --out "$OUT/parallel.json" 2>&1 | quiet | tail -12
+}
+
 scenarios() { declare -F | sed -n 's/^declare -f scenario_//p' | tr _ -; }
 
 if [ $# -eq 0 ] || [ "$1" = "list" ]; then
