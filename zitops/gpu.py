@@ -15,6 +15,7 @@ importing this module costs nothing on a CPU host and never loads libnvidia-ml.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -203,6 +204,30 @@ def worker_devices(gpus: str | Sequence[int]) -> list[int | None]:
     except Exception:  # no NVML, no driver: a CPU worker, never a crash
         return [None]
     return [g.index for g in found] or [None]
+
+
+def gpu_uuids(indices: Sequence[int]) -> dict[int, str]:
+    """NVML's UUID of each GPU index asked for (those NVML knows); {} without NVML.
+
+    A worker's ``CUDA_VISIBLE_DEVICES`` names its card by this UUID, so CUDA
+    opens the very device the watchdog reads through NVML at that index,
+    whatever order CUDA would number the cards in.
+    """
+    wanted = set(indices)
+    try:
+        found = probe_gpus()
+    except Exception:  # no NVML, no driver: the workers fall back to the index
+        return {}
+    return {g.index: g.uuid for g in found if g.index in wanted and g.uuid}
+
+
+_UUID = re.compile(r"([0-9a-f]{8})-?([0-9a-f]{4})-?([0-9a-f]{4})-?([0-9a-f]{4})-?([0-9a-f]{12})")
+
+
+def uuid_hex(text: str | None) -> str | None:
+    """The 32 hex digits of a GPU UUID as NVML (``GPU-8-4-4-4-12``) or torch (``8-4-4-4-12``) writes it; None if none."""
+    m = _UUID.search((text or "").lower())
+    return "".join(m.groups()) if m else None
 
 
 def describe_gpus() -> dict[str, Any]:
