@@ -1,0 +1,54 @@
+"""A worker's card by UUID: the map from NVML, the environment it sets, and the mismatch check."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from tests.nvml_support import CARD_UUIDS, RecordedCards, Sample
+from zitops.agent.workers.watchdog import device_mismatch
+from zitops.gpu import gpu_uuids, uuid_hex
+from zitops.worker.preimport import device_environment, opened_device
+
+HEX = "5b1e2c3d0a1b4c2d8e3f102030405060"
+
+
+def test_uuid_hex_reads_nvml_and_torch_forms_alike() -> None:
+    assert uuid_hex(CARD_UUIDS[0]) == HEX  # NVML: GPU-8-4-4-4-12
+    assert uuid_hex("5B1E2C3D-0A1B-4C2D-8E3F-102030405060") == HEX  # torch's str(props.uuid), any case
+    assert uuid_hex(f"GPU-{HEX}") == HEX
+    assert uuid_hex(None) is None and uuid_hex("0") is None and uuid_hex("GPU-not-a-uuid") is None
+
+
+def test_gpu_uuids_maps_the_asked_indices_through_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", RecordedCards([Sample(0.0), Sample(0.0)]))
+    assert gpu_uuids([1, 0]) == {0: CARD_UUIDS[0], 1: CARD_UUIDS[1]}
+    assert gpu_uuids([1, 7]) == {1: CARD_UUIDS[1]}  # an index NVML does not have: left to the fallback
+
+
+def test_the_worker_environment_names_the_card_by_uuid_or_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"):
+        monkeypatch.setenv(var, "inherited")
+    device_environment(1, CARD_UUIDS[1])
+    assert opened_device(1) == {"index": 1, "visible": CARD_UUIDS[1], "uuid": None}  # CUDA never initialised
+    device_environment(1)  # no NVML: the index, numbered in PCI bus order as NVML does
+    assert (opened_device(1)["visible"], opened_device(1)["index"]) == ("1", 1)
+    assert os.environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    device_environment(None, CARD_UUIDS[0])  # a CPU worker sees no GPU at all
+    assert opened_device(None)["visible"] == ""
+
+
+def test_device_mismatch_only_when_both_uuids_are_known_and_differ() -> None:
+    same = {"index": 0, "visible": CARD_UUIDS[0], "uuid": "5b1e2c3d-0a1b-4c2d-8e3f-102030405060"}
+    assert device_mismatch(0, CARD_UUIDS[0], same) is None
+    other = {**same, "uuid": CARD_UUIDS[1]}
+    why = device_mismatch(0, CARD_UUIDS[0], other)
+    assert why is not None and CARD_UUIDS[1] in why and "GPU 0" in why and "CUDA_VISIBLE_DEVICES" in why
+    # Nobody can tell: a CPU worker, no NVML, a worker that opened no CUDA device, an unreadable UUID.
+    assert device_mismatch(None, CARD_UUIDS[0], other) is None
+    assert device_mismatch(0, None, other) is None
+    assert device_mismatch(0, CARD_UUIDS[0], {**same, "uuid": None}) is None
+    assert device_mismatch(0, CARD_UUIDS[0], {**same, "uuid": "GPU-?"}) is None
+    assert device_mismatch(0, CARD_UUIDS[0], None) is None
