@@ -111,3 +111,35 @@ def test_a_kill_9_of_one_worker_leaves_the_other_serving(tmp_path: Path) -> None
         assert (back[1]["pid"], back[1]["incarnation"]) == (w1["pid"], 0), "w1 never went down"
     finally:
         rt.close()
+
+
+def _restarted(rt: Runtime) -> list[dict[str, Any]] | None:
+    ws = _slots_ready(rt, 2)
+    return ws if ws is not None and ws[0]["incarnation"] == 1 else None
+
+
+@pytest.mark.timeout(1500)
+def test_two_workers_compile_into_one_cache_at_once(tmp_path: Path) -> None:
+    # The tiny pipeline compiled on the CPU (engine.compile_on_cpu) stands in for two GPUs' workers:
+    # both warm up (and so compile) before Ready, into the one cache directory, at the same time.
+    # 64x64 only (limits pin the warm-up's second size to the first): one static graph set.
+    sets = ["engine.compile=true", "engine.compile_on_cpu=true", "engine.warmup=true",
+            "watchdog.standby_worker=false", "watchdog.restart_backoff_s=0", "watchdog.restart_backoff_max_s=0"]
+    rt = Runtime(runtime_config(tmp_path, sets=sets, limits={"max_side": 64}), gpus=[None, None], wait_ready=False)
+    try:
+        workers = wait_until(lambda: _slots_ready(rt, 2), 900, interval=0.5, what="both workers compiled and warm")
+        for w in workers:
+            counters = w["startup"]["compile_bundle"]["counters"]
+            assert counters["graphs"] > 0 and counters["fxgraph_miss"] + counters["fxgraph_hit"] > 0, counters
+        print("both at once:", [(w["startup"]["total_s"], w["startup"]["compile_bundle"]["counters"]) for w in workers])
+        os.kill(workers[0]["pid"], signal.SIGKILL)
+        after = wait_until(lambda: _restarted(rt), 600, interval=0.5, what="w0 restarted and warm")
+        counters = after[0]["startup"]["compile_bundle"]["counters"]
+        # What the two wrote at once is whole and found: the restarted worker lowers nothing.
+        print("w0 again:", after[0]["startup"]["total_s"], counters)
+        assert counters["fxgraph_miss"] == 0 and counters["fxgraph_hit"] > 0, counters
+        assert after[1]["pid"] == workers[1]["pid"]
+        done = rt.wait(rt.submit().id, 120)
+        assert done.status is JobStatus.SUCCEEDED, done.error
+    finally:
+        rt.close()
