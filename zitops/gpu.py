@@ -169,6 +169,23 @@ class NvmlMonitor:
                 )
             return out
 
+    def uuids(self) -> dict[int, str]:
+        """NVML's UUID of each watched device (``GPU-...``); {} without NVML.
+
+        A worker's ``CUDA_VISIBLE_DEVICES`` names its card by this UUID, so CUDA
+        opens the very device these handles read, whatever order CUDA would
+        number the cards in.
+        """
+        with self._lock:
+            pynvml = self._pynvml
+            if pynvml is None:
+                return {}
+            out: dict[int, str] = {}
+            for index, handle in self._handles.items():
+                with contextlib.suppress(*_nvml_error(pynvml)):
+                    out[index] = _text(pynvml.nvmlDeviceGetUUID(handle))
+            return out
+
     def close(self) -> None:
         """Shut NVML down; the monitor reports unavailable afterwards."""
         with self._lock:
@@ -204,21 +221,6 @@ def worker_devices(gpus: str | Sequence[int]) -> list[int | None]:
     except Exception:  # no NVML, no driver: a CPU worker, never a crash
         return [None]
     return [g.index for g in found] or [None]
-
-
-def gpu_uuids(indices: Sequence[int]) -> dict[int, str]:
-    """NVML's UUID of each GPU index asked for (those NVML knows); {} without NVML.
-
-    A worker's ``CUDA_VISIBLE_DEVICES`` names its card by this UUID, so CUDA
-    opens the very device the watchdog reads through NVML at that index,
-    whatever order CUDA would number the cards in.
-    """
-    wanted = set(indices)
-    try:
-        found = probe_gpus()
-    except Exception:  # no NVML, no driver: the workers fall back to the index
-        return {}
-    return {g.index: g.uuid for g in found if g.index in wanted and g.uuid}
 
 
 _UUID = re.compile(r"([0-9a-f]{8})-?([0-9a-f]{4})-?([0-9a-f]{4})-?([0-9a-f]{4})-?([0-9a-f]{12})")

@@ -25,7 +25,7 @@ import pytest
 
 from tests.runtime_support import Runtime, request, runtime_config, wait_until
 from zitops.agent.contract import JobStatus
-from zitops.gpu import gpu_uuids, uuid_hex
+from zitops.gpu import probe_gpus, uuid_hex
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(600)]
 torch = pytest.importorskip("torch")
@@ -75,7 +75,7 @@ def test_one_worker_per_visible_gpu(tmp_path: Path) -> None:
     try:
         workers = wait_until(lambda: _slots_ready(rt, count), 120, what="every slot's worker")
         assert [w["gpu"] for w in workers] == list(range(count))
-        uuids = gpu_uuids(range(count))
+        uuids = {g.index: g.uuid for g in probe_gpus()}
         for w in workers:
             device = w["startup"]["device"]
             # Bound by NVML's UUID, and CUDA opened exactly that card (torch's own UUID of cuda:0).

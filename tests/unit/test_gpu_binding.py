@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from tests.nvml_support import CARD_UUIDS, RecordedCards, Sample
+from zitops.agent.workers.vram import NvmlReader, Vram
 from zitops.agent.workers.watchdog import device_mismatch
-from zitops.gpu import gpu_uuids, uuid_hex
+from zitops.gpu import uuid_hex
 from zitops.worker.preimport import device_environment, opened_device
 
 HEX = "5b1e2c3d0a1b4c2d8e3f102030405060"
@@ -22,10 +23,18 @@ def test_uuid_hex_reads_nvml_and_torch_forms_alike() -> None:
     assert uuid_hex(None) is None and uuid_hex("0") is None and uuid_hex("GPU-not-a-uuid") is None
 
 
-def test_gpu_uuids_maps_the_asked_indices_through_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_uuids_come_from_the_watchdogs_own_nvml_handles(monkeypatch: pytest.MonkeyPatch) -> None:
+    nvml = RecordedCards([Sample(0.0), Sample(0.0)])
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    vram = Vram(NvmlReader())
+    assert vram.uuids([1, 0]) == {0: CARD_UUIDS[0], 1: CARD_UUIDS[1]}
+    assert vram.refresh([0, 1]) is None and [g.index for g in vram.gpus] == [0, 1]
+    assert nvml.inits == 1, "one NVML session: the memory reads use the handles the UUIDs came from"
+    vram.close()
+    # An index NVML does not have gets no UUID (the worker falls back to the index); no NVML: none at all.
     monkeypatch.setitem(sys.modules, "pynvml", RecordedCards([Sample(0.0), Sample(0.0)]))
-    assert gpu_uuids([1, 0]) == {0: CARD_UUIDS[0], 1: CARD_UUIDS[1]}
-    assert gpu_uuids([1, 7]) == {1: CARD_UUIDS[1]}  # an index NVML does not have: left to the fallback
+    assert Vram(NvmlReader()).uuids([1, 7]) == {1: CARD_UUIDS[1]}
+    assert Vram(lambda indices: []).uuids([0]) == {}  # a reader without UUIDs
 
 
 def test_the_worker_environment_names_the_card_by_uuid_or_index(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -69,7 +69,7 @@ def device_environment(gpu: int | None, visible: str | None = None) -> None:
     """Make this process see exactly one GPU, or none; call before anything imports torch.
 
     ``visible`` is the card's NVML UUID (``GPU-...``) when the agent knows it
-    (:func:`zitops.gpu.gpu_uuids`): CUDA then opens exactly the device the
+    (:meth:`zitops.gpu.NvmlMonitor.uuids`): CUDA then opens exactly the device the
     watchdog reads through NVML at index ``gpu``. Without it, the index, with
     CUDA told to number cards in PCI bus order as NVML does.
     """

@@ -32,7 +32,6 @@ from zitops.agent.workers.standby import Standby
 from zitops.agent.workers.vram import Reader, Vram
 from zitops.agent.workers.vram_history import VramHistory
 from zitops.config import AgentConfig, config_to_dict
-from zitops.gpu import gpu_uuids
 from zitops.logbook.logs import get_logger
 from zitops.worker.process import SETUP_FAILED_EXIT, worker_main
 from zitops.worker.protocol import (
@@ -84,9 +83,7 @@ class Pool(WatchdogRounds):
     def start(self) -> None:
         """Spawn every worker (call on the running event loop)."""
         self._loop = asyncio.get_running_loop()
-        indices = [s.gpu for s in self.slots if s.gpu is not None]
-        if indices:
-            self.uuids.update(gpu_uuids(indices))
+        self.uuids.update(self.vram.uuids([s.gpu for s in self.slots if s.gpu is not None]))
         self.standby.start(self._loop)
         for slot in self.slots:
             self._spawn(slot)
