@@ -32,10 +32,12 @@ torch = pytest.importorskip("torch")
 
 
 def _vram_seen(rt: Runtime, worker: str) -> dict[str, Any] | None:
-    """The worker's vram entry once NVML matched its pid and its allocator reported real memory."""
+    """The slot's worker's vram entry (not its hot spare's) once NVML matched its pid and its allocator reported
+    real memory."""
     for w in rt.status()["workers"]:
         v = w["vram"]
-        if w["id"] == worker and (v["nvml_used_mib"] or 0) > 0 and (v["allocated_mib"] or 0) > 0:
+        if (w["id"] == worker and w["role"] == "worker" and (v["nvml_used_mib"] or 0) > 0
+                and (v["allocated_mib"] or 0) > 0):
             return dict(w)
     return None
 
