@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from tests.nvml_support import CARD_UUIDS, RecordedCards, Sample
+from tests.runtime_support import runtime_config
+from zitops.agent.workers.pool import Pool
+from zitops.agent.workers.slots import PoolListener
 from zitops.agent.workers.vram import NvmlReader, Vram
 from zitops.agent.workers.watchdog import device_mismatch
 from zitops.gpu import uuid_hex
 from zitops.worker.preimport import device_environment, opened_device
+from zitops.worker.protocol import Ready
 
 HEX = "5b1e2c3d0a1b4c2d8e3f102030405060"
 
@@ -61,3 +67,37 @@ def test_device_mismatch_only_when_both_uuids_are_known_and_differ() -> None:
     assert device_mismatch(0, CARD_UUIDS[0], {**same, "uuid": None}) is None
     assert device_mismatch(0, CARD_UUIDS[0], {**same, "uuid": "GPU-?"}) is None
     assert device_mismatch(0, CARD_UUIDS[0], None) is None
+
+
+class _Listener:
+    """The pool's listener: keeps the events, takes the Ready."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def on_ready(self, slot: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("opened", "kinds"), [
+    (CARD_UUIDS[1], ["gpu_mismatch"]),  # CUDA opened the other card: the watchdog would read the wrong one
+    ("5b1e2c3d-0a1b-4c2d-8e3f-102030405060", []),  # torch's form of the right card's UUID
+    (None, []),  # no CUDA device opened: nothing to tell
+])
+def test_the_pool_checks_the_card_a_worker_opened_on_its_ready(tmp_path: Path, opened: str | None,
+                                                               kinds: list[str]) -> None:
+    listener = _Listener()
+    pool = Pool(runtime_config(tmp_path, kind="faulty"), [0], cast(PoolListener, listener))
+    pool.uuids[0] = CARD_UUIDS[0]
+    (slot,) = pool.slots
+    slot.state = "starting"  # as begin() leaves a fresh process's slot; no process is started here
+    device = {"index": 0, "visible": CARD_UUIDS[0], "uuid": opened}
+    pool._handle(slot, Ready(worker_id="w0", pid=4242, incarnation=0, device="cuda:0", setup_s=1.0,
+                             startup={"device": device}))
+    assert slot.state == "ready"  # a mismatch is told, never a reason to stop serving
+    assert [e["kind"] for e in listener.events] == kinds
+    if kinds:
+        assert CARD_UUIDS[1] in listener.events[0]["reason"] and listener.events[0]["worker"] == "w0"

@@ -202,8 +202,7 @@ class Pool(WatchdogRounds):
         slot.startup = msg.startup
         mismatch = policy.device_mismatch(slot.gpu, self.uuids.get(slot.gpu) if slot.gpu is not None else None,
                                           msg.startup.get("device"))
-        if mismatch is not None:
-            log.error("worker on the wrong GPU", worker_id=slot.id, reason=mismatch)
+        if mismatch is not None:  # logged (a warning) and counted like every event
             self.event("gpu_mismatch", slot, mismatch)
         if slot.state == "abandoned":  # its predecessor died; it is being stopped
             return
