@@ -95,17 +95,19 @@ def free_port() -> int:
 
 
 def write_config(profile: Profile, model: str, workdir: Path, port: int, *, cache_dir: Path,
-                 state_dir: Path, engine: Mapping[str, Any] | None = None) -> Path:
+                 state_dir: Path, engine: Mapping[str, Any] | None = None,
+                 gpus: list[int] | str = "auto") -> Path:
     """A minimal agent config.yaml under ``workdir`` for ``profile`` and ``model`` on 127.0.0.1:``port``.
 
-    ``engine`` is the config's ``engine:`` section (e.g. the fault engine for CPU overhead runs).
+    ``engine`` is the config's ``engine:`` section (e.g. the fault engine for CPU overhead runs);
+    ``gpus`` its ``gpus:`` (one worker per listed GPU).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {
         "profile": profile.model_dump(mode="json"), "model": model, "host": "127.0.0.1", "port": port,
         "paths": {"state_dir": str(state_dir), "log_dir": str(workdir / "log"),
                   "output_dir": str(workdir / "out"), "cache_dir": str(cache_dir)},
-        "log_format": "json",
+        "log_format": "json", "gpus": gpus,
     }
     if engine is not None:
         data["engine"] = dict(engine)

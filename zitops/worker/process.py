@@ -220,8 +220,10 @@ def startup_phases(*, spawned_at: float | None, entered: float, imported: float,
 def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: int,
                 config_data: dict[str, Any], spawned_at: float | None = None,
                 standby: dict[str, Any] | None = None, preloaded: Preloaded | None = None,
-                gate: bool | None = None) -> None:
+                gate: bool | None = None, visible: str | None = None) -> None:
     """Entry point of a spawned worker (or an assigned standby spare); returns only to exit 0 after Shutdown.
+
+    ``visible``: the ``CUDA_VISIBLE_DEVICES`` the pool chose for ``gpu`` (its NVML UUID; None: the index).
 
     ``preloaded`` is a spare's host copy of the pipeline, which the engine's setup uses instead of loading.
     ``gate`` (a hot spare that builds only while its slot is idle): the gate's state as it starts; it
@@ -234,10 +236,10 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
     from zitops.worker.pixel_shm import sweep
 
     sweep(os.getppid())  # pixel files a killed predecessor (or a dead agent) left in /dev/shm
-    from zitops.worker.preimport import device_environment, engine_modules, preimport
+    from zitops.worker.preimport import device_environment, engine_modules, opened_device, preimport
 
     # Before any import of torch: this process sees exactly one GPU, or none.
-    device_environment(gpu)
+    device_environment(gpu, visible)
     # Ctrl-C in a terminal and `systemctl kill -s HUP` reach the whole process
     # group; the agent decides when a worker stops and relays log tiers itself,
     # so the worker ignores both.
@@ -307,6 +309,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
     startup = startup_phases(spawned_at=spawned_at, entered=entered, imported=imported, imports_s=imports_s,
                              setup_s=setup_s, marks=phases.take(), ready=time.time(), standby=standby)
     startup.update(warmed)
+    startup["device"] = opened_device(gpu)  # the card CUDA opened: the pool checks it is the one NVML reads
     if build_gate is not None:
         startup["build_gate"] = {"pauses": build_gate.pauses, "pieces": build_gate.done}
     log.info("worker startup", **startup)
