@@ -75,6 +75,13 @@ def test_the_warm_exports_its_bundle_to_the_file_and_the_shared_dir(exported: tu
     assert Path(report["exported"]["path"]).parent.name == "bundles"
 
 
+def test_the_warm_ups_attention_plans_compile_nothing(exported: tuple[Path, dict[str, Any]]) -> None:
+    # The caption-length forwards after the warm-up build attention plans, not graphs: run under
+    # inference_mode instead of the pipeline's no_grad they compiled two more (a probe, 2026-12-07).
+    plans = exported[1]["after_warmup"]["attention_plans"]
+    assert plans["shapes"] == [f"1x64x64@{n}" for n in (32, 64, 96, 128)] and plans["new_graphs"] == 0, plans
+
+
 def test_an_imported_bundle_makes_a_fresh_process_compile_nothing(exported: tuple[Path, dict[str, Any]],
                                                                   tmp_path: Path, tiny_model: Path) -> None:
     bundle, _ = exported

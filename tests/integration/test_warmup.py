@@ -55,7 +55,8 @@ def test_the_worker_generates_before_it_reports_ready(warmed: Runtime) -> None:
     # No CUDA here: no text encoder graphs to capture, and cuDNN is not in play.
     # The attention plans ran through the real (tiny) transformer at the profile's batch and size.
     assert startup["after_warmup"] == {"text_graphs": [], "cudnn_benchmark": "off (not CUDA)",
-                                       "attention_plans": [f"2x64x64@{n}" for n in (32, 64, 96, 128)]}
+                                       "attention_plans": {"shapes": [f"2x64x64@{n}" for n in (32, 64, 96, 128)],
+                                                           "new_graphs": 0}}
     assert all(r["seconds"] > 0 and r["steps"] == 2 for r in runs)
     assert startup["warmup_s"] >= sum(r["seconds"] for r in runs) - 0.01
     assert startup["total_s"] >= startup["warmup_s"]

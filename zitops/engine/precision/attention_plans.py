@@ -21,18 +21,31 @@ the latents and the caption: a plan depends on shapes, not values.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 CAPTION_LENGTHS = (32, 64, 96, 128)
 """Padded caption lengths (tokens, multiples of 32) whose attention plans the warm-up builds."""
 
 
-def warm_attention_plans(pipe: Any, device: str, shapes: list[tuple[int, int, int]],
-                         lengths: tuple[int, ...] = CAPTION_LENGTHS) -> list[str]:
-    """One transformer forward per (batch, width, height) in ``shapes`` and caption length; what ran.
+def _graphs() -> int | None:
+    """Dynamo's graphs so far in this process; None where nothing compiles (dynamo never imported)."""
+    if "torch._dynamo" not in sys.modules:
+        return None
+    from zitops.engine.precision.compile_bundle import compile_counters
 
-    Returns ``["BxWxH@N", ...]``, or ``[]`` when the pipeline has no Z-Image
-    transformer to call this way (another engine, or a test double).
+    return compile_counters()["graphs"]
+
+
+def warm_attention_plans(pipe: Any, device: str, shapes: list[tuple[int, int, int]],
+                         lengths: tuple[int, ...] = CAPTION_LENGTHS) -> dict[str, Any]:
+    """One transformer forward per (batch, width, height) in ``shapes`` and caption length.
+
+    Returns ``{"shapes": ["BxWxH@N", ...], "new_graphs": n}``: ``new_graphs``
+    counts what dynamo compiled meanwhile, which must be 0 (the forwards run
+    as the pipeline runs them, under ``no_grad``; under ``inference_mode``
+    they compiled two more graphs on the CPU), None without dynamo. No shapes
+    when the pipeline has no Z-Image transformer to call this way.
     """
     import torch
 
@@ -40,12 +53,13 @@ def warm_attention_plans(pipe: Any, device: str, shapes: list[tuple[int, int, in
     config = getattr(transformer, "config", None)
     cap_dim, channels = getattr(config, "cap_feat_dim", None), getattr(config, "in_channels", None)
     if cap_dim is None or channels is None:
-        return []
+        return {"shapes": [], "new_graphs": None}
+    before = _graphs()
     # The pipeline's latent side: 2 * (side // (vae_scale_factor * 2)).
     scale = int(getattr(pipe, "vae_scale_factor", 8)) * 2
     dtype = transformer.dtype
     done = []
-    with torch.inference_mode():
+    with torch.no_grad():  # as the pipeline runs it: inference_mode would be a new graph for dynamo
         for batch, width, height in shapes:
             latents = [torch.zeros(channels, 1, 2 * (height // scale), 2 * (width // scale), dtype=dtype,
                                    device=device) for _ in range(batch)]
@@ -56,4 +70,5 @@ def warm_attention_plans(pipe: Any, device: str, shapes: list[tuple[int, int, in
                 done.append(f"{batch}x{width}x{height}@{n}")
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
-    return done
+    after = _graphs()
+    return {"shapes": done, "new_graphs": None if after is None else after - (before or 0)}
