@@ -64,9 +64,13 @@ def preimport(names: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def device_environment(gpu: int | None) -> None:
-    """Make this process see exactly one GPU, or none; call before anything imports torch."""
+def device_environment(gpu: int | None, visible: str | None = None) -> None:
+    """Make this process see exactly one GPU, or none; call before anything imports torch.
+
+    ``visible`` overrides what CUDA sees of ``gpu``: a context-parallel
+    group's worker sees all the group's cards (``0,1``), its rank r on ``cuda:r``.
+    """
     # NVML numbers GPUs in PCI bus order; make CUDA agree, so the index the
     # watchdog reads through NVML is the card this worker really uses.
     os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else str(gpu)
+    os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else (visible or str(gpu))

@@ -220,8 +220,10 @@ def startup_phases(*, spawned_at: float | None, entered: float, imported: float,
 def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: int,
                 config_data: dict[str, Any], spawned_at: float | None = None,
                 standby: dict[str, Any] | None = None, preloaded: Preloaded | None = None,
-                gate: bool | None = None) -> None:
+                gate: bool | None = None, visible: str | None = None) -> None:
     """Entry point of a spawned worker (or an assigned standby spare); returns only to exit 0 after Shutdown.
+
+    ``visible``: the ``CUDA_VISIBLE_DEVICES`` the pool chose for ``gpu`` (a group's worker: all its cards).
 
     ``preloaded`` is a spare's host copy of the pipeline, which the engine's setup uses instead of loading.
     ``gate`` (a hot spare that builds only while its slot is idle): the gate's state as it starts; it
@@ -237,7 +239,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
     from zitops.worker.preimport import device_environment, engine_modules, preimport
 
     # Before any import of torch: this process sees exactly one GPU, or none.
-    device_environment(gpu)
+    device_environment(gpu, visible)
     # Ctrl-C in a terminal and `systemctl kill -s HUP` reach the whole process
     # group; the agent decides when a worker stops and relays log tiers itself,
     # so the worker ignores both.
@@ -274,10 +276,14 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
         from zitops.engine import phases
         from zitops.engine.factory import create_engine
         from zitops.worker.bundle import import_bundle
+        from zitops.worker.group import GroupEngine, start_group
 
         with phases.phase("compile_bundle"):  # the fleet's compiled code, before anything compiles
             bundle = import_bundle(config, device)
         engine = create_engine(config, incarnation=incarnation, preloaded=preloaded)
+        group = start_group(config, config_data, worker_id, on_gpu=gpu is not None)  # engine.parallel's ranks
+        if group is not None:
+            engine = GroupEngine(engine, group)
         if build_gate is not None:
             build_gate.wait()  # the load onto the GPU is build work too
         engine.setup(device)
