@@ -49,12 +49,12 @@ def parallel_config(tmp: Path, degree: int, kind: str = "ulysses", *, model: str
 class Worker:
     """One spawned worker (rank 0 of its group) and its pipe."""
 
-    def __init__(self, config_data: dict[str, Any], gpu: int | tuple[int, ...] | None = None) -> None:
+    def __init__(self, config_data: dict[str, Any], gpu: int | None = None, visible: str | None = None) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.proc: BaseProcess
         self.conn: Connection
         self.proc, self.conn = start_child(ctx, worker_main, "zitops-worker-test",
-                                           ("w0", gpu, 0, config_data, time.time(), None, None, None))
+                                           ("w0", gpu, 0, config_data, time.time(), None, None, None, visible))
         self.ready: Ready = self.expect(Ready)
 
     def expect(self, kind: type, deadline_s: float = DEADLINE_S) -> Any:

@@ -3,10 +3,12 @@ pool's groups (which GPUs make a slot, which card the high-water rule reads)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from zitops.agent.http.api_common import build_request
 from zitops.agent.workers.groups import (
     SlotDevices,
     fullest,
@@ -16,7 +18,9 @@ from zitops.agent.workers.groups import (
 )
 from zitops.agent.workers.watchdog import GpuMemory
 from zitops.config import config_from_mapping
-from zitops.errors import ConfigError, ProfileError
+from zitops.engine.features.parallel import check_request
+from zitops.engine.request import GenerationRequest
+from zitops.errors import ConfigError, InvalidRequest, ProfileError
 from zitops.parallel_settings import ParallelSettings, parallel_problem
 from zitops.profile import load_profile
 
@@ -67,6 +71,8 @@ def test_one_slot_per_group_of_gpus() -> None:
     assert slot_devices([None], 2) == [SlotDevices(None)]  # the CPU: one group, its ranks on the CPU
     with pytest.raises(ConfigError, match="this host gives the agent 1 GPU"):
         slot_devices([0], 2)
+    with pytest.raises(ConfigError, match="kind ring needs GPUs"):
+        slot_devices([None], 2, "ring")
 
 
 def test_a_group_sees_all_its_cards_in_rank_order() -> None:
@@ -87,3 +93,21 @@ def test_groups_run_without_spares() -> None:
     assert spares_off(1, True, "auto", True) == []
     assert spares_off(2, True, "auto", True) == ["standby_worker", "hot_spare", "overlap_recycle"]
     assert spares_off(2, False, False, False) == []
+
+
+def test_a_group_refuses_what_it_cannot_split_with_a_422_naming_the_field(tmp_path: Path) -> None:
+    ring = ParallelSettings(degree=2, kind="ring")
+    ulysses = ParallelSettings(degree=2, kind="ulysses")
+    plain = GenerationRequest(prompt="a fox", seeds=(1,), width=64, height=64, steps=2)
+    check_request(ring, plain)
+    check_request(ulysses, replace(plain, guidance=3.0))  # Ulysses gathers the caption mask: exact
+    with pytest.raises(InvalidRequest, match=r"^guidance: 3.0 needs engine.parallel.kind ulysses"):
+        check_request(ring, replace(plain, guidance=3.0))
+    with pytest.raises(InvalidRequest, match=r"^control_image: ControlNet is not available with engine.parallel"):
+        check_request(ulysses, replace(plain, control_image="cG5n"))
+    check_request(ParallelSettings(), replace(plain, guidance=3.0, control_image="cG5n"))  # degree 1: anything
+    # At the edge: the agent's request builder refuses it before it is queued.
+    agent = config_from_mapping(config(tmp_path, 2, [0, 1]))  # kind ring
+    with pytest.raises(InvalidRequest, match=r"^guidance: "):
+        build_request(agent, "a fox", guidance=3.0)
+    assert build_request(agent, "a fox").guidance == 0.0

@@ -269,7 +269,7 @@ class DiffusersEngine:
         from zitops.engine.schedulers import make_scheduler
 
         self._check(request)
-        parallel.check_guidance(self.settings.parallel, request.guidance)
+        parallel.check_request(self.settings.parallel, request)
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in request.seeds]
         scheduler = make_scheduler(self._base_scheduler_config, request.sampler, request.schedule)
         scheduler.zitops_generators = generators

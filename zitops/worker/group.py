@@ -44,6 +44,7 @@ from zitops.engine.base import (
     ProgressFn,
 )
 from zitops.engine.request import GenerationRequest
+from zitops.errors import EngineError
 
 log = logging.getLogger("zitops.worker.group")
 
@@ -51,6 +52,8 @@ RANK_DIED_EXIT = 7
 """Rank 0's exit code when another rank of its group ended: the pool counts a crash and restarts the group."""
 RANK_SETUP_FAILED_EXIT = 8
 """A rank 1..N-1's exit code when its engine could not be set up."""
+RANK_DEATH_GRACE_S = 2.0
+"""How long a job that failed in a collective waits to see whether a rank died (then the group exits)."""
 STOPS = (None, STOP_INTERRUPT, STOP_CANCEL)
 """A step's stop decision as the small integer that is broadcast (its index here)."""
 
@@ -68,8 +71,6 @@ def join(rank: int, world: int, store_dir: str, on_gpu: bool, timeout_s: float) 
     if on_gpu:
         seen = torch.cuda.device_count()
         if seen < world:
-            from zitops.errors import EngineError
-
             raise EngineError(f"engine.parallel.degree {world}: this worker sees {seen} GPU(s) "
                               f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}); "
                               f"the pool gives each group {world}")
@@ -133,13 +134,14 @@ class Group:
     conns: list[Connection] = field(default_factory=list)
     control: Any = None
 
-    def start(self, config_data: dict[str, Any], worker_id: str, timeout_s: float) -> None:
+    def start(self, config_data: dict[str, Any], worker_id: str, timeout_s: float, incarnation: int = 0) -> None:
         """Spawn ranks 1..N-1 and join the process group with them (they set up their engines meanwhile)."""
         ctx = multiprocessing.get_context("spawn")
         for rank in range(1, self.world):
             parent, child = ctx.Pipe(duplex=True)
             proc = ctx.Process(target=rank_main, name=f"zitops-worker-{worker_id}-rank{rank}",
-                               args=(child, rank, self.world, self.store_dir, self.on_gpu, config_data, timeout_s))
+                               args=(child, rank, self.world, self.store_dir, self.on_gpu, config_data, timeout_s,
+                                     incarnation))
             proc.start()
             child.close()
             self.procs.append(proc)
@@ -149,7 +151,17 @@ class Group:
 
     def _watch(self) -> None:
         # Any other rank's end ends the group: the pool restarts it whole.
-        ended = wait([p.sentinel for p in self.procs])
+        self.exit_if_a_rank_died(None)
+
+    def exit_if_a_rank_died(self, wait_s: float | None) -> None:
+        """Exit with RANK_DIED_EXIT once another rank has ended (waiting up to ``wait_s``; None: for ever).
+
+        Also called when a job fails on a broken pipe or collective: the rank's death, not the job's
+        error, is the news, so the agent requeues the job instead of failing it.
+        """
+        ended = wait([p.sentinel for p in self.procs], wait_s)
+        if not ended:
+            return
         dead = next(p for p in self.procs if p.sentinel in ended)
         dead.join(0.1)
         sys.stderr.write(f"zitops group: {dead.name} ended (exit code {dead.exitcode}); "
@@ -158,8 +170,12 @@ class Group:
         os._exit(RANK_DIED_EXIT)
 
     def replies(self) -> list[dict[str, Any]]:
-        """One message from each other rank: its set-up report, or its memory after a job (a death ends us)."""
-        return [conn.recv() for conn in self.conns]
+        """One message from each other rank: its set-up report, or its memory after a job."""
+        try:
+            return [conn.recv() for conn in self.conns]
+        except (EOFError, OSError):
+            self.exit_if_a_rank_died(RANK_DEATH_GRACE_S)
+            raise EngineError("a rank of the group closed its pipe") from None
 
     def send(self, message: Any) -> None:
         """A job (its request as a dict) or a command to every other rank."""
@@ -195,14 +211,21 @@ class GroupEngine:
 
     def generate(self, request: GenerationRequest, progress: ProgressFn | None = None) -> GenerationResult:
         """The job on every rank; rank 0's images."""
-        from zitops.engine.features.parallel import check_guidance
+        from zitops.engine.features.parallel import check_request
 
-        check_guidance(self.inner.settings.parallel, request.guidance)  # before any rank starts
+        check_request(self.inner.settings.parallel, request)  # before any rank starts
         self.group.send(request.to_dict())
         try:
-            return self.inner.generate(request, StepSync(self.group.control, progress))  # type: ignore[no-any-return]
-        finally:
-            self.others = self.group.replies()  # each rank's memory once its part of the job is over
+            result: GenerationResult = self.inner.generate(request, StepSync(self.group.control, progress))
+        except (EngineError, RuntimeError, OSError, EOFError):
+            self.group.exit_if_a_rank_died(RANK_DEATH_GRACE_S)  # a collective broken by a dead rank
+            self.others = self.group.replies()
+            raise
+        except BaseException:
+            self.others = self.group.replies()
+            raise
+        self.others = self.group.replies()  # each rank's memory once its part of the job is over
+        return result
 
     def memory(self) -> MemoryStats:
         """The group's allocators, summed over its ranks: a leak on any rank shows in the sum."""
@@ -221,14 +244,15 @@ class GroupEngine:
         return self.inner.describe()  # type: ignore[no-any-return]
 
 
-def start_group(config: Any, config_data: dict[str, Any], worker_id: str, on_gpu: bool) -> Group | None:
+def start_group(config: Any, config_data: dict[str, Any], worker_id: str, on_gpu: bool,
+                incarnation: int = 0) -> Group | None:
     """Rank 0's group for ``engine.parallel`` (None when its degree is 1): spawned and joined."""
     degree = config.profile.engine.parallel.degree
     if degree <= 1:
         return None
     group = Group(world=degree, on_gpu=on_gpu)
     atexit.register(group.close)
-    group.start(config_data, worker_id, config.profile.watchdog.startup_timeout_s)
+    group.start(config_data, worker_id, config.profile.watchdog.startup_timeout_s, incarnation)
     return group
 
 
@@ -240,7 +264,7 @@ def _memory(engine: Any) -> dict[str, Any]:
 
 
 def rank_main(conn: Connection, rank: int, world: int, store_dir: str, on_gpu: bool,
-              config_data: dict[str, Any], timeout_s: float) -> None:
+              config_data: dict[str, Any], timeout_s: float, incarnation: int = 0) -> None:
     """A rank 1..N-1: join, set up the same engine, then run each job rank 0 sends until its pipe closes.
 
     It sees the cards rank 0 was given (the environment is inherited), and uses the r-th.
@@ -255,7 +279,7 @@ def rank_main(conn: Connection, rank: int, world: int, store_dir: str, on_gpu: b
         from zitops.engine.factory import create_engine
 
         config = config_from_mapping(config_data, "worker config")
-        engine: Any = create_engine(config)
+        engine: Any = create_engine(config, incarnation=incarnation)  # the fault engine's faults fire alike
         engine.decode = False  # rank 0 decodes; the latents are the same on every rank
         engine.setup(device)
     except BaseException:

@@ -281,7 +281,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
         with phases.phase("compile_bundle"):  # the fleet's compiled code, before anything compiles
             bundle = import_bundle(config, device)
         engine = create_engine(config, incarnation=incarnation, preloaded=preloaded)
-        group = start_group(config, config_data, worker_id, on_gpu=gpu is not None)  # engine.parallel's ranks
+        group = start_group(config, config_data, worker_id, gpu is not None, incarnation)  # engine.parallel's ranks
         if group is not None:
             engine = GroupEngine(engine, group)
         if build_gate is not None:

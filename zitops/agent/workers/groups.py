@@ -26,7 +26,7 @@ class SlotDevices:
     group: tuple[int, ...] = ()
 
 
-def slot_devices(gpus: Sequence[int | None], degree: int) -> list[SlotDevices]:
+def slot_devices(gpus: Sequence[int | None], degree: int, kind: str = "ulysses") -> list[SlotDevices]:
     """One slot per GPU, or (``degree`` > 1) per consecutive run of ``degree`` GPUs.
 
     On the CPU (no GPU) there is one slot either way: its group's ranks all
@@ -37,6 +37,9 @@ def slot_devices(gpus: Sequence[int | None], degree: int) -> list[SlotDevices]:
         return [SlotDevices(g) for g in gpus]
     cards = [g for g in gpus if g is not None]
     if not cards:
+        if kind == "ring":
+            raise ConfigError("profile.engine.parallel.kind ring needs GPUs (diffusers' ring attention has no "
+                              "CPU kernel); this agent has none: use kind ulysses on the CPU")
         return [SlotDevices(None)]
     if len(cards) < degree:
         raise ConfigError(f"profile.engine.parallel.degree {degree}: this host gives the agent {len(cards)} "

@@ -63,7 +63,8 @@ class Pool(WatchdogRounds):
         self.wd = config.profile.watchdog
         self.listener = listener
         self.slots = [WorkerSlot(id=f"w{i}", gpu=d.gpu, group=d.group)
-                      for i, d in enumerate(slot_devices(gpus, config.profile.engine.parallel.degree))]
+                      for i, d in enumerate(slot_devices(gpus, config.profile.engine.parallel.degree,
+                                                         config.profile.engine.parallel.kind))]
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENT_HISTORY)
         self.degraded: str | None = None
         self.fatal: str | None = None  # set once no slot can run jobs again: the agent exits (docs/runtime.md)

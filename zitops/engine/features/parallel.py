@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from zitops.engine.request import GenerationRequest
 from zitops.errors import EngineError, InvalidRequest
 from zitops.parallel_settings import ParallelSettings, parallel_problem
 
@@ -117,14 +118,21 @@ def _ring_backend(transformer: Any, device_type: str) -> str:
     return RING_DEFAULT
 
 
-def check_guidance(settings: ParallelSettings, guidance: float) -> None:
-    """Refuse what ring attention cannot do: a padding mask, which comes with captions of unequal lengths.
+def check_request(settings: ParallelSettings, request: GenerationRequest) -> None:
+    """Refuse, with a 4xx naming the field, what a group cannot split exactly.
 
-    With guidance the pipeline batches the prompt with the negative prompt,
-    whose captions differ in length, so the model masks the shorter one.
-    diffusers' ring attention applies one rank's slice of that mask to every
-    rank's keys: wrong, not slow. Ulysses gathers the mask and is exact.
+    ControlNet adds its residuals, computed over the whole sequence, to the
+    main layers' split one. Ring attention cannot take a padding mask, which
+    comes with guidance: the pipeline batches the prompt with the negative
+    prompt, whose captions differ in length, and diffusers' ring attention
+    would apply one rank's slice of that mask to every rank's keys (wrong,
+    not slow). Ulysses gathers the mask and is exact.
     """
-    if settings.degree > 1 and settings.kind == "ring" and guidance > 0:
-        raise InvalidRequest(f"guidance: {guidance} needs engine.parallel.kind ulysses (or guidance 0); "
+    if settings.degree <= 1:
+        return
+    if request.control_image is not None:
+        raise InvalidRequest("control_image: ControlNet is not available with engine.parallel (degree "
+                             f"{settings.degree}); use a profile without it")
+    if settings.kind == "ring" and request.guidance > 0:
+        raise InvalidRequest(f"guidance: {request.guidance} needs engine.parallel.kind ulysses (or guidance 0); "
                              "ring attention cannot mask captions of unequal lengths")
