@@ -35,7 +35,9 @@ scenario_levers() { # what each speed lever is worth, one process, plain pipelin
   timeout 140 python3 benchmarks/levers.py --no-engine --out "$OUT/levers.json" 2>&1 | quiet | tee "$OUT/levers.log"
 }
 scenario_designer() { # designer bf16: plain diffusers, engine, agent over HTTP with Server-Timing (A B F G J; H I: first two)
-  bench designer 290 --arch full --profile designer --runs 5 --cache-dir /tmp/zcache
+  # DESIGNER_PATHS=engine,agent leaves plain diffusers out (a shorter call); DESIGNER_LIMIT its time.
+  bench designer "${DESIGNER_LIMIT:-290}" --arch full --profile designer --runs 5 --cache-dir /tmp/zcache \
+    ${DESIGNER_PATHS:+--paths "$DESIGNER_PATHS"}
   nvidia-smi --query-compute-apps=pid,used_memory --format=csv | tee "$OUT/designer-apps.txt"
 }
 scenario_first_request() { # ready means fast: first requests after /readyz, warm-up off then on, cold caches (issue 13)
