@@ -18,7 +18,7 @@ from tests.engine_support import request
 from tests.gpu_support import psnr
 from tests.parallel_support import DEADLINE_S, Worker, gone, parallel_config, wait_for
 from zitops.worker.group import RANK_DIED_EXIT
-from zitops.worker.protocol import STEER_CANCEL, Failure, Job, Progress, Result, Steer
+from zitops.worker.protocol import STEER_CANCEL, Failure, Job, Progress, Result, Shutdown, Steer
 
 pytest.importorskip("torch")
 
@@ -77,6 +77,19 @@ def test_a_cancel_stops_every_rank_at_the_same_step(pair: tuple[Worker, Worker])
     _, one = single.run(job, "after1")
     _, two = group.run(job, "after2")
     assert psnr(one[0], two[0]) >= SAME_PIXELS_DB
+
+
+def test_a_shutdown_ends_the_whole_group_cleanly(tmp_path: Path) -> None:
+    group = Worker(parallel_config(tmp_path, 2))
+    ranks = group.rank_pids()
+    group.conn.send(Shutdown())
+    # Rank 0 returns from worker_main and multiprocessing joins its children: they must not wait for jobs.
+    group.proc.join(60)
+    try:
+        assert group.proc.exitcode == 0
+        wait_for(lambda: all(gone(pid) for pid in ranks), 30, "no rank outlives its group")
+    finally:
+        group.stop()
 
 
 def test_a_killed_rank_takes_its_group_down(tmp_path: Path) -> None:

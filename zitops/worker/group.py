@@ -21,7 +21,6 @@ the same step and no collective is left waiting. Torch-free at import.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import multiprocessing
 import os
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from multiprocessing.util import Finalize
 from typing import Any
 
 from zitops.engine.base import (
@@ -45,6 +45,7 @@ from zitops.engine.base import (
 )
 from zitops.engine.request import GenerationRequest
 from zitops.errors import EngineError
+from zitops.parallel_settings import ParallelSettings
 
 log = logging.getLogger("zitops.worker.group")
 
@@ -52,6 +53,9 @@ RANK_DIED_EXIT = 7
 """Rank 0's exit code when another rank of its group ended: the pool counts a crash and restarts the group."""
 RANK_SETUP_FAILED_EXIT = 8
 """A rank 1..N-1's exit code when its engine could not be set up."""
+GROUP_OOM_EXIT = 9
+"""Any rank's exit code when a batch ran out of memory: the other ranks sit in a collective of the step it
+left, so the batch cannot be split and retried as one worker does; the group restarts instead."""
 RANK_DEATH_GRACE_S = 2.0
 """How long a job that failed in a collective waits to see whether a rank died (then the group exits)."""
 STOPS = (None, STOP_INTERRUPT, STOP_CANCEL)
@@ -133,6 +137,7 @@ class Group:
     procs: list[BaseProcess] = field(default_factory=list)
     conns: list[Connection] = field(default_factory=list)
     control: Any = None
+    closing: bool = False
 
     def start(self, config_data: dict[str, Any], worker_id: str, timeout_s: float, incarnation: int = 0) -> None:
         """Spawn ranks 1..N-1 and join the process group with them (they set up their engines meanwhile)."""
@@ -160,7 +165,7 @@ class Group:
         error, is the news, so the agent requeues the job instead of failing it.
         """
         ended = wait([p.sentinel for p in self.procs], wait_s)
-        if not ended:
+        if not ended or self.closing:
             return
         dead = next(p for p in self.procs if p.sentinel in ended)
         dead.join(0.1)
@@ -183,7 +188,14 @@ class Group:
             conn.send(message)
 
     def close(self) -> None:
-        """Remove the store's directory (the ranks die with this process)."""
+        """On rank 0's exit: end the other ranks (no death for the watcher to report) and remove the store."""
+        self.closing = True
+        for conn in self.conns:
+            conn.close()
+        for proc in self.procs:
+            proc.kill()
+        for proc in self.procs:
+            proc.join(10)
         shutil.rmtree(self.store_dir, ignore_errors=True)
 
 
@@ -192,10 +204,12 @@ class GroupEngine:
 
     name = "diffusers"
 
-    def __init__(self, inner: Any, group: Group) -> None:
+    def __init__(self, inner: Any, group: Group, settings: ParallelSettings) -> None:
         self.inner = inner
         self.group = group
+        self.settings = settings
         self.others: list[dict[str, Any]] = []  # the other ranks' last memory reports
+        no_oom_split(inner, 0)
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self.inner, item)
@@ -213,7 +227,7 @@ class GroupEngine:
         """The job on every rank; rank 0's images."""
         from zitops.engine.features.parallel import check_request
 
-        check_request(self.inner.settings.parallel, request)  # before any rank starts
+        check_request(self.settings, request)  # before any rank starts
         self.group.send(request.to_dict())
         try:
             result: GenerationResult = self.inner.generate(request, StepSync(self.group.control, progress))
@@ -234,6 +248,12 @@ class GroupEngine:
         total = {f: getattr(mine, f) + sum(float(o.get(f, 0.0)) for o in self.others) for f in fields}
         return MemoryStats(**total, simulated=mine.simulated)
 
+    def after_warmup(self) -> dict[str, Any]:
+        """Settle after the warm-up on every rank (each captures its own text encoder's CUDA graphs)."""
+        self.group.send("after_warmup")
+        settle = getattr(self.inner, "after_warmup", None)
+        return dict(settle()) if settle is not None else {}
+
     def release_cache(self) -> None:
         """Release rank 0's cached blocks and ask the other ranks to do the same."""
         self.inner.release_cache()
@@ -244,16 +264,41 @@ class GroupEngine:
         return self.inner.describe()  # type: ignore[no-any-return]
 
 
-def start_group(config: Any, config_data: dict[str, Any], worker_id: str, on_gpu: bool,
-                incarnation: int = 0) -> Group | None:
-    """Rank 0's group for ``engine.parallel`` (None when its degree is 1): spawned and joined."""
-    degree = config.profile.engine.parallel.degree
-    if degree <= 1:
-        return None
-    group = Group(world=degree, on_gpu=on_gpu)
-    atexit.register(group.close)
+def start_group(engine: Any, config: Any, config_data: dict[str, Any], worker_id: str, on_gpu: bool,
+                incarnation: int = 0) -> Any:
+    """``engine`` as rank 0 of its group for ``engine.parallel``, the other ranks spawned and joined.
+
+    ``engine`` itself when the degree is 1.
+    """
+    settings = config.profile.engine.parallel
+    if settings.degree <= 1:
+        return engine
+    group = Group(world=settings.degree, on_gpu=on_gpu)
+    # Before multiprocessing joins a returning process's children (rank 0 after Shutdown): they would wait for
+    # jobs for ever. A finalizer with an exit priority runs first; atexit would run after the join.
+    Finalize(group, group.close, exitpriority=10)
     group.start(config_data, worker_id, config.profile.watchdog.startup_timeout_s, incarnation)
-    return group
+    return GroupEngine(engine, group, settings)
+
+
+def no_oom_split(engine: Any, rank: int) -> None:
+    """Make a batch that runs out of memory on ``engine`` end this rank (and so the group), not split."""
+    run_batch = getattr(engine, "run_batch", None)
+    if run_batch is None:
+        return  # the fault engine: no real memory, no collectives
+
+    def run_whole(request: GenerationRequest, progress: ProgressFn | None = None) -> GenerationResult:
+        from zitops.engine.oom import BatchOutOfMemory
+
+        try:
+            return run_batch(request, progress)  # type: ignore[no-any-return]
+        except BatchOutOfMemory as exc:
+            sys.stderr.write(f"zitops group: rank {rank} ran out of memory ({exc}); a group cannot split a "
+                             "batch, so it restarts\n")
+            sys.stderr.flush()
+            os._exit(GROUP_OOM_EXIT)
+
+    engine.run_batch = run_whole
 
 
 def _memory(engine: Any) -> dict[str, Any]:
@@ -281,6 +326,7 @@ def rank_main(conn: Connection, rank: int, world: int, store_dir: str, on_gpu: b
         config = config_from_mapping(config_data, "worker config")
         engine: Any = create_engine(config, incarnation=incarnation)  # the fault engine's faults fire alike
         engine.decode = False  # rank 0 decodes; the latents are the same on every rank
+        no_oom_split(engine, rank)
         engine.setup(device)
     except BaseException:
         sys.stderr.write(f"zitops group: rank {rank} could not set up:\n{traceback.format_exc()}")
@@ -292,8 +338,10 @@ def rank_main(conn: Connection, rank: int, world: int, store_dir: str, on_gpu: b
             msg = conn.recv()
         except (EOFError, OSError):
             return
-        if msg == "release_cache":
-            engine.release_cache()
+        if msg in ("release_cache", "after_warmup"):
+            settle = getattr(engine, msg, None)
+            if settle is not None:
+                settle()
             continue
         try:
             engine.generate(GenerationRequest.from_dict(msg), sync)

@@ -276,14 +276,12 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
         from zitops.engine import phases
         from zitops.engine.factory import create_engine
         from zitops.worker.bundle import import_bundle
-        from zitops.worker.group import GroupEngine, start_group
+        from zitops.worker.group import start_group
 
         with phases.phase("compile_bundle"):  # the fleet's compiled code, before anything compiles
             bundle = import_bundle(config, device)
         engine = create_engine(config, incarnation=incarnation, preloaded=preloaded)
-        group = start_group(config, config_data, worker_id, gpu is not None, incarnation)  # engine.parallel's ranks
-        if group is not None:
-            engine = GroupEngine(engine, group)
+        engine = start_group(engine, config, config_data, worker_id, gpu is not None, incarnation)  # parallel's ranks
         if build_gate is not None:
             build_gate.wait()  # the load onto the GPU is build work too
         engine.setup(device)
