@@ -270,6 +270,40 @@ scenario_worker_profile() { # the worker's engine call against the in-process en
     --runs 5 --warmup 2 --out "$OUT" 2>&1 | quiet | tail -12
 }
 
+# needs_gpus N: false (saying why) on a machine with fewer than N GPUs; the scenario then records nothing.
+needs_gpus() {
+  local have
+  have=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
+  [ "$have" -ge "$1" ] && return 0
+  echo "skipped: needs $1 GPUs (a 2-GPU kind: nvidia-h100-x2, nvidia-h200-x2 or larger); this machine has $have" \
+    | tee "$OUT/needs-gpus.txt"
+  return 1
+}
+scenario_multi_gpu() { # (2 GPUs) images/min of 1 worker against one per GPU, ecommerce, full-random; target 1.9x (issue 30)
+  # The first phase (one worker) compiles into /tmp/zcache-mg; the second starts every worker on it warm.
+  needs_gpus 2 || return 0
+  timeout "${MG_LIMIT:-560}" python3 benchmarks/multi_gpu.py --model full-random --profile ecommerce \
+    --gpus "${MG_GPUS:-0,1}" --jobs-per-worker "${MG_JOBS:-12}" --cache-dir /tmp/zcache-mg \
+    --json "$OUT/multi-gpu.json" 2>&1 | quiet | tail -8
+}
+scenario_lane_multi_gpu() { # (2 GPUs) the GPU lane's one-worker-per-GPU tests: cards by UUID, kill -9 of one, two compiles at once (issue 30)
+  needs_gpus 2 || return 0
+  timeout "${LANE_MG_LIMIT:-560}" python3 -m pytest -o addopts=-ra -m gpu tests/gpu/test_gpu_workers.py -v -rs -s \
+    -p no:cacheprovider --durations=0 2>&1 | tee -a "$OUT/gpu-lane.log" | tail -25
+}
+scenario_parallel() { # (2 GPUs) one image across 2 GPUs: designer bf16 1024² engine, 1 GPU vs ulysses 2 vs ring 2, same pixels (issue 30)
+  # PARALLEL_SETS="--set engine.compile=false" if compiling with the context-parallel hooks fails on the GPU.
+  needs_gpus 2 || return 0
+  timeout "${PARALLEL_LIMIT:-560}" python3 benchmarks/parallel.py --model full-random --profile designer \
+    --kinds 1 ulysses2 ring2 --cache-dir /tmp/zcache-parallel ${PARALLEL_SETS:-} --out "$OUT/parallel.json" \
+    2>&1 | quiet | tail -12
+}
+scenario_lane_parallel() { # (2 GPUs) the GPU lane's context-parallel test: nccl, real size, ulysses and ring, PSNR >= 40 dB (issue 30)
+  needs_gpus 2 || return 0
+  timeout "${LANE_PAR_LIMIT:-560}" python3 -m pytest -o addopts=-ra -m gpu tests/gpu/test_gpu_parallel.py -v -rs -s \
+    -p no:cacheprovider --durations=0 2>&1 | tee -a "$OUT/gpu-lane.log" | tail -25
+}
+
 scenarios() { declare -F | sed -n 's/^declare -f scenario_//p' | tr _ -; }
 
 if [ $# -eq 0 ] || [ "$1" = "list" ]; then

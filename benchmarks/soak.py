@@ -52,6 +52,7 @@ from zitops.config import config_from_mapping, config_to_dict
 from zitops.drill import AgentProcess, free_port
 from zitops.engine.request import IMG2IMG_SAMPLERS
 from zitops.engine.samplers import SAMPLER_INFO
+from zitops.gpu import NvmlMonitor
 from zitops.profile import SAMPLERS
 
 A1111_SIZES = ((512, 512), (768, 768), (1024, 1024), (512, 768), (768, 512), (832, 1216), (1216, 832),
@@ -63,6 +64,13 @@ KINDS = (("txt2img", 30), ("a1111", 15), ("img2img", 12), ("inpaint", 10), ("str
 """Job kinds and their weights; a kill -9 job comes every --kill-every jobs on top."""
 
 FINAL = ("succeeded", "failed", "cancelled")
+
+
+def gpu_processes(monitor: Any) -> dict[int, float | None]:
+    """NVML's memory per process (MiB) on the soak's GPUs: the serving worker's own, apart from a hot spare's."""
+    if monitor is None or not monitor.available:
+        return {}
+    return {pid: mib for sample in monitor.sample() for pid, mib in sample.processes.items()}
 
 
 def proc_stats(pid: int | None) -> dict[str, float | None]:
@@ -116,8 +124,11 @@ def deploy(workdir: Path, model: str, profile: str, sets: list[str], leak_mib: f
                            model=model, overrides=tuple(sets), zitops_bin=sys.executable))
     data = config_to_dict(p.config)
     data.update(model=model, log_format="json", lora_dir=str(workdir / "loras"))
+    # Native img2img and inpaint carry their images in /v1/jobs' body, which keeps limits.max_body_bytes (64 KiB
+    # by default, docs/features.md): a real-size noise PNG is megabytes. The 2026-12-07 H100 run was refused there.
+    data["limits"] = {**data.get("limits", {}), "max_body_bytes": 32 * 2**20}
     if cache_dir:  # a compile cache another run warmed (the device call's designer bench)
-        data["cache_dir"] = cache_dir
+        data["paths"] = {**data["paths"], "cache_dir": cache_dir}
     if leak_mib:
         data["engine"] = {"kind": "faulty", "faults": {"inner": "diffusers", "leak_mib_per_job": leak_mib,
                                                        "leak_memory": "real", "every_incarnation": True}}
@@ -153,6 +164,7 @@ class Soak:
         self.rng = random.Random(args.seed + len(state["samples"]))
         self.client = httpx.Client(base_url=agent.url, timeout=args.job_timeout)
         self.store_dir = Path(args.workdir) / "deploy"
+        self.nvml = NvmlMonitor()  # unavailable (no series) without a GPU
 
     def size(self) -> tuple[int, int]:
         w, h = self.rng.choice(A1111_SIZES)
@@ -256,11 +268,13 @@ class Soak:
         w: dict[str, Any] = next((w for w in st.get("workers") or [] if w.get("pid")), {})
         vram = w.get("vram") or {}
         agent, worker = proc_stats(self.agent.pid), proc_stats(w.get("pid"))
+        gpu = gpu_processes(self.nvml)
         store = sum(p.stat().st_size for p in self.store_dir.rglob("jobs.sqlite3*") if p.is_file())
         return {"agent_rss_mib": agent["rss_mib"], "worker_rss_mib": worker["rss_mib"],
                 "agent_fds": agent["fds"], "worker_fds": worker["fds"], "agent_threads": agent["threads"],
                 "worker_threads": worker["threads"], "allocated_mib": vram.get("allocated_mib"),
                 "reserved_mib": vram.get("reserved_mib"), "nvml_used_mib": vram.get("device_used_mib"),
+                "worker_nvml_mib": gpu.get(int(w["pid"])) if w.get("pid") else None, "gpu_processes": len(gpu),
                 "store_mib": round(store / 2**20, 3), "worker_pid": w.get("pid"),
                 "recoveries": [e for e in st.get("recoveries", []) if e.get("kind") in ("recycle", "crash", "kill")]}
 
@@ -291,6 +305,7 @@ def run_call(args: argparse.Namespace, state: dict[str, Any]) -> None:
     call: dict[str, Any] = {"started": time.time(), "jobs": 0, "ready_s": None}
     state["calls"].append(call)
     stop_at = time.monotonic() + args.minutes * 60.0
+    soak: Soak | None = None
     try:
         call["ready_s"] = round(agent.wait_ready(args.ready_timeout), 2)
         soak = Soak(args, state, agent, loras)
@@ -311,12 +326,14 @@ def run_call(args: argparse.Namespace, state: dict[str, Any]) -> None:
             if job % 25 == 0:
                 print(f"[soak] job {job}  t {sample['t']:.0f} s  agent RSS {sample['agent_rss_mib']:.0f} MiB  "
                       f"worker RSS {sample['worker_rss_mib'] or 0:.0f} MiB  allocated {sample['allocated_mib']}  "
-                      f"last {sample['kind']} {sample['status']} {sample['latency_s']:.2f} s", flush=True)
+                      f"last {sample['kind']} {sample['status']} {sample['latency_s'] or 0:.2f} s", flush=True)
                 save_state(workdir, state)
         state["elapsed_s"] = t_base + time.monotonic() - t0
         call["torch_in_agent"] = "libtorch" in Path(f"/proc/{agent.pid}/maps").read_text()
     finally:
         call["stopped"] = time.time()
+        if soak is not None:
+            soak.nvml.close()
         agent.stop()
         save_state(workdir, state)
 
@@ -338,6 +355,9 @@ def report(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, Any]:
         for key, g in result["series"].items():
             print(f"  {key:<15} {g['first_quarter_median']:>10} -> {g['last_quarter_median']:>10}  "
                   f"growth {g['growth']:>8} (limit {g['limit']})  {'ok' if g['ok'] else 'GROWS'}")
+        for key, g in result["info"].items():
+            print(f"  {key:<15} {g['first_quarter_median']:>10} -> {g['last_quarter_median']:>10}  "
+                  f"growth {g['growth']:>8} (not judged: device-wide, a hot spare counts)")
         lat = result["latency"] or {}
         print(f"  p99 s/(Mpx*step) {lat.get('p99_s_per_mpx_step_first')} -> {lat.get('p99_s_per_mpx_step_last')}"
               f"  drift {lat.get('drift')} (limit {lat.get('limit')}); raw p99 {lat.get('p99_s_first')} s -> "

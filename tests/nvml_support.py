@@ -105,3 +105,44 @@ class RecordedNvml:
         return [_Process(self.pids.get(pid, pid),
                          self.NVML_VALUE_NOT_AVAILABLE if mib is None else int(mib * MIB))
                 for pid, mib in self.sample.processes.items()]
+
+
+# Two H200s of one host, each with its own UUID (nvidia-smi -L's form). Placeholders for two workers' pids.
+CARD_UUIDS = ("GPU-5b1e2c3d-0a1b-4c2d-8e3f-102030405060", "GPU-9f8e7d6c-5b4a-4392-8170-a0b0c0d0e0f0")
+WORKER_A, WORKER_B = -1, -2
+
+
+class RecordedCards(RecordedNvml):
+    """``pynvml`` with one :class:`Sample` per device, each device with its own UUID."""
+
+    def __init__(self, samples: list[Sample], uuids: tuple[str, ...] = CARD_UUIDS) -> None:
+        super().__init__(samples[0])
+        self.samples = list(samples)
+        self.uuids = uuids
+
+    def play_cards(self, samples: list[Sample], **pids: int) -> None:
+        """From now on device i reads ``samples[i]``; ``a=PID``/``b=PID`` fill the placeholders."""
+        self.pids.update({WORKER_A: pids["a"], WORKER_B: pids["b"]} if pids else {})
+        self.samples = list(samples)
+
+    def _index(self, handle: str) -> int:
+        return int(handle.removeprefix("handle-"))
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+        return len(self.samples)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:  # noqa: N802
+        if not 0 <= index < len(self.samples):
+            raise RecordedNVMLError("Invalid Argument")
+        return f"handle-{index}"
+
+    def nvmlDeviceGetUUID(self, handle: str) -> str:  # noqa: N802
+        return self.uuids[self._index(handle)]
+
+    def nvmlDeviceGetMemoryInfo(self, handle: str) -> _Memory:  # noqa: N802
+        self.sample = self.samples[self._index(handle)]
+        return super().nvmlDeviceGetMemoryInfo(handle)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: str) -> list[_Process]:  # noqa: N802
+        self.sample = self.samples[self._index(handle)]
+        return super().nvmlDeviceGetComputeRunningProcesses(handle)

@@ -15,6 +15,7 @@ importing this module costs nothing on a CPU host and never loads libnvidia-ml.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -168,6 +169,23 @@ class NvmlMonitor:
                 )
             return out
 
+    def uuids(self) -> dict[int, str]:
+        """NVML's UUID of each watched device (``GPU-...``); {} without NVML.
+
+        A worker's ``CUDA_VISIBLE_DEVICES`` names its card by this UUID, so CUDA
+        opens the very device these handles read, whatever order CUDA would
+        number the cards in.
+        """
+        with self._lock:
+            pynvml = self._pynvml
+            if pynvml is None:
+                return {}
+            out: dict[int, str] = {}
+            for index, handle in self._handles.items():
+                with contextlib.suppress(*_nvml_error(pynvml)):
+                    out[index] = _text(pynvml.nvmlDeviceGetUUID(handle))
+            return out
+
     def close(self) -> None:
         """Shut NVML down; the monitor reports unavailable afterwards."""
         with self._lock:
@@ -203,6 +221,15 @@ def worker_devices(gpus: str | Sequence[int]) -> list[int | None]:
     except Exception:  # no NVML, no driver: a CPU worker, never a crash
         return [None]
     return [g.index for g in found] or [None]
+
+
+_UUID = re.compile(r"([0-9a-f]{8})-?([0-9a-f]{4})-?([0-9a-f]{4})-?([0-9a-f]{4})-?([0-9a-f]{12})")
+
+
+def uuid_hex(text: str | None) -> str | None:
+    """The 32 hex digits of a GPU UUID as NVML (``GPU-8-4-4-4-12``) or torch (``8-4-4-4-12``) writes it; None if none."""
+    m = _UUID.search((text or "").lower())
+    return "".join(m.groups()) if m else None
 
 
 def describe_gpus() -> dict[str, Any]:

@@ -192,7 +192,8 @@ class WatchdogSettings(_Section):
     hot_spare: Literal["auto"] | bool = "auto"
     # When a hot spare builds (load, compile, warm-up) on the serving GPU: "idle" only while the
     # slot's worker is idle (it pauses between steps when a job comes), "always" beside jobs.
-    # "idle" is the default pending the GPU measurement (benchmarks/device.sh spare-load; issue 26).
+    # "idle" is the default by the H100 measurement (benchmarks/device.sh spare-load, 2026-12-07): p99 under
+    # 12 clients 1.00x without a build, against 1.45x for "always" (docs/runtime.md "Hot spares").
     spare_build: Literal["idle", "always"] = "idle"
     restart_backoff_s: float = Field(1.0, ge=0, le=600)
     restart_backoff_max_s: float = Field(60.0, ge=0, le=3_600)

@@ -53,6 +53,9 @@ def test_bench_tiny_designer_all_paths_writes_json(tmp_path: Path) -> None:
     assert {"queue", "engine", "transfer", "encode", "respond", "total"} <= set(stages)
     assert 0 < stages["engine"] <= stages["total"] and run["agent_minus_engine_path_ms"] is not None
     assert "paired per request" in proc.stdout and "agent stages (median ms)" in proc.stdout
+    # Every request's own stages, the untimed first one included (where a first request's extra goes).
+    each = agent["extra"]["requests_ms"]
+    assert len(each) == 1 + len(client_ms) and all(r["e2e"] >= r["total"] >= r["engine"] > 0 for r in each)
 
 
 def test_bench_refuses_full_arch_without_gpu_and_bad_paths(tmp_path: Path) -> None:

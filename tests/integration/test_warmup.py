@@ -53,7 +53,9 @@ def test_the_worker_generates_before_it_reports_ready(warmed: Runtime) -> None:
     assert [(r["batch"], r["width"], r["height"]) for r in runs] == [
         (2, 64, 64), (1, 192, 128), (2, 64, 64), (1, 64, 64)]
     # No CUDA here: no text encoder graphs to capture, and cuDNN is not in play.
-    assert startup["after_warmup"] == {"text_graphs": [], "cudnn_benchmark": "off (not CUDA)"}
+    # The attention plans ran through the real (tiny) transformer at the profile's batch and size.
+    assert startup["after_warmup"] == {"text_graphs": [], "cudnn_benchmark": "off (not CUDA)",
+                                       "attention_plans": [f"2x64x64@{n}" for n in (32, 64, 96, 128)]}
     assert all(r["seconds"] > 0 and r["steps"] == 2 for r in runs)
     assert startup["warmup_s"] >= sum(r["seconds"] for r in runs) - 0.01
     assert startup["total_s"] >= startup["warmup_s"]

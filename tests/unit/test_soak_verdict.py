@@ -72,3 +72,21 @@ def test_the_plot_is_a_png_when_matplotlib_is_there(tmp_path: Path) -> None:
     samples[30]["killed"] = 1234
     assert plot(samples, tmp_path / "soak.png", "test")
     assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_hot_spare_on_the_device_is_reported_and_the_serving_workers_own_gpu_memory_is_judged() -> None:
+    # The 2026-12-07 H100 soak: after a kill the pool built a hot spare, and NVML's device-wide figure rose by
+    # 25 GB while the serving worker's allocator stayed flat. The device-wide series is information; the
+    # serving worker's own NVML figure is what grows when the worker leaks.
+    samples = _samples()
+    for s in samples:
+        s["worker_nvml_mib"] = 30000.0
+        s["nvml_used_mib"] = 33000.0 + (25000.0 if s["job"] > 40 else 0.0)
+        s["gpu_processes"] = 2 if s["job"] > 40 else 1
+    v = verdict(samples, warmup_jobs=10)
+    assert v["pass"], v
+    assert v["info"]["nvml_used_mib"]["growth"] == 25000.0 and "nvml_used_mib" not in v["series"]
+    for s in samples:
+        s["worker_nvml_mib"] = 30000.0 + (500.0 if s["job"] > 40 else 0.0)
+    v = verdict(samples, warmup_jobs=10)
+    assert not v["pass"] and not v["series"]["worker_nvml_mib"]["ok"]

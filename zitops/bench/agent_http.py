@@ -95,17 +95,19 @@ def free_port() -> int:
 
 
 def write_config(profile: Profile, model: str, workdir: Path, port: int, *, cache_dir: Path,
-                 state_dir: Path, engine: Mapping[str, Any] | None = None) -> Path:
+                 state_dir: Path, engine: Mapping[str, Any] | None = None,
+                 gpus: list[int] | str = "auto") -> Path:
     """A minimal agent config.yaml under ``workdir`` for ``profile`` and ``model`` on 127.0.0.1:``port``.
 
-    ``engine`` is the config's ``engine:`` section (e.g. the fault engine for CPU overhead runs).
+    ``engine`` is the config's ``engine:`` section (e.g. the fault engine for CPU overhead runs);
+    ``gpus`` its ``gpus:`` (one worker per listed GPU).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {
         "profile": profile.model_dump(mode="json"), "model": model, "host": "127.0.0.1", "port": port,
         "paths": {"state_dir": str(state_dir), "log_dir": str(workdir / "log"),
                   "output_dir": str(workdir / "out"), "cache_dir": str(cache_dir)},
-        "log_format": "json",
+        "log_format": "json", "gpus": gpus,
     }
     if engine is not None:
         data["engine"] = dict(engine)
@@ -202,6 +204,7 @@ def measure_agent(profile: Profile, model: str, req: GenerationRequest, *, runs:
                           engine=engine)
     png: bytes | None = None
     stages: list[dict[str, float]] = []
+    each: list[dict[str, float]] = []
     with running_agent(config, port, ready_timeout_s=ready_timeout_s) as (url, ready_s):
         result.setup_s = ready_s
         with httpx.Client(timeout=request_timeout_s) as client:
@@ -215,11 +218,14 @@ def measure_agent(profile: Profile, model: str, req: GenerationRequest, *, runs:
                 payload = resp.json()
                 if resp.status_code != 200:
                     raise AgentUnavailable(f"bench agent answered {resp.status_code}: {str(payload)[:200]}")
+                timing = parse_server_timing(resp.headers.get("server-timing"))
+                # Every request's stages, the untimed first ones too: where a first request's extra goes.
+                each.append({"e2e": round(elapsed * 1000.0, 2), **{k: round(v * 1000.0, 2) for k, v in timing.items()}})
                 if i == 0 and warmup > 0:
                     result.warmup_s = elapsed
                 if i >= warmup:
                     result.times_s.append(elapsed)
-                    stages.append(parse_server_timing(resp.headers.get("server-timing")))
+                    stages.append(timing)
                 if tick is not None:
                     tick()
                 if png is None:
@@ -236,6 +242,7 @@ def measure_agent(profile: Profile, model: str, req: GenerationRequest, *, runs:
             except (AgentUnavailable, httpx.HTTPError, ValueError, OSError) as exc:
                 result.extra["recycle_error"] = f"{type(exc).__name__}: {exc}"
     result.extra.update(overhead_summary(result.times_s, stages))
+    result.extra["requests_ms"] = each
     if result.setup_s is not None and result.warmup_s is not None:
         # A recycled worker is back when it is ready and has served its first job.
         result.extra["restart_s"] = round(result.setup_s + result.warmup_s, 2)

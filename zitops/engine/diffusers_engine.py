@@ -21,6 +21,7 @@ from zitops.engine.offline import force_offline
 from zitops.engine.oom import BatchOutOfMemory, generate_split_on_oom
 from zitops.engine.phases import phase
 from zitops.engine.precision.accel import apply_levers, enabled_levers, settle_after_warmup
+from zitops.engine.precision.attention_plans import warm_attention_plans
 from zitops.engine.precision.fp8 import quantize_for_engine
 from zitops.engine.precision.knobs import setup_attention, setup_compile, setup_vae, torch_dtype
 from zitops.engine.precision.offload import (
@@ -209,16 +210,21 @@ class DiffusersEngine:
         if self.tiny:
             log.warning("%s (model %s)", TINY_NOTICE, self.model_path)
 
-    def after_warmup(self) -> dict[str, Any]:
-        """After the warm-up generations: every text-length bucket in a CUDA graph, cuDNN autotuning off.
+    def after_warmup(self, shapes: list[tuple[int, int, int]] | None = None) -> dict[str, Any]:
+        """After the warm-up generations: attention plans, every text-length bucket in a CUDA graph, cuDNN
+        autotuning off.
 
-        Both costs otherwise land in a request: a longer prompt than any seen
-        paid its graph capture, and with autotuning on cuDNN benchmarked every
-        VAE convolution at each new image size (0.76 s of a 1.55 s first
-        request at 1152x896 on an H200). ``ZITOPS_ACCEL=-cudnnwarm`` keeps
-        autotuning on.
+        Each cost otherwise lands in a request: a caption length the warm-up
+        prompt never had built its attention plans (80 ms of a first request
+        at 1024² on an H100, :mod:`~zitops.engine.precision.attention_plans`),
+        a longer prompt than any seen paid its graph capture, and with
+        autotuning on cuDNN benchmarked every VAE convolution at each new image
+        size (0.76 s of a 1.55 s first request at 1152x896 on an H200).
+        ``shapes``: the (batch, width, height) whose plans to build.
+        ``ZITOPS_ACCEL=-cudnnwarm`` keeps autotuning on.
         """
-        out = settle_after_warmup(self.pipe, self.device, TEXT_TOKEN_LIMIT)
+        plans = warm_attention_plans(self.pipe, self.device, list(shapes or []))
+        out = {**settle_after_warmup(self.pipe, self.device, TEXT_TOKEN_LIMIT), "attention_plans": plans}
         if "cudnn_benchmark" in self.effective:
             self.effective["cudnn_benchmark"] = out["cudnn_benchmark"]
         return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import time
 from typing import Any
 
@@ -67,10 +68,29 @@ def preimport(names: list[str]) -> float:
 def device_environment(gpu: int | None, visible: str | None = None) -> None:
     """Make this process see exactly one GPU, or none; call before anything imports torch.
 
-    ``visible`` overrides what CUDA sees of ``gpu``: a context-parallel
-    group's worker sees all the group's cards (``0,1``), its rank r on ``cuda:r``.
+    ``visible`` is the card's NVML UUID (``GPU-...``) when the agent knows it
+    (:meth:`zitops.gpu.NvmlMonitor.uuids`): CUDA then opens exactly the device the
+    watchdog reads through NVML at index ``gpu``. Without it, the index, with
+    CUDA told to number cards in PCI bus order as NVML does. A context-parallel
+    group's worker gets all its group's cards (``GPU-a,GPU-b`` or ``0,1``); its rank r uses ``cuda:r``.
     """
-    # NVML numbers GPUs in PCI bus order; make CUDA agree, so the index the
-    # watchdog reads through NVML is the card this worker really uses.
     os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else (visible or str(gpu))
+
+
+def opened_device(gpu: int | None) -> dict[str, Any]:
+    """Which card this process was given and, once CUDA is up, which it opened (for Ready's start-up report).
+
+    ``uuid`` is the UUID CUDA reports for ``cuda:0`` (``GPU-`` and torch's
+    8-4-4-4-12 form); None on the CPU, or where CUDA was never initialised.
+    """
+    report: dict[str, Any] = {"index": gpu, "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "uuid": None}
+    torch = sys.modules.get("torch")
+    if gpu is None or torch is None:
+        return report
+    try:
+        if torch.cuda.is_initialized():
+            report["uuid"] = f"GPU-{torch.cuda.get_device_properties(0).uuid}"
+    except Exception as exc:  # a torch without device UUIDs: the pool cannot check, and says so
+        report["uuid_error"] = f"{type(exc).__name__}: {exc}"
+    return report

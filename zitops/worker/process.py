@@ -223,7 +223,8 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
                 gate: bool | None = None, visible: str | None = None) -> None:
     """Entry point of a spawned worker (or an assigned standby spare); returns only to exit 0 after Shutdown.
 
-    ``visible``: the ``CUDA_VISIBLE_DEVICES`` the pool chose for ``gpu`` (a group's worker: all its cards).
+    ``visible``: the ``CUDA_VISIBLE_DEVICES`` the pool chose for ``gpu`` (its NVML UUID; None: the index;
+    a context-parallel group's worker: all its cards).
 
     ``preloaded`` is a spare's host copy of the pipeline, which the engine's setup uses instead of loading.
     ``gate`` (a hot spare that builds only while its slot is idle): the gate's state as it starts; it
@@ -236,7 +237,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
     from zitops.worker.pixel_shm import sweep
 
     sweep(os.getppid())  # pixel files a killed predecessor (or a dead agent) left in /dev/shm
-    from zitops.worker.preimport import device_environment, engine_modules, preimport
+    from zitops.worker.preimport import device_environment, engine_modules, opened_device, preimport
 
     # Before any import of torch: this process sees exactly one GPU, or none.
     device_environment(gpu, visible)
@@ -311,6 +312,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
     startup = startup_phases(spawned_at=spawned_at, entered=entered, imported=imported, imports_s=imports_s,
                              setup_s=setup_s, marks=phases.take(), ready=time.time(), standby=standby)
     startup.update(warmed)
+    startup["device"] = opened_device(gpu)  # the card CUDA opened: the pool checks it is the one NVML reads
     if build_gate is not None:
         startup["build_gate"] = {"pauses": build_gate.pauses, "pieces": build_gate.done}
     log.info("worker startup", **startup)

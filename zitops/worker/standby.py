@@ -68,13 +68,13 @@ def _send(conn: Connection, msg: Any) -> bool:
 
 
 def standby_main(conn: Connection, gpu: int | None, modules: list[str],
-                 preload: dict[str, Any] | None = None) -> None:
+                 preload: dict[str, Any] | None = None, visible: str | None = None) -> None:
     """Entry point of a spare: imports (and, given ``preload`` config data, the model onto the host), then waits.
 
     It waits for Assign (become a worker) or Shutdown.
     """
     die_with_parent()  # first: a spare must never outlive the agent
-    device_environment(gpu)
+    device_environment(gpu, visible)
     # As a worker: the agent decides when this process stops (see worker_main).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -108,4 +108,4 @@ def standby_main(conn: Connection, gpu: int | None, modules: list[str],
     if handle is not None:
         standby["preload_s"] = handle.seconds
     worker_main(conn, msg.worker_id, msg.gpu, msg.incarnation, msg.config_data, spawned_at=msg.sent_at,
-                standby=standby, preloaded=handle, gate=msg.gate)
+                standby=standby, preloaded=handle, gate=msg.gate, visible=visible)

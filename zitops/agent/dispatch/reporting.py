@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zitops.agent.workers.pool import Pool
-from zitops.agent.workers.slots import stale_heartbeats
+from zitops.agent.workers.slots import WorkerSlot, stale_heartbeats
 from zitops.config import AgentConfig
 
 TINY_NOTE = "tiny random model: images are noise"
@@ -63,8 +63,21 @@ def summary(pool: Pool, queue: QueueView) -> str:
     return text
 
 
+def role(pool: Pool, slot: WorkerSlot) -> str:
+    """What a /status worker entry is: ``worker`` (the slot's, which takes jobs), ``hot_spare``,
+    ``successor`` (an overlapped recycle's, warming) or ``retiring`` (the worker it replaced).
+
+    A slot's hot spare and successor carry the slot's id, so the role, not the id, tells them apart.
+    """
+    if any(s is slot for s in pool.slots):
+        return "worker"
+    if pool.hot.owns(slot):
+        return "hot_spare"
+    return "successor" if slot.state == "warming" else "retiring"
+
+
 def workers(pool: Pool) -> list[dict[str, Any]]:
-    """/status's worker entries: the slots, then warming successors and retiring workers."""
+    """/status's worker entries: the slots, then warming successors, retiring workers and hot spares."""
     now = time.monotonic()
     nvml = pool.vram.by_index()
     out = []
@@ -72,7 +85,8 @@ def workers(pool: Pool) -> list[dict[str, Any]]:
         m = s.memory
         g = nvml.get(s.gpu) if s.gpu is not None else None
         out.append({
-            "id": s.id, "gpu": s.gpu, "pid": s.pid, "state": s.state, "incarnation": s.incarnation,
+            "id": s.id, "role": role(pool, s), "gpu": s.gpu, "pid": s.pid, "state": s.state,
+            "incarnation": s.incarnation,
             "jobs_done": s.jobs_done, "jobs_total": s.jobs_total, "current_job": s.job_id,
             "job_elapsed_s": round(now - s.job_started, 2) if s.job_started else None,
             "last_heartbeat_age_s": round(now - s.last_heartbeat, 2) if s.process else None,

@@ -107,7 +107,7 @@ def reason_codes(reasons: list[str]) -> list[str]:
     return codes
 
 
-WORKER_KEYS = ("id", "gpu", "state", "incarnation", "jobs_done")
+WORKER_KEYS = ("id", "role", "gpu", "state", "incarnation", "jobs_done")
 """What a non-admin token sees of each worker in /status."""
 
 

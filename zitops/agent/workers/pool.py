@@ -24,7 +24,7 @@ from typing import Any
 from zitops.agent.ops.schedule import Periodic
 from zitops.agent.workers import hot_spare as hot
 from zitops.agent.workers import watchdog as policy
-from zitops.agent.workers.groups import group_visible, slot_devices
+from zitops.agent.workers.groups import cards, group_visible, slot_devices
 from zitops.agent.workers.overlap import Overlap
 from zitops.agent.workers.rounds import WatchdogRounds
 from zitops.agent.workers.slots import PoolListener, WorkerSlot
@@ -76,7 +76,8 @@ class Pool(WatchdogRounds):
         self._incarnations: dict[str, int] = {}
         self.overlap = Overlap(self)
         self.hot = hot.HotSpare(self, self.wd)
-        self.standby = Standby(config, self._config_data, self._ctx, self.slot_event)
+        self.uuids: dict[int, str] = {}  # NVML's UUID per GPU index, read at start: each worker's CUDA_VISIBLE_DEVICES
+        self.standby = Standby(config, self._config_data, self._ctx, self.slot_event, self.visible_devices)
         self.vram = Vram(read_vram)
         self.vram_history = VramHistory()
 
@@ -85,9 +86,14 @@ class Pool(WatchdogRounds):
     def start(self) -> None:
         """Spawn every worker (call on the running event loop)."""
         self._loop = asyncio.get_running_loop()
+        self.uuids.update(self.vram.uuids([c for s in self.slots for c in cards(s.gpu, s.group)]))
         self.standby.start(self._loop)
         for slot in self.slots:
             self._spawn(slot)
+
+    def visible_devices(self, gpu: int | None) -> str | None:
+        """The ``CUDA_VISIBLE_DEVICES`` of a worker on ``gpu``: NVML's UUID of it; None (the index) without one."""
+        return self.uuids.get(gpu) if gpu is not None else None
 
     def periodic(self) -> list[Periodic]:
         """The watchdog's rounds, for the agent's schedule: liveness, then memory."""
@@ -124,7 +130,7 @@ class Pool(WatchdogRounds):
         try:
             return start_child(self._ctx, worker_main, f"zitops-worker-{slot.id}",
                                (slot.id, slot.gpu, slot.incarnation, self._config_data, time.time(), None, None,
-                                slot.gate, group_visible(slot.group)))
+                                slot.gate, group_visible(slot.group, self.uuids) or self.visible_devices(slot.gpu)))
         except OSError as exc:  # out of fds or memory: count it as a death, retry with backoff
             log.error("cannot start a worker process", worker_id=slot.id, error=str(exc))
             slot.state, slot.last_exit = "dead", f"spawn failed: {exc}"
@@ -197,6 +203,10 @@ class Pool(WatchdogRounds):
     def _on_ready(self, slot: WorkerSlot, msg: Ready, now: float) -> None:
         slot.last_heartbeat = now
         slot.startup = msg.startup
+        mismatch = policy.device_mismatch(slot.gpu, self.uuids.get(slot.gpu) if slot.gpu is not None else None,
+                                          msg.startup.get("device"))
+        if mismatch is not None:  # logged (a warning) and counted like every event
+            self.event("gpu_mismatch", slot, mismatch)
         if slot.state == "abandoned":  # its predecessor died; it is being stopped
             return
         # Not sooner: the next spare's imports would slow this worker's load.

@@ -30,6 +30,7 @@ import collections
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext
@@ -119,8 +120,9 @@ class Standby:
     """The pool's spares, at most one per slot id."""
 
     def __init__(self, config: AgentConfig, config_data: dict[str, Any], ctx: SpawnContext,
-                 report: SpareEvents) -> None:
+                 report: SpareEvents, visible: Callable[[int | None], str | None] = lambda gpu: None) -> None:
         self.config = config
+        self._visible = visible  # a spare's CUDA_VISIBLE_DEVICES for its slot's GPU (the pool's UUID map)
         self.wd = config.profile.watchdog
         self._config_data = config_data
         self._ctx = ctx
@@ -165,7 +167,8 @@ class Standby:
         plan = self._preload_plan()
         try:
             proc, parent = start_child(self._ctx, standby_main, f"zitops-standby-{slot_id}",
-                                       (gpu, engine_modules(self._config_data, gpu is not None), plan.config_data))
+                                       (gpu, engine_modules(self._config_data, gpu is not None), plan.config_data,
+                                        self._visible(gpu)))
         except OSError as exc:  # out of fds or memory: the slot just starts cold next time
             log.warning("cannot start a standby spare", worker_id=slot_id, error=str(exc))
             return

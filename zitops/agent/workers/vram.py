@@ -25,13 +25,21 @@ class NvmlReader:
     def __init__(self) -> None:
         self._monitor: Any = None
 
-    def __call__(self, indices: Iterable[int]) -> list[GpuMemory]:
-        """Memory per GPU; raises RuntimeError (with NVML's reason) when unavailable."""
+    def _open(self, indices: Iterable[int]) -> Any:
         from zitops.gpu import NvmlMonitor
 
         if self._monitor is None:
             self._monitor = NvmlMonitor(sorted(set(indices)))
-        samples = self._monitor.sample()
+        return self._monitor
+
+    def uuids(self, indices: Iterable[int]) -> dict[int, str]:
+        """NVML's UUID per GPU index, from the same handles the memory reads use; {} without NVML."""
+        uuids: dict[int, str] = self._open(indices).uuids()
+        return uuids
+
+    def __call__(self, indices: Iterable[int]) -> list[GpuMemory]:
+        """Memory per GPU; raises RuntimeError (with NVML's reason) when unavailable."""
+        samples = self._open(indices).sample()
         if not self._monitor.available:
             raise RuntimeError(self._monitor.reason or "NVML is not available")
         return [GpuMemory(index=s.index, used_mib=s.used_mib, total_mib=s.total_mib,
@@ -69,6 +77,18 @@ class Vram:
             log.warning(self.error)
             return self.error
         return None
+
+    def uuids(self, indices: list[int]) -> dict[int, str]:
+        """Each GPU's NVML UUID, read through the watchdog's own NVML handles; {} when the reader has none."""
+        read = getattr(self._read, "uuids", None)
+        if read is None or not indices:
+            return {}
+        try:
+            found: dict[int, str] = read(indices)
+        except Exception as exc:  # no NVML: the workers get the index, and the memory read says why
+            log.info(f"no GPU UUIDs from NVML: {exc}")
+            return {}
+        return found
 
     def by_index(self) -> dict[int, GpuMemory]:
         """The last read, by GPU index."""

@@ -12,9 +12,11 @@ by letting the worker process exit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from zitops.gpu import uuid_hex
 from zitops.profile import WatchdogSettings
 
 # --- the rules, as functions of numbers -----------------------------------------
@@ -118,6 +120,22 @@ def room_for_successor(gpu: bool, free_mib: float | None, worker_used_mib: float
     if free_mib is None or not worker_used_mib:
         return False
     return free_mib >= worker_used_mib * factor
+
+
+def device_mismatch(gpu: int | None, nvml_uuid: str | None, opened: Mapping[str, Any] | None) -> str | None:
+    """Why a worker's CUDA device is not NVML's GPU ``gpu`` (the card the watchdog reads for it), or None.
+
+    ``opened`` is the worker's own report (:func:`zitops.worker.preimport.opened_device`).
+    None also when nobody can tell: a CPU worker, no NVML UUID, or a worker that opened no CUDA device.
+    """
+    if gpu is None or not opened:
+        return None
+    theirs, ours = uuid_hex(opened.get("uuid")), uuid_hex(nvml_uuid)
+    if theirs is None or ours is None or theirs == ours:
+        return None
+    return (f"GPU {gpu}: the worker's CUDA device is {opened.get('uuid')}, but NVML's GPU {gpu}, which the "
+            f"watchdog reads for it, is {nvml_uuid} (CUDA_VISIBLE_DEVICES={opened.get('visible')!r}): "
+            "its memory readings belong to another worker's card")
 
 
 def hot_spare_wanted(setting: str | bool, gpu: bool, free_mib: float | None,
