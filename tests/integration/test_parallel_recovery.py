@@ -35,8 +35,10 @@ def test_a_rank_killed_mid_job_restarts_the_group_and_the_job_runs_again(tmp_pat
     config = settle_parallel(runtime_config(tmp_path, sets=["engine.parallel.degree=2", "queue.job_timeout_s=120",
                                                             "engine.warmup=false"]))
     assert not config.profile.watchdog.standby_worker  # a group runs without spares
-    rt = Runtime(config)
+    rt = Runtime(config, wait_ready=False)
     try:
+        # Two processes import torch and diffusers and load the model: slow on two loaded cores.
+        wait_until(lambda: rt.ready()[0], 240, what="the group ready")
         status = rt.status()
         assert len(status["workers"]) == 1  # the group is one slot
         first = status["workers"][0]
@@ -48,7 +50,7 @@ def test_a_rank_killed_mid_job_restarts_the_group_and_the_job_runs_again(tmp_pat
         assert rec.status is JobStatus.SUCCEEDED and rec.attempts == 2, rec.error
         crash = rt.events("crash")[0]
         assert "exit code 7" in crash["reason"] and crash["job_id"] == rec.id  # zitops.worker.group.RANK_DIED_EXIT
-        w = wait_until(lambda: next((w for w in rt.status()["workers"] if w["state"] == "ready"), None), 60)
+        w = wait_until(lambda: next((w for w in rt.status()["workers"] if w["state"] == "ready"), None), 240)
         assert w["pid"] != first["pid"] and w["incarnation"] == 1
         assert gone(first["pid"]) and gone(rank1[0])
         assert ranks_of(w["pid"]) and ranks_of(w["pid"]) != rank1  # a whole new group
