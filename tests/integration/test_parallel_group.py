@@ -20,6 +20,7 @@ from tests.parallel_support import DEADLINE_S, Worker, gone, parallel_config, wa
 from zitops.worker.group import RANK_DIED_EXIT
 from zitops.worker.protocol import STEER_CANCEL, Failure, Job, Progress, Result, Shutdown, Steer
 
+pytestmark = pytest.mark.slow
 pytest.importorskip("torch")
 
 SAME_PIXELS_DB = 40.0
