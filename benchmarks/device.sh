@@ -291,6 +291,18 @@ scenario_lane_multi_gpu() { # (2 GPUs) the GPU lane's one-worker-per-GPU tests: 
   timeout "${LANE_MG_LIMIT:-560}" python3 -m pytest -o addopts=-ra -m gpu tests/gpu/test_gpu_workers.py -v -rs -s \
     -p no:cacheprovider --durations=0 2>&1 | tee -a "$OUT/gpu-lane.log" | tail -25
 }
+scenario_parallel() { # (2 GPUs) one image across 2 GPUs: designer bf16 1024² engine, 1 GPU vs ulysses 2 vs ring 2, same pixels (issue 30)
+  # PARALLEL_SETS="--set engine.compile=false" if compiling with the context-parallel hooks fails on the GPU.
+  needs_gpus 2 || return 0
+  timeout "${PARALLEL_LIMIT:-560}" python3 benchmarks/parallel.py --model full-random --profile designer \
+    --kinds 1 ulysses2 ring2 --cache-dir /tmp/zcache-parallel ${PARALLEL_SETS:-} --out "$OUT/parallel.json" \
+    2>&1 | quiet | tail -12
+}
+scenario_lane_parallel() { # (2 GPUs) the GPU lane's context-parallel test: nccl, real size, ulysses and ring, PSNR >= 40 dB (issue 30)
+  needs_gpus 2 || return 0
+  timeout "${LANE_PAR_LIMIT:-560}" python3 -m pytest -o addopts=-ra -m gpu tests/gpu/test_gpu_parallel.py -v -rs -s \
+    -p no:cacheprovider --durations=0 2>&1 | tee -a "$OUT/gpu-lane.log" | tail -25
+}
 
 scenarios() { declare -F | sed -n 's/^declare -f scenario_//p' | tr _ -; }
 

@@ -369,6 +369,14 @@ class AgentConfig(_Section):
             raise ValueError("must be a hostname or IP address without spaces")
         return v
 
+    @model_validator(mode="after")
+    def _parallel_fits(self) -> AgentConfig:
+        degree = self.profile.engine.parallel.degree
+        if degree > 1 and isinstance(self.gpus, list) and self.gpus and len(self.gpus) % degree:
+            raise ValueError(f"profile.engine.parallel.degree {degree} needs the GPUs in groups of {degree}; "
+                             f"gpus {self.gpus} has {len(self.gpus)} (give a multiple of {degree})")
+        return self
+
     @property
     def is_loopback(self) -> bool:
         """True when the agent binds only to this machine."""

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zitops.errors import ProfileError
+from zitops.parallel_settings import ParallelSettings
 
 BUILTIN_PROFILES = ("ecommerce", "designer", "poster", "lowvram", "lowvram-12", "lowvram-8")
 SAMPLERS = ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "unipc", "lcm")
@@ -127,7 +128,9 @@ class EngineSettings(_Section):
     # Generate before Ready so the first request does not pay compilation
     # (zitops/worker/warmup.py). auto: when the engine compiled on a GPU.
     warmup: Literal["auto"] | bool = "auto"
-
+    # Context parallel (docs/parallel.md): one image's denoising spread over a group of GPUs,
+    # one worker slot per group. degree 1: off.
+    parallel: ParallelSettings = ParallelSettings()
 
     @field_validator("fp8_keep_bf16", mode="before")
     @classmethod

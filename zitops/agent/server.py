@@ -91,6 +91,24 @@ def failure_store(config: AgentConfig) -> FailureStore:
                         max_age_s=lg.failures_max_age_s, max_bytes=lg.failures_max_bytes)
 
 
+def settle_parallel(config: AgentConfig) -> AgentConfig:
+    """``engine.parallel``: a pool of GPU groups runs no standby or hot spares and no overlapped recycles.
+
+    Each would hold a second group's worth of GPUs (or, for a standby
+    spare, start a lone process where a group belongs); docs/parallel.md.
+    """
+    from zitops.agent.workers.groups import spares_off
+
+    wd = config.profile.watchdog
+    off = spares_off(config.profile.engine.parallel.degree, wd.standby_worker, wd.hot_spare, wd.overlap_recycle)
+    if not off:
+        return config
+    log.info("engine.parallel: spares and overlapped recycles are off for groups", off=off)
+    watchdog = wd.model_copy(update={"standby_worker": False, "hot_spare": False, "overlap_recycle": False})
+    profile = config.profile.model_copy(update={"watchdog": watchdog})
+    return config.model_copy(update={"profile": profile})
+
+
 def settle_fp8(config: AgentConfig) -> AgentConfig:
     """``engine.fp8: auto`` decided once for this host's workers, from NVML's compute capabilities.
 
@@ -119,7 +137,7 @@ def run(config: AgentConfig, config_path: str | Path | None = None) -> int:
     make_dirs(config)
     configure_logging(config.profile.logging, log_dir=Path(config.paths.log_dir), fmt=config.log_format,
                       process="agent")
-    config = settle_fp8(config)
+    config = settle_parallel(settle_fp8(config))
     tokens = read_tokens(config)
     check_bind_policy(config, tokens.all)
     open_files = raise_open_files(config.server.max_open_files)

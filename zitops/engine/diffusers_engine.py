@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from zitops.engine.base import GenerationResult, MemoryStats, ProgressFn
+from zitops.engine.features import parallel
 from zitops.engine.features.controlnet import control_kwargs
 from zitops.engine.loader import FULL_RANDOM, Preloaded, default_state_dir
 from zitops.engine.offline import force_offline
@@ -90,6 +91,7 @@ class DiffusersEngine:
         self.controlnets = ControlNets(controlnet_dir)  # loaded on the first control request
         # A standby spare's host copy of the pipeline (see preload): setup moves it instead of loading.
         self.preloaded = preloaded
+        self.decode = True  # False on a context-parallel group's ranks 1..N-1: rank 0 alone returns the images
 
     @classmethod
     def preload(cls, settings: EngineSettings, model: str,
@@ -191,6 +193,7 @@ class DiffusersEngine:
         if levers_first:
             with phase("to_device"):
                 placed = place(pipe, offload, device, s)
+        par = parallel.enable(pipe.transformer, s.parallel, device) if s.parallel.degree > 1 else {}
         with phase("compile_setup"):
             compiled = setup_compile(pipe, s, on_cuda=on_cuda, compile_on_cpu=self.compile_on_cpu,
                                      cache_dir=self.cache_dir, note=self._note)
@@ -200,6 +203,7 @@ class DiffusersEngine:
         }
         self.effective.update(cap)
         self.effective.update(placed)
+        self.effective.update(par)
         if offload == "group" and placed["offload_group"]["blocks"] != s.offload_group_blocks:
             self._note(f"offload_group_blocks={s.offload_group_blocks} applies without offload_stream; "
                        "diffusers streams one block at a time, so 1 is used")
@@ -271,6 +275,7 @@ class DiffusersEngine:
         from zitops.engine.schedulers import make_scheduler
 
         self._check(request)
+        parallel.check_request(self.settings.parallel, request)
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in request.seeds]
         scheduler = make_scheduler(self._base_scheduler_config, request.sampler, request.schedule)
         scheduler.zitops_generators = generators
@@ -294,7 +299,7 @@ class DiffusersEngine:
                 callback_on_step_end=step_callback(request, progress, self._preview, steps),
                 **extra,
             ).images
-            images = self._decode(latents)
+            images = self._decode(latents) if self.decode else []
         except torch.OutOfMemoryError as exc:
             del exc  # the traceback pins the tensors that did not fit
             raise BatchOutOfMemory(f"batch of {request.batch} at {request.width}x{request.height}") from None

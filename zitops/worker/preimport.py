@@ -71,7 +71,8 @@ def device_environment(gpu: int | None, visible: str | None = None) -> None:
     ``visible`` is the card's NVML UUID (``GPU-...``) when the agent knows it
     (:meth:`zitops.gpu.NvmlMonitor.uuids`): CUDA then opens exactly the device the
     watchdog reads through NVML at index ``gpu``. Without it, the index, with
-    CUDA told to number cards in PCI bus order as NVML does.
+    CUDA told to number cards in PCI bus order as NVML does. A context-parallel
+    group's worker gets all its group's cards (``GPU-a,GPU-b`` or ``0,1``); its rank r uses ``cuda:r``.
     """
     os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else (visible or str(gpu))

@@ -223,7 +223,8 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
                 gate: bool | None = None, visible: str | None = None) -> None:
     """Entry point of a spawned worker (or an assigned standby spare); returns only to exit 0 after Shutdown.
 
-    ``visible``: the ``CUDA_VISIBLE_DEVICES`` the pool chose for ``gpu`` (its NVML UUID; None: the index).
+    ``visible``: the ``CUDA_VISIBLE_DEVICES`` the pool chose for ``gpu`` (its NVML UUID; None: the index;
+    a context-parallel group's worker: all its cards).
 
     ``preloaded`` is a spare's host copy of the pipeline, which the engine's setup uses instead of loading.
     ``gate`` (a hot spare that builds only while its slot is idle): the gate's state as it starts; it
@@ -276,10 +277,12 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
         from zitops.engine import phases
         from zitops.engine.factory import create_engine
         from zitops.worker.bundle import import_bundle
+        from zitops.worker.group import start_group
 
         with phases.phase("compile_bundle"):  # the fleet's compiled code, before anything compiles
             bundle = import_bundle(config, device)
         engine = create_engine(config, incarnation=incarnation, preloaded=preloaded)
+        engine = start_group(engine, config, config_data, worker_id, gpu is not None, incarnation)  # parallel's ranks
         if build_gate is not None:
             build_gate.wait()  # the load onto the GPU is build work too
         engine.setup(device)

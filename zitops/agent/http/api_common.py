@@ -37,6 +37,7 @@ from zitops.agent.http.http_metrics import (  # noqa: F401 (re-exported: the rou
 from zitops.agent.http.queue_terms import may_retry, queue_terms, submit_once
 from zitops.agent.http.tenants import caller, token_cap, visible
 from zitops.config import AgentConfig
+from zitops.engine.features.parallel import check_request as check_parallel
 from zitops.engine.request import (
     MAX_SEED,
     GenerationRequest,
@@ -215,6 +216,7 @@ def build_request(config: AgentConfig, prompt: str, **overrides: Any) -> Generat
         req, max_side=limits.max_side, min_side=limits.min_side, max_steps=limits.max_steps,
         max_images=limits.max_images, max_prompt_chars=templated_limit,
     )
+    check_parallel(config.profile.engine.parallel, req)  # what a context-parallel group cannot split: a 422
     return req
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from zitops.agent.ops.schedule import Periodic
 from zitops.agent.workers import hot_spare as hot
 from zitops.agent.workers import watchdog as policy
+from zitops.agent.workers.groups import cards, group_visible, slot_devices
 from zitops.agent.workers.overlap import Overlap
 from zitops.agent.workers.rounds import WatchdogRounds
 from zitops.agent.workers.slots import PoolListener, WorkerSlot
@@ -61,7 +62,9 @@ class Pool(WatchdogRounds):
         self.config = config
         self.wd = config.profile.watchdog
         self.listener = listener
-        self.slots = [WorkerSlot(id=f"w{i}", gpu=g) for i, g in enumerate(gpus)]
+        self.slots = [WorkerSlot(id=f"w{i}", gpu=d.gpu, group=d.group)
+                      for i, d in enumerate(slot_devices(gpus, config.profile.engine.parallel.degree,
+                                                         config.profile.engine.parallel.kind))]
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENT_HISTORY)
         self.degraded: str | None = None
         self.fatal: str | None = None  # set once no slot can run jobs again: the agent exits (docs/runtime.md)
@@ -83,7 +86,7 @@ class Pool(WatchdogRounds):
     def start(self) -> None:
         """Spawn every worker (call on the running event loop)."""
         self._loop = asyncio.get_running_loop()
-        self.uuids.update(self.vram.uuids([s.gpu for s in self.slots if s.gpu is not None]))
+        self.uuids.update(self.vram.uuids([c for s in self.slots for c in cards(s.gpu, s.group)]))
         self.standby.start(self._loop)
         for slot in self.slots:
             self._spawn(slot)
@@ -127,7 +130,7 @@ class Pool(WatchdogRounds):
         try:
             return start_child(self._ctx, worker_main, f"zitops-worker-{slot.id}",
                                (slot.id, slot.gpu, slot.incarnation, self._config_data, time.time(), None, None,
-                                slot.gate, self.visible_devices(slot.gpu)))
+                                slot.gate, group_visible(slot.group, self.uuids) or self.visible_devices(slot.gpu)))
         except OSError as exc:  # out of fds or memory: count it as a death, retry with backoff
             log.error("cannot start a worker process", worker_id=slot.id, error=str(exc))
             slot.state, slot.last_exit = "dead", f"spawn failed: {exc}"

@@ -14,6 +14,7 @@ from typing import Any
 
 from zitops.agent.workers import hot_spare as hot
 from zitops.agent.workers import watchdog as policy
+from zitops.agent.workers.groups import cards, fullest
 from zitops.agent.workers.overlap import OVERLAP_POLICIES, Overlap
 from zitops.agent.workers.slots import LIVE_STATES, WorkerSlot, observe
 from zitops.agent.workers.spawn import sigkill
@@ -65,7 +66,7 @@ class WatchdogRounds:
 
     def check_memory(self) -> None:
         """Read GPU memory (NVML, or the workers' own reports) and apply the memory policy."""
-        failed = self.vram.refresh([s.gpu for s in self.slots if s.gpu is not None])
+        failed = self.vram.refresh([c for s in self.slots for c in cards(s.gpu, s.group)])  # every card of a group
         if failed is not None:
             self.event("nvml", None, failed)
         self.vram_history.record(self.vram.gpus, self.slots)
@@ -78,6 +79,8 @@ class WatchdogRounds:
                 gpu = by_index.get(s.gpu) if s.gpu is not None else None
                 if gpu is not None:
                     s.nvml_used_mib = gpu.by_pid.get(s.pid)
+                if s.group:
+                    gpu = fullest(s.gpu, s.group, by_index)  # a group is as near full as its fullest card
                 seen.append(observe(s, now, gpu, s.gpu in overlapped))
         self.apply(policy.memory_policy(seen, self.wd))
         for s in list(self.slots):  # a spare that failed, or did not fit before, is retried here

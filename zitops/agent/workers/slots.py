@@ -34,6 +34,7 @@ class WorkerSlot:
 
     id: str
     gpu: int | None
+    group: tuple[int, ...] = ()  # a context-parallel group's GPUs (``gpu`` is the first); () for one GPU or the CPU
     incarnation: int = -1  # the first process is incarnation 0
     process: BaseProcess | None = None
     conn: Connection | None = None

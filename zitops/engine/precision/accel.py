@@ -232,19 +232,21 @@ def use_fast_attention(pipe: Any, device: str, *, fuse: bool, flash: bool) -> di
 
 
 # -- compile -------------------------------------------------------------------
-def compile_pipeline(pipe: Any, *, dynamic: bool | None = None) -> dict[str, Any]:
+def compile_pipeline(pipe: Any, *, dynamic: bool | None = None, fullgraph: bool = True) -> dict[str, Any]:
     """Regional compile of the repeated transformer blocks, plus the VAE decoder; returns what was done.
 
     ``dynamic=None`` lets dynamo specialise on the first shape and generalise
     on the second, so a profile's fixed size gets static kernels while other
-    sizes still avoid a recompile each.
+    sizes still avoid a recompile each. ``fullgraph=False`` for blocks that
+    carry context-parallel hooks, which dynamo cannot trace whole (a graph
+    break at each block's split, the block itself still compiled).
     """
     import torch
 
     # Each new image size can add a graph; the default limit of 8 is hit by a
     # busy service that sees many sizes and then silently runs eager.
     torch._dynamo.config.cache_size_limit = max(int(torch._dynamo.config.cache_size_limit), 64)
-    pipe.transformer.compile_repeated_blocks(fullgraph=True, dynamic=dynamic)
+    pipe.transformer.compile_repeated_blocks(fullgraph=fullgraph, dynamic=dynamic)
     scope = ["transformer_blocks"]
     decoder = getattr(getattr(pipe, "vae", None), "decoder", None)
     if decoder is not None and "vaecompile" not in disabled_levers():

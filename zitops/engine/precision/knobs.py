@@ -99,5 +99,5 @@ def setup_compile(pipe: Any, s: EngineSettings, *, on_cuda: bool, compile_on_cpu
     configure_compile_cache(cache_dir)
     # Regional compilation: one compiled block reused by all 30 layers keeps
     # compile time to seconds instead of minutes.
-    compile_pipeline(pipe)
+    compile_pipeline(pipe, fullgraph=s.parallel.degree <= 1)  # context-parallel hooks break the graph
     return True
