@@ -294,6 +294,7 @@ scenario_lane_multi_gpu() { # (2 GPUs) the GPU lane's one-worker-per-GPU tests: 
 scenario_parallel() { # (2 GPUs) one image across 2 GPUs: designer bf16 1024² engine, 1 GPU vs ulysses 2 vs ring 2, same pixels (issue 30)
   # PARALLEL_SETS="--set engine.compile=false" if compiling with the context-parallel hooks fails on the GPU.
   needs_gpus 2 || return 0
+  # shellcheck disable=SC2086 # PARALLEL_SETS is split into its words on purpose
   timeout "${PARALLEL_LIMIT:-560}" python3 benchmarks/parallel.py --model full-random --profile designer \
     --kinds 1 ulysses2 ring2 --cache-dir /tmp/zcache-parallel ${PARALLEL_SETS:-} --out "$OUT/parallel.json" \
     2>&1 | quiet | tail -12
