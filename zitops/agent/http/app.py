@@ -47,7 +47,8 @@ from zitops.agent.http.openapi import install as install_openapi
 from zitops.agent.http.tenants import caller, owner_hash, reason_codes, reduced_status
 from zitops.config import AgentConfig
 from zitops.errors import ConfigError, InvalidRequest, ZitopsError
-from zitops.logbook.failures import FailureStore, failures_payload
+from zitops.logbook.failure_query import failures_payload
+from zitops.logbook.failures import FailureStore
 from zitops.logbook.logs import set_levels
 from zitops.tracing import NO_TRACER, Tracer
 
