@@ -25,7 +25,7 @@ from zitops.config import AgentConfig
 
 
 class Reports:
-    """The dispatcher's read-only reports on its queue, pool, fleet and image home."""
+    """The dispatcher's reports on its queue, pool, fleet and image home, and its sd_notify round."""
 
     config: AgentConfig
     pool: Pool
