@@ -114,7 +114,7 @@ def test_device_postprocess_matches_diffusers(pipe: Any) -> None:
     import numpy as np
     import torch
 
-    from zitops.engine.diffusers_engine import _to_pil
+    from zitops.engine.decoding import _to_pil
 
     image = torch.randn(2, 3, 16, 24, generator=torch.Generator().manual_seed(3)) * 1.2
     ours = _to_pil(image)

@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from zitops.cli import cli
 from zitops.config import config_from_mapping, config_to_dict
 from zitops.errors import AgentUnavailable, InvalidRequest, Unauthorized
-from zitops.logbook.failures import FailureRecord, FailureStore, failures_payload, parse_since
+from zitops.logbook.failure_query import failures_payload, parse_since
+from zitops.logbook.failures import FailureRecord, FailureStore
 from zitops.profile import load_profile, profile_to_dict
 
 

@@ -83,7 +83,7 @@ def failures(since: str | None, limit: int, as_json: bool, config_path: str | No
     """List recorded job failures (newest first): from the deployment's store, or from the agent at --url."""
     from zitops.agent.http.auth import read_client_token
     from zitops.commands.locate import DEFAULT_URL
-    from zitops.logbook.failures import parse_since
+    from zitops.logbook.failure_query import parse_since
 
     since_ts = parse_since(since) if since else None
     found = find_deployment(config_path) if url is None or config_path else None

@@ -27,7 +27,7 @@ def logs(config_path: str | None, follow: bool, level: str, since: str | None, t
          as_json: bool | None) -> None:
     """Show the deployment's logs (agent and workers): pretty on a terminal, JSON lines in a pipe."""
     from zitops.commands.locate import announce, find_deployment
-    from zitops.logbook.failures import parse_since
+    from zitops.logbook.failure_query import parse_since
     from zitops.logbook.logview import Filter, pretty, read
     from zitops.logbook.logview import follow as follow_logs
 

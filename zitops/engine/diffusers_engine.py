@@ -1,19 +1,20 @@
 """The real engine: Z-Image-Turbo through diffusers' ``ZImagePipeline``.
 
-The only module (with its helpers knobs/schedulers/full/tiny) that imports torch,
-and only inside the worker process. Every profile knob is applied in
+The only module (with its helpers knobs/schedulers/full/tiny/decoding/device_memory) that imports
+torch, and only inside the worker process. Every profile knob is applied in
 ``setup``; the sampler, schedule and seeds per request in ``run_batch``.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from zitops.engine.base import GenerationResult, MemoryStats, ProgressFn
+from zitops.engine.base import GenerationResult, ProgressFn
+from zitops.engine.decoding import Decoding
+from zitops.engine.device_memory import DeviceMemory
 from zitops.engine.features import parallel
 from zitops.engine.features.controlnet import control_kwargs
 from zitops.engine.loader import FULL_RANDOM, Preloaded, default_state_dir
@@ -31,31 +32,17 @@ from zitops.engine.precision.offload import (
     place,
 )
 from zitops.engine.request import GenerationRequest
-from zitops.engine.stepping import StepLog, latent_rgb, small_latents, step_callback
+from zitops.engine.stepping import StepLog, step_callback
 from zitops.engine.tiny import TINY_NOTICE
 from zitops.errors import EngineError, InvalidRequest, ZitopsError
 from zitops.profile import SAMPLERS, SCHEDULES, EngineSettings
 
 log = logging.getLogger("zitops.engine")
-MIB = 2**20
 TEXT_TOKEN_LIMIT = 512
 """ZImagePipeline's ``max_sequence_length`` default: the longest text bucket the warm-up captures."""
 
 
-def _to_pil(image: Any) -> list[Any]:
-    """VAE output in [-1, 1] to PIL images: diffusers' postprocess arithmetic, done on the device.
-
-    Only uint8 pixels cross to the host (3 MB per 1024x1024 image instead of
-    12 MB of float32), and the rounding matches ``VaeImageProcessor.postprocess``.
-    """
-    import torch
-    from PIL import Image
-
-    pixels = ((image.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    return [Image.fromarray(p) for p in pixels.permute(0, 2, 3, 1).cpu().numpy()]
-
-
-class DiffusersEngine:
+class DiffusersEngine(Decoding, DeviceMemory):
     """ZImagePipeline with zitops' knobs, implementing :class:`zitops.engine.base.Engine`."""
 
     name = "diffusers"
@@ -327,12 +314,6 @@ class DiffusersEngine:
             info["preview_steps"] = steps.forwards
         return GenerationResult(images=images, seeds=request.seeds, seconds=seconds, info=info)
 
-    def _preview(self, latents: Any) -> list[Any]:
-        """A step's preview: the linear latent map, or the VAE decode (engine.preview_decode)."""
-        if self.settings.preview_decode == "vae":
-            return self._decode(small_latents(latents), False)
-        return latent_rgb(latents)
-
     def _control_pipeline(self) -> Any:
         """The ControlNet pipeline over the loaded modules (the weights load on first use)."""
         eff = self.effective
@@ -340,27 +321,6 @@ class DiffusersEngine:
             self.pipe, dtype=torch_dtype(self.settings.precision), device=self.device,
             compile_blocks=bool(eff.get("compile")), attention_backend=eff.get("attention_backend"),
             note=self._note)
-
-    def _decode(self, latents: Any, free_hooks: bool = True) -> list[Any]:
-        """Latents to PIL images through the configured decode path."""
-        import torch
-
-        pipe = self.pipe
-        cfg = pipe.vae.config
-        with torch.no_grad():
-            # The pipeline's latent space is the FLUX VAE's, scaled and shifted;
-            # a TAEF1 decoder takes the same unscaled latents as the full VAE.
-            if self.tiny_vae is not None:
-                raw = latents.to(self.tiny_vae.device, self.tiny_vae.dtype)
-                raw = raw / cfg.scaling_factor + cfg.shift_factor
-                image = self.tiny_vae.decode(raw, return_dict=False)[0]
-            else:
-                raw = latents.to(pipe.vae.dtype) / cfg.scaling_factor + cfg.shift_factor
-                image = pipe.vae.decode(raw, return_dict=False)[0]
-            images = _to_pil(image)
-        if free_hooks:
-            pipe.maybe_free_model_hooks()
-        return images
 
     def _info(self, request: GenerationRequest) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -381,37 +341,6 @@ class DiffusersEngine:
         if self.tiny:
             return "tiny (random weights)"
         return self.model_path.name if self.model_path else self.model
-
-    # -- memory -------------------------------------------------------------
-    def memory(self) -> MemoryStats:
-        """torch.cuda allocator statistics in MiB; zeros on the CPU."""
-        import torch
-
-        if not self.device.startswith("cuda") or not torch.cuda.is_available():
-            return MemoryStats()
-        dev = torch.device(self.device)
-        free, total = torch.cuda.mem_get_info(dev)
-        return MemoryStats(
-            allocated_mib=torch.cuda.memory_allocated(dev) / MIB,
-            reserved_mib=torch.cuda.memory_reserved(dev) / MIB,
-            peak_allocated_mib=torch.cuda.max_memory_allocated(dev) / MIB,
-            device_total_mib=total / MIB, device_used_mib=(total - free) / MIB,
-        )
-
-    def reset_peak_memory(self) -> None:
-        """Start a new peak-memory window (benchmarks call this per run)."""
-        import torch
-
-        if self.device.startswith("cuda") and torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats(torch.device(self.device))
-
-    def release_cache(self) -> None:
-        """gc, then hand cached allocator blocks back to the driver."""
-        import torch
-
-        gc.collect()
-        if self.device.startswith("cuda") and torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def describe(self) -> dict[str, Any]:
         """Model, precision and effective knobs, for /status and PNG metadata."""

@@ -15,7 +15,7 @@ what the agent did next: ``retry``, ``requeue``, ``fail``, ``restart``,
 job timeout) and ``killed`` (worker killed from outside, e.g. ``kill -9``).
 
 HTTP shape (``GET /v1/failures?since=&limit=``, read by ``zitops failures
---url``; :func:`failures_payload` builds it and validates the query)::
+--url``; :func:`zitops.logbook.failure_query.failures_payload` builds it and validates the query)::
 
     {"failures": [record.to_dict(), ...]}   # newest first
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -42,13 +41,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from zitops.errors import InvalidRequest
+from zitops.logbook.failure_params import PROMPT_PREFIX_CHARS, _jsonable, _params
 from zitops.logbook.failure_retention import prune_db, prune_jsonl
 from zitops.logbook.logs import get_logger
 
 _List = list  # FailureStore.list shadows the builtin inside the class body
 Action = Literal["retry", "requeue", "fail", "restart", "kill", "recycle"]
 ACTIONS: tuple[str, ...] = ("retry", "requeue", "fail", "restart", "kill", "recycle")
-PROMPT_PREFIX_CHARS = 50
 FAILURES_JSONL = "failures.jsonl"
 FAILURES_DB = "failures.sqlite3"
 MAX_TRACEBACK_CHARS = 20_000
@@ -86,6 +85,13 @@ _COLUMNS = (
 def iso_utc(ts: float) -> str:
     """Epoch seconds as ISO 8601 UTC with a ``Z``, millisecond precision."""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse_iso(text: str) -> float:
+    dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)  # a bare timestamp means UTC, like every time we print
+    return dt.timestamp()
 
 
 @dataclass(frozen=True)
@@ -346,89 +352,3 @@ class FailureStore:
                     records.append(rec)
         records.sort(key=lambda r: r.ts, reverse=True)
         return records[:limit]
-
-
-IMAGE_PARAMS = ("init_image", "mask", "control_image")
-"""Request fields that carry an image (base64): a record keeps its size and hash, never the pixels."""
-
-
-def image_summary(b64: str) -> dict[str, Any]:
-    """What a failure record keeps of an input image: bytes, sha256 and (from the header) width x height."""
-    import base64
-    import binascii
-    import hashlib
-    import io
-
-    try:
-        raw = base64.b64decode(b64.split(",", 1)[-1] if b64.startswith("data:") else b64, validate=False)
-    except (binascii.Error, ValueError):
-        raw = b64.encode("utf-8", "surrogateescape")
-    out: dict[str, Any] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
-    with contextlib.suppress(Exception):  # any undecodable header: sizes and hash are still kept
-        from PIL import Image
-
-        with Image.open(io.BytesIO(raw)) as im:  # reads the header only
-            out["size"] = f"{im.width}x{im.height}"
-    return out
-
-
-def _params(params: dict[str, Any]) -> dict[str, Any]:
-    # The record keeps a prompt prefix only (size, and users' text is theirs):
-    # a full prompt inside the parameters would undo that.
-    out = {k: v for k, v in params.items() if k != "prompt"}
-    for key in IMAGE_PARAMS:
-        if isinstance(out.get(key), str):
-            out[key] = image_summary(out[key])
-    if isinstance(out.get("negative_prompt"), str):
-        out["negative_prompt"] = out["negative_prompt"][:PROMPT_PREFIX_CHARS]
-    result: dict[str, Any] = _jsonable(out)
-    return result
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def _parse_iso(text: str) -> float:
-    dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)  # a bare timestamp means UTC, like every time we print
-    return dt.timestamp()
-
-
-MAX_LIMIT = 1000
-
-
-def failures_payload(store: FailureStore, since: str | float | None = None, limit: int | str | None = None) -> dict[str, Any]:
-    """The ``GET /v1/failures`` body, ``{"failures": [...]}``; ``since`` is epoch seconds or :func:`parse_since` text."""
-    since_ts: float | None = None
-    if since is not None and since != "":
-        try:
-            since_ts = float(since)
-        except ValueError:
-            since_ts = parse_since(str(since))
-    try:
-        n = 50 if limit is None or limit == "" else int(limit)
-    except ValueError:
-        raise InvalidRequest(f"limit {limit!r} is not a whole number: use 1..{MAX_LIMIT}") from None
-    if not 1 <= n <= MAX_LIMIT:
-        raise InvalidRequest(f"limit {n} is out of range: use 1..{MAX_LIMIT}")
-    return {"failures": [r.to_dict() for r in store.list(since=since_ts, limit=n)]}
-
-
-def parse_since(text: str, now: float | None = None) -> float:
-    """``30s``/``30m``/``1h``/``2d``/``1w`` ago, or an ISO 8601 time, as epoch seconds."""
-    match = _DURATION.match(text or "")
-    if match:
-        return (time.time() if now is None else now) - float(match.group(1)) * _UNIT_S[match.group(2).lower()]
-    try:
-        return _parse_iso(text)
-    except (ValueError, AttributeError):
-        raise InvalidRequest(
-            f"since {text!r} is not understood: use a duration like 30m, 1h, 2d, 1w "
-            "or an ISO 8601 time like 2026-01-31T12:00:00Z"
-        ) from None

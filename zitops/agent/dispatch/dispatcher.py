@@ -21,11 +21,13 @@ from typing import Any
 from zitops.agent.contract import JobRecord, JobStatus
 from zitops.agent.dispatch import reporting
 from zitops.agent.dispatch.disk import FreeSpaceFloor
+from zitops.agent.dispatch.dispatcher_reports import Reports
 from zitops.agent.dispatch.fleet import Fleet
 from zitops.agent.dispatch.image_home import ImageHome
 from zitops.agent.dispatch.images import Encoder, keep_freed_memory
 from zitops.agent.dispatch.job_queue import JobQueue
 from zitops.agent.dispatch.outcomes import Outcomes
+from zitops.agent.dispatch.pool_events import PoolEvents
 from zitops.agent.dispatch.results import ResultWriter
 from zitops.agent.dispatch.webhooks import open_webhooks
 from zitops.agent.ops.agent_log import AgentLog
@@ -33,14 +35,13 @@ from zitops.agent.ops.failure_log import FailureLog
 from zitops.agent.ops.job_traces import JobTraces
 from zitops.agent.ops.loop_health import LoopHealth
 from zitops.agent.ops.notify import SystemdNotify
-from zitops.agent.ops.runtime_metrics import Gauges, RuntimeMetrics
+from zitops.agent.ops.runtime_metrics import RuntimeMetrics
 from zitops.agent.ops.schedule import Periodic, Schedule
 from zitops.agent.progress import ProgressBoard
 from zitops.agent.storage.fleet_store import shared
 from zitops.agent.storage.store import Store, open_store
 from zitops.agent.storage.store_errors import Unsaved
 from zitops.agent.workers.pool import Pool
-from zitops.agent.workers.slots import WorkerSlot
 from zitops.config import AgentConfig
 from zitops.engine.request import GenerationRequest
 from zitops.errors import AgentUnavailable, NotFound, QueueFull, StoreUnavailable
@@ -50,11 +51,7 @@ from zitops.sdnotify import Notifier
 from zitops.worker.protocol import (
     STEER_CANCEL,
     STEER_PREVIEW,
-    Failure,
     Job,
-    MemoryReport,
-    Progress,
-    Result,
     Steer,
 )
 
@@ -65,8 +62,9 @@ ENCODE_SETTLE_S = 2.0
 """How long close() waits for encodes still pending (drain has already waited for them)."""
 
 
-class Dispatcher:
-    """Jobs in, workers out: the Service the HTTP layer talks to."""
+class Dispatcher(PoolEvents, Reports):
+    """Jobs in, workers out: the Service the HTTP layer talks to (its PoolListener methods in
+    :mod:`~zitops.agent.dispatch.pool_events`, its reports in :mod:`~zitops.agent.dispatch.dispatcher_reports`)."""
 
     def __init__(self, config: AgentConfig, *, notifier: Any = None, failures: FailureStore | None = None,
                  gpus: list[int | None] | None = None, store: Store | None = None, traces: JobTraces | None = None) -> None:
@@ -259,50 +257,6 @@ class Dispatcher:
         if (ev := self._waiters.pop(job_id, None)) is not None:
             ev.set()
 
-    # --- PoolListener ------------------------------------------------------------
-
-    def on_ready(self, slot: WorkerSlot) -> None:
-        """A worker is ready: READY=1 the first time, then dispatch."""
-        self.log("info", "worker ready", worker_id=slot.id, pid=slot.pid, incarnation=slot.incarnation)
-        if slot.startup:
-            self.metrics.worker_started(slot.id, slot.startup)
-        self.notify.ready(self.summary())
-        self.dispatch()
-
-    def on_result(self, slot: WorkerSlot, result: Result) -> None:
-        """Start writing a finished job's images; the worker is free for its next job meanwhile."""
-        self._seconds.append(result.seconds)
-        self.results.accept(slot.id, result, self._marks.get(result.job_id, {}))
-
-    def encoded_images(self, job_id: str) -> tuple[bytes, ...] | None:
-        """A succeeded job's encoded images, once, if still in memory and the job's own; None: read them."""
-        fresh = self.results.encoded_images(job_id)
-        return fresh if self.fleet is None or fresh is None else self.fleet.ours(job_id, fresh, self.store.get)
-
-    def on_progress(self, slot: WorkerSlot, progress: Progress) -> None:
-        """A running job finished a step (on any slot)."""
-        self.progress.step(progress.job_id, progress.step, progress.steps, progress.preview)
-
-    def on_failure(self, slot: WorkerSlot, failure: Failure) -> None:
-        """A job the engine failed, or stopped on a cancel (see :mod:`zitops.agent.dispatch.outcomes`)."""
-        self.outcomes.failed(slot, failure)
-
-    def on_job_lost(self, slot: WorkerSlot, job_id: str, reason: str, retry: bool = True) -> None:
-        """A job whose worker died: requeued once, failed the second time or at once when not ``retry``."""
-        self.outcomes.lost(slot, job_id, reason, retry)
-
-    def on_memory(self, slot: WorkerSlot, report: MemoryReport) -> None:
-        """Keep the worker's allocator gauges, then dispatch (the pool applied its memory policy)."""
-        self.metrics.allocated.labels(slot.id).set(report.allocated_mib)
-        self.metrics.reserved.labels(slot.id).set(report.reserved_mib)
-        self.dispatch()
-
-    def on_event(self, event: dict[str, Any]) -> None:
-        """Log and count a pool action."""
-        if event["kind"] == "exit":
-            self.fatal.set()
-        self.outcomes.pool_event(event)
-
     # --- Service -----------------------------------------------------------------
 
     async def submit(self, request: GenerationRequest, owner: str | None = None,
@@ -401,49 +355,3 @@ class Dispatcher:
     def discard_images(self, job_id: str) -> None:
         """Delete a synchronous job's image files once its response holds them (kept only when asked)."""
         self.images.discard(job_id)
-
-    # --- reports ---------------------------------------------------------------------
-
-    def _view(self) -> reporting.QueueView:
-        return reporting.QueueView(len(self._queue), self.config.profile.queue.depth, self.pool.running(),
-                                   self._draining, tuple(self.health.reasons()))
-
-    def livez(self) -> bool:
-        """The process is up and will not exit for the flap limit (no GPU call, no I/O)."""
-        return self.pool.fatal is None
-
-    def readiness(self) -> tuple[bool, list[str]]:
-        """(ready, reasons): a worker is loaded, the queue is below cap, heartbeats are fresh, the loop works."""
-        ready, reasons = reporting.readiness(self.pool, self._view())
-        reasons += (self.fleet.reasons() if self.fleet is not None else []) + self.images.reasons()
-        return not reasons, reasons
-
-    def healthy(self) -> bool:
-        """True while the dispatcher loop works and live workers heartbeat (gates WATCHDOG=1)."""
-        return not reporting.unhealthy(self.pool, self._view())
-
-    def summary(self) -> str:
-        """One line for STATUS= and logs."""
-        return reporting.summary(self.pool, self._view())
-
-    def vram_history(self) -> dict[str, Any]:
-        """The last hour of VRAM samples per device, kept by the pool's memory check."""
-        return self.pool.vram_history.snapshot()
-
-    def status(self) -> dict[str, Any]:
-        """The /status JSON."""
-        return {**reporting.status(self.config, self.pool, self._view(), uptime_s=time.time() - self._started_at,
-                                   recent_failures=self.failure_log.recent(10)),
-                "webhooks": self.webhooks.status(), "object_store": self.images.state()}
-
-    def metrics_text(self) -> str:
-        """Prometheus text of the runtime's own registry."""
-        return self.metrics.render(Gauges(queued=len(self._queue), running=self.pool.running(),
-                                          workers_ready=sum(1 for s in self.pool.slots if s.serving),
-                                          standby=len(self.pool.standby.spares), ready=self.readiness()[0],
-                                          devices=reporting.device_memory(self.pool))
-                                  ) + (self.fleet.metrics_text() if self.fleet is not None else "")
-
-    def notify_tick(self) -> None:
-        """The sd_notify round: WATCHDOG=1 only while healthy; STATUS= every time."""
-        self.notify.tick(self.healthy(), self.summary())

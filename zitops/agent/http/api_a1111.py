@@ -19,6 +19,22 @@ from pydantic import Field
 
 from zitops.agent.contract import JobRecord
 from zitops.agent.http.api_common import (
+    build_request_as,
+    context,
+    discard_files,
+    drop_encoded,
+    images_json,
+    json_fragments,
+    request_started,
+    submit,
+    sync_timeout_s,
+    timed_json,
+    wait_final,
+)
+from zitops.agent.http.api_control import a1111_control, control_overrides, other_scripts
+from zitops.agent.http.api_inputs import lora_overrides
+from zitops.agent.http.http_errors import EDGE_CODES, ERROR_RESPONSES, responses
+from zitops.agent.http.json_guard import (
     IMAGES_CAP,
     NAME_CAP,
     PROMPT_CAP,
@@ -30,22 +46,8 @@ from zitops.agent.http.api_common import (
     Body,
     Flag,
     Num,
-    build_request_as,
-    context,
-    discard_files,
-    drop_encoded,
-    images_json,
-    json_fragments,
     only,
-    request_started,
-    submit,
-    sync_timeout_s,
-    timed_json,
-    wait_final,
 )
-from zitops.agent.http.api_control import a1111_control, control_overrides, other_scripts
-from zitops.agent.http.api_inputs import lora_overrides
-from zitops.agent.http.http_errors import EDGE_CODES, ERROR_RESPONSES, responses
 from zitops.agent.http.tenants import caller
 from zitops.config import AgentConfig
 from zitops.engine.features.lora_files import strip_prompt_loras

@@ -17,8 +17,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import Field, ValidationError
 
-from zitops.agent.http.api_common import NAME_CAP, Body, Flag, Num, context
+from zitops.agent.http.api_common import context
 from zitops.agent.http.image_input import decode_off_loop, from_base64, open_image, to_png_b64
+from zitops.agent.http.json_guard import NAME_CAP, Body, Flag, Num
 from zitops.config import AgentConfig
 from zitops.engine.features.controlnet import NO_CONTROLNET
 from zitops.engine.request import CONTROL_TYPES, MAX_CONTROL_STRENGTH

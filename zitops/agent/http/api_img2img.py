@@ -18,18 +18,11 @@ from pydantic import Field
 
 from zitops.agent.http.api_a1111 import Txt2ImgIn, a1111_overrides, a1111_run
 from zitops.agent.http.api_common import (
-    IMAGES_CAP,
-    PROMPT_CAP,
-    SEED_CAP,
-    STEPS_CAP,
-    Flag,
-    Num,
     abandon,
     build_request_as,
     context,
     images_json,
     json_fragments,
-    only,
     request_started,
     submit,
     sync_timeout_s,
@@ -42,6 +35,15 @@ from zitops.agent.http.api_inputs import image_overrides, lora_overrides, sized
 from zitops.agent.http.api_openai import STREAM_QUALITY, parse_size
 from zitops.agent.http.http_errors import EDGE_CODES, ERROR_RESPONSES, responses
 from zitops.agent.http.image_input import from_base64
+from zitops.agent.http.json_guard import (
+    IMAGES_CAP,
+    PROMPT_CAP,
+    SEED_CAP,
+    STEPS_CAP,
+    Flag,
+    Num,
+    only,
+)
 from zitops.errors import InvalidRequest
 
 router = APIRouter(responses=responses(*EDGE_CODES))

@@ -11,8 +11,8 @@ from typing import Any
 from fastapi import Request
 from pydantic import Field
 
-from zitops.agent.http.api_common import NAME_CAP, Body, Num
 from zitops.agent.http.image_input import checked_png, decode_off_loop, default_size
+from zitops.agent.http.json_guard import NAME_CAP, Body, Num
 from zitops.config import AgentConfig
 from zitops.engine.features.lora_files import FP8_REFUSAL, check_loras
 from zitops.errors import InvalidRequest

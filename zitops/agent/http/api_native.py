@@ -13,15 +13,6 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from zitops.agent.cost import estimate
 from zitops.agent.dispatch.webhooks import resolve_target
 from zitops.agent.http.api_common import (
-    IMAGES_CAP,
-    PROMPT_CAP,
-    PROMPT_PATTERN,
-    SEED_CAP,
-    SIDE_CAP,
-    STEPS_CAP,
-    TEXT_PATTERN,
-    Body,
-    Num,
     build_request,
     context,
     image_bytes,
@@ -33,6 +24,17 @@ from zitops.agent.http.api_control import ControlIn, control_overrides
 from zitops.agent.http.api_inputs import LoraIn, image_overrides, lora_overrides, sized
 from zitops.agent.http.http_errors import EDGE_CODES, responses
 from zitops.agent.http.image_input import from_base64
+from zitops.agent.http.json_guard import (
+    IMAGES_CAP,
+    PROMPT_CAP,
+    PROMPT_PATTERN,
+    SEED_CAP,
+    SIDE_CAP,
+    STEPS_CAP,
+    TEXT_PATTERN,
+    Body,
+    Num,
+)
 from zitops.errors import InvalidRequest
 from zitops.profile import SAMPLERS, SCHEDULES
 

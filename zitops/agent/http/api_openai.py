@@ -21,15 +21,6 @@ from fastapi import APIRouter, Request, Response
 from pydantic import Field, field_validator
 
 from zitops.agent.http.api_common import (
-    IMAGES_CAP,
-    NAME_CAP,
-    PROMPT_CAP,
-    PROMPT_PATTERN,
-    SEED_CAP,
-    STEPS_CAP,
-    TEXT_PATTERN,
-    Body,
-    Flag,
     abandon,
     base_url,
     build_request_as,
@@ -38,8 +29,6 @@ from zitops.agent.http.api_common import (
     drop_encoded,
     images_json,
     json_fragments,
-    no_bool_for_int,
-    only,
     request_started,
     submit,
     sync_timeout_s,
@@ -49,6 +38,19 @@ from zitops.agent.http.api_common import (
 from zitops.agent.http.api_events import openai_stream, partial_steps
 from zitops.agent.http.api_inputs import LoraIn, lora_overrides
 from zitops.agent.http.http_errors import ERROR_RESPONSES, responses
+from zitops.agent.http.json_guard import (
+    IMAGES_CAP,
+    NAME_CAP,
+    PROMPT_CAP,
+    PROMPT_PATTERN,
+    SEED_CAP,
+    STEPS_CAP,
+    TEXT_PATTERN,
+    Body,
+    Flag,
+    no_bool_for_int,
+    only,
+)
 from zitops.errors import InvalidRequest
 
 router = APIRouter(tags=["openai"], responses={**ERROR_RESPONSES, **responses(409, 500, 507)})

@@ -30,7 +30,7 @@ from zitops.agent.http import (
     api_openai,
     console,
 )
-from zitops.agent.http.api_common import ApiContext, Body, context
+from zitops.agent.http.api_common import ApiContext, context
 from zitops.agent.http.auth import LiveTokens, Tokens
 from zitops.agent.http.hosts import HostPolicy
 from zitops.agent.http.http_errors import (
@@ -41,12 +41,14 @@ from zitops.agent.http.http_errors import (
     zitops_error_handler,
 )
 from zitops.agent.http.http_metrics import CONTENT_TYPE, HttpMetrics
+from zitops.agent.http.json_guard import Body
 from zitops.agent.http.middleware import EdgeMiddleware
 from zitops.agent.http.openapi import install as install_openapi
 from zitops.agent.http.tenants import caller, owner_hash, reason_codes, reduced_status
 from zitops.config import AgentConfig
 from zitops.errors import ConfigError, InvalidRequest, ZitopsError
-from zitops.logbook.failures import FailureStore, failures_payload
+from zitops.logbook.failure_query import failures_payload
+from zitops.logbook.failures import FailureStore
 from zitops.logbook.logs import set_levels
 from zitops.tracing import NO_TRACER, Tracer
 
