@@ -122,6 +122,9 @@ def test_native_jobs(agent: Agent) -> None:
         text = png_text(png)
         assert text["model"] == "tiny (random weights)" and "zitops_notice" in text
         assert c.get("/status").json()["engine"] == "diffusers"
+        # The agent encoded one throwaway image per format at start, so no request paid the first call.
+        warm = wait_until(lambda: c.get("/status").json()["encoder_warm_ms"], 30.0, what="the encoder's warm-up")
+        assert set(warm) == {"png", "jpeg", "webp"}, warm
         _secure(img)
         assert c.get(f"/v1/jobs/{job}/images/5").status_code == 404
         assert c.delete(f"/v1/jobs/{job}").status_code == 409

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from zitops.agent.dispatch.images import Pixels, to_pil
+from zitops.agent.dispatch.images import EXTENSIONS, WARM_SIDE, Pixels, to_pil, warm_encoder
 from zitops.engine.output import encode_image
 from zitops.worker.protocol import RawImage
 
@@ -32,3 +33,15 @@ def test_other_formats_go_through_pil(fmt: str) -> None:
     data = np.full((32, 32, 3), 200, dtype=np.uint8).tobytes()
     blob = encode_image(Pixels(RawImage(mode="RGB", width=32, height=32, data=data)), fmt, PARAMS)
     assert Image.open(io.BytesIO(blob)).size == (32, 32)
+
+
+def test_the_encoder_warm_up_runs_every_output_format_once_through_the_real_encoder() -> None:
+    seen: list[tuple[str, tuple[int, int]]] = []
+
+    def recording(img: Any, fmt: str, params: Any) -> bytes:
+        seen.append((fmt, img.size))
+        return encode_image(img, fmt, params)
+
+    ms = warm_encoder(recording)
+    assert [f for f, _ in seen] == list(EXTENSIONS) == list(ms) and all(v >= 0 for v in ms.values())
+    assert {size for _, size in seen} == {(WARM_SIDE, WARM_SIDE)}

@@ -111,6 +111,7 @@ class Dispatcher(PoolEvents, Reports):
         self._closed = False
         self._started_at = time.time()
         self._tick_task: asyncio.Task[None] | None = None
+        self._warm_task: asyncio.Task[None] | None = None
         self._seconds: collections.deque[float] = collections.deque(maxlen=50)
         # Monotonic marks per job in this process (accepted, handed to a worker): the queue stage.
         self._marks: dict[str, dict[str, float]] = {}
@@ -133,6 +134,7 @@ class Dispatcher(PoolEvents, Reports):
         if restored:
             self.log("info", "restored queued jobs", count=len(restored))
         self.pool.start()
+        self._warm_task = asyncio.create_task(self.results.warm(), name="zitops-encoder-warm")  # beside the workers
         self.health.ticked()
         self._tick_task = asyncio.create_task(self._loop(), name="zitops-dispatcher")
         ttl = self.config.profile.queue.result_ttl_s

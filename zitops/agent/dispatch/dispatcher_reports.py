@@ -15,6 +15,7 @@ from zitops.agent.dispatch import reporting
 from zitops.agent.dispatch.fleet import Fleet
 from zitops.agent.dispatch.image_home import ImageHome
 from zitops.agent.dispatch.job_queue import JobQueue
+from zitops.agent.dispatch.results import ResultWriter
 from zitops.agent.dispatch.webhooks import Webhooks, WebhooksOff
 from zitops.agent.ops.failure_log import FailureLog
 from zitops.agent.ops.loop_health import LoopHealth
@@ -31,6 +32,7 @@ class Reports:
     pool: Pool
     fleet: Fleet | None
     images: ImageHome
+    results: ResultWriter
     health: LoopHealth
     failure_log: FailureLog
     webhooks: Webhooks | WebhooksOff
@@ -70,7 +72,8 @@ class Reports:
         """The /status JSON."""
         return {**reporting.status(self.config, self.pool, self._view(), uptime_s=time.time() - self._started_at,
                                    recent_failures=self.failure_log.recent(10)),
-                "webhooks": self.webhooks.status(), "object_store": self.images.state()}
+                "webhooks": self.webhooks.status(), "object_store": self.images.state(),
+                "encoder_warm_ms": self.results.encoder_warm}
 
     def metrics_text(self) -> str:
         """Prometheus text of the runtime's own registry."""

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -153,3 +154,28 @@ def encode_and_write(output_dir: Path, job_id: str, images: tuple[RawImage, ...]
                 path.unlink(missing_ok=True)
         raise
     return names, tuple(blobs)
+
+
+WARM_SIDE = 512
+"""The warm-up image's side: 768 KB of RGB, above the PNG writer's strip size, so its threads start too."""
+
+
+def warm_encoder(encode: Encoder, formats: tuple[str, ...] = tuple(EXTENSIONS)) -> dict[str, float]:
+    """Encode one throwaway image per output format, so no request pays the encoder's first call; ms each.
+
+    The first call imports numpy, Pillow's plugins and the PNG writer's
+    deflate backend and starts its threads: on the CPU dev box (tiny model,
+    256x256, 2026-12-07) the first request's ``encode`` stage was 123.7 ms
+    against 2.4 ms for the next
+    (benchmarks/results/cpu-2026-12-07-agent-first-requests.json). Half the rows are noise (stored) and half
+    flat (deflated), so both of the PNG writer's paths run.
+    """
+    side = WARM_SIDE
+    half = side * side * 3 // 2
+    raw = RawImage(mode="RGB", width=side, height=side, data=os.urandom(half) + bytes(side * side * 3 - half))
+    out = {}
+    for fmt in formats:
+        started = time.perf_counter()
+        encode(Pixels(raw), fmt, {})
+        out[fmt] = round((time.perf_counter() - started) * 1000.0, 1)
+    return out

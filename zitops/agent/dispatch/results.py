@@ -22,7 +22,7 @@ from typing import Any
 
 from zitops.agent.contract import JobRecord, JobStatus
 from zitops.agent.dispatch.held import Held, HeldJournal
-from zitops.agent.dispatch.images import Encoder, attach_pixels, encode_and_write
+from zitops.agent.dispatch.images import Encoder, attach_pixels, encode_and_write, warm_encoder
 from zitops.agent.dispatch.object_store import ObjectStore, ObjectStoreDown
 from zitops.agent.ops.agent_log import AgentLog
 from zitops.agent.ops.failure_log import FailureLog
@@ -78,8 +78,20 @@ class ResultWriter:
         """Test seam: tests swap in a slow or failing encoder; production never changes it."""
         self._threads = ThreadPoolExecutor(max_workers=ENCODE_THREADS, thread_name_prefix="zitops-encode")
         self.pending: dict[str, asyncio.Task[None]] = {}
+        self.encoder_warm: dict[str, Any] | None = None
+        """Each format's first encode at start (ms; images.warm_encoder), for /status; None until done."""
         self._fresh: collections.OrderedDict[str, tuple[bytes, ...]] = collections.OrderedDict()
         self._marks: collections.OrderedDict[str, dict[str, float]] = collections.OrderedDict()
+
+    async def warm(self) -> None:
+        """The encoder's first call, on the encode threads while the workers start (before any job)."""
+        warm: dict[str, Any]
+        try:
+            warm = await asyncio.get_running_loop().run_in_executor(self._threads, warm_encoder, self.encode)
+        except Exception as exc:  # a warm-up that fails must not stop the agent: the first job pays instead
+            warm = {"error": f"{type(exc).__name__}: {exc}"}
+        self.encoder_warm = warm
+        self.log("info", "encoder warmed", **{k if k == "error" else f"{k}_ms": v for k, v in warm.items()})
 
     def accept(self, worker_id: str, result: Result, marks: dict[str, float]) -> None:
         """Start writing a finished job's images; ``marks`` are its monotonic accepted/handed times."""
