@@ -29,47 +29,20 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from zitops.bench.agent_http import free_port, percentile, running_agent, write_config
+from zitops.bench.closed_loop import closed_loop, one
 from zitops.profile import load_profile
-
-
-def one(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[int, float]:
-    """(HTTP status, seconds) of one synchronous generation."""
-    t0 = time.perf_counter()
-    try:
-        status = client.post(f"{url}/v1/images/generations", json=body).status_code
-    except httpx.HTTPError:
-        status = 0
-    return status, time.perf_counter() - t0
 
 
 def level(url: str, body: dict[str, Any], clients: int, per_client: int, slo_s: float,
           timeout_s: float) -> dict[str, Any]:
-    """C closed-loop clients, ``per_client`` requests each; the level's numbers."""
-    results: list[tuple[int, float]] = []
-    lock = threading.Lock()
-
-    def client_loop(n: int) -> None:
-        with httpx.Client(timeout=timeout_s) as client:
-            for i in range(per_client):
-                out = one(client, url, {**body, "seed": n * 1000 + i})
-                with lock:
-                    results.append(out)
-
-    threads = [threading.Thread(target=client_loop, args=(n,)) for n in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    """C closed-loop clients, ``per_client`` requests each (on average: they share one counter); the numbers."""
+    results, wall = closed_loop(url, body, clients, clients * per_client, timeout_s, seed0=clients * 1000)
     done = [s for code, s in results if code == 200]
     good = [s for s in done if s <= slo_s]
     p95 = percentile(done, 0.95) if done else None

@@ -27,7 +27,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,47 +34,11 @@ from typing import Any
 import httpx
 
 from zitops.bench.agent_http import free_port, running_agent, write_config
+from zitops.bench.closed_loop import closed_loop
 from zitops.profile import Profile, load_profile
 
 TARGET = 1.9
 """The scaling the issue asks of two workers on two GPUs (a target, not a measurement)."""
-
-
-def one(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[int, float]:
-    """(HTTP status, seconds) of one synchronous generation."""
-    t0 = time.perf_counter()
-    try:
-        status = client.post(f"{url}/v1/images/generations", json=body).status_code
-    except httpx.HTTPError:
-        status = 0
-    return status, time.perf_counter() - t0
-
-
-def closed_loop(url: str, body: dict[str, Any], clients: int, requests: int, timeout_s: float,
-                seed0: int) -> tuple[list[tuple[int, float]], float]:
-    """``requests`` generations from ``clients`` closed-loop clients; (status, seconds) each, and the wall time."""
-    results: list[tuple[int, float]] = []
-    lock = threading.Lock()
-    todo = iter(range(requests))
-
-    def loop() -> None:
-        with httpx.Client(timeout=timeout_s) as client:
-            while True:
-                with lock:
-                    n = next(todo, None)
-                if n is None:
-                    return
-                out = one(client, url, {**body, "seed": seed0 + n})
-                with lock:
-                    results.append(out)
-
-    threads = [threading.Thread(target=loop) for _ in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results, time.perf_counter() - t0
 
 
 def phase(profile: Profile, args: argparse.Namespace, gpus: list[int], work: Path,
