@@ -80,6 +80,19 @@ def test_a_cancel_stops_every_rank_at_the_same_step(pair: tuple[Worker, Worker])
     assert psnr(one[0], two[0]) >= SAME_PIXELS_DB
 
 
+def test_a_group_with_the_warm_up_on_gets_ready_and_serves(tmp_path: Path) -> None:
+    # The warm-up's generations run on every rank; the after-warm-up step builds no attention plans on
+    # rank 0 alone (a forward outside a job would wait on the other ranks forever).
+    group = Worker(parallel_config(tmp_path, 2, warmup=True))
+    try:
+        settled = group.ready.startup["after_warmup"]
+        assert group.ready.startup["warmup"] and settled["attention_plans"] == {"shapes": [], "new_graphs": 0}
+        result, images = group.run(request((5,), width=64, height=64, steps=2))
+        assert len(images) == 1 and result.images[0].width == 64
+    finally:
+        group.stop()
+
+
 def test_a_shutdown_ends_the_whole_group_cleanly(tmp_path: Path) -> None:
     group = Worker(parallel_config(tmp_path, 2))
     ranks = group.rank_pids()

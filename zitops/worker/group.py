@@ -248,8 +248,15 @@ class GroupEngine:
         total = {f: getattr(mine, f) + sum(float(o.get(f, 0.0)) for o in self.others) for f in fields}
         return MemoryStats(**total, simulated=mine.simulated)
 
-    def after_warmup(self) -> dict[str, Any]:
-        """Settle after the warm-up on every rank (each captures its own text encoder's CUDA graphs)."""
+    def after_warmup(self, shapes: list[tuple[int, int, int]] | None = None) -> dict[str, Any]:
+        """Settle after the warm-up on every rank (each captures its own text encoder's CUDA graphs).
+
+        ``shapes`` (the attention plans' sizes) are not passed on: a transformer forward
+        outside a job would be rank 0's alone, and its split attention waits for every rank
+        (engine.precision.attention_plans); a group's first request at a new caption length
+        pays its plans instead.
+        """
+        del shapes
         self.group.send("after_warmup")
         settle = getattr(self.inner, "after_warmup", None)
         return dict(settle()) if settle is not None else {}
