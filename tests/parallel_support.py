@@ -78,15 +78,8 @@ class Worker:
 
     def rank_pids(self) -> list[int]:
         """The pids of ranks 1..N-1: rank 0's spawned children (not multiprocessing's resource tracker)."""
-        found = set()
-        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-            for pid in (task / "children").read_text().split():
-                try:
-                    if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                        found.add(int(pid))
-                except OSError:
-                    continue
-        return sorted(found)
+        assert self.proc.pid is not None
+        return ranks_of(self.proc.pid)
 
     def stop(self) -> None:
         """Shutdown, then SIGKILL what is left; the ranks die with rank 0."""
@@ -110,6 +103,19 @@ def image(raw: RawImage) -> Any:
         finally:
             mapped.close()
     return Image.frombytes(raw.mode, (raw.width, raw.height), data)
+
+
+def ranks_of(pid: int) -> list[int]:
+    """A worker's spawned ranks (its children started by multiprocessing's spawn, not its resource tracker)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.add(int(child))
+            except OSError:
+                continue
+    return sorted(found)
 
 
 def gone(pid: int) -> bool:

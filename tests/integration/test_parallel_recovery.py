@@ -9,26 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.parallel_support import gone
+from tests.parallel_support import gone, ranks_of
 from tests.runtime_support import Runtime, request, runtime_config, wait_until
 from zitops.agent.contract import JobStatus
 from zitops.agent.server import settle_parallel
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("torch")
-
-
-def ranks_of(pid: int) -> list[int]:
-    """A worker's spawned ranks (its children started by multiprocessing's spawn, not its resource tracker)."""
-    found = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            try:
-                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    found.add(int(child))
-            except OSError:
-                continue
-    return sorted(found)
 
 
 def test_a_rank_killed_mid_job_restarts_the_group_and_the_job_runs_again(tmp_path: Path) -> None:
