@@ -150,19 +150,26 @@ def run(config: AgentConfig, config_path: str | Path | None = None) -> int:
 
 async def _main(config: AgentConfig, config_path: str | Path | None, tokens: Tokens,
                 sock: socket.socket) -> int:
-    """The composition root: the store, the dispatcher (which holds the worker pool), the app, the server."""
-    from zitops.agent.http.app import create_app
+    """The composition root: the store, the dispatcher (which holds the worker pool), the app, the server.
 
+    The dispatcher starts before the app is built: the workers' imports and
+    warm-up are the longest path to Ready, and the app's own imports (FastAPI,
+    pydantic, every route) run beside them instead of before the spawn.
+    """
     signals = _queue_signals()  # first: a SIGTERM while the store connects is handled once started
     store = open_store(config)
     tracer = make_tracer(config.tracing.endpoint, "zitops-agent")  # NO_TRACER unless tracing is asked for
     dispatcher = Dispatcher(config, store=store, failures=failure_store(config), traces=JobTraces(tracer))
-    app = create_app(config, dispatcher, tokens=tokens.all, admin_tokens=tokens.admins,
-                     priorities=tokens.priorities, tracer=tracer)
-    server = _Server(server_config(app, config.host, config.port, config.server, GRACEFUL_HTTP_S))
     try:
+        await dispatcher.start()
+        from zitops.agent.http.app import create_app
+
+        app = create_app(config, dispatcher, tokens=tokens.all, admin_tokens=tokens.admins,
+                         priorities=tokens.priorities, tracer=tracer)
+        server = _Server(server_config(app, config.host, config.port, config.server, GRACEFUL_HTTP_S))
         return await _serve(config, config_path, dispatcher, server, sock, signals)
     finally:
+        await dispatcher.close()
         tracer.shutdown()  # its owner: after the dispatcher closed, so the last jobs' spans go out
 
 
@@ -177,11 +184,10 @@ def _queue_signals() -> asyncio.Queue[int]:
 
 async def _serve(config: AgentConfig, config_path: str | Path | None, dispatcher: Dispatcher,
                  server: _Server, sock: socket.socket, signals: asyncio.Queue[int]) -> int:
-    """Start the parts, serve, and handle the queued signals until a drain or a fatal pool; the exit code."""
+    """Serve the started dispatcher, and handle the queued signals until a drain or a fatal pool; the exit code."""
     loop = asyncio.get_running_loop()
     fatal = asyncio.create_task(dispatcher.fatal.wait(), name="zitops-fatal")
     try:
-        await dispatcher.start()
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
         log.info("agent started", host=config.host, port=config.port, profile=config.profile.name,
                  workers=len(dispatcher.pool.slots), engine=config.engine.kind)
@@ -218,7 +224,6 @@ async def _serve(config: AgentConfig, config_path: str | Path | None, dispatcher
         fatal.cancel()
         for handled in HANDLED:
             loop.remove_signal_handler(handled)
-        await dispatcher.close()
 
 
 def reload_tokens_file(app: Any, config: AgentConfig) -> None:
