@@ -19,7 +19,7 @@ import yaml
 
 from zitops.config import config_from_mapping, config_to_dict
 from zitops.errors import ConfigError
-from zitops.logbook import log_levels, logs
+from zitops.logbook import log_levels, log_processors, logs
 from zitops.profile import LogSettings, load_profile, profile_to_dict
 
 _TOUCHED = ("zitops", "diffusers", "transformers", "torch", "uvicorn.error", "uvicorn.access",
@@ -174,6 +174,16 @@ def test_secrets_are_redacted(tmp_path: Path) -> None:
     for secret in ("abc.def-123", "tok-1", "tok-2", "tok-3", "tok-4", "tok-5"):
         assert secret not in text
     assert "image/png" in text and "a=1" in text
+
+
+@pytest.mark.parametrize("text", ["BEARER tok-6", "x bEaReR tok-6 y", "token=tok-6", "a=1&password=tok-6",
+                                  "job 0f3a succeeded", "/v1/images/generations", ""])
+def test_redact_text_skips_only_text_no_pattern_can_match(text: str) -> None:
+    """The fast path (no "=", no "bearer" in any case) gives exactly what the patterns alone give."""
+    slow = text
+    for pattern, repl in log_processors._SECRET_TEXT:
+        slow = pattern.sub(repl, slow)
+    assert log_processors.redact_text(text) == slow and "tok-6" not in slow
 
 
 def test_exceptions_are_rendered_as_a_field(tmp_path: Path) -> None:
