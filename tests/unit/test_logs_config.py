@@ -246,6 +246,30 @@ def test_worker_writes_its_own_file(tmp_path: Path) -> None:
     assert not (tmp_path / "zitops.log").exists()
 
 
+def test_a_file_handler_formats_each_line_once_and_still_rolls_over(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    class Counting(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            calls.append(record.getMessage())
+            return super().format(record)
+
+    handler = logs.FormatOnceHandler(tmp_path / "x.log", maxBytes=120, backupCount=1, encoding="utf-8")
+    handler.setFormatter(Counting("%(message)s"))
+    log = logging.getLogger("zitops.test.format_once")
+    log.propagate, log.level = False, logging.INFO
+    log.addHandler(handler)
+    try:
+        for n in range(4):
+            log.info("line %d %s", n, "x" * 40)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    assert calls == [f"line {n} {'x' * 40}" for n in range(4)]  # once each, not twice (shouldRollover + emit)
+    assert (tmp_path / "x.log.1").exists()
+    assert (tmp_path / "x.log").read_text("utf-8").splitlines() == [f"line {n} {'x' * 40}" for n in (2, 3)]
+
+
 def test_rotation_keeps_only_the_configured_backups(tmp_path: Path) -> None:
     logs.configure_logging(LogSettings(max_bytes=4096, backups=2), log_dir=tmp_path, fmt="json")
     log = logs.get_logger("zitops.bulk")
