@@ -97,5 +97,8 @@ def test_pixels_packed_straight_into_the_file_are_exactly_tobytes(mode: str) -> 
 def test_a_short_pixel_file_is_removed_and_the_pixels_go_inline() -> None:
     ours = f"{pixel_shm.PREFIX}-{os.getppid()}-{os.getpid()}-"  # other processes share /dev/shm
     before = {p for p in pixel_shm.SHM_DIR.iterdir() if p.name.startswith(ours)}
-    assert pixel_shm.put_with(10, lambda fd: os.write(fd, b"12345") and None) is None  # a full tmpfs, say
+    def short(fd: int) -> None:  # a full tmpfs, say
+        os.write(fd, b"12345")
+
+    assert pixel_shm.put_with(10, short) is None
     assert {p for p in pixel_shm.SHM_DIR.iterdir() if p.name.startswith(ours)} == before
