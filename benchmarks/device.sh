@@ -97,6 +97,19 @@ scenario_scaleup_alone() { # zitops warm --export on cold caches, then a new age
   timeout "${ALONE_LIMIT:-400}" python3 benchmarks/scaleup.py --arch full --profile designer --jobs 6 --scenarios alone \
     --workdir /tmp/zscale --ready-timeout 300 --out "$OUT/scaleup-alone.json" 2>&1 | quiet | tail -30
 }
+scenario_scaleup_alone_fp8() { # scaleup-alone with engine.fp8=true (its own cold caches and bundle): ready, first request (issue 26)
+  timeout "${ALONE_LIMIT:-400}" python3 benchmarks/scaleup.py --arch full --profile designer --jobs 6 --scenarios alone \
+    --set engine.fp8=true --workdir /tmp/zscale-fp8 --ready-timeout 300 --out "$OUT/scaleup-alone-fp8.json" 2>&1 \
+    | quiet | tail -30
+}
+scenario_import_profile() { # what a GPU worker's imports cost: python -X importtime, then py-spy if installed (issue 26)
+  python3 -X importtime benchmarks/worker_imports.py --profile designer --list old 2> "$OUT/importtime.txt" | tail -1
+  gzip -f "$OUT/importtime.txt"
+  if command -v py-spy > /dev/null; then
+    py-spy record -r 250 -f raw -o "$OUT/import-pyspy.txt" -- python3 benchmarks/worker_imports.py --profile designer \
+      --list old 2>&1 | tail -2 && gzip -f "$OUT/import-pyspy.txt"
+  fi
+}
 scenario_spare_load() { # p50/p90/p99 under 12 clients while a hot spare builds: spare_build always, then idle (issue 26)
   # ~280 s on an H100 with /tmp/zcache warm (after designer or restart-hot); a cold cache adds the compile.
   timeout "${SPARE_LIMIT:-300}" python3 benchmarks/spare_load.py --arch full --profile designer --clients 12 \

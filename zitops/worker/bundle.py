@@ -61,10 +61,11 @@ def import_bundle(config: AgentConfig, device: str, source: str | Path | None = 
     """
     if not compiles(config, device):
         return None
-    from zitops.engine.precision.compile_cache import configure_compile_cache
+    from zitops.engine.precision.compile_cache import configure_compile_cache, share_shape_profile
 
     configure_compile_cache(config.paths.cache_dir)  # the bundle fills the caches the engine will read
     key = parts(config, device)
+    share_shape_profile(cb.digest(key))  # the bundle's shape profile is read under this key's job id
     lookup = cb.check(source, key) if source is not None else cb.find(bundle_dir(config), key)
     report = {"key": cb.digest(key), **cb.load(lookup)}
     if report["status"] == "loaded":

@@ -12,6 +12,10 @@ Ready must mean fast, so that cost is paid here, before ``Ready`` is sent:
 3. the profile's batch at its size again: dynamo now serves that size from
    the new dynamic graph (the newest cache entry is tried first), which had
    never run there, so without this run the first real request paid for it.
+   Skipped when run 2 compiled no graph: with dynamo's shape profile (a
+   fleet bundle, or this cache's earlier workers; :func:`~zitops.engine.
+   precision.compile_cache.share_shape_profile`) run 1 already compiled the
+   dynamic graph at the profile's size, and run 2 only reused it.
 
 Then the engine's own after-warm-up step, when it has one
 (``DiffusersEngine.after_warmup``): attention plans for the common caption
@@ -38,13 +42,17 @@ from zitops.profile import Profile
 WARMUP_PROMPT = "a ceramic coffee cup on a wooden table, natural lighting"
 
 
+SKIPPED = "the second size compiled no graph: the profile's size already ran the one it uses"
+
+
 @dataclass(frozen=True)
 class WarmupRun:
-    """One warm-up generation: a batch at a size."""
+    """One warm-up generation: a batch at a size; ``confirm``: only if the run before it compiled a graph."""
 
     batch: int
     width: int
     height: int
+    confirm: bool = False
 
 
 class Engine(Protocol):
@@ -83,7 +91,7 @@ def warmup_plan(profile: Profile, min_side: int, max_side: int) -> tuple[WarmupR
     g = profile.generation
     batch = g.batch  # the profile validates it against engine.max_batch
     w, h = _other_size(g.width, g.height, min_side, max_side)
-    runs = [WarmupRun(batch, g.width, g.height), WarmupRun(1, w, h), WarmupRun(batch, g.width, g.height)]
+    runs = [WarmupRun(batch, g.width, g.height), WarmupRun(1, w, h), WarmupRun(batch, g.width, g.height, confirm=True)]
     if batch > 1:
         # The dynamic graph now has a dynamic batch dim too; one more call at the
         # profile's size with batch 1 covers the remaining specialisation.
@@ -98,11 +106,17 @@ def run_warmup(engine: Engine, profile: Profile, plan: tuple[WarmupRun, ...],
     ``gate`` (a hot spare that builds only while its slot is idle) is waited at
     before each run, between its steps and before the after-warm-up step.
     """
+    from zitops.engine.precision.compile_bundle import graphs_so_far
     from zitops.engine.request import request_from_profile
 
     started = time.perf_counter()
-    runs = []
+    runs: list[dict[str, Any]] = []
+    compiled: int | None = None  # graphs the previous run added; None where nothing compiles
     for run in plan:
+        if run.confirm and compiled == 0:
+            runs.append({"batch": run.batch, "width": run.width, "height": run.height, "skipped": SKIPPED})
+            continue
+        before = graphs_so_far()
         t0 = time.perf_counter()
         request = request_from_profile(profile, WARMUP_PROMPT, seed=0, batch=run.batch, width=run.width,
                                        height=run.height)
@@ -113,6 +127,8 @@ def run_warmup(engine: Engine, profile: Profile, plan: tuple[WarmupRun, ...],
             engine.generate(request, gate.step)
         runs.append({"batch": run.batch, "width": run.width, "height": run.height,
                      "steps": request.steps, "seconds": round(time.perf_counter() - t0, 3)})
+        after = graphs_so_far()
+        compiled = None if after is None or before is None else after - before
     report: dict[str, Any] = {"warmup": runs}
     # Optional: the fault engine has nothing to prepare beyond generating.
     after = getattr(engine, "after_warmup", None)

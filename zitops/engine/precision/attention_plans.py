@@ -21,20 +21,12 @@ the latents and the caption: a plan depends on shapes, not values.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
+
+from zitops.engine.precision.compile_bundle import graphs_so_far
 
 CAPTION_LENGTHS = (32, 64, 96, 128)
 """Padded caption lengths (tokens, multiples of 32) whose attention plans the warm-up builds."""
-
-
-def _graphs() -> int | None:
-    """Dynamo's graphs so far in this process; None where nothing compiles (dynamo never imported)."""
-    if "torch._dynamo" not in sys.modules:
-        return None
-    from zitops.engine.precision.compile_bundle import compile_counters
-
-    return compile_counters()["graphs"]
 
 
 def warm_attention_plans(pipe: Any, device: str, shapes: list[tuple[int, int, int]],
@@ -54,7 +46,7 @@ def warm_attention_plans(pipe: Any, device: str, shapes: list[tuple[int, int, in
     cap_dim, channels = getattr(config, "cap_feat_dim", None), getattr(config, "in_channels", None)
     if cap_dim is None or channels is None:
         return {"shapes": [], "new_graphs": None}
-    before = _graphs()
+    before = graphs_so_far()
     # The pipeline's latent side: 2 * (side // (vae_scale_factor * 2)).
     scale = int(getattr(pipe, "vae_scale_factor", 8)) * 2
     dtype = transformer.dtype
@@ -70,5 +62,5 @@ def warm_attention_plans(pipe: Any, device: str, shapes: list[tuple[int, int, in
                 done.append(f"{batch}x{width}x{height}@{n}")
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
-    after = _graphs()
+    after = graphs_so_far()
     return {"shapes": done, "new_graphs": None if after is None else after - (before or 0)}

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -228,3 +229,10 @@ def compile_counters() -> dict[str, int]:
             "autograd_miss": int(aot.get("autograd_cache_miss", 0)),
             "autograd_hit": int(aot.get("autograd_cache_hit", 0)),
             "graphs": int(counters["stats"].get("unique_graphs", 0))}
+
+
+def graphs_so_far() -> int | None:
+    """Dynamo's graphs so far in this process; None where nothing compiles (dynamo never imported)."""
+    if "torch._dynamo" not in sys.modules:
+        return None
+    return compile_counters()["graphs"]

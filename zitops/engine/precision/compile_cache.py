@@ -42,6 +42,24 @@ def configure_compile_cache(cache_dir: str | Path) -> Path:
     return path
 
 
+def share_shape_profile(job: str) -> str:
+    """Turn on dynamo's shape profile (local PGO) for ``job``; returns the id torch keys it by.
+
+    Dynamo records which input dimensions turned dynamic (a second image size)
+    and, on the next process with the same job id, compiles those dimensions
+    dynamic at the first call instead of a static graph first and a dynamic one
+    at the next size. torch keeps that profile only under a job id
+    (``torch.compiler.config.job_id``; without one it is neither written nor
+    read, nor carried in a Mega-Cache bundle). ``job`` is the compile bundle's
+    key, so only processes that compile the same graphs share a profile. Call
+    before the first compile and before a bundle is loaded.
+    """
+    import torch
+
+    torch.compiler.config.job_id = f"zitops-{job}"
+    return str(torch.compiler.config.job_id)
+
+
 def artifacts_path(cache_dir: str | Path) -> Path:
     """Where the bundle lives for an engine cache directory."""
     return Path(cache_dir) / ARTIFACTS_NAME
