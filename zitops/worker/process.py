@@ -130,7 +130,10 @@ def _pixel_writer(image: Any) -> Callable[[int], None]:
         from PIL import Image, ImageFile
 
         image.load()
-        encoder = Image._getencoder(image.mode, "raw", image.mode)
+        try:
+            encoder = Image._getencoder(image.mode, "raw", image.mode)
+        except (AttributeError, TypeError) as exc:  # a Pillow without it: put_with answers None, pixels go inline
+            raise OSError(f"Pillow's raw encoder is not available: {exc}") from exc
         try:
             encoder.setimage(image.im, (0, 0, *image.size))
             if encoder.encode_to_file(fd, max(ImageFile.MAXBLOCK, image.size[0] * 4)) < 0:
