@@ -19,7 +19,7 @@ import yaml
 
 from zitops.config import config_from_mapping, config_to_dict
 from zitops.errors import ConfigError
-from zitops.logbook import log_levels, logs
+from zitops.logbook import log_levels, log_processors, logs
 from zitops.profile import LogSettings, load_profile, profile_to_dict
 
 _TOUCHED = ("zitops", "diffusers", "transformers", "torch", "uvicorn.error", "uvicorn.access",
@@ -176,6 +176,16 @@ def test_secrets_are_redacted(tmp_path: Path) -> None:
     assert "image/png" in text and "a=1" in text
 
 
+@pytest.mark.parametrize("text", ["BEARER tok-6", "x bEaReR tok-6 y", "token=tok-6", "a=1&password=tok-6",
+                                  "job 0f3a succeeded", "/v1/images/generations", ""])
+def test_redact_text_skips_only_text_no_pattern_can_match(text: str) -> None:
+    """The fast path (no "=", no "bearer" in any case) gives exactly what the patterns alone give."""
+    slow = text
+    for pattern, repl in log_processors._SECRET_TEXT:
+        slow = pattern.sub(repl, slow)
+    assert log_processors.redact_text(text) == slow and "tok-6" not in slow
+
+
 def test_exceptions_are_rendered_as_a_field(tmp_path: Path) -> None:
     logs.configure_logging(LogSettings(), log_dir=tmp_path, fmt="json")
     try:
@@ -234,6 +244,30 @@ def test_worker_writes_its_own_file(tmp_path: Path) -> None:
     (line,) = _lines(tmp_path / "worker-3.log")
     assert line["process"] == "worker-3"
     assert not (tmp_path / "zitops.log").exists()
+
+
+def test_a_file_handler_formats_each_line_once_and_still_rolls_over(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    class Counting(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            calls.append(record.getMessage())
+            return super().format(record)
+
+    handler = logs.FormatOnceHandler(tmp_path / "x.log", maxBytes=120, backupCount=1, encoding="utf-8")
+    handler.setFormatter(Counting("%(message)s"))
+    log = logging.getLogger("zitops.test.format_once")
+    log.propagate, log.level = False, logging.INFO
+    log.addHandler(handler)
+    try:
+        for n in range(4):
+            log.info("line %d %s", n, "x" * 40)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    assert calls == [f"line {n} {'x' * 40}" for n in range(4)]  # once each, not twice (shouldRollover + emit)
+    assert (tmp_path / "x.log.1").exists()
+    assert (tmp_path / "x.log").read_text("utf-8").splitlines() == [f"line {n} {'x' * 40}" for n in (2, 3)]
 
 
 def test_rotation_keeps_only_the_configured_backups(tmp_path: Path) -> None:

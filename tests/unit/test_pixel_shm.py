@@ -82,3 +82,23 @@ def test_sweep_removes_files_of_gone_workers_and_gone_agents_only(tmp_path: Path
     assert pixel_shm.sweep(me, tmp_path) == 2
     left = {p.name for p in tmp_path.iterdir()}
     assert left == {names["live_worker"], names["live_agent"], names["other"]}
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+def test_pixels_packed_straight_into_the_file_are_exactly_tobytes(mode: str) -> None:
+    rng = np.random.default_rng(2)
+    img = Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)).convert(mode)  # > one 64 KB block
+    raw = raw_image(img, {}, via_shm=True)
+    assert raw.shm is not None and raw.nbytes == 200 * 300 * len(mode)
+    (attached,) = attach_pixels((raw,))
+    assert bytes(attached.data) == img.tobytes()
+
+
+def test_a_short_pixel_file_is_removed_and_the_pixels_go_inline() -> None:
+    ours = f"{pixel_shm.PREFIX}-{os.getppid()}-{os.getpid()}-"  # other processes share /dev/shm
+    before = {p for p in pixel_shm.SHM_DIR.iterdir() if p.name.startswith(ours)}
+    def short(fd: int) -> None:  # a full tmpfs, say
+        os.write(fd, b"12345")
+
+    assert pixel_shm.put_with(10, short) is None
+    assert {p for p in pixel_shm.SHM_DIR.iterdir() if p.name.startswith(ours)} == before

@@ -84,3 +84,25 @@ def test_encode_and_write_returns_exactly_the_bytes_it_wrote(tmp_path: Path) -> 
 def test_malloc_tuning_applies_on_glibc_linux_only() -> None:
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is glibc
+
+
+@pytest.mark.parametrize("size", [0, 1, png_fast.STORED_MAX, png_fast.STORED_MAX + 1, 3 * png_fast.STORED_MAX + 7])
+def test_stored_blocks_are_one_valid_raw_deflate_stream_that_ends_only_when_last(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    final = zlib.decompressobj(-15)
+    assert final.decompress(b"".join(png_fast.stored_blocks(data, True))) == data and final.eof
+    more = zlib.decompressobj(-15)
+    assert more.decompress(b"".join(png_fast.stored_blocks(data, False))) == data and not more.eof
+
+
+@pytest.mark.usefixtures("backend")
+def test_idat_crc_and_adler_are_the_standard_ones() -> None:
+    """Pillow does not check IDAT's CRC: the chunk and the zlib stream are checked here with zlib itself."""
+    noise = np.asarray(_noise(700, 300)).copy()
+    noise[200:] = 3  # stored strips and deflated strips in one stream
+    data = png_fast.encode_png(Image.fromarray(noise, "RGB"))
+    at = data.index(b"IDAT")
+    length = int.from_bytes(data[at - 4:at], "big")
+    body = data[at + 4:at + 4 + length]
+    assert int.from_bytes(data[at + 4 + length:at + 8 + length], "big") == zlib.crc32(b"IDAT" + body)
+    assert zlib.decompress(body) == bytes(png_fast._scanlines(noise))  # checks the Adler-32 too

@@ -121,9 +121,37 @@ def _safe_name(process: str) -> str:
     return name[:80]
 
 
+class FormatOnceHandler(logging.handlers.RotatingFileHandler):
+    """A RotatingFileHandler that formats each record once.
+
+    The stdlib's ``shouldRollover`` formats the record to learn its length,
+    then ``emit`` formats it again: every line ran the structlog formatter
+    (redaction, JSON) twice, on the agent's event loop. Both calls happen
+    inside one ``handle`` (under the handler's lock), so the second reuses the first.
+    """
+
+    _last: tuple[logging.LogRecord, str] | None = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record's line, formatted once per emit."""
+        last = self._last
+        if last is not None and last[0] is record:
+            return last[1]
+        line = super().format(record)
+        self._last = (record, line)
+        return line
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the record (rolling over first if it would pass max_bytes); forget the cached line."""
+        try:
+            super().emit(record)
+        finally:
+            self._last = None
+
+
 def _rotating(path: Path, settings: LogSettings) -> logging.Handler:
     # delay=True: a process that never logs leaves no empty file behind.
-    return logging.handlers.RotatingFileHandler(
+    return FormatOnceHandler(
         path, maxBytes=settings.max_bytes, backupCount=settings.backups, encoding="utf-8", delay=True
     )
 

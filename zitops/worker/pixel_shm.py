@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import mmap
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 SHM_DIR = Path("/dev/shm")
@@ -49,11 +50,25 @@ def _alive(pid: int) -> bool:
 
 def put(data: bytes, directory: Path = SHM_DIR) -> str | None:
     """Write ``data`` to a new pixel file; its name, or None (send the pixels inline instead)."""
-    if not data:
+    def write(fd: int) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    return put_with(len(data), write, directory) if data else None
+
+
+def put_with(nbytes: int, write: Callable[[int], None], directory: Path = SHM_DIR) -> str | None:
+    """A new pixel file of ``nbytes`` that ``write(fd)`` fills; its name, or None (send the pixels inline).
+
+    A file that ends up another size than ``nbytes`` (a short write on a
+    full tmpfs) is removed and answers None, as an OSError from ``write`` does.
+    """
+    if nbytes <= 0:
         return None
     try:
         st = os.statvfs(directory)
-        if st.f_bavail * st.f_frsize < HEADROOM * len(data):
+        if st.f_bavail * st.f_frsize < HEADROOM * nbytes:
             return None
     except OSError:
         return None
@@ -64,9 +79,9 @@ def put(data: bytes, directory: Path = SHM_DIR) -> str | None:
     except OSError:
         return None
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write(fd)
+        if os.fstat(fd).st_size != nbytes:
+            raise OSError(f"pixel file {name}: {os.fstat(fd).st_size} bytes written, {nbytes} expected")
     except OSError:  # ENOSPC: the pixels go inline; nothing half-written stays behind
         with contextlib.suppress(OSError):
             os.unlink(path)

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -110,10 +111,37 @@ def raw_image(image: Any, params: dict[str, Any], via_shm: bool = False) -> RawI
 
     if image.mode not in ("L", "RGB", "RGBA"):
         image = image.convert("RGB")
-    data = image.tobytes()
-    name = pixel_shm.put(data) if via_shm else None  # None: no usable /dev/shm; the pixels go through the pipe
-    return RawImage(mode=image.mode, width=image.size[0], height=image.size[1], data=b"" if name else data,
-                    params=plain(params), shm=name, nbytes=len(data))
+    nbytes = image.size[0] * image.size[1] * len(image.mode)
+    name = pixel_shm.put_with(nbytes, _pixel_writer(image)) if via_shm else None
+    # None: no usable /dev/shm; the pixels go through the pipe
+    return RawImage(mode=image.mode, width=image.size[0], height=image.size[1], data=b"" if name else image.tobytes(),
+                    params=plain(params), shm=name, nbytes=nbytes)
+
+
+def _pixel_writer(image: Any) -> Callable[[int], None]:
+    """``write(fd)``: the image's raw pixels packed by Pillow straight into ``fd``.
+
+    ``tobytes()`` packs into 64 KB pieces and joins them into a new 3 MB
+    bytes that is then written out: two copies of a 1024x1024 image (2.6 ms
+    on the dev box's CPU). Pillow's raw encoder writes the packed rows to the
+    file itself, as ``Image.save`` does (ImageFile._save's encode_to_file).
+    """
+    def write(fd: int) -> None:
+        from PIL import Image, ImageFile
+
+        image.load()
+        try:
+            encoder = Image._getencoder(image.mode, "raw", image.mode)
+        except (AttributeError, TypeError) as exc:  # a Pillow without it: put_with answers None, pixels go inline
+            raise OSError(f"Pillow's raw encoder is not available: {exc}") from exc
+        try:
+            encoder.setimage(image.im, (0, 0, *image.size))
+            if encoder.encode_to_file(fd, max(ImageFile.MAXBLOCK, image.size[0] * 4)) < 0:
+                raise OSError("Pillow's raw encoder failed writing the pixel file")
+        finally:
+            encoder.cleanup()
+
+    return write
 
 
 def run_job(engine: Any, job: Job, steering: JobSteering | None = None) -> Result:

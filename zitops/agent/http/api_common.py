@@ -8,7 +8,6 @@ rules with the same messages.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import math
@@ -54,6 +53,12 @@ from zitops.errors import (
     ZitopsError,
 )
 from zitops.worker.protocol import STEER_CANCEL
+
+b64encode: Callable[[bytes], bytes]
+try:  # SIMD base64 (the [fast] extra): 3 MB in ~2.5 ms on the dev box's CPU against ~6-7 ms; the same bytes
+    from pybase64 import b64encode
+except ImportError:
+    from base64 import b64encode
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
 
@@ -277,7 +282,7 @@ async def images_json(service: Service, record: JobRecord, key: str, item: Fragm
     the fragments are sent as they are (http_metrics.SplicedResponse), never joined.
     """
     def build() -> list[bytes]:
-        return json_fragments(key, [item(base64.b64encode(blob)) for blob in images_now(service, record)], rest)
+        return json_fragments(key, [item(b64encode(blob)) for blob in images_now(service, record)], rest)
 
     return await asyncio.to_thread(build)
 
