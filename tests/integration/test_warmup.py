@@ -65,6 +65,8 @@ def test_the_worker_generates_before_it_reports_ready(warmed: Runtime) -> None:
     assert all(r["seconds"] > 0 and r["steps"] == 2 for r in ran)
     assert startup["warmup_s"] >= sum(r["seconds"] for r in ran) - 0.01
     assert startup["total_s"] >= startup["warmup_s"]
+    # The set-up's heap is collected and frozen before Ready, so no early job pays a full collection.
+    assert startup["heap"]["frozen"] > 10_000 and startup["heap"]["seconds"] >= 0, startup["heap"]
     job = warmed.wait(warmed.submit(request(seed=3)).id)
     assert job.status is JobStatus.SUCCEEDED, job.error
 

@@ -37,6 +37,7 @@ from zitops.worker.protocol import (
     ToWorker,
 )
 from zitops.worker.steering import JobSteering
+from zitops.worker.warmup import settle_heap
 
 if TYPE_CHECKING:  # pragma: no cover
     from zitops.engine.loader import Preloaded
@@ -324,6 +325,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
             from zitops.engine.precision.compile_bundle import compile_counters
 
             warmed["compile_bundle"] = {**bundle, "counters": compile_counters()}
+        warmed["heap"] = settle_heap()  # last before Ready: the set-up's garbage is collected here, not in a job
     except BuildStopped:
         return  # a Shutdown while the spare was still building
     except BaseException as exc:  # report why, then die: the pool decides what next
