@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -123,3 +124,29 @@ def test_full_random_tokenizer_is_trained_once_then_loaded(tmp_path: Path) -> No
     third = cached_tokenizer(tmp_path)
     assert third(prompt).input_ids == first(prompt).input_ids
     assert json.loads((saved / "tokenizer.json").read_text("utf-8"))["model"]["type"] == "BPE"
+
+
+def test_a_worker_hides_what_transformers_would_import_for_nothing() -> None:
+    # In a fresh interpreter, as a worker starts: after preimport, transformers takes scikit-learn and
+    # torchvision for absent (on a host that has them they were 2.9 s of a GPU worker's imports), and
+    # an import of either fails as if it were not installed.
+    probe = (
+        "import importlib.util, json, sys\n"
+        "from zitops.worker.preimport import UNUSED_MODULES, preimport\n"
+        "preimport(['transformers'])\n"
+        "from transformers.utils import import_utils as iu\n"
+        "out = {'spec': [importlib.util.find_spec(n) is None for n in UNUSED_MODULES],\n"
+        "       'slot': [n in sys.modules and sys.modules[n] is None for n in UNUSED_MODULES],\n"
+        "       'transformers': [iu.is_sklearn_available(), iu.is_torchvision_available()]}\n"
+        "try:\n"
+        "    import sklearn\n"
+        "    out['import'] = 'imported'\n"
+        "except ImportError:\n"
+        "    out['import'] = 'ImportError'\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen == {"spec": [True, True], "slot": [True, True], "transformers": [False, False],
+                    "import": "ImportError"}, seen

@@ -23,6 +23,24 @@ DIFFUSERS_MODULES = (
 )
 # A leading "?" marks a module that may be absent (triton exists only on GPU hosts).
 COMPILE_MODULES = ("torch._dynamo", "torch._inductor.compile_fx", "?triton")
+UNUSED_MODULES = ("sklearn", "torchvision")
+"""Never used by the engine, yet imported by transformers whenever installed: scikit-learn for assisted
+generation's ROC curve (with pandas, pyarrow and scipy behind it), torchvision for image processors. On an
+H100 host whose Python had both, they were 2.3 s and 0.6 s of a GPU worker's 23.8 s of imports
+(``benchmarks/device.sh import-profile``, docs/gpu-lane/2026-12-07-h100-b.md). Hidden from the worker."""
+
+
+def hide_unused(names: tuple[str, ...] = UNUSED_MODULES) -> list[str]:
+    """Make ``names`` look absent to this process (before anything imports them); returns those hidden.
+
+    A ``None`` in ``sys.modules`` makes ``importlib.util.find_spec`` answer None,
+    which is how transformers and diffusers decide a package is not installed;
+    an import of it raises ImportError, as if it were not.
+    """
+    hidden = [name for name in names if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    return hidden
 
 
 def engine_modules(config_data: dict[str, Any], on_gpu: bool = True) -> list[str]:
@@ -51,6 +69,7 @@ def preimport(names: list[str]) -> float:
     from zitops.engine.offline import force_offline
 
     started = time.perf_counter()
+    hide_unused()  # before transformers decides what is installed
     force_offline()  # before any Hugging Face import, as the engine's setup does
     for name in names:
         module, _, attr = name.removeprefix("?").partition(":")
