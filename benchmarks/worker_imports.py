@@ -25,6 +25,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="designer")
     ap.add_argument("--list", choices=("old", "new"), default="new")
+    ap.add_argument("--unused", action="store_true",
+                    help="then import what the worker hides (UNUSED_MODULES) as transformers would, timed apart")
     args = ap.parse_args()
 
     from zitops.config import config_from_mapping, config_to_dict
@@ -37,8 +39,29 @@ def main() -> None:
     data = config_to_dict(config_from_mapping({"profile": profile.model_dump(mode="json"), "paths": paths}, "bench"))
     names = engine_modules(data, on_gpu=args.list == "old")
     seconds = preimport(names)
-    print(json.dumps({"list": args.list, "imports_s": round(seconds, 2), "names": len(names),
-                      "modules": len(sys.modules)}))
+    out = {"list": args.list, "imports_s": round(seconds, 2), "names": len(names), "modules": len(sys.modules)}
+    if args.unused:
+        out["unused_s"] = round(_unused(), 2)
+    print(json.dumps(out))
+
+
+def _unused() -> float:
+    """Seconds to import what transformers imports when these are installed (scikit-learn's metrics for
+    assisted generation, torchvision's io for image utilities), after the worker's imports; 0 where absent."""
+    import contextlib
+    import importlib
+    import time
+
+    from zitops.worker.preimport import UNUSED_MODULES
+
+    for name in UNUSED_MODULES:
+        if sys.modules.get(name, 0) is None:
+            del sys.modules[name]  # undo the worker's hiding, for this measurement only
+    started = time.perf_counter()
+    for name in ("sklearn.metrics", "torchvision.io"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    return time.perf_counter() - started
 
 
 if __name__ == "__main__":
