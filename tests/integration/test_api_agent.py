@@ -172,7 +172,7 @@ def test_webuiapi_client(agent: Agent) -> None:
 def test_ops_endpoints_and_headers(agent: Agent) -> None:
     with httpx.Client(base_url=agent.url, timeout=20) as c:
         rs = [c.get(p) for p in ("/livez", "/readyz", "/healthz", "/status", "/metrics", "/openapi.json", "/nope")]
-        rs.append(c.post("/v1/jobs", content=b"x" * 100_000))
+        rs.append(c.post("/v1/images/generations", content=b"x" * 100_000))
         rs.append(c.post("/v1/jobs", json={"prompt": "x", "bogus": 1}))
         for r in rs:
             _secure(r)

@@ -28,7 +28,7 @@ class BrokenStatus(MemService):
 def svc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MemService, str]]:
     tmp = tmp_path_factory.mktemp("edge")
     svc = BrokenStatus(tmp / "out", depth=3)
-    with serve(make_config(tmp, limits={"max_body_bytes": 4096}), svc) as url:
+    with serve(make_config(tmp, limits={"max_body_bytes": 4096, "max_image_body_bytes": 16384}), svc) as url:
         yield svc, url
 
 
@@ -50,7 +50,7 @@ def test_headers_on_every_kind_of_response(svc_url: tuple[MemService, str]) -> N
         HTTP.get(url + "/metrics"), HTTP.get(url + "/openapi.json"), HTTP.get(url + "/docs"),
         HTTP.get(url + "/nope"), HTTP.delete(url + "/livez"),
         HTTP.post(url + "/v1/jobs", content=b"{", headers={"content-type": "application/json"}),
-        HTTP.post(url + "/v1/jobs", content=b"x" * 5000),
+        HTTP.post(url + "/v1/images/generations", content=b"x" * 5000),
         HTTP.get(f"{url}/v1/jobs/{job}"), HTTP.get(f"{url}/v1/jobs/{job}/images/0"),
     ]
     statuses = {r.status_code for r in responses}
@@ -71,9 +71,15 @@ def test_request_id_is_honoured_or_generated(svc_url: tuple[MemService, str]) ->
 def test_body_limit_applies_to_declared_and_chunked_bodies(svc_url: tuple[MemService, str]) -> None:
     url = svc_url[1]
     big = json.dumps({"prompt": "x" * 5000}).encode()
-    r = HTTP.post(url + "/v1/jobs", content=big, headers={"content-type": "application/json"})
+    r = HTTP.post(url + "/v1/images/generations", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert "4096" in r.json()["error"]["message"]
+    # Native jobs carry their images in the JSON (init_image, mask, a control image): the image limit.
+    r = HTTP.post(url + "/v1/jobs", content=big, headers={"content-type": "application/json"})
+    assert r.status_code != 413, r.text
+    huge = json.dumps({"prompt": "a", "init_image": "x" * 20000}).encode()
+    r = HTTP.post(url + "/v1/jobs", content=huge, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limits.max_image_body_bytes" in r.json()["error"]["message"], r.text
 
     def chunks() -> Iterator[bytes]:
         yield b'{"prompt": "'
@@ -81,7 +87,7 @@ def test_body_limit_applies_to_declared_and_chunked_bodies(svc_url: tuple[MemSer
             yield b"x" * 1000
         yield b'"}'
 
-    r = HTTP.post(url + "/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
+    r = HTTP.post(url + "/v1/images/generations", content=chunks(), headers={"content-type": "application/json"})
     assert "content-length" not in r.request.headers
     assert r.status_code == 413
     # Small chunked bodies still work.

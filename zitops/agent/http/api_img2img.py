@@ -51,8 +51,8 @@ router = APIRouter(responses=responses(*EDGE_CODES))
 IMG2IMG = "/sdapi/v1/img2img"
 EDITS = "/v1/images/edits"
 IMAGE_PATHS = frozenset({IMG2IMG, EDITS})
-"""Routes whose bodies carry images: the edge gives them limits.max_image_body_bytes. Not /v1/jobs, whose
-text-only bodies keep the small limits.max_body_bytes; native img2img needs that raised (docs/features.md)."""
+"""Routes whose bodies carry images: the edge gives them limits.max_image_body_bytes (as it does /v1/jobs,
+whose native img2img, inpaint and control images ride in its JSON: api_native.JOBS)."""
 
 
 class Img2ImgIn(Txt2ImgIn):

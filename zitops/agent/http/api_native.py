@@ -96,7 +96,11 @@ class JobAccepted(BaseModel):
     """Where the cost check's rate comes from: the profile's GPU calibration, or this CPU's measured pace."""
 
 
-@router.post("/v1/jobs", status_code=202, response_model=JobAccepted,
+JOBS = "/v1/jobs"
+"""Its bodies may carry images (init_image, mask, a control image): the edge gives it limits.max_image_body_bytes."""
+
+
+@router.post(JOBS, status_code=202, response_model=JobAccepted,
              responses=responses(400, 408, 413, 429, 503, 507))
 async def submit_job(body: JobIn, request: Request, response: Response) -> dict[str, Any]:
     """Queue a job; 202 with its id, 429/503 with Retry-After when the queue (or this token's share) is full."""

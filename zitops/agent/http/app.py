@@ -198,8 +198,9 @@ async def put_log_levels(body: LogLevelsIn) -> dict[str, Any]:
 
 
 def image_paths(config: AgentConfig) -> frozenset[str]:
-    """Routes with limits.max_image_body_bytes: img2img and edits, and txt2img when it may carry a control image."""
-    return api_img2img.IMAGE_PATHS | ({api_a1111.TXT2IMG} if config.controlnet_dir else set())
+    """Routes with limits.max_image_body_bytes: img2img, edits and native jobs, and txt2img when it may carry a
+    control image."""
+    return api_img2img.IMAGE_PATHS | {api_native.JOBS} | ({api_a1111.TXT2IMG} if config.controlnet_dir else set())
 
 
 def create_app(config: AgentConfig, service: Service, *, tokens: frozenset[str],
