@@ -125,6 +125,8 @@ def test_image_record_labels_user_and_sbom(image: BuiltImage) -> None:
     components = {c["name"].lower(): c.get("version") for c in sbom["components"]}
     assert sbom["bomFormat"] == "CycloneDX"
     assert components.get("zitops") == image.version and components.get("torch", "").startswith("2.13.0")
+    # The [fast] extra's ISA-L and pybase64: without them the image's PNG writing falls back to zlib.
+    assert {"isal", "pybase64"} <= set(components), sorted(components)
 
 
 def test_doctor_reports_the_image(image: BuiltImage) -> None:
