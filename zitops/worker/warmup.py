@@ -128,8 +128,8 @@ def run_warmup(engine: Engine, profile: Profile, plan: tuple[WarmupRun, ...],
             engine.generate(request, gate.step)
         runs.append({"batch": run.batch, "width": run.width, "height": run.height,
                      "steps": request.steps, "seconds": round(time.perf_counter() - t0, 3)})
-        after = graphs_so_far()
-        compiled = None if after is None or before is None else after - before
+        now = graphs_so_far()
+        compiled = None if now is None or before is None else now - before
     report: dict[str, Any] = {"warmup": runs}
     # Optional: the fault engine has nothing to prepare beyond generating.
     after = getattr(engine, "after_warmup", None)
@@ -145,8 +145,9 @@ def run_warmup(engine: Engine, profile: Profile, plan: tuple[WarmupRun, ...],
 def settle_heap() -> dict[str, Any]:
     """Collect the set-up's garbage and freeze what is left, before Ready; the start-up report's part.
 
-    Compiling leaves millions of Python objects behind (dynamo's and
-    inductor's), many in reference cycles. Left alone, the collector's next
+    Compiling leaves up to a million Python objects behind (dynamo's and
+    inductor's: 725,754 frozen on an H100 with the fleet's bundle, 1,078,445
+    after a cold compile: examples/benchmarks/h100-2026-12-07-b-*.json), many in cycles. Left alone, the collector's next
     full pass walks all of them at a moment set by allocation counts: inside
     some early job. Here that pass runs once, before Ready, and
     ``gc.freeze()`` moves every survivor (the engine, the compiled code) out
