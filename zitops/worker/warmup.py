@@ -147,9 +147,9 @@ def settle_heap() -> dict[str, Any]:
 
     Compiling leaves up to a million Python objects behind (dynamo's and
     inductor's: 725,754 frozen on an H100 with the fleet's bundle, 1,078,445
-    after a cold compile: examples/benchmarks/h100-2026-12-07-b-*.json), many in cycles. Left alone, the collector's next
-    full pass walks all of them at a moment set by allocation counts: inside
-    some early job. Here that pass runs once, before Ready, and
+    after a cold compile: examples/benchmarks/h100-2026-12-07-b-*.json), many
+    in cycles. Left alone, the collector's next full pass walks all of them at
+    a moment set by allocation counts: inside some early job. Here that pass runs once, before Ready, and
     ``gc.freeze()`` moves every survivor (the engine, the compiled code) out
     of the collector's view, so later passes walk only what jobs allocate.
     Frozen objects are never collected; the set-up's are meant to live as
