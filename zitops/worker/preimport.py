@@ -30,17 +30,15 @@ H100 host whose Python had both, they were 2.3 s and 0.6 s of a GPU worker's 23.
 (``benchmarks/device.sh import-profile``, docs/gpu-lane/2026-12-07-h100-b.md). Hidden from the worker."""
 
 
-def hide_unused(names: tuple[str, ...] = UNUSED_MODULES) -> list[str]:
-    """Make ``names`` look absent to this process (before anything imports them); returns those hidden.
+def hide_unused(names: tuple[str, ...] = UNUSED_MODULES) -> None:
+    """Make ``names`` look absent to this process (those it has not imported yet).
 
     A ``None`` in ``sys.modules`` makes ``importlib.util.find_spec`` answer None,
     which is how transformers and diffusers decide a package is not installed;
     an import of it raises ImportError, as if it were not.
     """
-    hidden = [name for name in names if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]
-    return hidden
+    for name in names:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
 def engine_modules(config_data: dict[str, Any], on_gpu: bool = True) -> list[str]:

@@ -42,8 +42,8 @@ def configure_compile_cache(cache_dir: str | Path) -> Path:
     return path
 
 
-def share_shape_profile(job: str) -> str:
-    """Turn on dynamo's shape profile (local PGO) for ``job``; returns the id torch keys it by.
+def share_shape_profile(job: str) -> None:
+    """Turn on dynamo's shape profile (local PGO) for ``job``.
 
     Dynamo records which input dimensions turned dynamic (a second image size)
     and, on the next process with the same job id, compiles those dimensions
@@ -57,7 +57,6 @@ def share_shape_profile(job: str) -> str:
     import torch
 
     torch.compiler.config.job_id = f"zitops-{job}"
-    return str(torch.compiler.config.job_id)
 
 
 def artifacts_path(cache_dir: str | Path) -> Path:
