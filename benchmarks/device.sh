@@ -110,6 +110,15 @@ scenario_import_profile() { # what a GPU worker's imports cost: python -X import
       --list old 2>&1 | tail -2 && gzip -f "$OUT/import-pyspy.txt"
   fi
 }
+scenario_warmup_profile() { # (after scaleup-alone) a new worker's imports and warm-up under py-spy: zitops warm --import, empty cache (issue 26)
+  local cfg=/tmp/zscale/b-alone/config.yaml
+  [ -f "$cfg" ] && command -v py-spy > /dev/null || { echo "skipped: needs scaleup-alone's deployment and py-spy"; return 0; }
+  rm -rf /tmp/zscale/b-alone/cache
+  timeout "${WARMPROF_LIMIT:-200}" py-spy record --subprocesses --nonblocking -r 100 -f raw -o "$OUT/warmup-pyspy.txt" \
+    -- "${Z[@]}" warm --config "$cfg" --import /tmp/zscale/fleet.zcc --json > "$OUT/warmup-profile.json" 2> "$OUT/warmup-profile.log"
+  tail -3 "$OUT/warmup-profile.log"
+  gzip -f "$OUT/warmup-pyspy.txt"
+}
 scenario_spare_load() { # p50/p90/p99 under 12 clients while a hot spare builds: spare_build always, then idle (issue 26)
   # ~280 s on an H100 with /tmp/zcache warm (after designer or restart-hot); a cold cache adds the compile.
   timeout "${SPARE_LIMIT:-300}" python3 benchmarks/spare_load.py --arch full --profile designer --clients 12 \
