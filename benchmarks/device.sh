@@ -112,7 +112,10 @@ scenario_import_profile() { # what a GPU worker's imports cost: python -X import
 }
 scenario_warmup_profile() { # (after scaleup-alone) a new worker's imports and warm-up under py-spy: zitops warm --import, empty cache (issue 26)
   local cfg=/tmp/zscale/b-alone/config.yaml
-  [ -f "$cfg" ] && command -v py-spy > /dev/null || { echo "skipped: needs scaleup-alone's deployment and py-spy"; return 0; }
+  if [ ! -f "$cfg" ] || ! command -v py-spy > /dev/null; then
+    echo "skipped: needs scaleup-alone's deployment and py-spy"
+    return 0
+  fi
   rm -rf /tmp/zscale/b-alone/cache
   timeout "${WARMPROF_LIMIT:-200}" py-spy record --subprocesses --nonblocking -r 100 -f raw -o "$OUT/warmup-pyspy.txt" \
     -- "${Z[@]}" warm --config "$cfg" --import /tmp/zscale/fleet.zcc --json > "$OUT/warmup-profile.json" 2> "$OUT/warmup-profile.log"
