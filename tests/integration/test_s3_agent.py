@@ -172,7 +172,7 @@ def test_objects_are_keyed_by_attempt_so_a_stale_run_never_replaces_the_winners(
     """A run whose lease moved on writes under its own attempt; readers take the succeeded record's attempt;
     retention removes every attempt's objects under the job's prefix."""
     from zitops.agent.dispatch.object_store import ObjectStore
-    from zitops.config import ImageSettings
+    from zitops.results_settings import ImageSettings
 
     store = ObjectStore(ImageSettings(url=f"s3://{BUCKET}/fence", s3_endpoint=weed.endpoint,
                                       s3_credentials_file=str(weed.credentials_file(tmp_path / "creds"))))

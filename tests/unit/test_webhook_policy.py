@@ -16,8 +16,8 @@ from zitops.agent.dispatch.webhook_policy import (
     pinned_address,
     sign,
 )
-from zitops.config import WebhookSettings
 from zitops.errors import ConfigError, InvalidRequest
+from zitops.results_settings import WebhookSettings
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 

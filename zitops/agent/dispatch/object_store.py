@@ -22,8 +22,8 @@ import threading
 import time
 from typing import Any
 
-from zitops.config import ImageSettings
 from zitops.errors import ConfigError, ZitopsError
+from zitops.results_settings import ImageSettings
 from zitops.secret_files import read_secret_file
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}

@@ -31,8 +31,8 @@ from zitops.agent.dispatch.webhook_policy import (
 from zitops.agent.ops.agent_log import AgentLog
 from zitops.agent.ops.failure_log import FailureLog
 from zitops.agent.storage.webhook_ledger import Delivery
-from zitops.config import WebhookSettings
 from zitops.errors import InvalidRequest
+from zitops.results_settings import WebhookSettings
 
 POLL_S = 0.5
 """How often due retries are looked for."""
