@@ -38,7 +38,7 @@ from zitops.agent.workers import watchdog as policy
 from zitops.agent.workers.overlap import take_slot
 from zitops.agent.workers.slots import PoolHost, WorkerSlot
 from zitops.agent.workers.spare_gate import gated, spare_gate
-from zitops.profile import WatchdogSettings
+from zitops.watchdog_settings import WatchdogSettings
 from zitops.worker.protocol import Gate, GateWait, Ready
 
 STARTING = "spare_starting"

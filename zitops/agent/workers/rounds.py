@@ -22,7 +22,7 @@ from zitops.agent.workers.standby import Standby
 from zitops.agent.workers.vram import Vram
 from zitops.agent.workers.vram_history import VramHistory
 from zitops.config import AgentConfig
-from zitops.profile import WatchdogSettings
+from zitops.watchdog_settings import WatchdogSettings
 from zitops.worker.protocol import ClearCache, Shutdown, ToWorker
 
 

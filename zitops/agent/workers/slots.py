@@ -18,7 +18,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 from zitops.agent.workers.watchdog import GpuMemory, WorkerObservation
-from zitops.profile import WatchdogSettings
+from zitops.watchdog_settings import WatchdogSettings
 from zitops.worker.protocol import Failure, MemoryReport, Progress, Result, ToWorker
 
 LIVE_STATES = ("starting", "ready", "busy", "recycling", "warming", "retiring", "spare_starting", "spare")

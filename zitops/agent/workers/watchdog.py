@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zitops.gpu import uuid_hex
-from zitops.profile import WatchdogSettings
+from zitops.watchdog_settings import WatchdogSettings
 
 # --- the rules, as functions of numbers -----------------------------------------
 
