@@ -47,6 +47,7 @@ from typing import Any
 
 import httpx
 
+from zitops.bench.soak_samples import gpu_processes, proc_stats
 from zitops.bench.soak_verdict import plot, verdict
 from zitops.config import config_from_mapping, config_to_dict
 from zitops.drill import AgentProcess, free_port
@@ -64,30 +65,6 @@ KINDS = (("txt2img", 30), ("a1111", 15), ("img2img", 12), ("inpaint", 10), ("str
 """Job kinds and their weights; a kill -9 job comes every --kill-every jobs on top."""
 
 FINAL = ("succeeded", "failed", "cancelled")
-
-
-def gpu_processes(monitor: Any) -> dict[int, float | None]:
-    """NVML's memory per process (MiB) on the soak's GPUs: the serving worker's own, apart from a hot spare's."""
-    if monitor is None or not monitor.available:
-        return {}
-    return {pid: mib for sample in monitor.sample() for pid, mib in sample.processes.items()}
-
-
-def proc_stats(pid: int | None) -> dict[str, float | None]:
-    """RSS (MiB), threads and open fds of ``pid`` from /proc; Nones when it is gone."""
-    out: dict[str, float | None] = {"rss_mib": None, "threads": None, "fds": None}
-    if not pid:
-        return out
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                out["rss_mib"] = int(line.split()[1]) / 1024.0
-            elif line.startswith("Threads:"):
-                out["threads"] = int(line.split()[1])
-        out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        pass
-    return out
 
 
 def make_loras(lora_dir: Path, model: str) -> list[str]:
@@ -124,9 +101,8 @@ def deploy(workdir: Path, model: str, profile: str, sets: list[str], leak_mib: f
                            model=model, overrides=tuple(sets), zitops_bin=sys.executable))
     data = config_to_dict(p.config)
     data.update(model=model, log_format="json", lora_dir=str(workdir / "loras"))
-    # Native img2img and inpaint carry their images in /v1/jobs' body, which keeps limits.max_body_bytes (64 KiB
-    # by default, docs/features.md): a real-size noise PNG is megabytes. The 2026-12-07 H100 run was refused there.
-    data["limits"] = {**data.get("limits", {}), "max_body_bytes": 32 * 2**20}
+    # No limits of its own: native img2img and inpaint ride in /v1/jobs' body, which takes
+    # limits.max_image_body_bytes (32 MiB) since the first H100 soak's 413s; the soak runs the defaults users get.
     if cache_dir:  # a compile cache another run warmed (the device call's designer bench)
         data["paths"] = {**data["paths"], "cache_dir": cache_dir}
     if leak_mib:
