@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from zitops.errors import ConfigError
 from zitops.profile import Profile
-from zitops.results_settings import HOST_ENTRY, ImageSettings, WebhookSettings
+from zitops.results_settings import HOST_ENTRY, ImageSettings, WebhookSettings, comma_list
 
 
 class _Section(BaseModel):
@@ -117,9 +117,7 @@ class ServerSettings(_Section):
     @field_validator("allowed_hosts", mode="before")
     @classmethod
     def _hosts(cls, v: Any) -> Any:
-        # --set server.allowed_hosts=a.example,b.example arrives as one string.
-        if isinstance(v, str):
-            v = [part for part in (p.strip() for p in v.split(",")) if part]
+        v = comma_list(v)
         if isinstance(v, list):
             out = []
             for item in v:
@@ -132,8 +130,7 @@ class ServerSettings(_Section):
     @field_validator("forwarded_allow_ips", mode="before")
     @classmethod
     def _proxies(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = [part for part in (p.strip() for p in v.split(",")) if part]
+        v = comma_list(v)
         if isinstance(v, list):
             for item in v:
                 try:
@@ -146,8 +143,7 @@ class ServerSettings(_Section):
     @field_validator("allowed_origins", mode="before")
     @classmethod
     def _origins(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = [part for part in (p.strip() for p in v.split(",")) if part]
+        v = comma_list(v)
         if isinstance(v, list):
             out = []
             for item in v:

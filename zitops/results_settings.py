@@ -18,6 +18,13 @@ HOST_ENTRY = re.compile(r"(\*|(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-
 """A host name, an IP address or ``*.domain``: the entries of ``server.allowed_hosts`` and ``webhooks.allowed_hosts``."""
 
 
+def comma_list(v: Any) -> Any:
+    """A list setting as given; one string (``--set server.allowed_hosts=a.example,b.example``) split at commas."""
+    if isinstance(v, str):
+        return [part for part in (p.strip() for p in v.split(",")) if part]
+    return v
+
+
 class WebhookSettings(BaseModel):
     """Signed job callbacks (Standard Webhooks, docs/api.md "Webhooks"); off without ``secret_file``.
 
@@ -40,8 +47,7 @@ class WebhookSettings(BaseModel):
     @field_validator("allowed_hosts", mode="before")
     @classmethod
     def _hosts(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = [part for part in (p.strip() for p in v.split(",")) if part]
+        v = comma_list(v)
         if isinstance(v, list):
             out = []
             for item in v:
