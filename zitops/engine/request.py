@@ -5,6 +5,7 @@ torch-free, so the agent and the CLI can build and check requests.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -12,6 +13,12 @@ from zitops.errors import InvalidRequest
 from zitops.profile import SAMPLERS, SCHEDULES, Profile
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
+
+INPUT_IMAGES = ("init_image", "mask", "control_image")
+"""The request's base64 input images: megabytes each, kept in a stored job only until it is final."""
+
+_SIZE_ONLY = re.compile(r"<\d+ base64 characters>")
+"""An input image given as its size alone (base64 never holds ``<``)."""
 
 
 @dataclass(frozen=True)
@@ -76,10 +83,14 @@ class GenerationRequest:
         return cls(**d)
 
     def public_params(self) -> dict[str, Any]:
-        """:meth:`to_dict` for API answers: input images as their size, not megabytes of base64."""
+        """:meth:`to_dict` for API answers: input images as their size, not megabytes of base64.
+
+        A finished job's stored request already holds the size alone (the job
+        stores' final-state triggers write the same ``<N base64 characters>``).
+        """
         d = self.to_dict()
-        for key in ("init_image", "mask", "control_image"):
-            if d[key] is not None:
+        for key in INPUT_IMAGES:
+            if d[key] is not None and not _SIZE_ONLY.fullmatch(d[key]):
                 d[key] = f"<{len(d[key])} base64 characters>"
         return d
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from zitops.agent.contract import JobRecord, JobStatus
 from zitops.agent.storage.store_errors import translated
-from zitops.engine.request import GenerationRequest
+from zitops.engine.request import INPUT_IMAGES, GenerationRequest
 from zitops.errors import Conflict, NotFound, QueueFull
 
 DB_NAME = "jobs.sqlite3"
@@ -49,6 +49,17 @@ MIGRATIONS: tuple[str, ...] = (
     # jobs from before tenants, which only admin tokens (or an agent without tokens) see.
     "ALTER TABLE jobs ADD COLUMN owner TEXT;"
     "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, status);",
+    # 2: a job turning final keeps its input images' sizes, not their bytes: nothing reads them again
+    # (answers show GenerationRequest.public_params), and an img2img job's request was 4 MB for
+    # result_ttl_s (the H100 soak, 2026-12-07: the store grew 0.5 MB a job). Pages freed here are reused.
+    "CREATE TRIGGER IF NOT EXISTS jobs_final_request AFTER UPDATE OF status ON jobs "
+    "WHEN NEW.status IN ('succeeded', 'failed', 'cancelled') "
+    "AND OLD.status NOT IN ('succeeded', 'failed', 'cancelled') BEGIN "
+    "UPDATE jobs SET request = json_set(request, "
+    + ", ".join(f"'$.{key}', CASE WHEN json_type(request, '$.{key}') = 'text' "
+                f"THEN '<' || length(json_extract(request, '$.{key}')) || ' base64 characters>' "
+                f"ELSE json_extract(request, '$.{key}') END" for key in INPUT_IMAGES)
+    + ") WHERE id = NEW.id; END;",
 )
 """Numbered schema changes; ``PRAGMA user_version`` records how many ran."""
 
