@@ -19,7 +19,7 @@ from agent_support import ADMIN, ALICE, CLI, Agent, write_tokens  # noqa: E402
 from cli_support import fake_weights, run_cli  # noqa: E402
 
 from zitops.agent.http.tenants import owner_hash  # noqa: E402
-from zitops.agent.storage.jobs import JobStore  # noqa: E402
+from zitops.agent.storage.jobs import MIGRATIONS, JobStore  # noqa: E402
 from zitops.deployment import deploy  # noqa: E402
 from zitops.engine.request import GenerationRequest  # noqa: E402
 
@@ -117,7 +117,7 @@ def test_an_old_jobs_db_gets_the_owner_column(tmp_path: Path) -> None:
         assert store.get("old1").owner is None  # from before tenants: admins only
         new = store.add(req, owner=owner_hash(ALICE))
         assert store.get(new.id).owner == owner_hash(ALICE)
-        assert int(store._db.execute("PRAGMA user_version").fetchone()[0]) == 1
+        assert int(store._db.execute("PRAGMA user_version").fetchone()[0]) == len(MIGRATIONS)
     finally:
         store.close()
     again = JobStore(tmp_path)  # a second start runs no migration twice

@@ -129,6 +129,29 @@ def test_image_record_labels_user_and_sbom(image: BuiltImage) -> None:
     assert {"isal", "pybase64"} <= set(components), sorted(components)
 
 
+_UNCOMPILED = """
+import importlib.util, os, sys
+missing = []
+for root in [p for p in sys.path if p.endswith("-packages") and os.path.isdir(p)]:
+    for top, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(top, name)
+            if name.endswith(".py") and not os.path.exists(importlib.util.cache_from_source(path)):
+                try:
+                    compile(open(path, "rb").read(), path, "exec")
+                except (SyntaxError, ValueError):
+                    continue  # does not compile: nothing imports it
+                missing.append(path)
+print(len(missing), *missing[:5])
+"""
+
+
+def test_every_module_has_its_bytecode(image: BuiltImage) -> None:
+    """Read-only with PYTHONDONTWRITEBYTECODE: a module without a .pyc is compiled at every worker start."""
+    out = podman("run", "--rm", "--read-only", image.tag, "python", "-c", _UNCOMPILED).stdout.split()
+    assert out[0] == "0", f"{out[0]} modules without bytecode, e.g. {out[1:]}"
+
+
 def test_doctor_reports_the_image(image: BuiltImage) -> None:
     done = podman("run", "--rm", "--read-only", image.tag, "zitops", "doctor", "--json", check=False)
     report = json.loads(done.stdout)

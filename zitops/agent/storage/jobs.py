@@ -51,7 +51,7 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, status);",
     # 2: a job turning final keeps its input images' sizes, not their bytes: nothing reads them again
     # (answers show GenerationRequest.public_params), and an img2img job's request was 4 MB for
-    # result_ttl_s (the H100 soak, 2026-12-07: the store grew 0.5 MB a job). Pages freed here are reused.
+    # result_ttl_s (the H100 soak, 2026-12-07: the store grew 0.76 MiB a job). Pages freed here are reused.
     "CREATE TRIGGER IF NOT EXISTS jobs_final_request AFTER UPDATE OF status ON jobs "
     "WHEN NEW.status IN ('succeeded', 'failed', 'cancelled') "
     "AND OLD.status NOT IN ('succeeded', 'failed', 'cancelled') BEGIN "

@@ -2,7 +2,7 @@
 -- SQLite store's migration 2 does the same): nothing reads them again, since
 -- answers show GenerationRequest.public_params, and an img2img job's request
 -- held megabytes of base64 for result_ttl_s (the H100 soak, 2026-12-07: the
--- store grew 0.5 MB a job). One trigger covers every statement that finishes
+-- store grew 0.76 MiB a job). One trigger covers every statement that finishes
 -- a job (succeed, fail, cancel, overdue, attempts spent).
 CREATE FUNCTION zitops.final_request() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
