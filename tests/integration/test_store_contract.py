@@ -155,7 +155,7 @@ def test_an_owner_is_kept_and_its_share_of_the_queue_is_capped(opener: Opener) -
 
 
 def test_a_final_job_keeps_its_input_images_sizes_not_their_bytes(opener: Opener) -> None:
-    """The soak's store grew 0.5 MB a job: finished img2img jobs kept megabytes of base64 for result_ttl_s."""
+    """The H100 soak's store grew 0.76 MiB a job: finished img2img jobs kept megabytes of base64 for result_ttl_s."""
     store = opener()
     image, mask, control = "iVBORw0KGgo" + "A" * 100_000, "B" * 5_000, "C" * 7_000
     inpaint = store.add(replace(_req(), init_image=image, mask=mask))
