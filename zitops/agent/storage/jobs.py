@@ -54,7 +54,9 @@ MIGRATIONS: tuple[str, ...] = (
     # result_ttl_s (the H100 soak, 2026-12-07: the store grew 0.76 MiB a job). Pages freed here are reused.
     "CREATE TRIGGER IF NOT EXISTS jobs_final_request AFTER UPDATE OF status ON jobs "
     "WHEN NEW.status IN ('succeeded', 'failed', 'cancelled') "
-    "AND OLD.status NOT IN ('succeeded', 'failed', 'cancelled') BEGIN "
+    "AND OLD.status NOT IN ('succeeded', 'failed', 'cancelled') AND ("
+    + " OR ".join(f"json_type(NEW.request, '$.{key}') = 'text'" for key in INPUT_IMAGES)
+    + ") BEGIN "
     "UPDATE jobs SET request = json_set(request, "
     + ", ".join(f"'$.{key}', CASE WHEN json_type(request, '$.{key}') = 'text' "
                 f"THEN '<' || length(json_extract(request, '$.{key}')) || ' base64 characters>' "
