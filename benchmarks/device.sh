@@ -14,6 +14,9 @@ set -u
 cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-$PWD/bench-out}
 WEIGHTS=${WEIGHTS:-/tmp/zfull}
+# A bytecode cache the `bytecode` scenario filled: every later scenario reads it (a zitops image ships its .pyc).
+PYC=${PYC:-/tmp/zpyc}
+if [ -d "$PYC" ]; then export PYTHONPYCACHEPREFIX=$PYC; echo "bytecode from $PYC" >&2; fi
 export PYTHONUNBUFFERED=1 ZITOPS_STATE_DIR=${ZITOPS_STATE_DIR:-/tmp/zstate}
 Z=(python3 -c 'from zitops.cli import main; main()')
 
@@ -109,6 +112,27 @@ scenario_import_profile() { # what a GPU worker's imports cost: python -X import
     py-spy record -r 250 -f raw -o "$OUT/import-pyspy.txt" -- python3 benchmarks/worker_imports.py --profile designer \
       --list old 2>&1 | tail -2 && gzip -f "$OUT/import-pyspy.txt"
   fi
+}
+scenario_bytecode() { # a worker's imports without bytecode, then with every sys.path entry compiled into $PYC (issue 26)
+  # The device image ships no .pyc and its workers run with -B: every process compiles its imports from
+  # source, which zitops' image avoids (Containerfile: compileall). This compiles them once into the
+  # PYTHONPYCACHEPREFIX $PYC, which later scenarios of this call, and of later calls, then read.
+
+  : > "$OUT/bytecode.jsonl"
+  for _ in 1 2; do
+    env -u PYTHONPYCACHEPREFIX python3 -B benchmarks/worker_imports.py --profile designer --list old 2> /dev/null \
+      | sed 's/^{/{"bytecode": false, /' | tee -a "$OUT/bytecode.jsonl"
+  done
+  local t0=$SECONDS
+  # shellcheck disable=SC2046 # one directory per word
+  PYTHONPYCACHEPREFIX=$PYC python3 -m compileall -q -j 0 \
+    $(python3 -c 'import os, sys; print(" ".join(p for p in sys.path if p and os.path.isdir(p)))') > /dev/null 2>&1
+  echo "{\"compileall_s\": $((SECONDS - t0)), \"pyc_files\": $(find "$PYC" -name '*.pyc' | wc -l)}" | tee -a "$OUT/bytecode.jsonl"
+  export PYTHONPYCACHEPREFIX=$PYC
+  for _ in 1 2; do
+    python3 -B benchmarks/worker_imports.py --profile designer --list old 2> /dev/null \
+      | sed 's/^{/{"bytecode": true, /' | tee -a "$OUT/bytecode.jsonl"
+  done
 }
 scenario_warmup_profile() { # (after scaleup-alone) a new worker's imports and warm-up under py-spy: zitops warm --import, empty cache (issue 26)
   local cfg=/tmp/zscale/b-alone/config.yaml
