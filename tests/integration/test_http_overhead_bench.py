@@ -28,6 +28,6 @@ def test_the_overhead_benchmark_runs_and_prints_every_stage(tmp_path: Path) -> N
     print(proc.stdout)
     assert "overhead_ms " in proc.stdout
     data = json.loads(out.read_text())
-    assert set(data["stages_median_ms"]) == {"accept", "queue", "start", "engine", "transfer", "encode", "store",
+    assert set(data["stages_median_ms"]) == {"accept", "queue", "start", "engine", "pack", "transfer", "encode", "store",
                                               "wake", "respond", "total"}
     assert data["overhead_samples"] == 3 and data["overhead_ms"] is not None

@@ -95,11 +95,12 @@ def test_dispatcher_hands_a_waited_jobs_bytes_over_once_and_bounds_them(tmp_path
 
 
 def test_with_the_jobs_marks_the_stages_are_contiguous_and_add_up_to_total() -> None:
-    marks = {"accepted": 10.002, "handed": 10.003, "engine_started": 10.006, "engine_done": 10.9,
+    marks = {"accepted": 10.002, "handed": 10.003, "engine_started": 10.006, "engine_done": 10.9, "sent": 10.902,
              "received": 10.905, "encoded": 10.92, "stored": 10.921}
     stages = stage_timings(_record({"engine": 0.5}), started=10.0, respond_from=10.923, marks=marks)
-    assert list(stages) == ["accept", "queue", "start", "engine", "transfer", "encode", "store", "wake", "respond",
-                            "total"]
+    assert list(stages) == ["accept", "queue", "start", "engine", "pack", "transfer", "encode", "store", "wake",
+                            "respond", "total"]
+    assert stages["pack"] == pytest.approx(0.002) and stages["transfer"] == pytest.approx(0.003)
     assert stages["accept"] == pytest.approx(0.002) and stages["start"] == pytest.approx(0.003)
     assert stages["engine"] == pytest.approx(0.894) and stages["wake"] == pytest.approx(0.002)
     assert sum(v for k, v in stages.items() if k != "total") == pytest.approx(stages["total"])

@@ -14,7 +14,8 @@ from typing import Any
 PATHS = ("baseline", "engine", "agent")
 """What ``zitops bench`` measures: plain diffusers, the zitops engine, the engine behind the agent's HTTP API."""
 
-STAGE_ORDER = ("accept", "queue", "start", "engine", "transfer", "encode", "store", "wake", "respond", "total")
+STAGE_ORDER = ("accept", "queue", "start", "engine", "pack", "transfer", "encode", "store", "wake", "respond",
+               "total")
 """Server-Timing stages in table order (docs/api.md)."""
 
 PATH_LABELS = {"baseline": "plain diffusers", "engine": "zitops engine", "agent": "agent (HTTP e2e)"}

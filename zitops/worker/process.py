@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -379,7 +379,7 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
                 tracer.end(span, attributes={"error.type": type(exc).__name__})
             else:
                 tracer.end(span)
-                sender.send(result)
+                sender.send(replace(result, sent_at=time.monotonic()))
             state.jobs_done += 1
             state.job_id = None
             sender.send(_report(engine, worker_id, state.jobs_done, "job"))

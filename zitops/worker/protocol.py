@@ -159,6 +159,9 @@ class Result:
     engine_s: float = 0.0
     engine_done_at: float = 0.0
     engine_started_at: float = 0.0  # when the worker began the job's engine call (same clock)
+    # When the worker handed the Result to its pipe (same clock): engine_done_at to here is the
+    # worker's packing (pixels into shared memory, the info), here to the agent's receipt the pipe.
+    sent_at: float = 0.0
 
 
 @dataclass(frozen=True)

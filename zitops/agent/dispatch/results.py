@@ -45,7 +45,7 @@ FRESH_BYTES = 256 * 1024 * 1024
 Uploader = Callable[[str, tuple[str, ...], tuple[bytes, ...]], None]
 """Puts a job's encoded images (names, bytes) where every agent can read them; runs on the encode pool."""
 
-STAGES = ("queue", "start", "engine", "transfer", "encode")
+STAGES = ("queue", "start", "engine", "pack", "transfer", "encode")
 """A job's timed stages (``info["timings"]``, ``zitops_job_stage_seconds``); see docs/api.md."""
 
 
@@ -155,8 +155,8 @@ class ResultWriter:
         encode_s = encoded - started
         self.metrics.encode_seconds.observe(encode_s)
         timings = self._timings(result, received, encode_s, done, marks)
-        marks.update(engine_started=result.engine_started_at, engine_done=result.engine_done_at, received=received,
-                     encoded=done)
+        marks.update(engine_started=result.engine_started_at, engine_done=result.engine_done_at,
+                     sent=result.sent_at or result.engine_done_at, received=received, encoded=done)
         info = {**result.info, "seconds": round(result.seconds, 3), "encode_s": round(encode_s, 4),
                 "worker": worker_id, "timings": timings}
         if self._upload is not None:
@@ -258,14 +258,17 @@ class ResultWriter:
                  marks: dict[str, float]) -> dict[str, float | None]:
         """The job's stages in seconds; None where this agent process did not see the stage begin."""
         accepted, handed = marks.get("accepted"), marks.get("handed")
-        # engine_done_at is the worker's time.monotonic(): CLOCK_MONOTONIC is one
-        # clock for the whole host on Linux, so the difference is the hand-over.
-        transfer = received - result.engine_done_at if result.engine_done_at else None
+        # engine_done_at and sent_at are the worker's time.monotonic(): CLOCK_MONOTONIC is one
+        # clock for the whole host on Linux, so the differences are the hand-over's parts.
+        done_at, sent_at = result.engine_done_at, result.sent_at or result.engine_done_at
+        pack = sent_at - done_at if done_at else None
+        transfer = received - sent_at if sent_at else None
         started = result.engine_started_at
         stages: dict[str, float | None] = {
             "queue": handed - accepted if accepted is not None and handed is not None else None,
             "start": max(0.0, started - handed) if started and handed is not None else None,
             "engine": result.engine_s or None,
+            "pack": max(0.0, pack) if pack is not None else None,
             "transfer": max(0.0, transfer) if transfer is not None else None,
             "encode": encode_s,
         }

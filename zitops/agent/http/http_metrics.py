@@ -19,7 +19,9 @@ marks, so they add up to ``total`` exactly::
     engine_started
       engine    the worker's engine call
     engine_done
-      transfer  pixels to the agent (shared memory), the Result through the pipe
+      pack      in the worker: the pixels into shared memory, the job's info (memory, seeds)
+    sent
+      transfer  the Result through the pipe, read on the agent's event loop
     received
       encode    PNG/JPEG/WebP encoding and the files (and a fleet's upload)
     encoded
@@ -102,13 +104,14 @@ class HttpMetrics:
 STARTED_KEY = "zitops_started"
 """``scope["state"]`` key: the edge middleware's time.monotonic() when the request came in."""
 
-MARKS = ("accepted", "handed", "engine_started", "engine_done", "received", "encoded", "stored")
+MARKS = ("accepted", "handed", "engine_started", "engine_done", "sent", "received", "encoded", "stored")
 """The job's marks between the request's start and ``respond_from``, in order."""
 
-TIMING_STAGES = ("accept", "queue", "start", "engine", "transfer", "encode", "store", "wake", "respond", "total")
+TIMING_STAGES = ("accept", "queue", "start", "engine", "pack", "transfer", "encode", "store", "wake", "respond",
+                 "total")
 """The stages a synchronous route reports, in Server-Timing order (docs/api.md)."""
 
-_PERSISTED = ("queue", "start", "engine", "transfer", "encode")
+_PERSISTED = ("queue", "start", "engine", "pack", "transfer", "encode")
 """Stages a job keeps in ``info["timings"]``, for the fallback."""
 
 
