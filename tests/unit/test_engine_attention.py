@@ -122,3 +122,25 @@ def test_device_postprocess_matches_diffusers(pipe: Any) -> None:
     assert [im.size for im in ours] == [(24, 16)] * 2
     for a, b in zip(ours, theirs, strict=True):
         assert a.mode == b.mode == "RGB" and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_device_postprocess_hands_pillow_contiguous_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pixels reach Pillow in row order: a strided array costs a CPU gather first (4.2 against
+    0.4 ms at 1024x1024 on the dev box, benchmarks/results/cpu-2026-12-08-to-pil.json), and that is
+    engine time every request pays."""
+    import torch
+    from PIL import Image
+
+    from zitops.engine.decoding import _to_pil
+
+    seen: list[Any] = []
+    real = Image.fromarray
+
+    def spy(array: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(array)
+        return real(array, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "fromarray", spy)
+    images = _to_pil(torch.randn(2, 3, 16, 24, generator=torch.Generator().manual_seed(3)))
+    assert [im.size for im in images] == [(24, 16)] * 2
+    assert len(seen) == 2 and all(a.flags["C_CONTIGUOUS"] and a.shape == (16, 24, 3) for a in seen)
