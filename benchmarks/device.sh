@@ -117,7 +117,6 @@ scenario_bytecode() { # a worker's imports without bytecode, then with every sys
   # The device image ships no .pyc and its workers run with -B: every process compiles its imports from
   # source, which zitops' image avoids (Containerfile: compileall). This compiles them once into the
   # PYTHONPYCACHEPREFIX $PYC, which later scenarios of this call, and of later calls, then read.
-
   : > "$OUT/bytecode.jsonl"
   for _ in 1 2; do
     env -u PYTHONPYCACHEPREFIX python3 -B benchmarks/worker_imports.py --profile designer --list old 2> /dev/null \

@@ -47,8 +47,8 @@ class RuntimeMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.stage_seconds = Histogram(
-            "zitops_job_stage_seconds", "Seconds per successful job in each stage (queue, engine, transfer, "
-            "encode)", ["stage"], registry=r,
+            "zitops_job_stage_seconds", "Seconds per successful job in each stage (queue, start, engine, "
+            "pack, transfer, encode)", ["stage"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
         )
         self.encodes_pending = Gauge("zitops_encodes_pending", "Finished jobs whose images are being written",
