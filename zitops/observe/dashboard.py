@@ -53,7 +53,7 @@ PANELS: tuple[Panel, ...] = (
     Panel("Job time by stage (mean)", "s", (
         ("{{stage}}", f"sum by (stage) (rate(zitops_job_stage_seconds_sum{{{SEL}}}[{RATE}])) / "
                       f"sum by (stage) (rate(zitops_job_stage_seconds_count{{{SEL}}}[{RATE}]))"),
-    ), "queue, engine, transfer, encode seconds per successful job"),
+    ), "queue, start, engine, pack, transfer, encode seconds per successful job"),
     Panel("VRAM per GPU", "mbytes", (
         ("used gpu {{gpu}} {{instance}}", f"zitops_gpu_vram_used_mib{{{SEL}}}"),
         ("total gpu {{gpu}} {{instance}}", f"zitops_gpu_vram_total_mib{{{SEL}}}"),
