@@ -156,7 +156,7 @@ class ResultWriter:
         self.metrics.encode_seconds.observe(encode_s)
         timings = self._timings(result, received, encode_s, done, marks)
         marks.update(engine_started=result.engine_started_at, engine_done=result.engine_done_at,
-                     sent=result.sent_at or result.engine_done_at, received=received, encoded=done)
+                     sent=result.sent_at, received=received, encoded=done)
         info = {**result.info, "seconds": round(result.seconds, 3), "encode_s": round(encode_s, 4),
                 "worker": worker_id, "timings": timings}
         if self._upload is not None:
@@ -260,8 +260,8 @@ class ResultWriter:
         accepted, handed = marks.get("accepted"), marks.get("handed")
         # engine_done_at and sent_at are the worker's time.monotonic(): CLOCK_MONOTONIC is one
         # clock for the whole host on Linux, so the differences are the hand-over's parts.
-        done_at, sent_at = result.engine_done_at, result.sent_at or result.engine_done_at
-        pack = sent_at - done_at if done_at else None
+        done_at, sent_at = result.engine_done_at, result.sent_at
+        pack = sent_at - done_at if sent_at and done_at else None
         transfer = received - sent_at if sent_at else None
         started = result.engine_started_at
         stages: dict[str, float | None] = {
