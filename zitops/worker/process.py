@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zitops.worker.gate import BuildGate, BuildStopped
+from zitops.worker.pixel_shm import PixelFiles
 from zitops.worker.protocol import (
     ClearCache,
     Failure,
@@ -103,17 +104,15 @@ def _generate(engine: Any, request: Any, steering: JobSteering | None) -> Any:
             steering.flush()  # the step events (previews encoded on a thread) go before the Result
 
 
-def raw_image(image: Any, params: dict[str, Any], via_shm: bool = False) -> RawImage:
+def raw_image(image: Any, params: dict[str, Any], files: PixelFiles | None = None) -> RawImage:
     """A PIL image as raw pixels for the agent to encode (modes other than L/RGB/RGBA become RGB).
 
-    ``via_shm`` (a worker whose parent is the agent): the pixels go into a /dev/shm file the agent takes.
+    ``files`` (a worker whose parent is the agent): the pixels go into a /dev/shm file the agent takes.
     """
-    from zitops.worker import pixel_shm
-
     if image.mode not in ("L", "RGB", "RGBA"):
         image = image.convert("RGB")
     nbytes = image.size[0] * image.size[1] * len(image.mode)
-    name = pixel_shm.put_with(nbytes, _pixel_writer(image)) if via_shm else None
+    name = files.put_with(nbytes, _pixel_writer(image)) if files is not None else None
     # None: no usable /dev/shm; the pixels go through the pipe
     return RawImage(mode=image.mode, width=image.size[0], height=image.size[1], data=b"" if name else image.tobytes(),
                     params=plain(params), shm=name, nbytes=nbytes)
@@ -145,10 +144,11 @@ def _pixel_writer(image: Any) -> Callable[[int], None]:
     return write
 
 
-def run_job(engine: Any, job: Job, steering: JobSteering | None = None) -> Result:
+def run_job(engine: Any, job: Job, steering: JobSteering | None = None, files: PixelFiles | None = None) -> Result:
     """Generate the job's images and hand back their pixels; the agent encodes and writes them.
 
-    ``steering`` sends per-step Progress and applies the agent's Steer messages.
+    ``steering`` sends per-step Progress and applies the agent's Steer messages. ``files``: the pixels go
+    through /dev/shm (None: inline in the Result).
     """
     from zitops.engine.request import GenerationRequest
 
@@ -157,7 +157,7 @@ def run_job(engine: Any, job: Job, steering: JobSteering | None = None) -> Resul
     result = _generate(engine, request, steering)
     engine_done_at = time.monotonic()
     info = {"job_id": job.job_id, **dict(result.info)}
-    images = tuple(raw_image(image, {**info, "seed": result.seeds[n] if n < len(result.seeds) else None}, True)
+    images = tuple(raw_image(image, {**info, "seed": result.seeds[n] if n < len(result.seeds) else None}, files)
                    for n, image in enumerate(result.images))
     seconds = time.monotonic() - started
     return Result(job_id=job.job_id, images=images, seconds=seconds, output_format=request.output_format,
@@ -349,37 +349,42 @@ def worker_main(conn: Connection, worker_id: str, gpu: int | None, incarnation: 
     sender.send(Ready(worker_id=worker_id, pid=os.getpid(), incarnation=incarnation,
                       device=device, setup_s=setup_s, describe=describe, startup=startup))
     sender.send(_report(engine, worker_id, 0, "ready"))
-    while True:
-        try:
-            msg = pending.pop(0) if pending else conn.recv()
-        except (EOFError, OSError):
-            return  # the agent is gone: nobody wants our results
-        if isinstance(msg, Steer | Gate):
-            continue  # for a job that already ended; a spare's gate once it is built
-        if isinstance(msg, Shutdown):
-            return
-        if isinstance(msg, ClearCache):
+    files = PixelFiles()
+    try:
+        while True:
             try:
-                engine.release_cache()
-            except Exception as exc:  # a failed clear is reported by the unchanged numbers
-                log.warning(f"release_cache failed: {type(exc).__name__}: {exc}")
-            sender.send(_report(engine, worker_id, state.jobs_done, "clear_cache"))
-        elif isinstance(msg, Job):
-            state.job_id = msg.job_id
-            span = tracer.start("zitops.generate", parent=msg.trace or None,
-                                attributes=span_attributes(msg, config) if tracer.enabled else None)
-            try:
-                with job_context(job_id=msg.job_id, worker_id=worker_id, **tracer.log_fields(span)):
-                    log.info("job started", attempt=msg.attempt)
-                    result = run_job(engine, msg, JobSteering(conn, sender.send, msg.job_id, pending))
-            except Exception as exc:  # the agent records it; the worker carries on
-                sender.send(Failure(job_id=msg.job_id, exc_type=type(exc).__name__,
-                                    message=str(exc), traceback=traceback.format_exc(),
-                                    memory=_memory(engine)))
-                tracer.end(span, attributes={"error.type": type(exc).__name__})
-            else:
-                tracer.end(span)
-                sender.send(replace(result, sent_at=time.monotonic()))
-            state.jobs_done += 1
-            state.job_id = None
-            sender.send(_report(engine, worker_id, state.jobs_done, "job"))
+                msg = pending.pop(0) if pending else conn.recv()
+            except (EOFError, OSError):
+                return  # the agent is gone: nobody wants our results
+            if isinstance(msg, Steer | Gate):
+                continue  # for a job that already ended; a spare's gate once it is built
+            if isinstance(msg, Shutdown):
+                return
+            if isinstance(msg, ClearCache):
+                try:
+                    engine.release_cache()
+                except Exception as exc:  # a failed clear is reported by the unchanged numbers
+                    log.warning(f"release_cache failed: {type(exc).__name__}: {exc}")
+                sender.send(_report(engine, worker_id, state.jobs_done, "clear_cache"))
+            elif isinstance(msg, Job):
+                state.job_id = msg.job_id
+                span = tracer.start("zitops.generate", parent=msg.trace or None,
+                                    attributes=span_attributes(msg, config) if tracer.enabled else None)
+                try:
+                    with job_context(job_id=msg.job_id, worker_id=worker_id, **tracer.log_fields(span)):
+                        log.info("job started", attempt=msg.attempt)
+                        result = run_job(engine, msg, JobSteering(conn, sender.send, msg.job_id, pending), files)
+                except Exception as exc:  # the agent records it; the worker carries on
+                    sender.send(Failure(job_id=msg.job_id, exc_type=type(exc).__name__,
+                                        message=str(exc), traceback=traceback.format_exc(),
+                                        memory=_memory(engine)))
+                    tracer.end(span, attributes={"error.type": type(exc).__name__})
+                else:
+                    tracer.end(span)
+                    sender.send(replace(result, sent_at=time.monotonic()))
+                state.jobs_done += 1
+                state.job_id = None
+                sender.send(_report(engine, worker_id, state.jobs_done, "job"))
+                files.prepare()  # the next job's pixel files, while the agent encodes this one's
+    finally:
+        files.close()
