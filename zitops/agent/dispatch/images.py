@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import mmap
 import os
 import sys
 import time
@@ -68,6 +69,20 @@ def attach_pixels(images: tuple[RawImage, ...]) -> tuple[RawImage, ...]:
                 raw = replace(raw, data=pixel_shm.attach(raw.shm, raw.nbytes), shm=None)
         out.append(raw)
     return tuple(out)
+
+
+def release_pixels(images: tuple[RawImage, ...]) -> None:
+    """Unmap the images' pixel files once they are encoded: tmpfs frees their pages then.
+
+    That free is about 0.5 ms per 1024x1024 image on the dev box; left to
+    the garbage collector, it ran on the event loop as the job finished,
+    in the synchronous waiter's way. A mapping something still reads
+    (a view held by a traceback) stays for the collector.
+    """
+    for raw in images:
+        if isinstance(raw.data, mmap.mmap):
+            with contextlib.suppress(BufferError):
+                raw.data.close()
 
 
 def image_names(job_id: str, count: int, fmt: str) -> tuple[str, ...]:

@@ -22,7 +22,13 @@ from typing import Any
 
 from zitops.agent.contract import JobRecord, JobStatus
 from zitops.agent.dispatch.held import Held, HeldJournal
-from zitops.agent.dispatch.images import Encoder, attach_pixels, encode_and_write, warm_encoder
+from zitops.agent.dispatch.images import (
+    Encoder,
+    attach_pixels,
+    encode_and_write,
+    release_pixels,
+    warm_encoder,
+)
 from zitops.agent.dispatch.object_store import ObjectStore, ObjectStoreDown
 from zitops.agent.ops.agent_log import AgentLog
 from zitops.agent.ops.failure_log import FailureLog
@@ -108,6 +114,13 @@ class ResultWriter:
         self.pending.pop(job_id, None)
         self.metrics.encodes_pending.set(len(self.pending))
 
+    def _release(self, result: Result) -> None:
+        """The pixel files' unmapping, on the pool: off the path to the synchronous waiter."""
+        try:
+            self._threads.submit(release_pixels, result.images)
+        except RuntimeError:  # the pool is shut down (the agent stops): here, then
+            release_pixels(result.images)
+
     async def _write(self, worker_id: str, result: Result, received: float, marks: dict[str, float]) -> None:
         """Write the images, then record the outcome; a store that refuses it (full disk) never strands the job."""
         try:
@@ -129,6 +142,7 @@ class ResultWriter:
                                                           result.job_id, result.images, result.output_format,
                                                           self.encode)
         except Exception as exc:  # the job fails; the worker, already on its next job, is fine
+            self._release(result)
             error = f"writing images to {self.output_dir} failed: {type(exc).__name__}: {exc}"
             try:
                 record = self.store.fail(result.job_id, error)
@@ -144,6 +158,7 @@ class ResultWriter:
             self._finished(record)
             return
         encoded = time.monotonic()
+        self._release(result)
         if self._upload is not None:
             # A shared store's image upload is a network round trip per job: on
             # the pool, so the event loop never waits on it; before succeed, so
