@@ -145,20 +145,32 @@ def encode_and_write(output_dir: Path, job_id: str, images: tuple[RawImage, ...]
     this job are removed, so a failed job leaves nothing that retention
     would not find.
     """
+    blobs = encode_images(images, fmt, encode)
     names = image_names(job_id, len(images), fmt)
-    written: list[Path] = []
+    write_encoded(output_dir, names, blobs)
+    return names, blobs
+
+
+def encode_images(images: tuple[RawImage, ...], fmt: str, encode: Encoder) -> tuple[bytes, ...]:
+    """Every image encoded, in order; an image whose pixels were lost in transfer raises OSError."""
     blobs: list[bytes] = []
+    for n, raw in enumerate(images):
+        if raw.shm is not None:
+            raise OSError(f"the pixels of image {n} were lost in transfer (shared-memory file {raw.shm} gone)")
+        blobs.append(encode(Pixels(raw), fmt, raw.params))
+    return tuple(blobs)
+
+
+def write_encoded(output_dir: Path, names: tuple[str, ...], blobs: tuple[bytes, ...]) -> None:
+    """Write each image (temp name, then ``os.replace``); all or none stay."""
+    written: list[Path] = []
     try:
-        for raw, name in zip(images, names, strict=True):
-            if raw.shm is not None:
-                raise OSError(f"the pixels of {name} were lost in transfer (shared-memory file {raw.shm} gone)")
+        for name, blob in zip(names, blobs, strict=True):
             path = output_dir / name
             tmp = path.with_name(f".{name}.tmp")
             try:
-                blob = encode(Pixels(raw), fmt, raw.params)
                 tmp.write_bytes(blob)
                 os.replace(tmp, path)
-                blobs.append(blob)
             finally:
                 with contextlib.suppress(OSError):
                     tmp.unlink(missing_ok=True)
@@ -168,7 +180,6 @@ def encode_and_write(output_dir: Path, job_id: str, images: tuple[RawImage, ...]
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
         raise
-    return names, tuple(blobs)
 
 
 WARM_SIDE = 512

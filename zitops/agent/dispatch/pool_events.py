@@ -59,6 +59,15 @@ class PoolEvents:
         fresh = self.results.encoded_images(job_id)
         return fresh if self.fleet is None or fresh is None else self.fleet.ours(job_id, fresh, self.store.get)
 
+    def deliver_inline(self, job_id: str) -> None:
+        """A synchronous route sends this job's images and keeps no files (ResultWriter.deliver_inline)."""
+        if self.fleet is None:
+            self.results.deliver_inline(job_id)
+
+    def release_inline(self, job_id: str) -> None:
+        """That route is done with the job."""
+        self.results.release_inline(job_id)
+
     def on_progress(self, slot: WorkerSlot, progress: Progress) -> None:
         """A running job finished a step (on any slot)."""
         self.progress.step(progress.job_id, progress.step, progress.steps, progress.preview)

@@ -26,8 +26,11 @@ from zitops.agent.dispatch.images import (
     Encoder,
     attach_pixels,
     encode_and_write,
+    encode_images,
+    image_names,
     release_pixels,
     warm_encoder,
+    write_encoded,
 )
 from zitops.agent.dispatch.object_store import ObjectStore, ObjectStoreDown
 from zitops.agent.ops.agent_log import AgentLog
@@ -78,6 +81,8 @@ class ResultWriter:
         self._objects = objects  # images.url: the job succeeds once its images are objects there
         self.held: dict[str, Held] = {}
         """Finished jobs whose images wait on this host for the object store to come back."""
+        self._inline: dict[str, tuple[bytes, ...] | None] = {}
+        """Waited-for jobs whose response carries their images and keeps no files: their bytes once encoded."""
         self.journal = HeldJournal(output_dir / ".held")  # the same, on disk: a restart does not run them again
         self._round: asyncio.Task[None] | None = None
         self.encode: Encoder = encode_image
@@ -135,12 +140,21 @@ class ResultWriter:
         """Encode and write on the thread pool; then the job succeeds, or fails saying why."""
         started = time.monotonic()
         loop = asyncio.get_running_loop()
+        inline = result.job_id in self._inline  # its route sends the bytes and keeps no files: none written
         try:
             with self.traces.span(result.job_id, "zitops.encode", **{"zitops.images": len(result.images),
                                                                      "zitops.format": result.output_format}):
-                names, blobs = await loop.run_in_executor(self._threads, encode_and_write, self.output_dir,
-                                                          result.job_id, result.images, result.output_format,
-                                                          self.encode)
+                if inline:
+                    names = image_names(result.job_id, len(result.images), result.output_format)
+                    blobs = await loop.run_in_executor(self._threads, encode_images, result.images,
+                                                       result.output_format, self.encode)
+                    inline = result.job_id in self._inline
+                    if not inline:  # its route left meanwhile: the files are written after all
+                        await loop.run_in_executor(self._threads, write_encoded, self.output_dir, names, blobs)
+                else:
+                    names, blobs = await loop.run_in_executor(self._threads, encode_and_write, self.output_dir,
+                                                              result.job_id, result.images, result.output_format,
+                                                              self.encode)
         except Exception as exc:  # the job fails; the worker, already on its next job, is fine
             self._release(result)
             error = f"writing images to {self.output_dir} failed: {type(exc).__name__}: {exc}"
@@ -190,7 +204,9 @@ class ResultWriter:
                              "runs it again", job_id=result.job_id, error=str(journal_exc))
                 return
             info["object_s"] = round(time.monotonic() - done, 4)
-        if self._wanted(result.job_id):
+        if inline:  # no await since the route was last seen waiting (local store): it takes them
+            self._inline[result.job_id] = blobs
+        elif self._wanted(result.job_id):
             self.keep_fresh(result.job_id, blobs)
         self._succeed(result.job_id, worker_id, names, info, marks)
 
@@ -302,7 +318,25 @@ class ResultWriter:
 
     def encoded_images(self, job_id: str) -> tuple[bytes, ...] | None:
         """A succeeded job's encoded images, once, if still in memory; None: read the files."""
-        return self._fresh.pop(job_id, None)
+        inline = self._inline.pop(job_id, None)
+        return inline if inline is not None else self._fresh.pop(job_id, None)
+
+    def deliver_inline(self, job_id: str) -> None:
+        """A synchronous route will send this job's images in its response and keep no files of them.
+
+        Until :meth:`release_inline`, the job's images are encoded but not written
+        (with the job's files deleted after the response anyway, writing 3 MB only to
+        unlink it was the largest part of ``encode``), and its bytes wait for
+        :meth:`encoded_images`, outside the bounded cache. A route that leaves before the
+        job is done releases it, and the files are written as for any job. Local
+        store only: a fleet's images go to the shared store, an object store's there.
+        """
+        if self._upload is None and self._objects is None:
+            self._inline.setdefault(job_id, None)
+
+    def release_inline(self, job_id: str) -> None:
+        """The route is done with the job (answered, gone or timed out): drop its mark and any bytes left."""
+        self._inline.pop(job_id, None)
 
     def stage_marks(self, job_id: str) -> dict[str, float] | None:
         """A waited-for job's time.monotonic() marks in this process, once (zitops.agent.http.http_metrics)."""

@@ -19,11 +19,13 @@ from pydantic import Field
 
 from zitops.agent.contract import JobRecord
 from zitops.agent.http.api_common import (
+    ApiContext,
     build_request_as,
     context,
     discard_files,
     drop_encoded,
     images_json,
+    inline_delivery,
     json_fragments,
     request_started,
     submit,
@@ -333,7 +335,13 @@ async def a1111_run(body: Txt2ImgIn, request: Request, prompt: str, overrides: d
     ctx = context(request)
     req = build_request_as(_A1111_NAMES, ctx.config, prompt, **overrides)
     record = await submit(request, req)
-    record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
+    with inline_delivery(ctx.service, record, body.send_images and not body.save_images):
+        record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
+        return await _answer(ctx, body, record, route, started)
+
+
+async def _answer(ctx: ApiContext, body: Txt2ImgIn, record: JobRecord, route: str, started: float) -> Response:
+    """A1111's response for a finished job: its images (send_images), parameters and info."""
     respond_from = time.monotonic()
     rest = {"parameters": body.model_dump(mode="json"),
             "info": json.dumps(_info(body, record, model_title(ctx.config.model)))}

@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -244,14 +244,41 @@ def media_type(name: str) -> str:
 
 
 def images_now(service: Service, record: JobRecord) -> list[bytes]:
-    # The dispatcher hands a waited-for job's encoded bytes over once, so the
-    # response never reads back the file it just wrote; any other Service,
-    # or an evicted entry, falls back to the files.
+    """A succeeded job's encoded images: in memory if the dispatcher still has them, else read (blocking)."""
+    blobs = encoded_now(service, record)
+    return blobs if blobs is not None else [image_bytes(service, record, i)[1] for i in range(len(record.images))]
+
+
+def encoded_now(service: Service, record: JobRecord) -> list[bytes] | None:
+    """A waited-for job's encoded bytes, handed over once by the dispatcher (on the event loop); None: read them.
+
+    So a response never reads back the file just written, nor one never
+    written (:func:`inline_delivery`); any other Service, or an evicted entry, falls back to the files.
+    """
     fresh: Callable[[str], tuple[bytes, ...] | None] | None = getattr(service, "encoded_images", None)
     blobs = fresh(record.id) if fresh is not None else None
-    if blobs is not None and len(blobs) == len(record.images):
-        return list(blobs)
-    return [image_bytes(service, record, i)[1] for i in range(len(record.images))]
+    return list(blobs) if blobs is not None and len(blobs) == len(record.images) else None
+
+
+@contextlib.contextmanager
+def inline_delivery(service: Service, record: JobRecord, carried: bool) -> Iterator[None]:
+    """While a synchronous route waits and answers: its job's images are encoded but never written.
+
+    For a response that carries the images (``carried``) of a job nobody may
+    ask for again (no Idempotency-Key), whose files :func:`discard_files`
+    would delete right after. Leaving the block (answered, timed out, the
+    client gone) ends it; a job still running then writes its files as any other.
+    """
+    deliver: Callable[[str], None] | None = getattr(service, "deliver_inline", None)
+    release: Callable[[str], None] | None = getattr(service, "release_inline", None)
+    if deliver is None or release is None or not carried or may_retry(record):
+        yield
+        return
+    deliver(record.id)
+    try:
+        yield
+    finally:
+        release(record.id)
 
 
 Fragments = Callable[[bytes], list[bytes]]
@@ -281,8 +308,11 @@ async def images_json(service: Service, record: JobRecord, key: str, item: Fragm
     the body, and never escaped, validated or re-encoded by a JSON encoder;
     the fragments are sent as they are (http_metrics.SplicedResponse), never joined.
     """
+    ready = encoded_now(service, record)
+
     def build() -> list[bytes]:
-        return json_fragments(key, [item(b64encode(blob)) for blob in images_now(service, record)], rest)
+        blobs = ready if ready is not None else [image_bytes(service, record, i)[1] for i in range(len(record.images))]
+        return json_fragments(key, [item(b64encode(blob)) for blob in blobs], rest)
 
     return await asyncio.to_thread(build)
 

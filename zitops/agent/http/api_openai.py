@@ -20,7 +20,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import Field, field_validator
 
+from zitops.agent.contract import JobRecord
 from zitops.agent.http.api_common import (
+    ApiContext,
     abandon,
     base_url,
     build_request_as,
@@ -28,6 +30,7 @@ from zitops.agent.http.api_common import (
     discard_files,
     drop_encoded,
     images_json,
+    inline_delivery,
     json_fragments,
     request_started,
     submit,
@@ -161,6 +164,13 @@ async def create_images(body: ImageGenerationIn, request: Request) -> Response:
         return openai_stream(ctx.service, record, prefix="image_generation", quality=STREAM_QUALITY.get(body.quality or "auto", "auto"),
                              background=body.background or "auto", gone=lambda: abandon(ctx, record.id))
     record = await submit(request, req)
+    with inline_delivery(ctx.service, record, body.response_format != "url"):
+        return await _answer(ctx, body, request, record, started)
+
+
+async def _answer(ctx: ApiContext, body: ImageGenerationIn, request: Request, record: JobRecord,
+                  started: float) -> Response:
+    """Wait for the job, then answer with its URLs or its images' base64."""
     record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
     respond_from = time.monotonic()
     revised = b',"revised_prompt":' + json.dumps(record.request.prompt, ensure_ascii=False).encode("utf-8") + b"}"
