@@ -39,3 +39,25 @@ def test_an_unwaited_job_keeps_nothing_in_memory(rt: Runtime) -> None:
     wait_until(lambda: rt.lt.call(rt.d.get, job.id).status.final, 30, what="the job to finish")
     assert rt.lt.call(rt.d.get, job.id).status is JobStatus.SUCCEEDED
     assert rt.lt.call(rt.d.encoded_images, job.id) is None
+
+
+def test_a_job_delivered_inline_writes_no_file_and_its_bytes_go_to_the_route(rt: Runtime) -> None:
+    job = rt.submit(request(seed=5, batch=2))
+    rt.lt.call(rt.d.deliver_inline, job.id)  # as a synchronous route that sends the images and keeps no files
+    done = rt.wait(job.id)
+    assert done.status is JobStatus.SUCCEEDED and len(done.images) == 2
+    assert not any((rt.d.output_dir / name).exists() for name in done.images)
+    assert not any(p.name.endswith(".tmp") for p in rt.d.output_dir.iterdir())
+    blobs = rt.lt.call(rt.d.encoded_images, job.id)
+    assert blobs is not None and [b[:8] for b in blobs] == [b"\x89PNG\r\n\x1a\n"] * 2
+    rt.lt.call(rt.d.release_inline, job.id)
+    assert rt.lt.call(rt.d.encoded_images, job.id) is None
+
+
+def test_a_route_that_leaves_before_its_job_ends_gets_the_files_written(rt: Runtime) -> None:
+    job = rt.submit(request(seed=6))
+    rt.lt.call(rt.d.deliver_inline, job.id)
+    rt.lt.call(rt.d.release_inline, job.id)  # timed out, or the client went, while the job ran
+    done = rt.wait(job.id)
+    assert done.status is JobStatus.SUCCEEDED
+    assert all((rt.d.output_dir / name).is_file() for name in done.images)  # a later poll finds them
