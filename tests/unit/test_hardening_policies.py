@@ -94,7 +94,7 @@ def test_unsaved_failures_overlay_records_and_flush_when_the_store_takes_them() 
     assert unsaved.flush(refuse) == [] and "j1" in unsaved.jobs
     written = unsaved.flush(lambda job_id, error: record.__class__(
         id=job_id, status=JobStatus.FAILED, request=record.request, created_at=0.0, error=error))
-    assert [r.error for r in written] == ["worker lost"] and not unsaved.jobs
+    assert [r.error for r in written] == ["worker lost (the disk under /s is full)"] and not unsaved.jobs
     unsaved.check("j1")  # nothing to raise once stored
 
 

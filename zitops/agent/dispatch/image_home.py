@@ -101,11 +101,13 @@ class ImageHome:
                      objects_left=left)
         return len(removed)
 
-    def discard(self, job_id: str) -> None:
-        """Delete a synchronous job's local image files once its response holds them."""
-        try:
-            names = self.store.get(job_id).images
-        except NotFound:
-            return
+    def discard(self, job_id: str, names: tuple[str, ...] | None = None) -> None:
+        """Delete a synchronous job's local image files once its response holds them (``names``: its final
+        record's, saving a store read on the event loop)."""
+        if names is None:
+            try:
+                names = self.store.get(job_id).images
+            except NotFound:
+                return
         for name in names:
             (self.output_dir / name).unlink(missing_ok=True)

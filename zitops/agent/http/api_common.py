@@ -287,10 +287,10 @@ Fragments = Callable[[bytes], list[bytes]]
 
 def discard_files(service: Service, record: JobRecord) -> None:
     """Delete a synchronous job's image files: its response carries them (unless a keyed retry may ask again)."""
-    discard: Callable[[str], None] | None = getattr(service, "discard_images", None)
+    discard: Callable[[str, tuple[str, ...]], None] | None = getattr(service, "discard_images", None)
     if discard is not None and not may_retry(record):
         with contextlib.suppress(ZitopsError, OSError):  # best effort: retention deletes them later anyway
-            discard(record.id)
+            discard(record.id, record.images)
 
 
 def drop_encoded(service: Service, record: JobRecord) -> None:

@@ -96,11 +96,14 @@ class Unsaved:
             raise type(out.cause)(f"job {job_id} failed: {out.error}; and {out.cause}")
 
     def flush(self, fail: Callable[[str, str], JobRecord]) -> list[JobRecord]:
-        """Write what the store now takes with ``fail(job_id, error)``; stop at the first refusal."""
+        """Write what the store now takes with ``fail(job_id, error)``; stop at the first refusal.
+
+        The stored error keeps the store's own reason (a full disk, say): the record outlives the logs.
+        """
         written: list[JobRecord] = []
         for job_id, out in list(self.jobs.items()):
             try:
-                written.append(fail(job_id, out.error))
+                written.append(fail(job_id, f"{out.error} ({out.cause})"))
             except NotFound:
                 pass  # expired or removed meanwhile: nothing left to record
             except StoreUnavailable:
