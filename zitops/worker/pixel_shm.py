@@ -119,8 +119,9 @@ class PixelFiles:
     """A worker's pixel files, with the next job's made ahead, between jobs.
 
     A new tmpfs file allocates and zeroes its pages while the pixels are
-    written, on the response's path: 1.0 of the 1.6 ms that packing a
-    1024x1024 image took on the dev box (docs/benchmarks.md). :meth:`prepare`
+    written, on the response's path: packing a 1024x1024 image took 1.75 to
+    2.03 ms into a new file and 0.77 to 0.96 ms into one made ahead on the dev
+    box (benchmarks/results/cpu-2026-12-08-pixel-path.json). :meth:`prepare`
     runs after a job's Result is sent: it makes files of the sizes that job
     put, with their pages allocated (``posix_fallocate``), and the next job's
     pixels are written over them. They are named as any pixel file, so one

@@ -74,9 +74,10 @@ def attach_pixels(images: tuple[RawImage, ...]) -> tuple[RawImage, ...]:
 def release_pixels(images: tuple[RawImage, ...]) -> None:
     """Unmap the images' pixel files once they are encoded: tmpfs frees their pages then.
 
-    That free is about 0.5 ms per 1024x1024 image on the dev box; left to
-    the garbage collector, it ran on the event loop as the job finished,
-    in the synchronous waiter's way. A mapping something still reads
+    That free took 0.35 ms per 1024x1024 image on the dev box
+    (benchmarks/results/cpu-2026-12-08-pixel-path.json); left to the garbage
+    collector, it ran on the event loop as the job finished, in the
+    synchronous waiter's way. A mapping something still reads
     (a view held by a traceback) stays for the collector.
     """
     for raw in images:
