@@ -171,9 +171,16 @@ class ProgressBoard:
             feed.put_nowait(event)
 
     def _forget(self) -> None:
-        if len(self.jobs) <= self.keep:
+        # Oldest first, and only as many as are over: the oldest is almost always final, so a
+        # full board costs one step per new job, not a scan of all KEEP_JOBS.
+        excess = len(self.jobs) - self.keep
+        if excess <= 0:
             return
-        for job_id in [j for j, p in self.jobs.items() if p.state not in ("queued", "running")]:
-            if len(self.jobs) <= self.keep:
-                break
+        drop = []
+        for job_id, job in self.jobs.items():
+            if job.state not in ("queued", "running"):
+                drop.append(job_id)
+                if len(drop) == excess:
+                    break
+        for job_id in drop:
             del self.jobs[job_id]
