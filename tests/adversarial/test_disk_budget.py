@@ -4,12 +4,14 @@ OpenAI url), and outputs are capped by total bytes (queue.max_output_bytes), old
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import struct
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agent_support import ALICE, Agent, auth, wait_for  # noqa: E402
@@ -60,7 +62,12 @@ def test_synchronous_results_are_kept_only_when_asked(tmp_path: Path) -> None:
         assert r.status_code == 200 and len(r.json()["images"]) == 1
         r = agent.client.post("/v1/images/generations", json={"prompt": "b64", "size": "64x64"}, headers=auth(ALICE))
         assert r.status_code == 200 and r.json()["data"][0]["b64_json"]
-        assert _files(agent) == []  # both responses carried the images; nothing kept
+        png = io.BytesIO()
+        Image.new("RGB", (64, 64), "red").save(png, "PNG")
+        r = agent.client.post("/v1/images/edits", files={"image": ("in.png", png.getvalue(), "image/png")},
+                              data={"prompt": "an edit", "size": "64x64"}, headers=auth(ALICE))
+        assert r.status_code == 200 and r.json()["data"][0]["b64_json"]
+        assert _files(agent) == []  # the three responses carried the images; nothing kept
         # Not even written and deleted: the bytes went from the encoder to the response (the events are queued
         # by the kernel before each response is sent, so reading them now misses none).
         assert created.take() == []

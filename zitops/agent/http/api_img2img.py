@@ -9,7 +9,6 @@ modules (:mod:`zitops.engine.features.img2img`). docs/features.md lists the fiel
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
@@ -21,18 +20,16 @@ from zitops.agent.http.api_common import (
     abandon,
     build_request_as,
     context,
-    images_json,
-    json_fragments,
+    inline_delivery,
     request_started,
     submit,
     sync_timeout_s,
-    timed_json,
     wait_final,
 )
 from zitops.agent.http.api_control import a1111_control
 from zitops.agent.http.api_events import openai_stream, partial_steps
 from zitops.agent.http.api_inputs import image_overrides, lora_overrides, sized
-from zitops.agent.http.api_openai import STREAM_QUALITY, parse_size
+from zitops.agent.http.api_openai import STREAM_QUALITY, openai_answer, parse_size
 from zitops.agent.http.http_errors import EDGE_CODES, ERROR_RESPONSES, responses
 from zitops.agent.http.image_input import from_base64
 from zitops.agent.http.json_guard import (
@@ -166,18 +163,9 @@ async def edits(
         return openai_stream(ctx.service, record, prefix="image_edit",
                              quality=STREAM_QUALITY.get(quality or "auto", "auto"), background=background or "auto", gone=lambda: abandon(ctx, record.id))
     record = await submit(request, req)
-    record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
-    respond_from = time.monotonic()
-    rest = {"created": int(record.finished_at or time.time()), "output_format": record.request.output_format,
-            "size": f"{record.request.width}x{record.request.height}"}
-    if response_format == "url":
-        root = str(request.base_url).rstrip("/")
-        items = [[b'{"url":', json.dumps(f"{root}/v1/jobs/{record.id}/images/{i}").encode(), b"}"]
-                 for i in range(len(record.images))]
-        payload = json_fragments("data", items, rest)
-    else:
-        payload = await images_json(ctx.service, record, "data", lambda b64: [b'{"b64_json":"', b64, b'"}'], rest)
-    return timed_json(ctx, EDITS, record, payload, started, respond_from)
+    with inline_delivery(ctx.service, record, response_format != "url"):
+        record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
+        return await openai_answer(ctx, request, record, started, EDITS, response_format)
 
 
 def _loras_form(text: str) -> list[tuple[str, float]]:

@@ -165,26 +165,27 @@ async def create_images(body: ImageGenerationIn, request: Request) -> Response:
                              background=body.background or "auto", gone=lambda: abandon(ctx, record.id))
     record = await submit(request, req)
     with inline_delivery(ctx.service, record, body.response_format != "url"):
-        return await _answer(ctx, body, request, record, started)
+        record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
+        revised = b',"revised_prompt":' + json.dumps(record.request.prompt, ensure_ascii=False).encode("utf-8")
+        return await openai_answer(ctx, request, record, started, ROUTE, body.response_format, revised)
 
 
-async def _answer(ctx: ApiContext, body: ImageGenerationIn, request: Request, record: JobRecord,
-                  started: float) -> Response:
-    """Wait for the job, then answer with its URLs or its images' base64."""
-    record = await wait_final(ctx.service, record, sync_timeout_s(ctx.config), request)
+async def openai_answer(ctx: ApiContext, request: Request, record: JobRecord, started: float, route: str,
+                        response_format: str | None, extra: bytes = b"") -> Response:
+    """OpenAI's ImagesResponse for a finished job: its images' URLs, or their base64 (``extra``: more
+    fields of each item, as JSON after a comma)."""
     respond_from = time.monotonic()
-    revised = b',"revised_prompt":' + json.dumps(record.request.prompt, ensure_ascii=False).encode("utf-8") + b"}"
     rest = {"created": int(record.finished_at or time.time()), "output_format": record.request.output_format,
             "size": f"{record.request.width}x{record.request.height}"}
-    if body.response_format == "url":
+    if response_format == "url":
         root = base_url(request)
         links = ctx.service.image_links(record) or [f"{root}/v1/jobs/{record.id}/images/{i}"
                                                      for i in range(len(record.images))]
         urls = [json.dumps(link).encode() for link in links]
         drop_encoded(ctx.service, record)
-        payload = json_fragments("data", [[b'{"url":', url, revised] for url in urls], rest)
+        payload = json_fragments("data", [[b'{"url":', url, extra, b"}"] for url in urls], rest)
     else:
-        payload = await images_json(ctx.service, record, "data", lambda b64: [b'{"b64_json":"', b64, b'"', revised],
-                                      rest)
+        payload = await images_json(ctx.service, record, "data",
+                                    lambda b64: [b'{"b64_json":"', b64, b'"', extra, b"}"], rest)
         discard_files(ctx.service, record)  # the response carries them; "url" responses keep the files
-    return timed_json(ctx, ROUTE, record, payload, started, respond_from)
+    return timed_json(ctx, route, record, payload, started, respond_from)
