@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.runtime_support import Runtime, request, runtime_config, wait_until
 from zitops.agent.contract import JobStatus
+from zitops.worker.pixel_shm import PREFIX, SHM_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -61,3 +64,17 @@ def test_a_route_that_leaves_before_its_job_ends_gets_the_files_written(rt: Runt
     done = rt.wait(job.id)
     assert done.status is JobStatus.SUCCEEDED
     assert all((rt.d.output_dir / name).is_file() for name in done.images)  # a later poll finds them
+
+
+def test_a_worker_makes_its_next_pixel_files_ahead_and_removes_them_when_it_stops(tmp_path: Path) -> None:
+    runtime = Runtime(runtime_config(tmp_path, faults={"job_seconds": 0.0}))
+    try:
+        done = runtime.wait(runtime.submit(request(seed=7)).id)
+        assert done.status is JobStatus.SUCCEEDED
+        ours = f"{PREFIX}-{os.getpid()}-{runtime.status()['workers'][0]['pid']}-"
+        # Made after the Result and the memory report went: wait for it, it is not there at once.
+        wait_until(lambda: any(p.name.startswith(ours) for p in SHM_DIR.iterdir()), 30,
+                   what="the next job's pixel file, made ahead")
+    finally:
+        runtime.close()  # Shutdown: the worker leaves as asked, and removes its files made ahead
+    assert not [p.name for p in SHM_DIR.iterdir() if p.name.startswith(ours)]
