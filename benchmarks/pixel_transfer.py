@@ -1,12 +1,13 @@
 """A worker's pixels to the agent: inline in the pickled Result over the pipe, against /dev/shm.
 
 A spawned child plays the worker: it makes a ``--side`` x ``--side`` RGB
-image's bytes, builds the Result with ``raw_image`` (``via_shm`` on or off)
-and sends it; the parent plays the agent: it receives it and attaches the
-pixels (``attach_pixels``), then touches every byte (the encoder reads them
-all). Timed from the child's ``time.monotonic()`` before ``raw_image`` to
-the parent's after the last byte is read: the ``transfer`` stage of
-Server-Timing, alone. Prints min and median per mode over ``--runs``.
+image's bytes, builds the Result with ``raw_image`` (via /dev/shm through a
+``PixelFiles`` that makes the next file ahead between transfers, as the
+worker does, or inline) and sends it; the parent plays the agent: it
+receives it and attaches the pixels (``attach_pixels``), then touches every
+byte (the encoder reads them all). Timed from the child's
+``time.monotonic()`` before ``raw_image`` to the parent's after the last
+byte is read: the ``pack`` and ``transfer`` stages of Server-Timing, alone. Prints min and median per mode over ``--runs``.
 
     python benchmarks/pixel_transfer.py [--side 1024] [--runs 40] [--json out.json]
 """
@@ -28,15 +29,23 @@ def worker(conn: Any, side: int, runs: int, via_shm: bool) -> None:
     import numpy as np
     from PIL import Image
 
+    from zitops.worker.pixel_shm import PixelFiles
     from zitops.worker.process import raw_image
     from zitops.worker.protocol import Result
 
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (side, side, 3), dtype=np.uint8))
-    for n in range(runs):
-        conn.recv()
-        t0 = time.monotonic()
-        raw = raw_image(img, {"seed": n}, via_shm)
-        conn.send((t0, Result(job_id=f"j{n}", images=(raw,), seconds=0.0)))
+    files = PixelFiles() if via_shm else None
+    try:
+        for n in range(runs):
+            conn.recv()
+            t0 = time.monotonic()
+            raw = raw_image(img, {"seed": n}, files)
+            conn.send((t0, Result(job_id=f"j{n}", images=(raw,), seconds=0.0)))
+            if files is not None:
+                files.prepare()  # as the worker does between jobs
+    finally:
+        if files is not None:
+            files.close()
 
 
 def measure(side: int, runs: int, via_shm: bool) -> list[float]:
