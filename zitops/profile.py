@@ -193,6 +193,9 @@ class DiskSettings(_Section):
     logs_mib: int = Field(2_048, ge=64)
     cache_mib: int = Field(20_480, ge=64)
     tmp_mib: int = Field(1_024, ge=64)
+    # /dev/shm in a pod or a Compose container (a runtime's default is 64 MB): the workers' pixel files
+    # pass through it (zitops.worker.pixel_shm), so a short one sends big jobs' pixels through the pipe.
+    shm_mib: int = Field(256, ge=64)
     # New jobs are refused (507) while free space under the state or output
     # directory is below this floor, so a full disk never strands a job
     # half-written; 0 turns the check off (docs/runtime.md "Disk budget").

@@ -50,6 +50,10 @@ def test_kustomization_lists_every_manifest_and_kubectl_builds_it(tmp_path: Path
     assert agent["image"] == "registry.example/zitops:abc123"
     # args, not command: the image's dumb-init entrypoint stays PID 1.
     assert "command" not in agent and agent["args"][:2] == ["zitops", "agent"]
+    # The workers' pixel files pass through /dev/shm: a memory-backed one of disk.shm_mib, not the runtime's 64 MB.
+    mounts = {m["name"]: m["mountPath"] for m in agent["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["template"]["spec"]["volumes"]}
+    assert mounts["shm"] == "/dev/shm" and volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "256Mi"}
 
 
 def test_image_defaults_to_the_versions_tag_and_refuses_a_bad_ref(tmp_path: Path) -> None:
@@ -90,6 +94,7 @@ def test_compose_one_agent_per_gpu_sharing_postgresql(tmp_path: Path) -> None:
     for name, gpu, port in (("agent-0", "0", 7860), ("agent-1", "2", 7861)):
         agent = services[name]
         assert agent["image"] == "registry.example/zitops:abc123" and agent["read_only"] is True
+        assert agent["shm_size"] == "256m"  # the workers' pixel files: not the runtime's 64 MB /dev/shm
         (device,) = agent["deploy"]["resources"]["reservations"]["devices"]
         assert device == {"driver": "nvidia", "device_ids": [gpu], "capabilities": ["gpu"]}
         assert agent["ports"] == [f"127.0.0.1:{port}:7860"]

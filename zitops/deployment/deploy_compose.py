@@ -95,6 +95,7 @@ def compose_files(ctx: dict[str, Any], config: AgentConfig, model: str, req: Dep
             "model_path": None if model in (TINY, FULL_RANDOM) else model,
             "model_dir": K8S["model_dir"],
             "paths": dict(FHS_PATHS),
+            "shm_mib": config.profile.disk.shm_mib,
         },
     }
     return [RenderedFile("compose/compose.yaml", render("compose/compose.yaml.j2", cctx)),
