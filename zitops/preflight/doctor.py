@@ -135,6 +135,7 @@ def run(req: DoctorRequest) -> Report:
     checks.extend(_tokens(setup))
     checks.extend(dc.check_dirs(setup))
     checks.extend(dc.check_disk(setup))
+    checks.append(dc.check_shm(setup))
     port, own_pid = port_check(setup)
     checks.append(port)
     checks.append(dc.check_service_manager(setup))

@@ -181,6 +181,35 @@ def check_disk(setup: Setup) -> list[Check]:
     return out
 
 
+def check_shm(setup: Setup, directory: Path = Path("/dev/shm")) -> Check:
+    """Room in ``directory`` for the workers' pixel files (zitops.worker.pixel_shm); short only warns.
+
+    Each worker writes a job's pixels there for the agent, and keeps the next
+    job's files ready; where a file does not fit (tmpfs's headroom rule), the
+    pixels go through the worker's pipe instead: slower, never lost.
+    """
+    from zitops.worker.pixel_shm import HEADROOM, PREPARE_MAX_BYTES
+
+    gen = setup.profile.generation
+    image = gen.width * gen.height * 3
+    job = image * gen.batch
+    workers = len(setup.gpus) if isinstance(setup.gpus, list) and setup.gpus else 1
+    want = workers * (job + min(job, PREPARE_MAX_BYTES)) + HEADROOM * image
+    fix = ("give the container a larger /dev/shm (docker run --shm-size; the rendered Compose file and k8s "
+           "manifests size it from the profile's disk.shm_mib)")
+    label = f"pixel files ({directory})"
+    if not directory.is_dir():
+        return Check(label, True, f"{directory} is missing: the workers send pixels through their pipes "
+                     "(slower)", fix=fix, warning=True)
+    free = shutil.disk_usage(directory).free
+    detail = (f"{free / 2**20:.0f} MiB free at {directory}; {workers} worker(s) at the profile's "
+              f"{gen.width}x{gen.height} x{gen.batch} want about {want / 2**20:.0f} MiB")
+    if free < want:
+        return Check(label, True, detail + ": larger jobs' pixels go through the pipes (slower)", fix=fix,
+                     warning=True)
+    return Check(label, True, detail)
+
+
 def check_port(host: str, port: int) -> Check:
     """Nothing else listens on ``host:port`` (uvicorn binds with SO_REUSEADDR too)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
