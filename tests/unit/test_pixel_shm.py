@@ -139,7 +139,7 @@ def test_a_file_made_ahead_takes_an_image_of_another_size_exactly(tmp_path: Path
             files.prepare()
         name = files.put_with(len(data), _writer(data))
         assert name is not None and (tmp_path / name).read_bytes() == data
-    assert len(list(tmp_path.iterdir())) == 3  # the first job's file, and one made ahead, used twice over
+    assert len(list(tmp_path.iterdir())) == 3  # the first job's file, and two made ahead, each written over once
 
 
 def test_files_made_ahead_are_bounded_and_removed_at_close(tmp_path: Path) -> None:
