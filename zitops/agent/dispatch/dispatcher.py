@@ -354,6 +354,6 @@ class Dispatcher(PoolEvents, Reports):
         """Delete expired jobs with their files and objects, then local images past the byte cap (not held ones)."""
         return self.images.expire(keep=self.results.held_names())
 
-    def discard_images(self, job_id: str, names: tuple[str, ...] | None = None) -> None:
+    def discard_images(self, names: tuple[str, ...]) -> None:
         """Delete a synchronous job's image files once its response holds them (kept only when asked)."""
-        self.images.discard(job_id, names)
+        self.images.discard(names)

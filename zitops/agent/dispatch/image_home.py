@@ -22,7 +22,7 @@ from zitops.agent.ops.agent_log import AgentLog
 from zitops.agent.ops.schedule import Periodic
 from zitops.agent.storage.store import Store
 from zitops.config import AgentConfig
-from zitops.errors import AgentUnavailable, NotFound
+from zitops.errors import AgentUnavailable
 
 
 class ImageHome:
@@ -101,13 +101,7 @@ class ImageHome:
                      objects_left=left)
         return len(removed)
 
-    def discard(self, job_id: str, names: tuple[str, ...] | None = None) -> None:
-        """Delete a synchronous job's local image files once its response holds them (``names``: its final
-        record's, saving a store read on the event loop)."""
-        if names is None:
-            try:
-                names = self.store.get(job_id).images
-            except NotFound:
-                return
+    def discard(self, names: tuple[str, ...]) -> None:
+        """Delete a synchronous job's local image files (its final record's ``names``) once its response holds them."""
         for name in names:
             (self.output_dir / name).unlink(missing_ok=True)

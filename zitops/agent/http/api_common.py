@@ -246,7 +246,12 @@ def media_type(name: str) -> str:
 def images_now(service: Service, record: JobRecord) -> list[bytes]:
     """A succeeded job's encoded images: in memory if the dispatcher still has them, else read (blocking)."""
     blobs = encoded_now(service, record)
-    return blobs if blobs is not None else [image_bytes(service, record, i)[1] for i in range(len(record.images))]
+    return blobs if blobs is not None else read_images(service, record)
+
+
+def read_images(service: Service, record: JobRecord) -> list[bytes]:
+    """Every image of a succeeded job, read from its files or the fleet's store (blocking)."""
+    return [image_bytes(service, record, i)[1] for i in range(len(record.images))]
 
 
 def encoded_now(service: Service, record: JobRecord) -> list[bytes] | None:
@@ -287,10 +292,10 @@ Fragments = Callable[[bytes], list[bytes]]
 
 def discard_files(service: Service, record: JobRecord) -> None:
     """Delete a synchronous job's image files: its response carries them (unless a keyed retry may ask again)."""
-    discard: Callable[[str, tuple[str, ...]], None] | None = getattr(service, "discard_images", None)
+    discard: Callable[[tuple[str, ...]], None] | None = getattr(service, "discard_images", None)
     if discard is not None and not may_retry(record):
         with contextlib.suppress(ZitopsError, OSError):  # best effort: retention deletes them later anyway
-            discard(record.id, record.images)
+            discard(record.images)
 
 
 def drop_encoded(service: Service, record: JobRecord) -> None:
@@ -311,7 +316,7 @@ async def images_json(service: Service, record: JobRecord, key: str, item: Fragm
     ready = encoded_now(service, record)
 
     def build() -> list[bytes]:
-        blobs = ready if ready is not None else [image_bytes(service, record, i)[1] for i in range(len(record.images))]
+        blobs = ready if ready is not None else read_images(service, record)
         return json_fragments(key, [item(b64encode(blob)) for blob in blobs], rest)
 
     return await asyncio.to_thread(build)
